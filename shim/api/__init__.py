@@ -1,0 +1,1 @@
+"""The gRPC edge: etcd's services, request validation and error statuses."""

@@ -1,0 +1,82 @@
+"""gRPC statuses exactly as etcd 3.5 sends them, and the translation of store errors to them."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from shim.mvcc import errors as store_errors
+
+log = logging.getLogger(__name__)
+
+Code = grpc.StatusCode
+
+
+class RequestError(Exception):
+    """A request etcd would refuse, with etcd's status code and message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _error(code: grpc.StatusCode, message: str) -> Callable[[], RequestError]:
+    return lambda: RequestError(code, message)
+
+
+EMPTY_KEY = _error(Code.INVALID_ARGUMENT, "etcdserver: key is not provided")
+KEY_NOT_FOUND = _error(Code.INVALID_ARGUMENT, "etcdserver: key not found")
+VALUE_PROVIDED = _error(Code.INVALID_ARGUMENT, "etcdserver: value is provided")
+LEASE_PROVIDED = _error(Code.INVALID_ARGUMENT, "etcdserver: lease is provided")
+TOO_MANY_OPS = _error(Code.INVALID_ARGUMENT, "etcdserver: too many operations in txn request")
+DUPLICATE_KEY = _error(Code.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request")
+INVALID_SORT_OPTION = _error(Code.INVALID_ARGUMENT, "etcdserver: invalid sort option")
+REQUEST_TOO_LARGE = _error(Code.INVALID_ARGUMENT, "etcdserver: request is too large")
+COMPACTED = _error(Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted")
+FUTURE_REV = _error(Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
+LEASE_NOT_FOUND = _error(Code.NOT_FOUND, "etcdserver: requested lease not found")
+STOPPED = _error(Code.UNAVAILABLE, "etcdserver: server stopped")
+
+
+def from_store_error(exc: store_errors.StoreError) -> RequestError:
+    if isinstance(exc, store_errors.CompactedError):
+        return COMPACTED()
+    if isinstance(exc, store_errors.FutureRevisionError):
+        return FUTURE_REV()
+    if isinstance(exc, store_errors.KeyNotFoundError):
+        return KEY_NOT_FOUND()
+    if isinstance(exc, store_errors.LeaseNotFoundError):
+        return LEASE_NOT_FOUND()
+    if isinstance(exc, store_errors.StoreClosedError):
+        return STOPPED()
+    if isinstance(exc, store_errors.StorageUnavailableError):
+        return RequestError(Code.UNAVAILABLE, f"shim: {exc}")
+    return RequestError(Code.UNKNOWN, str(exc))
+
+
+def unimplemented(what: str) -> RequestError:
+    return RequestError(Code.UNIMPLEMENTED, f"shim: {what} is not implemented")
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def grpc_errors(method: F) -> F:
+    """Turn a unary handler's RequestError/StoreError into the matching gRPC status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except RequestError as exc:
+            await context.abort(exc.code, exc.message)
+        except store_errors.StoreError as exc:
+            err = from_store_error(exc)
+            await context.abort(err.code, err.message)
+
+    return wrapper  # type: ignore[return-value]

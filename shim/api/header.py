@@ -1,0 +1,27 @@
+"""The identity fields of every response header (cluster, member, raft term)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shim.pb.rpc_pb2 import ResponseHeader
+
+RAFT_TERM = 1  # one node, one term: shim has no raft
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    cluster_id: int
+    member_id: int
+
+    @classmethod
+    def from_node_id(cls, node_id: str) -> Identity:
+        # etcd ids are uint64; derive stable ones from the node id kept in the database.
+        raw = int(node_id, 16)
+        mask = 0xFFFF_FFFF_FFFF_FFFF
+        return cls(cluster_id=(raw >> 64) & mask, member_id=raw & mask)
+
+    def fill(self, header: ResponseHeader) -> None:
+        header.cluster_id = self.cluster_id
+        header.member_id = self.member_id
+        header.raft_term = RAFT_TERM

@@ -1,0 +1,75 @@
+"""etcdserverpb.KV: Range, Put, DeleteRange, Txn, Compact."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.message import Message
+
+from shim.api import errors, validate
+from shim.api.errors import grpc_errors
+from shim.api.header import Identity
+from shim.mvcc.store import Store
+from shim.pb import rpc_pb2, rpc_pb2_grpc
+
+MAX_TXN_OPS = 128
+# etcd measures the request wrapped in its raft entry, which adds about this many bytes.
+RAFT_WRAPPER_BYTES = 17
+
+
+class KVService(rpc_pb2_grpc.KVServicer):
+    def __init__(self, store: Store, identity: Identity, max_request_bytes: int) -> None:
+        self._store = store
+        self._identity = identity
+        self._max_request_bytes = max_request_bytes
+
+    def _check_size(self, request: Message) -> None:
+        # etcd refuses a write whose raft entry would exceed --max-request-bytes.
+        if request.ByteSize() + RAFT_WRAPPER_BYTES > self._max_request_bytes:
+            raise errors.REQUEST_TOO_LARGE()
+
+    @grpc_errors
+    async def Range(
+        self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.RangeResponse:
+        validate.check_range(request)
+        resp = await self._store.range(request)
+        self._identity.fill(resp.header)
+        return resp
+
+    @grpc_errors
+    async def Put(
+        self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.PutResponse:
+        validate.check_put(request)
+        self._check_size(request)
+        resp = await self._store.put(request)
+        self._identity.fill(resp.header)
+        return resp
+
+    @grpc_errors
+    async def DeleteRange(
+        self, request: rpc_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.DeleteRangeResponse:
+        validate.check_delete_range(request)
+        self._check_size(request)
+        resp = await self._store.delete_range(request)
+        self._identity.fill(resp.header)
+        return resp
+
+    @grpc_errors
+    async def Txn(
+        self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.TxnResponse:
+        validate.check_txn(request, MAX_TXN_OPS)
+        self._check_size(request)
+        resp = await self._store.txn(request)
+        self._identity.fill(resp.header)
+        return resp
+
+    @grpc_errors
+    async def Compact(
+        self, request: rpc_pb2.CompactionRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.CompactionResponse:
+        resp = await self._store.compact(request)
+        self._identity.fill(resp.header)
+        return resp

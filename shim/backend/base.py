@@ -1,0 +1,78 @@
+"""The seam between the MVCC store and a SQL database.
+
+A ``ReadView`` answers questions about the log at one consistent snapshot; a ``WriteTxn`` is a
+``ReadView`` inside the single write transaction that can also append versions. Keys are bytes
+and compare byte by byte. A range is ``[key, end)``; ``end == b""`` means no upper bound.
+Versions are returned as ``mvccpb.KeyValue`` messages, the record type etcd itself stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from shim.pb.kv_pb2 import KeyValue
+
+
+@dataclass(slots=True)
+class NewVersion:
+    """One row to append to the log: a put (``deleted`` false) or a tombstone."""
+
+    key: bytes
+    value: bytes
+    create_revision: int
+    revision: int
+    version: int
+    lease: int
+    deleted: bool
+    prev_revision: int
+    hlc: int
+
+
+@dataclass(slots=True)
+class LogEntry:
+    """A row read back from the log (for watch catch-up): the version and what it replaced."""
+
+    kv: KeyValue
+    deleted: bool
+    prev: KeyValue | None
+
+
+class ReadView(Protocol):
+    def revision(self) -> int:
+        """The current revision at this snapshot."""
+        ...
+
+    def compact_revision(self) -> int:
+        """The revision history has been compacted to (0 = never compacted)."""
+        ...
+
+    def get(self, key: bytes, revision: int) -> KeyValue | None:
+        """The live version of ``key`` at ``revision`` (0 = current), or None."""
+        ...
+
+    def range(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KeyValue]:
+        """Live versions in ``[key, end)`` at ``revision`` (0 = current), by key; limit 0 = all."""
+        ...
+
+    def count(self, key: bytes, end: bytes, revision: int) -> int:
+        """How many keys are live in ``[key, end)`` at ``revision`` (0 = current)."""
+        ...
+
+    def entries(self, after_revision: int, up_to_revision: int) -> list[LogEntry]:
+        """Every log row with ``after_revision < revision <= up_to_revision``, in order."""
+        ...
+
+
+class WriteTxn(ReadView, Protocol):
+    def append(self, versions: list[NewVersion]) -> None:
+        """Append versions to the log and update each key's current version."""
+        ...
+
+    def set_revision(self, revision: int) -> None: ...
+
+    def set_compact_revision(self, revision: int) -> None: ...
+
+    def compact(self, revision: int) -> int:
+        """Delete history no read at ``revision`` or later needs; returns rows removed."""
+        ...

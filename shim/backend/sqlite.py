@@ -1,0 +1,354 @@
+"""The embedded SQLite backend (apsw): one writer connection, per-thread read connections.
+
+The database runs in WAL mode, so readers work on their own snapshot and never wait for the
+writer, and the writer never waits for readers. Exactly one server may use a database file at a
+time; a lock file next to it enforces that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import apsw
+
+from shim.backend.base import LogEntry, NewVersion
+from shim.backend.migrations import SchemaError, load_migrations, pending
+from shim.pb.kv_pb2 import KeyValue
+
+SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+_BUSY_TIMEOUT_MS = 10_000
+
+_KV_COLUMNS = "l.key, l.value, l.create_revision, l.revision, l.version, l.lease"
+
+
+class BackendOpenError(Exception):
+    """The database cannot be opened; the message is meant for the operator, on one line."""
+
+
+def _kv(row: tuple) -> KeyValue:  # type: ignore[type-arg]
+    return KeyValue(
+        key=row[0], value=row[1], create_revision=row[2], mod_revision=row[3], version=row[4],
+        lease=row[5],
+    )
+
+
+class SqliteView:
+    """Read queries on one connection. Callers hold a read (or the write) transaction."""
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._conn = conn
+
+    def _meta(self, name: str) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def revision(self) -> int:
+        return self._meta("revision")
+
+    def compact_revision(self) -> int:
+        return self._meta("compact_revision")
+
+    def node_id(self) -> str:
+        row = self._conn.execute("SELECT value FROM meta WHERE name = 'node_id'").fetchone()
+        return str(row[0])
+
+    def max_hlc(self) -> int:
+        row = self._conn.execute("SELECT MAX(hlc) FROM log").fetchone()
+        return int(row[0] or 0)
+
+    def get(self, key: bytes, revision: int) -> KeyValue | None:
+        if revision == 0:
+            row = self._conn.execute(
+                f"SELECT {_KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id WHERE c.key = ?",
+                (key,),
+            ).fetchone()
+            return None if row is None else _kv(row)
+        row = self._conn.execute(
+            f"SELECT {_KV_COLUMNS}, l.deleted FROM log l WHERE l.key = ? AND l.revision <= ? "
+            "ORDER BY l.revision DESC, l.id DESC LIMIT 1",
+            (key, revision),
+        ).fetchone()
+        return None if row is None or row[6] else _kv(row)
+
+    def range(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KeyValue]:
+        limit_sql = "LIMIT ?" if limit > 0 else ""
+        upper = "AND {col} < ?" if end else ""
+        if revision == 0:
+            sql = (
+                f"SELECT {_KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id "
+                f"WHERE c.key >= ? {upper.format(col='c.key')} ORDER BY c.key {limit_sql}"
+            )
+            params: list[object] = [key]
+        else:
+            sql = (
+                f"SELECT {_KV_COLUMNS} FROM log l WHERE l.key >= ? {upper.format(col='l.key')} "
+                "AND l.revision <= ? AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM log n "
+                "WHERE n.key = l.key AND n.id > l.id AND n.revision <= ?) "
+                f"ORDER BY l.key {limit_sql}"
+            )
+            params = [key]
+        if end:
+            params.append(end)
+        if revision != 0:
+            params += [revision, revision]
+        if limit > 0:
+            params.append(limit)
+        return [_kv(row) for row in self._conn.execute(sql, params)]
+
+    def count(self, key: bytes, end: bytes, revision: int) -> int:
+        upper = "AND {col} < ?" if end else ""
+        params: list[object] = [key] + ([end] if end else [])
+        if revision == 0:
+            sql = f"SELECT COUNT(*) FROM current c WHERE c.key >= ? {upper.format(col='c.key')}"
+        else:
+            sql = (
+                f"SELECT COUNT(*) FROM log l WHERE l.key >= ? {upper.format(col='l.key')} "
+                "AND l.revision <= ? AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM log n "
+                "WHERE n.key = l.key AND n.id > l.id AND n.revision <= ?)"
+            )
+            params += [revision, revision]
+        row = self._conn.execute(sql, params).fetchone()
+        return int(row[0])
+
+    def entries(self, after_revision: int, up_to_revision: int) -> list[LogEntry]:
+        rows = self._conn.execute(
+            f"SELECT {_KV_COLUMNS}, l.deleted, l.prev_revision, p.value, p.create_revision, "
+            "p.version, p.lease FROM log l LEFT JOIN log p "
+            "ON l.prev_revision != 0 AND p.key = l.key AND p.revision = l.prev_revision "
+            "AND p.deleted = 0 "
+            "WHERE l.revision > ? AND l.revision <= ? ORDER BY l.id",
+            (after_revision, up_to_revision),
+        )
+        out: list[LogEntry] = []
+        for row in rows:
+            prev = None
+            if row[7] and row[8] is not None:
+                prev = KeyValue(
+                    key=row[0], value=row[8], create_revision=row[9], mod_revision=row[7],
+                    version=row[10], lease=row[11],
+                )
+            out.append(LogEntry(kv=_kv(row), deleted=bool(row[6]), prev=prev))
+        return out
+
+
+class SqliteWriteTxn(SqliteView):
+    """The writer's view: reads see the open transaction's own writes."""
+
+    def __init__(self, conn: apsw.Connection, node_id: str) -> None:
+        super().__init__(conn)
+        self._node_id = node_id
+
+    def append(self, versions: list[NewVersion]) -> None:
+        conn = self._conn
+        for v in versions:
+            conn.execute(
+                "INSERT INTO log (revision, key, value, create_revision, version, lease, deleted, "
+                "prev_revision, node_id, hlc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (v.revision, v.key, v.value, v.create_revision, v.version, v.lease,
+                 int(v.deleted), v.prev_revision, self._node_id, v.hlc),
+            )
+            if v.deleted:
+                conn.execute("DELETE FROM current WHERE key = ?", (v.key,))
+            else:
+                conn.execute(
+                    "INSERT INTO current (key, id) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET id = excluded.id",
+                    (v.key, conn.last_insert_rowid()),
+                )
+
+    def set_revision(self, revision: int) -> None:
+        self._conn.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (revision,))
+
+    def set_compact_revision(self, revision: int) -> None:
+        self._conn.execute(
+            "UPDATE meta SET value = ? WHERE name = 'compact_revision'", (revision,)
+        )
+
+    def compact(self, revision: int) -> int:
+        # Keep, for every key, its newest version at `revision` unless that is a tombstone:
+        # exactly what reads at `revision` or later, and prev_kv of later events, can reach.
+        self._conn.execute(
+            "DELETE FROM log WHERE revision <= ?1 AND (deleted = 1 OR EXISTS (SELECT 1 FROM log n "
+            "WHERE n.key = log.key AND n.id > log.id AND n.revision <= ?1))",
+            (revision,),
+        )
+        return self._conn.changes()
+
+    def savepoint(self) -> None:
+        self._conn.execute("SAVEPOINT op")
+
+    def release(self) -> None:
+        self._conn.execute("RELEASE op")
+
+    def rollback_savepoint(self) -> None:
+        self._conn.execute("ROLLBACK TO op; RELEASE op")
+
+
+class SqliteBackend:
+    """Owns the database file: opening, locking, migrating, and the connections."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
+        self.path = path
+        self._synchronous = synchronous
+        self._lock_fd: int | None = None
+        self._writer: apsw.Connection | None = None
+        self._readers = threading.local()
+        self._all_readers: list[apsw.Connection] = []
+        self._readers_lock = threading.Lock()
+        self.node_id = ""
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self._take_file_lock()
+        try:
+            self._writer = self._connect()
+            self._writer.execute("PRAGMA journal_mode = WAL").fetchall()
+            self._migrate(self._writer)
+            self.node_id = SqliteView(self._writer).node_id()
+        except apsw.Error as exc:
+            self.close()
+            raise BackendOpenError(f"cannot use database {self.path}: {_describe(exc)}") from exc
+        except SchemaError as exc:
+            self.close()
+            raise BackendOpenError(f"{self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for conn in self._all_readers:
+                conn.close()
+            self._all_readers.clear()
+        if self._writer is not None:
+            with contextlib.suppress(apsw.Error):
+                # Fold the WAL back into the database so the file is complete on its own.
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            self._writer.close()
+            self._writer = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _take_file_lock(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendOpenError(
+                f"cannot create data directory {self.path.parent}: {exc.strerror}"
+            ) from exc
+        if self.path.exists() and not self.path.is_file():
+            raise BackendOpenError(f"{self.path} is not a file")
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise BackendOpenError(f"cannot create lock file {lock_path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BackendOpenError(
+                f"{self.path} is in use by another shim server (lock {lock_path} is held)"
+            ) from None
+        self._lock_fd = fd
+
+    def _connect(self) -> apsw.Connection:
+        conn = apsw.Connection(str(self.path))
+        conn.set_busy_timeout(_BUSY_TIMEOUT_MS)
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        return conn
+
+    def _migrate(self, conn: apsw.Connection) -> None:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+            "name TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT (datetime('now')))"
+        )
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        applied = int(row[0] or 0)
+        for migration in pending(applied, load_migrations(self.dialect)):
+            with conn:
+                conn.execute(migration.sql)
+                conn.execute(
+                    "INSERT INTO schema_version (version, name) VALUES (?, ?)",
+                    (migration.version, migration.name),
+                )
+        with conn:
+            # A fresh store starts at revision 1, like etcd; compaction has not happened (-1).
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('node_id', ?), "
+                "('revision', 1), ('compact_revision', -1)",
+                (uuid.uuid4().hex,),
+            )
+
+    # -- connections ------------------------------------------------------------------------
+
+    def writer(self) -> apsw.Connection:
+        assert self._writer is not None, "backend is not open"
+        return self._writer
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[SqliteWriteTxn]:
+        """One write transaction on the writer connection (writer thread only)."""
+        conn = self.writer()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield SqliteWriteTxn(conn, self.node_id)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[SqliteView]:
+        """A consistent snapshot on this thread's read connection."""
+        conn: apsw.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+            self._readers.conn = conn
+            with self._readers_lock:
+                self._all_readers.append(conn)
+        conn.execute("BEGIN")
+        try:
+            yield SqliteView(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    def size_bytes(self) -> int:
+        """Bytes the database uses on disk, WAL included."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(str(self.path) + suffix)
+        return total
+
+    def size_in_use_bytes(self) -> int:
+        with self.read() as view:
+            conn = view._conn
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+
+def _describe(exc: apsw.Error) -> str:
+    text = str(exc)
+    if isinstance(exc, apsw.NotADBError):
+        return "the file is not a SQLite database (or is corrupted)"
+    if isinstance(exc, apsw.CorruptError):
+        return "the database file is corrupted"
+    if isinstance(exc, apsw.ReadOnlyError):
+        return "the database file is read-only"
+    if isinstance(exc, apsw.CantOpenError):
+        return "the file cannot be opened (check the path and its permissions)"
+    return text.split(":", 1)[-1].strip() or type(exc).__name__

@@ -1,0 +1,99 @@
+"""The ``shim`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from shim import __version__
+from shim.backend.sqlite import SYNCHRONOUS_MODES, BackendOpenError
+from shim.config import (
+    DEFAULT_DATASTORE_ENDPOINT,
+    DEFAULT_LISTEN_ADDRESS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    ConfigError,
+    ServerConfig,
+)
+
+EXIT_USAGE = 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shim", description="An etcd v3 compatible datastore on a SQL log."
+    )
+    parser.add_argument("--version", action="version", version=f"shim {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run the server (the default command)")
+    add_serve_arguments(serve)
+    return parser
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen-address", default=DEFAULT_LISTEN_ADDRESS,
+        help=f"host:port to serve the etcd gRPC API on (default {DEFAULT_LISTEN_ADDRESS})",
+    )
+    parser.add_argument(
+        "--datastore-endpoint", default=DEFAULT_DATASTORE_ENDPOINT,
+        help=f"where the data lives (default {DEFAULT_DATASTORE_ENDPOINT}; "
+        "sqlite:///absolute/path.db for an absolute path)",
+    )
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    parser.add_argument(
+        "--sqlite-synchronous", default="FULL", choices=SYNCHRONOUS_MODES, type=str.upper,
+        help="FULL (default): every acknowledged write survives power loss; NORMAL: faster, "
+        "the last writes may be lost on power loss (never on a process crash)",
+    )
+    parser.add_argument(
+        "--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+        help=f"largest write request accepted (default {DEFAULT_MAX_REQUEST_BYTES}, as etcd)",
+    )
+    parser.add_argument("--name", default="default", help="member name reported by MemberList")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not args_list or (args_list[0].startswith("-") and args_list[0] not in (
+        "-h", "--help", "--version"
+    )):
+        args_list = ["serve", *args_list]  # `shim` alone runs the server
+    args = parser.parse_args(args_list)
+    if args.command in (None, "serve"):
+        if args.command is None:
+            args = parser.parse_args(["serve"])
+        return run_serve(args)
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.max_request_bytes <= 0:
+        print("shim: --max-request-bytes must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    config = ServerConfig(
+        listen_address=args.listen_address,
+        datastore_endpoint=args.datastore_endpoint,
+        log_level=args.log_level,
+        sqlite_synchronous=args.sqlite_synchronous,
+        max_request_bytes=args.max_request_bytes,
+        name=args.name,
+    )
+    from shim.api.server import serve  # imported late: grpc start-up cost only when serving
+
+    try:
+        asyncio.run(serve(config))
+    except (ConfigError, BackendOpenError) as exc:
+        print(f"shim: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        pass
+    return 0

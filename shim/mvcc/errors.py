@@ -1,0 +1,32 @@
+"""Errors of the MVCC store. They name what went wrong in storage terms; the gRPC edge
+(``shim.api.errors``) turns each into the status code and message etcd gives."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of the errors a store operation can answer with."""
+
+
+class CompactedError(StoreError):
+    """The requested revision has been compacted away."""
+
+
+class FutureRevisionError(StoreError):
+    """The requested revision is newer than the current revision."""
+
+
+class KeyNotFoundError(StoreError):
+    """ignore_value / ignore_lease was asked for a key that does not exist."""
+
+
+class LeaseNotFoundError(StoreError):
+    """The request names a lease that does not exist."""
+
+
+class StoreClosedError(StoreError):
+    """The store is shutting down and takes no more requests."""
+
+
+class StorageUnavailableError(StoreError):
+    """The database cannot be reached or refused the operation; the request may be retried."""

@@ -1,0 +1,115 @@
+"""The store: etcd's KV semantics over a SQL log, for the gRPC edge to call.
+
+Reads run on this process's read connection at one snapshot and never wait for the writer.
+Writes go through the single ordered write path (``Writer``) and are answered only after they
+are durably committed. Every committed revision is handed to the commit listeners (the watch
+hub) before its writer is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import apsw
+
+from shim.backend.sqlite import SqliteBackend
+from shim.mvcc.apply import (
+    CommitListener,
+    Revision,
+    WriteRequest,
+    WriteResponse,
+    execute_read_txn,
+    is_write,
+)
+from shim.mvcc.errors import StorageUnavailableError, StoreClosedError
+from shim.mvcc.range import execute_range
+from shim.mvcc.writer import Writer
+from shim.pb.rpc_pb2 import (
+    CompactionRequest,
+    CompactionResponse,
+    DeleteRangeRequest,
+    DeleteRangeResponse,
+    PutRequest,
+    PutResponse,
+    RangeRequest,
+    RangeResponse,
+    TxnRequest,
+    TxnResponse,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Store:
+    def __init__(self, backend: SqliteBackend) -> None:
+        self.backend = backend
+        self._writer: Writer | None = None
+        self._listeners: list[CommitListener] = []
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._writer = Writer(
+            self.backend, asyncio.get_running_loop(), self._publish, self._lease_exists
+        )
+        self._writer.start()
+
+    async def close(self) -> None:
+        """Finish queued writes, then stop the writer. The backend is closed by its owner."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await asyncio.to_thread(writer.stop)
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    def _publish(self, committed: list[Revision]) -> None:
+        for listener in self._listeners:
+            listener(committed)
+
+    def _lease_exists(self, lease_id: int) -> bool:
+        return False  # leases arrive with the Lease service
+
+    @property
+    def revision(self) -> int:
+        """The newest committed revision."""
+        return self._writer.revision if self._writer is not None else 0
+
+    @property
+    def compact_revision(self) -> int:
+        return self._writer.compact_revision if self._writer is not None else 0
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def range(self, req: RangeRequest) -> RangeResponse:
+        try:
+            with self.backend.read() as view:
+                return execute_range(view, req, view.revision(), view.compact_revision())
+        except apsw.Error as exc:
+            raise StorageUnavailableError(f"storage read failed: {exc}") from exc
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def _write(self, req: WriteRequest) -> WriteResponse:
+        if self._writer is None:
+            raise StoreClosedError()
+        return await self._writer.submit(req)
+
+    async def put(self, req: PutRequest) -> PutResponse:
+        return await self._write(req)  # type: ignore[return-value]
+
+    async def delete_range(self, req: DeleteRangeRequest) -> DeleteRangeResponse:
+        return await self._write(req)  # type: ignore[return-value]
+
+    async def txn(self, req: TxnRequest) -> TxnResponse:
+        if is_write(req):
+            return await self._write(req)  # type: ignore[return-value]
+        try:
+            with self.backend.read() as view:
+                return execute_read_txn(view, req, view.revision(), view.compact_revision())
+        except apsw.Error as exc:
+            raise StorageUnavailableError(f"storage read failed: {exc}") from exc
+
+    async def compact(self, req: CompactionRequest) -> CompactionResponse:
+        return await self._write(req)  # type: ignore[return-value]

@@ -1,0 +1,156 @@
+"""The single ordered write path, with group commit.
+
+Requests from any number of callers queue up; one writer thread takes everything queued, applies
+it in order inside one SQLite transaction, commits durably, and only then answers every caller
+and publishes the committed revisions. While one batch is being committed (the fsync), the next
+batch gathers, so throughput grows with concurrency instead of queueing behind fsyncs.
+
+The queue carries plain request messages and answers with response messages or errors, so a
+socket can later stand in for it and let several serving processes share this one path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import apsw
+
+from shim.backend.sqlite import SqliteBackend
+from shim.mvcc.apply import Applier, CommitListener, Revision, WriteRequest, WriteResponse
+from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
+from shim.mvcc.hlc import HybridClock
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 512
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: WriteRequest
+    future: asyncio.Future[WriteResponse]
+
+
+_STOP = object()
+
+
+class Writer:
+    """Owns the backend's write connection; runs in its own thread."""
+
+    def __init__(
+        self,
+        backend: SqliteBackend,
+        loop: asyncio.AbstractEventLoop,
+        on_commit: CommitListener,
+        lease_exists: Callable[[int], bool],
+    ) -> None:
+        self._backend = backend
+        self._loop = loop
+        self._on_commit = on_commit
+        self._lease_exists = lease_exists
+        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._closed = False
+        with backend.read() as view:
+            self.revision = view.revision()
+            self.compact_revision = view.compact_revision()
+            self._clock = HybridClock(view.max_hlc())
+        self._thread = threading.Thread(target=self._run, name="shim-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: WriteRequest) -> asyncio.Future[WriteResponse]:
+        """Queue a request; the future resolves once it is durably committed (or failed)."""
+        future: asyncio.Future[WriteResponse] = self._loop.create_future()
+        if self._closed:
+            future.set_exception(StoreClosedError())
+            return future
+        self._queue.put(_Pending(request, future))
+        return future
+
+    def stop(self) -> None:
+        """Finish everything already queued, then stop the thread."""
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    # -- writer thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch: list[_Pending] = [first]  # type: ignore[list-item]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)  # type: ignore[arg-type]
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        outcomes: list[WriteResponse | BaseException] = []
+        try:
+            with self._backend.write() as txn:
+                applier = Applier(
+                    txn, self.revision, self.compact_revision, self._clock, self._lease_exists
+                )
+                for item in batch:
+                    txn.savepoint()
+                    try:
+                        outcomes.append(applier.apply(item.request))
+                        txn.release()
+                    except StoreError as exc:
+                        txn.rollback_savepoint()
+                        outcomes.append(exc)
+                    except apsw.Error as exc:
+                        txn.rollback_savepoint()
+                        log.error("storage error applying a request: %s", exc)
+                        outcomes.append(StorageUnavailableError(f"storage error: {exc}"))
+                    except Exception as exc:
+                        # A bug must cost one request, never the writer or the batch.
+                        txn.rollback_savepoint()
+                        log.exception("internal error applying a request")
+                        outcomes.append(exc)
+                if applier.revision != self.revision:
+                    txn.set_revision(applier.revision)
+        except apsw.Error as exc:
+            # Nothing of this batch is committed: every caller gets a retryable error.
+            log.error("write batch of %d failed, rolled back: %s", len(batch), exc)
+            failure = StorageUnavailableError(f"storage write failed: {exc}")
+            self._loop.call_soon_threadsafe(
+                self._deliver, batch, [failure] * len(batch), []
+            )
+            return
+        self.revision = applier.revision
+        self.compact_revision = applier.compact_revision
+        self._loop.call_soon_threadsafe(self._deliver, batch, outcomes, applier.committed)
+
+    # -- event loop ----------------------------------------------------------------------------
+
+    def _deliver(
+        self,
+        batch: list[_Pending],
+        outcomes: list[WriteResponse | BaseException],
+        committed: list[Revision],
+    ) -> None:
+        if committed:
+            self._on_commit(committed)
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if item.future.done():
+                continue  # the caller went away
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
