@@ -1,0 +1,115 @@
+"""Shared fixtures: real etcd servers, shim servers and gRPC clients to them.
+
+When a test fails, the log tail of every server it used is added to its report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import Client, EtcdServer, ServerProcess, ShimServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "harness: checks the test harness itself (e.g. etcd against etcd)"
+    )
+
+
+class ServerFactory:
+    """Starts servers on demand inside one directory; stops them all at teardown."""
+
+    def __init__(self, make: Callable[..., ServerProcess], root: Path) -> None:
+        self._make = make
+        self._root = root
+        self.servers: list[ServerProcess] = []
+
+    def __call__(self, **kwargs: Any) -> Any:
+        workdir = self._root / f"{len(self.servers)}"
+        server = self._make(workdir, **kwargs)
+        self.servers.append(server)
+        return server.start()
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """A real etcd 3.5 shared by the tests of one module."""
+    with EtcdServer(tmp_path_factory.mktemp("etcd")) as server:
+        yield server
+
+
+@pytest.fixture
+def shim(tmp_path: Path) -> Iterator[ShimServer]:
+    """A fresh shim server on a fresh SQLite file, for one test."""
+    with ShimServer(tmp_path / "shim") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shim_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShimServer]:
+    """A shim server shared by the tests of one module."""
+    with ShimServer(tmp_path_factory.mktemp("shim")) as server:
+        yield server
+
+
+@pytest.fixture
+def etcd_factory(tmp_path: Path) -> Iterator[Callable[..., EtcdServer]]:
+    """`etcd_factory(extra_args=...)` starts another fresh etcd (stopped after the test)."""
+    factory = ServerFactory(EtcdServer, tmp_path / "etcd")
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture
+def shim_factory(tmp_path: Path) -> Iterator[Callable[..., ShimServer]]:
+    """`shim_factory(datastore_endpoint=..., extra_args=...)` starts another fresh shim."""
+    factory = ServerFactory(ShimServer, tmp_path / "shims")
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture
+def etcd_client(etcd: EtcdServer) -> Iterator[Client]:
+    with Client(etcd.endpoint) as client:
+        yield client
+
+
+@pytest.fixture
+def shim_client(shim: ShimServer) -> Iterator[Client]:
+    with Client(shim.endpoint) as client:
+        yield client
+
+
+@pytest.fixture
+def shim_module_client(shim_module: ShimServer) -> Iterator[Client]:
+    with Client(shim_module.endpoint) as client:
+        yield client
+
+
+def _servers_used(item: pytest.Item) -> list[ServerProcess]:
+    servers: list[ServerProcess] = []
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, ServerProcess):
+            servers.append(value)
+        elif isinstance(value, ServerFactory):
+            servers.extend(value.servers)
+    return servers
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.failed:
+        for server in _servers_used(item):
+            report.sections.append(
+                (f"{server.name} log {server.log_path}", server.log_tail(60))
+            )
