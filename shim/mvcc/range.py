@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from shim.backend.base import ReadView
 from shim.mvcc.errors import CompactedError, FutureRevisionError
+from shim.mvcc.gosort import go_sort, go_sort_reverse
 from shim.mvcc.keys import range_end
 from shim.pb.kv_pb2 import KeyValue
 from shim.pb.rpc_pb2 import RangeRequest, RangeResponse
@@ -73,7 +74,9 @@ def execute_range(
         req.sort_target == RangeRequest.KEY and sort_order == RangeRequest.ASCEND
     ):
         sort_key = _SORT_KEYS.get(req.sort_target, _SORT_KEYS[RangeRequest.KEY])
-        kvs.sort(key=sort_key, reverse=sort_order == RangeRequest.DESCEND)
+        # etcd's Go sort is unstable: go_sort reproduces its exact order of ties.
+        sort = go_sort_reverse if sort_order == RangeRequest.DESCEND else go_sort
+        sort(kvs, lambda x, y: sort_key(x) < sort_key(y))  # type: ignore[operator]
     if limit and len(kvs) > limit:
         del kvs[limit:]
         resp.more = True
