@@ -110,6 +110,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report: pytest.TestReport = outcome.get_result()
     if report.failed:
         for server in _servers_used(item):
-            report.sections.append(
-                (f"{server.name} log {server.log_path}", server.log_tail(60))
-            )
+            report.sections.append((f"{server.name} log {server.log_path}", server.log_tail(60)))

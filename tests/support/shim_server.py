@@ -38,9 +38,7 @@ class ShimServer(ServerProcess):
         startup_timeout: float = 15.0,
     ) -> None:
         super().__init__(workdir or Path(tempfile.mkdtemp(prefix="shim-")), "shim.log")
-        self.datastore_endpoint = datastore_endpoint or sqlite_endpoint(
-            self.workdir / "state.db"
-        )
+        self.datastore_endpoint = datastore_endpoint or sqlite_endpoint(self.workdir / "state.db")
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
         self.startup_timeout = startup_timeout
