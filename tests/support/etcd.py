@@ -6,11 +6,11 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 from .net import free_ports
 from .process import ServerProcess, ServerStartError, child_env
@@ -57,7 +57,7 @@ class EtcdServer(ServerProcess):
         extra_args: Sequence[str] = (),
         startup_timeout: float = 20.0,
     ) -> None:
-        super().__init__(workdir or Path(tempfile.mkdtemp(prefix="etcd-")), "etcd.log")
+        super().__init__(workdir, "etcd.log")
         self.data_dir = self.workdir / "data"
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
@@ -68,7 +68,7 @@ class EtcdServer(ServerProcess):
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
 
-    def start(self) -> EtcdServer:
+    def start(self) -> Self:
         # Ports are picked free but may be taken before etcd binds them: retry.
         for attempt in range(1, self.start_attempts + 1):
             self.client_port, self.peer_port = free_ports(2)
@@ -122,12 +122,6 @@ class EtcdServer(ServerProcess):
         code = super().kill()
         shutil.rmtree(self.data_dir, ignore_errors=True)
         return code
-
-    def __enter__(self) -> EtcdServer:
-        return self if self.running else self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 class EtcdctlError(subprocess.CalledProcessError):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 # Servers still running when the interpreter exits (a crashed or interrupted test
 # run) are killed so no stray etcd/shim keeps ports and temp dirs busy.
@@ -37,13 +40,18 @@ def tail(path: Path, lines: int = 60) -> str:
 
 
 class ServerProcess:
-    """One subprocess whose stdout and stderr go to `log_path` (appended across restarts)."""
+    """One subprocess whose stdout and stderr go to `log_path` (appended across restarts).
+
+    Without a `workdir` it makes a temporary one, removed on leaving a `with` block;
+    a given workdir (e.g. pytest's tmp_path) is left alone.
+    """
 
     name = "server"
 
-    def __init__(self, workdir: Path, log_name: str) -> None:
-        self.workdir = workdir
-        self.log_path = workdir / log_name
+    def __init__(self, workdir: Path | None, log_name: str) -> None:
+        self._owns_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
+        self.log_path = self.workdir / log_name
         self._proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
 
@@ -129,6 +137,17 @@ class ServerProcess:
             self._proc.kill()
             self._proc.wait()
         return self._reap()
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self if self.running else self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _reap(self) -> int | None:
         assert self._proc is not None

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 from .client import SERVING, health_status
 from .net import free_port
@@ -37,7 +37,7 @@ class ShimServer(ServerProcess):
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 15.0,
     ) -> None:
-        super().__init__(workdir or Path(tempfile.mkdtemp(prefix="shim-")), "shim.log")
+        super().__init__(workdir, "shim.log")
         self.datastore_endpoint = datastore_endpoint or sqlite_endpoint(self.workdir / "state.db")
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
@@ -61,7 +61,7 @@ class ShimServer(ServerProcess):
             *self.extra_args,
         ]
 
-    def start(self) -> ShimServer:
+    def start(self) -> Self:
         # Run from the checkout so the code under test is this tree's, installed or not.
         self._spawn(
             self.argv(),
@@ -74,16 +74,10 @@ class ShimServer(ServerProcess):
     def _serving(self) -> bool:
         return health_status(self.endpoint, timeout=0.5) == SERVING
 
-    def restart(self, *, kill: bool = False) -> ShimServer:
+    def restart(self, *, kill: bool = False) -> Self:
         """Stop (SIGTERM, or SIGKILL with `kill`) and start again on the same data and port."""
         if kill:
             self.kill()
         else:
             self.stop()
         return self.start()
-
-    def __enter__(self) -> ShimServer:
-        return self if self.running else self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
