@@ -53,6 +53,31 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"largest write request accepted (default {DEFAULT_MAX_REQUEST_BYTES}, as etcd)",
     )
     parser.add_argument("--name", default="default", help="member name reported by MemberList")
+    parser.add_argument(
+        "--watch-progress-notify-interval", type=_duration, default=600.0,
+        help="how often watchers that asked for progress_notify get one when idle "
+        "(seconds, or with a unit: 500ms, 5s, 10m; default 10m as etcd)",
+    )
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(text: str) -> float:
+    """Seconds from "1.5", "500ms", "5s", "10m" or "1h"."""
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit):
+            number, scale = text[: -len(unit)], _UNITS[unit]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a duration cannot be negative")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +111,7 @@ def run_serve(args: argparse.Namespace) -> int:
         sqlite_synchronous=args.sqlite_synchronous,
         max_request_bytes=args.max_request_bytes,
         name=args.name,
+        watch_progress_notify_interval=args.watch_progress_notify_interval,
     )
     from shim.api.server import serve  # imported late: grpc start-up cost only when serving
 

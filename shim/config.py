@@ -27,6 +27,7 @@ class ServerConfig:
     sqlite_synchronous: str = "FULL"
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     name: str = "default"
+    watch_progress_notify_interval: float = 600.0  # etcd's default: 10 minutes
 
 
 def parse_datastore_endpoint(endpoint: str) -> SqliteEndpoint:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 
+import apsw
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -13,10 +16,13 @@ from shim.api.cluster import ClusterService
 from shim.api.header import Identity
 from shim.api.kv import KVService
 from shim.api.maintenance import MaintenanceService
-from shim.backend.sqlite import SqliteBackend
+from shim.api.watch import WatchService
+from shim.backend.sqlite import BackendOpenError, SqliteBackend
+from shim.backend.sqlite import _describe as describe_sqlite_error
 from shim.config import ConfigError, ServerConfig, grpc_listen_target, parse_datastore_endpoint
 from shim.mvcc.store import Store
-from shim.pb import rpc_pb2_grpc
+from shim.mvcc.watch import WatchHub
+from shim.pb import rpc_pb2, rpc_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,41 @@ def open_backend(config: ServerConfig) -> SqliteBackend:
     return backend
 
 
+def check_can_listen(target: str) -> None:
+    """Fail with a one-line reason when ``target`` cannot be bound.
+
+    gRPC itself reports a failed bind with a C-level log line on stderr and a vague message,
+    so try the bind first, the way gRPC will do it (SO_REUSEADDR, no SO_REUSEPORT); like gRPC,
+    one address of the host that binds is enough.
+    """
+    host, _, port_text = target.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"listen address {target!r} needs a numeric port") from None
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {target}: {exc.strerror}") from None
+    failures: list[OSError] = []
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                failures.append(exc)
+            else:
+                return
+    if any(exc.errno == errno.EADDRINUSE for exc in failures):
+        raise ConfigError(f"cannot listen on {target}: address already in use")
+    if failures:
+        raise ConfigError(f"cannot listen on {target}: {failures[0].strerror}")
+
+
 class ShimServer:
     """One serving process: a store on a backend, behind a gRPC server."""
 
@@ -40,12 +81,24 @@ class ShimServer:
         self.store = Store(backend)
         self.identity = Identity.from_node_id(backend.node_id)
         self.health = health.aio.HealthServicer()
+        self.hub: WatchHub | None = None
         self._server: grpc.aio.Server | None = None
         self.client_url = ""
 
     async def start(self) -> None:
         target = grpc_listen_target(self.config.listen_address)
+        check_can_listen(target)
         await self.store.start()
+        hub = WatchHub(
+            revision=self.store.revision,
+            compact_revision=lambda: self.store.compact_revision,
+            read_entries=self.store.read_watch_entries,
+            fill_header=lambda resp, revision: self._fill_watch_header(resp, revision),
+            max_response_bytes=self.config.max_request_bytes,
+        )
+        self.store.add_commit_listener(hub.on_commit)
+        hub.start(self.config.watch_progress_notify_interval)
+        self.hub = hub
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length",
@@ -60,6 +113,7 @@ class ShimServer:
         rpc_pb2_grpc.add_KVServicer_to_server(
             KVService(self.store, self.identity, self.config.max_request_bytes), server
         )
+        rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(hub), server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(
             MaintenanceService(self.store, self.identity), server
         )
@@ -84,12 +138,23 @@ class ShimServer:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("serving etcd v3 API on %s (datastore %s)", target, self.backend.path)
 
+    def _fill_watch_header(self, resp: rpc_pb2.WatchResponse, revision: int) -> None:
+        resp.header.revision = revision
+        self.identity.fill(resp.header)
+
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, then drain the write path."""
         if self._server is not None:
             await self.health.enter_graceful_shutdown()
-            await self._server.stop(SHUTDOWN_GRACE_SECONDS)
+            stopping = asyncio.ensure_future(self._server.stop(SHUTDOWN_GRACE_SECONDS))
+            # Watch streams never finish by themselves: end them once no new ones can start.
+            await asyncio.sleep(0)
+            if self.hub is not None:
+                self.hub.end_all_streams()
+            await stopping
             self._server = None
+        if self.hub is not None:
+            await self.hub.close()
         await self.store.close()
 
 
@@ -97,7 +162,13 @@ async def serve(config: ServerConfig) -> None:
     backend = open_backend(config)
     try:
         server = ShimServer(config, backend)
-        await server.start()
+        try:
+            await server.start()
+        except apsw.Error as exc:
+            # Damage the open checks do not reach (a corrupted table) shows on the first read.
+            raise BackendOpenError(
+                f"cannot use database {backend.path}: {describe_sqlite_error(exc)}"
+            ) from exc
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

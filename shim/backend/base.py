@@ -59,8 +59,11 @@ class ReadView(Protocol):
         """How many keys are live in ``[key, end)`` at ``revision`` (0 = current)."""
         ...
 
-    def entries(self, after_revision: int, up_to_revision: int) -> list[LogEntry]:
-        """Every log row with ``after_revision < revision <= up_to_revision``, in order."""
+    def entries(
+        self, key: bytes, end: bytes | None, after_revision: int, limit: int
+    ) -> list[LogEntry]:
+        """Log rows of keys in the range (``end`` None: one key) with a revision above
+        ``after_revision``, in log order, at most ``limit``."""
         ...
 
 

@@ -116,14 +116,22 @@ class SqliteView:
         row = self._conn.execute(sql, params).fetchone()
         return int(row[0])
 
-    def entries(self, after_revision: int, up_to_revision: int) -> list[LogEntry]:
+    def entries(
+        self, key: bytes, end: bytes | None, after_revision: int, limit: int
+    ) -> list[LogEntry]:
+        if end is None:
+            where, params = "l.key = ?", [key]
+        elif end == b"":
+            where, params = "l.key >= ?", [key]
+        else:
+            where, params = "l.key >= ? AND l.key < ?", [key, end]
         rows = self._conn.execute(
             f"SELECT {_KV_COLUMNS}, l.deleted, l.prev_revision, p.value, p.create_revision, "
             "p.version, p.lease FROM log l LEFT JOIN log p "
             "ON l.prev_revision != 0 AND p.key = l.key AND p.revision = l.prev_revision "
             "AND p.deleted = 0 "
-            "WHERE l.revision > ? AND l.revision <= ? ORDER BY l.id",
-            (after_revision, up_to_revision),
+            f"WHERE {where} AND l.revision > ? ORDER BY l.id LIMIT ?",
+            (*params, after_revision, limit),
         )
         out: list[LogEntry] = []
         for row in rows:

@@ -24,6 +24,7 @@ from shim.mvcc.apply import (
 )
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError
 from shim.mvcc.range import execute_range
+from shim.mvcc.watch import EntriesRead
 from shim.mvcc.writer import Writer
 from shim.pb.rpc_pb2 import (
     CompactionRequest,
@@ -88,6 +89,17 @@ class Store:
                 return execute_range(view, req, view.revision(), view.compact_revision())
         except apsw.Error as exc:
             raise StorageUnavailableError(f"storage read failed: {exc}") from exc
+
+    def read_watch_entries(
+        self, key: bytes, end: bytes | None, after_revision: int, limit: int
+    ) -> EntriesRead:
+        """Log rows for a watcher catching up (called from a worker thread)."""
+        with self.backend.read() as view:
+            return EntriesRead(
+                entries=view.entries(key, end, after_revision, limit),
+                revision=view.revision(),
+                compact_revision=view.compact_revision(),
+            )
 
     # -- writes --------------------------------------------------------------------------------
 

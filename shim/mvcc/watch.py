@@ -1,0 +1,432 @@
+"""The watch hub: turns committed revisions into per-watcher event streams.
+
+Every committed revision reaches the hub from the store's commit path (``Store`` commit
+listeners), on the event loop thread, in revision order. A watcher is either
+
+* **synced**: it has been sent everything up to the hub's revision and receives new revisions
+  as they are published, or
+* **unsynced**: it is behind (it asked for history, or its stream was too slow to take more)
+  and the catch-up task feeds it from the log, a bounded chunk at a time, until it reaches the
+  hub's revision and becomes synced again.
+
+A watcher never receives a revision below its ``next_revision``, so the seam between catch-up
+and live delivery has neither gap nor duplicate. Sending never blocks: a stream whose queue is
+full makes its watchers unsynced instead, so a stalled client costs bounded memory and never
+slows writers or other watchers. This is etcd's synced/unsynced/victim design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shim.backend.base import LogEntry
+from shim.mvcc.apply import Revision
+from shim.mvcc.keys import in_range
+from shim.pb.kv_pb2 import Event, KeyValue
+from shim.pb.rpc_pb2 import WatchCreateRequest, WatchResponse
+
+log = logging.getLogger(__name__)
+
+# How many responses a stream may hold before its watchers fall back to catching up.
+STREAM_QUEUE_LIMIT = 1024
+# How many log rows one catch-up read fetches at most.
+CATCH_UP_ROWS = 1000
+
+EMPTY_RANGE = "mvcc: watcher range is empty"
+DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
+PROGRESS_WATCH_ID = -1
+
+
+@dataclass(eq=False, slots=True)
+class Watcher:
+    id: int
+    key: bytes
+    end: bytes | None  # None: one key; b"": no upper bound
+    stream: WatchStream
+    prev_kv: bool
+    no_put: bool
+    no_delete: bool
+    progress_notify: bool
+    fragment: bool
+    next_revision: int  # the first revision this watcher has not been sent
+    synced: bool = False
+    sent_since_progress: bool = False
+
+    def matches(self, key: bytes) -> bool:
+        return in_range(key, self.key, self.end)
+
+
+@dataclass(eq=False)
+class WatchStream:
+    """The watchers of one gRPC Watch stream and the queue of responses it has to send."""
+
+    hub: WatchHub
+    # None is the end-of-stream marker the hub queues when the server shuts down.
+    queue: asyncio.Queue[WatchResponse | None] = field(default_factory=asyncio.Queue)
+    watchers: dict[int, Watcher] = field(default_factory=dict)
+    _next_id: int = 0
+    progress_requested: bool = False
+    closed: bool = False
+
+    def has_room(self) -> bool:
+        return self.queue.qsize() < STREAM_QUEUE_LIMIT
+
+    def send(self, resp: WatchResponse) -> None:
+        self.queue.put_nowait(resp)
+
+    def all_synced(self) -> bool:
+        return all(w.synced for w in self.watchers.values())
+
+    def allocate_id(self, requested: int) -> int | None:
+        """The id for a new watcher: the client's choice if free, else the next free one."""
+        if requested:
+            return None if requested in self.watchers else requested
+        while self._next_id in self.watchers:
+            self._next_id += 1
+        chosen = self._next_id
+        self._next_id += 1
+        return chosen
+
+
+@dataclass(slots=True)
+class EntriesRead:
+    """One catch-up read: log rows after a revision, and the snapshot they were read at."""
+
+    entries: list[LogEntry]
+    revision: int
+    compact_revision: int
+
+
+class WatchHub:
+    """Fan-out of committed revisions to watchers, and catch-up from the log."""
+
+    def __init__(
+        self,
+        revision: int,
+        compact_revision: Callable[[], int],
+        read_entries: Callable[[bytes, bytes | None, int, int], EntriesRead],
+        fill_header: Callable[[WatchResponse, int], None],
+        max_response_bytes: int,
+    ) -> None:
+        self.revision = revision
+        self._compact_revision = compact_revision
+        self._read_entries = read_entries
+        self._fill_header = fill_header
+        self._max_response_bytes = max_response_bytes
+        self._by_key: dict[bytes, set[Watcher]] = {}
+        self._ranges: set[Watcher] = set()
+        self._unsynced: set[Watcher] = set()
+        self._progress_waiting: set[WatchStream] = set()
+        self._streams: set[WatchStream] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self, progress_interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._catch_up_loop())]
+        if progress_interval > 0:
+            self._tasks.append(loop.create_task(self._progress_loop(progress_interval)))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _progress_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.notify_progress()
+
+    def open_stream(self) -> WatchStream:
+        stream = WatchStream(hub=self)
+        self._streams.add(stream)
+        return stream
+
+    def end_all_streams(self) -> None:
+        """Tell every open stream to finish (server shutdown)."""
+        for stream in self._streams:
+            stream.queue.put_nowait(None)
+
+    def close_stream(self, stream: WatchStream) -> None:
+        self._streams.discard(stream)
+        stream.closed = True
+        self._progress_waiting.discard(stream)
+        for watcher in list(stream.watchers.values()):
+            self._remove(watcher)
+        stream.watchers.clear()
+
+    # -- watcher management --------------------------------------------------------------------
+
+    def create(self, stream: WatchStream, req: WatchCreateRequest) -> None:
+        """Register a watcher and queue its created (or refused) response."""
+        key = req.key or b"\x00"  # etcd turns an empty watch key into "\0"
+        end: bytes | None
+        if not req.range_end:
+            end = None
+        elif req.range_end == b"\x00":
+            end = b""
+        else:
+            end = req.range_end
+        watch_id = stream.allocate_id(req.watch_id)
+        if watch_id is None:
+            self._refuse(stream, req.watch_id, DUPLICATE_ID)
+            return
+        if end is not None and end != b"" and end <= key:
+            self._refuse(stream, watch_id, EMPTY_RANGE)
+            return
+        start = req.start_revision
+        compacted = self._compact_revision()
+        if 0 < start < compacted:
+            resp = WatchResponse(
+                watch_id=watch_id, created=True, canceled=True, compact_revision=compacted
+            )
+            self._fill_header(resp, self.revision)
+            stream.send(resp)
+            return
+        filters = set(req.filters)
+        watcher = Watcher(
+            id=watch_id, key=key, end=end, stream=stream, prev_kv=req.prev_kv,
+            no_put=WatchCreateRequest.NOPUT in filters,
+            no_delete=WatchCreateRequest.NODELETE in filters,
+            progress_notify=req.progress_notify, fragment=req.fragment,
+            next_revision=start if start > 0 else self.revision + 1,
+        )
+        created = WatchResponse(watch_id=watch_id, created=True)
+        self._fill_header(created, self.revision)
+        stream.send(created)
+        stream.watchers[watch_id] = watcher
+        if watcher.end is None:
+            self._by_key.setdefault(watcher.key, set()).add(watcher)
+        else:
+            self._ranges.add(watcher)
+        if watcher.next_revision <= self.revision:
+            self._mark_unsynced(watcher)
+        else:
+            watcher.synced = True
+
+    def cancel(self, stream: WatchStream, watch_id: int) -> None:
+        watcher = stream.watchers.pop(watch_id, None)
+        if watcher is None:
+            return  # etcd answers nothing for an unknown id
+        self._remove(watcher)
+        resp = WatchResponse(watch_id=watch_id, canceled=True)
+        self._fill_header(resp, self.revision)
+        stream.send(resp)
+        self._maybe_send_progress(stream)
+
+    def request_progress(self, stream: WatchStream) -> None:
+        stream.progress_requested = True
+        self._maybe_send_progress(stream)
+
+    def _refuse(self, stream: WatchStream, watch_id: int, reason: str) -> None:
+        resp = WatchResponse(watch_id=watch_id, created=True, canceled=True, cancel_reason=reason)
+        self._fill_header(resp, self.revision)
+        stream.send(resp)
+
+    def _remove(self, watcher: Watcher) -> None:
+        watcher.synced = False
+        self._unsynced.discard(watcher)
+        if watcher.end is None:
+            group = self._by_key.get(watcher.key)
+            if group is not None:
+                group.discard(watcher)
+                if not group:
+                    del self._by_key[watcher.key]
+        else:
+            self._ranges.discard(watcher)
+
+    def _mark_unsynced(self, watcher: Watcher) -> None:
+        watcher.synced = False
+        self._unsynced.add(watcher)
+        self._wake.set()
+
+    # -- live delivery -------------------------------------------------------------------------
+
+    def on_commit(self, revisions: list[Revision]) -> None:
+        """Publish committed revisions (event loop thread, revision order)."""
+        if not revisions:
+            return
+        self.revision = revisions[-1].revision
+        batches: dict[Watcher, list[Event]] = {}
+        for rev in revisions:
+            for change in rev.changes:
+                for watcher in self._interested(change.kv.key):
+                    if not watcher.synced or rev.revision < watcher.next_revision:
+                        continue
+                    event = _event(change.kv, change.prev, change.deleted, watcher)
+                    if event is not None:
+                        batches.setdefault(watcher, []).append(event)
+        for watcher, events in batches.items():
+            self._deliver(watcher, events, self.revision)
+        for stream in list(self._progress_waiting):
+            self._maybe_send_progress(stream)
+
+    def _all_synced(self) -> list[Watcher]:
+        out: list[Watcher] = [w for group in self._by_key.values() for w in group if w.synced]
+        out.extend(w for w in self._ranges if w.synced)
+        return out
+
+    def _interested(self, key: bytes) -> list[Watcher]:
+        found = list(self._by_key.get(key, ()))
+        found.extend(w for w in self._ranges if w.matches(key))
+        return found
+
+    def _deliver(self, watcher: Watcher, events: list[Event], revision: int) -> None:
+        """Queue events for a synced watcher, or make it catch up if its stream is full."""
+        stream = watcher.stream
+        if not stream.has_room():
+            first = events[0].kv.mod_revision
+            watcher.next_revision = first
+            self._mark_unsynced(watcher)
+            return
+        for resp in self._responses(watcher, events, revision):
+            stream.send(resp)
+        watcher.sent_since_progress = True
+        watcher.next_revision = revision + 1
+
+    def _responses(
+        self, watcher: Watcher, events: list[Event], revision: int
+    ) -> list[WatchResponse]:
+        resp = WatchResponse(watch_id=watcher.id, events=events)
+        self._fill_header(resp, revision)
+        if not watcher.fragment or resp.ByteSize() <= self._max_response_bytes:
+            return [resp]
+        # Split into fragments of at most the limit each (at least one event per fragment).
+        out: list[WatchResponse] = []
+        chunk: list[Event] = []
+        size = 0
+        for event in events:
+            event_size = event.ByteSize() + 8
+            if chunk and size + event_size > self._max_response_bytes:
+                out.append(WatchResponse(watch_id=watcher.id, events=chunk, fragment=True))
+                chunk, size = [], 0
+            chunk.append(event)
+            size += event_size
+        out.append(WatchResponse(watch_id=watcher.id, events=chunk))
+        for part in out:
+            self._fill_header(part, revision)
+        return out
+
+    def _maybe_send_progress(self, stream: WatchStream) -> None:
+        """Answer a RequestProgress once every watcher of the stream has been sent everything
+        up to the hub's revision (never earlier)."""
+        if not stream.progress_requested:
+            return
+        if not stream.all_synced():
+            self._progress_waiting.add(stream)
+            return
+        self._progress_waiting.discard(stream)
+        stream.progress_requested = False
+        resp = WatchResponse(watch_id=PROGRESS_WATCH_ID)
+        self._fill_header(resp, self.revision)
+        stream.send(resp)
+
+    def notify_progress(self) -> None:
+        """Periodic progress for watchers that asked for it and had nothing to send."""
+        for watcher in self._all_synced():
+            if not watcher.progress_notify or watcher.stream.closed:
+                continue
+            if watcher.sent_since_progress:
+                watcher.sent_since_progress = False
+                continue
+            if watcher.stream.has_room():
+                resp = WatchResponse(watch_id=watcher.id)
+                self._fill_header(resp, self.revision)
+                watcher.stream.send(resp)
+
+    # -- catch-up ------------------------------------------------------------------------------
+
+    async def _catch_up_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            progressed = True
+            while self._unsynced and progressed:
+                progressed = False
+                for watcher in list(self._unsynced):
+                    if watcher.stream.closed or watcher not in self._unsynced:
+                        continue
+                    if not watcher.stream.has_room():
+                        continue
+                    try:
+                        await self._catch_up(watcher)
+                    except Exception:
+                        log.exception("watch catch-up failed for watcher %d", watcher.id)
+                        continue
+                    progressed = True
+            if self._unsynced:
+                # Someone is still blocked on a full stream: look again shortly.
+                await asyncio.sleep(0.01)
+                self._wake.set()
+
+    async def _catch_up(self, watcher: Watcher) -> None:
+        after = watcher.next_revision - 1
+        read = await asyncio.to_thread(
+            self._read_entries, watcher.key, watcher.end, after, CATCH_UP_ROWS
+        )
+        if watcher not in self._unsynced:
+            return  # canceled while reading
+        if watcher.next_revision < read.compact_revision:
+            # History it still needs is gone (checked at the snapshot the rows came from).
+            self._cancel_compacted(watcher, read.compact_revision)
+            return
+        entries, snapshot_revision = read.entries, read.revision
+        if entries and len(entries) >= CATCH_UP_ROWS:
+            # Deliver whole revisions only: drop the possibly incomplete last one.
+            last = entries[-1].kv.mod_revision
+            complete = [e for e in entries if e.kv.mod_revision < last]
+            if complete:
+                entries, reached = complete, last - 1
+            else:
+                reached = last  # one huge revision: deliver it whole
+        else:
+            reached = snapshot_revision
+        events: list[Event] = []
+        for entry in entries:
+            if entry.kv.mod_revision < watcher.next_revision:
+                continue
+            event = _event(entry.kv, entry.prev, entry.deleted, watcher)
+            if event is not None:
+                events.append(event)
+        header_revision = max(reached, self.revision)
+        if events:
+            for resp in self._responses(watcher, events, header_revision):
+                watcher.stream.send(resp)
+            watcher.sent_since_progress = True
+        watcher.next_revision = max(watcher.next_revision, reached + 1)
+        if watcher.next_revision > self.revision:
+            # Caught up: from here on it gets revisions as they are published.
+            self._unsynced.discard(watcher)
+            watcher.synced = True
+            self._maybe_send_progress(watcher.stream)
+
+    def _cancel_compacted(self, watcher: Watcher, compacted: int) -> None:
+        stream = watcher.stream
+        stream.watchers.pop(watcher.id, None)
+        self._remove(watcher)
+        resp = WatchResponse(watch_id=watcher.id, canceled=True, compact_revision=compacted)
+        self._fill_header(resp, self.revision)
+        stream.send(resp)
+
+
+def _event(kv: KeyValue, prev: KeyValue | None, deleted: bool, watcher: Watcher) -> Event | None:
+    if deleted:
+        if watcher.no_delete:
+            return None
+        event = Event(type=Event.DELETE, kv=kv)
+    else:
+        if watcher.no_put:
+            return None
+        event = Event(type=Event.PUT, kv=kv)
+    if watcher.prev_kv and prev is not None:
+        event.prev_kv.CopyFrom(prev)
+    return event
