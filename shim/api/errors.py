@@ -40,6 +40,8 @@ REQUEST_TOO_LARGE = _error(Code.INVALID_ARGUMENT, "etcdserver: request is too la
 COMPACTED = _error(Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted")
 FUTURE_REV = _error(Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
 LEASE_NOT_FOUND = _error(Code.NOT_FOUND, "etcdserver: requested lease not found")
+LEASE_EXISTS = _error(Code.FAILED_PRECONDITION, "etcdserver: lease already exists")
+LEASE_TTL_TOO_LARGE = _error(Code.OUT_OF_RANGE, "etcdserver: too large lease TTL")
 STOPPED = _error(Code.UNAVAILABLE, "etcdserver: server stopped")
 
 
@@ -52,6 +54,10 @@ def from_store_error(exc: store_errors.StoreError) -> RequestError:
         return KEY_NOT_FOUND()
     if isinstance(exc, store_errors.LeaseNotFoundError):
         return LEASE_NOT_FOUND()
+    if isinstance(exc, store_errors.LeaseExistsError):
+        return LEASE_EXISTS()
+    if isinstance(exc, store_errors.LeaseTTLTooLargeError):
+        return LEASE_TTL_TOO_LARGE()
     if isinstance(exc, store_errors.StoreClosedError):
         return STOPPED()
     if isinstance(exc, store_errors.StorageUnavailableError):

@@ -15,11 +15,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from shim.api.cluster import ClusterService
 from shim.api.header import Identity
 from shim.api.kv import KVService
+from shim.api.lease import LeaseService
 from shim.api.maintenance import MaintenanceService
 from shim.api.watch import WatchService
 from shim.backend.sqlite import BackendOpenError, SqliteBackend
 from shim.backend.sqlite import _describe as describe_sqlite_error
 from shim.config import ConfigError, ServerConfig, grpc_listen_target, parse_datastore_endpoint
+from shim.mvcc.lease import Lessor
 from shim.mvcc.store import Store
 from shim.mvcc.watch import WatchHub
 from shim.pb import rpc_pb2, rpc_pb2_grpc
@@ -82,6 +84,7 @@ class ShimServer:
         self.identity = Identity.from_node_id(backend.node_id)
         self.health = health.aio.HealthServicer()
         self.hub: WatchHub | None = None
+        self.lessor = Lessor(self.store)
         self._server: grpc.aio.Server | None = None
         self.client_url = ""
 
@@ -99,6 +102,7 @@ class ShimServer:
         self.store.add_commit_listener(hub.on_commit)
         hub.start(self.config.watch_progress_notify_interval)
         self.hub = hub
+        self.lessor.start(self.store.leases())
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length",
@@ -114,6 +118,9 @@ class ShimServer:
             KVService(self.store, self.identity, self.config.max_request_bytes), server
         )
         rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(hub), server)
+        rpc_pb2_grpc.add_LeaseServicer_to_server(
+            LeaseService(self.lessor, self.store, self.identity), server
+        )
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(
             MaintenanceService(self.store, self.identity), server
         )
@@ -153,6 +160,7 @@ class ShimServer:
                 self.hub.end_all_streams()
             await stopping
             self._server = None
+        await self.lessor.close()
         if self.hub is not None:
             await self.hub.close()
         await self.store.close()

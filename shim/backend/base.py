@@ -59,6 +59,14 @@ class ReadView(Protocol):
         """How many keys are live in ``[key, end)`` at ``revision`` (0 = current)."""
         ...
 
+    def leases(self) -> dict[int, int]:
+        """Every lease: id -> granted TTL in seconds."""
+        ...
+
+    def lease_keys(self, lease_id: int) -> list[bytes]:
+        """Keys whose current version is attached to the lease, in key order."""
+        ...
+
     def entries(
         self, key: bytes, end: bytes | None, after_revision: int, limit: int
     ) -> list[LogEntry]:
@@ -71,6 +79,10 @@ class WriteTxn(ReadView, Protocol):
     def append(self, versions: list[NewVersion]) -> None:
         """Append versions to the log and update each key's current version."""
         ...
+
+    def add_lease(self, lease_id: int, ttl: int, granted_ms: int) -> None: ...
+
+    def remove_lease(self, lease_id: int) -> None: ...
 
     def set_revision(self, revision: int) -> None: ...
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -25,26 +26,24 @@ class Migration:
     sql: str
 
 
-def _migrations_root() -> Path:
+def _migrations_root() -> Traversable:
+    """Installed: the ``shim.migrations`` package data. From an uninstalled source checkout:
+    the repository's ``migrations/`` folder."""
     try:
-        root = Path(str(resources.files("shim.migrations")))
-        if root.is_dir():
-            return root
+        return resources.files("shim.migrations")
     except ModuleNotFoundError:
-        pass
-    # Running from a source checkout that was not installed.
-    return Path(__file__).resolve().parents[2] / "migrations"
+        return Path(__file__).resolve().parents[2] / "migrations"
 
 
 def load_migrations(dialect: str) -> list[Migration]:
     """The migrations of one dialect ("sqlite", "postgres"), oldest first."""
-    folder = _migrations_root() / dialect
+    folder = _migrations_root().joinpath(dialect)
     found: list[Migration] = []
-    for path in sorted(folder.iterdir()):
-        match = _FILE_NAME.match(path.name)
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        match = _FILE_NAME.match(entry.name)
         if match is None:
             continue
-        found.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
+        found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
         raise SchemaError(f"migrations for {dialect} are not numbered 1..N: {versions}")

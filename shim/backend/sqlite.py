@@ -116,6 +116,18 @@ class SqliteView:
         row = self._conn.execute(sql, params).fetchone()
         return int(row[0])
 
+    def leases(self) -> dict[int, int]:
+        return dict(self._conn.execute("SELECT id, ttl FROM lease").fetchall())
+
+    def lease_keys(self, lease_id: int) -> list[bytes]:
+        """Keys whose current version is attached to the lease, in key order."""
+        rows = self._conn.execute(
+            "SELECT l.key FROM log l JOIN current c ON c.key = l.key AND c.id = l.id "
+            "WHERE l.lease = ? ORDER BY l.key",
+            (lease_id,),
+        )
+        return [row[0] for row in rows]
+
     def entries(
         self, key: bytes, end: bytes | None, after_revision: int, limit: int
     ) -> list[LogEntry]:
@@ -169,6 +181,15 @@ class SqliteWriteTxn(SqliteView):
                     "ON CONFLICT (key) DO UPDATE SET id = excluded.id",
                     (v.key, conn.last_insert_rowid()),
                 )
+
+    def add_lease(self, lease_id: int, ttl: int, granted_ms: int) -> None:
+        self._conn.execute(
+            "INSERT INTO lease (id, ttl, granted_ms, node_id) VALUES (?, ?, ?, ?)",
+            (lease_id, ttl, granted_ms, self._node_id),
+        )
+
+    def remove_lease(self, lease_id: int) -> None:
+        self._conn.execute("DELETE FROM lease WHERE id = ?", (lease_id,))
 
     def set_revision(self, revision: int) -> None:
         self._conn.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (revision,))
@@ -311,10 +332,13 @@ class SqliteBackend:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield SqliteWriteTxn(conn, self.node_id)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # Also after a failed COMMIT: never leave a transaction open on the writer.
+            if not conn.get_autocommit():
+                with contextlib.suppress(apsw.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[SqliteView]:

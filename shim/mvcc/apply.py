@@ -17,7 +17,9 @@ from shim.mvcc.errors import (
     CompactedError,
     FutureRevisionError,
     KeyNotFoundError,
+    LeaseExistsError,
     LeaseNotFoundError,
+    LeaseTTLTooLargeError,
 )
 from shim.mvcc.hlc import HybridClock
 from shim.mvcc.keys import range_end
@@ -29,6 +31,10 @@ from shim.pb.rpc_pb2 import (
     Compare,
     DeleteRangeRequest,
     DeleteRangeResponse,
+    LeaseGrantRequest,
+    LeaseGrantResponse,
+    LeaseRevokeRequest,
+    LeaseRevokeResponse,
     PutRequest,
     PutResponse,
     RequestOp,
@@ -37,8 +43,19 @@ from shim.pb.rpc_pb2 import (
     TxnResponse,
 )
 
-WriteRequest = PutRequest | DeleteRangeRequest | TxnRequest | CompactionRequest
-WriteResponse = PutResponse | DeleteRangeResponse | TxnResponse | CompactionResponse
+WriteRequest = (
+    PutRequest | DeleteRangeRequest | TxnRequest | CompactionRequest
+    | LeaseGrantRequest | LeaseRevokeRequest
+)
+WriteResponse = (
+    PutResponse | DeleteRangeResponse | TxnResponse | CompactionResponse
+    | LeaseGrantResponse | LeaseRevokeResponse
+)
+
+# etcd's bounds on a lease's TTL (seconds): its minimum follows from the default election
+# timeout (1.5 s, rounded up), its maximum is lease.MaxLeaseTTL.
+MIN_LEASE_TTL = 2
+MAX_LEASE_TTL = 9_000_000_000
 
 
 @dataclass(slots=True)
@@ -81,13 +98,14 @@ class Applier:
         revision: int,
         compact_revision: int,
         clock: HybridClock,
-        lease_exists: Callable[[int], bool],
+        leases: dict[int, int],
     ) -> None:
         self._txn = txn
         self.revision = revision
         self.compact_revision = compact_revision
         self._clock = clock
-        self._lease_exists = lease_exists
+        # id -> granted TTL; shared with the writer, which reloads it if a commit fails.
+        self._leases = leases
         self.committed: list[Revision] = []
         self._pending: list[Change] = []
 
@@ -99,7 +117,7 @@ class Applier:
         self._pending = []
         try:
             if isinstance(req, PutRequest):
-                if req.lease and not self._lease_exists(req.lease):
+                if req.lease and req.lease not in self._leases:
                     raise LeaseNotFoundError()
                 resp: WriteResponse = self._put(req)
             elif isinstance(req, DeleteRangeRequest):
@@ -108,6 +126,10 @@ class Applier:
                 resp = self._txn_request(req)
             elif isinstance(req, CompactionRequest):
                 resp = self._compact(req)
+            elif isinstance(req, LeaseGrantRequest):
+                resp = self._lease_grant(req)
+            elif isinstance(req, LeaseRevokeRequest):
+                resp = self._lease_revoke(req)
             else:
                 raise TypeError(f"not a write request: {type(req).__name__}")
         except BaseException:
@@ -191,11 +213,42 @@ class Applier:
         resp.header.revision = self.revision
         return resp
 
+    def _lease_grant(self, req: LeaseGrantRequest) -> LeaseGrantResponse:
+        if req.ID == 0:
+            raise LeaseNotFoundError()  # the edge picks an id before it gets here
+        if req.TTL > MAX_LEASE_TTL:
+            raise LeaseTTLTooLargeError()
+        if req.ID in self._leases:
+            raise LeaseExistsError()
+        ttl = max(req.TTL, MIN_LEASE_TTL)
+        self._txn.add_lease(req.ID, ttl, self._clock.now() >> 16)
+        self._leases[req.ID] = ttl
+        resp = LeaseGrantResponse(ID=req.ID, TTL=ttl)
+        resp.header.revision = self.revision
+        return resp
+
+    def _lease_revoke(self, req: LeaseRevokeRequest) -> LeaseRevokeResponse:
+        if req.ID not in self._leases:
+            raise LeaseNotFoundError()
+        # Every attached key goes in one revision, in key order, as etcd does.
+        revision = self._next
+        for key in self._txn.lease_keys(req.ID):
+            old = self._txn.get(key, 0)
+            if old is not None:
+                self._write(KeyValue(key=key, mod_revision=revision), old, deleted=True)
+        self._txn.remove_lease(req.ID)
+        del self._leases[req.ID]
+        resp = LeaseRevokeResponse()
+        resp.header.revision = self._visible_revision
+        return resp
+
     # -- transactions --------------------------------------------------------------------------
 
     def _txn_request(self, req: TxnRequest) -> TxnResponse:
         path = _Path.evaluate(self._txn, req)
-        path.check(self._txn, self._lease_exists, self.revision, self.compact_revision)
+        path.check(
+            self._txn, self._leases.__contains__, self.revision, self.compact_revision
+        )
         resp = self._run_path(path)
         resp.header.revision = self._visible_revision
         return resp

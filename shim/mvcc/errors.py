@@ -24,6 +24,14 @@ class LeaseNotFoundError(StoreError):
     """The request names a lease that does not exist."""
 
 
+class LeaseExistsError(StoreError):
+    """A lease with the requested id already exists."""
+
+
+class LeaseTTLTooLargeError(StoreError):
+    """The requested lease TTL is above etcd's maximum."""
+
+
 class StoreClosedError(StoreError):
     """The store is shutting down and takes no more requests."""
 

@@ -51,9 +51,7 @@ class Store:
     # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._writer = Writer(
-            self.backend, asyncio.get_running_loop(), self._publish, self._lease_exists
-        )
+        self._writer = Writer(self.backend, asyncio.get_running_loop(), self._publish)
         self._writer.start()
 
     async def close(self) -> None:
@@ -69,8 +67,14 @@ class Store:
         for listener in self._listeners:
             listener(committed)
 
-    def _lease_exists(self, lease_id: int) -> bool:
-        return False  # leases arrive with the Lease service
+    def leases(self) -> dict[int, int]:
+        """Lease id -> granted TTL as the write path knew them at start."""
+        assert self._writer is not None
+        return dict(self._writer.leases)
+
+    def lease_keys(self, lease_id: int) -> list[bytes]:
+        with self.backend.read() as view:
+            return view.lease_keys(lease_id)
 
     @property
     def revision(self) -> int:
@@ -103,20 +107,20 @@ class Store:
 
     # -- writes --------------------------------------------------------------------------------
 
-    async def _write(self, req: WriteRequest) -> WriteResponse:
+    async def write(self, req: WriteRequest) -> WriteResponse:
         if self._writer is None:
             raise StoreClosedError()
         return await self._writer.submit(req)
 
     async def put(self, req: PutRequest) -> PutResponse:
-        return await self._write(req)  # type: ignore[return-value]
+        return await self.write(req)  # type: ignore[return-value]
 
     async def delete_range(self, req: DeleteRangeRequest) -> DeleteRangeResponse:
-        return await self._write(req)  # type: ignore[return-value]
+        return await self.write(req)  # type: ignore[return-value]
 
     async def txn(self, req: TxnRequest) -> TxnResponse:
         if is_write(req):
-            return await self._write(req)  # type: ignore[return-value]
+            return await self.write(req)  # type: ignore[return-value]
         try:
             with self.backend.read() as view:
                 return execute_read_txn(view, req, view.revision(), view.compact_revision())
@@ -124,4 +128,4 @@ class Store:
             raise StorageUnavailableError(f"storage read failed: {exc}") from exc
 
     async def compact(self, req: CompactionRequest) -> CompactionResponse:
-        return await self._write(req)  # type: ignore[return-value]
+        return await self.write(req)  # type: ignore[return-value]

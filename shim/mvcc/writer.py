@@ -15,7 +15,6 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import apsw
@@ -47,18 +46,18 @@ class Writer:
         backend: SqliteBackend,
         loop: asyncio.AbstractEventLoop,
         on_commit: CommitListener,
-        lease_exists: Callable[[int], bool],
     ) -> None:
         self._backend = backend
         self._loop = loop
         self._on_commit = on_commit
-        self._lease_exists = lease_exists
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._closed = False
         with backend.read() as view:
             self.revision = view.revision()
             self.compact_revision = view.compact_revision()
             self._clock = HybridClock(view.max_hlc())
+            # Lease ids and TTLs, read and changed only by the writer thread.
+            self.leases = view.leases()
         self._thread = threading.Thread(target=self._run, name="shim-writer", daemon=True)
 
     def start(self) -> None:
@@ -104,7 +103,7 @@ class Writer:
         try:
             with self._backend.write() as txn:
                 applier = Applier(
-                    txn, self.revision, self.compact_revision, self._clock, self._lease_exists
+                    txn, self.revision, self.compact_revision, self._clock, self.leases
                 )
                 for item in batch:
                     txn.savepoint()
@@ -128,6 +127,7 @@ class Writer:
         except apsw.Error as exc:
             # Nothing of this batch is committed: every caller gets a retryable error.
             log.error("write batch of %d failed, rolled back: %s", len(batch), exc)
+            self._reload_leases()
             failure = StorageUnavailableError(f"storage write failed: {exc}")
             self._loop.call_soon_threadsafe(
                 self._deliver, batch, [failure] * len(batch), []
@@ -136,6 +136,15 @@ class Writer:
         self.revision = applier.revision
         self.compact_revision = applier.compact_revision
         self._loop.call_soon_threadsafe(self._deliver, batch, outcomes, applier.committed)
+
+    def _reload_leases(self) -> None:
+        """After a failed commit, forget lease changes the rolled-back batch made."""
+        try:
+            with self._backend.read() as view:
+                self.leases.clear()
+                self.leases.update(view.leases())
+        except apsw.Error:
+            log.exception("cannot reload leases after a failed commit")
 
     # -- event loop ----------------------------------------------------------------------------
 

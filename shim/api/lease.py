@@ -1,0 +1,79 @@
+"""etcdserverpb.Lease: Grant, Revoke, KeepAlive (stream), TimeToLive, Leases."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from shim.api.errors import grpc_errors
+from shim.api.header import Identity
+from shim.mvcc.lease import Lessor
+from shim.mvcc.store import Store
+from shim.pb import rpc_pb2, rpc_pb2_grpc
+
+
+class LeaseService(rpc_pb2_grpc.LeaseServicer):
+    def __init__(self, lessor: Lessor, store: Store, identity: Identity) -> None:
+        self._lessor = lessor
+        self._store = store
+        self._identity = identity
+
+    def _header(self, header: rpc_pb2.ResponseHeader) -> None:
+        if header.revision == 0:
+            header.revision = self._store.revision
+        self._identity.fill(header)
+
+    @grpc_errors
+    async def LeaseGrant(
+        self, request: rpc_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseGrantResponse:
+        resp = await self._lessor.grant(request)
+        self._header(resp.header)
+        return resp
+
+    @grpc_errors
+    async def LeaseRevoke(
+        self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseRevokeResponse:
+        resp = await self._lessor.revoke(request.ID)
+        self._header(resp.header)
+        return resp
+
+    @grpc_errors
+    async def LeaseTimeToLive(
+        self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseTimeToLiveResponse:
+        resp = rpc_pb2.LeaseTimeToLiveResponse(ID=request.ID)
+        found = self._lessor.time_to_live(request.ID)
+        if found is None:
+            resp.TTL = -1  # etcd answers an unknown lease this way, not with an error
+        else:
+            resp.TTL, resp.grantedTTL = found
+            if request.keys:
+                resp.keys.extend(self._store.lease_keys(request.ID))
+        self._header(resp.header)
+        return resp
+
+    @grpc_errors
+    async def LeaseLeases(
+        self, request: rpc_pb2.LeaseLeasesRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseLeasesResponse:
+        resp = rpc_pb2.LeaseLeasesResponse()
+        for lease_id in self._lessor.lease_ids():
+            resp.leases.add(ID=lease_id)
+        self._header(resp.header)
+        return resp
+
+    async def LeaseKeepAlive(
+        self,
+        request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
+        async for req in request_iterator:
+            # The header is taken before the renewal, as etcd does, so a revoke can never
+            # appear to happen before a keep-alive that succeeded.
+            resp = rpc_pb2.LeaseKeepAliveResponse(ID=req.ID)
+            self._header(resp.header)
+            resp.TTL = self._lessor.renew(req.ID)
+            yield resp

@@ -1,0 +1,137 @@
+"""The lessor: lease deadlines, keep-alives and expiry, on the event loop thread.
+
+Grants and revokes are writes: they go through the store's single write path, so a lease and
+the keys its revocation deletes change in one transaction. Deadlines live in memory: after a
+restart every lease gets its full TTL again, plus etcd's election-timeout extension, so a
+restarted server never expires a lease earlier than etcd would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import random
+import time
+
+from shim.mvcc.errors import LeaseNotFoundError, StoreClosedError
+from shim.mvcc.store import Store
+from shim.pb.rpc_pb2 import (
+    LeaseGrantRequest,
+    LeaseGrantResponse,
+    LeaseRevokeRequest,
+    LeaseRevokeResponse,
+)
+
+log = logging.getLogger(__name__)
+
+# etcd refreshes every lease on becoming leader with its election timeout (1 s by default).
+RESTART_EXTENSION_SECONDS = 1.0
+_MAX_ID = (1 << 63) - 1
+
+
+class Lessor:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._ttl: dict[int, int] = {}
+        self._deadline: dict[int, float] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, leases: dict[int, int]) -> None:
+        now = time.monotonic()
+        for lease_id, ttl in leases.items():
+            self._schedule(lease_id, ttl, now + ttl + RESTART_EXTENSION_SECONDS)
+        self._task = asyncio.get_running_loop().create_task(self._expiry_loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _schedule(self, lease_id: int, ttl: int, deadline: float) -> None:
+        self._ttl[lease_id] = ttl
+        self._deadline[lease_id] = deadline
+        heapq.heappush(self._heap, (deadline, lease_id))
+        self._wake.set()
+
+    def _forget(self, lease_id: int) -> None:
+        self._ttl.pop(lease_id, None)
+        self._deadline.pop(lease_id, None)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def grant(self, req: LeaseGrantRequest) -> LeaseGrantResponse:
+        if req.ID == 0:
+            req = LeaseGrantRequest(TTL=req.TTL, ID=self._new_id())
+        resp: LeaseGrantResponse = await self._store.write(req)  # type: ignore[assignment]
+        self._schedule(resp.ID, resp.TTL, time.monotonic() + resp.TTL)
+        return resp
+
+    def _new_id(self) -> int:
+        while True:
+            candidate = random.randint(1, _MAX_ID)
+            if candidate not in self._ttl:
+                return candidate
+
+    async def revoke(self, lease_id: int) -> LeaseRevokeResponse:
+        resp: LeaseRevokeResponse = await self._store.write(  # type: ignore[assignment]
+            LeaseRevokeRequest(ID=lease_id)
+        )
+        self._forget(lease_id)
+        return resp
+
+    def renew(self, lease_id: int) -> int:
+        """Refresh a lease's deadline; its TTL, or 0 if it does not exist (or just expired)."""
+        ttl = self._ttl.get(lease_id)
+        now = time.monotonic()
+        if ttl is None or self._deadline[lease_id] <= now:
+            return 0
+        self._schedule(lease_id, ttl, now + ttl)
+        return ttl
+
+    def time_to_live(self, lease_id: int) -> tuple[int, int] | None:
+        """(remaining whole seconds, granted TTL), or None for an unknown lease."""
+        ttl = self._ttl.get(lease_id)
+        if ttl is None:
+            return None
+        remaining = int(self._deadline[lease_id] - time.monotonic())  # truncated, as etcd
+        return remaining, ttl
+
+    def lease_ids(self) -> list[int]:
+        return list(self._ttl)
+
+    # -- expiry --------------------------------------------------------------------------------
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            expired: list[int] = []
+            while self._heap and self._heap[0][0] <= now:
+                deadline, lease_id = heapq.heappop(self._heap)
+                # Stale heap entries (renewed or revoked leases) are skipped.
+                if self._deadline.get(lease_id) == deadline:
+                    expired.append(lease_id)
+            for lease_id in expired:
+                await self._expire(lease_id)
+            timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _expire(self, lease_id: int) -> None:
+        try:
+            await self.revoke(lease_id)
+            log.debug("lease %x expired", lease_id)
+        except LeaseNotFoundError:
+            self._forget(lease_id)  # revoked meanwhile
+        except StoreClosedError:
+            raise asyncio.CancelledError() from None
+        except Exception:
+            log.exception("revoking expired lease %x failed; retrying shortly", lease_id)
+            # Try again a little later rather than leave the lease (and its keys) forever.
+            self._schedule(lease_id, self._ttl.get(lease_id, 1), time.monotonic() + 0.5)
