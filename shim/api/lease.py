@@ -51,7 +51,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         else:
             resp.TTL, resp.grantedTTL = found
             if request.keys:
-                resp.keys.extend(self._store.lease_keys(request.ID))
+                resp.keys.extend(await self._store.lease_keys(request.ID))
         self._header(resp.header)
         return resp
 

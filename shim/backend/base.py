@@ -8,8 +8,10 @@ Versions are returned as ``mvccpb.KeyValue`` messages, the record type etcd itse
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from shim.pb.kv_pb2 import KeyValue
 
@@ -91,3 +93,48 @@ class WriteTxn(ReadView, Protocol):
     def compact(self, revision: int) -> int:
         """Delete history no read at ``revision`` or later needs; returns rows removed."""
         ...
+
+    def savepoint(self) -> None:
+        """Start isolating one request inside the batch transaction."""
+        ...
+
+    def release(self) -> None:
+        """Keep what the request since ``savepoint`` wrote."""
+        ...
+
+    def rollback_savepoint(self) -> None:
+        """Undo what the request since ``savepoint`` wrote; the batch goes on."""
+        ...
+
+
+T = TypeVar("T")
+
+
+class Backend(Protocol):
+    """A database holding one node's log. The store and the writer use nothing else of it."""
+
+    dialect: str
+    node_id: str
+    # The driver's exception classes that mean "the storage failed"; the store answers them
+    # with a retryable UNAVAILABLE instead of crashing.
+    errors: tuple[type[BaseException], ...]
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def write(self) -> AbstractContextManager[WriteTxn]:
+        """One write transaction (the writer thread only); commits when the block ends."""
+        ...
+
+    def read(self) -> AbstractContextManager[ReadView]:
+        """A consistent snapshot, blocking; any thread but the event loop's."""
+        ...
+
+    async def read_async(self, fn: Callable[[ReadView], T]) -> T:
+        """Run ``fn`` on a consistent snapshot, from the event loop."""
+        ...
+
+    def size_bytes(self) -> int: ...
+
+    def size_in_use_bytes(self) -> int: ...

@@ -12,8 +12,9 @@ import fcntl
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import apsw
 
@@ -25,6 +26,9 @@ SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 _BUSY_TIMEOUT_MS = 10_000
 
 _KV_COLUMNS = "l.key, l.value, l.create_revision, l.revision, l.version, l.lease"
+
+
+T = TypeVar("T")
 
 
 class BackendOpenError(Exception):
@@ -223,6 +227,7 @@ class SqliteBackend:
     """Owns the database file: opening, locking, migrating, and the connections."""
 
     dialect = "sqlite"
+    errors: tuple[type[BaseException], ...] = (apsw.Error,)
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         if synchronous not in SYNCHRONOUS_MODES:
@@ -355,6 +360,12 @@ class SqliteBackend:
             yield SqliteView(conn)
         finally:
             conn.execute("COMMIT")
+
+    async def read_async(self, fn: Callable[[SqliteView], T]) -> T:
+        # SQLite reads are fast and local: run them on the event loop thread itself (its own
+        # read connection), which costs less than a hop to a worker thread.
+        with self.read() as view:
+            return fn(view)
 
     def size_bytes(self) -> int:
         """Bytes the database uses on disk, WAL included."""

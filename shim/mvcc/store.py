@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import apsw
-
-from shim.backend.sqlite import SqliteBackend
+from shim.backend.base import Backend
 from shim.mvcc.apply import (
     CommitListener,
     Revision,
@@ -43,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 class Store:
-    def __init__(self, backend: SqliteBackend) -> None:
+    def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._writer: Writer | None = None
         self._listeners: list[CommitListener] = []
@@ -72,9 +70,11 @@ class Store:
         assert self._writer is not None
         return dict(self._writer.leases)
 
-    def lease_keys(self, lease_id: int) -> list[bytes]:
-        with self.backend.read() as view:
-            return view.lease_keys(lease_id)
+    async def lease_keys(self, lease_id: int) -> list[bytes]:
+        try:
+            return await self.backend.read_async(lambda view: view.lease_keys(lease_id))
+        except self.backend.errors as exc:
+            raise StorageUnavailableError(f"storage read failed: {exc}") from exc
 
     @property
     def revision(self) -> int:
@@ -89,9 +89,10 @@ class Store:
 
     async def range(self, req: RangeRequest) -> RangeResponse:
         try:
-            with self.backend.read() as view:
-                return execute_range(view, req, view.revision(), view.compact_revision())
-        except apsw.Error as exc:
+            return await self.backend.read_async(
+                lambda view: execute_range(view, req, view.revision(), view.compact_revision())
+            )
+        except self.backend.errors as exc:
             raise StorageUnavailableError(f"storage read failed: {exc}") from exc
 
     def read_watch_entries(
@@ -122,9 +123,10 @@ class Store:
         if is_write(req):
             return await self.write(req)  # type: ignore[return-value]
         try:
-            with self.backend.read() as view:
-                return execute_read_txn(view, req, view.revision(), view.compact_revision())
-        except apsw.Error as exc:
+            return await self.backend.read_async(
+                lambda view: execute_read_txn(view, req, view.revision(), view.compact_revision())
+            )
+        except self.backend.errors as exc:
             raise StorageUnavailableError(f"storage read failed: {exc}") from exc
 
     async def compact(self, req: CompactionRequest) -> CompactionResponse:

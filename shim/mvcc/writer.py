@@ -17,9 +17,7 @@ import queue
 import threading
 from dataclasses import dataclass
 
-import apsw
-
-from shim.backend.sqlite import SqliteBackend
+from shim.backend.base import Backend
 from shim.mvcc.apply import Applier, CommitListener, Revision, WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
 from shim.mvcc.hlc import HybridClock
@@ -43,7 +41,7 @@ class Writer:
 
     def __init__(
         self,
-        backend: SqliteBackend,
+        backend: Backend,
         loop: asyncio.AbstractEventLoop,
         on_commit: CommitListener,
     ) -> None:
@@ -113,7 +111,7 @@ class Writer:
                     except StoreError as exc:
                         txn.rollback_savepoint()
                         outcomes.append(exc)
-                    except apsw.Error as exc:
+                    except self._backend.errors as exc:
                         txn.rollback_savepoint()
                         log.error("storage error applying a request: %s", exc)
                         outcomes.append(StorageUnavailableError(f"storage error: {exc}"))
@@ -124,7 +122,7 @@ class Writer:
                         outcomes.append(exc)
                 if applier.revision != self.revision:
                     txn.set_revision(applier.revision)
-        except apsw.Error as exc:
+        except self._backend.errors as exc:
             # Nothing of this batch is committed: every caller gets a retryable error.
             log.error("write batch of %d failed, rolled back: %s", len(batch), exc)
             self._reload_leases()
@@ -143,7 +141,7 @@ class Writer:
             with self._backend.read() as view:
                 self.leases.clear()
                 self.leases.update(view.leases())
-        except apsw.Error:
+        except self._backend.errors:
             log.exception("cannot reload leases after a failed commit")
 
     # -- event loop ----------------------------------------------------------------------------
