@@ -1,0 +1,452 @@
+"""The ``shim`` command line and the server process's life cycle, as an operator meets them.
+
+Every test runs the real program (``python -m shim`` or the ``shim`` console script) as a
+subprocess on real SQLite files. Start-up problems must end with exit code 2 and exactly one
+line ``shim: ...`` on stderr (no traceback); a stop by SIGTERM or SIGINT must finish the
+requests already in flight, exit 0 and leave the database closed cleanly (WAL folded back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+
+from shim.pb import rpc_pb2 as pb
+from tests.support import (
+    REPO_ROOT,
+    Client,
+    ShimServer,
+    free_port,
+    health_status,
+    sqlite_endpoint,
+)
+from tests.support.client import SERVING
+from tests.support.process import child_env
+
+START_FAILURE_TIMEOUT = 20.0
+REFUSED_AT_STOP = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def run_shim(
+    *args: str, program: Sequence[str] | None = None, timeout: float = START_FAILURE_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run shim to completion; a server that starts instead of failing hits the timeout."""
+    argv = [*(program or (sys.executable, "-m", "shim")), *args]
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=child_env({"PYTHONUNBUFFERED": "1"}),
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
+
+
+def serve_expecting_failure(
+    datastore_endpoint: str, listen_address: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_shim(
+        "serve",
+        "--listen-address",
+        listen_address or f"127.0.0.1:{free_port()}",
+        "--datastore-endpoint",
+        datastore_endpoint,
+    )
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """Exit code 2 and one line ``shim: ...`` on stderr containing every fragment."""
+    report = f"exit {result.returncode}\nstdout: {result.stdout!r}\nstderr: {result.stderr!r}"
+    assert result.returncode == 2, report
+    assert "Traceback" not in result.stderr, report
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, f"expected exactly one line on stderr\n{report}"
+    line = lines[0]
+    assert line.startswith("shim: "), report
+    for fragment in fragments:
+        assert fragment.lower() in line.lower(), f"{fragment!r} not in the message\n{report}"
+    return line
+
+
+def console_script() -> str:
+    """The installed ``shim`` console script (pip install -e . puts it next to python)."""
+    beside = Path(sys.executable).with_name("shim")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("shim")
+    assert found, "the `shim` console script is not installed (pip install -e '.[test]')"
+    return found
+
+
+@contextlib.contextmanager
+def immutable(*paths: Path) -> Iterator[None]:
+    """Make paths unwritable even for root (``chattr +i``); skip where that is impossible."""
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in paths}
+        for p in paths:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        try:
+            yield
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None:
+        pytest.skip("running as root without chattr: cannot make a path unwritable")
+    done: list[Path] = []
+    try:
+        for p in paths:
+            result = subprocess.run([chattr, "+i", str(p)], capture_output=True, text=True)
+            if result.returncode != 0:
+                pytest.skip(f"chattr +i unsupported here: {result.stderr.strip()}")
+            done.append(p)
+        yield
+    finally:
+        for p in reversed(done):
+            subprocess.run([chattr, "-i", str(p)], check=True)
+
+
+def put(client: Client, key: bytes, value: bytes) -> pb.PutResponse:
+    return client.kv.Put(pb.PutRequest(key=key, value=value), timeout=10)
+
+
+def get(client: Client, key: bytes) -> pb.RangeResponse:
+    return client.kv.Range(pb.RangeRequest(key=key), timeout=10)
+
+
+def assert_serves(endpoint: str, key: bytes = b"still-serving") -> None:
+    with Client(endpoint) as client:
+        rev = put(client, key, b"yes").header.revision
+        resp = get(client, key)
+        assert [(kv.key, kv.value, kv.mod_revision) for kv in resp.kvs] == [(key, b"yes", rev)]
+
+
+def wal_size(db: Path) -> int:
+    wal = db.with_name(db.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+# --- help and entry points ------------------------------------------------------------------
+
+
+def test_help() -> None:
+    top = run_shim("--help")
+    assert top.returncode == 0, top.stderr
+    assert "serve" in top.stdout
+    serve = run_shim("serve", "--help")
+    assert serve.returncode == 0, serve.stderr
+    for option in (
+        "--listen-address",
+        "--datastore-endpoint",
+        "--log-level",
+        "--sqlite-synchronous",
+        "--max-request-bytes",
+        "--name",
+    ):
+        assert option in serve.stdout, f"{option} missing from `shim serve --help`"
+    assert serve.stderr == ""
+
+
+def test_console_script_help() -> None:
+    result = run_shim("serve", "--help", program=[console_script()])
+    assert result.returncode == 0, result.stderr
+    assert "--datastore-endpoint" in result.stdout
+
+
+def test_bad_option_value_is_a_usage_error() -> None:
+    result = run_shim("serve", "--sqlite-synchronous", "SOMETIMES")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "--sqlite-synchronous" in result.stderr
+
+
+def test_non_positive_max_request_bytes(tmp_path: Path) -> None:
+    result = run_shim(
+        "serve",
+        "--max-request-bytes",
+        "0",
+        "--datastore-endpoint",
+        sqlite_endpoint(tmp_path / "state.db"),
+    )
+    assert_clean_failure(result, "--max-request-bytes")
+    assert not (tmp_path / "state.db").exists()
+
+
+@pytest.mark.parametrize("how", ["python -m shim", "console script"])
+def test_serve_entry_points(tmp_path: Path, how: str) -> None:
+    """Both ways of starting the server serve the API and stop cleanly on SIGTERM."""
+    server = ShimServer(tmp_path / "shim")
+    if how == "console script":
+        program = console_script()
+        server.argv = lambda: [  # type: ignore[method-assign]
+            program,
+            "serve",
+            "--listen-address",
+            server.endpoint,
+            "--datastore-endpoint",
+            server.datastore_endpoint,
+        ]
+    with server:
+        assert health_status(server.endpoint) == SERVING
+        assert_serves(server.endpoint)
+    assert server.returncode == 0
+
+
+# --- start-up configuration errors -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "fragment"),
+    [
+        ("mysql://x", "mysql"),
+        ("etcd://127.0.0.1:2379", "etcd"),
+        ("state.db", "scheme"),
+    ],
+)
+def test_unknown_datastore_scheme(endpoint: str, fragment: str) -> None:
+    assert_clean_failure(serve_expecting_failure(endpoint), fragment)
+
+
+def test_path_under_a_regular_file(tmp_path: Path) -> None:
+    regular = tmp_path / "regular"
+    regular.write_text("not a directory\n")
+    result = serve_expecting_failure(sqlite_endpoint(regular / "x" / "state.db"))
+    assert_clean_failure(result, str(regular))
+    assert regular.read_text() == "not a directory\n"
+
+
+def test_path_under_etc_hostname() -> None:
+    if not Path("/etc/hostname").is_file():
+        pytest.skip("no /etc/hostname here")
+    result = serve_expecting_failure("sqlite:///etc/hostname/x/state.db")
+    assert_clean_failure(result, "/etc/hostname")
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    (tmp_path / "db").mkdir()
+    assert_clean_failure(serve_expecting_failure(f"sqlite://{tmp_path / 'db'}"), "directory")
+    assert_clean_failure(serve_expecting_failure(f"sqlite://{tmp_path / 'db'}/"), "directory")
+    assert list((tmp_path / "db").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/proc/state.db",  # /proc refuses new files, even root's
+        "/proc/shim-test-dir/state.db",  # ... and new directories
+        "/proc/self/state.db",
+    ],
+)
+def test_path_nobody_can_write(path: str) -> None:
+    assert_clean_failure(serve_expecting_failure(f"sqlite://{path}"), path.rsplit("/", 1)[0])
+
+
+def test_directory_without_write_permission(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with immutable(locked):
+        result = serve_expecting_failure(sqlite_endpoint(locked / "state.db"))
+    assert_clean_failure(result, str(locked))
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"this is a text file, not a database\n" * 3,
+        random.Random(7).randbytes(64 * 1024),
+        b"SQLite format 3\x00" + random.Random(8).randbytes(4080),  # right magic, garbage after
+    ],
+    ids=["text", "random", "bad-header"],
+)
+def test_not_a_sqlite_database(tmp_path: Path, content: bytes) -> None:
+    db = tmp_path / "state.db"
+    db.write_bytes(content)
+    result = serve_expecting_failure(sqlite_endpoint(db))
+    assert_clean_failure(result, str(db))
+    assert db.read_bytes() == content, "a file shim refused must be left untouched"
+
+
+def test_second_server_on_the_same_database(shim: ShimServer) -> None:
+    with Client(shim.endpoint) as client:
+        rev = put(client, b"before", b"1").header.revision
+    result = serve_expecting_failure(shim.datastore_endpoint)
+    assert_clean_failure(result, "in use")
+    assert shim.running
+    assert health_status(shim.endpoint) == SERVING
+    assert_serves(shim.endpoint)
+    with Client(shim.endpoint) as client:
+        assert [kv.mod_revision for kv in get(client, b"before").kvs] == [rev]
+
+
+def test_listen_address_used_by_another_shim(shim: ShimServer, tmp_path: Path) -> None:
+    result = serve_expecting_failure(sqlite_endpoint(tmp_path / "other.db"), shim.endpoint)
+    assert_clean_failure(result, shim.endpoint, "in use")
+    assert_serves(shim.endpoint)
+
+
+def test_listen_address_used_by_another_program(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+        result = serve_expecting_failure(sqlite_endpoint(tmp_path / "state.db"), address)
+    assert_clean_failure(result, address, "in use")
+
+
+def test_listen_address_without_port(tmp_path: Path) -> None:
+    result = serve_expecting_failure(sqlite_endpoint(tmp_path / "state.db"), "localhost")
+    assert_clean_failure(result, "localhost")
+
+
+# --- a running server ------------------------------------------------------------------------
+
+
+def test_health_serving(shim: ShimServer) -> None:
+    assert health_status(shim.endpoint) == SERVING
+
+
+def test_fresh_store_is_at_revision_1(shim: ShimServer) -> None:
+    with Client(shim.endpoint) as client:
+        resp = client.kv.Range(pb.RangeRequest(key=b"\x00", range_end=b"\x00"), timeout=10)
+        assert resp.header.revision == 1
+        assert resp.count == 0
+        assert list(resp.kvs) == []
+        assert put(client, b"first", b"v").header.revision == 2
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/etcdserverpb.Auth/AuthEnable",
+        "/etcdserverpb.KV/RangeStream",
+        "/etcdserverpb.NoSuchService/Anything",
+    ],
+)
+def test_unknown_rpc_is_unimplemented(shim: ShimServer, method: str) -> None:
+    with grpc.insecure_channel(shim.endpoint) as channel:
+        call = channel.unary_unary(method)  # no serializers: raw bytes in and out
+        with pytest.raises(grpc.RpcError) as excinfo:
+            call(b"", timeout=10)
+        assert excinfo.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert_serves(shim.endpoint)
+
+
+# --- stopping ------------------------------------------------------------------------------
+
+
+class PutBurst:
+    """Writer threads doing Puts of distinct keys until the server goes away."""
+
+    def __init__(self, endpoint: str, threads: int = 12) -> None:
+        self.endpoint = endpoint
+        self.acked: dict[bytes, tuple[bytes, int]] = {}
+        self.failures: list[tuple[bytes, grpc.StatusCode]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)
+        ]
+
+    def start(self) -> PutBurst:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def _run(self, n: int) -> None:
+        with Client(self.endpoint) as client:
+            i = 0
+            while not self._stop.is_set():
+                key, value = b"burst/%02d/%06d" % (n, i), b"value-%d-%d" % (n, i)
+                try:
+                    resp = put(client, key, value)
+                except grpc.RpcError as exc:
+                    with self._lock:
+                        self.failures.append((key, exc.code()))
+                    return  # the server is stopping: this thread is done
+                with self._lock:
+                    self.acked[key] = (value, resp.header.revision)
+                i += 1
+
+    def wait_for_acks(self, count: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acked) < count:
+            assert time.monotonic() < deadline, f"only {len(self.acked)} Puts acknowledged"
+            time.sleep(0.005)
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join(30)
+        self._stop.set()
+        assert not any(t.is_alive() for t in self._threads)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_cleanly_after_in_flight_requests(tmp_path: Path, sig: signal.Signals) -> None:
+    server = ShimServer(tmp_path / "shim").start()
+    db = tmp_path / "shim" / "state.db"
+    try:
+        burst = PutBurst(server.endpoint).start()
+        burst.wait_for_acks(300)
+        assert server.pid is not None
+        os.kill(server.pid, sig)
+        burst.join()  # every thread ends on its first refused request
+        deadline = time.monotonic() + 20
+        while server.running:
+            assert time.monotonic() < deadline, "the server did not stop"
+            time.sleep(0.02)
+        code = server.stop()
+        assert code == 0, server.log_tail()
+        # Requests arriving once the stop began are refused: UNAVAILABLE, or CANCELLED for
+        # those gRPC had received but not yet handed to the server (grpc-core cancels such
+        # pending calls at shutdown; asyncio servers take calls one at a time, so a burst
+        # always leaves some pending). Either way they must not have been applied (below).
+        unexpected = [
+            (key, code) for key, code in burst.failures if code not in REFUSED_AT_STOP
+        ]
+        assert not unexpected, unexpected
+        assert "Traceback" not in server.log_tail(200)
+        # Closed cleanly: the WAL was checkpointed into the database and emptied or removed.
+        assert wal_size(db) == 0
+
+        server.start()
+        with Client(server.endpoint) as client:
+            resp = client.kv.Range(
+                pb.RangeRequest(key=b"burst/", range_end=b"burst0"), timeout=30
+            )
+        stored = {kv.key: (kv.value, kv.mod_revision) for kv in resp.kvs}
+        missing = {k: v for k, v in burst.acked.items() if stored.get(k) != v}
+        assert not missing, f"{len(missing)} acknowledged Puts lost or changed: {missing}"
+        applied = [key for key, _ in burst.failures if key in stored]
+        assert not applied, f"refused Puts were applied anyway: {applied}"
+        assert resp.header.revision >= max(rev for _, rev in burst.acked.values())
+    finally:
+        server.stop()
+
+
+def test_stop_of_an_idle_server_leaves_no_wal(shim: ShimServer) -> None:
+    db = Path(shim.datastore_endpoint.removeprefix("sqlite://"))
+    with Client(shim.endpoint) as client:
+        for i in range(50):
+            put(client, b"idle/%d" % i, b"x" * 100)
+    assert wal_size(db) > 0  # the writes went to the WAL first
+    assert shim.stop() == 0
+    assert wal_size(db) == 0
