@@ -94,7 +94,6 @@ class ShimServer:
         await self.store.start()
         hub = WatchHub(
             revision=self.store.revision,
-            compact_revision=lambda: self.store.compact_revision,
             read_entries=self.store.read_watch_entries,
             fill_header=lambda resp, revision: self._fill_watch_header(resp, revision),
             max_response_bytes=self.config.max_request_bytes,

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shim.backend.base import LogEntry
-from shim.mvcc.apply import Revision
+from shim.mvcc.apply import Change, Revision
 from shim.mvcc.keys import in_range
 from shim.pb.kv_pb2 import Event, KeyValue
 from shim.pb.rpc_pb2 import WatchCreateRequest, WatchResponse
@@ -107,13 +107,11 @@ class WatchHub:
     def __init__(
         self,
         revision: int,
-        compact_revision: Callable[[], int],
         read_entries: Callable[[bytes, bytes | None, int, int], EntriesRead],
         fill_header: Callable[[WatchResponse, int], None],
         max_response_bytes: int,
     ) -> None:
         self.revision = revision
-        self._compact_revision = compact_revision
         self._read_entries = read_entries
         self._fill_header = fill_header
         self._max_response_bytes = max_response_bytes
@@ -122,6 +120,10 @@ class WatchHub:
         self._unsynced: set[Watcher] = set()
         self._progress_waiting: set[WatchStream] = set()
         self._streams: set[WatchStream] = set()
+        # Local commits waiting for earlier revisions that another writer made.
+        self._held: list[Revision] = []
+        self._fill_target = revision
+        self._fill_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -183,15 +185,9 @@ class WatchHub:
         if end is not None and end != b"" and end <= key:
             self._refuse(stream, watch_id, EMPTY_RANGE)
             return
+        # A compacted start revision is found by the catch-up read, which then cancels the
+        # watcher with compact_revision set: a created response first, as etcd sends.
         start = req.start_revision
-        compacted = self._compact_revision()
-        if 0 < start < compacted:
-            resp = WatchResponse(
-                watch_id=watch_id, created=True, canceled=True, compact_revision=compacted
-            )
-            self._fill_header(resp, self.revision)
-            stream.send(resp)
-            return
         filters = set(req.filters)
         watcher = Watcher(
             id=watch_id, key=key, end=end, stream=stream, prev_kv=req.prev_kv,
@@ -252,9 +248,57 @@ class WatchHub:
     # -- live delivery -------------------------------------------------------------------------
 
     def on_commit(self, revisions: list[Revision]) -> None:
-        """Publish committed revisions (event loop thread, revision order)."""
+        """Committed revisions from this process's write path (event loop thread)."""
         if not revisions:
             return
+        if self._held or revisions[0].revision > self.revision + 1:
+            # Another writer on the same database committed in between: the hub publishes
+            # strictly in revision order, so it reads the missing revisions from the log first.
+            self._held.extend(revisions)
+            self._request_fill(revisions[-1].revision - 1)
+            return
+        self._publish(revisions)
+
+    def on_external_commit(self, revision: int) -> None:
+        """Another writer on the same database committed up to ``revision``."""
+        if revision > self.revision:
+            self._request_fill(revision)
+
+    def _request_fill(self, revision: int) -> None:
+        self._fill_target = max(self._fill_target, revision)
+        if self._fill_task is None or self._fill_task.done():
+            self._fill_task = asyncio.get_running_loop().create_task(self._fill())
+
+    async def _fill(self) -> None:
+        """Publish, from the log, every revision up to the fill target that this process did
+        not commit itself, then the held local ones, all in order."""
+        while True:
+            while self.revision < self._fill_target:
+                read = await asyncio.to_thread(
+                    self._read_entries, b"\x00", b"", self.revision, CATCH_UP_ROWS
+                )
+                revisions = _group_by_revision(read.entries, up_to=self._fill_target)
+                if not revisions:
+                    if read.revision <= self.revision:
+                        # The notified revision is not visible yet; look again shortly.
+                        await asyncio.sleep(0.005)
+                        continue
+                    self.revision = min(read.revision, self._fill_target)
+                    continue
+                self._publish(revisions)
+            held, self._held = self._held, []
+            fresh = [r for r in held if r.revision > self.revision]
+            if fresh and fresh[0].revision > self.revision + 1:
+                self._held = fresh
+                self._fill_target = max(self._fill_target, fresh[0].revision - 1)
+                continue
+            if fresh:
+                self._publish(fresh)
+            if not self._held and self.revision >= self._fill_target:
+                return
+
+    def _publish(self, revisions: list[Revision]) -> None:
+        """Fan committed revisions out to synced watchers (strictly in order)."""
         self.revision = revisions[-1].revision
         batches: dict[Watcher, list[Event]] = {}
         for rev in revisions:
@@ -416,6 +460,21 @@ class WatchHub:
         resp = WatchResponse(watch_id=watcher.id, canceled=True, compact_revision=compacted)
         self._fill_header(resp, self.revision)
         stream.send(resp)
+
+
+def _group_by_revision(entries: list[LogEntry], up_to: int) -> list[Revision]:
+    """Log rows as committed revisions, whole revisions only, none above ``up_to``."""
+    revisions: list[Revision] = []
+    for entry in entries:
+        revision = entry.kv.mod_revision
+        if revision > up_to:
+            break
+        if not revisions or revisions[-1].revision != revision:
+            revisions.append(Revision(revision))
+        revisions[-1].changes.append(Change(entry.kv, entry.prev, entry.deleted))
+    if len(entries) >= CATCH_UP_ROWS and revisions and len(revisions) > 1:
+        revisions.pop()  # the last one may be cut short by the row limit
+    return revisions
 
 
 def _event(kv: KeyValue, prev: KeyValue | None, deleted: bool, watcher: Watcher) -> Event | None:
