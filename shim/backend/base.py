@@ -73,7 +73,8 @@ class ReadView(Protocol):
         self, key: bytes, end: bytes | None, after_revision: int, limit: int
     ) -> list[LogEntry]:
         """Log rows of keys in the range (``end`` None: one key) with a revision above
-        ``after_revision``, in log order, at most ``limit``."""
+        ``after_revision``, in log order: whole revisions, about ``limit`` rows (fewer means
+        there is no more; more when the last revision holds more rows)."""
         ...
 
 

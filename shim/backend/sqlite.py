@@ -136,18 +136,21 @@ class SqliteView:
         self, key: bytes, end: bytes | None, after_revision: int, limit: int
     ) -> list[LogEntry]:
         if end is None:
-            where, params = "l.key = ?", [key]
+            where, params = "{t}.key = ?", [key]
         elif end == b"":
-            where, params = "l.key >= ?", [key]
+            where, params = "{t}.key >= ?", [key]
         else:
-            where, params = "l.key >= ? AND l.key < ?", [key, end]
+            where, params = "{t}.key >= ? AND {t}.key < ?", [key, end]
+        # Whole revisions only: up to the revision of the limit-th row, and all of that one.
         rows = self._conn.execute(
             f"SELECT {_KV_COLUMNS}, l.deleted, l.prev_revision, p.value, p.create_revision, "
             "p.version, p.lease FROM log l LEFT JOIN log p "
             "ON l.prev_revision != 0 AND p.key = l.key AND p.revision = l.prev_revision "
             "AND p.deleted = 0 "
-            f"WHERE {where} AND l.revision > ? ORDER BY l.id LIMIT ?",
-            (*params, after_revision, limit),
+            f"WHERE {where.format(t='l')} AND l.revision > ? AND l.revision <= COALESCE(("
+            f"SELECT c.revision FROM log c WHERE {where.format(t='c')} AND c.revision > ? "
+            "ORDER BY c.revision LIMIT 1 OFFSET ?), 9223372036854775807) ORDER BY l.id",
+            (*params, after_revision, *params, after_revision, max(limit - 1, 0)),
         )
         out: list[LogEntry] = []
         for row in rows:

@@ -423,17 +423,9 @@ class WatchHub:
             # History it still needs is gone (checked at the snapshot the rows came from).
             self._cancel_compacted(watcher, read.compact_revision)
             return
-        entries, snapshot_revision = read.entries, read.revision
-        if entries and len(entries) >= CATCH_UP_ROWS:
-            # Deliver whole revisions only: drop the possibly incomplete last one.
-            last = entries[-1].kv.mod_revision
-            complete = [e for e in entries if e.kv.mod_revision < last]
-            if complete:
-                entries, reached = complete, last - 1
-            else:
-                reached = last  # one huge revision: deliver it whole
-        else:
-            reached = snapshot_revision
+        entries = read.entries
+        # Rows come in whole revisions; fewer than asked for means the snapshot's end.
+        reached = read.revision if len(entries) < CATCH_UP_ROWS else entries[-1].kv.mod_revision
         events: list[Event] = []
         for entry in entries:
             if entry.kv.mod_revision < watcher.next_revision:
@@ -463,7 +455,7 @@ class WatchHub:
 
 
 def _group_by_revision(entries: list[LogEntry], up_to: int) -> list[Revision]:
-    """Log rows as committed revisions, whole revisions only, none above ``up_to``."""
+    """Log rows (whole revisions) as committed revisions, none above ``up_to``."""
     revisions: list[Revision] = []
     for entry in entries:
         revision = entry.kv.mod_revision
@@ -472,8 +464,6 @@ def _group_by_revision(entries: list[LogEntry], up_to: int) -> list[Revision]:
         if not revisions or revisions[-1].revision != revision:
             revisions.append(Revision(revision))
         revisions[-1].changes.append(Change(entry.kv, entry.prev, entry.deleted))
-    if len(entries) >= CATCH_UP_ROWS and revisions and len(revisions) > 1:
-        revisions.pop()  # the last one may be cut short by the row limit
     return revisions
 
 
