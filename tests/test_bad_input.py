@@ -8,11 +8,8 @@ stop shim at start-up with exit code 2 and one clean line on stderr, without tou
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import random
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -24,6 +21,7 @@ import pytest
 from shim.pb import rpc_pb2 as pb
 from tests.support import REPO_ROOT, Client, EtcdServer, ShimServer, free_port, health_status
 from tests.support.client import SERVING
+from tests.support.files import immutable
 from tests.support.process import child_env
 
 Code = grpc.StatusCode
@@ -77,40 +75,6 @@ def get_one(client: Client, key: bytes, range_end: bytes = b"") -> pb.RangeRespo
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@contextlib.contextmanager
-def immutable(*paths: Path) -> Iterator[None]:
-    """Make paths unwritable, for root too.
-
-    chmod 0444/0555 does not stop root, and the tests run as root in CI, so as root the
-    paths get the immutable attribute (``chattr +i``), which root's writes do respect. Where
-    that is impossible (no chattr, or a filesystem without attributes) the test is skipped.
-    """
-    if os.geteuid() != 0:
-        modes = {p: p.stat().st_mode for p in paths}
-        for p in paths:
-            p.chmod(0o555 if p.is_dir() else 0o444)
-        try:
-            yield
-        finally:
-            for p, mode in modes.items():
-                p.chmod(mode)
-        return
-    chattr = shutil.which("chattr")
-    if chattr is None:
-        pytest.skip("running as root without chattr: cannot make a file unwritable")
-    done: list[Path] = []
-    try:
-        for p in paths:
-            result = subprocess.run([chattr, "+i", str(p)], capture_output=True, text=True)
-            if result.returncode != 0:
-                pytest.skip(f"chattr +i unsupported here: {result.stderr.strip()}")
-            done.append(p)
-        yield
-    finally:
-        for p in reversed(done):
-            subprocess.run([chattr, "-i", str(p)], check=True)
 
 
 def serve_to_exit(db: Path, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:

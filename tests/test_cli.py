@@ -8,7 +8,6 @@ requests already in flight, exit 0 and leave the database closed cleanly (WAL fo
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
@@ -18,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -34,6 +33,7 @@ from tests.support import (
     sqlite_endpoint,
 )
 from tests.support.client import SERVING
+from tests.support.files import immutable
 from tests.support.process import child_env
 
 START_FAILURE_TIMEOUT = 20.0
@@ -93,35 +93,6 @@ def console_script() -> str:
     found = shutil.which("shim")
     assert found, "the `shim` console script is not installed (pip install -e '.[test]')"
     return found
-
-
-@contextlib.contextmanager
-def immutable(*paths: Path) -> Iterator[None]:
-    """Make paths unwritable even for root (``chattr +i``); skip where that is impossible."""
-    if os.geteuid() != 0:
-        modes = {p: p.stat().st_mode for p in paths}
-        for p in paths:
-            p.chmod(0o555 if p.is_dir() else 0o444)
-        try:
-            yield
-        finally:
-            for p, mode in modes.items():
-                p.chmod(mode)
-        return
-    chattr = shutil.which("chattr")
-    if chattr is None:
-        pytest.skip("running as root without chattr: cannot make a path unwritable")
-    done: list[Path] = []
-    try:
-        for p in paths:
-            result = subprocess.run([chattr, "+i", str(p)], capture_output=True, text=True)
-            if result.returncode != 0:
-                pytest.skip(f"chattr +i unsupported here: {result.stderr.strip()}")
-            done.append(p)
-        yield
-    finally:
-        for p in reversed(done):
-            subprocess.run([chattr, "-i", str(p)], check=True)
 
 
 def put(client: Client, key: bytes, value: bytes) -> pb.PutResponse:
