@@ -389,10 +389,10 @@ def test_progress_notify_interval(
         stream.create(key=b"p/b", start_revision=1, progress_notify=True, prev_kv=True)
         time.sleep(0.5)
         first = pair.put(b"p/a", b"1")
-        for value in range(2, 16):
+        for value in range(2, 12):
             time.sleep(interval / 3)
             last = pair.put(b"p/a", b"%d" % value)
-        time.sleep(4 * interval)  # not quiet(): progress notifications never stop
+        time.sleep(3 * interval)  # not quiet(): progress notifications never stop
         problems = []
         counts: dict[str, dict[int, int]] = {}
         for name, side in zip(pair.names, (stream.reference, stream.candidate), strict=True):
@@ -411,9 +411,9 @@ def test_progress_notify_interval(
             if {r.watch_id for r in tail} != {0, 1, 3}:
                 problems.append(f"{name}: after the writes, progress went to "
                                 f"{sorted({r.watch_id for r in tail})}, expected [0, 1, 3]")
-            if counts[name][1] < 5:
+            if counts[name][1] < 4:
                 problems.append(f"{name}: only {counts[name][1]} progress notifications "
-                                f"in about 3 s for the idle watcher")
+                                f"in about 2.5 s for the idle watcher")
         if abs(counts["etcd"][1] - counts["shim"][1]) > 2:
             problems.append(f"progress notification counts differ: {counts}")
         assert not problems, "\n".join(problems)
@@ -539,7 +539,7 @@ def test_watch_matches_etcd_seeded(tmp_path: Path) -> None:
 def test_harness_watch_etcd_agrees_with_etcd(tmp_path: Path) -> None:
     """Guards the harness, not shim: two real etcds must agree on whole seeded sequences,
     batching included, and the sequences must reach the cases they are meant to exercise."""
-    stats = run_seeds(SEEDS, tmp_path, ("etcd-1", "etcd-2"))
+    stats = run_seeds(SEEDS[:2], tmp_path, ("etcd-1", "etcd-2"))
     assert sum(s.compacted for s in stats) and sum(s.refused for s in stats), stats
     assert sum(s.multi_revision_responses for s in stats), stats
     assert all(s.cancels and s.progress_requests and s.events > 50 for s in stats), stats
@@ -758,15 +758,15 @@ def test_lease_expiry_matches_etcd(pair: ServerPair) -> None:
     pair.quiet()
     asked = time.monotonic()
     leases.same("LeaseGrant", lambda _: pb.LeaseGrantRequest(ID=501, TTL=2))
-    leases.same("LeaseGrant", lambda _: pb.LeaseGrantRequest(ID=502, TTL=3))
+    leases.same("LeaseGrant", lambda _: pb.LeaseGrantRequest(ID=502, TTL=2))
     granted = time.monotonic()
     for key in (b"x/b", b"x/a", b"x/c"):
         leases.put(key, 501)
     leases.put(b"x/c", 0)  # detached again: survives
     leases.put(b"x/d", 502)
-    time.sleep(1.5)
+    time.sleep(1.0)
     renewing = time.monotonic()
-    assert [a.TTL for a in leases.keep_alive(502)] == [3]
+    assert [a.TTL for a in leases.keep_alive(502)] == [2]
     renewed = time.monotonic()
 
     def wait_gone(key: bytes, timeout: float) -> list[float]:
@@ -785,11 +785,12 @@ def test_lease_expiry_matches_etcd(pair: ServerPair) -> None:
     for name, at in zip(pair.names, wait_gone(b"x/a", 5), strict=True):
         assert at - asked >= 2 - 0.05, f"{name}: lease expired after {at - asked:.2f}s"
         assert at - granted <= 2 + 1.5, f"{name}: lease expired after {at - granted:.2f}s"
+    # Lease 502's first deadline has passed with 501's; renewed, its key is still there.
     for side, client in zip(pair.names, (pair.reference, pair.candidate), strict=True):
         assert client.kv.Range(pb.RangeRequest(key=b"x/d")).kvs, f"{side}: renewed lease gone"
-    for name, at in zip(pair.names, wait_gone(b"x/d", 6), strict=True):
-        assert at - renewing >= 3 - 0.05, f"{name}: renewed lease expired after {at - renewing}"
-        assert at - renewed <= 3 + 1.5, f"{name}: renewed lease expired after {at - renewed}"
+    for name, at in zip(pair.names, wait_gone(b"x/d", 5), strict=True):
+        assert at - renewing >= 2 - 0.05, f"{name}: renewed lease expired after {at - renewing}"
+        assert at - renewed <= 2 + 1.5, f"{name}: renewed lease expired after {at - renewed}"
 
     pair.kv(pb.RangeRequest(key=b"x/", range_end=prefix_end(b"x/")))
     leases.same("LeaseTimeToLive", lambda _: pb.LeaseTimeToLiveRequest(ID=501, keys=True))
