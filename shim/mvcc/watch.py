@@ -35,10 +35,13 @@ log = logging.getLogger(__name__)
 STREAM_QUEUE_LIMIT = 1024
 # How many log rows one catch-up read fetches at most.
 CATCH_UP_ROWS = 1000
+# First pause before reading the log again after a failed read (doubling up to 2 s).
+FILL_RETRY_SECONDS = 0.05
 
 EMPTY_RANGE = "mvcc: watcher range is empty"
 DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 PROGRESS_WATCH_ID = -1
+REFUSED_WATCH_ID = -1
 
 
 @dataclass(eq=False, slots=True)
@@ -55,6 +58,9 @@ class Watcher:
     next_revision: int  # the first revision this watcher has not been sent
     synced: bool = False
     sent_since_progress: bool = False
+    # Canceled by the server (its history was compacted): etcd keeps its id taken on the
+    # stream until the client cancels it.
+    dead: bool = False
 
     def matches(self, key: bytes) -> bool:
         return in_range(key, self.key, self.end)
@@ -79,7 +85,7 @@ class WatchStream:
         self.queue.put_nowait(resp)
 
     def all_synced(self) -> bool:
-        return all(w.synced for w in self.watchers.values())
+        return all(w.synced or w.dead for w in self.watchers.values())
 
     def allocate_id(self, requested: int) -> int | None:
         """The id for a new watcher: the client's choice if free, else the next free one."""
@@ -169,7 +175,7 @@ class WatchHub:
     # -- watcher management --------------------------------------------------------------------
 
     def create(self, stream: WatchStream, req: WatchCreateRequest) -> None:
-        """Register a watcher and queue its created (or refused) response."""
+        """Register a watcher and queue its created (or refused) response, as etcd does."""
         key = req.key or b"\x00"  # etcd turns an empty watch key into "\0"
         end: bytes | None
         if not req.range_end:
@@ -178,15 +184,14 @@ class WatchHub:
             end = b""
         else:
             end = req.range_end
+        # Refusals carry watch_id -1 and use up no id.
+        if end is not None and end != b"" and end <= key:
+            self._refuse(stream, EMPTY_RANGE)
+            return
         watch_id = stream.allocate_id(req.watch_id)
         if watch_id is None:
-            self._refuse(stream, req.watch_id, DUPLICATE_ID)
+            self._refuse(stream, DUPLICATE_ID)
             return
-        if end is not None and end != b"" and end <= key:
-            self._refuse(stream, watch_id, EMPTY_RANGE)
-            return
-        # A compacted start revision is found by the catch-up read, which then cancels the
-        # watcher with compact_revision set: a created response first, as etcd sends.
         start = req.start_revision
         filters = set(req.filters)
         watcher = Watcher(
@@ -194,7 +199,7 @@ class WatchHub:
             no_put=WatchCreateRequest.NOPUT in filters,
             no_delete=WatchCreateRequest.NODELETE in filters,
             progress_notify=req.progress_notify, fragment=req.fragment,
-            next_revision=start if start > 0 else self.revision + 1,
+            next_revision=self.revision + 1 if start == 0 else start,
         )
         created = WatchResponse(watch_id=watch_id, created=True)
         self._fill_header(created, self.revision)
@@ -205,6 +210,8 @@ class WatchHub:
         else:
             self._ranges.add(watcher)
         if watcher.next_revision <= self.revision:
+            # History first (a past or a negative start): the catch-up read also finds out,
+            # at its snapshot, whether that history has been compacted.
             self._mark_unsynced(watcher)
         else:
             watcher.synced = True
@@ -213,7 +220,8 @@ class WatchHub:
         watcher = stream.watchers.pop(watch_id, None)
         if watcher is None:
             return  # etcd answers nothing for an unknown id
-        self._remove(watcher)
+        if not watcher.dead:
+            self._remove(watcher)
         resp = WatchResponse(watch_id=watch_id, canceled=True)
         self._fill_header(resp, self.revision)
         stream.send(resp)
@@ -223,8 +231,10 @@ class WatchHub:
         stream.progress_requested = True
         self._maybe_send_progress(stream)
 
-    def _refuse(self, stream: WatchStream, watch_id: int, reason: str) -> None:
-        resp = WatchResponse(watch_id=watch_id, created=True, canceled=True, cancel_reason=reason)
+    def _refuse(self, stream: WatchStream, reason: str) -> None:
+        resp = WatchResponse(
+            watch_id=REFUSED_WATCH_ID, created=True, canceled=True, cancel_reason=reason
+        )
         self._fill_header(resp, self.revision)
         stream.send(resp)
 
@@ -272,11 +282,21 @@ class WatchHub:
     async def _fill(self) -> None:
         """Publish, from the log, every revision up to the fill target that this process did
         not commit itself, then the held local ones, all in order."""
+        retry_delay = FILL_RETRY_SECONDS
         while True:
             while self.revision < self._fill_target:
-                read = await asyncio.to_thread(
-                    self._read_entries, b"\x00", b"", self.revision, CATCH_UP_ROWS
-                )
+                try:
+                    read = await asyncio.to_thread(
+                        self._read_entries, b"\x00", b"", self.revision, CATCH_UP_ROWS
+                    )
+                except Exception as exc:
+                    # The database is unreachable for now: keep the place and try again, or
+                    # the held revisions would wait for the next commit to come along.
+                    log.warning("reading committed revisions failed (%s); retrying", exc)
+                    await asyncio.sleep(retry_delay)
+                    retry_delay = min(retry_delay * 2, 2.0)
+                    continue
+                retry_delay = FILL_RETRY_SECONDS
                 revisions = _group_by_revision(read.entries, up_to=self._fill_target)
                 if not revisions:
                     if read.revision <= self.revision:
@@ -298,10 +318,11 @@ class WatchHub:
                 return
 
     def _publish(self, revisions: list[Revision]) -> None:
-        """Fan committed revisions out to synced watchers (strictly in order)."""
-        self.revision = revisions[-1].revision
-        batches: dict[Watcher, list[Event]] = {}
+        """Fan committed revisions out to synced watchers (strictly in order). Like etcd, a
+        synced watcher gets one response per revision, headed with that revision."""
         for rev in revisions:
+            self.revision = rev.revision
+            batches: dict[Watcher, list[Event]] = {}
             for change in rev.changes:
                 for watcher in self._interested(change.kv.key):
                     if not watcher.synced or rev.revision < watcher.next_revision:
@@ -309,8 +330,8 @@ class WatchHub:
                     event = _event(change.kv, change.prev, change.deleted, watcher)
                     if event is not None:
                         batches.setdefault(watcher, []).append(event)
-        for watcher, events in batches.items():
-            self._deliver(watcher, events, self.revision)
+            for watcher, events in batches.items():
+                self._deliver(watcher, events, rev.revision)
         for stream in list(self._progress_waiting):
             self._maybe_send_progress(stream)
 
@@ -342,22 +363,28 @@ class WatchHub:
     ) -> list[WatchResponse]:
         resp = WatchResponse(watch_id=watcher.id, events=events)
         self._fill_header(resp, revision)
-        if not watcher.fragment or resp.ByteSize() <= self._max_response_bytes:
+        if not watcher.fragment or len(events) < 2:
             return [resp]
-        # Split into fragments of at most the limit each (at least one event per fragment).
+        limit = self._max_response_bytes
+        if resp.ByteSize() < limit:
+            return [resp]
+        # etcd's split: fill each fragment until it would reach the limit (always at least
+        # one event), every part but the last marked as a fragment.
+        shell = WatchResponse(watch_id=watcher.id, fragment=True)
+        self._fill_header(shell, revision)
+        base = shell.ByteSize()
         out: list[WatchResponse] = []
         chunk: list[Event] = []
-        size = 0
+        size = base
         for event in events:
-            event_size = event.ByteSize() + 8
-            if chunk and size + event_size > self._max_response_bytes:
-                out.append(WatchResponse(watch_id=watcher.id, events=chunk, fragment=True))
-                chunk, size = [], 0
+            event_size = event.ByteSize()
+            field_size = 1 + _varint_size(event_size) + event_size
+            if chunk and size + field_size >= limit:
+                out.append(_part(shell, chunk, fragment=True))
+                chunk, size = [], base
             chunk.append(event)
-            size += event_size
-        out.append(WatchResponse(watch_id=watcher.id, events=chunk))
-        for part in out:
-            self._fill_header(part, revision)
+            size += field_size
+        out.append(_part(shell, chunk, fragment=False))
         return out
 
     def _maybe_send_progress(self, stream: WatchStream) -> None:
@@ -424,6 +451,11 @@ class WatchHub:
             self._cancel_compacted(watcher, read.compact_revision)
             return
         entries = read.entries
+        if watcher.next_revision <= 0:
+            # A negative start that is not below the compaction point: etcd's history read
+            # from it finds nothing, so the watcher goes on from the current revision.
+            entries = []
+            watcher.next_revision = read.revision + 1
         # Rows come in whole revisions; fewer than asked for means the snapshot's end.
         reached = read.revision if len(entries) < CATCH_UP_ROWS else entries[-1].kv.mod_revision
         events: list[Event] = []
@@ -447,11 +479,24 @@ class WatchHub:
 
     def _cancel_compacted(self, watcher: Watcher, compacted: int) -> None:
         stream = watcher.stream
-        stream.watchers.pop(watcher.id, None)
         self._remove(watcher)
+        watcher.dead = True
         resp = WatchResponse(watch_id=watcher.id, canceled=True, compact_revision=compacted)
-        self._fill_header(resp, self.revision)
+        self._fill_header(resp, 0)  # etcd leaves this header's revision unset
         stream.send(resp)
+        self._maybe_send_progress(stream)
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _part(shell: WatchResponse, events: list[Event], fragment: bool) -> WatchResponse:
+    part = WatchResponse()
+    part.CopyFrom(shell)
+    part.events.extend(events)
+    part.fragment = fragment
+    return part
 
 
 def _group_by_revision(entries: list[LogEntry], up_to: int) -> list[Revision]:
