@@ -27,39 +27,32 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         stream = self._hub.open_stream()
         reader = asyncio.get_running_loop().create_task(self._read(request_iterator, stream))
         try:
-            while True:
-                get = asyncio.ensure_future(stream.queue.get())
-                done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if get in done:
-                    resp = get.result()
-                    if resp is None:
-                        return  # the server is shutting down
-                    yield resp
-                    continue
-                get.cancel()
-                # The reader ended: the client went away or sent something broken. A client
-                # that only half-closes keeps receiving, as with etcd.
-                error = reader.exception()
-                if error is not None:
-                    raise error
-                while (resp := await stream.queue.get()) is not None:
-                    yield resp
-                return
+            # None ends the stream: the server is shutting down, or the client sent something
+            # that broke its request side. A client that only half-closes keeps receiving,
+            # as with etcd.
+            while (resp := await stream.queue.get()) is not None:
+                yield resp
         finally:
             self._hub.close_stream(stream)
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
     async def _read(
         self, request_iterator: AsyncIterator[rpc_pb2.WatchRequest], stream: WatchStream
     ) -> None:
         hub = self._hub
-        async for req in request_iterator:
-            kind = req.WhichOneof("request_union")
-            if kind == "create_request":
-                hub.create(stream, req.create_request)
-            elif kind == "cancel_request":
-                hub.cancel(stream, req.cancel_request.watch_id)
-            elif kind == "progress_request":
-                hub.request_progress(stream)
+        try:
+            async for req in request_iterator:
+                kind = req.WhichOneof("request_union")
+                if kind == "create_request":
+                    hub.create(stream, req.create_request)
+                elif kind == "cancel_request":
+                    hub.cancel(stream, req.cancel_request.watch_id)
+                elif kind == "progress_request":
+                    hub.request_progress(stream)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("watch stream request side failed: %s", exc)
+            stream.queue.put_nowait(None)
