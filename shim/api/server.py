@@ -17,7 +17,7 @@ from shim.api.header import Identity
 from shim.api.kv import KVService
 from shim.api.lease import LeaseService
 from shim.api.maintenance import MaintenanceService
-from shim.api.watch import WatchService
+from shim.api.watch import WatchService, add_watch_service
 from shim.backend.sqlite import BackendOpenError, SqliteBackend
 from shim.backend.sqlite import _describe as describe_sqlite_error
 from shim.config import ConfigError, ServerConfig, grpc_listen_target, parse_datastore_endpoint
@@ -96,7 +96,8 @@ class ShimServer:
             revision=self.store.revision,
             read_entries=self.store.read_watch_entries,
             fill_header=lambda resp, revision: self._fill_watch_header(resp, revision),
-            max_response_bytes=self.config.max_request_bytes,
+            # etcd fragments watch responses at the gRPC message limit.
+            max_response_bytes=self.config.max_request_bytes + GRPC_OVERHEAD_BYTES,
         )
         self.store.add_commit_listener(hub.on_commit)
         hub.start(self.config.watch_progress_notify_interval)
@@ -116,7 +117,7 @@ class ShimServer:
         rpc_pb2_grpc.add_KVServicer_to_server(
             KVService(self.store, self.identity, self.config.max_request_bytes), server
         )
-        rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(hub), server)
+        add_watch_service(WatchService(hub), server)
         rpc_pb2_grpc.add_LeaseServicer_to_server(
             LeaseService(self.lessor, self.store, self.identity), server
         )

@@ -15,6 +15,23 @@ from shim.pb import rpc_pb2, rpc_pb2_grpc
 log = logging.getLogger(__name__)
 
 
+def _serialize(resp: rpc_pb2.WatchResponse | bytes) -> bytes:
+    # Event responses come from the hub already encoded (see shim.mvcc.watch_wire).
+    return resp if isinstance(resp, bytes) else resp.SerializeToString()
+
+
+def add_watch_service(service: WatchService, server: grpc.aio.Server) -> None:
+    """Register Watch with a serializer that passes pre-encoded responses through."""
+    handler = grpc.stream_stream_rpc_method_handler(
+        service.Watch,
+        request_deserializer=rpc_pb2.WatchRequest.FromString,
+        response_serializer=_serialize,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("etcdserverpb.Watch", {"Watch": handler}),)
+    )
+
+
 class WatchService(rpc_pb2_grpc.WatchServicer):
     def __init__(self, hub: WatchHub) -> None:
         self._hub = hub
@@ -23,7 +40,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         self,
         request_iterator: AsyncIterator[rpc_pb2.WatchRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[rpc_pb2.WatchResponse]:
+    ) -> AsyncIterator[rpc_pb2.WatchResponse | bytes]:
         stream = self._hub.open_stream()
         reader = asyncio.get_running_loop().create_task(self._read(request_iterator, stream))
         try:

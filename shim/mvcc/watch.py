@@ -24,9 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shim.backend.base import LogEntry
+from shim.mvcc import watch_wire as wire
 from shim.mvcc.apply import Change, Revision
 from shim.mvcc.keys import in_range
-from shim.pb.kv_pb2 import Event, KeyValue
+from shim.mvcc.watch_wire import EncodedEvent
 from shim.pb.rpc_pb2 import WatchCreateRequest, WatchResponse
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,8 @@ class WatchStream:
     """The watchers of one gRPC Watch stream and the queue of responses it has to send."""
 
     hub: WatchHub
-    # None is the end-of-stream marker the hub queues when the server shuts down.
-    queue: asyncio.Queue[WatchResponse | None] = field(default_factory=asyncio.Queue)
+    # Responses as messages (control) or as encoded bytes (events); None ends the stream.
+    queue: asyncio.Queue[WatchResponse | bytes | None] = field(default_factory=asyncio.Queue)
     watchers: dict[int, Watcher] = field(default_factory=dict)
     _next_id: int = 0
     progress_requested: bool = False
@@ -81,7 +82,7 @@ class WatchStream:
     def has_room(self) -> bool:
         return self.queue.qsize() < STREAM_QUEUE_LIMIT
 
-    def send(self, resp: WatchResponse) -> None:
+    def send(self, resp: WatchResponse | bytes) -> None:
         self.queue.put_nowait(resp)
 
     def all_synced(self) -> bool:
@@ -319,21 +320,32 @@ class WatchHub:
 
     def _publish(self, revisions: list[Revision]) -> None:
         """Fan committed revisions out to synced watchers (strictly in order). Like etcd, a
-        synced watcher gets one response per revision, headed with that revision."""
+        synced watcher gets one response per revision, headed with that revision. Each event
+        is encoded once, however many watchers receive it."""
         for rev in revisions:
             self.revision = rev.revision
-            batches: dict[Watcher, list[Event]] = {}
+            batches: dict[Watcher, list[bytes]] = {}
             for change in rev.changes:
+                encoded: EncodedEvent | None = None
                 for watcher in self._interested(change.kv.key):
                     if not watcher.synced or rev.revision < watcher.next_revision:
                         continue
-                    event = _event(change.kv, change.prev, change.deleted, watcher)
-                    if event is not None:
-                        batches.setdefault(watcher, []).append(event)
-            for watcher, events in batches.items():
-                self._deliver(watcher, events, rev.revision)
+                    if watcher.no_delete if change.deleted else watcher.no_put:
+                        continue
+                    if encoded is None:
+                        encoded = EncodedEvent.of_change(change)
+                    batches.setdefault(watcher, []).append(encoded.get(watcher.prev_kv))
+            if batches:
+                header = self._header(rev.revision)
+                for watcher, events in batches.items():
+                    self._deliver(watcher, events, header, rev.revision)
         for stream in list(self._progress_waiting):
             self._maybe_send_progress(stream)
+
+    def _header(self, revision: int) -> bytes:
+        shell = WatchResponse()
+        self._fill_header(shell, revision)
+        return wire.header_field(shell.header.SerializeToString())
 
     def _all_synced(self) -> list[Watcher]:
         out: list[Watcher] = [w for group in self._by_key.values() for w in group if w.synced]
@@ -345,47 +357,27 @@ class WatchHub:
         found.extend(w for w in self._ranges if w.matches(key))
         return found
 
-    def _deliver(self, watcher: Watcher, events: list[Event], revision: int) -> None:
-        """Queue events for a synced watcher, or make it catch up if its stream is full."""
+    def _deliver(
+        self, watcher: Watcher, events: list[bytes], header: bytes, revision: int
+    ) -> None:
+        """Queue one revision's events for a synced watcher, or make it catch up from that
+        revision if its stream is full."""
         stream = watcher.stream
         if not stream.has_room():
-            first = events[0].kv.mod_revision
-            watcher.next_revision = first
+            watcher.next_revision = revision
             self._mark_unsynced(watcher)
             return
-        for resp in self._responses(watcher, events, revision):
-            stream.send(resp)
-        watcher.sent_since_progress = True
+        self._send_events(watcher, events, header)
         watcher.next_revision = revision + 1
 
-    def _responses(
-        self, watcher: Watcher, events: list[Event], revision: int
-    ) -> list[WatchResponse]:
-        resp = WatchResponse(watch_id=watcher.id, events=events)
-        self._fill_header(resp, revision)
-        if not watcher.fragment or len(events) < 2:
-            return [resp]
-        limit = self._max_response_bytes
-        if resp.ByteSize() < limit:
-            return [resp]
-        # etcd's split: fill each fragment until it would reach the limit (always at least
-        # one event), every part but the last marked as a fragment.
-        shell = WatchResponse(watch_id=watcher.id, fragment=True)
-        self._fill_header(shell, revision)
-        base = shell.ByteSize()
-        out: list[WatchResponse] = []
-        chunk: list[Event] = []
-        size = base
-        for event in events:
-            event_size = event.ByteSize()
-            field_size = 1 + _varint_size(event_size) + event_size
-            if chunk and size + field_size >= limit:
-                out.append(_part(shell, chunk, fragment=True))
-                chunk, size = [], base
-            chunk.append(event)
-            size += field_size
-        out.append(_part(shell, chunk, fragment=False))
-        return out
+    def _send_events(self, watcher: Watcher, events: list[bytes], header: bytes) -> None:
+        if watcher.fragment:
+            parts = wire.split_fragments(header, watcher.id, events, self._max_response_bytes)
+        else:
+            parts = [wire.response(header, watcher.id, events)]
+        for part in parts:
+            watcher.stream.send(part)
+        watcher.sent_since_progress = True
 
     def _maybe_send_progress(self, stream: WatchStream) -> None:
         """Answer a RequestProgress once every watcher of the stream has been sent everything
@@ -458,18 +450,14 @@ class WatchHub:
             watcher.next_revision = read.revision + 1
         # Rows come in whole revisions; fewer than asked for means the snapshot's end.
         reached = read.revision if len(entries) < CATCH_UP_ROWS else entries[-1].kv.mod_revision
-        events: list[Event] = []
-        for entry in entries:
-            if entry.kv.mod_revision < watcher.next_revision:
-                continue
-            event = _event(entry.kv, entry.prev, entry.deleted, watcher)
-            if event is not None:
-                events.append(event)
-        header_revision = max(reached, self.revision)
+        events = [
+            EncodedEvent.of_entry(entry).get(watcher.prev_kv)
+            for entry in entries
+            if entry.kv.mod_revision >= watcher.next_revision
+            and not (watcher.no_delete if entry.deleted else watcher.no_put)
+        ]
         if events:
-            for resp in self._responses(watcher, events, header_revision):
-                watcher.stream.send(resp)
-            watcher.sent_since_progress = True
+            self._send_events(watcher, events, self._header(max(reached, self.revision)))
         watcher.next_revision = max(watcher.next_revision, reached + 1)
         if watcher.next_revision > self.revision:
             # Caught up: from here on it gets revisions as they are published.
@@ -487,18 +475,6 @@ class WatchHub:
         self._maybe_send_progress(stream)
 
 
-def _varint_size(value: int) -> int:
-    return max(1, (value.bit_length() + 6) // 7)
-
-
-def _part(shell: WatchResponse, events: list[Event], fragment: bool) -> WatchResponse:
-    part = WatchResponse()
-    part.CopyFrom(shell)
-    part.events.extend(events)
-    part.fragment = fragment
-    return part
-
-
 def _group_by_revision(entries: list[LogEntry], up_to: int) -> list[Revision]:
     """Log rows (whole revisions) as committed revisions, none above ``up_to``."""
     revisions: list[Revision] = []
@@ -510,17 +486,3 @@ def _group_by_revision(entries: list[LogEntry], up_to: int) -> list[Revision]:
             revisions.append(Revision(revision))
         revisions[-1].changes.append(Change(entry.kv, entry.prev, entry.deleted))
     return revisions
-
-
-def _event(kv: KeyValue, prev: KeyValue | None, deleted: bool, watcher: Watcher) -> Event | None:
-    if deleted:
-        if watcher.no_delete:
-            return None
-        event = Event(type=Event.DELETE, kv=kv)
-    else:
-        if watcher.no_put:
-            return None
-        event = Event(type=Event.PUT, kv=kv)
-    if watcher.prev_kv and prev is not None:
-        event.prev_kv.CopyFrom(prev)
-    return event
