@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:2379"
 DEFAULT_DATASTORE_ENDPOINT = "sqlite://./shim-data/state.db"
@@ -20,6 +22,27 @@ class SqliteEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class PostgresEndpoint:
+    """A PostgreSQL URL (asyncpg reads it as it is) and what may be shown of it."""
+
+    url: str
+    database: str
+    # The URL with its password replaced by ***: the only form that goes into messages.
+    redacted: str
+    # Password text to mask wherever it might appear (raw and URL-decoded forms).
+    secrets: tuple[str, ...]
+
+    def mask(self, text: str) -> str:
+        """``text`` with every form of the password replaced by ***."""
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+DEFAULT_POSTGRES_DATABASE = "shim"
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     datastore_endpoint: str = DEFAULT_DATASTORE_ENDPOINT
@@ -30,12 +53,14 @@ class ServerConfig:
     watch_progress_notify_interval: float = 600.0  # etcd's default: 10 minutes
 
 
-def parse_datastore_endpoint(endpoint: str) -> SqliteEndpoint:
-    """``sqlite://relative/path.db`` or ``sqlite:///absolute/path.db``."""
+def parse_datastore_endpoint(endpoint: str) -> SqliteEndpoint | PostgresEndpoint:
+    """``sqlite://relative/path.db``, ``sqlite:///absolute/path.db`` or
+    ``postgres://user:password@host:port/database?sslmode=...`` (also ``postgresql://``)."""
     scheme, sep, rest = endpoint.partition("://")
     if not sep:
         raise ConfigError(
-            f"datastore endpoint {endpoint!r} has no scheme; use sqlite://PATH"
+            f"datastore endpoint {_redact_any(endpoint)!r} has no scheme; use sqlite://PATH "
+            "or postgres://USER:PASSWORD@HOST:PORT/DATABASE"
         )
     scheme = scheme.lower()
     if scheme == "sqlite":
@@ -47,8 +72,64 @@ def parse_datastore_endpoint(endpoint: str) -> SqliteEndpoint:
             raise ConfigError(f"datastore path {path_text} is a directory, not a database file")
         return SqliteEndpoint(path=path)
     if scheme in ("postgres", "postgresql"):
-        raise ConfigError("the PostgreSQL datastore is not implemented yet; use sqlite://PATH")
-    raise ConfigError(f"unknown datastore scheme {scheme!r}; supported: sqlite://PATH")
+        return parse_postgres_endpoint(endpoint)
+    raise ConfigError(
+        f"unknown datastore scheme {scheme!r}; supported: sqlite://PATH, postgres://..."
+    )
+
+
+def parse_postgres_endpoint(endpoint: str) -> PostgresEndpoint:
+    """Check a PostgreSQL URL far enough to name its database and to hide its password.
+
+    The URL is handed to asyncpg unchanged (it understands sslmode and libpq's other query
+    parameters). Without a database name in the path, the database is called "shim".
+    """
+    secrets = _password_forms(endpoint)
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        masked = str(exc)
+        for secret in secrets:
+            masked = masked.replace(secret, "***")
+        raise ConfigError(f"bad PostgreSQL endpoint: {masked}") from None
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{hostinfo}" if has_password else netloc
+    query = "&".join(
+        f"{name}=***" if name.lower() == "password" else f"{name}={value}"
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    redacted = parts._replace(netloc=netloc, query=query).geturl()
+    database = unquote(parts.path.lstrip("/"))
+    if "/" in database:
+        raise ConfigError(f"bad PostgreSQL endpoint {redacted}: the path must be a database name")
+    url = endpoint
+    if not database:
+        database = DEFAULT_POSTGRES_DATABASE
+        url = parts._replace(path=f"/{database}").geturl()
+    return PostgresEndpoint(url=url, database=database, redacted=redacted, secrets=secrets)
+
+
+def _password_forms(endpoint: str) -> tuple[str, ...]:
+    """Every spelling of the password in ``endpoint``: in user:password@, or ?password=."""
+    found: set[str] = set()
+    match = re.match(r"^[^:/?#]+://([^/?#]*)@", endpoint)
+    if match and ":" in match.group(1):
+        raw = match.group(1).split(":", 1)[1]
+        found.update({raw, unquote(raw)})
+    for raw in re.findall(r"[?&]password=([^&#]*)", endpoint, flags=re.IGNORECASE):
+        found.update({raw, unquote(raw), unquote(raw.replace("+", " "))})
+    # Longest first, so a password that contains another form is masked whole.
+    return tuple(sorted((s for s in found if s), key=len, reverse=True))
+
+
+def _redact_any(endpoint: str) -> str:
+    for secret in _password_forms(endpoint):
+        endpoint = endpoint.replace(secret, "***")
+    return endpoint
 
 
 def grpc_listen_target(address: str) -> str:

@@ -12,12 +12,68 @@ from typing import Any
 import pytest
 
 from tests.support import Client, EtcdServer, ServerProcess, ShimServer
+from tests.support.postgres import (
+    PostgresServer,
+    postgres_endpoint,
+    shared_postgres,
+    stop_shared_postgres,
+)
+
+# Datastores shim can run on. The modules below run their `shim`, `shim_module` and
+# `shim_factory` servers once per datastore (`--datastore` narrows the choice); every other
+# module uses SQLite, as before.
+DATASTORES = ("sqlite", "postgres")
+EVERY_DATASTORE_MODULES = frozenset({
+    "tests.test_differential_kv",
+    "tests.test_kube_apiserver_contract",
+})
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "harness: checks the test harness itself (e.g. etcd against etcd)"
     )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--datastore", action="append", choices=DATASTORES, default=None,
+        help="datastore(s) for the modules that run on every datastore "
+        f"({', '.join(sorted(EVERY_DATASTORE_MODULES))}); repeatable; default: all",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "datastore" in metafunc.fixturenames and (
+        metafunc.module.__name__ in EVERY_DATASTORE_MODULES
+    ):
+        chosen = metafunc.config.getoption("--datastore") or list(DATASTORES)
+        metafunc.parametrize("datastore", chosen, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The session's throwaway PostgreSQL cluster (started on first use)."""
+    yield shared_postgres()
+    stop_shared_postgres()
+
+
+@pytest.fixture(scope="module")
+def datastore(request: pytest.FixtureRequest) -> str:
+    """The datastore of the shim fixtures: "sqlite" unless the module runs on every one."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="module")
+def new_datastore_endpoint(
+    request: pytest.FixtureRequest, datastore: str
+) -> Callable[[], str | None]:
+    """Makes a fresh endpoint of the module's datastore for each shim server: None for
+    SQLite (the server's own file in its workdir), a new database for PostgreSQL."""
+    if datastore == "postgres":
+        request.getfixturevalue("postgres")
+        return postgres_endpoint
+    return lambda: None
 
 
 class ServerFactory:
@@ -47,16 +103,20 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
 
 
 @pytest.fixture
-def shim(tmp_path: Path) -> Iterator[ShimServer]:
-    """A fresh shim server on a fresh SQLite file, for one test."""
-    with ShimServer(tmp_path / "shim") as server:
+def shim(tmp_path: Path, new_datastore_endpoint: Callable[[], str | None]) -> Iterator[ShimServer]:
+    """A fresh shim server on a fresh SQLite file (or PostgreSQL database), for one test."""
+    with ShimServer(tmp_path / "shim", datastore_endpoint=new_datastore_endpoint()) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def shim_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShimServer]:
+def shim_module(
+    tmp_path_factory: pytest.TempPathFactory, new_datastore_endpoint: Callable[[], str | None]
+) -> Iterator[ShimServer]:
     """A shim server shared by the tests of one module."""
-    with ShimServer(tmp_path_factory.mktemp("shim")) as server:
+    with ShimServer(
+        tmp_path_factory.mktemp("shim"), datastore_endpoint=new_datastore_endpoint()
+    ) as server:
         yield server
 
 
@@ -69,9 +129,17 @@ def etcd_factory(tmp_path: Path) -> Iterator[Callable[..., EtcdServer]]:
 
 
 @pytest.fixture
-def shim_factory(tmp_path: Path) -> Iterator[Callable[..., ShimServer]]:
-    """`shim_factory(datastore_endpoint=..., extra_args=...)` starts another fresh shim."""
-    factory = ServerFactory(ShimServer, tmp_path / "shims")
+def shim_factory(
+    tmp_path: Path, new_datastore_endpoint: Callable[[], str | None]
+) -> Iterator[Callable[..., ShimServer]]:
+    """`shim_factory(datastore_endpoint=..., extra_args=...)` starts another fresh shim (on
+    the module's datastore unless an endpoint is given)."""
+
+    def make(workdir: Path, **kwargs: Any) -> ShimServer:
+        kwargs.setdefault("datastore_endpoint", new_datastore_endpoint())
+        return ShimServer(workdir, **kwargs)
+
+    factory = ServerFactory(make, tmp_path / "shims")
     yield factory
     factory.stop_all()
 

@@ -28,6 +28,7 @@ import pytest
 from shim.pb import kv_pb2
 from shim.pb import rpc_pb2 as pb
 from tests.support import Client, EtcdServer, ServerProcess, ShimServer
+from tests.support.postgres import postgres_endpoint
 
 COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 FUTURE_REV = "etcdserver: mvcc: required revision is a future revision"
@@ -36,7 +37,7 @@ PROGRESS_INTERVAL = "1s"
 WATCH_METADATA = (("hasleader", "true"),)
 PUT, DELETE = kv_pb2.Event.PUT, kv_pb2.Event.DELETE
 
-SERVERS = ("etcd", "shim")
+SERVERS = ("etcd", "shim", "shim-postgres")  # shim on SQLite, shim on PostgreSQL
 
 
 # --- servers ---------------------------------------------------------------------------------
@@ -49,7 +50,9 @@ def start_server(kind: str, workdir: Path) -> ServerProcess:
             extra_args=[f"--experimental-watch-progress-notify-interval={PROGRESS_INTERVAL}"],
         ).start()
     return ShimServer(
-        workdir, extra_args=["--watch-progress-notify-interval", PROGRESS_INTERVAL]
+        workdir,
+        datastore_endpoint=postgres_endpoint() if kind == "shim-postgres" else None,
+        extra_args=["--watch-progress-notify-interval", PROGRESS_INTERVAL],
     ).start()
 
 

@@ -18,9 +18,16 @@ from shim.api.kv import KVService
 from shim.api.lease import LeaseService
 from shim.api.maintenance import MaintenanceService
 from shim.api.watch import WatchService, add_watch_service
-from shim.backend.sqlite import BackendOpenError, SqliteBackend
+from shim.backend.base import Backend, BackendOpenError
+from shim.backend.sqlite import SqliteBackend
 from shim.backend.sqlite import _describe as describe_sqlite_error
-from shim.config import ConfigError, ServerConfig, grpc_listen_target, parse_datastore_endpoint
+from shim.config import (
+    ConfigError,
+    PostgresEndpoint,
+    ServerConfig,
+    grpc_listen_target,
+    parse_datastore_endpoint,
+)
 from shim.mvcc.lease import Lessor
 from shim.mvcc.store import Store
 from shim.mvcc.watch import WatchHub
@@ -32,9 +39,19 @@ GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd lets gRPC frames exceed the request lim
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
-def open_backend(config: ServerConfig) -> SqliteBackend:
+def open_backend(config: ServerConfig) -> Backend:
     endpoint = parse_datastore_endpoint(config.datastore_endpoint)
-    backend = SqliteBackend(endpoint.path, synchronous=config.sqlite_synchronous)
+    backend: Backend
+    if isinstance(endpoint, PostgresEndpoint):
+        try:
+            from shim.backend.postgres import PostgresBackend
+        except ImportError as exc:
+            raise ConfigError(
+                f"postgres:// needs asyncpg ({exc.name} is missing): pip install 'shim[postgres]'"
+            ) from None
+        backend = PostgresBackend(endpoint)
+    else:
+        backend = SqliteBackend(endpoint.path, synchronous=config.sqlite_synchronous)
     backend.open()
     return backend
 
@@ -77,7 +94,7 @@ def check_can_listen(target: str) -> None:
 class ShimServer:
     """One serving process: a store on a backend, behind a gRPC server."""
 
-    def __init__(self, config: ServerConfig, backend: SqliteBackend) -> None:
+    def __init__(self, config: ServerConfig, backend: Backend) -> None:
         self.config = config
         self.backend = backend
         self.store = Store(backend)
@@ -100,6 +117,12 @@ class ShimServer:
             max_response_bytes=self.config.max_request_bytes + GRPC_OVERHEAD_BYTES,
         )
         self.store.add_commit_listener(hub.on_commit)
+        # Commits of other servers on a shared database (PostgreSQL) reach the hub as
+        # revisions to read from the log, in order with this server's own.
+        loop = asyncio.get_running_loop()
+        self.backend.set_commit_listener(
+            lambda revision: loop.call_soon_threadsafe(hub.on_external_commit, revision)
+        )
         hub.start(self.config.watch_progress_notify_interval)
         self.hub = hub
         self.lessor.start(self.store.leases())
@@ -143,7 +166,7 @@ class ShimServer:
         await server.start()
         self._server = server
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving etcd v3 API on %s (datastore %s)", target, self.backend.path)
+        log.info("serving etcd v3 API on %s (datastore %s)", target, self.backend.location)
 
     def _fill_watch_header(self, resp: rpc_pb2.WatchResponse, revision: int) -> None:
         resp.header.revision = revision
@@ -160,6 +183,7 @@ class ShimServer:
                 self.hub.end_all_streams()
             await stopping
             self._server = None
+        self.backend.set_commit_listener(None)
         await self.lessor.close()
         if self.hub is not None:
             await self.hub.close()
@@ -175,8 +199,10 @@ async def serve(config: ServerConfig) -> None:
         except apsw.Error as exc:
             # Damage the open checks do not reach (a corrupted table) shows on the first read.
             raise BackendOpenError(
-                f"cannot use database {backend.path}: {describe_sqlite_error(exc)}"
+                f"cannot use database {backend.location}: {describe_sqlite_error(exc)}"
             ) from exc
+        except backend.errors as exc:
+            raise BackendOpenError(f"cannot use database {backend.location}: {exc}") from exc
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -61,6 +61,10 @@ class ReadView(Protocol):
         """How many keys are live in ``[key, end)`` at ``revision`` (0 = current)."""
         ...
 
+    def max_hlc(self) -> int:
+        """The largest hybrid-clock stamp in the log (0 if empty): seeds the clock at start."""
+        ...
+
     def leases(self) -> dict[int, int]:
         """Every lease: id -> granted TTL in seconds."""
         ...
@@ -110,14 +114,26 @@ class WriteTxn(ReadView, Protocol):
 
 T = TypeVar("T")
 
+# Called with a revision that another server committed on the same database (any thread).
+ExternalCommitListener = Callable[[int], None]
+
+
+class BackendOpenError(Exception):
+    """The database cannot be opened; the message is meant for the operator, on one line."""
+
 
 class Backend(Protocol):
     """A database holding one node's log. The store and the writer use nothing else of it."""
 
     dialect: str
     node_id: str
-    # The driver's exception classes that mean "the storage failed"; the store answers them
-    # with a retryable UNAVAILABLE instead of crashing.
+    # Where the data lives, for messages: a file path, or a URL without its password.
+    location: str
+    # True when other servers may write to the same database: the writer then takes the
+    # revision, compacted revision and leases from the database at the start of every batch.
+    shared: bool
+    # The exception classes that mean "the storage failed"; the store answers them with a
+    # retryable UNAVAILABLE instead of crashing.
     errors: tuple[type[BaseException], ...]
 
     def open(self) -> None: ...
@@ -139,3 +155,9 @@ class Backend(Protocol):
     def size_bytes(self) -> int: ...
 
     def size_in_use_bytes(self) -> int: ...
+
+    def set_commit_listener(self, listener: ExternalCommitListener | None) -> None:
+        """Be told (from any thread) when another server commits; with ``shared`` False there
+        is nobody else and this does nothing. Right after a listener is set, and after every
+        reconnection, it is called with the current revision so nothing in between is missed."""
+        ...

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import apsw
 
-from shim.backend.base import LogEntry, NewVersion
+from shim.backend.base import BackendOpenError, ExternalCommitListener, LogEntry, NewVersion
 from shim.backend.migrations import SchemaError, load_migrations, pending
 from shim.pb.kv_pb2 import KeyValue
 
@@ -29,10 +29,6 @@ _KV_COLUMNS = "l.key, l.value, l.create_revision, l.revision, l.version, l.lease
 
 
 T = TypeVar("T")
-
-
-class BackendOpenError(Exception):
-    """The database cannot be opened; the message is meant for the operator, on one line."""
 
 
 def _kv(row: tuple) -> KeyValue:  # type: ignore[type-arg]
@@ -230,12 +226,14 @@ class SqliteBackend:
     """Owns the database file: opening, locking, migrating, and the connections."""
 
     dialect = "sqlite"
+    shared = False  # the file lock keeps every other server out
     errors: tuple[type[BaseException], ...] = (apsw.Error,)
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
         self.path = path
+        self.location = str(path)
         self._synchronous = synchronous
         self._lock_fd: int | None = None
         self._writer: apsw.Connection | None = None
@@ -369,6 +367,9 @@ class SqliteBackend:
         # read connection), which costs less than a hop to a worker thread.
         with self.read() as view:
             return fn(view)
+
+    def set_commit_listener(self, listener: ExternalCommitListener | None) -> None:
+        """Nothing to listen to: no other server writes this file."""
 
     def size_bytes(self) -> int:
         """Bytes the database uses on disk, WAL included."""

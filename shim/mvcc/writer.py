@@ -17,7 +17,7 @@ import queue
 import threading
 from dataclasses import dataclass
 
-from shim.backend.base import Backend
+from shim.backend.base import Backend, WriteTxn
 from shim.mvcc.apply import Applier, CommitListener, Revision, WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
 from shim.mvcc.hlc import HybridClock
@@ -100,6 +100,8 @@ class Writer:
         outcomes: list[WriteResponse | BaseException] = []
         try:
             with self._backend.write() as txn:
+                if self._backend.shared:
+                    self._refresh(txn)
                 applier = Applier(
                     txn, self.revision, self.compact_revision, self._clock, self.leases
                 )
@@ -125,15 +127,34 @@ class Writer:
         except self._backend.errors as exc:
             # Nothing of this batch is committed: every caller gets a retryable error.
             log.error("write batch of %d failed, rolled back: %s", len(batch), exc)
-            self._reload_leases()
+            if not self._backend.shared:  # a shared backend's leases are read at batch start
+                self._reload_leases()
             failure = StorageUnavailableError(f"storage write failed: {exc}")
             self._loop.call_soon_threadsafe(
                 self._deliver, batch, [failure] * len(batch), []
             )
             return
+        except Exception as exc:
+            # A bug outside any one request (at BEGIN or COMMIT) fails this batch; the writer
+            # thread must live on, or every later write would wait forever.
+            log.exception("write batch of %d failed, rolled back", len(batch))
+            if not self._backend.shared:
+                self._reload_leases()
+            self._loop.call_soon_threadsafe(self._deliver, batch, [exc] * len(batch), [])
+            return
         self.revision = applier.revision
         self.compact_revision = applier.compact_revision
         self._loop.call_soon_threadsafe(self._deliver, batch, outcomes, applier.committed)
+
+    def _refresh(self, txn: WriteTxn) -> None:
+        """Other servers write to a shared database: start each batch from what the database
+        holds now (the backend's write transaction keeps it from changing until COMMIT)."""
+        self.revision = txn.revision()
+        self.compact_revision = txn.compact_revision()
+        leases = txn.leases()
+        if leases != self.leases:
+            self.leases.clear()
+            self.leases.update(leases)
 
     def _reload_leases(self) -> None:
         """After a failed commit, forget lease changes the rolled-back batch made."""
