@@ -1,0 +1,289 @@
+"""The PostgreSQL backend's views: the SQL of ``ReadView`` and ``WriteTxn`` (see
+``postgres.py`` for the connections and the transactions they run in).
+
+Every query goes through ``QueryRunner.query``, which runs it on the backend's loop thread and
+waits. That hop costs more than the statement itself, so statements without a result
+(SAVEPOINT, RELEASE, the revision update) are deferred and sent along with the next query or
+with the COMMIT.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import asyncpg
+
+from shim.backend.base import LogEntry, NewVersion
+from shim.pb.kv_pb2 import KeyValue
+
+CHANNEL = "shim_commit"
+COMPACT_TIMEOUT = 3600.0
+
+_KV_COLUMNS = "l.key, l.value, l.create_revision, l.revision, l.version, l.lease"
+META_SQL = "SELECT name, value FROM meta WHERE name IN ('revision', 'compact_revision')"
+
+
+class QueryRunner(Protocol):
+    """What the views need of the backend."""
+
+    node_id: str
+    instance: str  # tells this server's NOTIFYs apart from other servers'
+
+    def query(
+        self, conn: asyncpg.Connection, method: str, *args: Any, before: str | None = None,
+        **kwargs: Any,
+    ) -> Any: ...
+
+
+def _kv(row: Any) -> KeyValue:
+    return KeyValue(
+        key=row[0], value=row[1], create_revision=row[2], mod_revision=row[3], version=row[4],
+        lease=row[5],
+    )
+
+
+class PostgresView:
+    """Read queries on one pooled connection inside an open transaction."""
+
+    def __init__(
+        self, backend: QueryRunner, conn: asyncpg.Connection, meta: dict[str, int] | None
+    ) -> None:
+        self._backend = backend
+        self._conn = conn
+        # The revisions, read together with BEGIN: a snapshot's revisions cannot change.
+        self._meta = meta
+        # Statements without a result (SAVEPOINT, ...) that go out with the next query: every
+        # call to the loop thread costs far more than a statement on the same connection.
+        self._deferred: list[str] = []
+
+    def _take_deferred(self) -> str | None:
+        if not self._deferred:
+            return None
+        text = "; ".join(self._deferred)
+        self._deferred.clear()
+        return text
+
+    def _fetch(self, sql: str, *args: object) -> list[Any]:
+        return self._backend.query(self._conn, "fetch", sql, *args, before=self._take_deferred())
+
+    def _fetchval(self, sql: str, *args: object) -> Any:
+        return self._backend.query(
+            self._conn, "fetchval", sql, *args, before=self._take_deferred()
+        )
+
+    def _read_meta(self) -> dict[str, int]:
+        return {row[0]: int(row[1]) for row in self._fetch(META_SQL)}
+
+    def _meta_value(self, name: str) -> int:
+        if self._meta is None:
+            self._meta = self._read_meta()
+        return self._meta.get(name, 0)
+
+    def revision(self) -> int:
+        return self._meta_value("revision")
+
+    def compact_revision(self) -> int:
+        return self._meta_value("compact_revision")
+
+    def node_id(self) -> str:
+        return str(self._fetchval("SELECT value FROM meta WHERE name = 'node_id'"))
+
+    def max_hlc(self) -> int:
+        return int(self._fetchval("SELECT COALESCE(MAX(hlc), 0) FROM log"))
+
+    def get(self, key: bytes, revision: int) -> KeyValue | None:
+        if revision == 0:
+            rows = self._fetch(
+                f"SELECT {_KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id "
+                "WHERE c.key = $1",
+                key,
+            )
+            return _kv(rows[0]) if rows else None
+        rows = self._fetch(
+            f"SELECT {_KV_COLUMNS}, l.deleted FROM log l WHERE l.key = $1 AND l.revision <= $2 "
+            "ORDER BY l.revision DESC, l.id DESC LIMIT 1",
+            key, revision,
+        )
+        return None if not rows or rows[0][6] else _kv(rows[0])
+
+    def range(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KeyValue]:
+        params: list[object] = [key]
+        col = "c.key" if revision == 0 else "l.key"
+        where = f"{col} >= $1"
+        if end:
+            params.append(end)
+            where += f" AND {col} < ${len(params)}"
+        if revision == 0:
+            sql = f"SELECT {_KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id WHERE {where}"
+        else:
+            params.append(revision)
+            n = len(params)
+            sql = (
+                f"SELECT {_KV_COLUMNS} FROM log l WHERE {where} AND l.revision <= ${n} "
+                "AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM log n WHERE n.key = l.key "
+                f"AND n.id > l.id AND n.revision <= ${n})"
+            )
+        sql += f" ORDER BY {col}"
+        if limit > 0:
+            params.append(limit)
+            sql += f" LIMIT ${len(params)}"
+        return [_kv(row) for row in self._fetch(sql, *params)]
+
+    def count(self, key: bytes, end: bytes, revision: int) -> int:
+        params: list[object] = [key]
+        col = "c.key" if revision == 0 else "l.key"
+        where = f"{col} >= $1"
+        if end:
+            params.append(end)
+            where += f" AND {col} < ${len(params)}"
+        if revision == 0:
+            sql = f"SELECT COUNT(*) FROM current c WHERE {where}"
+        else:
+            params.append(revision)
+            n = len(params)
+            sql = (
+                f"SELECT COUNT(*) FROM log l WHERE {where} AND l.revision <= ${n} "
+                "AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM log n WHERE n.key = l.key "
+                f"AND n.id > l.id AND n.revision <= ${n})"
+            )
+        return int(self._fetchval(sql, *params))
+
+    def leases(self) -> dict[int, int]:
+        return {int(row[0]): int(row[1]) for row in self._fetch("SELECT id, ttl FROM lease")}
+
+    def lease_keys(self, lease_id: int) -> list[bytes]:
+        rows = self._fetch(
+            "SELECT l.key FROM log l JOIN current c ON c.key = l.key AND c.id = l.id "
+            "WHERE l.lease = $1 ORDER BY l.key",
+            lease_id,
+        )
+        return [bytes(row[0]) for row in rows]
+
+    def entries(
+        self, key: bytes, end: bytes | None, after_revision: int, limit: int
+    ) -> list[LogEntry]:
+        if end is None:
+            where, params = "l.key = $1", [key]
+        elif end == b"":
+            where, params = "l.key >= $1", [key]
+        else:
+            where, params = "l.key >= $1 AND l.key < $2", [key, end]
+        n = len(params)
+        rows = self._fetch(
+            f"SELECT {_KV_COLUMNS}, l.deleted, l.prev_revision, p.value, p.create_revision, "
+            "p.version, p.lease FROM log l LEFT JOIN log p "
+            "ON l.prev_revision <> 0 AND p.key = l.key AND p.revision = l.prev_revision "
+            "AND NOT p.deleted "
+            f"WHERE {where} AND l.revision > ${n + 1} ORDER BY l.id LIMIT ${n + 2}",
+            *params, after_revision, limit,
+        )
+        out: list[LogEntry] = []
+        for row in rows:
+            prev = None
+            if row[7] and row[8] is not None:
+                prev = KeyValue(
+                    key=row[0], value=row[8], create_revision=row[9], mod_revision=row[7],
+                    version=row[10], lease=row[11],
+                )
+            out.append(LogEntry(kv=_kv(row), deleted=bool(row[6]), prev=prev))
+        return out
+
+
+class PostgresWriteTxn(PostgresView):
+    """The writer's view inside the batch transaction: reads see its own writes, and the
+    ``meta`` revision row is locked until COMMIT."""
+
+    def __init__(
+        self, backend: QueryRunner, conn: asyncpg.Connection, meta: dict[str, int],
+        leases: dict[int, int],
+    ) -> None:
+        # The revisions were read with the row lock at BEGIN: nobody else can change them
+        # until COMMIT, and set_revision / set_compact_revision keep them up to date.
+        super().__init__(backend, conn, meta)
+        self._leases: dict[int, int] | None = leases  # as of BEGIN, until a lease changes
+        self.new_revision: int | None = None
+
+    def _execute(self, sql: str, *args: object, timeout: float | None = None) -> str:
+        return self._backend.query(
+            self._conn, "execute", sql, *args, timeout=timeout, before=self._take_deferred()
+        )
+
+    def leases(self) -> dict[int, int]:
+        if self._leases is not None:
+            return dict(self._leases)
+        return super().leases()
+
+    def commit_statements(self) -> str:
+        """What is still deferred, then NOTIFY (for a new revision) and COMMIT: one message."""
+        statements = list(self._deferred)
+        self._deferred.clear()
+        if self.new_revision is not None:
+            # Delivered to listeners at COMMIT, in commit order. Digits and hex only.
+            payload = f"{int(self.new_revision)} {self._backend.instance}"
+            statements.append(f"SELECT pg_notify('{CHANNEL}', '{payload}')")
+        statements.append("COMMIT")
+        return "; ".join(statements)
+
+    def append(self, versions: list[NewVersion]) -> None:
+        node_id = self._backend.node_id
+        for v in versions:
+            # One round trip per version: the log row, and the key's entry in `current`.
+            follow = (
+                "DELETE FROM current WHERE key = $2" if v.deleted else
+                "INSERT INTO current (key, id) SELECT $2, id FROM ins "
+                "ON CONFLICT (key) DO UPDATE SET id = excluded.id"
+            )
+            self._execute(
+                "WITH ins AS (INSERT INTO log (revision, key, value, create_revision, version, "
+                "lease, deleted, prev_revision, node_id, hlc) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id) " + follow,
+                v.revision, v.key, v.value, v.create_revision, v.version, v.lease, v.deleted,
+                v.prev_revision, node_id, v.hlc,
+            )
+
+    def add_lease(self, lease_id: int, ttl: int, granted_ms: int) -> None:
+        self._leases = None
+        self._execute(
+            "INSERT INTO lease (id, ttl, granted_ms, node_id) VALUES ($1, $2, $3, $4)",
+            lease_id, ttl, granted_ms, self._backend.node_id,
+        )
+
+    def remove_lease(self, lease_id: int) -> None:
+        self._leases = None
+        self._execute("DELETE FROM lease WHERE id = $1", lease_id)
+
+    def set_revision(self, revision: int) -> None:
+        # Sent with the COMMIT (an integer, formatted here: nothing to quote).
+        self._deferred.append(f"UPDATE meta SET value = '{int(revision)}' WHERE name = 'revision'")
+        self.new_revision = revision
+        assert self._meta is not None
+        self._meta["revision"] = revision
+
+    def set_compact_revision(self, revision: int) -> None:
+        self._execute(
+            "UPDATE meta SET value = $1 WHERE name = 'compact_revision'", str(revision)
+        )
+        assert self._meta is not None
+        self._meta["compact_revision"] = revision
+
+    def compact(self, revision: int) -> int:
+        # Keep, for every key, its newest version at `revision` unless that is a tombstone:
+        # exactly what reads at `revision` or later, and prev_kv of later events, can reach.
+        status = self._execute(
+            "DELETE FROM log WHERE revision <= $1 AND (deleted OR EXISTS (SELECT 1 FROM log n "
+            "WHERE n.key = log.key AND n.id > log.id AND n.revision <= $1))",
+            revision, timeout=COMPACT_TIMEOUT,
+        )
+        return int(status.rsplit(" ", 1)[-1])
+
+    # Savepoints go out with the next statement (or the COMMIT); a failure of theirs shows
+    # there, and is a storage failure that fails the batch either way.
+
+    def savepoint(self) -> None:
+        self._deferred.append("SAVEPOINT op")
+
+    def release(self) -> None:
+        self._deferred.append("RELEASE SAVEPOINT op")
+
+    def rollback_savepoint(self) -> None:
+        self._deferred.append("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
