@@ -129,10 +129,6 @@ class Backend(Protocol):
     node_id: str
     # Where the data lives, for messages: a file path, or a URL without its password.
     location: str
-    # True when a write transaction is local and quick (SQLite): the writer then applies and
-    # commits batches on the event loop itself; False when every statement waits on a network
-    # (PostgreSQL): a writer thread does.
-    writes_on_event_loop: bool
     # True when other servers may write to the same database: the writer then takes the
     # revision, compacted revision and leases from the database at the start of every batch.
     shared: bool

@@ -118,7 +118,6 @@ class PostgresBackend:
 
     dialect = "postgres"
     shared = True
-    writes_on_event_loop = False
     errors: tuple[type[BaseException], ...] = (PostgresUnavailableError,)
 
     def __init__(self, endpoint: PostgresEndpoint, pool_size: int = POOL_SIZE) -> None:

@@ -227,7 +227,6 @@ class SqliteBackend:
 
     dialect = "sqlite"
     shared = False  # the file lock keeps every other server out
-    writes_on_event_loop = True
     errors: tuple[type[BaseException], ...] = (apsw.Error,)
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:

@@ -23,7 +23,7 @@ from shim.mvcc.apply import (
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError
 from shim.mvcc.range import execute_range
 from shim.mvcc.watch import EntriesRead
-from shim.mvcc.writer import Writer, make_writer
+from shim.mvcc.writer import Writer
 from shim.pb.rpc_pb2 import (
     CompactionRequest,
     CompactionResponse,
@@ -49,14 +49,14 @@ class Store:
     # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._writer = make_writer(self.backend, asyncio.get_running_loop(), self._publish)
+        self._writer = Writer(self.backend, asyncio.get_running_loop(), self._publish)
         self._writer.start()
 
     async def close(self) -> None:
         """Finish queued writes, then stop the writer. The backend is closed by its owner."""
         if self._writer is not None:
             writer, self._writer = self._writer, None
-            await writer.stop()
+            await asyncio.to_thread(writer.stop)
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
