@@ -1,4 +1,5 @@
-"""bench/run: etcd 3.5.1 vs shim vs a bare grpc.aio KV server, one command, one results folder."""
+"""bench/run: etcd 3.5.1 vs shim (on SQLite and/or PostgreSQL) vs a bare grpc.aio KV server, one
+command, one results folder."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 import grpc
 
 from bench import etcd_tool, procfs, report
-from bench.model import TARGETS
+from bench.model import KNOWN_TARGETS, TARGETS
 from bench.servers import ETCD_VERSION, REPO_ROOT, etcd_binary
 from bench.suite import Options, Results, Suite
 from bench.workloads import FULL, QUICK
@@ -36,7 +37,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--loadgen-concurrency", type=int, default=16,
                         help="in-flight requests per load generator process (default 16)")
     parser.add_argument("--targets", default=",".join(TARGETS),
-                        help="comma-separated subset of etcd,shim,bare")
+                        help="comma-separated subset of etcd,shim,shim-pg,bare (shim-pg: "
+                        "shim on a throwaway PostgreSQL cluster); default etcd,shim,bare")
+    parser.add_argument("--shim-datastore", choices=("sqlite", "postgres"), default="sqlite",
+                        help="postgres: the shim target runs on PostgreSQL, i.e. is replaced "
+                        "by shim-pg (default sqlite)")
     parser.add_argument("--only", default="",
                         help="comma-separated workload id prefixes (put,range_l,mix,list,"
                         "footprint,...); default all")
@@ -87,16 +92,24 @@ def environment(work_dir: Path, command: str) -> dict[str, Any]:
     }
 
 
+def parse_targets(args: argparse.Namespace) -> tuple[str, ...]:
+    """--targets, with shim read as shim-pg under --shim-datastore postgres."""
+    targets = [t for t in args.targets.split(",") if t]
+    if args.shim_datastore == "postgres":
+        targets = ["shim-pg" if t == "shim" else t for t in targets]
+    unknown = set(targets) - set(KNOWN_TARGETS)
+    if unknown or not targets:
+        raise SystemExit(f"unknown targets {sorted(unknown)}; choose from {KNOWN_TARGETS}")
+    return tuple(dict.fromkeys(targets))
+
+
 def render(results_md: list[str]) -> str:
     return "\n".join(results_md).rstrip() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    targets = tuple(t for t in args.targets.split(",") if t)
-    unknown = set(targets) - set(TARGETS)
-    if unknown or not targets:
-        raise SystemExit(f"unknown targets {sorted(unknown)}; choose from {TARGETS}")
+    targets = parse_targets(args)
     sizes = QUICK if args.quick else FULL
     tool = etcd_tool.ensure_tool(args.etcd_tool)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -123,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work_dir, ignore_errors=True)
     meta["duration_s"] = round(time.monotonic() - started, 1)
     meta["load_average_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["targets"] = list(targets)
+    meta["servers"] = results.server_notes
     titles = report.row_titles(sizes)
     report.write_json(results, out_dir / "results.json", meta)
     charts = [name for name, draw in (("latency.png", report.latency_chart),
@@ -133,6 +148,25 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     print(f"written: {out_dir / 'results.md'}" + "".join(f", {c}" for c in charts))
     return 0
+
+
+def target_lines(
+    targets: tuple[str, ...], meta: dict[str, Any], args: argparse.Namespace
+) -> list[str]:
+    """One line per target in results.md: what it is and how durable."""
+    lines = {
+        "etcd": f"- etcd {meta['etcd']}: single member, default durability (fsync on every "
+        "commit)",
+        "shim": "- shim: SQLite, `--sqlite-synchronous FULL` (every acknowledged write "
+        f"fsynced), commit {meta['shim_commit']}",
+        "shim-pg": f"- shim-pg: {meta['servers'].get('shim-pg', 'shim on PostgreSQL')}; "
+        "PostgreSQL's own durability defaults (every acknowledged commit fsynced); server CPU, "
+        "memory (shim's RSS + PostgreSQL's Pss) and disk include PostgreSQL's processes and "
+        f"data dir; commit {meta['shim_commit']}",
+        "bare": f"- bare: bench/bare_server.py (KV Put/Range on a dict), {args.processes} "
+        "process(es)",
+    }
+    return [lines[t] for t in targets]
 
 
 def markdown(
@@ -146,16 +180,13 @@ def markdown(
         f"- machine: {meta['machine']}; load average at start {meta['load_average_start']}, "
         f"at end {meta['load_average_end']}",
         f"- servers' data: {meta['data_dir']}",
-        f"- etcd {meta['etcd']}: single member, default durability (fsync on every commit)",
-        "- shim: `--sqlite-synchronous FULL` (every acknowledged write fsynced), "
-        f"commit {meta['shim_commit']}",
-        f"- bare: bench/bare_server.py (KV Put/Range on a dict), {args.processes} process(es)",
+        *target_lines(targets, meta, args),
         f"- Python {meta['python']}, grpcio {meta['grpcio']}; load generator "
         f"{args.loadgen_processes} processes x {args.loadgen_concurrency} in flight; "
         f"etcd tool {meta['tool']}",
         "",
-        "Latencies in ms. Ratios are shim divided by etcd (or bare): for req/s higher is "
-        "better, for p99 lower is better.",
+        "Latencies in ms. Ratios are a shim divided by etcd, bare or shim on SQLite: for "
+        "req/s higher is better, for p99 lower is better.",
         "",
         report.results_table(results, titles, targets),
         "",
@@ -163,7 +194,8 @@ def markdown(
         "",
         "Fresh server of each kind, then keys loaded with `benchmark put --sequential-keys` "
         "(16 B keys, 256 B values, 100 clients). RSS = VmRSS summed over the process tree; "
-        "disk = allocated size of the data dir (WAL included).",
+        "disk = allocated size of the data dir (WAL included). shim-pg: shim's RSS plus "
+        "PostgreSQL's Pss, and PostgreSQL's whole data dir (WAL = pg_wal).",
         "",
         report.footprint_table(results.footprints),
         "",

@@ -6,7 +6,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-TARGETS = ("etcd", "shim", "bare")
+TARGETS = ("etcd", "shim", "bare")  # the default run
+# shim-pg: shim on PostgreSQL (bench/pg_server.py), by --targets or --shim-datastore postgres
+KNOWN_TARGETS = ("etcd", "shim", "shim-pg", "bare")
+SHIMS = ("shim", "shim-pg")
 
 
 @dataclass

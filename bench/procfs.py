@@ -54,6 +54,21 @@ def rss_bytes(root: int) -> int:
     return total
 
 
+def pss_bytes(root: int) -> int:
+    """Pss (proportional set size: shared pages split among their users) summed over the
+    process tree of ``root``; unlike summed VmRSS, it counts shared memory once."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            continue
+    return total
+
+
 def cpu_seconds(root: int) -> float:
     """User + system CPU seconds used so far by the live process tree of ``root``."""
     ticks = 0
@@ -62,6 +77,13 @@ def cpu_seconds(root: int) -> float:
         if fields is not None:
             ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / CLOCK_TICKS
+
+
+def reaped_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid``'s children that have exited and been waited for (cutime +
+    cstime): e.g. PostgreSQL backends that the postmaster has reaped."""
+    fields = _stat_fields(pid)
+    return 0.0 if fields is None else (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
 
 
 @dataclass(frozen=True)

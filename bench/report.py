@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.model import Footprint, Measurement
+from bench.model import SHIMS, Footprint, Measurement
 from bench.suite import Results
 from bench.workloads import LOADGEN_ROWS, Sizes, tool_workloads
 
-COLORS = {"etcd": "#4c72b0", "shim": "#dd8452", "bare": "#55a868"}
+COLORS = {"etcd": "#4c72b0", "shim": "#dd8452", "shim-pg": "#c44e52", "bare": "#55a868"}
 SUB_ROWS = ("mix_range", "mix_txn_range", "mix_txn_put", "mix_watch", "list_page")
 
 
@@ -49,6 +49,16 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.1f}"
 
 
+def ratio_pairs(targets: tuple[str, ...]) -> list[tuple[str, str, bool]]:
+    """(numerator, denominator, with p99) of the ratio columns the targets allow: each shim
+    against etcd (req/s and p99) and bare (req/s), and shim-pg against shim."""
+    pairs = [(s, "etcd", True) for s in SHIMS if s in targets and "etcd" in targets]
+    pairs += [(s, "bare", False) for s in SHIMS if s in targets and "bare" in targets]
+    if set(SHIMS) <= set(targets):
+        pairs.append(("shim-pg", "shim", True))
+    return pairs
+
+
 class Table:
     """Lookup of measurements by (row, target)."""
 
@@ -65,10 +75,9 @@ def results_table(results: Results, titles: dict[str, str], targets: tuple[str, 
     head = ["workload"]
     for target in targets:
         head += [f"{target} req/s", "p50 ms", "p99 ms"]
-    if "shim" in targets and "etcd" in targets:
-        head += ["shim/etcd req/s", "shim/etcd p99"]
-    if "shim" in targets and "bare" in targets:
-        head += ["shim/bare req/s"]
+    pairs = ratio_pairs(targets)
+    for a, b, with_p99 in pairs:
+        head += [f"{a}/{b} req/s"] + ([f"{a}/{b} p99"] if with_p99 else [])
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     notes: list[str] = []
     for row in table.rows:
@@ -87,20 +96,24 @@ def results_table(results: Results, titles: dict[str, str], targets: tuple[str, 
                                  + "; ".join(f"{n}x {e}" for e, n in list(m.errors.items())[:3]))
                     mark = f" [{len(notes)}]"
                 cells += [_rate(m.rate) + mark, _ms(m.p50), _ms(m.p99)]
-        etcd, shim, bare = (table.get(row, t) for t in ("etcd", "shim", "bare"))
-        ok = {t: m for t, m in (("etcd", etcd), ("shim", shim), ("bare", bare))
-              if m is not None and not m.failure}
-        if "shim" in targets and "etcd" in targets:
-            s, e = ok.get("shim"), ok.get("etcd")
-            cells += [_ratio(s and s.rate, e and e.rate), _ratio(s and s.p99, e and e.p99)]
-        if "shim" in targets and "bare" in targets:
-            s, b = ok.get("shim"), ok.get("bare")
-            cells += [_ratio(s and s.rate, b and b.rate)]
+        cells += _ratio_cells(table, row, pairs)
         lines.append("| " + " | ".join(cells) + " |")
     out = "\n".join(lines)
     if notes:
         out += "\n\n" + "\n".join(f"[{i}] {note}  " for i, note in enumerate(notes, 1))
     return out
+
+
+def _ratio_cells(table: Table, row: str, pairs: list[tuple[str, str, bool]]) -> list[str]:
+    cells = []
+    for a, b, with_p99 in pairs:
+        ma, mb = (table.get(row, t) for t in (a, b))
+        x = ma if ma is not None and not ma.failure else None
+        y = mb if mb is not None and not mb.failure else None
+        cells.append(_ratio(x and x.rate, y and y.rate))
+        if with_p99:
+            cells.append(_ratio(x and x.p99, y and y.p99))
+    return cells
 
 
 def footprint_table(footprints: list[Footprint]) -> str:
@@ -119,17 +132,19 @@ def footprint_table(footprints: list[Footprint]) -> str:
             f"{_mib(fp.disk_idle)} | {_mib(fp.disk_loaded)} | {_mib(fp.wal_loaded)} | "
             f"{fp.load_seconds:.1f} | {errors} |"
         )
-    shim, etcd = by_target.get("shim"), by_target.get("etcd")
-    if shim and etcd:
-        lines.append(
-            f"| shim/etcd | | {_ratio(shim.rss_idle, etcd.rss_idle)} | "
-            f"{_ratio(shim.rss_loaded, etcd.rss_loaded)} | "
-            f"{_ratio(shim.disk_idle, etcd.disk_idle)} | "
-            f"{_ratio(shim.disk_loaded, etcd.disk_loaded)} | "
-            f"{_ratio(shim.wal_loaded, etcd.wal_loaded)} | "
-            f"{_ratio(shim.load_seconds, etcd.load_seconds)} | |"
-        )
+    for a, b in (("shim", "etcd"), ("shim-pg", "etcd"), ("shim-pg", "shim")):
+        x, y = by_target.get(a), by_target.get(b)
+        if x and y:
+            lines.append(_footprint_ratio_row(f"{a}/{b}", x, y))
     return "\n".join(lines)
+
+
+def _footprint_ratio_row(label: str, x: Footprint, y: Footprint) -> str:
+    return (
+        f"| {label} | | {_ratio(x.rss_idle, y.rss_idle)} | {_ratio(x.rss_loaded, y.rss_loaded)} | "
+        f"{_ratio(x.disk_idle, y.disk_idle)} | {_ratio(x.disk_loaded, y.disk_loaded)} | "
+        f"{_ratio(x.wal_loaded, y.wal_loaded)} | {_ratio(x.load_seconds, y.load_seconds)} | |"
+    )
 
 
 def cpu_table(results: Results, titles: dict[str, str], targets: tuple[str, ...]) -> str:

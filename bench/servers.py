@@ -1,4 +1,5 @@
-"""The three targets as subprocesses: real etcd 3.5.1, shim, and the bare grpc.aio KV server."""
+"""The targets as subprocesses: real etcd 3.5.1, shim (on SQLite), and the bare grpc.aio KV
+server. shim on PostgreSQL (shim-pg) is in bench/pg_server.py."""
 
 from __future__ import annotations
 
@@ -147,6 +148,14 @@ class Server:
     def remove_data(self) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
+    def describe(self) -> str | None:
+        """A line for results.md about how this server was set up (None: nothing to add)."""
+        return None
+
+    def extra_logs(self) -> dict[str, Path]:
+        """Other logs to keep with the server's own, by a short name."""
+        return {}
+
 
 class EtcdServer(Server):
     """Single-member etcd 3.5.1 with default durability (fsync on), WAL in its data dir."""
@@ -181,11 +190,14 @@ class ShimServer(Server):
         super().__init__(workdir)
         self.synchronous = synchronous
 
+    def datastore_args(self) -> list[str]:
+        return [f"--datastore-endpoint=sqlite://{self.data_dir / 'state.db'}",
+                f"--sqlite-synchronous={self.synchronous}"]
+
     def argv(self) -> list[str]:
         return [
             sys.executable, "-m", "shim", "serve", f"--listen-address={self.endpoint}",
-            f"--datastore-endpoint=sqlite://{self.data_dir / 'state.db'}",
-            f"--sqlite-synchronous={self.synchronous}", "--log-level=warning",
+            *self.datastore_args(), "--log-level=warning",
         ]
 
     def wal_bytes(self) -> int | None:

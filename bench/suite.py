@@ -49,6 +49,7 @@ class Results:
     measurements: list[Measurement] = field(default_factory=list)
     footprints: list[Footprint] = field(default_factory=list)
     log_findings: dict[str, list[str]] = field(default_factory=dict)
+    server_notes: dict[str, str] = field(default_factory=dict)  # target -> describe()
 
 
 class CpuWindow:
@@ -125,6 +126,10 @@ class Suite:
             return EtcdServer(workdir)
         if target == "shim":
             return ShimServer(workdir, "FULL")
+        if target == "shim-pg":
+            from bench.pg_server import ShimPostgresServer  # imports tests/support
+
+            return ShimPostgresServer(workdir)
         return BareServer(workdir, self.opt.bare_processes)
 
     # ------------------------------------------------------------ the main suite
@@ -135,6 +140,9 @@ class Suite:
             for target in self.opt.targets:
                 _say(f"starting {target}")
                 servers[target] = self._make(target, "suite").start()
+                note = servers[target].describe()
+                if note:
+                    self.results.server_notes[target] = note
             self._seed_range_key(servers)
             for workload in tool_workloads(self.opt.sizes):
                 if self._wanted(workload.id):
@@ -154,9 +162,13 @@ class Suite:
         return self.results
 
     def _keep_log(self, server: Server, target: str, tag: str) -> None:
-        if server.log_path.exists():
-            text = server.log_path.read_text(errors="replace")
-            name = f"server-{target}-{tag}.log"
+        logs = {f"server-{target}-{tag}.log": server.log_path}
+        logs.update({f"server-{target}-{tag}.{kind}.log": path
+                     for kind, path in server.extra_logs().items()})
+        for name, path in logs.items():
+            if not path.exists():
+                continue
+            text = path.read_text(errors="replace")
             (self.raw / name).write_text(text)
             findings = log_findings(text, ignore_reconnects=target == "etcd")
             if findings:
@@ -236,7 +248,7 @@ class Suite:
             p99 = "-" if m.p99 is None else f"{m.p99:.3f}"
             status = f"{m.rate or 0:,.0f}/s p50 {p50} ms p99 {p99} ms"
         errors = f" errors={m.error_count}" if m.errors else ""
-        _say(f"{m.workload:<22} {m.target:<5} {status}{errors}")
+        _say(f"{m.workload:<22} {m.target:<7} {status}{errors}")
 
     # ------------------------------------------------------------ Python load generator
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ALL = ("etcd", "shim", "bare")
-NO_BARE = ("etcd", "shim")
+ALL = ("etcd", "shim", "shim-pg", "bare")
+NO_BARE = ("etcd", "shim", "shim-pg")
 RANGE_KEY = "bench-range-key"
 RANGE_VALUE_SIZE = 256
 KEYS = ["--key-size=16", "--val-size=256", "--key-space-size=100000"]
