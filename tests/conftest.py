@@ -26,6 +26,7 @@ DATASTORES = ("sqlite", "postgres")
 EVERY_DATASTORE_MODULES = frozenset({
     "tests.test_differential_kv",
     "tests.test_kube_apiserver_contract",
+    "tests.test_watch_catchup",
 })
 
 

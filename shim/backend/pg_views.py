@@ -14,12 +14,12 @@ from typing import Any, Protocol
 import asyncpg
 
 from shim.backend.base import LogEntry, NewVersion
+from shim.backend.rows import ENTRY_COLUMNS, KV_COLUMNS, entry_from_row, kv_from_row
 from shim.pb.kv_pb2 import KeyValue
 
 CHANNEL = "shim_commit"
 COMPACT_TIMEOUT = 3600.0
 
-_KV_COLUMNS = "l.key, l.value, l.create_revision, l.revision, l.version, l.lease"
 META_SQL = "SELECT name, value FROM meta WHERE name IN ('revision', 'compact_revision')"
 
 
@@ -33,13 +33,6 @@ class QueryRunner(Protocol):
         self, conn: asyncpg.Connection, method: str, *args: Any, before: str | None = None,
         **kwargs: Any,
     ) -> Any: ...
-
-
-def _kv(row: Any) -> KeyValue:
-    return KeyValue(
-        key=row[0], value=row[1], create_revision=row[2], mod_revision=row[3], version=row[4],
-        lease=row[5],
-    )
 
 
 class PostgresView:
@@ -94,17 +87,17 @@ class PostgresView:
     def get(self, key: bytes, revision: int) -> KeyValue | None:
         if revision == 0:
             rows = self._fetch(
-                f"SELECT {_KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id "
+                f"SELECT {KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id "
                 "WHERE c.key = $1",
                 key,
             )
-            return _kv(rows[0]) if rows else None
+            return kv_from_row(rows[0]) if rows else None
         rows = self._fetch(
-            f"SELECT {_KV_COLUMNS}, l.deleted FROM log l WHERE l.key = $1 AND l.revision <= $2 "
+            f"SELECT {KV_COLUMNS}, l.deleted FROM log l WHERE l.key = $1 AND l.revision <= $2 "
             "ORDER BY l.revision DESC, l.id DESC LIMIT 1",
             key, revision,
         )
-        return None if not rows or rows[0][6] else _kv(rows[0])
+        return None if not rows or rows[0][6] else kv_from_row(rows[0])
 
     def range(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KeyValue]:
         params: list[object] = [key]
@@ -114,12 +107,12 @@ class PostgresView:
             params.append(end)
             where += f" AND {col} < ${len(params)}"
         if revision == 0:
-            sql = f"SELECT {_KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id WHERE {where}"
+            sql = f"SELECT {KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id WHERE {where}"
         else:
             params.append(revision)
             n = len(params)
             sql = (
-                f"SELECT {_KV_COLUMNS} FROM log l WHERE {where} AND l.revision <= ${n} "
+                f"SELECT {KV_COLUMNS} FROM log l WHERE {where} AND l.revision <= ${n} "
                 "AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM log n WHERE n.key = l.key "
                 f"AND n.id > l.id AND n.revision <= ${n})"
             )
@@ -127,7 +120,7 @@ class PostgresView:
         if limit > 0:
             params.append(limit)
             sql += f" LIMIT ${len(params)}"
-        return [_kv(row) for row in self._fetch(sql, *params)]
+        return [kv_from_row(row) for row in self._fetch(sql, *params)]
 
     def count(self, key: bytes, end: bytes, revision: int) -> int:
         params: list[object] = [key]
@@ -163,30 +156,23 @@ class PostgresView:
         self, key: bytes, end: bytes | None, after_revision: int, limit: int
     ) -> list[LogEntry]:
         if end is None:
-            where, params = "l.key = $1", [key]
+            where, params = "{t}.key = $1", [key]
         elif end == b"":
-            where, params = "l.key >= $1", [key]
+            where, params = "{t}.key >= $1", [key]
         else:
-            where, params = "l.key >= $1 AND l.key < $2", [key, end]
+            where, params = "{t}.key >= $1 AND {t}.key < $2", [key, end]
         n = len(params)
+        # Whole revisions only: up to the revision of the limit-th row, and all of that one.
         rows = self._fetch(
-            f"SELECT {_KV_COLUMNS}, l.deleted, l.prev_revision, p.value, p.create_revision, "
-            "p.version, p.lease FROM log l LEFT JOIN log p "
+            f"SELECT {ENTRY_COLUMNS} FROM log l LEFT JOIN log p "
             "ON l.prev_revision <> 0 AND p.key = l.key AND p.revision = l.prev_revision "
             "AND NOT p.deleted "
-            f"WHERE {where} AND l.revision > ${n + 1} ORDER BY l.id LIMIT ${n + 2}",
-            *params, after_revision, limit,
+            f"WHERE {where.format(t='l')} AND l.revision > ${n + 1} AND l.revision <= COALESCE(("
+            f"SELECT c.revision FROM log c WHERE {where.format(t='c')} AND c.revision > ${n + 1} "
+            f"ORDER BY c.revision LIMIT 1 OFFSET ${n + 2}), 9223372036854775807) ORDER BY l.id",
+            *params, after_revision, max(limit - 1, 0),
         )
-        out: list[LogEntry] = []
-        for row in rows:
-            prev = None
-            if row[7] and row[8] is not None:
-                prev = KeyValue(
-                    key=row[0], value=row[8], create_revision=row[9], mod_revision=row[7],
-                    version=row[10], lease=row[11],
-                )
-            out.append(LogEntry(kv=_kv(row), deleted=bool(row[6]), prev=prev))
-        return out
+        return [entry_from_row(row) for row in rows]
 
 
 class PostgresWriteTxn(PostgresView):

@@ -20,22 +20,15 @@ import apsw
 
 from shim.backend.base import BackendOpenError, ExternalCommitListener, LogEntry, NewVersion
 from shim.backend.migrations import SchemaError, load_migrations, pending
+from shim.backend.rows import ENTRY_COLUMNS, KV_COLUMNS, entry_from_row, kv_from_row
 from shim.pb.kv_pb2 import KeyValue
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 _BUSY_TIMEOUT_MS = 10_000
 
-_KV_COLUMNS = "l.key, l.value, l.create_revision, l.revision, l.version, l.lease"
 
 
 T = TypeVar("T")
-
-
-def _kv(row: tuple) -> KeyValue:  # type: ignore[type-arg]
-    return KeyValue(
-        key=row[0], value=row[1], create_revision=row[2], mod_revision=row[3], version=row[4],
-        lease=row[5],
-    )
 
 
 class SqliteView:
@@ -65,29 +58,29 @@ class SqliteView:
     def get(self, key: bytes, revision: int) -> KeyValue | None:
         if revision == 0:
             row = self._conn.execute(
-                f"SELECT {_KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id WHERE c.key = ?",
+                f"SELECT {KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id WHERE c.key = ?",
                 (key,),
             ).fetchone()
-            return None if row is None else _kv(row)
+            return None if row is None else kv_from_row(row)
         row = self._conn.execute(
-            f"SELECT {_KV_COLUMNS}, l.deleted FROM log l WHERE l.key = ? AND l.revision <= ? "
+            f"SELECT {KV_COLUMNS}, l.deleted FROM log l WHERE l.key = ? AND l.revision <= ? "
             "ORDER BY l.revision DESC, l.id DESC LIMIT 1",
             (key, revision),
         ).fetchone()
-        return None if row is None or row[6] else _kv(row)
+        return None if row is None or row[6] else kv_from_row(row)
 
     def range(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KeyValue]:
         limit_sql = "LIMIT ?" if limit > 0 else ""
         upper = "AND {col} < ?" if end else ""
         if revision == 0:
             sql = (
-                f"SELECT {_KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id "
+                f"SELECT {KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id "
                 f"WHERE c.key >= ? {upper.format(col='c.key')} ORDER BY c.key {limit_sql}"
             )
             params: list[object] = [key]
         else:
             sql = (
-                f"SELECT {_KV_COLUMNS} FROM log l WHERE l.key >= ? {upper.format(col='l.key')} "
+                f"SELECT {KV_COLUMNS} FROM log l WHERE l.key >= ? {upper.format(col='l.key')} "
                 "AND l.revision <= ? AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM log n "
                 "WHERE n.key = l.key AND n.id > l.id AND n.revision <= ?) "
                 f"ORDER BY l.key {limit_sql}"
@@ -99,7 +92,7 @@ class SqliteView:
             params += [revision, revision]
         if limit > 0:
             params.append(limit)
-        return [_kv(row) for row in self._conn.execute(sql, params)]
+        return [kv_from_row(row) for row in self._conn.execute(sql, params)]
 
     def count(self, key: bytes, end: bytes, revision: int) -> int:
         upper = "AND {col} < ?" if end else ""
@@ -139,8 +132,7 @@ class SqliteView:
             where, params = "{t}.key >= ? AND {t}.key < ?", [key, end]
         # Whole revisions only: up to the revision of the limit-th row, and all of that one.
         rows = self._conn.execute(
-            f"SELECT {_KV_COLUMNS}, l.deleted, l.prev_revision, p.value, p.create_revision, "
-            "p.version, p.lease FROM log l LEFT JOIN log p "
+            f"SELECT {ENTRY_COLUMNS} FROM log l LEFT JOIN log p "
             "ON l.prev_revision != 0 AND p.key = l.key AND p.revision = l.prev_revision "
             "AND p.deleted = 0 "
             f"WHERE {where.format(t='l')} AND l.revision > ? AND l.revision <= COALESCE(("
@@ -148,16 +140,7 @@ class SqliteView:
             "ORDER BY c.revision LIMIT 1 OFFSET ?), 9223372036854775807) ORDER BY l.id",
             (*params, after_revision, *params, after_revision, max(limit - 1, 0)),
         )
-        out: list[LogEntry] = []
-        for row in rows:
-            prev = None
-            if row[7] and row[8] is not None:
-                prev = KeyValue(
-                    key=row[0], value=row[8], create_revision=row[9], mod_revision=row[7],
-                    version=row[10], lease=row[11],
-                )
-            out.append(LogEntry(kv=_kv(row), deleted=bool(row[6]), prev=prev))
-        return out
+        return [entry_from_row(row) for row in rows]
 
 
 class SqliteWriteTxn(SqliteView):

@@ -1,0 +1,35 @@
+"""Row shapes shared by the SQL backends: the columns they select and how a row becomes a
+``KeyValue`` or a ``LogEntry``. The queries differ per dialect; these do not."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from shim.backend.base import LogEntry
+from shim.pb.kv_pb2 import KeyValue
+
+# A version's columns, in the order ``kv_from_row`` reads them.
+KV_COLUMNS = "l.key, l.value, l.create_revision, l.revision, l.version, l.lease"
+# A log entry's columns: the version, then whether it is a tombstone, then what it replaced
+# (``p`` is the log row at ``l.prev_revision`` of the same key).
+ENTRY_COLUMNS = (
+    f"{KV_COLUMNS}, l.deleted, l.prev_revision, p.value, p.create_revision, p.version, p.lease"
+)
+
+
+def kv_from_row(row: Sequence[Any]) -> KeyValue:
+    return KeyValue(
+        key=row[0], value=row[1], create_revision=row[2], mod_revision=row[3], version=row[4],
+        lease=row[5],
+    )
+
+
+def entry_from_row(row: Sequence[Any]) -> LogEntry:
+    prev = None
+    if row[7] and row[8] is not None:
+        prev = KeyValue(
+            key=row[0], value=row[8], create_revision=row[9], mod_revision=row[7],
+            version=row[10], lease=row[11],
+        )
+    return LogEntry(kv=kv_from_row(row), deleted=bool(row[6]), prev=prev)
