@@ -35,6 +35,31 @@ class QueryRunner(Protocol):
     ) -> Any: ...
 
 
+def _live_versions(
+    key: bytes, end: bytes, revision: int, with_values: bool
+) -> tuple[str, list[object], str]:
+    """FROM ... WHERE selecting each key's live version in ``[key, end)`` at ``revision``
+    (0: the current table; else history), its parameters, and the key column to order by."""
+    if revision == 0:
+        column = "c.key"
+        source = "FROM current c JOIN log l ON l.id = c.id" if with_values else "FROM current c"
+    else:
+        column, source = "l.key", "FROM log l"
+    sql = f"{source} WHERE {column} >= $1"
+    params: list[object] = [key]
+    if end:
+        params.append(end)
+        sql += f" AND {column} < ${len(params)}"
+    if revision != 0:
+        params.append(revision)
+        n = len(params)
+        sql += (
+            f" AND l.revision <= ${n} AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM log n "
+            f"WHERE n.key = l.key AND n.id > l.id AND n.revision <= ${n})"
+        )
+    return sql, params, column
+
+
 class PostgresView:
     """Read queries on one pooled connection inside an open transaction."""
 
@@ -100,46 +125,16 @@ class PostgresView:
         return None if not rows or rows[0][6] else kv_from_row(rows[0])
 
     def range(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KeyValue]:
-        params: list[object] = [key]
-        col = "c.key" if revision == 0 else "l.key"
-        where = f"{col} >= $1"
-        if end:
-            params.append(end)
-            where += f" AND {col} < ${len(params)}"
-        if revision == 0:
-            sql = f"SELECT {KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id WHERE {where}"
-        else:
-            params.append(revision)
-            n = len(params)
-            sql = (
-                f"SELECT {KV_COLUMNS} FROM log l WHERE {where} AND l.revision <= ${n} "
-                "AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM log n WHERE n.key = l.key "
-                f"AND n.id > l.id AND n.revision <= ${n})"
-            )
-        sql += f" ORDER BY {col}"
+        source, params, order = _live_versions(key, end, revision, with_values=True)
+        sql = f"SELECT {KV_COLUMNS} {source} ORDER BY {order}"
         if limit > 0:
             params.append(limit)
             sql += f" LIMIT ${len(params)}"
         return [kv_from_row(row) for row in self._fetch(sql, *params)]
 
     def count(self, key: bytes, end: bytes, revision: int) -> int:
-        params: list[object] = [key]
-        col = "c.key" if revision == 0 else "l.key"
-        where = f"{col} >= $1"
-        if end:
-            params.append(end)
-            where += f" AND {col} < ${len(params)}"
-        if revision == 0:
-            sql = f"SELECT COUNT(*) FROM current c WHERE {where}"
-        else:
-            params.append(revision)
-            n = len(params)
-            sql = (
-                f"SELECT COUNT(*) FROM log l WHERE {where} AND l.revision <= ${n} "
-                "AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM log n WHERE n.key = l.key "
-                f"AND n.id > l.id AND n.revision <= ${n})"
-            )
-        return int(self._fetchval(sql, *params))
+        source, params, _ = _live_versions(key, end, revision, with_values=False)
+        return int(self._fetchval(f"SELECT COUNT(*) {source}", *params))
 
     def leases(self) -> dict[int, int]:
         return {int(row[0]): int(row[1]) for row in self._fetch("SELECT id, ttl FROM lease")}

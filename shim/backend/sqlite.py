@@ -70,44 +70,41 @@ class SqliteView:
         return None if row is None or row[6] else kv_from_row(row)
 
     def range(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KeyValue]:
-        limit_sql = "LIMIT ?" if limit > 0 else ""
-        upper = "AND {col} < ?" if end else ""
-        if revision == 0:
-            sql = (
-                f"SELECT {KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id "
-                f"WHERE c.key >= ? {upper.format(col='c.key')} ORDER BY c.key {limit_sql}"
-            )
-            params: list[object] = [key]
-        else:
-            sql = (
-                f"SELECT {KV_COLUMNS} FROM log l WHERE l.key >= ? {upper.format(col='l.key')} "
-                "AND l.revision <= ? AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM log n "
-                "WHERE n.key = l.key AND n.id > l.id AND n.revision <= ?) "
-                f"ORDER BY l.key {limit_sql}"
-            )
-            params = [key]
-        if end:
-            params.append(end)
-        if revision != 0:
-            params += [revision, revision]
+        source, params, order = self._live_versions(key, end, revision, with_values=True)
+        sql = f"SELECT {KV_COLUMNS} {source} ORDER BY {order}"
         if limit > 0:
+            sql += " LIMIT ?"
             params.append(limit)
         return [kv_from_row(row) for row in self._conn.execute(sql, params)]
 
     def count(self, key: bytes, end: bytes, revision: int) -> int:
-        upper = "AND {col} < ?" if end else ""
-        params: list[object] = [key] + ([end] if end else [])
+        source, params, _ = self._live_versions(key, end, revision, with_values=False)
+        row = self._conn.execute(f"SELECT COUNT(*) {source}", params).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def _live_versions(
+        key: bytes, end: bytes, revision: int, with_values: bool
+    ) -> tuple[str, list[object], str]:
+        """FROM ... WHERE selecting each key's live version in ``[key, end)`` at ``revision``
+        (0: the current table; else history), its parameters, and the key column to order by."""
         if revision == 0:
-            sql = f"SELECT COUNT(*) FROM current c WHERE c.key >= ? {upper.format(col='c.key')}"
+            column = "c.key"
+            source = "FROM current c JOIN log l ON l.id = c.id" if with_values else "FROM current c"
         else:
-            sql = (
-                f"SELECT COUNT(*) FROM log l WHERE l.key >= ? {upper.format(col='l.key')} "
-                "AND l.revision <= ? AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM log n "
+            column, source = "l.key", "FROM log l"
+        sql = f"{source} WHERE {column} >= ?"
+        params: list[object] = [key]
+        if end:
+            sql += f" AND {column} < ?"
+            params.append(end)
+        if revision != 0:
+            sql += (
+                " AND l.revision <= ? AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM log n "
                 "WHERE n.key = l.key AND n.id > l.id AND n.revision <= ?)"
             )
             params += [revision, revision]
-        row = self._conn.execute(sql, params).fetchone()
-        return int(row[0])
+        return sql, params, column
 
     def leases(self) -> dict[int, int]:
         return dict(self._conn.execute("SELECT id, ttl FROM lease").fetchall())

@@ -21,7 +21,7 @@ from shim.mvcc.errors import (
     LeaseNotFoundError,
     LeaseTTLTooLargeError,
 )
-from shim.mvcc.hlc import HybridClock
+from shim.mvcc.hlc import HybridClock, wall_ms
 from shim.mvcc.keys import range_end
 from shim.mvcc.range import execute_range
 from shim.pb.kv_pb2 import KeyValue
@@ -221,7 +221,7 @@ class Applier:
         if req.ID in self._leases:
             raise LeaseExistsError()
         ttl = max(req.TTL, MIN_LEASE_TTL)
-        self._txn.add_lease(req.ID, ttl, self._clock.now() >> 16)
+        self._txn.add_lease(req.ID, ttl, wall_ms(self._clock.now()))
         self._leases[req.ID] = ttl
         resp = LeaseGrantResponse(ID=req.ID, TTL=ttl)
         resp.header.revision = self.revision
