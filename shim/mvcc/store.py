@@ -81,10 +81,6 @@ class Store:
         """The newest committed revision."""
         return self._writer.revision if self._writer is not None else 0
 
-    @property
-    def compact_revision(self) -> int:
-        return self._writer.compact_revision if self._writer is not None else 0
-
     # -- reads ---------------------------------------------------------------------------------
 
     async def range(self, req: RangeRequest) -> RangeResponse:
