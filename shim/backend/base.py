@@ -127,6 +127,9 @@ class Backend(Protocol):
 
     dialect: str
     node_id: str
+    # True when the database keeps replication entries (write transactions and views then
+    # have a ``replication`` attribute: shim.backend.sqlite_repl.ReplicationTables).
+    replicates: bool
     # Where the data lives, for messages: a file path, or a URL without its password.
     location: str
     # True when other servers may write to the same database: the writer then takes the

@@ -117,6 +117,9 @@ class PostgresBackend:
     """A PostgreSQL database that one or several shim servers share."""
 
     dialect = "postgres"
+    # Servers sharing one PostgreSQL database already see each other's writes; replication
+    # between nodes is built on the SQLite datastore (docs/REPLICATION.md).
+    replicates = False
     shared = True
     errors: tuple[type[BaseException], ...] = (PostgresUnavailableError,)
 

@@ -21,6 +21,7 @@ import apsw
 from shim.backend.base import BackendOpenError, ExternalCommitListener, LogEntry, NewVersion
 from shim.backend.migrations import SchemaError, load_migrations, pending
 from shim.backend.rows import ENTRY_COLUMNS, KV_COLUMNS, entry_from_row, kv_from_row
+from shim.backend.sqlite_repl import ReplicationTables
 from shim.pb.kv_pb2 import KeyValue
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
@@ -36,6 +37,7 @@ class SqliteView:
 
     def __init__(self, conn: apsw.Connection) -> None:
         self._conn = conn
+        self.replication = ReplicationTables(conn)
 
     def _meta(self, name: str) -> int:
         row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
@@ -206,6 +208,7 @@ class SqliteBackend:
     """Owns the database file: opening, locking, migrating, and the connections."""
 
     dialect = "sqlite"
+    replicates = True  # keeps the replication tables (migrations/sqlite/0003)
     shared = False  # the file lock keeps every other server out
     errors: tuple[type[BaseException], ...] = (apsw.Error,)
 

@@ -9,6 +9,7 @@ before the first write, so a failed request leaves nothing behind.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,14 +43,15 @@ from shim.pb.rpc_pb2 import (
     TxnRequest,
     TxnResponse,
 )
+from shim.replication.resolve import MergeRequest, MergeResult, Replica, Resolution
 
 WriteRequest = (
     PutRequest | DeleteRangeRequest | TxnRequest | CompactionRequest
-    | LeaseGrantRequest | LeaseRevokeRequest
+    | LeaseGrantRequest | LeaseRevokeRequest | MergeRequest
 )
 WriteResponse = (
     PutResponse | DeleteRangeResponse | TxnResponse | CompactionResponse
-    | LeaseGrantResponse | LeaseRevokeResponse
+    | LeaseGrantResponse | LeaseRevokeResponse | MergeResult
 )
 
 # etcd's bounds on a lease's TTL (seconds): its minimum follows from the default election
@@ -99,8 +101,12 @@ class Applier:
         compact_revision: int,
         clock: HybridClock,
         leases: dict[int, int],
+        replica: Replica | None = None,
     ) -> None:
         self._txn = txn
+        # Set when the backend keeps replication entries: every local write records one, and
+        # merged entries from peers become local revisions.
+        self._replica = replica
         self.revision = revision
         self.compact_revision = compact_revision
         self._clock = clock
@@ -130,6 +136,8 @@ class Applier:
                 resp = self._lease_grant(req)
             elif isinstance(req, LeaseRevokeRequest):
                 resp = self._lease_revoke(req)
+            elif isinstance(req, MergeRequest):
+                resp = self._merge(req)
             else:
                 raise TypeError(f"not a write request: {type(req).__name__}")
         except BaseException:
@@ -159,15 +167,16 @@ class Applier:
         value = old.value if req.ignore_value and old is not None else req.value
         lease = old.lease if req.ignore_lease and old is not None else req.lease
         revision = self._next
-        new = KeyValue(
-            key=req.key,
-            value=value,
-            create_revision=old.create_revision if old is not None else revision,
-            mod_revision=revision,
-            version=old.version + 1 if old is not None else 1,
-            lease=lease,
-        )
-        self._write(new, old, deleted=False)
+        hlc = self._clock.now()
+        resolved = self._record(req.key, old, value, lease, hlc)
+        if resolved is not None and resolved.value is None:
+            # The merge rules keep the key absent (only with entries from a skewed clock).
+            if old is not None:
+                self._write(KeyValue(key=req.key, mod_revision=revision), old, True, hlc)
+        else:
+            if resolved is not None:
+                value, lease = resolved.value, resolved.lease  # type: ignore[assignment]
+            self._write(_new_version(req.key, value, lease, old, revision), old, False, hlc)
         resp = PutResponse()
         resp.header.revision = revision
         if req.prev_kv and old is not None:
@@ -183,23 +192,97 @@ class Applier:
             victims = self._txn.range(req.key, end, 0, 0)
         revision = self._next
         for old in victims:
-            self._write(KeyValue(key=old.key, mod_revision=revision), old, deleted=True)
+            self._delete(old, revision)
         resp = DeleteRangeResponse(deleted=len(victims))
         resp.header.revision = self._visible_revision
         if req.prev_kv:
             resp.prev_kvs.extend(victims)
         return resp
 
-    def _write(self, kv: KeyValue, prev: KeyValue | None, deleted: bool) -> None:
+    def _delete(self, old: KeyValue, revision: int) -> None:
+        hlc = self._clock.now()
+        resolved = self._record(old.key, old, None, 0, hlc)
+        if resolved is not None and resolved.value is not None:
+            # The merge rules keep the key (only with entries from a skewed clock).
+            new = _new_version(old.key, resolved.value, resolved.lease, old, revision)
+            self._write(new, old, False, hlc)
+        else:
+            self._write(KeyValue(key=old.key, mod_revision=revision), old, True, hlc)
+
+    def _record(
+        self, key: bytes, old: KeyValue | None, value: bytes | None, lease: int, hlc: int
+    ) -> Resolution | None:
+        """Record a local write as a replication entry; what the merge rules make of it."""
+        if self._replica is None:
+            return None
+        return self._replica.local_write(self._txn.replication, key, old, value, lease, hlc)  # type: ignore[attr-defined]
+
+    def _write(self, kv: KeyValue, prev: KeyValue | None, deleted: bool, hlc: int) -> None:
         self._txn.append([
             NewVersion(
                 key=kv.key, value=kv.value, create_revision=kv.create_revision,
                 revision=kv.mod_revision, version=kv.version, lease=kv.lease, deleted=deleted,
                 prev_revision=prev.mod_revision if prev is not None else 0,
-                hlc=self._clock.now(),
+                hlc=hlc,
             )
         ])
         self._pending.append(Change(kv, prev, deleted))
+
+    # -- merged entries --------------------------------------------------------------------------
+
+    def _merge(self, req: MergeRequest) -> MergeResult:
+        """Store a peer's entries; each one that changes a key becomes a local revision (two
+        when an object incarnation replaces another: a DELETE, then a PUT)."""
+        assert self._replica is not None, "merge on a backend without replication"
+        replica, repl = self._replica, self._txn.replication  # type: ignore[attr-defined]
+        result = MergeResult(len(req.entries), 0, 0, 0)
+        newest_hlc = 0
+        now = time.time_ns() // 1_000_000
+        for entry in req.entries:
+            skewed = not replica.observe(entry)
+            ingest = repl.insert(entry, req.peer, now, skewed, "applied")
+            if ingest is None:
+                result.duplicates += 1
+                continue
+            newest_hlc = max(newest_hlc, entry.hlc)
+            if not replica.policy.replicates(entry.key):
+                repl.set_outcome(ingest, "unchanged")  # kept and forwarded, never applied
+                continue
+            old = self._txn.get(entry.key, 0)
+            resolved = replica.merge(repl, entry, ingest, old)
+            if resolved.conflict:
+                result.conflicts += 1
+            if not resolved.changed:
+                repl.set_outcome(ingest, "superseded" if resolved.conflict else "unchanged")
+                continue
+            result.applied += 1
+            self._apply_resolution(entry.key, old, resolved)
+        lag = now - wall_ms(newest_hlc) if newest_hlc else None
+        repl.record_batch(
+            req.peer, req.cursor, req.peer_high, result.received - result.duplicates,
+            result.applied, result.conflicts, lag, now,
+        )
+        return result
+
+    def _apply_resolution(self, key: bytes, old: KeyValue | None, resolved: Resolution) -> None:
+        # The log row is this node's write: it carries this node's clock (the entry keeps the
+        # origin's), so a skewed peer can never pull this node's clock forward across a restart.
+        hlc = self._clock.now()
+        if old is not None and (resolved.value is None or resolved.new_incarnation):
+            self._pending = []
+            self._write(KeyValue(key=key, mod_revision=self._next), old, True, hlc)
+            self._close_revision()
+            old = None
+        if resolved.value is not None:
+            self._pending = []
+            new = _new_version(key, resolved.value, resolved.lease, old, self._next)
+            self._write(new, old, False, hlc)
+            self._close_revision()
+
+    def _close_revision(self) -> None:
+        self.revision += 1
+        self.committed.append(Revision(self.revision, self._pending))
+        self._pending = []
 
     def _compact(self, req: CompactionRequest) -> CompactionResponse:
         if req.revision <= self.compact_revision:
@@ -235,7 +318,7 @@ class Applier:
         for key in self._txn.lease_keys(req.ID):
             old = self._txn.get(key, 0)
             if old is not None:
-                self._write(KeyValue(key=key, mod_revision=revision), old, deleted=True)
+                self._delete(old, revision)
         self._txn.remove_lease(req.ID)
         del self._leases[req.ID]
         resp = LeaseRevokeResponse()
@@ -277,6 +360,19 @@ class Applier:
             # etcd leaves the header of a nested Txn response empty (but present).
             resp.header.SetInParent()
             out.response_txn.CopyFrom(resp)
+
+
+def _new_version(
+    key: bytes, value: bytes, lease: int, old: KeyValue | None, revision: int
+) -> KeyValue:
+    return KeyValue(
+        key=key,
+        value=value,
+        create_revision=old.create_revision if old is not None else revision,
+        mod_revision=revision,
+        version=old.version + 1 if old is not None else 1,
+        lease=lease,
+    )
 
 
 def execute_read_txn(

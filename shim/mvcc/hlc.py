@@ -29,3 +29,9 @@ class HybridClock:
         physical = time.time_ns() // 1_000_000 << LOGICAL_BITS
         self._last = physical if physical > self._last else self._last + 1
         return self._last
+
+    def observe(self, remote: int) -> None:
+        """A timestamp from another node: later local stamps sort after it (callers bound how
+        far ahead of the wall clock a remote stamp may pull this clock)."""
+        if remote > self._last:
+            self._last = remote

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from shim.backend.base import Backend
 from shim.mvcc.apply import (
@@ -23,7 +24,7 @@ from shim.mvcc.apply import (
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError
 from shim.mvcc.range import execute_range
 from shim.mvcc.watch import EntriesRead
-from shim.mvcc.writer import Writer
+from shim.mvcc.writer import ReplicationSettings, Writer
 from shim.pb.rpc_pb2 import (
     CompactionRequest,
     CompactionResponse,
@@ -36,20 +37,28 @@ from shim.pb.rpc_pb2 import (
     TxnRequest,
     TxnResponse,
 )
+from shim.replication.resolve import MergeRequest, MergeResult, Replica
 
 log = logging.getLogger(__name__)
 
 
 class Store:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(
+        self, backend: Backend, replication: ReplicationSettings | None = None
+    ) -> None:
         self.backend = backend
+        self._replication = replication
         self._writer: Writer | None = None
         self._listeners: list[CommitListener] = []
+        self._batch_listeners: list[Callable[[], None]] = []
 
     # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._writer = Writer(self.backend, asyncio.get_running_loop(), self._publish)
+        self._writer = Writer(
+            self.backend, asyncio.get_running_loop(), self._publish, self._replication,
+            self._batch_committed,
+        )
         self._writer.start()
 
     async def close(self) -> None:
@@ -61,9 +70,26 @@ class Store:
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
+    def add_batch_listener(self, listener: Callable[[], None]) -> None:
+        """Called after every committed write batch, whether or not it made revisions."""
+        self._batch_listeners.append(listener)
+
     def _publish(self, committed: list[Revision]) -> None:
         for listener in self._listeners:
             listener(committed)
+
+    def _batch_committed(self) -> None:
+        for listener in self._batch_listeners:
+            listener()
+
+    @property
+    def replica(self) -> Replica | None:
+        """The write path's replication state (None: the backend does not replicate)."""
+        return self._writer.replica if self._writer is not None else None
+
+    async def merge(self, req: MergeRequest) -> MergeResult:
+        """Apply a peer's batch of entries in one transaction with its cursor."""
+        return await self.write(req)  # type: ignore[return-value]
 
     def leases(self) -> dict[int, int]:
         """Lease id -> granted TTL as the write path knew them at start."""

@@ -15,12 +15,15 @@ import asyncio
 import logging
 import queue
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from shim.backend.base import Backend, WriteTxn
 from shim.mvcc.apply import Applier, CommitListener, Revision, WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
 from shim.mvcc.hlc import HybridClock
+from shim.replication.policy import Policy
+from shim.replication.resolve import Replica
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,13 @@ class _Pending:
 _STOP = object()
 
 
+@dataclass(slots=True)
+class ReplicationSettings:
+    policy: Policy = field(default_factory=Policy.load)
+    # How far ahead of this node's wall clock a peer's clock may pull it (milliseconds).
+    max_clock_skew_ms: int = 500
+
+
 class Writer:
     """Owns the backend's write connection; runs in its own thread."""
 
@@ -44,22 +54,46 @@ class Writer:
         backend: Backend,
         loop: asyncio.AbstractEventLoop,
         on_commit: CommitListener,
+        replication: ReplicationSettings | None = None,
+        on_batch: Callable[[], None] | None = None,
     ) -> None:
         self._backend = backend
         self._loop = loop
         self._on_commit = on_commit
+        # Told after every committed batch (replication senders wake up on it).
+        self._on_batch = on_batch
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._closed = False
+        self.replica: Replica | None = None
         with backend.read() as view:
             self.revision = view.revision()
             self.compact_revision = view.compact_revision()
-            self._clock = HybridClock(view.max_hlc())
+            max_hlc = view.max_hlc()
+            if backend.replicates:
+                max_hlc = max(max_hlc, view.replication.max_hlc())  # type: ignore[attr-defined]
+            self._clock = HybridClock(max_hlc)
             # Lease ids and TTLs, read and changed only by the writer thread.
             self.leases = view.leases()
+        if backend.replicates:
+            settings = replication or ReplicationSettings()
+            self.replica = Replica(backend.node_id, settings.policy, self._clock,
+                                   settings.max_clock_skew_ms)
+            self._start_replica(self.replica)
         self._thread = threading.Thread(target=self._run, name="shim-writer", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    def _start_replica(self, replica: Replica) -> None:
+        with self._backend.write() as txn:
+            repl = txn.replication  # type: ignore[attr-defined]
+            replica.load(repl)
+            if repl.count() == 0:
+                # A database from before replication: every live key gets its first entry.
+                current = txn.range(b"\0", b"", 0, 0)
+                added = replica.backfill(repl, [(kv, self._clock.now()) for kv in current])
+                if added:
+                    log.info("recorded %d existing keys as replication entries", added)
 
     def submit(self, request: WriteRequest) -> asyncio.Future[WriteResponse]:
         """Queue a request; the future resolves once it is durably committed (or failed)."""
@@ -98,12 +132,15 @@ class Writer:
 
     def _commit(self, batch: list[_Pending]) -> None:
         outcomes: list[WriteResponse | BaseException] = []
+        # A rolled-back batch gives its sequence numbers back.
+        seq_before = self.replica.seq if self.replica is not None else 0
         try:
             with self._backend.write() as txn:
                 if self._backend.shared:
                     self._refresh(txn)
                 applier = Applier(
-                    txn, self.revision, self.compact_revision, self._clock, self.leases
+                    txn, self.revision, self.compact_revision, self._clock, self.leases,
+                    self.replica,
                 )
                 for item in batch:
                     txn.savepoint()
@@ -129,6 +166,8 @@ class Writer:
             log.error("write batch of %d failed, rolled back: %s", len(batch), exc)
             if not self._backend.shared:  # a shared backend's leases are read at batch start
                 self._reload_leases()
+            if self.replica is not None:
+                self.replica.seq = seq_before
             failure = StorageUnavailableError(f"storage write failed: {exc}")
             self._loop.call_soon_threadsafe(
                 self._deliver, batch, [failure] * len(batch), []
@@ -140,6 +179,8 @@ class Writer:
             log.exception("write batch of %d failed, rolled back", len(batch))
             if not self._backend.shared:
                 self._reload_leases()
+            if self.replica is not None:
+                self.replica.seq = seq_before
             self._loop.call_soon_threadsafe(self._deliver, batch, [exc] * len(batch), [])
             return
         self.revision = applier.revision
@@ -175,6 +216,8 @@ class Writer:
     ) -> None:
         if committed:
             self._on_commit(committed)
+        if self._on_batch is not None and outcomes:
+            self._on_batch()
         for item, outcome in zip(batch, outcomes, strict=True):
             if item.future.done():
                 continue  # the caller went away

@@ -1,0 +1,197 @@
+"""SQLite access to the replication tables (repl_entry, repl_tombstone, peer)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import apsw
+
+from shim.replication.merge import Entry, Stamp
+
+_ENTRY_COLUMNS = "origin, seq, hlc, key, deleted, value, lease, ops, base_uid, uid"
+
+
+def _entry(row: tuple[object, ...]) -> Entry:
+    origin, seq, hlc, key, deleted, value, lease, ops, base_uid, uid = row
+    return Entry(
+        origin=str(origin),
+        seq=int(seq),
+        hlc=int(hlc),
+        key=bytes(key),  # type: ignore[arg-type]
+        deleted=bool(deleted),
+        value=bytes(value),
+        lease=int(lease),  # type: ignore[arg-type]
+        ops=None if ops is None else json.loads(str(ops)),
+        base_uid=None if base_uid is None else str(base_uid),
+        uid=None if uid is None else str(uid),
+    )
+
+
+@dataclass(slots=True)
+class PeerRow:
+    node_id: str
+    name: str
+    address: str
+    role: str
+    cursor: int
+    peer_high: int
+    entries_received: int
+    entries_applied: int
+    conflicts: int
+    last_lag_ms: int
+    first_seen_ms: int
+    last_seen_ms: int
+
+
+class ReplicationTables:
+    """Queries on one connection; the caller holds the transaction."""
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._conn = conn
+
+    # -- entries ---------------------------------------------------------------------------------
+
+    def insert(
+        self, e: Entry, received_from: str | None, received_ms: int, skewed: bool, outcome: str
+    ) -> int | None:
+        """Store an entry; its ingest position, or None when (origin, seq) is already here."""
+        self._conn.execute(
+            "INSERT OR IGNORE INTO repl_entry (origin, seq, hlc, key, deleted, value, lease, ops, "
+            "base_uid, uid, received_from, received_ms, skewed, outcome) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                e.origin,
+                e.seq,
+                e.hlc,
+                e.key,
+                int(e.deleted),
+                e.value,
+                e.lease,
+                None if e.ops is None else json.dumps(e.ops, separators=(",", ":")),
+                e.base_uid,
+                e.uid,
+                received_from,
+                received_ms,
+                int(skewed),
+                outcome,
+            ),
+        )
+        if self._conn.changes() == 0:
+            return None
+        return int(self._conn.last_insert_rowid())
+
+    def set_outcome(self, ingest: int, outcome: str) -> None:
+        self._conn.execute("UPDATE repl_entry SET outcome = ? WHERE ingest = ?", (outcome, ingest))
+
+    def newest_stamp(self, key: bytes, excluding: int) -> Stamp | None:
+        row = self._conn.execute(
+            "SELECT hlc, origin, seq FROM repl_entry WHERE key = ? AND ingest != ? "
+            "ORDER BY hlc DESC, origin DESC, seq DESC LIMIT 1",
+            (key, excluding),
+        ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]), int(row[2]))
+
+    def key_entries(self, key: bytes) -> list[Entry]:
+        rows = self._conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM repl_entry WHERE key = ? ORDER BY hlc, origin, seq",
+            (key,),
+        )
+        return [_entry(row) for row in rows]
+
+    def entries_after(
+        self, cursor: int, exclude_node: str, limit: int
+    ) -> tuple[list[tuple[int, Entry]], int]:
+        """Up to ``limit`` entries after ``cursor`` in ingest order that ``exclude_node`` does
+        not have already (its own, or ones it sent us), and the position they cover up to."""
+        high = self.max_ingest()
+        rows = self._conn.execute(
+            f"SELECT ingest, {_ENTRY_COLUMNS} FROM repl_entry WHERE ingest > ? AND ingest <= ? "
+            "AND origin != ? AND (received_from IS NULL OR received_from != ?) "
+            "ORDER BY ingest LIMIT ?",
+            (cursor, high, exclude_node, exclude_node, limit),
+        ).fetchall()
+        out = [(int(row[0]), _entry(row[1:])) for row in rows]
+        covered = out[-1][0] if len(out) == limit else high
+        return out, covered
+
+    def max_ingest(self) -> int:
+        row = self._conn.execute("SELECT MAX(ingest) FROM repl_entry").fetchone()
+        return int(row[0] or 0)
+
+    def max_seq(self, origin: str) -> int:
+        row = self._conn.execute(
+            "SELECT MAX(seq) FROM repl_entry WHERE origin = ?", (origin,)
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def max_hlc(self) -> int:
+        """The largest clock stamp of an entry that was not flagged as skewed."""
+        row = self._conn.execute("SELECT MAX(hlc) FROM repl_entry WHERE skewed = 0").fetchone()
+        return int(row[0] or 0)
+
+    def max_skewed_hlc(self) -> int:
+        row = self._conn.execute("SELECT MAX(hlc) FROM repl_entry WHERE skewed = 1").fetchone()
+        return int(row[0] or 0)
+
+    def count(self) -> int:
+        row = self._conn.execute("SELECT COUNT(*) FROM repl_entry").fetchone()
+        return int(row[0])
+
+    # -- tombstones ------------------------------------------------------------------------------
+
+    def tombstones(self, key: bytes) -> set[str]:
+        rows = self._conn.execute("SELECT uid FROM repl_tombstone WHERE key = ?", (key,))
+        return {str(row[0]) for row in rows}
+
+    def add_tombstones(self, key: bytes, uids: set[str]) -> None:
+        for uid in uids:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO repl_tombstone (key, uid) VALUES (?, ?)", (key, uid)
+            )
+
+    # -- peers -----------------------------------------------------------------------------------
+
+    def peer(self, node_id: str) -> PeerRow | None:
+        row = self._conn.execute(
+            "SELECT node_id, name, address, role, cursor, peer_high, entries_received, "
+            "entries_applied, conflicts, last_lag_ms, first_seen_ms, last_seen_ms "
+            "FROM peer WHERE node_id = ?",
+            (node_id,),
+        ).fetchone()
+        return None if row is None else PeerRow(*row)
+
+    def peers(self) -> list[PeerRow]:
+        rows = self._conn.execute(
+            "SELECT node_id, name, address, role, cursor, peer_high, entries_received, "
+            "entries_applied, conflicts, last_lag_ms, first_seen_ms, last_seen_ms "
+            "FROM peer ORDER BY first_seen_ms, node_id"
+        ).fetchall()
+        return [PeerRow(*row) for row in rows]
+
+    def upsert_peer(self, node_id: str, name: str, address: str, role: str, now_ms: int) -> None:
+        self._conn.execute(
+            "INSERT INTO peer (node_id, name, address, role, first_seen_ms, last_seen_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
+            "name = excluded.name, address = excluded.address, role = excluded.role, "
+            "last_seen_ms = excluded.last_seen_ms",
+            (node_id, name, address, role, now_ms, now_ms),
+        )
+
+    def record_batch(
+        self,
+        node_id: str,
+        cursor: int,
+        peer_high: int,
+        received: int,
+        applied: int,
+        conflicts: int,
+        lag_ms: int | None,
+        now_ms: int,
+    ) -> None:
+        self._conn.execute(
+            "UPDATE peer SET cursor = ?, peer_high = ?, entries_received = entries_received + ?, "
+            "entries_applied = entries_applied + ?, conflicts = conflicts + ?, "
+            "last_lag_ms = COALESCE(?, last_lag_ms), last_seen_ms = ? WHERE node_id = ?",
+            (cursor, peer_high, received, applied, conflicts, lag_ms, now_ms, node_id),
+        )

@@ -1,0 +1,1 @@
+"""Replication: entries, merge rules, links between nodes."""

@@ -1,0 +1,360 @@
+"""The merge: a key's state is one deterministic function of the set of its entries.
+
+Entries are folded in stamp order, ``(hlc, origin, seq)``, so any two replicas holding the same
+entries hold the same value, byte for byte, whatever order the entries arrived in. A new entry
+that sorts after everything a replica already has for the key is applied to the stored state
+directly (``step``); one that arrives late makes the replica fold the key's entries again.
+
+Opaque values (anything but a JSON object, or a key whose policy says ``whole``) resolve by last
+writer wins. JSON objects resolve field by field: the origin turns each write into field-level
+operations against the version the writer saw (``diff``), and the fold applies them under the
+key's policy (``apply_ops``). Object incarnations are told apart by their identity field
+(``metadata.uid``): a delete wins over concurrent updates of its incarnation, and of two
+incarnations created concurrently the earlier one wins.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shim.replication.policy import FieldRule, KeyRules, Path_
+
+Json = Any
+Op = list[Any]
+Stamp = tuple[int, str, int]
+
+_MISSING: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One replicated change of one key, immutable, identified by (origin, seq)."""
+
+    origin: str
+    seq: int
+    hlc: int
+    key: bytes
+    deleted: bool
+    value: bytes  # the writer's whole new value (empty for a delete)
+    lease: int
+    ops: list[Op] | None  # field operations against the writer's base; None: whole value
+    base_uid: str | None  # incarnation the writer saw (None: absent or no identity)
+    uid: str | None  # incarnation written (None for deletes and values without identity)
+
+    @property
+    def stamp(self) -> Stamp:
+        return (self.hlc, self.origin, self.seq)
+
+
+@dataclass(slots=True)
+class KeyState:
+    """A key's merged state: the value (JSON object, opaque bytes, or absent), its lease, and
+    the incarnations that were deleted (they never come back)."""
+
+    doc: Json | bytes | None = None
+    lease: int = 0
+    tombstones: set[str] = field(default_factory=set)
+    # Bytes known to encode ``doc`` (the stored value); None once ``doc`` changes.
+    raw: bytes | None = None
+    # The last entry that changed ``doc``: its bytes are kept when they encode the result.
+    last: Entry | None = None
+
+    @classmethod
+    def from_stored(
+        cls, value: bytes | None, lease: int, tombstones: Iterable[str], rules: KeyRules
+    ) -> KeyState:
+        doc = None if value is None else decode(value, rules)
+        return cls(doc=doc, lease=lease, tombstones=set(tombstones), raw=value)
+
+    def value(self, rules: KeyRules) -> bytes | None:
+        """The bytes to store: the last writer's own bytes when they encode the result (so
+        an unconflicted write is stored as written), else the canonical encoding."""
+        if self.doc is None:
+            return None
+        if isinstance(self.doc, bytes):
+            return self.doc
+        if self.raw is not None:
+            return self.raw
+        last = self.last
+        if last is not None and not last.deleted and same(decode(last.value, rules), self.doc):
+            return last.value
+        return canonical(self.doc)
+
+
+def canonical(doc: Json) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def decode(value: bytes, rules: KeyRules) -> Json | bytes:
+    """A JSON object (with node-local fields dropped) when the key merges field by field and
+    the value is one; otherwise the bytes themselves."""
+    if rules.merge != "fields" or value.lstrip()[:1] != b"{":
+        return value
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return value
+    if not isinstance(doc, dict):
+        return value
+    for path in rules.local_paths:
+        _delete(doc, path)
+    return doc
+
+
+def identity(doc: Json | bytes | None, rules: KeyRules) -> str | None:
+    path = rules.identity
+    if path is None or not isinstance(doc, dict):
+        return None
+    found = _get(doc, path)
+    return found if isinstance(found, str) else None
+
+
+# -- the origin side: a write becomes an entry ------------------------------------------------
+
+
+def describe_write(
+    old: bytes | None, new: bytes | None, rules: KeyRules
+) -> tuple[list[Op] | None, str | None, str | None]:
+    """(ops, base_uid, uid) of a write of ``new`` (None: a delete) over ``old``."""
+    base = None if old is None else decode(old, rules)
+    base_uid = identity(base, rules)
+    if new is None:
+        return None, base_uid, None
+    doc = decode(new, rules)
+    uid = identity(doc, rules)
+    if isinstance(base, dict) and isinstance(doc, dict) and uid == base_uid:
+        return diff(base, doc, rules), base_uid, uid
+    return None, base_uid, uid
+
+
+def diff(
+    base: dict[str, Json], new: dict[str, Json], rules: KeyRules, path: Path_ = ()
+) -> list[Op]:
+    """Field operations that turn ``base`` into ``new`` under the key's rules."""
+    ops: list[Op] = []
+    for name in list(new) + [k for k in base if k not in new]:
+        here = (*path, name)
+        before = base.get(name, _MISSING)
+        after = new.get(name, _MISSING)
+        if same(before, after):
+            continue
+        rule = rules.rule(here)
+        policy = rule.policy if rule is not None else "lww"
+        if policy == "local":
+            continue
+        if policy in ("first-write-wins", "identity"):
+            if after is not _MISSING:
+                ops.append(["fww", list(here), after])
+        elif after is _MISSING:
+            ops.append(["del", list(here)])
+        elif policy == "counter" and _is_number(before) and _is_number(after):
+            ops.append(["add", list(here), after - before])
+        elif policy == "set" and isinstance(before, list) and isinstance(after, list):
+            ops.extend(["srem", list(here), e] for e in before if not _contains(after, e))
+            ops.extend(["sadd", list(here), e] for e in after if not _contains(before, e))
+        elif (
+            policy == "keyed-list"
+            and rule is not None
+            and rule.key is not None
+            and _keyed(before, rule.key) is not None
+            and _keyed(after, rule.key) is not None
+        ):
+            ops.extend(_diff_keyed(here, before, after, rule.key))
+        elif policy == "lww" and isinstance(before, dict) and isinstance(after, dict):
+            ops.extend(diff(before, after, rules, here))
+        else:
+            ops.append(["set", list(here), after])
+    return ops
+
+
+def _diff_keyed(path: Path_, before: list[Json], after: list[Json], key: str) -> list[Op]:
+    old = {e[key]: e for e in before}
+    new = {e[key]: e for e in after}
+    ops: list[Op] = [["kdel", list(path), key, k] for k in old if k not in new]
+    ops += [
+        ["kset", list(path), key, e] for k, e in new.items() if not same(old.get(k, _MISSING), e)
+    ]
+    return ops
+
+
+# -- the fold ----------------------------------------------------------------------------------
+
+
+def step(state: KeyState, entry: Entry, rules: KeyRules) -> bool:
+    """Apply one entry that sorts after every entry already folded into ``state``.
+    Returns whether the value (or its lease) changed."""
+    current_uid = identity(state.doc, rules)
+    if entry.deleted:
+        if state.doc is None:
+            if entry.base_uid is not None:
+                state.tombstones.add(entry.base_uid)
+            return False
+        if entry.base_uid is not None and current_uid is not None and entry.base_uid != current_uid:
+            # A delete of another incarnation than the one alive here.
+            state.tombstones.add(entry.base_uid)
+            return False
+        if current_uid is not None:
+            state.tombstones.add(current_uid)
+        _set_doc(state, None, entry)
+        return True
+    if entry.ops is not None and entry.uid is not None and entry.uid in state.tombstones:
+        return False  # an update of a deleted incarnation: the delete wins
+    if state.doc is None:
+        if entry.ops is not None:
+            return False  # an update whose object is gone: the delete wins
+        _set_doc(state, decode(entry.value, rules), entry)
+        return True
+    if entry.uid != current_uid and entry.uid is not None and current_uid is not None:
+        if entry.base_uid != current_uid:
+            # Two incarnations created concurrently: the earlier create (already here) wins.
+            state.tombstones.add(entry.uid)
+            return False
+        state.tombstones.add(current_uid)  # the writer replaced the incarnation it saw
+        _set_doc(state, decode(entry.value, rules), entry)
+        return True
+    if entry.ops is None or not isinstance(state.doc, dict):
+        _set_doc(state, decode(entry.value, rules), entry)
+        return True
+    doc = copy.deepcopy(state.doc)
+    apply_ops(doc, entry.ops, rules)
+    if same(doc, state.doc) and entry.lease == state.lease:
+        return False
+    _set_doc(state, doc, entry)
+    return True
+
+
+def _set_doc(state: KeyState, doc: Json | bytes | None, entry: Entry) -> None:
+    state.doc = doc
+    state.lease = 0 if doc is None else entry.lease
+    state.raw = None
+    state.last = entry
+
+
+def fold(entries: Iterable[Entry], rules: KeyRules) -> KeyState:
+    """The state the set of ``entries`` of one key resolves to."""
+    state = KeyState()
+    for entry in sorted(entries, key=lambda e: e.stamp):
+        step(state, entry, rules)
+    return state
+
+
+def apply_ops(doc: dict[str, Json], ops: list[Op], rules: KeyRules) -> None:
+    for op in ops:
+        action, path = op[0], tuple(op[1])
+        if not path:
+            continue
+        if action == "set":
+            _put(doc, path, copy.deepcopy(op[2]))
+        elif action == "del":
+            _delete(doc, path)
+        elif action == "fww":
+            if _get(doc, path) is _MISSING:
+                _put(doc, path, copy.deepcopy(op[2]))
+        elif action == "add":
+            current = _get(doc, path)
+            _put(doc, path, (current if _is_number(current) else 0) + op[2])
+        elif action in ("sadd", "srem"):
+            _apply_set(doc, path, action, op[2], rules.rule(path))
+        elif action in ("kset", "kdel"):
+            _apply_keyed(doc, path, action, op[2], op[3])
+
+
+def _apply_set(
+    doc: dict[str, Json], path: Path_, action: str, element: Json, rule: FieldRule | None
+) -> None:
+    current = _get(doc, path)
+    items = list(current) if isinstance(current, list) else []
+    if action == "srem":
+        items = [e for e in items if not same(e, element)]
+    else:
+        frozen = rule.no_additions_once if rule is not None else None
+        if frozen is not None and _get(doc, frozen) not in (_MISSING, None):
+            return
+        if not _contains(items, element):
+            items.append(copy.deepcopy(element))
+    _put(doc, path, items)
+
+
+def _apply_keyed(doc: dict[str, Json], path: Path_, action: str, key: str, arg: Json) -> None:
+    current = _get(doc, path)
+    items = list(current) if isinstance(current, list) else []
+    if action == "kdel":
+        items = [e for e in items if not (isinstance(e, dict) and same(e.get(key, _MISSING), arg))]
+    elif isinstance(arg, dict):
+        ident = arg.get(key, _MISSING)
+        for i, e in enumerate(items):
+            if isinstance(e, dict) and same(e.get(key, _MISSING), ident):
+                items[i] = copy.deepcopy(arg)
+                break
+        else:
+            items.append(copy.deepcopy(arg))
+    _put(doc, path, items)
+
+
+# -- JSON helpers ----------------------------------------------------------------------------
+
+
+def same(a: Json, b: Json) -> bool:
+    """JSON equality that tells true from 1 and 1 from 1.0 (Python's == does not)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _contains(items: list[Json], element: Json) -> bool:
+    return any(same(e, element) for e in items)
+
+
+def _keyed(value: Json, key: str) -> list[Json] | None:
+    """``value`` if it is a list of objects with distinct, present ``key`` fields."""
+    if not isinstance(value, list):
+        return None
+    seen: list[Json] = []
+    for e in value:
+        if not isinstance(e, dict) or key not in e or _contains(seen, e[key]):
+            return None
+        if isinstance(e[key], (dict, list)):
+            return None
+        seen.append(e[key])
+    return value
+
+
+def _is_number(value: Json) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _get(doc: Json, path: Path_) -> Json:
+    node = doc
+    for name in path:
+        if not isinstance(node, dict) or name not in node:
+            return _MISSING
+        node = node[name]
+    return node
+
+
+def _put(doc: dict[str, Json], path: Path_, value: Json) -> None:
+    node = doc
+    for name in path[:-1]:
+        child = node.get(name)
+        if not isinstance(child, dict):
+            child = {}
+            node[name] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _delete(doc: dict[str, Json], path: Path_) -> None:
+    node = doc
+    for name in path[:-1]:
+        node = node.get(name)
+        if not isinstance(node, dict):
+            return
+    node.pop(path[-1], None)

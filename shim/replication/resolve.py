@@ -1,0 +1,216 @@
+"""Inside the write transaction: record local writes as entries, resolve entries into values.
+
+``Replica`` is the writer thread's replication state (node id, policy, sequence, clock). The
+MVCC applier asks it what value a key ends up with after a local write or a merged entry, and
+turns the answer into ordinary local revisions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from shim.backend.sqlite_repl import ReplicationTables
+from shim.mvcc.hlc import HybridClock, wall_ms
+from shim.pb.kv_pb2 import KeyValue
+from shim.replication.merge import (
+    Entry,
+    KeyState,
+    decode,
+    describe_write,
+    fold,
+    identity,
+    step,
+)
+from shim.replication.policy import KeyRules, Policy
+
+
+@dataclass(slots=True)
+class Resolution:
+    """What a key holds after an entry: ``value`` None means absent. ``changed`` is False when
+    the entry left value and lease as they were. ``new_incarnation``: the object was replaced
+    by another incarnation (watchers see a DELETE, then a PUT)."""
+
+    value: bytes | None
+    lease: int
+    changed: bool
+    new_incarnation: bool
+    conflict: bool  # arrived out of order, or lost to another write
+
+
+@dataclass(slots=True)
+class MergeRequest:
+    """A batch of entries from a peer, applied in one transaction with the peer's cursor."""
+
+    peer: str
+    entries: list[Entry]
+    cursor: int  # the peer's ingest position this batch covers
+    peer_high: int  # the peer's newest ingest position
+
+
+@dataclass(slots=True)
+class MergeResult:
+    received: int
+    duplicates: int
+    applied: int
+    conflicts: int
+
+
+class Replica:
+    def __init__(self, node_id: str, policy: Policy, clock: HybridClock, max_skew_ms: int) -> None:
+        self.node_id = node_id
+        self.policy = policy
+        self.clock = clock
+        self.max_skew_ms = max_skew_ms
+        self.seq = 0
+        # The largest stamp of an entry flagged as skewed: a local write at or below it may not
+        # be the newest entry of its key.
+        self.max_skewed_hlc = 0
+        self.skewed_entries = 0
+
+    def load(self, repl: ReplicationTables) -> None:
+        self.seq = repl.max_seq(self.node_id)
+        self.max_skewed_hlc = repl.max_skewed_hlc()
+
+    def backfill(self, repl: ReplicationTables, current: list[tuple[KeyValue, int]]) -> int:
+        """Record an entry for every key written before replication existed (an upgrade)."""
+        count = 0
+        for kv, hlc in current:
+            if not self.policy.replicates(kv.key):
+                continue
+            rules = self.policy.rules_for(kv.key)
+            _, _, uid = describe_write(None, kv.value, rules)
+            self.seq += 1
+            entry = Entry(
+                self.node_id, self.seq, hlc, kv.key, False, kv.value, kv.lease, None, None, uid
+            )
+            repl.insert(entry, None, _now_ms(), False, "local")
+            count += 1
+        return count
+
+    # -- local writes ----------------------------------------------------------------------------
+
+    def local_write(
+        self,
+        repl: ReplicationTables,
+        key: bytes,
+        old: KeyValue | None,
+        value: bytes | None,
+        lease: int,
+        hlc: int,
+    ) -> Resolution | None:
+        """Record a local put (``value``) or delete (None). None: the key is node-local."""
+        if not self.policy.replicates(key):
+            return None
+        rules = self.policy.rules_for(key)
+        ops, base_uid, uid = describe_write(old.value if old is not None else None, value, rules)
+        self.seq += 1
+        entry = Entry(
+            self.node_id,
+            self.seq,
+            hlc,
+            key,
+            value is None,
+            value or b"",
+            lease if value is not None else 0,
+            ops,
+            base_uid,
+            uid,
+        )
+        ingest = repl.insert(entry, None, wall_ms(hlc), False, "local")
+        assert ingest is not None, "a local sequence number was reused"
+        if hlc > self.max_skewed_hlc or _is_newest(repl, entry, ingest):
+            if value is not None and ops is None:
+                # A whole value written over the state the writer saw is exactly what the fold
+                # keeps; only a replaced incarnation needs remembering.
+                switch = base_uid is not None and uid is not None and base_uid != uid
+                if switch:
+                    repl.add_tombstones(key, {base_uid})  # type: ignore[arg-type]
+                return Resolution(value, lease, True, switch, False)
+            return self._step(repl, entry, old, rules, conflict=False)
+        return self._replay(repl, entry, old, rules)
+
+    # -- merged entries --------------------------------------------------------------------------
+
+    def observe(self, entry: Entry) -> bool:
+        """Advance the clock past a remote entry; False if it is too far ahead (skewed)."""
+        if wall_ms(entry.hlc) - time.time_ns() // 1_000_000 > self.max_skew_ms:
+            self.max_skewed_hlc = max(self.max_skewed_hlc, entry.hlc)
+            self.skewed_entries += 1
+            return False
+        self.clock.observe(entry.hlc)
+        return True
+
+    def merge(
+        self, repl: ReplicationTables, entry: Entry, ingest: int, old: KeyValue | None
+    ) -> Resolution:
+        rules = self.policy.rules_for(entry.key)
+        if _is_newest(repl, entry, ingest):
+            return self._step(repl, entry, old, rules, conflict=False)
+        return self._replay(repl, entry, old, rules)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _step(
+        self,
+        repl: ReplicationTables,
+        entry: Entry,
+        old: KeyValue | None,
+        rules: KeyRules,
+        conflict: bool,
+    ) -> Resolution:
+        known = repl.tombstones(entry.key)
+        state = KeyState.from_stored(
+            old.value if old is not None else None,
+            old.lease if old is not None else 0,
+            known,
+            rules,
+        )
+        before_uid = identity(state.doc, rules)
+        applied = step(state, entry, rules)
+        repl.add_tombstones(entry.key, state.tombstones - known)
+        return self._resolution(state, old, before_uid, rules, conflict or not applied)
+
+    def _replay(
+        self, repl: ReplicationTables, entry: Entry, old: KeyValue | None, rules: KeyRules
+    ) -> Resolution:
+        before_uid = identity(None if old is None else _decoded(old, rules), rules)
+        state = fold(repl.key_entries(entry.key), rules)
+        repl.add_tombstones(entry.key, state.tombstones)
+        return self._resolution(state, old, before_uid, rules, conflict=True)
+
+    @staticmethod
+    def _resolution(
+        state: KeyState,
+        old: KeyValue | None,
+        before_uid: str | None,
+        rules: KeyRules,
+        conflict: bool,
+    ) -> Resolution:
+        value = state.value(rules)
+        after_uid = identity(state.doc, rules)
+        if old is None:
+            changed = value is not None
+        else:
+            changed = value != old.value or state.lease != old.lease
+        switch = (
+            old is not None
+            and value is not None
+            and before_uid is not None
+            and after_uid is not None
+            and before_uid != after_uid
+        )
+        return Resolution(value, state.lease, changed, switch, conflict)
+
+
+def _decoded(kv: KeyValue, rules: KeyRules) -> object:
+    return decode(kv.value, rules)
+
+
+def _is_newest(repl: ReplicationTables, entry: Entry, ingest: int) -> bool:
+    newest = repl.newest_stamp(entry.key, ingest)
+    return newest is None or entry.stamp > newest
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
