@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+from pathlib import Path
 
 from shim import __version__
 from shim.backend.sqlite import SYNCHRONOUS_MODES, BackendOpenError
@@ -57,6 +59,41 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--watch-progress-notify-interval", type=_duration, default=600.0,
         help="how often watchers that asked for progress_notify get one when idle "
         "(seconds, or with a unit: 500ms, 5s, 10m; default 10m as etcd)",
+    )
+    repl = parser.add_argument_group(
+        "replication (SQLite datastore; see docs/REPLICATION.md)"
+    )
+    repl.add_argument(
+        "--join", action="append", default=[], metavar="URL",
+        help="dial this node (http://host:port) and exchange entries with it; repeatable. "
+        "The link carries both directions, so this node needs no inbound port",
+    )
+    repl.add_argument(
+        "--token", default=None,
+        help="bootstrap token the nodes named by --join admit (or env SHIM_TOKEN)",
+    )
+    repl.add_argument(
+        "--join-mode", default="both", choices=("both", "receive", "send"),
+        help="which way entries flow on --join links: both (default), receive (a backup "
+        "that only pulls), send",
+    )
+    repl.add_argument(
+        "--bootstrap-token", default=None,
+        help="admit links from nodes presenting this token (or env SHIM_BOOTSTRAP_TOKEN); "
+        "without it this node admits no links",
+    )
+    repl.add_argument(
+        "--topology", type=Path, default=None, metavar="FILE",
+        help='JSON {"links": [{"url": ..., "token": ..., "mode": ...}]}, re-read on SIGHUP',
+    )
+    repl.add_argument(
+        "--merge-policy", type=Path, default=None, metavar="FILE",
+        help="merge policy file (default: the built-in shim/replication/policy.json)",
+    )
+    repl.add_argument(
+        "--max-clock-skew", type=_duration, default=0.5,
+        help="how far ahead of this node's clock a peer's clock may pull it (default 500ms); "
+        "entries from further ahead are kept and flagged as skewed",
     )
 
 
@@ -112,6 +149,13 @@ def run_serve(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_bytes,
         name=args.name,
         watch_progress_notify_interval=args.watch_progress_notify_interval,
+        joins=tuple(args.join),
+        join_token=args.token or os.environ.get("SHIM_TOKEN"),
+        join_mode=args.join_mode,
+        bootstrap_token=args.bootstrap_token or os.environ.get("SHIM_BOOTSTRAP_TOKEN"),
+        topology_file=args.topology,
+        merge_policy_file=args.merge_policy,
+        max_clock_skew_ms=int(args.max_clock_skew * 1000),
     )
     from shim.api.server import serve  # imported late: grpc start-up cost only when serving
 

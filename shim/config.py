@@ -51,6 +51,15 @@ class ServerConfig:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     name: str = "default"
     watch_progress_notify_interval: float = 600.0  # etcd's default: 10 minutes
+    # Replication (SQLite datastore): links this node dials, the token it admits links with,
+    # a topology file re-read on SIGHUP, the merge policy file (None: the built-in one).
+    joins: tuple[str, ...] = ()
+    join_token: str | None = None
+    join_mode: str = "both"
+    bootstrap_token: str | None = None
+    topology_file: Path | None = None
+    merge_policy_file: Path | None = None
+    max_clock_skew_ms: int = 500
 
 
 def parse_datastore_endpoint(endpoint: str) -> SqliteEndpoint | PostgresEndpoint:

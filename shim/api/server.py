@@ -31,7 +31,11 @@ from shim.config import (
 from shim.mvcc.lease import Lessor
 from shim.mvcc.store import Store
 from shim.mvcc.watch import WatchHub
-from shim.pb import rpc_pb2, rpc_pb2_grpc
+from shim.mvcc.writer import ReplicationSettings
+from shim.pb import replication_pb2_grpc, rpc_pb2, rpc_pb2_grpc
+from shim.replication.links import ReplicationService, Replicator
+from shim.replication.policy import Policy, PolicyError
+from shim.replication.topology import link_specs, load_topology
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,22 @@ def open_backend(config: ServerConfig) -> Backend:
         backend = SqliteBackend(endpoint.path, synchronous=config.sqlite_synchronous)
     backend.open()
     return backend
+
+
+def replication_settings(config: ServerConfig, backend: Backend) -> ReplicationSettings | None:
+    wants = config.joins or config.bootstrap_token or config.topology_file
+    if not backend.replicates:
+        if wants:
+            raise ConfigError(
+                "replication (--join, --bootstrap-token, --topology) needs the SQLite datastore; "
+                "servers sharing one PostgreSQL database already share their data"
+            )
+        return None
+    try:
+        policy = Policy.load(config.merge_policy_file)
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
+    return ReplicationSettings(policy, config.max_clock_skew_ms)
 
 
 def check_can_listen(target: str) -> None:
@@ -97,7 +117,9 @@ class ShimServer:
     def __init__(self, config: ServerConfig, backend: Backend) -> None:
         self.config = config
         self.backend = backend
-        self.store = Store(backend)
+        self.store = Store(backend, replication_settings(config, backend))
+        self._links = link_specs(config) if backend.replicates else []
+        self.replicator: Replicator | None = None
         self.identity = Identity.from_node_id(backend.node_id)
         self.health = health.aio.HealthServicer()
         self.hub: WatchHub | None = None
@@ -126,6 +148,10 @@ class ShimServer:
         hub.start(self.config.watch_progress_notify_interval)
         self.hub = hub
         self.lessor.start(self.store.leases())
+        if self.backend.replicates:
+            self.replicator = Replicator(
+                self.store, self.config.name, self.config.bootstrap_token, self._links
+            )
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length",
@@ -152,14 +178,18 @@ class ShimServer:
             ClusterService(self.store, self.identity, self.config.name, lambda: [self.client_url]),
             server,
         )
+        if self.backend.replicates:
+            replication_pb2_grpc.add_ReplicationServicer_to_server(
+                ReplicationService(lambda: self.replicator), server
+            )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
             port = server.add_insecure_port(target)
         except RuntimeError as exc:
-            await self.store.close()
+            await self._close_store()
             raise ConfigError(f"cannot listen on {target}: {exc}") from exc
         if port == 0:
-            await self.store.close()
+            await self._close_store()
             raise ConfigError(f"cannot listen on {target}")
         host = target.rsplit(":", 1)[0]
         self.client_url = f"http://{host}:{port}"
@@ -167,6 +197,23 @@ class ShimServer:
         self._server = server
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("serving etcd v3 API on %s (datastore %s)", target, self.backend.location)
+
+    async def _close_store(self) -> None:
+        if self.replicator is not None:
+            await self.replicator.close()
+        await self.store.close()
+
+    def reload_topology(self) -> None:
+        """SIGHUP: dial exactly the links the flags and the topology file name now."""
+        if self.replicator is None or self.config.topology_file is None:
+            return
+        try:
+            load_topology(self.config.topology_file)  # report a broken file, keep the links
+            self.replicator.set_links(link_specs(self.config))
+        except ConfigError as exc:
+            log.error("topology not reloaded: %s", exc)
+            return
+        log.info("topology reloaded from %s", self.config.topology_file)
 
     def _fill_watch_header(self, resp: rpc_pb2.WatchResponse, revision: int) -> None:
         resp.header.revision = revision
@@ -181,13 +228,15 @@ class ShimServer:
             await asyncio.sleep(0)
             if self.hub is not None:
                 self.hub.end_all_streams()
+            if self.replicator is not None:
+                await self.replicator.close()  # links never end by themselves either
             await stopping
             self._server = None
         self.backend.set_commit_listener(None)
         await self.lessor.close()
         if self.hub is not None:
             await self.hub.close()
-        await self.store.close()
+        await self._close_store()
 
 
 async def serve(config: ServerConfig) -> None:
@@ -207,6 +256,7 @@ async def serve(config: ServerConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, server.reload_topology)
         await stop.wait()
         log.info("shutting down")
         await server.stop()

@@ -43,15 +43,21 @@ from shim.pb.rpc_pb2 import (
     TxnRequest,
     TxnResponse,
 )
-from shim.replication.resolve import MergeRequest, MergeResult, Replica, Resolution
+from shim.replication.resolve import (
+    MergeRequest,
+    MergeResult,
+    PeerRegistration,
+    Replica,
+    Resolution,
+)
 
 WriteRequest = (
     PutRequest | DeleteRangeRequest | TxnRequest | CompactionRequest
-    | LeaseGrantRequest | LeaseRevokeRequest | MergeRequest
+    | LeaseGrantRequest | LeaseRevokeRequest | MergeRequest | PeerRegistration
 )
 WriteResponse = (
     PutResponse | DeleteRangeResponse | TxnResponse | CompactionResponse
-    | LeaseGrantResponse | LeaseRevokeResponse | MergeResult
+    | LeaseGrantResponse | LeaseRevokeResponse | MergeResult | int
 )
 
 # etcd's bounds on a lease's TTL (seconds): its minimum follows from the default election
@@ -138,6 +144,8 @@ class Applier:
                 resp = self._lease_revoke(req)
             elif isinstance(req, MergeRequest):
                 resp = self._merge(req)
+            elif isinstance(req, PeerRegistration):
+                resp = self._register_peer(req)
             else:
                 raise TypeError(f"not a write request: {type(req).__name__}")
         except BaseException:
@@ -263,6 +271,12 @@ class Applier:
             result.applied, result.conflicts, lag, now,
         )
         return result
+
+    def _register_peer(self, req: PeerRegistration) -> int:
+        repl = self._txn.replication  # type: ignore[attr-defined]
+        repl.upsert_peer(req.peer, req.name, req.address, req.role, time.time_ns() // 1_000_000)
+        row = repl.peer(req.peer)
+        return row.cursor if row is not None else 0
 
     def _apply_resolution(self, key: bytes, old: KeyValue | None, resolved: Resolution) -> None:
         # The log row is this node's write: it carries this node's clock (the entry keeps the

@@ -49,6 +49,16 @@ class MergeRequest:
 
 
 @dataclass(slots=True)
+class PeerRegistration:
+    """A link came up: record the peer; answers with our cursor into its log."""
+
+    peer: str
+    name: str
+    address: str
+    role: str
+
+
+@dataclass(slots=True)
 class MergeResult:
     received: int
     duplicates: int

@@ -1,0 +1,83 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Hello(_message.Message):
+    __slots__ = ("node_id", "name", "token", "policy_digest", "send", "receive", "cursor", "hlc", "protocol")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SEND_FIELD_NUMBER: _ClassVar[int]
+    RECEIVE_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    HLC_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    name: str
+    token: str
+    policy_digest: str
+    send: bool
+    receive: bool
+    cursor: int
+    hlc: int
+    protocol: int
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., token: _Optional[str] = ..., policy_digest: _Optional[str] = ..., send: _Optional[bool] = ..., receive: _Optional[bool] = ..., cursor: _Optional[int] = ..., hlc: _Optional[int] = ..., protocol: _Optional[int] = ...) -> None: ...
+
+class Start(_message.Message):
+    __slots__ = ("cursor",)
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    cursor: int
+    def __init__(self, cursor: _Optional[int] = ...) -> None: ...
+
+class Entry(_message.Message):
+    __slots__ = ("origin", "seq", "hlc", "key", "deleted", "value", "lease", "has_ops", "ops", "base_uid", "uid")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    HLC_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    HAS_OPS_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    BASE_UID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    seq: int
+    hlc: int
+    key: bytes
+    deleted: bool
+    value: bytes
+    lease: int
+    has_ops: bool
+    ops: bytes
+    base_uid: str
+    uid: str
+    def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ..., hlc: _Optional[int] = ..., key: _Optional[bytes] = ..., deleted: _Optional[bool] = ..., value: _Optional[bytes] = ..., lease: _Optional[int] = ..., has_ops: _Optional[bool] = ..., ops: _Optional[bytes] = ..., base_uid: _Optional[str] = ..., uid: _Optional[str] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("entries", "cursor", "high", "hlc")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    HLC_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[Entry]
+    cursor: int
+    high: int
+    hlc: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., cursor: _Optional[int] = ..., high: _Optional[int] = ..., hlc: _Optional[int] = ...) -> None: ...
+
+class LinkMessage(_message.Message):
+    __slots__ = ("hello", "start", "batch")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    start: Start
+    batch: Batch
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., start: _Optional[_Union[Start, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,427 @@
+"""Links between nodes: dialing, admitting, and the two streams of entries a link carries.
+
+A link is one bidirectional gRPC stream opened by the dialing node (so a node behind NAT only
+needs to dial out). After the handshake each side runs a sender, which streams the entries the
+other side lacks from the cursor it named and then follows the local log, and a receiver, which
+hands each batch to the store: entries and the peer's cursor commit in one transaction, then
+watchers are woken. A restart resumes from the persisted cursor; duplicates are dropped by
+(origin, seq), so delivery is at-least-once and the effect exactly-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from shim.mvcc.errors import StoreError
+from shim.mvcc.store import Store
+from shim.pb import replication_pb2 as pb
+from shim.pb import replication_pb2_grpc as pb_grpc
+from shim.replication.resolve import MergeRequest, PeerRegistration
+from shim.replication.wire import PROTOCOL, BadEntry, from_wire, to_wire
+
+log = logging.getLogger(__name__)
+
+BATCH_ENTRIES = 500
+BATCH_BYTES = 4 * 1024 * 1024
+HEARTBEAT_SECONDS = 1.0
+# A link that hears nothing (not even a heartbeat) for this long is dropped and redialed.
+SILENCE_SECONDS = 6.0
+RETRY_MIN_SECONDS = 0.1
+RETRY_MAX_SECONDS = 3.0
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 3000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 3000),
+]
+
+
+class LinkRefused(Exception):
+    """The other side will not link with us; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSpec:
+    """A link this node dials: the peer's URL, its bootstrap token, and which way entries flow
+    (``send``: ours to it; ``receive``: its to us)."""
+
+    url: str
+    token: str
+    send: bool = True
+    receive: bool = True
+
+
+class _Stream(Protocol):
+    async def send(self, msg: pb.LinkMessage) -> None: ...
+
+    async def recv(self) -> pb.LinkMessage | None: ...
+
+
+class _ClientStream:
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    async def send(self, msg: pb.LinkMessage) -> None:
+        await self._call.write(msg)
+
+    async def recv(self) -> pb.LinkMessage | None:
+        msg = await self._call.read()
+        return None if msg is grpc.aio.EOF else msg
+
+
+class _ServerStream:
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._context = context
+
+    async def send(self, msg: pb.LinkMessage) -> None:
+        await self._context.write(msg)
+
+    async def recv(self) -> pb.LinkMessage | None:
+        msg = await self._context.read()
+        return None if msg is grpc.aio.EOF else msg
+
+
+@dataclass(slots=True)
+class LinkState:
+    """What ``shim status`` and the logs show of a live link."""
+
+    peer: str
+    name: str
+    address: str
+    role: str
+    connected_ms: int
+    sent_entries: int = 0
+    sent_bytes: int = 0
+
+
+class Replicator:
+    """Runs this node's links: the ones it dials and the ones it admits."""
+
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        bootstrap_token: str | None,
+        links: list[LinkSpec],
+    ) -> None:
+        replica = store.replica
+        if replica is None:
+            raise ValueError("the store's backend does not replicate")
+        self._store = store
+        self.node_id = replica.node_id
+        self.policy_digest = replica.policy.digest
+        self._name = name
+        self._token = bootstrap_token
+        self._specs: dict[str, LinkSpec] = {}
+        self._dialers: dict[str, asyncio.Task[None]] = {}
+        self._wakers: set[asyncio.Event] = set()
+        self.live: dict[int, LinkState] = {}
+        self._admitted: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        store.add_batch_listener(self._wake_senders)
+        self.set_links(links)
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def set_links(self, links: list[LinkSpec]) -> None:
+        """Dial exactly these links: new ones start, removed ones close (live, no restart)."""
+        wanted = {spec.url: spec for spec in links}
+        for url in list(self._dialers):
+            if url not in wanted or wanted[url] != self._specs.get(url):
+                self._dialers.pop(url).cancel()
+                self._specs.pop(url, None)
+                log.info("link to %s removed", url)
+        for url, spec in wanted.items():
+            if url not in self._dialers and not self._closed:
+                self._specs[url] = spec
+                self._dialers[url] = asyncio.get_running_loop().create_task(
+                    self._dial_forever(spec), name=f"link {url}"
+                )
+
+    async def close(self) -> None:
+        """Close every link, dialed and admitted."""
+        self._closed = True
+        for task in self._admitted:
+            task.cancel()
+        tasks = list(self._dialers.values())
+        self._dialers.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _wake_senders(self) -> None:
+        for event in self._wakers:
+            event.set()
+
+    # -- dialing ---------------------------------------------------------------------------------
+
+    async def _dial_forever(self, spec: LinkSpec) -> None:
+        delay = RETRY_MIN_SECONDS
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self._dial_once(spec)
+                reason = "closed by the peer"
+            except asyncio.CancelledError:
+                raise
+            except LinkRefused as exc:
+                reason = f"refused: {exc}"
+            except TimeoutError:
+                reason = f"silent for {SILENCE_SECONDS:.0f}s"
+            except grpc.aio.AioRpcError as exc:
+                reason = f"{exc.code().name}: {exc.details()}"
+            except StoreError as exc:
+                reason = f"local store: {exc}"
+            except Exception as exc:  # a bug in one link must not end the others
+                log.exception("link to %s failed", spec.url)
+                reason = repr(exc)
+            if time.monotonic() - started > 10 * RETRY_MAX_SECONDS:
+                delay, failures = RETRY_MIN_SECONDS, 0  # it worked for a while: retry quickly
+            failures += 1
+            level = logging.WARNING if failures in (1, 10) or failures % 100 == 0 else logging.DEBUG
+            log.log(level, "link to %s down (%s); retrying in %.1fs", spec.url, reason, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    async def _dial_once(self, spec: LinkSpec) -> None:
+        target = _target(spec.url)
+        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+            call = pb_grpc.ReplicationStub(channel).Link()
+            stream = _ClientStream(call)
+            try:
+                await stream.send(pb.LinkMessage(hello=pb.Hello(
+                    node_id=self.node_id, name=self._name, token=spec.token,
+                    policy_digest=self.policy_digest, send=spec.send, receive=spec.receive,
+                    hlc=self._clock(), protocol=PROTOCOL,
+                )))
+                reply = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
+                if reply is None or reply.WhichOneof("kind") != "hello":
+                    raise LinkRefused("the peer did not answer the handshake")
+                hello = reply.hello
+                self._check_peer(hello)
+                cursor = await self._store.write(
+                    PeerRegistration(hello.node_id, hello.name, spec.url, "parent")
+                )
+                await stream.send(pb.LinkMessage(start=pb.Start(cursor=cursor)))
+                state = LinkState(hello.node_id, hello.name, spec.url, "parent", _now_ms())
+                log.info("linked to %s (node %s, %s)", spec.url, hello.node_id, hello.name)
+                await self._run(
+                    stream, state, send_from=hello.cursor if spec.send else None,
+                    receive=spec.receive,
+                )
+            finally:
+                call.cancel()
+
+    def _clock(self) -> int:
+        replica = self._store.replica
+        return replica.clock.last if replica is not None else 0
+
+    def _check_peer(self, hello: pb.Hello) -> None:
+        if hello.protocol != PROTOCOL:
+            raise LinkRefused(f"protocol {hello.protocol} is not {PROTOCOL}")
+        if hello.node_id == self.node_id:
+            raise LinkRefused("the peer is this node itself")
+        if not hello.node_id:
+            raise LinkRefused("the peer sent no node id")
+        if hello.policy_digest != self.policy_digest:
+            raise LinkRefused(
+                f"merge policies differ (ours {self.policy_digest}, "
+                f"theirs {hello.policy_digest}): every node must run the same policy"
+            )
+
+    # -- admitting -------------------------------------------------------------------------------
+
+    async def admit(self, context: grpc.aio.ServicerContext) -> None:
+        if self._closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "this node is shutting down")
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._admitted.add(task)
+        try:
+            await self._admit(context)
+        finally:
+            self._admitted.discard(task)
+
+    async def _admit(self, context: grpc.aio.ServicerContext) -> None:
+        stream = _ServerStream(context)
+        first = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
+        if first is None or first.WhichOneof("kind") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a link starts with Hello")
+            return
+        hello = first.hello
+        if self._token is None:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "this node admits no links (start it with --bootstrap-token)",
+            )
+            return
+        # Constant time, so the token cannot be guessed byte by byte; never logged.
+        if not hmac.compare_digest(hello.token.encode(), self._token.encode()):
+            log.warning("link from %s refused: wrong bootstrap token", context.peer())
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "bootstrap token rejected")
+            return
+        try:
+            self._check_peer(hello)
+        except LinkRefused as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            return
+        address = context.peer()
+        cursor = await self._store.write(
+            PeerRegistration(hello.node_id, hello.name, address, "child")
+        )
+        await stream.send(pb.LinkMessage(hello=pb.Hello(
+            node_id=self.node_id, name=self._name, policy_digest=self.policy_digest,
+            send=hello.receive, receive=hello.send, cursor=cursor, hlc=self._clock(),
+            protocol=PROTOCOL,
+        )))
+        start = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
+        if start is None or start.WhichOneof("kind") != "start":
+            return
+        state = LinkState(hello.node_id, hello.name, address, "child", _now_ms())
+        log.info("admitted link from %s (node %s, %s)", address, hello.node_id, hello.name)
+        await self._run(
+            stream, state, send_from=start.start.cursor if hello.receive else None,
+            receive=hello.send,
+        )
+
+    # -- a live link -----------------------------------------------------------------------------
+
+    async def _run(
+        self, stream: _Stream, state: LinkState, send_from: int | None, receive: bool
+    ) -> None:
+        key = id(state)
+        self.live[key] = state
+        tasks = [asyncio.ensure_future(self._receive(stream, state, receive))]
+        if send_from is not None:
+            tasks.append(asyncio.ensure_future(self._send(stream, state, send_from)))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # re-raise what ended the link
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self.live.pop(key, None)
+            log.info("link with node %s (%s) closed", state.peer, state.address)
+
+    async def _send(self, stream: _Stream, state: LinkState, cursor: int) -> None:
+        wake = asyncio.Event()
+        self._wakers.add(wake)
+        backend = self._store.backend
+        try:
+            high = await backend.read_async(lambda v: v.replication.max_ingest())  # type: ignore[attr-defined]
+            if cursor > high:
+                # The peer knows a longer history of this node than it has (a restored
+                # database): send everything again; duplicates are dropped over there.
+                cursor = 0
+            while True:
+                wake.clear()
+                start = cursor
+
+                def page(view: Any, start: int = start) -> tuple[list[Any], int, int]:
+                    rows, covered = view.replication.entries_after(
+                        start, state.peer, BATCH_ENTRIES
+                    )
+                    return rows, covered, view.replication.max_ingest()
+
+                rows, covered, high = await backend.read_async(page)
+                entries: list[pb.Entry] = []
+                size = 0
+                cut: int | None = None
+                for ingest, entry in rows:
+                    entries.append(to_wire(entry))
+                    size += len(entry.value) + len(entry.key)
+                    if size > BATCH_BYTES:
+                        cut = ingest  # bounded message size: the rest goes in the next batch
+                        break
+                new_cursor = cut if cut is not None else covered
+                if entries or new_cursor != cursor:
+                    batch = pb.Batch(entries=entries, cursor=new_cursor, high=high,
+                                     hlc=self._clock())
+                    await stream.send(pb.LinkMessage(batch=batch))
+                    state.sent_entries += len(entries)
+                    state.sent_bytes += batch.ByteSize()
+                    cursor = new_cursor
+                    if cut is not None or len(rows) == BATCH_ENTRIES:
+                        continue  # more to catch up on
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), HEARTBEAT_SECONDS)
+                if not wake.is_set():
+                    # Idle: a heartbeat tells the peer we are alive and where our log ends.
+                    await stream.send(pb.LinkMessage(batch=pb.Batch(
+                        cursor=cursor, high=high, hlc=self._clock()
+                    )))
+        finally:
+            self._wakers.discard(wake)
+
+    async def _receive(self, stream: _Stream, state: LinkState, receive: bool) -> None:
+        cursor: int | None = None
+        while True:
+            msg = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
+            if msg is None:
+                return
+            if msg.WhichOneof("kind") != "batch":
+                continue
+            batch = msg.batch
+            if not receive:
+                continue  # the link's other direction only: a heartbeat of a receive-only peer
+            if not batch.entries and batch.cursor == cursor:
+                continue  # a heartbeat with nothing new: no write needed
+            try:
+                entries = [from_wire(e) for e in batch.entries]
+            except BadEntry as exc:
+                raise LinkRefused(f"node {state.peer} sent a bad entry: {exc}") from exc
+            await self._store.merge(MergeRequest(state.peer, entries, batch.cursor, batch.high))
+            cursor = batch.cursor
+
+
+class ReplicationService(pb_grpc.ReplicationServicer):
+    def __init__(self, replicator: Callable[[], Replicator | None]) -> None:
+        self._replicator = replicator
+
+    async def Link(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        replicator = self._replicator()
+        if replicator is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "replication is not running")
+            return
+        try:
+            await replicator.admit(context)
+        except asyncio.CancelledError:
+            return  # this node is stopping
+        except TimeoutError:
+            log.info("link from %s went silent; closing it", context.peer())
+        except LinkRefused as exc:
+            log.warning("link from %s closed: %s", context.peer(), exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+
+def _target(url: str) -> str:
+    for prefix in ("http://", "grpc://"):
+        if url.startswith(prefix):
+            return url[len(prefix):].rstrip("/")
+    return url.rstrip("/")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
