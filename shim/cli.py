@@ -31,7 +31,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="run the server (the default command)")
     add_serve_arguments(serve)
+    status = commands.add_parser(
+        "status", help="this node's id, revision, peers, cursors, lag and conflicts"
+    )
+    _add_datastore_argument(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    sql = commands.add_parser(
+        "sql", help="run a read-only SQL query on the node's database and print a table"
+    )
+    _add_datastore_argument(sql)
+    sql.add_argument("query", help='e.g. "SELECT * FROM kv LIMIT 10"')
+    sql.add_argument("--json", action="store_true", help="print rows as JSON objects")
     return parser
+
+
+def _add_datastore_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--datastore-endpoint", default=DEFAULT_DATASTORE_ENDPOINT,
+        help=f"the node's database (default {DEFAULT_DATASTORE_ENDPOINT})",
+    )
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,8 +147,36 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             args = parser.parse_args(["serve"])
         return run_serve(args)
+    if args.command in ("status", "sql"):
+        return run_inspect(args)
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from shim import inspect
+
+    try:
+        conn = inspect.open_read_only(args.datastore_endpoint)
+        try:
+            if args.command == "status":
+                report = inspect.status(conn)
+                if args.json:
+                    inspect.dump_json(report)
+                else:
+                    inspect.print_status(report)
+                return 0
+            columns, rows = inspect.run_sql(conn, args.query)
+        finally:
+            conn.close()
+    except ConfigError as exc:
+        print(f"shim: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        inspect.dump_json([dict(zip(columns, row, strict=True)) for row in rows])
+    else:
+        inspect.print_table(columns, rows, sys.stdout)
+    return 0
 
 
 def run_serve(args: argparse.Namespace) -> int:

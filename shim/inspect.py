@@ -1,0 +1,152 @@
+"""``shim status`` and ``shim sql``: look inside a node's database while it runs.
+
+Both open the SQLite file read-only in WAL mode, so they see a consistent snapshot and never
+block the server's writer (nor take its lock).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import apsw
+
+from shim.config import ConfigError, PostgresEndpoint, parse_datastore_endpoint
+
+
+def open_read_only(endpoint: str) -> apsw.Connection:
+    parsed = parse_datastore_endpoint(endpoint)
+    if isinstance(parsed, PostgresEndpoint):
+        raise ConfigError(
+            "shim status and shim sql read the SQLite datastore; for PostgreSQL use psql"
+        )
+    path: Path = parsed.path
+    if not path.is_file():
+        raise ConfigError(f"no database at {path}")
+    try:
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        conn.set_busy_timeout(5000)
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()
+    except apsw.Error as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return conn
+
+
+def status(conn: apsw.Connection) -> dict[str, Any]:
+    meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+    node_id = str(meta.get("node_id", ""))
+    report: dict[str, Any] = {
+        "node_id": node_id,
+        "revision": int(meta.get("revision", 0)),
+        "compact_revision": int(meta.get("compact_revision", -1)),
+        "keys": conn.execute("SELECT COUNT(*) FROM current").fetchone()[0],
+    }
+    if not _has_table(conn, "repl_entry"):
+        return report
+    counts = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(received_from IS NULL), 0), COALESCE(SUM(skewed), 0), "
+        "COALESCE(SUM(outcome = 'superseded'), 0), COALESCE(MAX(ingest), 0) FROM repl_entry"
+    ).fetchone()
+    report["entries"] = {
+        "total": counts[0], "local": counts[1], "skewed": counts[2],
+        "superseded": counts[3], "log_position": counts[4],
+    }
+    now_ms = time.time_ns() // 1_000_000
+    report["peers"] = [
+        {
+            "node_id": row[0], "name": row[1], "address": row[2], "role": row[3],
+            "cursor": row[4], "peer_high": row[5], "lag_entries": max(row[5] - row[4], 0),
+            "last_lag_ms": row[6], "entries_received": row[7], "entries_applied": row[8],
+            "conflicts_merged": row[9],
+            "last_seen_s_ago": round((now_ms - row[10]) / 1000, 1) if row[10] else None,
+        }
+        for row in conn.execute(
+            "SELECT node_id, name, address, role, cursor, peer_high, last_lag_ms, "
+            "entries_received, entries_applied, conflicts, last_seen_ms FROM peer "
+            "ORDER BY first_seen_ms, node_id"
+        )
+    ]
+    report["conflicts_merged"] = sum(p["conflicts_merged"] for p in report["peers"])
+    return report
+
+
+def print_status(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    print(f"node       {report['node_id']}", file=out)
+    print(f"revision   {report['revision']} (compacted to {report['compact_revision']})",
+          file=out)
+    print(f"keys       {report['keys']}", file=out)
+    entries = report.get("entries")
+    if entries is None:
+        return
+    print(f"entries    {entries['total']} ({entries['local']} written here, "
+          f"{entries['skewed']} from skewed clocks, {entries['superseded']} superseded); "
+          f"log position {entries['log_position']}", file=out)
+    print(f"conflicts  {report['conflicts_merged']} merged", file=out)
+    columns = ["node_id", "name", "role", "address", "cursor", "peer_high", "lag_entries",
+               "last_lag_ms", "entries_received", "entries_applied", "conflicts_merged",
+               "last_seen_s_ago"]
+    print(f"peers      {len(report['peers'])}", file=out)
+    if report["peers"]:
+        print_table(columns, [[p[c] for c in columns] for p in report["peers"]], out)
+
+
+def run_sql(conn: apsw.Connection, sql: str) -> tuple[list[str], list[list[Any]]]:
+    cursor = conn.cursor()
+    try:
+        cursor.execute(sql)
+        # The columns are known while the statement runs (a query without rows has none).
+        columns = [d[0] for d in cursor.getdescription()] if _described(cursor) else []
+        rows = [list(row) for row in cursor]
+    except apsw.ReadOnlyError:
+        raise ConfigError("shim sql is read-only: only queries are allowed") from None
+    except apsw.Error as exc:
+        raise ConfigError(f"SQL error: {exc}") from None
+    return columns, rows
+
+
+def _described(cursor: apsw.Cursor) -> bool:
+    try:
+        cursor.getdescription()
+    except apsw.ExecutionCompleteError:
+        return False
+    return True
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
+    if not columns:
+        print("(no rows)", file=out)
+        return
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return "x'" + value.hex() + "'"
+    return str(value)
+
+
+def _has_table(conn: apsw.Connection, name: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return row is not None
+
+
+def dump_json(value: Any, out: TextIO = sys.stdout) -> None:
+    json.dump(value, out, indent=2, default=_cell)
+    out.write("\n")
