@@ -78,6 +78,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="how often watchers that asked for progress_notify get one when idle "
         "(seconds, or with a unit: 500ms, 5s, 10m; default 10m as etcd)",
     )
+    tls = parser.add_argument_group("TLS (etcd's flag names)")
+    tls.add_argument("--cert-file", type=Path, default=None,
+                     help="server certificate (PEM): serve TLS on the listen address")
+    tls.add_argument("--key-file", type=Path, default=None, help="its private key (PEM)")
+    tls.add_argument("--trusted-ca-file", type=Path, default=None,
+                     help="CA that signs client certificates (with --client-cert-auth)")
+    tls.add_argument("--client-cert-auth", action="store_true",
+                     help="refuse clients (and peers) without a certificate signed by "
+                     "--trusted-ca-file")
+    tls.add_argument("--peer-trusted-ca-file", type=Path, default=None,
+                     help="CA to verify https:// nodes this node --join's (default: system CAs)")
+    tls.add_argument("--peer-cert-file", type=Path, default=None,
+                     help="certificate this node presents on https:// links it dials")
+    tls.add_argument("--peer-key-file", type=Path, default=None, help="its private key")
     repl = parser.add_argument_group(
         "replication (SQLite datastore; see docs/REPLICATION.md)"
     )
@@ -187,6 +201,14 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.max_request_bytes <= 0:
         print("shim: --max-request-bytes must be positive", file=sys.stderr)
         return EXIT_USAGE
+    from shim.tls import peer_tls, server_tls
+
+    try:
+        tls = server_tls(args.cert_file, args.key_file, args.trusted_ca_file, args.client_cert_auth)
+        peer = peer_tls(args.peer_trusted_ca_file, args.peer_cert_file, args.peer_key_file)
+    except ConfigError as exc:
+        print(f"shim: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     config = ServerConfig(
         listen_address=args.listen_address,
         datastore_endpoint=args.datastore_endpoint,
@@ -202,6 +224,8 @@ def run_serve(args: argparse.Namespace) -> int:
         topology_file=args.topology,
         merge_policy_file=args.merge_policy,
         max_clock_skew_ms=int(args.max_clock_skew * 1000),
+        tls=tls,
+        peer_tls=peer,
     )
     from shim.api.server import serve  # imported late: grpc start-up cost only when serving
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+if TYPE_CHECKING:
+    from shim.tls import PeerTls, ServerTls
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:2379"
 DEFAULT_DATASTORE_ENDPOINT = "sqlite://./shim-data/state.db"
@@ -60,6 +64,9 @@ class ServerConfig:
     topology_file: Path | None = None
     merge_policy_file: Path | None = None
     max_clock_skew_ms: int = 500
+    # TLS on the gRPC port (None: plaintext), and for the https:// links this node dials.
+    tls: ServerTls | None = None
+    peer_tls: PeerTls | None = None
 
 
 def parse_datastore_endpoint(endpoint: str) -> SqliteEndpoint | PostgresEndpoint:
@@ -141,13 +148,18 @@ def _redact_any(endpoint: str) -> str:
     return endpoint
 
 
-def grpc_listen_target(address: str) -> str:
-    """Accept etcd-style URLs (http://host:port) as well as plain host:port."""
+def grpc_listen_target(address: str, tls: bool = False) -> str:
+    """Accept etcd-style URLs (http://host:port, https://host:port with TLS) as well as plain
+    host:port."""
+    if address.startswith("https://"):
+        if not tls:
+            raise ConfigError("an https:// listen address needs --cert-file and --key-file")
+        address = address[len("https://"):]
+    elif address.startswith("http://") and tls:
+        raise ConfigError("with --cert-file the listen address is https://host:port (or host:port)")
     for prefix in ("http://", "grpc://"):
         if address.startswith(prefix):
             address = address[len(prefix):]
-    if address.startswith("https://"):
-        raise ConfigError("https listen addresses need TLS, which is not implemented yet")
     if ":" not in address:
         raise ConfigError(f"listen address {address!r} must be host:port")
     return address

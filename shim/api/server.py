@@ -128,7 +128,8 @@ class ShimServer:
         self.client_url = ""
 
     async def start(self) -> None:
-        target = grpc_listen_target(self.config.listen_address)
+        tls = self.config.tls
+        target = grpc_listen_target(self.config.listen_address, tls=tls is not None)
         check_can_listen(target)
         await self.store.start()
         hub = WatchHub(
@@ -150,7 +151,8 @@ class ShimServer:
         self.lessor.start(self.store.leases())
         if self.backend.replicates:
             self.replicator = Replicator(
-                self.store, self.config.name, self.config.bootstrap_token, self._links
+                self.store, self.config.name, self.config.bootstrap_token, self._links,
+                self.config.peer_tls,
             )
         server = grpc.aio.server(
             options=[
@@ -173,7 +175,8 @@ class ShimServer:
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(
             MaintenanceService(self.store, self.identity), server
         )
-        self.client_url = f"http://{target}"
+        scheme = "https" if tls is not None else "http"
+        self.client_url = f"{scheme}://{target}"
         rpc_pb2_grpc.add_ClusterServicer_to_server(
             ClusterService(self.store, self.identity, self.config.name, lambda: [self.client_url]),
             server,
@@ -184,7 +187,10 @@ class ShimServer:
             )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
-            port = server.add_insecure_port(target)
+            if tls is not None:
+                port = server.add_secure_port(target, tls.credentials())
+            else:
+                port = server.add_insecure_port(target)
         except RuntimeError as exc:
             await self._close_store()
             raise ConfigError(f"cannot listen on {target}: {exc}") from exc
@@ -192,11 +198,15 @@ class ShimServer:
             await self._close_store()
             raise ConfigError(f"cannot listen on {target}")
         host = target.rsplit(":", 1)[0]
-        self.client_url = f"http://{host}:{port}"
+        self.client_url = f"{scheme}://{host}:{port}"
         await server.start()
         self._server = server
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving etcd v3 API on %s (datastore %s)", target, self.backend.location)
+        log.info(
+            "serving etcd v3 API on %s (%s, datastore %s)", target,
+            "TLS" + (", client certificates required" if tls and tls.client_cert_auth else "")
+            if tls else "plaintext", self.backend.location,
+        )
 
     async def _close_store(self) -> None:
         if self.replicator is not None:

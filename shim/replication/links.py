@@ -27,6 +27,7 @@ from shim.pb import replication_pb2 as pb
 from shim.pb import replication_pb2_grpc as pb_grpc
 from shim.replication.resolve import MergeRequest, PeerRegistration
 from shim.replication.wire import PROTOCOL, BadEntry, from_wire, to_wire
+from shim.tls import PeerTls
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class Replicator:
         name: str,
         bootstrap_token: str | None,
         links: list[LinkSpec],
+        peer_tls: PeerTls | None = None,
     ) -> None:
         replica = store.replica
         if replica is None:
@@ -125,6 +127,7 @@ class Replicator:
         self.policy_digest = replica.policy.digest
         self._name = name
         self._token = bootstrap_token
+        self._peer_tls = peer_tls
         self._specs: dict[str, LinkSpec] = {}
         self._dialers: dict[str, asyncio.Task[None]] = {}
         self._wakers: set[asyncio.Event] = set()
@@ -201,7 +204,12 @@ class Replicator:
 
     async def _dial_once(self, spec: LinkSpec) -> None:
         target = _target(spec.url)
-        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        if spec.url.startswith("https://"):
+            credentials = (self._peer_tls or PeerTls()).credentials()
+            channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        else:
+            channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        async with channel:
             call = pb_grpc.ReplicationStub(channel).Link()
             stream = _ClientStream(call)
             try:
@@ -416,7 +424,7 @@ class ReplicationService(pb_grpc.ReplicationServicer):
 
 
 def _target(url: str) -> str:
-    for prefix in ("http://", "grpc://"):
+    for prefix in ("http://", "https://", "grpc://"):
         if url.startswith(prefix):
             return url[len(prefix):].rstrip("/")
     return url.rstrip("/")

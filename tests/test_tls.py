@@ -1,0 +1,215 @@
+"""TLS on the gRPC port and on replication links, with certificates made at test time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shim.pb import rpc_pb2, rpc_pb2_grpc
+from tests.support.certs import CertFiles, CertificateAuthority
+from tests.support.etcd import etcdctl
+from tests.support.process import child_env
+from tests.support.shim_server import REPO_ROOT, ShimServer
+
+
+def _credentials(ca: Path, client: CertFiles | None) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=client.key.read_bytes() if client else None,
+        certificate_chain=client.cert.read_bytes() if client else None,
+    )
+
+
+class TlsShim(ShimServer):
+    """A shim serving TLS; ready once health answers over TLS with a client certificate."""
+
+    def __init__(self, workdir: Path, ca: CertificateAuthority, extra_args: list[str]) -> None:
+        self.ca = ca
+        self.server_files = ca.issue(f"server-{workdir.name}")
+        self.client_files = ca.issue(f"client-{workdir.name}")
+        super().__init__(
+            workdir,
+            extra_args=[
+                "--cert-file",
+                str(self.server_files.cert),
+                "--key-file",
+                str(self.server_files.key),
+                "--trusted-ca-file",
+                str(ca.cert_path),
+                "--client-cert-auth",
+                *extra_args,
+            ],
+        )
+
+    def channel(self, client: CertFiles | None = None) -> grpc.Channel:
+        creds = _credentials(self.ca.cert_path, client or self.client_files)
+        return grpc.secure_channel(self.endpoint, creds)
+
+    def _serving(self) -> bool:
+        with self.channel() as channel:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=0.5
+                )
+            except grpc.RpcError:
+                return False
+            return True
+
+    def etcdctl(self, *args: str, client: CertFiles | None = None, check: bool = True):  # type: ignore[no-untyped-def]
+        files = client or self.client_files
+        return etcdctl(
+            f"https://{self.endpoint}",
+            "--cacert",
+            str(self.ca.cert_path),
+            "--cert",
+            str(files.cert),
+            "--key",
+            str(files.key),
+            "--command-timeout=3s",
+            *args,
+            check=check,
+        )
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path / "pki")
+
+
+def test_clients_need_a_certificate_signed_by_the_trusted_ca(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    with TlsShim(tmp_path / "a", ca, []) as node:
+        assert node.etcdctl("put", "/tls/k", "v").stdout.strip() == "OK"
+        assert node.etcdctl("get", "/tls/k", "--print-value-only").stdout.strip() == "v"
+
+        # etcdctl without a client certificate: refused
+        no_cert = etcdctl(
+            f"https://{node.endpoint}",
+            "--cacert",
+            str(ca.cert_path),
+            "--command-timeout=3s",
+            "get",
+            "/tls/k",
+            check=False,
+        )
+        assert no_cert.returncode != 0
+
+        # a certificate from another CA: refused
+        stranger = CertificateAuthority(tmp_path / "other-pki", "another CA").issue("mallory")
+        with node.channel(stranger) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                rpc_pb2_grpc.KVStub(channel).Range(rpc_pb2.RangeRequest(key=b"/tls/k"), timeout=3)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        # plaintext against the TLS port: refused
+        with grpc.insecure_channel(node.endpoint) as channel, pytest.raises(grpc.RpcError):
+            rpc_pb2_grpc.KVStub(channel).Range(rpc_pb2.RangeRequest(key=b"/tls/k"), timeout=3)
+
+        # a valid certificate from Python: works, and MemberList shows an https URL
+        with node.channel() as channel:
+            got = rpc_pb2_grpc.KVStub(channel).Range(rpc_pb2.RangeRequest(key=b"/tls/k"))
+            assert got.kvs[0].value == b"v"
+            members = rpc_pb2_grpc.ClusterStub(channel).MemberList(rpc_pb2.MemberListRequest())
+            assert members.members[0].clientURLs[0].startswith("https://")
+
+
+def test_replication_links_run_over_mutual_tls(tmp_path: Path, ca: CertificateAuthority) -> None:
+    with TlsShim(tmp_path / "parent", ca, ["--bootstrap-token", "t0ken"]) as parent:
+        peer = ca.issue("child-peer")
+        child_args = [
+            "--join",
+            f"https://{parent.endpoint}",
+            "--token",
+            "t0ken",
+            "--peer-trusted-ca-file",
+            str(ca.cert_path),
+            "--peer-cert-file",
+            str(peer.cert),
+            "--peer-key-file",
+            str(peer.key),
+        ]
+        with TlsShim(tmp_path / "child", ca, child_args) as child:
+            child.etcdctl("put", "/tls/from-child", "1")
+            parent.etcdctl("put", "/tls/from-parent", "2")
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                on_parent = parent.etcdctl("get", "/tls/", "--prefix", "--keys-only").stdout.split()
+                on_child = child.etcdctl("get", "/tls/", "--prefix", "--keys-only").stdout.split()
+                if on_parent == on_child == ["/tls/from-child", "/tls/from-parent"]:
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail(f"no convergence over TLS: parent {on_parent}, child {on_child}")
+
+        # A node without a peer certificate cannot link to a parent that requires one.
+        lone_args = [
+            "--join",
+            f"https://{parent.endpoint}",
+            "--token",
+            "t0ken",
+            "--peer-trusted-ca-file",
+            str(ca.cert_path),
+        ]
+        with TlsShim(tmp_path / "lone", ca, lone_args) as lone:
+            lone.etcdctl("put", "/tls/lonely", "3")
+            time.sleep(1.5)
+            keys = parent.etcdctl("get", "/tls/lonely", "--keys-only").stdout.split()
+            assert keys == []
+            assert "link to https://" in lone.log_tail()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cert-file", "{cert}"], "TLS needs both --cert-file and --key-file"),
+        (["--cert-file", "{missing}", "--key-file", "{key}"], "No such file"),
+        (
+            ["--cert-file", "{cert}", "--key-file", "{key}", "--client-cert-auth"],
+            "--client-cert-auth needs --trusted-ca-file",
+        ),
+        (["--listen-address", "https://127.0.0.1:0"], "needs --cert-file and --key-file"),
+        (
+            ["--cert-file", "{key}", "--key-file", "{cert}", "--trusted-ca-file", "{notpem}"],
+            "not a PEM file",
+        ),
+    ],
+)
+def test_bad_tls_flags_exit_2_with_one_line(
+    tmp_path: Path, ca: CertificateAuthority, args: list[str], message: str
+) -> None:
+    files = ca.issue("server")
+    notpem = tmp_path / "notpem.txt"
+    notpem.write_text("hello")
+    values = {
+        "cert": files.cert,
+        "key": files.key,
+        "missing": tmp_path / "nope.crt",
+        "notpem": notpem,
+    }
+    argv = [a.format(**values) for a in args]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shim",
+            "serve",
+            "--datastore-endpoint",
+            f"sqlite://{tmp_path}/x.db",
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO_ROOT,
+        env=child_env({}),
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("shim: ") and message in lines[0], lines
