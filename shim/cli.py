@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from shim import __version__
@@ -64,6 +66,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     parser.add_argument(
+        "--log-format", default="plain", choices=("plain", "json"),
+        help="plain text lines (default) or one JSON object per line",
+    )
+    parser.add_argument(
+        "--metrics-address", default=None, metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
+    parser.add_argument(
         "--sqlite-synchronous", default="FULL", choices=SYNCHRONOUS_MODES, type=str.upper,
         help="FULL (default): every acknowledged write survives power loss; NORMAL: faster, "
         "the last writes may be lost on power loss (never on a process crash)",
@@ -77,6 +87,26 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--watch-progress-notify-interval", type=_duration, default=600.0,
         help="how often watchers that asked for progress_notify get one when idle "
         "(seconds, or with a unit: 500ms, 5s, 10m; default 10m as etcd)",
+    )
+    upkeep = parser.add_argument_group("history and retention")
+    upkeep.add_argument(
+        "--auto-compaction-mode", default="periodic", choices=("periodic", "revision"),
+        help="as etcd: periodic keeps --auto-compaction-retention of time, revision keeps "
+        "that many revisions",
+    )
+    upkeep.add_argument(
+        "--auto-compaction-retention", default="0",
+        help="as etcd: 0 (default) = off; periodic: a duration (1h, 30m; a bare number is "
+        "hours, as in etcd); revision: a number of revisions",
+    )
+    upkeep.add_argument(
+        "--maintenance-interval", type=_duration, default=300.0,
+        help="how often revision-mode compaction and replication retention run (default 5m)",
+    )
+    upkeep.add_argument(
+        "--replication-retention", type=_duration, default=600.0,
+        help="keep every replication entry at least this long (default 10m); older entries "
+        "superseded by a later whole write of their key are pruned",
     )
     tls = parser.add_argument_group("TLS (etcd's flag names)")
     tls.add_argument("--cert-file", type=Path, default=None,
@@ -130,6 +160,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _compaction_retention(mode: str, text: str) -> float:
+    """Seconds (periodic; a bare number is hours, as in etcd) or revisions (revision)."""
+    if mode == "revision":
+        if not text.isdigit():
+            raise ValueError(f"--auto-compaction-retention {text!r}: revision mode needs a count")
+        return float(text)
+    try:
+        return float(text) * 3600.0
+    except ValueError:
+        pass
+    try:
+        return _duration(text)
+    except argparse.ArgumentTypeError:
+        raise ValueError(f"--auto-compaction-retention {text!r}: not a duration") from None
 
 
 def _duration(text: str) -> float:
@@ -193,11 +239,34 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the error, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime  # type: ignore[assignment]
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
 def run_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     if args.max_request_bytes <= 0:
         print("shim: --max-request-bytes must be positive", file=sys.stderr)
         return EXIT_USAGE
@@ -207,6 +276,11 @@ def run_serve(args: argparse.Namespace) -> int:
         tls = server_tls(args.cert_file, args.key_file, args.trusted_ca_file, args.client_cert_auth)
         peer = peer_tls(args.peer_trusted_ca_file, args.peer_cert_file, args.peer_key_file)
     except ConfigError as exc:
+        print(f"shim: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        retention = _compaction_retention(args.auto_compaction_mode, args.auto_compaction_retention)
+    except ValueError as exc:
         print(f"shim: {exc}", file=sys.stderr)
         return EXIT_USAGE
     config = ServerConfig(
@@ -226,6 +300,11 @@ def run_serve(args: argparse.Namespace) -> int:
         max_clock_skew_ms=int(args.max_clock_skew * 1000),
         tls=tls,
         peer_tls=peer,
+        metrics_address=args.metrics_address,
+        auto_compaction_mode=args.auto_compaction_mode if retention > 0 else "",
+        auto_compaction_retention=retention,
+        maintenance_interval=args.maintenance_interval,
+        replication_retention=args.replication_retention,
     )
     from shim.api.server import serve  # imported late: grpc start-up cost only when serving
 

@@ -67,6 +67,12 @@ class ServerConfig:
     # TLS on the gRPC port (None: plaintext), and for the https:// links this node dials.
     tls: ServerTls | None = None
     peer_tls: PeerTls | None = None
+    metrics_address: str | None = None  # host:port for Prometheus text (None: not served)
+    # Automatic compaction (etcd's flags): "", "periodic" (seconds) or "revision" (revisions).
+    auto_compaction_mode: str = ""
+    auto_compaction_retention: float = 0.0
+    maintenance_interval: float = 300.0
+    replication_retention: float = 600.0
 
 
 def parse_datastore_endpoint(endpoint: str) -> SqliteEndpoint | PostgresEndpoint:

@@ -12,6 +12,7 @@ import apsw
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from shim import metrics
 from shim.api.cluster import ClusterService
 from shim.api.header import Identity
 from shim.api.kv import KVService
@@ -28,6 +29,7 @@ from shim.config import (
     grpc_listen_target,
     parse_datastore_endpoint,
 )
+from shim.mvcc.janitor import Janitor, JanitorSettings
 from shim.mvcc.lease import Lessor
 from shim.mvcc.store import Store
 from shim.mvcc.watch import WatchHub
@@ -124,6 +126,10 @@ class ShimServer:
         self.health = health.aio.HealthServicer()
         self.hub: WatchHub | None = None
         self.lessor = Lessor(self.store)
+        self.janitor = Janitor(self.store, JanitorSettings(
+            config.auto_compaction_mode, config.auto_compaction_retention,
+            config.maintenance_interval, config.replication_retention,
+        ))
         self._server: grpc.aio.Server | None = None
         self.client_url = ""
 
@@ -149,12 +155,17 @@ class ShimServer:
         hub.start(self.config.watch_progress_notify_interval)
         self.hub = hub
         self.lessor.start(self.store.leases())
+        self.janitor.start()
         if self.backend.replicates:
             self.replicator = Replicator(
                 self.store, self.config.name, self.config.bootstrap_token, self._links,
                 self.config.peer_tls,
             )
+        interceptors = []
+        if self.config.metrics_address:
+            interceptors.append(metrics.RequestTimer())
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length",
                  self.config.max_request_bytes + GRPC_OVERHEAD_BYTES),
@@ -201,12 +212,29 @@ class ShimServer:
         self.client_url = f"{scheme}://{host}:{port}"
         await server.start()
         self._server = server
+        if self.config.metrics_address:
+            self._serve_metrics(self.config.metrics_address, hub)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving etcd v3 API on %s (%s, datastore %s)", target,
             "TLS" + (", client certificates required" if tls and tls.client_cert_auth else "")
             if tls else "plaintext", self.backend.location,
         )
+
+    def _serve_metrics(self, address: str, hub: WatchHub) -> None:
+        replicator = self.replicator
+        metrics.bind_gauges(
+            watchers=hub.watcher_count,
+            leases=self.lessor.count,
+            db_size=self.backend.size_bytes,
+            revision=lambda: self.store.revision,
+            links=lambda: len(replicator.live) if replicator is not None else 0,
+        )
+        try:
+            metrics.serve(address)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot serve metrics on {address}: {exc}") from exc
+        log.info("serving Prometheus metrics on http://%s/metrics", address)
 
     async def _close_store(self) -> None:
         if self.replicator is not None:
@@ -244,6 +272,7 @@ class ShimServer:
             self._server = None
         self.backend.set_commit_listener(None)
         await self.lessor.close()
+        await self.janitor.close()
         if self.hub is not None:
             await self.hub.close()
         await self._close_store()

@@ -26,6 +26,7 @@ from shim.pb.kv_pb2 import KeyValue
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 _BUSY_TIMEOUT_MS = 10_000
+_WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 
@@ -284,6 +285,9 @@ class SqliteBackend:
         conn.set_busy_timeout(_BUSY_TIMEOUT_MS)
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         conn.execute("PRAGMA foreign_keys = OFF")
+        # After each checkpoint the WAL file is cut back to this size, so a burst of writes
+        # (a compaction) does not leave a huge WAL file behind for ever.
+        conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT_BYTES}")
         return conn
 
     def _migrate(self, conn: apsw.Connection) -> None:

@@ -55,7 +55,19 @@ class ReplicationTables:
     def insert(
         self, e: Entry, received_from: str | None, received_ms: int, skewed: bool, outcome: str
     ) -> int | None:
-        """Store an entry; its ingest position, or None when (origin, seq) is already here."""
+        """Store an entry; its ingest position, or None when (origin, seq) is already here (or
+        was, before retention pruned it)."""
+        if received_from is not None:
+            row = self._conn.execute(
+                "SELECT max_seq FROM repl_origin WHERE origin = ?", (e.origin,)
+            ).fetchone()
+            if row is not None and e.seq <= row[0]:
+                return None
+            self._conn.execute(
+                "INSERT INTO repl_origin (origin, max_seq) VALUES (?, ?) ON CONFLICT (origin) "
+                "DO UPDATE SET max_seq = MAX(max_seq, excluded.max_seq)",
+                (e.origin, e.seq),
+            )
         self._conn.execute(
             "INSERT OR IGNORE INTO repl_entry (origin, seq, hlc, key, deleted, value, lease, ops, "
             "base_uid, uid, received_from, received_ms, skewed, outcome) "
@@ -121,9 +133,38 @@ class ReplicationTables:
 
     def max_seq(self, origin: str) -> int:
         row = self._conn.execute(
-            "SELECT MAX(seq) FROM repl_entry WHERE origin = ?", (origin,)
+            "SELECT MAX(m) FROM (SELECT MAX(seq) AS m FROM repl_entry WHERE origin = ?1 "
+            "UNION ALL SELECT max_seq FROM repl_origin WHERE origin = ?1)",
+            (origin,),
         ).fetchone()
         return int(row[0] or 0)
+
+    def set_max_seq(self, origin: str, seq: int) -> None:
+        self._conn.execute(
+            "INSERT INTO repl_origin (origin, max_seq) VALUES (?, ?) ON CONFLICT (origin) "
+            "DO UPDATE SET max_seq = MAX(max_seq, excluded.max_seq)",
+            (origin, seq),
+        )
+
+    def prune(self, written_before_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` entries that no merge can need any more: an entry of a key
+        whose entries carry no object identity, followed (in stamp order) by a whole-value
+        write or a delete of that key, which makes the key's state independent of everything
+        before it. Only entries stored before ``written_before_ms`` go, so recent ones still
+        reach peers as they are."""
+        self._conn.execute(
+            "DELETE FROM repl_entry WHERE ingest IN ("
+            " SELECT e.ingest FROM repl_entry e"
+            " WHERE e.received_ms < ?1 AND e.uid IS NULL AND e.base_uid IS NULL"
+            " AND EXISTS (SELECT 1 FROM repl_entry w WHERE w.key = e.key"
+            "   AND (w.hlc, w.origin, w.seq) > (e.hlc, e.origin, e.seq)"
+            "   AND w.uid IS NULL AND w.base_uid IS NULL AND (w.deleted = 1 OR w.ops IS NULL))"
+            " AND NOT EXISTS (SELECT 1 FROM repl_entry u WHERE u.key = e.key"
+            "   AND (u.uid IS NOT NULL OR u.base_uid IS NOT NULL))"
+            " LIMIT ?2)",
+            (written_before_ms, limit),
+        )
+        return self._conn.changes()
 
     def max_hlc(self) -> int:
         """The largest clock stamp of an entry that was not flagged as skewed."""

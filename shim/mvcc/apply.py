@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shim import metrics
 from shim.backend.base import NewVersion, ReadView, WriteTxn
 from shim.mvcc.errors import (
     CompactedError,
@@ -47,13 +48,14 @@ from shim.replication.resolve import (
     MergeRequest,
     MergeResult,
     PeerRegistration,
+    PruneEntries,
     Replica,
     Resolution,
 )
 
 WriteRequest = (
     PutRequest | DeleteRangeRequest | TxnRequest | CompactionRequest
-    | LeaseGrantRequest | LeaseRevokeRequest | MergeRequest | PeerRegistration
+    | LeaseGrantRequest | LeaseRevokeRequest | MergeRequest | PeerRegistration | PruneEntries
 )
 WriteResponse = (
     PutResponse | DeleteRangeResponse | TxnResponse | CompactionResponse
@@ -146,6 +148,8 @@ class Applier:
                 resp = self._merge(req)
             elif isinstance(req, PeerRegistration):
                 resp = self._register_peer(req)
+            elif isinstance(req, PruneEntries):
+                resp = self._txn.replication.prune(req.written_before_ms, req.limit)  # type: ignore[attr-defined]
             else:
                 raise TypeError(f"not a write request: {type(req).__name__}")
         except BaseException:
@@ -251,6 +255,7 @@ class Applier:
             ingest = repl.insert(entry, req.peer, now, skewed, "applied")
             if ingest is None:
                 result.duplicates += 1
+                metrics.REPLICATION_ENTRIES.labels(req.peer, "duplicate").inc()
                 continue
             newest_hlc = max(newest_hlc, entry.hlc)
             if not replica.policy.replicates(entry.key):
@@ -260,12 +265,17 @@ class Applier:
             resolved = replica.merge(repl, entry, ingest, old)
             if resolved.conflict:
                 result.conflicts += 1
+                metrics.REPLICATION_CONFLICTS.labels(resolved.rule).inc()
             if not resolved.changed:
                 repl.set_outcome(ingest, "superseded" if resolved.conflict else "unchanged")
+                metrics.REPLICATION_ENTRIES.labels(req.peer, "unchanged").inc()
                 continue
             result.applied += 1
+            metrics.REPLICATION_ENTRIES.labels(req.peer, "applied").inc()
             self._apply_resolution(entry.key, old, resolved)
         lag = now - wall_ms(newest_hlc) if newest_hlc else None
+        if lag is not None:
+            metrics.REPLICATION_LAG_SECONDS.labels(req.peer).observe(max(lag, 0) / 1000)
         repl.record_batch(
             req.peer, req.cursor, req.peer_high, result.received - result.duplicates,
             result.applied, result.conflicts, lag, now,

@@ -102,6 +102,9 @@ class Lessor:
         remaining = int(self._deadline[lease_id] - time.monotonic())  # truncated, as etcd
         return remaining, ttl
 
+    def count(self) -> int:
+        return len(self._ttl)
+
     def lease_ids(self) -> list[int]:
         return list(self._ttl)
 

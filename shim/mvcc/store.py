@@ -107,6 +107,11 @@ class Store:
         """The newest committed revision."""
         return self._writer.revision if self._writer is not None else 0
 
+    @property
+    def compact_revision(self) -> int:
+        """The revision history is compacted to (-1: never)."""
+        return self._writer.compact_revision if self._writer is not None else -1
+
     # -- reads ---------------------------------------------------------------------------------
 
     async def range(self, req: RangeRequest) -> RangeResponse:

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shim import metrics
 from shim.backend.base import LogEntry
 from shim.mvcc import watch_wire as wire
 from shim.mvcc.apply import Change, Revision
@@ -159,6 +160,9 @@ class WatchHub:
         stream = WatchStream(hub=self)
         self._streams.add(stream)
         return stream
+
+    def watcher_count(self) -> int:
+        return sum(len(stream.watchers) for stream in self._streams)
 
     def end_all_streams(self) -> None:
         """Tell every open stream to finish (server shutdown)."""
@@ -371,6 +375,7 @@ class WatchHub:
         watcher.next_revision = revision + 1
 
     def _send_events(self, watcher: Watcher, events: list[bytes], header: bytes) -> None:
+        metrics.WATCH_EVENTS_SENT.inc(len(events))
         if watcher.fragment:
             parts = wire.split_fragments(header, watcher.id, events, self._max_response_bytes)
         else:

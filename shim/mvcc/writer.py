@@ -15,9 +15,11 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shim import metrics
 from shim.backend.base import Backend, WriteTxn
 from shim.mvcc.apply import Applier, CommitListener, Revision, WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
@@ -134,6 +136,7 @@ class Writer:
         outcomes: list[WriteResponse | BaseException] = []
         # A rolled-back batch gives its sequence numbers back.
         seq_before = self.replica.seq if self.replica is not None else 0
+        started = time.perf_counter()
         try:
             with self._backend.write() as txn:
                 if self._backend.shared:
@@ -161,6 +164,9 @@ class Writer:
                         outcomes.append(exc)
                 if applier.revision != self.revision:
                     txn.set_revision(applier.revision)
+                if self.replica is not None and self.replica.seq != seq_before:
+                    # Persisted apart from the entries: retention may prune the newest one.
+                    txn.replication.set_max_seq(self.replica.node_id, self.replica.seq)  # type: ignore[attr-defined]
         except self._backend.errors as exc:
             # Nothing of this batch is committed: every caller gets a retryable error.
             log.error("write batch of %d failed, rolled back: %s", len(batch), exc)
@@ -183,6 +189,8 @@ class Writer:
                 self.replica.seq = seq_before
             self._loop.call_soon_threadsafe(self._deliver, batch, [exc] * len(batch), [])
             return
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        metrics.COMMIT_BATCH_SIZE.observe(len(batch))
         self.revision = applier.revision
         self.compact_revision = applier.compact_revision
         self._loop.call_soon_threadsafe(self._deliver, batch, outcomes, applier.committed)

@@ -131,6 +131,18 @@ def describe_write(
     return None, base_uid, uid
 
 
+# Operations whose application to the writer's base gives exactly the writer's value.
+_EXACT_OPS = frozenset({"set", "del"})
+
+
+def reproduces_write(ops: list[Op]) -> bool:
+    """Whether applying ``ops`` to the base they came from yields the written value itself
+    (no rule of the policy changed anything): then a write that sorts last keeps its bytes."""
+    return all(
+        op[0] in _EXACT_OPS or (op[0] == "add" and isinstance(op[2], int)) for op in ops
+    )
+
+
 def diff(
     base: dict[str, Json], new: dict[str, Json], rules: KeyRules, path: Path_ = ()
 ) -> list[Op]:
@@ -140,7 +152,9 @@ def diff(
         here = (*path, name)
         before = base.get(name, _MISSING)
         after = new.get(name, _MISSING)
-        if same(before, after):
+        # Python's == (fast, in C) decides "unchanged": it treats 1, 1.0 and true alike, so a
+        # change between those alone is not replicated as a field change.
+        if before == after:
             continue
         rule = rules.rule(here)
         policy = rule.policy if rule is not None else "lww"
@@ -149,13 +163,10 @@ def diff(
         if policy in ("first-write-wins", "identity"):
             if after is not _MISSING:
                 ops.append(["fww", list(here), after])
-        elif after is _MISSING:
-            ops.append(["del", list(here)])
         elif policy == "counter" and _is_number(before) and _is_number(after):
             ops.append(["add", list(here), after - before])
-        elif policy == "set" and isinstance(before, list) and isinstance(after, list):
-            ops.extend(["srem", list(here), e] for e in before if not _contains(after, e))
-            ops.extend(["sadd", list(here), e] for e in after if not _contains(before, e))
+        elif policy == "set" and _is_set(before) and _is_set(after):
+            ops.extend(_diff_list(here, before, after, None))
         elif (
             policy == "keyed-list"
             and rule is not None
@@ -163,21 +174,47 @@ def diff(
             and _keyed(before, rule.key) is not None
             and _keyed(after, rule.key) is not None
         ):
-            ops.extend(_diff_keyed(here, before, after, rule.key))
+            ops.extend(_diff_list(here, before, after, rule.key))
         elif policy == "lww" and isinstance(before, dict) and isinstance(after, dict):
             ops.extend(diff(before, after, rules, here))
+        elif after is _MISSING:
+            ops.append(["del", list(here)])
         else:
             ops.append(["set", list(here), after])
     return ops
 
 
-def _diff_keyed(path: Path_, before: list[Json], after: list[Json], key: str) -> list[Op]:
-    old = {e[key]: e for e in before}
-    new = {e[key]: e for e in after}
-    ops: list[Op] = [["kdel", list(path), key, k] for k in old if k not in new]
-    ops += [
-        ["kset", list(path), key, e] for k, e in new.items() if not same(old.get(k, _MISSING), e)
-    ]
+def _diff_list(path: Path_, before: Json, after: Json, key: str | None) -> list[Op]:
+    """Element operations of a set (``key`` None) or keyed list. A missing list is an empty
+    one (Kubernetes omits empty lists), so the first element added and the last one removed
+    merge element by element like any other."""
+    old: list[Json] = [] if before is _MISSING else before
+    new: list[Json] = [] if after is _MISSING else after
+    here = list(path)
+    ops: list[Op]
+    if key is None:
+        ops = [["srem", here, e] for e in old if not _contains(new, e)]
+        ops += [["sadd", here, e] for e in new if not _contains(old, e)]
+        old_ids, new_ids = old, new
+    else:
+        old_ids, new_ids = [e[key] for e in old], [e[key] for e in new]
+        by_id = {json.dumps(e[key]): e for e in old}
+        ops = [["kdel", here, key, k] for k in old_ids if not _contains(new_ids, k)]
+        ops += [
+            ["kset", here, key, e]
+            for e in new
+            if not same(by_id.get(json.dumps(e[key]), _MISSING), e)
+        ]
+    # Kept elements stay where they are and new ones are appended: say so when the writer's
+    # order is another, so an unconflicted write keeps its order.
+    kept = [k for k in old_ids if _contains(new_ids, k)]
+    added = [k for k in new_ids if not _contains(old_ids, k)]
+    if not same(kept + added, new_ids):
+        ops.append(["order", here, key, new_ids])
+    if before is _MISSING and not new:
+        ops.append(["fww", here, []])  # the writer wrote an empty list
+    elif after is _MISSING:
+        ops.append(["del-empty", here])  # the writer dropped the list: drop it if empty
     return ops
 
 
@@ -187,44 +224,63 @@ def _diff_keyed(path: Path_, before: list[Json], after: list[Json], key: str) ->
 def step(state: KeyState, entry: Entry, rules: KeyRules) -> bool:
     """Apply one entry that sorts after every entry already folded into ``state``.
     Returns whether the value (or its lease) changed."""
+    # Tombstones are a function of the set of entries, whatever order they were folded in (a
+    # node keeps every tombstone it ever saw, across re-folds): only a delete, and a write
+    # that replaced the incarnation its writer saw by another, end an incarnation.
+    ended = _ended(entry)
+    if ended is not None:
+        state.tombstones.add(ended)
     current_uid = identity(state.doc, rules)
     if entry.deleted:
         if state.doc is None:
-            if entry.base_uid is not None:
-                state.tombstones.add(entry.base_uid)
             return False
         if entry.base_uid is not None and current_uid is not None and entry.base_uid != current_uid:
-            # A delete of another incarnation than the one alive here.
-            state.tombstones.add(entry.base_uid)
-            return False
-        if current_uid is not None:
-            state.tombstones.add(current_uid)
+            return False  # a delete of another incarnation than the one alive here
         _set_doc(state, None, entry)
         return True
-    if entry.ops is not None and entry.uid is not None and entry.uid in state.tombstones:
-        return False  # an update of a deleted incarnation: the delete wins
-    if state.doc is None:
-        if entry.ops is not None:
-            return False  # an update whose object is gone: the delete wins
-        _set_doc(state, decode(entry.value, rules), entry)
-        return True
-    if entry.uid != current_uid and entry.uid is not None and current_uid is not None:
-        if entry.base_uid != current_uid:
-            # Two incarnations created concurrently: the earlier create (already here) wins.
-            state.tombstones.add(entry.uid)
+    if entry.ops is not None:
+        # An update applies to the incarnation it was made on, while that one is alive here:
+        # one deleted (the delete wins), gone, or replaced by another changes nothing.
+        if state.doc is None or entry.uid != current_uid or entry.uid in state.tombstones:
             return False
-        state.tombstones.add(current_uid)  # the writer replaced the incarnation it saw
+    elif state.doc is None:
         _set_doc(state, decode(entry.value, rules), entry)
         return True
+    elif (
+        entry.uid is not None
+        and current_uid is not None
+        and entry.uid != current_uid
+        and entry.base_uid != current_uid
+    ):
+        return False  # two incarnations created concurrently: the earlier (here) wins
     if entry.ops is None or not isinstance(state.doc, dict):
         _set_doc(state, decode(entry.value, rules), entry)
         return True
     doc = copy.deepcopy(state.doc)
     apply_ops(doc, entry.ops, rules)
+    for path in rules.local_paths:
+        _delete(doc, path)  # an operation that set a whole parent object brought it back
     if same(doc, state.doc) and entry.lease == state.lease:
-        return False
+        if entry.value == state.value(rules) or not same(decode(entry.value, rules), doc):
+            return False
+        # The same object in other bytes (formatting, key order, a node-local field): the
+        # writer's bytes, as for any write whose result is what the writer wrote.
+        state.raw = None
+        state.last = entry
+        return True
     _set_doc(state, doc, entry)
     return True
+
+
+def _ended(entry: Entry) -> str | None:
+    """The incarnation an entry ends: a delete's, or the one a writer replaced by another."""
+    if entry.base_uid is None:
+        return None
+    if entry.deleted or (
+        entry.ops is None and entry.uid is not None and entry.uid != entry.base_uid
+    ):
+        return entry.base_uid
+    return None
 
 
 def _set_doc(state: KeyState, doc: Json | bytes | None, entry: Entry) -> None:
@@ -235,9 +291,11 @@ def _set_doc(state: KeyState, doc: Json | bytes | None, entry: Entry) -> None:
 
 
 def fold(entries: Iterable[Entry], rules: KeyRules) -> KeyState:
-    """The state the set of ``entries`` of one key resolves to."""
+    """The state the set of ``entries`` of one key resolves to (an entry given twice counts
+    once: entries are identified by origin and seq)."""
+    unique = {(e.origin, e.seq): e for e in entries}
     state = KeyState()
-    for entry in sorted(entries, key=lambda e: e.stamp):
+    for entry in sorted(unique.values(), key=lambda e: e.stamp):
         step(state, entry, rules)
     return state
 
@@ -261,6 +319,10 @@ def apply_ops(doc: dict[str, Json], ops: list[Op], rules: KeyRules) -> None:
             _apply_set(doc, path, action, op[2], rules.rule(path))
         elif action in ("kset", "kdel"):
             _apply_keyed(doc, path, action, op[2], op[3])
+        elif action == "order":
+            _apply_order(doc, path, op[2], op[3])
+        elif action == "del-empty" and same(_get(doc, path), []):
+            _delete(doc, path)
 
 
 def _apply_set(
@@ -269,6 +331,8 @@ def _apply_set(
     current = _get(doc, path)
     items = list(current) if isinstance(current, list) else []
     if action == "srem":
+        if not isinstance(current, list):
+            return  # nothing to remove (and no empty list to create)
         items = [e for e in items if not same(e, element)]
     else:
         frozen = rule.no_additions_once if rule is not None else None
@@ -283,6 +347,8 @@ def _apply_keyed(doc: dict[str, Json], path: Path_, action: str, key: str, arg: 
     current = _get(doc, path)
     items = list(current) if isinstance(current, list) else []
     if action == "kdel":
+        if not isinstance(current, list):
+            return  # nothing to remove (and no empty list to create)
         items = [e for e in items if not (isinstance(e, dict) and same(e.get(key, _MISSING), arg))]
     elif isinstance(arg, dict):
         ident = arg.get(key, _MISSING)
@@ -293,6 +359,25 @@ def _apply_keyed(doc: dict[str, Json], path: Path_, action: str, key: str, arg: 
         else:
             items.append(copy.deepcopy(arg))
     _put(doc, path, items)
+
+
+def _apply_order(doc: dict[str, Json], path: Path_, key: str | None, order: list[Json]) -> None:
+    """Sort the list's elements (identified by themselves, or by their ``key`` field) as in
+    ``order``; elements it does not name keep their relative order after those it does."""
+    current = _get(doc, path)
+    if not isinstance(current, list):
+        return
+
+    def rank(element: Json) -> int:
+        ident = element if key is None else (
+            element.get(key, _MISSING) if isinstance(element, dict) else _MISSING
+        )
+        for i, wanted in enumerate(order):
+            if same(wanted, ident):
+                return i
+        return len(order)
+
+    _put(doc, path, sorted(current, key=rank))
 
 
 # -- JSON helpers ----------------------------------------------------------------------------
@@ -313,8 +398,20 @@ def _contains(items: list[Json], element: Json) -> bool:
     return any(same(e, element) for e in items)
 
 
+def _is_set(value: Json) -> bool:
+    """Missing, or a list of distinct values."""
+    if value is _MISSING:
+        return True
+    if not isinstance(value, list):
+        return False
+    return all(not _contains(value[:i], e) for i, e in enumerate(value))
+
+
 def _keyed(value: Json, key: str) -> list[Json] | None:
-    """``value`` if it is a list of objects with distinct, present ``key`` fields."""
+    """``value`` if it is a list of objects with distinct, present ``key`` fields (a missing
+    list counts as an empty one)."""
+    if value is _MISSING:
+        return []
     if not isinstance(value, list):
         return None
     seen: list[Json] = []

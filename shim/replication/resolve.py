@@ -20,6 +20,7 @@ from shim.replication.merge import (
     describe_write,
     fold,
     identity,
+    reproduces_write,
     step,
 )
 from shim.replication.policy import KeyRules, Policy
@@ -36,6 +37,7 @@ class Resolution:
     changed: bool
     new_incarnation: bool
     conflict: bool  # arrived out of order, or lost to another write
+    rule: str = ""  # which: "replayed" (out of order, folded again) or "lost"
 
 
 @dataclass(slots=True)
@@ -46,6 +48,15 @@ class MergeRequest:
     entries: list[Entry]
     cursor: int  # the peer's ingest position this batch covers
     peer_high: int  # the peer's newest ingest position
+
+
+@dataclass(slots=True)
+class PruneEntries:
+    """Retention: delete up to ``limit`` entries older than ``written_before_ms`` that no
+    merge needs any more; answers how many went."""
+
+    written_before_ms: int
+    limit: int
 
 
 @dataclass(slots=True)
@@ -130,6 +141,10 @@ class Replica:
         ingest = repl.insert(entry, None, wall_ms(hlc), False, "local")
         assert ingest is not None, "a local sequence number was reused"
         if hlc > self.max_skewed_hlc or _is_newest(repl, entry, ingest):
+            if value is not None and ops is not None and reproduces_write(ops):
+                # Plain field changes over the state the writer saw: the fold keeps exactly
+                # the written value, so skip it.
+                return Resolution(value, lease, True, False, False)
             if value is not None and ops is None:
                 # A whole value written over the state the writer saw is exactly what the fold
                 # keeps; only a replaced incarnation needs remembering.
@@ -179,7 +194,9 @@ class Replica:
         before_uid = identity(state.doc, rules)
         applied = step(state, entry, rules)
         repl.add_tombstones(entry.key, state.tombstones - known)
-        return self._resolution(state, old, before_uid, rules, conflict or not applied)
+        resolution = self._resolution(state, old, before_uid, rules, conflict or not applied)
+        resolution.rule = "lost" if not applied else ""
+        return resolution
 
     def _replay(
         self, repl: ReplicationTables, entry: Entry, old: KeyValue | None, rules: KeyRules
@@ -187,7 +204,9 @@ class Replica:
         before_uid = identity(None if old is None else _decoded(old, rules), rules)
         state = fold(repl.key_entries(entry.key), rules)
         repl.add_tombstones(entry.key, state.tombstones)
-        return self._resolution(state, old, before_uid, rules, conflict=True)
+        resolution = self._resolution(state, old, before_uid, rules, conflict=True)
+        resolution.rule = "replayed"
+        return resolution
 
     @staticmethod
     def _resolution(
