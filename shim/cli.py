@@ -117,6 +117,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     tls.add_argument("--client-cert-auth", action="store_true",
                      help="refuse clients (and peers) without a certificate signed by "
                      "--trusted-ca-file")
+    tls.add_argument("--datastore-cafile", type=Path, default=None,
+                     help="PostgreSQL: CA to verify the database server with (TLS)")
+    tls.add_argument("--datastore-certfile", type=Path, default=None,
+                     help="PostgreSQL: client certificate to present")
+    tls.add_argument("--datastore-keyfile", type=Path, default=None,
+                     help="PostgreSQL: its private key")
     tls.add_argument("--peer-trusted-ca-file", type=Path, default=None,
                      help="CA to verify https:// nodes this node --join's (default: system CAs)")
     tls.add_argument("--peer-cert-file", type=Path, default=None,
@@ -301,6 +307,9 @@ def run_serve(args: argparse.Namespace) -> int:
         tls=tls,
         peer_tls=peer,
         metrics_address=args.metrics_address,
+        datastore_cafile=args.datastore_cafile,
+        datastore_certfile=args.datastore_certfile,
+        datastore_keyfile=args.datastore_keyfile,
         auto_compaction_mode=args.auto_compaction_mode if retention > 0 else "",
         auto_compaction_retention=retention,
         maintenance_interval=args.maintenance_interval,

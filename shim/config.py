@@ -68,6 +68,10 @@ class ServerConfig:
     tls: ServerTls | None = None
     peer_tls: PeerTls | None = None
     metrics_address: str | None = None  # host:port for Prometheus text (None: not served)
+    # TLS to PostgreSQL, k3s's flag names: CA to verify the server, client certificate + key.
+    datastore_cafile: Path | None = None
+    datastore_certfile: Path | None = None
+    datastore_keyfile: Path | None = None
     # Automatic compaction (etcd's flags): "", "periodic" (seconds) or "revision" (revisions).
     auto_compaction_mode: str = ""
     auto_compaction_retention: float = 0.0

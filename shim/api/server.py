@@ -7,6 +7,7 @@ import errno
 import logging
 import signal
 import socket
+import ssl
 
 import apsw
 import grpc
@@ -55,11 +56,35 @@ def open_backend(config: ServerConfig) -> Backend:
             raise ConfigError(
                 f"postgres:// needs asyncpg ({exc.name} is missing): pip install 'shim[postgres]'"
             ) from None
-        backend = PostgresBackend(endpoint)
+        backend = PostgresBackend(endpoint, ssl=datastore_ssl(config))
     else:
+        if config.datastore_cafile or config.datastore_certfile or config.datastore_keyfile:
+            raise ConfigError("--datastore-cafile/-certfile/-keyfile apply to postgres:// only")
         backend = SqliteBackend(endpoint.path, synchronous=config.sqlite_synchronous)
     backend.open()
     return backend
+
+
+def datastore_ssl(config: ServerConfig) -> ssl.SSLContext | None:
+    """TLS to PostgreSQL from --datastore-cafile/--datastore-certfile/--datastore-keyfile:
+    the server is verified against the CA (and its host name); the client certificate, if
+    given, is presented."""
+    cafile, certfile, keyfile = (
+        config.datastore_cafile, config.datastore_certfile, config.datastore_keyfile
+    )
+    if cafile is None and certfile is None and keyfile is None:
+        return None
+    if (certfile is None) != (keyfile is None):
+        raise ConfigError("--datastore-certfile and --datastore-keyfile go together")
+    try:
+        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        if certfile is not None and keyfile is not None:
+            context.load_cert_chain(str(certfile), str(keyfile))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"datastore TLS: {exc.filename}: {exc.strerror}") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"datastore TLS: cannot load certificates: {exc}") from None
+    return context
 
 
 def replication_settings(config: ServerConfig, backend: Backend) -> ReplicationSettings | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl as ssl_module
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -123,8 +124,13 @@ class PostgresBackend:
     shared = True
     errors: tuple[type[BaseException], ...] = (PostgresUnavailableError,)
 
-    def __init__(self, endpoint: PostgresEndpoint, pool_size: int = POOL_SIZE) -> None:
+    def __init__(
+        self, endpoint: PostgresEndpoint, pool_size: int = POOL_SIZE,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> None:
         self.endpoint = endpoint
+        # k3s-style --datastore-cafile/certfile/keyfile; None: the URL's sslmode decides.
+        self._ssl = ssl
         self.location = endpoint.redacted
         self.node_id = ""
         self._pool_size = pool_size
@@ -198,11 +204,14 @@ class PostgresBackend:
             ) from None
 
     def _connect_kwargs(self) -> dict[str, Any]:
-        return {
+        kwargs: dict[str, Any] = {
             "timeout": CONNECT_TIMEOUT,
             "command_timeout": COMMAND_TIMEOUT,
             "server_settings": {"application_name": "shim"},
         }
+        if self._ssl is not None:
+            kwargs["ssl"] = self._ssl
+        return kwargs
 
     async def _open(self) -> str:
         self._pool = pool = await self._create_pool()
