@@ -68,6 +68,13 @@ class Server:
         raise NotImplementedError
 
     def start(self, timeout: float = 60.0) -> Server:
+        self.spawn()
+        self._wait_ready(timeout)
+        return self
+
+    def spawn(self) -> Server:
+        """Start the process without waiting for it to serve (e.g. the members of an etcd
+        cluster, which only answer once a quorum is up); ``wait_ready`` waits."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         argv = self.argv()
         with self.log_path.open("ab") as log:
@@ -77,6 +84,9 @@ class Server:
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=REPO_ROOT, start_new_session=True,
             )
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> Server:
         self._wait_ready(timeout)
         return self
 

@@ -152,9 +152,7 @@ def diff(
         here = (*path, name)
         before = base.get(name, _MISSING)
         after = new.get(name, _MISSING)
-        # Python's == (fast, in C) decides "unchanged": it treats 1, 1.0 and true alike, so a
-        # change between those alone is not replicated as a field change.
-        if before == after:
+        if _unchanged(before, after):
             continue
         rule = rules.rule(here)
         policy = rule.policy if rule is not None else "lww"
@@ -182,6 +180,17 @@ def diff(
         else:
             ops.append(["set", list(here), after])
     return ops
+
+
+def _unchanged(before: Json, after: Json) -> bool:
+    """``same``, fast: Python's == (in C) settles most cases, but it treats 1, 1.0 and true
+    alike, and a change between those must be replicated like any other (every node must
+    store the writer's value); equal containers are compared again as canonical JSON (in C)."""
+    if type(before) is not type(after) or before != after:
+        return False
+    if isinstance(before, (dict, list)):
+        return json.dumps(before, sort_keys=True) == json.dumps(after, sort_keys=True)
+    return True
 
 
 def _diff_list(path: Path_, before: Json, after: Json, key: str | None) -> list[Op]:
