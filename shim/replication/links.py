@@ -319,6 +319,9 @@ class Replicator:
         tasks = [asyncio.ensure_future(self._receive(stream, state, receive))]
         if send_from is not None:
             tasks.append(asyncio.ensure_future(self._send(stream, state, send_from)))
+        else:
+            # Entries flow the other way only; heartbeats still tell the other side we live.
+            tasks.append(asyncio.ensure_future(self._heartbeats(stream)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -381,6 +384,11 @@ class Replicator:
                     )))
         finally:
             self._wakers.discard(wake)
+
+    async def _heartbeats(self, stream: _Stream) -> None:
+        while True:
+            await stream.send(pb.LinkMessage(batch=pb.Batch(hlc=self._clock())))
+            await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _receive(self, stream: _Stream, state: LinkState, receive: bool) -> None:
         cursor: int | None = None
