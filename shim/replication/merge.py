@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shim.replication.policy import FieldRule, KeyRules, Path_
+from shim.replication.policy import KeyRules, Path_
 
 Json = Any
 Op = list[Any]
@@ -267,8 +267,6 @@ def step(state: KeyState, entry: Entry, rules: KeyRules) -> bool:
         return True
     doc = copy.deepcopy(state.doc)
     apply_ops(doc, entry.ops, rules)
-    for path in rules.local_paths:
-        _delete(doc, path)  # an operation that set a whole parent object brought it back
     if same(doc, state.doc) and entry.lease == state.lease:
         if entry.value == state.value(rules) or not same(decode(entry.value, rules), doc):
             return False
@@ -310,6 +308,16 @@ def fold(entries: Iterable[Entry], rules: KeyRules) -> KeyState:
 
 
 def apply_ops(doc: dict[str, Json], ops: list[Op], rules: KeyRules) -> None:
+    # A set that refuses additions once a path is set judges by the object before this write:
+    # the write that sets the path may add elements itself (Kubernetes adds the
+    # foregroundDeletion finalizer in the update that sets deletionTimestamp), whatever the
+    # order of the fields in the writer's JSON.
+    frozen = {
+        path
+        for path, rule in rules.fields.items()
+        if rule.no_additions_once is not None
+        and _get(doc, rule.no_additions_once) not in (_MISSING, None)
+    }
     for op in ops:
         action, path = op[0], tuple(op[1])
         if not path:
@@ -325,7 +333,7 @@ def apply_ops(doc: dict[str, Json], ops: list[Op], rules: KeyRules) -> None:
             current = _get(doc, path)
             _put(doc, path, (current if _is_number(current) else 0) + op[2])
         elif action in ("sadd", "srem"):
-            _apply_set(doc, path, action, op[2], rules.rule(path))
+            _apply_set(doc, path, action, op[2], path in frozen)
         elif action in ("kset", "kdel"):
             _apply_keyed(doc, path, action, op[2], op[3])
         elif action == "order":
@@ -335,7 +343,7 @@ def apply_ops(doc: dict[str, Json], ops: list[Op], rules: KeyRules) -> None:
 
 
 def _apply_set(
-    doc: dict[str, Json], path: Path_, action: str, element: Json, rule: FieldRule | None
+    doc: dict[str, Json], path: Path_, action: str, element: Json, frozen: bool
 ) -> None:
     current = _get(doc, path)
     items = list(current) if isinstance(current, list) else []
@@ -344,9 +352,8 @@ def _apply_set(
             return  # nothing to remove (and no empty list to create)
         items = [e for e in items if not same(e, element)]
     else:
-        frozen = rule.no_additions_once if rule is not None else None
-        if frozen is not None and _get(doc, frozen) not in (_MISSING, None):
-            return
+        if frozen:
+            return  # no additions once the rule's path is set
         if not _contains(items, element):
             items.append(copy.deepcopy(element))
     _put(doc, path, items)

@@ -1,0 +1,373 @@
+"""Replicas converge through the real storage path: in-process Stores on SQLite files write
+locally and merge each other's entries (Store.merge) in random orders, with duplicates and
+delays. At the end every node holds the same keys, values and leases, equal to the fold of all
+entries; every node's own revision history is gap-free and reads as a valid watch stream; and a
+merged entry that changes nothing makes no revision."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from shim.backend.sqlite import SqliteBackend
+from shim.mvcc.store import Store
+from shim.pb.kv_pb2 import KeyValue
+from shim.pb.rpc_pb2 import (
+    DeleteRangeRequest,
+    LeaseGrantRequest,
+    PutRequest,
+    RequestOp,
+    TxnRequest,
+)
+from shim.replication.merge import Entry, decode, fold, identity
+from shim.replication.policy import KeyRules, Policy
+from shim.replication.resolve import MergeRequest
+from tests.test_merge_properties import KEYS, Uids, next_value
+
+POLICY = Policy.load()
+LOCAL_KEY = b"health"  # node-local: never replicated
+
+
+@dataclass
+class Node:
+    backend: SqliteBackend
+    store: Store
+    leases: list[int] = field(default_factory=list)
+
+    @property
+    def node_id(self) -> str:
+        return self.backend.node_id
+
+    def get(self, key: bytes) -> KeyValue | None:
+        with self.backend.read() as view:
+            return view.get(key, 0)
+
+    def live(self) -> list[tuple[bytes, bytes, int]]:
+        with self.backend.read() as view:
+            kvs = view.range(b"\0", b"", 0, 0)
+        return [(kv.key, kv.value, kv.lease) for kv in kvs if POLICY.replicates(kv.key)]
+
+    def entries(self, exclude: str) -> tuple[list[Entry], int]:
+        with self.backend.read() as view:
+            rows, covered = view.replication.entries_after(0, exclude, 1_000_000)
+        return [e for _, e in rows], covered
+
+
+async def open_nodes(directory: Path, count: int) -> list[Node]:
+    nodes = []
+    for i in range(count):
+        backend = SqliteBackend(directory / f"n{i}.db", synchronous="NORMAL")
+        backend.open()
+        store = Store(backend)
+        await store.start()
+        nodes.append(Node(backend, store))
+    return nodes
+
+
+async def close_nodes(nodes: list[Node]) -> None:
+    for node in nodes:
+        await node.store.close()
+        node.backend.close()
+
+
+def shuffled(rng: random.Random, entries: list[Entry], partial: bool) -> list[Entry]:
+    """``entries`` as a link may deliver them: each origin's entries in sequence order (the
+    protocol keeps it, and a node takes an entry at or below an origin's highest sequence
+    number it has for a duplicate), origins interleaved at random, some entries repeated
+    later, and with ``partial`` only a prefix of each origin's entries."""
+    queues: dict[str, list[Entry]] = {}
+    for entry in sorted(entries, key=lambda e: (e.origin, e.seq)):
+        queues.setdefault(entry.origin, []).append(entry)
+    pending = [
+        q[: rng.randint(0, len(q))] if partial else q for q in queues.values()
+    ]
+    out: list[Entry] = []
+    while any(pending):
+        queue = rng.choice([q for q in pending if q])
+        out.append(queue.pop(0))
+    for _ in range(len(out) // 3):
+        i = rng.randrange(len(out))
+        out.insert(rng.randint(i + 1, len(out)), out[i])
+    return out
+
+
+async def deliver(src: Node, dst: Node, entries: list[Entry], covered: int) -> None:
+    """Hand ``entries`` from ``src`` to ``dst``; a merge that applies nothing makes no
+    revision."""
+    before = dst.store.revision
+    result = await dst.store.merge(
+        MergeRequest(peer=src.node_id, entries=entries, cursor=covered, peer_high=covered)
+    )
+    assert result.received == len(entries)
+    made = dst.store.revision - before
+    # One revision per applied entry, two when an incarnation replaced another.
+    assert result.applied <= made <= 2 * result.applied
+
+
+def check_history(node: Node) -> None:
+    """The node's log: revisions 2..current without gaps, every row consistent with the
+    version it replaced, an incarnation change always a DELETE then a PUT, and the replay of
+    the log equal to the live keys."""
+    with node.backend.read() as view:
+        current = view.revision()
+        log = view.entries(b"\0", b"", 0, 1_000_000_000)
+        live = {kv.key: kv for kv in view.range(b"\0", b"", 0, 0)}
+    assert sorted({e.kv.mod_revision for e in log}) == list(range(2, current + 1))
+    state: dict[bytes, KeyValue] = {}
+    for e in log:
+        kv, prev = e.kv, state.get(e.kv.key)
+        if prev is None:
+            assert e.prev is None
+        else:
+            assert e.prev is not None and e.prev.mod_revision == prev.mod_revision
+            assert e.prev.value == prev.value
+        if e.deleted:
+            assert prev is not None, f"DELETE of absent {kv.key!r}"
+            del state[kv.key]
+            continue
+        if prev is None:
+            assert kv.version == 1 and kv.create_revision == kv.mod_revision
+        else:
+            assert kv.version == prev.version + 1
+            assert kv.create_revision == prev.create_revision
+            rules = POLICY.rules_for(kv.key)
+            before, after = _uid(prev.value, rules), _uid(kv.value, rules)
+            if before is not None and after is not None:
+                assert before == after, f"MODIFIED event of {kv.key!r} changed its uid"
+        state[kv.key] = kv
+    assert state == live
+
+
+def _uid(value: bytes, rules: KeyRules) -> str | None:
+    return identity(decode(value, rules), rules)
+
+
+async def scenario(data: st.DataObject, directory: Path) -> None:
+    draw = data.draw
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+    count = draw(st.integers(2, 4))
+    nodes = await open_nodes(directory, count)
+    try:
+        uids = Uids()
+        lease_ids = iter(range(1000, 100_000))
+        for _ in range(draw(st.integers(1, 18))):
+            action = draw(st.integers(0, 9))
+            node = nodes[draw(st.integers(0, count - 1))]
+            name = f"n{nodes.index(node)}"
+            key = draw(st.sampled_from(KEYS))
+            old = node.get(key)
+            if action <= 4:
+                new = next_value(draw, key, None if old is None else old.value, uids,
+                                 replace=False)
+                if new is None:
+                    note(f"{name}: delete {key!r}")
+                    await node.store.delete_range(DeleteRangeRequest(key=key))
+                else:
+                    lease = node.leases[-1] if node.leases and draw(st.booleans()) else 0
+                    note(f"{name}: put {key!r} lease={lease} {new[:60]!r}")
+                    await node.store.put(PutRequest(key=key, value=new, lease=lease))
+            elif action == 5:
+                # A Txn writing two keys (one local) in one revision.
+                new = next_value(draw, key, None if old is None else old.value, uids,
+                                 replace=False) or b"{}"
+                note(f"{name}: txn put {key!r} and {LOCAL_KEY!r}")
+                await node.store.txn(TxnRequest(success=[
+                    RequestOp(request_put=PutRequest(key=key, value=new)),
+                    RequestOp(request_put=PutRequest(key=LOCAL_KEY, value=name.encode())),
+                ]))
+            elif action == 6:
+                lease = next(lease_ids)
+                await node.store.write(LeaseGrantRequest(ID=lease, TTL=60))
+                node.leases.append(lease)
+            elif action == 7 and old is not None:
+                # The same value again: an entry that changes nothing elsewhere.
+                note(f"{name}: put {key!r} unchanged")
+                await node.store.put(PutRequest(key=key, value=old.value, lease=old.lease))
+            else:
+                # A partial delivery: some of what one node has, in any order, duplicated.
+                dst = nodes[draw(st.integers(0, count - 1))]
+                if dst is node:
+                    continue
+                entries, covered = node.entries(dst.node_id)
+                batch = shuffled(rng, entries, partial=True)
+                if not batch:
+                    continue
+                note(f"{name} -> n{nodes.index(dst)}: {[(e.origin[:4], e.seq) for e in batch]}")
+                await deliver(node, dst, batch, covered)
+        # Finally everything everywhere, each batch shuffled and partly duplicated.
+        for dst in nodes:
+            for src in nodes:
+                if src is not dst:
+                    entries, covered = src.entries(dst.node_id)
+                    await deliver(src, dst, shuffled(rng, entries, partial=False), covered)
+        live = [node.live() for node in nodes]
+        for other in live[1:]:
+            assert other == live[0]
+        # The result is the fold of every entry.
+        with nodes[0].backend.read() as view:
+            for key in KEYS:
+                rules = POLICY.rules_for(key)
+                want = fold(view.replication.key_entries(key), rules).value(rules)
+                kv = view.get(key, 0)
+                assert (None if kv is None else kv.value) == want
+        # Node-local keys stayed local.
+        for i, node in enumerate(nodes):
+            kv = node.get(LOCAL_KEY)
+            assert kv is None or kv.value == f"n{i}".encode()
+        # Everything again: nothing changes, no revision is made.
+        revisions = [node.store.revision for node in nodes]
+        for dst in nodes:
+            for src in nodes:
+                if src is not dst:
+                    entries, covered = src.entries(dst.node_id)
+                    await deliver(src, dst, entries, covered)
+        assert [node.store.revision for node in nodes] == revisions
+        for node in nodes:
+            check_history(node)
+    finally:
+        await close_nodes(nodes)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_replicas_converge_through_the_store(data: st.DataObject) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        asyncio.run(scenario(data, Path(directory)))
+
+
+# -- examples -------------------------------------------------------------------------------------
+
+
+def _deployment(uid: str, **spec: Any) -> bytes:
+    return json.dumps({"metadata": {"name": "web", "uid": uid}, "spec": spec}).encode()
+
+
+def run(test: Any, tmp_path: Path, count: int = 2) -> None:
+    async def main() -> None:
+        nodes = await open_nodes(tmp_path, count)
+        try:
+            await test(*nodes)
+        finally:
+            await close_nodes(nodes)
+
+    asyncio.run(main())
+
+
+async def sync(src: Node, dst: Node) -> None:
+    entries, covered = src.entries(dst.node_id)
+    await deliver(src, dst, entries, covered)
+
+
+def test_a_merge_that_changes_nothing_makes_no_revision(tmp_path: Path) -> None:
+    key = KEYS[0]
+
+    async def test(a: Node, b: Node) -> None:
+        await a.store.put(PutRequest(key=key, value=_deployment("u", replicas=1)))
+        await sync(a, b)
+        assert b.get(key).value == _deployment("u", replicas=1)  # type: ignore[union-attr]
+        # b writes the same bytes: a new entry, but a changes nothing.
+        await b.store.put(PutRequest(key=key, value=_deployment("u", replicas=1)))
+        before = a.store.revision
+        await sync(b, a)
+        assert a.store.revision == before
+        # A losing entry changes nothing either: a concurrent create of another uid, later.
+        await a.store.put(PutRequest(key=b"/registry/deployments/default/x",
+                                     value=_deployment("first")))
+        await asyncio.sleep(0.005)  # a later millisecond: b's stamp sorts after a's
+        await b.store.put(PutRequest(key=b"/registry/deployments/default/x",
+                                     value=_deployment("second")))
+        before = a.store.revision
+        await sync(b, a)
+        assert a.store.revision == before
+
+    run(test, tmp_path)
+
+
+def test_a_replaced_incarnation_is_a_delete_then_a_put(tmp_path: Path) -> None:
+    key = KEYS[0]
+
+    async def test(a: Node, b: Node) -> None:
+        await a.store.put(PutRequest(key=key, value=_deployment("earlier")))
+        await asyncio.sleep(0.005)  # a later millisecond: b's stamp sorts after a's
+        await b.store.put(PutRequest(key=key, value=_deployment("later")))
+        before = b.store.revision
+        await sync(a, b)
+        assert b.get(key).value == _deployment("earlier")  # type: ignore[union-attr]
+        assert b.store.revision == before + 2
+        with b.backend.read() as view:
+            events = view.entries(key, None, before, 100)
+        assert [e.deleted for e in events] == [True, False]
+        assert events[1].kv.version == 1 and events[1].kv.create_revision == before + 2
+        await sync(b, a)
+        assert a.live() == b.live()
+        check_history(a)
+        check_history(b)
+
+    run(test, tmp_path)
+
+
+def test_a_reformatted_write_keeps_its_bytes(tmp_path: Path) -> None:
+    async def test(a: Node, b: Node) -> None:
+        for key in (b"/plain/config", KEYS[0]):
+            await a.store.put(PutRequest(key=key, value=b'{"a": 1, "metadata": {"uid": "u"}}'))
+            await a.store.put(PutRequest(key=key, value=b'{"metadata":{"uid":"u"},"a":1}'))
+            assert a.get(key).value == b'{"metadata":{"uid":"u"},"a":1}'  # type: ignore[union-attr]
+        await sync(a, b)
+        assert a.live() == b.live()
+
+    run(test, tmp_path)
+
+
+def test_a_late_delete_leaves_no_stale_tombstone(tmp_path: Path) -> None:
+    """a creates an object; b deletes it; c, which never saw it, creates another incarnation
+    (later). a gets c's create first (it loses to a's, alive there), then b's delete: the fold
+    now keeps c's incarnation, and c's later updates must apply at a as everywhere."""
+    key = KEYS[0]
+
+    async def test(a: Node, b: Node, c: Node) -> None:
+        await a.store.put(PutRequest(key=key, value=_deployment("one")))
+        await sync(a, b)
+        await b.store.delete_range(DeleteRangeRequest(key=key))
+        await asyncio.sleep(0.005)  # c's clock (which saw nothing) past b's delete
+        await c.store.put(PutRequest(key=key, value=_deployment("two")))
+        await sync(c, a)
+        assert a.get(key).value == _deployment("one")  # type: ignore[union-attr]
+        await sync(b, a)
+        assert a.get(key).value == _deployment("two")  # type: ignore[union-attr]
+        await c.store.put(PutRequest(key=key, value=_deployment("two", replicas=5)))
+        await sync(c, a)
+        assert a.get(key).value == _deployment("two", replicas=5)  # type: ignore[union-attr]
+        for src, dst in ((a, b), (c, b), (a, c), (b, c)):
+            await sync(src, dst)
+        assert a.live() == b.live() == c.live()
+        for node in (a, b, c):
+            check_history(node)
+
+    run(test, tmp_path, count=3)
+
+
+def test_number_types_replicate(tmp_path: Path) -> None:
+    """1, 1.0 and true are different JSON: a change between them is a change everywhere."""
+
+    async def test(a: Node, b: Node) -> None:
+        for key, first, second in [
+            (b"/plain/config", b'{"a": 1}', b'{"a": 1.0}'),
+            (b"/plain/other", b'{"a": 1}', b'{"a": true}'),
+            (KEYS[0], b'{"metadata": {"uid": "u", "generation": 1}}',
+             b'{"metadata": {"uid": "u", "generation": 1.0}}'),
+        ]:
+            await a.store.put(PutRequest(key=key, value=first))
+            await a.store.put(PutRequest(key=key, value=second))
+            assert a.get(key).value == second  # type: ignore[union-attr]
+        await sync(a, b)
+        assert a.live() == b.live()
+
+    run(test, tmp_path)
