@@ -183,6 +183,31 @@ def test_recreate_after_delete_is_a_new_incarnation() -> None:
     assert resolve(entries) == enc(new)
 
 
+def test_a_deleted_uid_is_never_written_back_even_whole() -> None:
+    old = deployment(uid="uid-1")
+    entries = [
+        write("a", 1, 10, None, enc(old)),
+        write("a", 2, 20, enc(old), None),
+        # Someone puts the very same object (same uid) back as a new value: still deleted.
+        write("b", 1, 30, None, enc(deployment(uid="uid-1", spec__replicas=4))),
+    ]
+    assert resolve(entries) is None
+
+
+def test_the_first_labels_added_concurrently_both_stay() -> None:
+    base = edited(deployment(), lambda d: d["metadata"].pop("labels"))
+    with_a = edited(base, lambda d: d["metadata"].update(labels={"a": "1"}))
+    with_b = edited(base, lambda d: d["metadata"].update(labels={"b": "2"}))
+    entries = [write("x", 1, 10, None, enc(base)), write("a", 1, 20, enc(base), enc(with_a)),
+               write("b", 1, 30, enc(base), enc(with_b))]
+    assert doc_of(resolve(entries))["metadata"]["labels"] == {"a": "1", "b": "2"}
+    # Removing the last label keeps one added concurrently, and an emptied map goes away.
+    drop_a = write("a", 2, 40, enc(with_a), enc(base))
+    assert doc_of(resolve([*entries, drop_a]))["metadata"]["labels"] == {"b": "2"}
+    drop_b = write("b", 2, 50, enc(with_b), enc(base))
+    assert "labels" not in doc_of(resolve([*entries, drop_a, drop_b]))["metadata"]
+
+
 # -- lists --------------------------------------------------------------------------------------
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 import apsw
 
 from shim.replication.merge import Entry, Stamp
+
+log = logging.getLogger(__name__)
 
 _ENTRY_COLUMNS = "origin, seq, hlc, key, deleted, value, lease, ops, base_uid, uid"
 
@@ -63,6 +66,14 @@ class ReplicationTables:
             ).fetchone()
             if row is not None and e.seq <= row[0]:
                 return None
+            expected = (row[0] if row is not None else 0) + 1
+            if e.seq != expected:
+                # Each origin's entries travel in order; a gap is an entry retention pruned
+                # because a later write superseded it (or one lost): nothing a merge needs.
+                log.debug(
+                    "entry %s/%d from %s skips sequence numbers %d..%d",
+                    e.origin, e.seq, received_from, expected, e.seq - 1,
+                )
             self._conn.execute(
                 "INSERT INTO repl_origin (origin, max_seq) VALUES (?, ?) ON CONFLICT (origin) "
                 "DO UPDATE SET max_seq = MAX(max_seq, excluded.max_seq)",

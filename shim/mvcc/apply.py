@@ -190,7 +190,7 @@ class Applier:
                 value, lease = resolved.value, resolved.lease  # type: ignore[assignment]
             self._write(_new_version(req.key, value, lease, old, revision), old, False, hlc)
         resp = PutResponse()
-        resp.header.revision = revision
+        resp.header.revision = self._visible_revision
         if req.prev_kv and old is not None:
             resp.prev_kv.CopyFrom(old)
         return resp

@@ -147,19 +147,23 @@ class Writer:
                 )
                 for item in batch:
                     txn.savepoint()
+                    seq_request = self.replica.seq if self.replica is not None else 0
                     try:
                         outcomes.append(applier.apply(item.request))
                         txn.release()
                     except StoreError as exc:
                         txn.rollback_savepoint()
+                        self._restore_seq(seq_request)
                         outcomes.append(exc)
                     except self._backend.errors as exc:
                         txn.rollback_savepoint()
+                        self._restore_seq(seq_request)
                         log.error("storage error applying a request: %s", exc)
                         outcomes.append(StorageUnavailableError(f"storage error: {exc}"))
                     except Exception as exc:
                         # A bug must cost one request, never the writer or the batch.
                         txn.rollback_savepoint()
+                        self._restore_seq(seq_request)
                         log.exception("internal error applying a request")
                         outcomes.append(exc)
                 if applier.revision != self.revision:
@@ -194,6 +198,12 @@ class Writer:
         self.revision = applier.revision
         self.compact_revision = applier.compact_revision
         self._loop.call_soon_threadsafe(self._deliver, batch, outcomes, applier.committed)
+
+    def _restore_seq(self, seq: int) -> None:
+        """A rolled-back request gives its sequence numbers back: an origin's entries stay
+        gap-free, so a gap seen by a peer means something was lost (it is logged)."""
+        if self.replica is not None:
+            self.replica.seq = seq
 
     def _refresh(self, txn: WriteTxn) -> None:
         """Other servers write to a shared database: start each batch from what the database

@@ -173,12 +173,31 @@ def diff(
             and _keyed(after, rule.key) is not None
         ):
             ops.extend(_diff_list(here, before, after, rule.key))
+        elif policy == "map" and _is_map(before) and _is_map(after):
+            ops.extend(_diff_map(here, before, after, rules))
         elif policy == "lww" and isinstance(before, dict) and isinstance(after, dict):
             ops.extend(diff(before, after, rules, here))
         elif after is _MISSING:
             ops.append(["del", list(here)])
         else:
             ops.append(["set", list(here), after])
+    return ops
+
+
+def _is_map(value: Json) -> bool:
+    return value is _MISSING or isinstance(value, dict)
+
+
+def _diff_map(path: Path_, before: Json, after: Json, rules: KeyRules) -> list[Op]:
+    """Key-by-key operations of a map. A missing map is an empty one (Kubernetes omits empty
+    labels), so two writers who each add the first label both keep theirs."""
+    old: dict[str, Json] = {} if before is _MISSING else before
+    new: dict[str, Json] = {} if after is _MISSING else after
+    ops = diff(old, new, rules, path)
+    if before is _MISSING and not new:
+        ops.append(["fww", list(path), {}])  # the writer wrote an empty map
+    elif after is _MISSING:
+        ops.append(["del-empty", list(path)])  # the writer dropped the map: drop it if empty
     return ops
 
 
@@ -252,6 +271,8 @@ def step(state: KeyState, entry: Entry, rules: KeyRules) -> bool:
         # one deleted (the delete wins), gone, or replaced by another changes nothing.
         if state.doc is None or entry.uid != current_uid or entry.uid in state.tombstones:
             return False
+    elif entry.uid is not None and entry.uid in state.tombstones:
+        return False  # a deleted incarnation never comes back, not even written whole
     elif state.doc is None:
         _set_doc(state, decode(entry.value, rules), entry)
         return True
@@ -338,7 +359,7 @@ def apply_ops(doc: dict[str, Json], ops: list[Op], rules: KeyRules) -> None:
             _apply_keyed(doc, path, action, op[2], op[3])
         elif action == "order":
             _apply_order(doc, path, op[2], op[3])
-        elif action == "del-empty" and same(_get(doc, path), []):
+        elif action == "del-empty" and _get(doc, path) in ([], {}):
             _delete(doc, path)
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 DEFAULT_POLICY_FILE = Path(__file__).with_name("policy.json")
 
 # Field policies (see docs/REPLICATION.md):
-#   lww               last writer wins by (HLC, origin); maps recurse key by key
+#   lww               last writer wins by (HLC, origin); objects present on both sides recurse
+#   map               key by key, a missing map counting as an empty one (labels, annotations)
 #   atomic            last writer wins for the whole subtree (a map is not merged key by key)
 #   first-write-wins  the earliest write in HLC order stays; later changes are ignored
 #   identity          the object's incarnation id (metadata.uid); first-write-wins
@@ -24,7 +25,10 @@ DEFAULT_POLICY_FILE = Path(__file__).with_name("policy.json")
 #   keyed-list        a list of objects merged element by element, keyed by one field
 #   local             node-local: never replicated, dropped from replicated values
 FIELD_POLICIES = frozenset(
-    {"lww", "atomic", "first-write-wins", "identity", "counter", "set", "keyed-list", "local"}
+    {
+        "lww", "map", "atomic", "first-write-wins", "identity", "counter", "set",
+        "keyed-list", "local",
+    }
 )
 MERGE_MODES = frozenset({"fields", "whole"})
 

@@ -145,9 +145,11 @@ class Replica:
                 # Plain field changes over the state the writer saw: the fold keeps exactly
                 # the written value, so skip it.
                 return Resolution(value, lease, True, False, False)
-            if value is not None and ops is None:
+            revived = uid is not None and uid in repl.tombstones(key)
+            if value is not None and ops is None and not revived:
                 # A whole value written over the state the writer saw is exactly what the fold
-                # keeps; only a replaced incarnation needs remembering.
+                # keeps (unless it brings back a deleted incarnation); only a replaced
+                # incarnation needs remembering.
                 switch = base_uid is not None and uid is not None and base_uid != uid
                 if switch:
                     repl.add_tombstones(key, {base_uid})  # type: ignore[arg-type]
