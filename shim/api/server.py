@@ -49,6 +49,8 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 def open_backend(config: ServerConfig) -> Backend:
     endpoint = parse_datastore_endpoint(config.datastore_endpoint)
     backend: Backend
+    if isinstance(endpoint, PostgresEndpoint) and wants_replication(config):
+        raise ConfigError(REPLICATION_NEEDS_SQLITE)  # before connecting or migrating anything
     if isinstance(endpoint, PostgresEndpoint):
         try:
             from shim.backend.postgres import PostgresBackend
@@ -63,6 +65,16 @@ def open_backend(config: ServerConfig) -> Backend:
         backend = SqliteBackend(endpoint.path, synchronous=config.sqlite_synchronous)
     backend.open()
     return backend
+
+
+REPLICATION_NEEDS_SQLITE = (
+    "replication (--join, --bootstrap-token, --topology) needs the SQLite datastore; "
+    "servers sharing one PostgreSQL database already share their data"
+)
+
+
+def wants_replication(config: ServerConfig) -> bool:
+    return bool(config.joins or config.bootstrap_token or config.topology_file)
 
 
 def datastore_ssl(config: ServerConfig) -> ssl.SSLContext | None:
@@ -88,13 +100,9 @@ def datastore_ssl(config: ServerConfig) -> ssl.SSLContext | None:
 
 
 def replication_settings(config: ServerConfig, backend: Backend) -> ReplicationSettings | None:
-    wants = config.joins or config.bootstrap_token or config.topology_file
     if not backend.replicates:
-        if wants:
-            raise ConfigError(
-                "replication (--join, --bootstrap-token, --topology) needs the SQLite datastore; "
-                "servers sharing one PostgreSQL database already share their data"
-            )
+        if wants_replication(config):
+            raise ConfigError(REPLICATION_NEEDS_SQLITE)
         return None
     try:
         policy = Policy.load(config.merge_policy_file)
