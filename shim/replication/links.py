@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 BATCH_ENTRIES = 500
 BATCH_BYTES = 4 * 1024 * 1024
 HEARTBEAT_SECONDS = 1.0
+# An idle link still records "last seen" (shim status) this often.
+PEER_RECORD_SECONDS = 10.0
 # A link that hears nothing (not even a heartbeat) for this long is dropped and redialed.
 SILENCE_SECONDS = 6.0
 RETRY_MIN_SECONDS = 0.1
@@ -329,9 +331,9 @@ class Replicator:
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # Bounded: a send stuck on a dead connection must not keep the link (and a
+            # shutdown) waiting; and a cancellation of this link itself must not be swallowed.
+            await asyncio.wait(tasks, timeout=1.0)
             self.live.pop(key, None)
             log.info("link with node %s (%s) closed", state.peer, state.address)
 
@@ -392,6 +394,7 @@ class Replicator:
 
     async def _receive(self, stream: _Stream, state: LinkState, receive: bool) -> None:
         cursor: int | None = None
+        recorded = 0.0  # when the peer's row (cursor, last seen) was last written
         while True:
             msg = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
             if msg is None:
@@ -401,14 +404,18 @@ class Replicator:
             batch = msg.batch
             if not receive:
                 continue  # the link's other direction only: a heartbeat of a receive-only peer
-            if not batch.entries and batch.cursor == cursor:
-                continue  # a heartbeat with nothing new: no write needed
+            if (
+                not batch.entries and batch.cursor == cursor
+                and time.monotonic() - recorded < PEER_RECORD_SECONDS
+            ):
+                continue  # a heartbeat with nothing new: no write needed yet
             try:
                 entries = [from_wire(e) for e in batch.entries]
             except BadEntry as exc:
                 raise LinkRefused(f"node {state.peer} sent a bad entry: {exc}") from exc
             await self._store.merge(MergeRequest(state.peer, entries, batch.cursor, batch.high))
             cursor = batch.cursor
+            recorded = time.monotonic()
 
 
 class ReplicationService(pb_grpc.ReplicationServicer):
