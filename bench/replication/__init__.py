@@ -1,0 +1,1 @@
+"""bench/run-replication: replication benchmarks (see bench/README.md, section Replication)."""
