@@ -273,6 +273,11 @@ class Applier:
             result.applied += 1
             metrics.REPLICATION_ENTRIES.labels(req.peer, "applied").inc()
             self._apply_resolution(entry.key, old, resolved)
+        if req.entries and result.duplicates == len(req.entries):
+            # Nothing new (entries another path delivered first): leave the peer's row alone,
+            # so this transaction writes nothing and costs no fsync. The cursor moves with
+            # the next batch that brings something, or the next recorded heartbeat.
+            return result
         lag = now - wall_ms(newest_hlc) if newest_hlc else None
         if lag is not None:
             metrics.REPLICATION_LAG_SECONDS.labels(req.peer).observe(max(lag, 0) / 1000)

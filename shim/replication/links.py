@@ -193,6 +193,8 @@ class Replicator:
                 reason = f"{exc.code().name}: {exc.details()}"
             except StoreError as exc:
                 reason = f"local store: {exc}"
+            except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+                reason = f"stream ended: {exc}"  # e.g. a write racing the stream's end
             except Exception as exc:  # a bug in one link must not end the others
                 log.exception("link to %s failed", spec.url)
                 reason = repr(exc)
@@ -334,6 +336,9 @@ class Replicator:
             # Bounded: a send stuck on a dead connection must not keep the link (and a
             # shutdown) waiting; and a cancellation of this link itself must not be swallowed.
             await asyncio.wait(tasks, timeout=1.0)
+            for task in tasks:
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: the first one was re-raised above
             self.live.pop(key, None)
             log.info("link with node %s (%s) closed", state.peer, state.address)
 
@@ -347,6 +352,7 @@ class Replicator:
                 # The peer knows a longer history of this node than it has (a restored
                 # database): send everything again; duplicates are dropped over there.
                 cursor = 0
+            last_sent = time.monotonic()
             while True:
                 wake.clear()
                 start = cursor
@@ -367,23 +373,30 @@ class Replicator:
                     if size > BATCH_BYTES:
                         cut = ingest  # bounded message size: the rest goes in the next batch
                         break
-                new_cursor = cut if cut is not None else covered
-                if entries or new_cursor != cursor:
-                    batch = pb.Batch(entries=entries, cursor=new_cursor, high=high,
+                # Entries the peer has already (its own, or ones it sent) move the cursor
+                # too; with nothing else to send, the next heartbeat carries it rather than
+                # a batch of its own (each batch costs the peer a durable commit).
+                cursor = cut if cut is not None else covered
+                if entries:
+                    batch = pb.Batch(entries=entries, cursor=cursor, high=high,
                                      hlc=self._clock())
                     await stream.send(pb.LinkMessage(batch=batch))
                     state.sent_entries += len(entries)
                     state.sent_bytes += batch.ByteSize()
-                    cursor = new_cursor
+                    last_sent = time.monotonic()
                     if cut is not None or len(rows) == BATCH_ENTRIES:
                         continue  # more to catch up on
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(wake.wait(), HEARTBEAT_SECONDS)
-                if not wake.is_set():
-                    # Idle: a heartbeat tells the peer we are alive and where our log ends.
+                idle = time.monotonic() - last_sent
+                if idle < HEARTBEAT_SECONDS:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), HEARTBEAT_SECONDS - idle)
+                # By time, not only when nothing woke us: a busy node (many links committing)
+                # must still tell every peer it is alive.
+                if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
                     await stream.send(pb.LinkMessage(batch=pb.Batch(
                         cursor=cursor, high=high, hlc=self._clock()
                     )))
+                    last_sent = time.monotonic()
         finally:
             self._wakers.discard(wake)
 
@@ -436,6 +449,8 @@ class ReplicationService(pb_grpc.ReplicationServicer):
         except LinkRefused as exc:
             log.warning("link from %s closed: %s", context.peer(), exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+            log.info("link from %s ended: %s", context.peer(), exc)
 
 
 def _target(url: str) -> str:
