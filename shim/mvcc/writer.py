@@ -94,6 +94,7 @@ class Writer:
                 # A database from before replication: every live key gets its first entry.
                 current = txn.range(b"\0", b"", 0, 0)
                 added = replica.backfill(repl, [(kv, self._clock.now()) for kv in current])
+                repl.set_max_seq(replica.node_id, replica.seq)
                 if added:
                     log.info("recorded %d existing keys as replication entries", added)
 
