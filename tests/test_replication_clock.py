@@ -72,3 +72,24 @@ def test_clock_never_goes_back_across_restarts_and_skewed_peers_are_flagged(tmp_
     rows = {key: (hlc, flag, outcome) for key, hlc, flag, outcome in _hlcs(db)}
     assert rows["/e"][0] > rows["/d"][0] > first
     assert rows["/e"][0] < ahead
+
+
+def test_keys_from_before_replication_get_entries_at_start(tmp_path: Path) -> None:
+    """A database written before replication existed (no entries): every live key gets its
+    first entry when the server starts, so peers can receive it."""
+    db = tmp_path / "state.db"
+    asyncio.run(_session(db, [PutRequest(key=b"/old/a", value=b"1"),
+                              PutRequest(key=b"/old/b", value=b"2"),
+                              PutRequest(key=b"health", value=b"local only")]))
+    conn = apsw.Connection(str(db))
+    with conn:
+        conn.execute("DELETE FROM repl_entry; DELETE FROM repl_origin")
+    conn.close()
+    asyncio.run(_session(db, [PutRequest(key=b"/new", value=b"3")]))
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    node = conn.execute("SELECT value FROM meta WHERE name = 'node_id'").fetchone()[0]
+    rows = conn.execute(
+        "SELECT origin, seq, CAST(key AS TEXT), CAST(value AS TEXT) FROM repl_entry ORDER BY seq"
+    ).fetchall()
+    conn.close()
+    assert rows == [(node, 1, "/old/a", "1"), (node, 2, "/old/b", "2"), (node, 3, "/new", "3")]
