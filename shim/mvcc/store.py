@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from shim.backend.base import Backend
 from shim.mvcc.apply import (
@@ -50,14 +49,12 @@ class Store:
         self._replication = replication
         self._writer: Writer | None = None
         self._listeners: list[CommitListener] = []
-        self._batch_listeners: list[Callable[[], None]] = []
 
     # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._writer = Writer(
-            self.backend, asyncio.get_running_loop(), self._publish, self._replication,
-            self._batch_committed,
+            self.backend, asyncio.get_running_loop(), self._publish, self._replication
         )
         self._writer.start()
 
@@ -68,19 +65,13 @@ class Store:
             await asyncio.to_thread(writer.stop)
 
     def add_commit_listener(self, listener: CommitListener) -> None:
+        """Called on the event loop after every committed write batch, with its revisions in
+        order (an empty list when the batch changed no key), before its writers are answered."""
         self._listeners.append(listener)
-
-    def add_batch_listener(self, listener: Callable[[], None]) -> None:
-        """Called after every committed write batch, whether or not it made revisions."""
-        self._batch_listeners.append(listener)
 
     def _publish(self, committed: list[Revision]) -> None:
         for listener in self._listeners:
             listener(committed)
-
-    def _batch_committed(self) -> None:
-        for listener in self._batch_listeners:
-            listener()
 
     @property
     def replica(self) -> Replica | None:

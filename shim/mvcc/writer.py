@@ -16,7 +16,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shim import metrics
@@ -57,13 +56,12 @@ class Writer:
         loop: asyncio.AbstractEventLoop,
         on_commit: CommitListener,
         replication: ReplicationSettings | None = None,
-        on_batch: Callable[[], None] | None = None,
     ) -> None:
         self._backend = backend
         self._loop = loop
+        # Told after every committed batch, with its revisions (none when it changed no key:
+        # replication senders still wake up for the entries it stored).
         self._on_commit = on_commit
-        # Told after every committed batch (replication senders wake up on it).
-        self._on_batch = on_batch
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._closed = False
         self.replica: Replica | None = None
@@ -181,7 +179,7 @@ class Writer:
                 self.replica.seq = seq_before
             failure = StorageUnavailableError(f"storage write failed: {exc}")
             self._loop.call_soon_threadsafe(
-                self._deliver, batch, [failure] * len(batch), []
+                self._deliver, batch, [failure] * len(batch), None
             )
             return
         except Exception as exc:
@@ -192,7 +190,7 @@ class Writer:
                 self._reload_leases()
             if self.replica is not None:
                 self.replica.seq = seq_before
-            self._loop.call_soon_threadsafe(self._deliver, batch, [exc] * len(batch), [])
+            self._loop.call_soon_threadsafe(self._deliver, batch, [exc] * len(batch), None)
             return
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.COMMIT_BATCH_SIZE.observe(len(batch))
@@ -231,12 +229,10 @@ class Writer:
         self,
         batch: list[_Pending],
         outcomes: list[WriteResponse | BaseException],
-        committed: list[Revision],
+        committed: list[Revision] | None,
     ) -> None:
-        if committed:
+        if committed is not None:  # None: the batch was rolled back
             self._on_commit(committed)
-        if self._on_batch is not None and outcomes:
-            self._on_batch()
         for item, outcome in zip(batch, outcomes, strict=True):
             if item.future.done():
                 continue  # the caller went away

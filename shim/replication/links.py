@@ -136,7 +136,7 @@ class Replicator:
         self.live: dict[int, LinkState] = {}
         self._admitted: set[asyncio.Task[Any]] = set()
         self._closed = False
-        store.add_batch_listener(self._wake_senders)
+        store.add_commit_listener(self._wake_senders)
         self.set_links(links)
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -169,7 +169,8 @@ class Replicator:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def _wake_senders(self) -> None:
+    def _wake_senders(self, _revisions: object) -> None:
+        """After every committed batch: it may have stored entries to send."""
         for event in self._wakers:
             event.set()
 
