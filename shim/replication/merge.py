@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ Op = list[Any]
 Stamp = tuple[int, str, int]
 
 _MISSING: Any = object()
+# Looks like a JSON object (checked without copying a possibly large value).
+_JSON_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +95,7 @@ def canonical(doc: Json) -> bytes:
 def decode(value: bytes, rules: KeyRules) -> Json | bytes:
     """A JSON object (with node-local fields dropped) when the key merges field by field and
     the value is one; otherwise the bytes themselves."""
-    if rules.merge != "fields" or value.lstrip()[:1] != b"{":
+    if rules.merge != "fields" or not _JSON_OBJECT_START.match(value):
         return value
     try:
         doc = json.loads(value)

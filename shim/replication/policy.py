@@ -52,17 +52,17 @@ class KeyRules:
 
     merge: str  # "fields": JSON objects merge field by field; "whole": whole-value LWW
     fields: dict[Path_, FieldRule] = field(default_factory=dict)
+    # Derived from ``fields`` once: every write of the key asks for them.
+    identity: Path_ | None = field(init=False)
+    local_paths: tuple[Path_, ...] = field(init=False)
 
-    @property
-    def identity(self) -> Path_ | None:
-        for path, rule in self.fields.items():
-            if rule.policy == "identity":
-                return path
-        return None
-
-    @property
-    def local_paths(self) -> list[Path_]:
-        return [path for path, rule in self.fields.items() if rule.policy == "local"]
+    def __post_init__(self) -> None:
+        by_policy = [(rule.policy, path) for path, rule in self.fields.items()]
+        identity = next((path for policy, path in by_policy if policy == "identity"), None)
+        object.__setattr__(self, "identity", identity)
+        object.__setattr__(
+            self, "local_paths", tuple(path for policy, path in by_policy if policy == "local")
+        )
 
     def rule(self, path: Path_) -> FieldRule | None:
         return self.fields.get(path)
