@@ -55,8 +55,11 @@ class SqliteView:
         return str(row[0])
 
     def max_hlc(self) -> int:
-        row = self._conn.execute("SELECT MAX(hlc) FROM log").fetchone()
-        return int(row[0] or 0)
+        # One writer stamps rows in insertion order with a clock that only moves forward, so
+        # the newest row carries the largest stamp (compaction never removes a live newest
+        # row; a stamp it does remove is compared with nothing any more).
+        row = self._conn.execute("SELECT hlc FROM log ORDER BY id DESC LIMIT 1").fetchone()
+        return int(row[0]) if row is not None else 0
 
     def get(self, key: bytes, revision: int) -> KeyValue | None:
         if revision == 0:

@@ -75,9 +75,12 @@ class ReplicationTables:
                     e.origin, e.seq, received_from, expected, e.seq - 1,
                 )
             self._conn.execute(
-                "INSERT INTO repl_origin (origin, max_seq) VALUES (?, ?) ON CONFLICT (origin) "
-                "DO UPDATE SET max_seq = MAX(max_seq, excluded.max_seq)",
-                (e.origin, e.seq),
+                "INSERT INTO repl_origin (origin, max_seq, max_hlc, max_skewed_hlc) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (origin) DO UPDATE SET "
+                "max_seq = MAX(max_seq, excluded.max_seq), "
+                "max_hlc = MAX(max_hlc, excluded.max_hlc), "
+                "max_skewed_hlc = MAX(max_skewed_hlc, excluded.max_skewed_hlc)",
+                (e.origin, e.seq, 0 if skewed else e.hlc, e.hlc if skewed else 0),
             )
         self._conn.execute(
             "INSERT OR IGNORE INTO repl_entry (origin, seq, hlc, key, deleted, value, lease, ops, "
@@ -150,11 +153,14 @@ class ReplicationTables:
         ).fetchone()
         return int(row[0] or 0)
 
-    def set_max_seq(self, origin: str, seq: int) -> None:
+    def set_local(self, origin: str, seq: int, hlc: int) -> None:
+        """This node's newest sequence number and clock stamp, kept apart from the entries
+        (retention may prune the newest one)."""
         self._conn.execute(
-            "INSERT INTO repl_origin (origin, max_seq) VALUES (?, ?) ON CONFLICT (origin) "
-            "DO UPDATE SET max_seq = MAX(max_seq, excluded.max_seq)",
-            (origin, seq),
+            "INSERT INTO repl_origin (origin, max_seq, max_hlc) VALUES (?, ?, ?) "
+            "ON CONFLICT (origin) DO UPDATE SET max_seq = MAX(max_seq, excluded.max_seq), "
+            "max_hlc = MAX(max_hlc, excluded.max_hlc)",
+            (origin, seq, hlc),
         )
 
     def prune(self, written_before_ms: int, limit: int) -> int:
@@ -178,17 +184,16 @@ class ReplicationTables:
         return self._conn.changes()
 
     def max_hlc(self) -> int:
-        """The largest clock stamp of an entry that was not flagged as skewed."""
-        row = self._conn.execute("SELECT MAX(hlc) FROM repl_entry WHERE skewed = 0").fetchone()
+        """The largest clock stamp issued here or received unflagged."""
+        row = self._conn.execute("SELECT MAX(max_hlc) FROM repl_origin").fetchone()
         return int(row[0] or 0)
 
     def max_skewed_hlc(self) -> int:
-        row = self._conn.execute("SELECT MAX(hlc) FROM repl_entry WHERE skewed = 1").fetchone()
+        row = self._conn.execute("SELECT MAX(max_skewed_hlc) FROM repl_origin").fetchone()
         return int(row[0] or 0)
 
-    def count(self) -> int:
-        row = self._conn.execute("SELECT COUNT(*) FROM repl_entry").fetchone()
-        return int(row[0])
+    def is_empty(self) -> bool:
+        return self._conn.execute("SELECT 1 FROM repl_entry LIMIT 1").fetchone() is None
 
     # -- tombstones ------------------------------------------------------------------------------
 

@@ -88,11 +88,11 @@ class Writer:
         with self._backend.write() as txn:
             repl = txn.replication  # type: ignore[attr-defined]
             replica.load(repl)
-            if repl.count() == 0:
+            if repl.is_empty():
                 # A database from before replication: every live key gets its first entry.
                 current = txn.range(b"\0", b"", 0, 0)
                 added = replica.backfill(repl, [(kv, self._clock.now()) for kv in current])
-                repl.set_max_seq(replica.node_id, replica.seq)
+                repl.set_local(replica.node_id, replica.seq, self._clock.last)
                 if added:
                     log.info("recorded %d existing keys as replication entries", added)
 
@@ -169,7 +169,9 @@ class Writer:
                     txn.set_revision(applier.revision)
                 if self.replica is not None and self.replica.seq != seq_before:
                     # Persisted apart from the entries: retention may prune the newest one.
-                    txn.replication.set_max_seq(self.replica.node_id, self.replica.seq)  # type: ignore[attr-defined]
+                    txn.replication.set_local(  # type: ignore[attr-defined]
+                        self.replica.node_id, self.replica.seq, self._clock.last
+                    )
         except self._backend.errors as exc:
             # Nothing of this batch is committed: every caller gets a retryable error.
             log.error("write batch of %d failed, rolled back: %s", len(batch), exc)
