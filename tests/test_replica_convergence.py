@@ -57,7 +57,7 @@ class Node:
 
     def entries(self, exclude: str) -> tuple[list[Entry], int]:
         with self.backend.read() as view:
-            rows, covered = view.replication.entries_after(0, exclude, 1_000_000)
+            rows, covered, _high = view.replication.entries_after(0, exclude, 1_000_000)
         return [e for _, e in rows], covered
 
 

@@ -127,9 +127,10 @@ class ReplicationTables:
 
     def entries_after(
         self, cursor: int, exclude_node: str, limit: int
-    ) -> tuple[list[tuple[int, Entry]], int]:
+    ) -> tuple[list[tuple[int, Entry]], int, int]:
         """Up to ``limit`` entries after ``cursor`` in ingest order that ``exclude_node`` does
-        not have already (its own, or ones it sent us), and the position they cover up to."""
+        not have already (its own, or ones it sent us), the position they cover up to, and
+        the newest position."""
         high = self.max_ingest()
         rows = self._conn.execute(
             f"SELECT ingest, {_ENTRY_COLUMNS} FROM repl_entry WHERE ingest > ? AND ingest <= ? "
@@ -139,7 +140,7 @@ class ReplicationTables:
         ).fetchall()
         out = [(int(row[0]), _entry(row[1:])) for row in rows]
         covered = out[-1][0] if len(out) == limit else high
-        return out, covered
+        return out, covered, high
 
     def max_ingest(self) -> int:
         row = self._conn.execute("SELECT MAX(ingest) FROM repl_entry").fetchone()

@@ -66,6 +66,11 @@ class LinkSpec:
     send: bool = True
     receive: bool = True
 
+    @property
+    def target(self) -> str:
+        """host:port for gRPC (the URL without its scheme)."""
+        return self.url.split("://", 1)[-1].rstrip("/")
+
 
 class _Stream(Protocol):
     async def send(self, msg: pb.LinkMessage) -> None: ...
@@ -99,15 +104,10 @@ class _ServerStream:
 
 @dataclass(slots=True)
 class LinkState:
-    """What ``shim status`` and the logs show of a live link."""
+    """A live link: the peer's node id and where it is (for logs; counted by metrics)."""
 
     peer: str
-    name: str
     address: str
-    role: str
-    connected_ms: int
-    sent_entries: int = 0
-    sent_bytes: int = 0
 
 
 class Replicator:
@@ -208,7 +208,7 @@ class Replicator:
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     async def _dial_once(self, spec: LinkSpec) -> None:
-        target = _target(spec.url)
+        target = spec.target
         if spec.url.startswith("https://"):
             credentials = (self._peer_tls or PeerTls()).credentials()
             channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
@@ -232,7 +232,7 @@ class Replicator:
                     PeerRegistration(hello.node_id, hello.name, spec.url, "parent")
                 )
                 await stream.send(pb.LinkMessage(start=pb.Start(cursor=cursor)))
-                state = LinkState(hello.node_id, hello.name, spec.url, "parent", _now_ms())
+                state = LinkState(hello.node_id, spec.url)
                 log.info("linked to %s (node %s, %s)", spec.url, hello.node_id, hello.name)
                 await self._run(
                     stream, state, send_from=hello.cursor if spec.send else None,
@@ -307,7 +307,7 @@ class Replicator:
         start = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
         if start is None or start.WhichOneof("kind") != "start":
             return
-        state = LinkState(hello.node_id, hello.name, address, "child", _now_ms())
+        state = LinkState(hello.node_id, address)
         log.info("admitted link from %s (node %s, %s)", address, hello.node_id, hello.name)
         await self._run(
             stream, state, send_from=start.start.cursor if hello.receive else None,
@@ -358,13 +358,11 @@ class Replicator:
                 wake.clear()
                 start = cursor
 
-                def page(view: Any, start: int = start) -> tuple[list[Any], int, int]:
-                    rows, covered = view.replication.entries_after(
+                rows, covered, high = await backend.read_async(
+                    lambda view, start=start: view.replication.entries_after(
                         start, state.peer, BATCH_ENTRIES
                     )
-                    return rows, covered, view.replication.max_ingest()
-
-                rows, covered, high = await backend.read_async(page)
+                )
                 entries: list[pb.Entry] = []
                 size = 0
                 cut: int | None = None
@@ -382,8 +380,6 @@ class Replicator:
                     batch = pb.Batch(entries=entries, cursor=cursor, high=high,
                                      hlc=self._clock())
                     await stream.send(pb.LinkMessage(batch=batch))
-                    state.sent_entries += len(entries)
-                    state.sent_bytes += batch.ByteSize()
                     last_sent = time.monotonic()
                     if cut is not None or len(rows) == BATCH_ENTRIES:
                         continue  # more to catch up on
@@ -452,15 +448,3 @@ class ReplicationService(pb_grpc.ReplicationServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
             log.info("link from %s ended: %s", context.peer(), exc)
-
-
-def _target(url: str) -> str:
-    for prefix in ("http://", "https://", "grpc://"):
-        if url.startswith(prefix):
-            return url[len(prefix):].rstrip("/")
-    return url.rstrip("/")
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-

@@ -36,8 +36,13 @@ class Resolution:
     lease: int
     changed: bool
     new_incarnation: bool
-    conflict: bool  # arrived out of order, or lost to another write
-    rule: str = ""  # which: "replayed" (out of order, folded again) or "lost"
+    # The merge rule the entry needed, if any: "replayed" (it arrived out of order and the key
+    # was folded again) or "lost" (the rules kept another write).
+    rule: str = ""
+
+    @property
+    def conflict(self) -> bool:
+        return bool(self.rule)
 
 
 @dataclass(slots=True)
@@ -87,7 +92,6 @@ class Replica:
         # The largest stamp of an entry flagged as skewed: a local write at or below it may not
         # be the newest entry of its key.
         self.max_skewed_hlc = 0
-        self.skewed_entries = 0
 
     def load(self, repl: ReplicationTables) -> None:
         self.seq = repl.max_seq(self.node_id)
@@ -144,7 +148,7 @@ class Replica:
             if value is not None and ops is not None and reproduces_write(ops):
                 # Plain field changes over the state the writer saw: the fold keeps exactly
                 # the written value, so skip it.
-                return Resolution(value, lease, True, False, False)
+                return Resolution(value, lease, True, False)
             revived = uid is not None and uid in repl.tombstones(key)
             if value is not None and ops is None and not revived:
                 # A whole value written over the state the writer saw is exactly what the fold
@@ -153,8 +157,8 @@ class Replica:
                 switch = base_uid is not None and uid is not None and base_uid != uid
                 if switch:
                     repl.add_tombstones(key, {base_uid})  # type: ignore[arg-type]
-                return Resolution(value, lease, True, switch, False)
-            return self._step(repl, entry, old, rules, conflict=False)
+                return Resolution(value, lease, True, switch)
+            return self._step(repl, entry, old, rules)
         return self._replay(repl, entry, old, rules)
 
     # -- merged entries --------------------------------------------------------------------------
@@ -163,7 +167,6 @@ class Replica:
         """Advance the clock past a remote entry; False if it is too far ahead (skewed)."""
         if wall_ms(entry.hlc) - time.time_ns() // 1_000_000 > self.max_skew_ms:
             self.max_skewed_hlc = max(self.max_skewed_hlc, entry.hlc)
-            self.skewed_entries += 1
             return False
         self.clock.observe(entry.hlc)
         return True
@@ -173,7 +176,7 @@ class Replica:
     ) -> Resolution:
         rules = self.policy.rules_for(entry.key)
         if _is_newest(repl, entry, ingest):
-            return self._step(repl, entry, old, rules, conflict=False)
+            return self._step(repl, entry, old, rules)
         return self._replay(repl, entry, old, rules)
 
     # -- internals -------------------------------------------------------------------------------
@@ -184,7 +187,6 @@ class Replica:
         entry: Entry,
         old: KeyValue | None,
         rules: KeyRules,
-        conflict: bool,
     ) -> Resolution:
         known = repl.tombstones(entry.key)
         state = KeyState.from_stored(
@@ -196,19 +198,15 @@ class Replica:
         before_uid = identity(state.doc, rules)
         applied = step(state, entry, rules)
         repl.add_tombstones(entry.key, state.tombstones - known)
-        resolution = self._resolution(state, old, before_uid, rules, conflict or not applied)
-        resolution.rule = "lost" if not applied else ""
-        return resolution
+        return self._resolution(state, old, before_uid, rules, "" if applied else "lost")
 
     def _replay(
         self, repl: ReplicationTables, entry: Entry, old: KeyValue | None, rules: KeyRules
     ) -> Resolution:
-        before_uid = identity(None if old is None else _decoded(old, rules), rules)
+        before_uid = identity(None if old is None else decode(old.value, rules), rules)
         state = fold(repl.key_entries(entry.key), rules)
         repl.add_tombstones(entry.key, state.tombstones)
-        resolution = self._resolution(state, old, before_uid, rules, conflict=True)
-        resolution.rule = "replayed"
-        return resolution
+        return self._resolution(state, old, before_uid, rules, "replayed")
 
     @staticmethod
     def _resolution(
@@ -216,7 +214,7 @@ class Replica:
         old: KeyValue | None,
         before_uid: str | None,
         rules: KeyRules,
-        conflict: bool,
+        rule: str,
     ) -> Resolution:
         value = state.value(rules)
         after_uid = identity(state.doc, rules)
@@ -231,11 +229,7 @@ class Replica:
             and after_uid is not None
             and before_uid != after_uid
         )
-        return Resolution(value, state.lease, changed, switch, conflict)
-
-
-def _decoded(kv: KeyValue, rules: KeyRules) -> object:
-    return decode(kv.value, rules)
+        return Resolution(value, state.lease, changed, switch, rule)
 
 
 def _is_newest(repl: ReplicationTables, entry: Entry, ingest: int) -> bool:

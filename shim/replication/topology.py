@@ -53,8 +53,8 @@ def load_topology(path: Path) -> list[LinkSpec]:
 def _spec(url: str, token: str, mode: str, where: str) -> LinkSpec:
     if mode not in MODES:
         raise ConfigError(f"{where}: mode must be one of {', '.join(MODES)}, not {mode!r}")
-    target = url.split("://", 1)[-1].rstrip("/")
-    if ":" not in target:
-        raise ConfigError(f"{where}: {url!r} must be host:port or http://host:port")
     send, receive = MODES[mode]
-    return LinkSpec(url=url, token=token, send=send, receive=receive)
+    spec = LinkSpec(url=url, token=token, send=send, receive=receive)
+    if ":" not in spec.target:
+        raise ConfigError(f"{where}: {url!r} must be host:port or http://host:port")
+    return spec
