@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -11,6 +10,7 @@ import grpc
 
 from shim.mvcc.watch import WatchHub, WatchStream
 from shim.pb import rpc_pb2, rpc_pb2_grpc
+from shim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                 yield resp
         finally:
             self._hub.close_stream(stream)
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait(reader)
 
     async def _read(
         self, request_iterator: AsyncIterator[rpc_pb2.WatchRequest], stream: WatchStream

@@ -29,6 +29,7 @@ from shim.backend.pg_bridge import LoopThread
 from shim.backend.pg_views import CHANNEL, META_SQL, PostgresView, PostgresWriteTxn
 from shim.config import PostgresEndpoint
 from shim.mvcc.errors import StorageUnavailableError
+from shim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -300,11 +301,8 @@ class PostgresBackend:
         bridge.stop()
 
     async def _close(self) -> None:
-        if self._listen_task is not None:
-            self._listen_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listen_task
-            self._listen_task = None
+        await cancel_and_wait(self._listen_task)
+        self._listen_task = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from shim.mvcc.errors import StoreError
 from shim.mvcc.store import Store
 from shim.pb.rpc_pb2 import CompactionRequest
 from shim.replication.resolve import PruneEntries
+from shim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,8 @@ class Janitor:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="janitor")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         settings = self._settings

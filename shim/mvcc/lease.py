@@ -23,6 +23,7 @@ from shim.pb.rpc_pb2 import (
     LeaseRevokeRequest,
     LeaseRevokeResponse,
 )
+from shim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,8 @@ class Lessor:
         self._task = asyncio.get_running_loop().create_task(self._expiry_loop())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def _schedule(self, lease_id: int, ttl: int, deadline: float) -> None:
         self._ttl[lease_id] = ttl

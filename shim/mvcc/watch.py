@@ -18,7 +18,6 @@ slows writers or other watchers. This is etcd's synced/unsynced/victim design.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from shim.mvcc.apply import Change, Revision
 from shim.mvcc.keys import in_range
 from shim.mvcc.watch_wire import EncodedEvent
 from shim.pb.rpc_pb2 import WatchCreateRequest, WatchResponse
+from shim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +144,7 @@ class WatchHub:
             self._tasks.append(loop.create_task(self._progress_loop(progress_interval)))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
 
     async def _progress_loop(self, interval: float) -> None:

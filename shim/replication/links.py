@@ -27,6 +27,7 @@ from shim.pb import replication_pb2 as pb
 from shim.pb import replication_pb2_grpc as pb_grpc
 from shim.replication.resolve import MergeRequest, PeerRegistration
 from shim.replication.wire import PROTOCOL, BadEntry, from_wire, to_wire
+from shim.tasks import cancel_and_wait
 from shim.tls import PeerTls
 
 log = logging.getLogger(__name__)
@@ -163,11 +164,7 @@ class Replicator:
             task.cancel()
         tasks = list(self._dialers.values())
         self._dialers.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*tasks, log_errors=False)  # each dialer logs its own failures
 
     def _wake_senders(self, _revisions: object) -> None:
         """After every committed batch: it may have stored entries to send."""
@@ -332,14 +329,9 @@ class Replicator:
             for task in done:
                 task.result()  # re-raise what ended the link
         finally:
-            for task in tasks:
-                task.cancel()
-            # Bounded: a send stuck on a dead connection must not keep the link (and a
-            # shutdown) waiting; and a cancellation of this link itself must not be swallowed.
-            await asyncio.wait(tasks, timeout=1.0)
-            for task in tasks:
-                if task.done() and not task.cancelled():
-                    task.exception()  # retrieved: the first one was re-raised above
+            # Bounded: a send stuck on a dead connection must not keep the link (or a
+            # shutdown) waiting. What ended the link was re-raised above.
+            await cancel_and_wait(*tasks, timeout=1.0, log_errors=False)
             self.live.pop(key, None)
             log.info("link with node %s (%s) closed", state.peer, state.address)
 
