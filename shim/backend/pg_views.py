@@ -14,7 +14,13 @@ from typing import Any, Protocol
 import asyncpg
 
 from shim.backend.base import LogEntry, NewVersion
-from shim.backend.rows import ENTRY_COLUMNS, KV_COLUMNS, entry_from_row, kv_from_row
+from shim.backend.rows import (
+    ENTRY_COLUMNS,
+    KV_COLUMNS,
+    entry_from_row,
+    kv_from_row,
+    live_versions,
+)
 from shim.pb.kv_pb2 import KeyValue
 
 CHANNEL = "shim_commit"
@@ -35,29 +41,8 @@ class QueryRunner(Protocol):
     ) -> Any: ...
 
 
-def _live_versions(
-    key: bytes, end: bytes, revision: int, with_values: bool
-) -> tuple[str, list[object], str]:
-    """FROM ... WHERE selecting each key's live version in ``[key, end)`` at ``revision``
-    (0: the current table; else history), its parameters, and the key column to order by."""
-    if revision == 0:
-        column = "c.key"
-        source = "FROM current c JOIN log l ON l.id = c.id" if with_values else "FROM current c"
-    else:
-        column, source = "l.key", "FROM log l"
-    sql = f"{source} WHERE {column} >= $1"
-    params: list[object] = [key]
-    if end:
-        params.append(end)
-        sql += f" AND {column} < ${len(params)}"
-    if revision != 0:
-        params.append(revision)
-        n = len(params)
-        sql += (
-            f" AND l.revision <= ${n} AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM log n "
-            f"WHERE n.key = l.key AND n.id > l.id AND n.revision <= ${n})"
-        )
-    return sql, params, column
+def _pg_param(n: int) -> str:
+    return f"${n}"
 
 
 class PostgresView:
@@ -125,7 +110,7 @@ class PostgresView:
         return None if not rows or rows[0][6] else kv_from_row(rows[0])
 
     def range(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KeyValue]:
-        source, params, order = _live_versions(key, end, revision, with_values=True)
+        source, params, order = live_versions(key, end, revision, True, _pg_param)
         sql = f"SELECT {KV_COLUMNS} {source} ORDER BY {order}"
         if limit > 0:
             params.append(limit)
@@ -133,7 +118,7 @@ class PostgresView:
         return [kv_from_row(row) for row in self._fetch(sql, *params)]
 
     def count(self, key: bytes, end: bytes, revision: int) -> int:
-        source, params, _ = _live_versions(key, end, revision, with_values=False)
+        source, params, _ = live_versions(key, end, revision, False, _pg_param)
         return int(self._fetchval(f"SELECT COUNT(*) {source}", *params))
 
     def leases(self) -> dict[int, int]:

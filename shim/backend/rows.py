@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shim.backend.base import LogEntry
@@ -33,3 +33,29 @@ def entry_from_row(row: Sequence[Any]) -> LogEntry:
             version=row[10], lease=row[11],
         )
     return LogEntry(kv=kv_from_row(row), deleted=bool(row[6]), prev=prev)
+
+
+def live_versions(
+    key: bytes, end: bytes, revision: int, with_values: bool, placeholder: Callable[[int], str]
+) -> tuple[str, list[object], str]:
+    """FROM ... WHERE selecting each key's live version in ``[key, end)`` at ``revision``
+    (0: the current table; else history), its parameters, and the key column to order by.
+    ``placeholder(n)`` spells the n-th parameter in the dialect (``?n`` or ``$n``)."""
+    if revision == 0:
+        column = "c.key"
+        source = "FROM current c JOIN log l ON l.id = c.id" if with_values else "FROM current c"
+    else:
+        column, source = "l.key", "FROM log l"
+    params: list[object] = [key]
+    sql = f"{source} WHERE {column} >= {placeholder(1)}"
+    if end:
+        params.append(end)
+        sql += f" AND {column} < {placeholder(len(params))}"
+    if revision != 0:
+        params.append(revision)
+        n = placeholder(len(params))
+        sql += (
+            f" AND l.revision <= {n} AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM log n "
+            f"WHERE n.key = l.key AND n.id > l.id AND n.revision <= {n})"
+        )
+    return sql, params, column

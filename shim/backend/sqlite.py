@@ -20,7 +20,13 @@ import apsw
 
 from shim.backend.base import BackendOpenError, ExternalCommitListener, LogEntry, NewVersion
 from shim.backend.migrations import SchemaError, load_migrations, pending
-from shim.backend.rows import ENTRY_COLUMNS, KV_COLUMNS, entry_from_row, kv_from_row
+from shim.backend.rows import (
+    ENTRY_COLUMNS,
+    KV_COLUMNS,
+    entry_from_row,
+    kv_from_row,
+    live_versions,
+)
 from shim.backend.sqlite_repl import ReplicationTables
 from shim.pb.kv_pb2 import KeyValue
 
@@ -31,6 +37,10 @@ _WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 T = TypeVar("T")
+
+
+def _sqlite_param(n: int) -> str:
+    return f"?{n}"
 
 
 class SqliteView:
@@ -76,7 +86,7 @@ class SqliteView:
         return None if row is None or row[6] else kv_from_row(row)
 
     def range(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KeyValue]:
-        source, params, order = self._live_versions(key, end, revision, with_values=True)
+        source, params, order = live_versions(key, end, revision, True, _sqlite_param)
         sql = f"SELECT {KV_COLUMNS} {source} ORDER BY {order}"
         if limit > 0:
             sql += " LIMIT ?"
@@ -84,33 +94,9 @@ class SqliteView:
         return [kv_from_row(row) for row in self._conn.execute(sql, params)]
 
     def count(self, key: bytes, end: bytes, revision: int) -> int:
-        source, params, _ = self._live_versions(key, end, revision, with_values=False)
+        source, params, _ = live_versions(key, end, revision, False, _sqlite_param)
         row = self._conn.execute(f"SELECT COUNT(*) {source}", params).fetchone()
         return int(row[0])
-
-    @staticmethod
-    def _live_versions(
-        key: bytes, end: bytes, revision: int, with_values: bool
-    ) -> tuple[str, list[object], str]:
-        """FROM ... WHERE selecting each key's live version in ``[key, end)`` at ``revision``
-        (0: the current table; else history), its parameters, and the key column to order by."""
-        if revision == 0:
-            column = "c.key"
-            source = "FROM current c JOIN log l ON l.id = c.id" if with_values else "FROM current c"
-        else:
-            column, source = "l.key", "FROM log l"
-        sql = f"{source} WHERE {column} >= ?"
-        params: list[object] = [key]
-        if end:
-            sql += f" AND {column} < ?"
-            params.append(end)
-        if revision != 0:
-            sql += (
-                " AND l.revision <= ? AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM log n "
-                "WHERE n.key = l.key AND n.id > l.id AND n.revision <= ?)"
-            )
-            params += [revision, revision]
-        return sql, params, column
 
     def leases(self) -> dict[int, int]:
         return dict(self._conn.execute("SELECT id, ttl FROM lease").fetchall())
