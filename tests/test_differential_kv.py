@@ -16,21 +16,12 @@ from collections.abc import Callable
 import pytest
 
 from tests.support import Client, EtcdServer, ShimServer
-from tests.support.differential import run_sequence
+from tests.support.differential import parse_seeds, run_sequence
 
 DEFAULT_SEEDS = (1, 2, 3, 4, 5, 6, 7, 8)
 DEFAULT_OPS = 1000
 HARNESS_SEED = 1000
 HARNESS_OPS = 1000
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'3', '1,5,9' or '10-20' (inclusive), combinable: '1,10-12'."""
-    seeds: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        low, _, high = part.partition("-")
-        seeds.extend(range(int(low), int(high or low) + 1))
-    return seeds
 
 
 SEEDS = parse_seeds(os.environ.get("SHIM_DIFF_SEEDS", "")) or list(DEFAULT_SEEDS)

@@ -36,6 +36,7 @@ from tests.support.differential import (
     KvRequest,
     Outcome,
     outcome_difference,
+    parse_seeds,
     prefix_end,
     send,
 )
@@ -47,7 +48,6 @@ from tests.support.watch_diff import (
     WatchStream,
     compare_watch_responses,
     describe,
-    parse_seeds,
     problems_report,
     run_watch_sequence,
     start_both,

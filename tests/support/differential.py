@@ -554,3 +554,12 @@ def run_sequence(
         generator.observe(request, outcomes[0])
         stats.record(request, outcomes[0])
     return stats
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'3', '1,5,9' or '10-20' (inclusive), combinable: '1,10-12'."""
+    seeds: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, _, high = part.partition("-")
+        seeds.extend(range(int(low), int(high or low) + 1))
+    return seeds

@@ -126,15 +126,6 @@ class WatchStream:
             )
 
 
-def parse_seeds(text: str) -> list[int]:
-    """'3', '1,5,9' or '10-20' (inclusive), combinable: '1,10-12'."""
-    seeds: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        low, _, high = part.partition("-")
-        seeds.extend(range(int(low), int(high or low) + 1))
-    return seeds
-
-
 def wait_quiet(
     streams: Iterable[WatchStream], quiet: float = QUIET_SECONDS, timeout: float = 20.0
 ) -> None:
