@@ -3,7 +3,6 @@ database (file + WAL) near the live data size instead of growing with every writ
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -78,4 +77,3 @@ def test_database_stays_bounded_under_steady_updates(tmp_path: Path) -> None:
     # Bounded, not merely slow growth: the second half of the run adds (almost) nothing.
     half = samples[len(samples) // 2]
     assert total <= 1.5 * (half[1] + half[2]) + 4 * 2**20, report
-    assert os.path.exists(db)
