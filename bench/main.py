@@ -45,9 +45,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", default="",
                         help="comma-separated workload id prefixes (put,range_l,mix,list,"
                         "footprint,...); default all")
+    add_run_arguments(parser, "bench/results/<timestamp>")
+    return parser.parse_args(argv)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, results_default: str) -> None:
+    """The options every bench command has: waiting for a quiet machine, where data and
+    results go, and which etcd benchmark tool to use."""
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                        help="before each run, wait up to SECONDS for a 2 s window with "
-                        ">= 85%% idle CPU (default 0: do not wait)")
+                        help="before each measurement, wait up to SECONDS for a 2 s window "
+                        "with >= 85%% idle CPU (default 0: do not wait)")
     parser.add_argument("--work-dir", default=None,
                         help="where the servers' data dirs go (default: the temp dir; "
                         "must not be tmpfs)")
@@ -55,8 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help=f"etcd benchmark binary (default ${etcd_tool.TOOL_ENV} or "
                         "bench/.tools/benchmark, built on demand)")
     parser.add_argument("--results-dir", default=None,
-                        help="results folder (default bench/results/<timestamp>)")
-    return parser.parse_args(argv)
+                        help=f"results folder (default {results_default})")
 
 
 def _cpu_model() -> str:

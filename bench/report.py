@@ -184,16 +184,24 @@ def write_json(results: Results, path: Path, meta: dict[str, Any]) -> None:
     }, indent=1))
 
 
-def latency_chart(
-    results: Results, titles: dict[str, str], targets: tuple[str, ...], path: Path
-) -> bool:
-    """p50/p90/p99 bars per workload and target. False if matplotlib is missing."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot drawing to files, or None when matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def latency_chart(
+    results: Results, titles: dict[str, str], targets: tuple[str, ...], path: Path
+) -> bool:
+    """p50/p90/p99 bars per workload and target. False if matplotlib is missing."""
+    plt = _pyplot()
+    if plt is None:
         return False
     table = Table(results.measurements)
     rows = [r for r in table.rows if any(
@@ -233,12 +241,8 @@ def throughput_chart(
     results: Results, titles: dict[str, str], targets: tuple[str, ...], path: Path
 ) -> bool:
     """Throughput of shim and bare relative to etcd (etcd = 1), one bar per workload."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     table = Table(results.measurements)
     rows = []

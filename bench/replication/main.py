@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import etcd_tool, procfs
-from bench.main import environment
+from bench.main import add_run_arguments, environment
 from bench.replication import cluster, gaia, netlab, report
 from bench.replication.common import FULL, QUICK, Context, say
 from bench.servers import REPO_ROOT
@@ -44,17 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="scenario letters to run, e.g. AB or C,D (default all)")
     parser.add_argument("--leaves", type=int, default=None,
                         help="E: leaves under each middle (default 60, --quick 10)")
-    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                        help="before each measurement, wait up to SECONDS for a 2 s window "
-                        "with >= 85%% idle CPU (default 0: do not wait)")
-    parser.add_argument("--work-dir", default=None,
-                        help="where the nodes' data dirs go (default: the temp dir; must not "
-                        "be tmpfs)")
-    parser.add_argument("--etcd-tool", default=None,
-                        help=f"etcd benchmark binary (default ${etcd_tool.TOOL_ENV} or "
-                        "bench/.tools/benchmark, built on demand)")
-    parser.add_argument("--results-dir", default=None,
-                        help="results folder (default bench/results/replication-<timestamp>)")
+    add_run_arguments(parser, "bench/results/replication-<timestamp>")
     return parser.parse_args(argv)
 
 
