@@ -18,7 +18,7 @@ import contextlib
 import logging
 import ssl as ssl_module
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import asyncpg
@@ -34,6 +34,7 @@ from shim.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+REVISION_SQL = "SELECT value FROM meta WHERE name = 'revision'"
 
 POOL_SIZE = 16
 CONNECT_TIMEOUT = 10.0
@@ -94,6 +95,19 @@ async def _lost(conn: asyncpg.Connection, wait: float = 1.0) -> bool:
         if asyncio.get_running_loop().time() >= deadline:
             return False
         await asyncio.sleep(0.02)
+
+
+async def _on_live(conn: asyncpg.Connection, operation: Awaitable[T]) -> T:
+    """Await ``operation`` on ``conn``. When the server ends a connection (a FATAL message at
+    shutdown), asyncpg may report "cannot switch to state ..." while it is still taking the
+    connection down: that is an outage if the connection is indeed gone a moment later;
+    anything else is a bug and stays one."""
+    try:
+        return await operation
+    except asyncpg.InternalClientError as exc:
+        if await _lost(conn):
+            raise ConnectionResetError(f"connection lost ({exc})") from exc
+        raise
 
 
 def _terminate(conn: asyncpg.Connection) -> None:
@@ -169,17 +183,9 @@ class PostgresBackend:
         after losing it fails already at lookup."""
 
         async def run() -> Any:
-            try:
-                if before:
-                    await conn.execute(before)
-                return await getattr(conn, method)(*args, **kwargs)
-            except asyncpg.InternalClientError as exc:
-                # E.g. "cannot switch to state ...": the server ended the connection (a FATAL
-                # message) and asyncpg is still taking it down. An outage if the connection
-                # is indeed gone a moment later; anything else is a bug and stays one.
-                if await _lost(conn):
-                    raise ConnectionResetError(f"connection lost ({exc})") from exc
-                raise
+            if before:
+                await _on_live(conn, conn.execute(before))
+            return await _on_live(conn, getattr(conn, method)(*args, **kwargs))
 
         return self.call(run())
 
@@ -337,12 +343,7 @@ class PostgresBackend:
             raise
 
     async def _commit(self, conn: asyncpg.Connection, statements: str) -> None:
-        try:
-            await conn.execute(statements)
-        except asyncpg.InternalClientError as exc:
-            if await _lost(conn):
-                raise ConnectionResetError(f"connection lost ({exc})") from exc
-            raise
+        await _on_live(conn, conn.execute(statements))
         await self._release(conn)
 
     @contextlib.contextmanager
@@ -473,7 +474,7 @@ class PostgresBackend:
         for attempt in range(1_000_000):
             try:
                 async with self._pool_or_fail().acquire(timeout=CONNECT_TIMEOUT) as conn:
-                    value = await conn.fetchval("SELECT value FROM meta WHERE name = 'revision'")
+                    value = await _on_live(conn, conn.fetchval(REVISION_SQL))
                 self._deliver(int(value))
                 return
             except asyncio.CancelledError:
@@ -516,7 +517,7 @@ class PostgresBackend:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._on_notify)
-                value = await conn.fetchval("SELECT value FROM meta WHERE name = 'revision'")
+                value = await _on_live(conn, conn.fetchval(REVISION_SQL))
                 if failures:
                     log.info("PostgreSQL is back; listening for commits again")
                 failures = 0
@@ -525,7 +526,7 @@ class PostgresBackend:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), LISTEN_CHECK_INTERVAL)
                     if not lost.is_set():
-                        await conn.execute("SELECT 1", timeout=CONNECT_TIMEOUT)
+                        await _on_live(conn, conn.execute("SELECT 1", timeout=CONNECT_TIMEOUT))
                 raise ConnectionError("the LISTEN connection was closed")
             except asyncio.CancelledError:
                 if conn is not None:
