@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import apsw
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,7 @@ from shim.backend.sqlite import SqliteBackend
 from shim.mvcc.store import Store
 from shim.pb.kv_pb2 import KeyValue
 from shim.pb.rpc_pb2 import (
+    CompactionRequest,
     DeleteRangeRequest,
     LeaseGrantRequest,
     PutRequest,
@@ -369,5 +371,37 @@ def test_number_types_replicate(tmp_path: Path) -> None:
             assert a.get(key).value == second  # type: ignore[union-attr]
         await sync(a, b)
         assert a.live() == b.live()
+
+    run(test, tmp_path)
+
+
+def test_entries_keep_their_values_when_compaction_removes_log_rows(tmp_path: Path) -> None:
+    """A local write's entry reads its value from the log row written with it (no second
+    copy on disk); compacting that row away must not change what the entry says."""
+    deployment, lease_key = KEYS[0], KEYS[2]
+
+    async def test(a: Node, b: Node) -> None:
+        for replicas in range(1, 5):  # field changes of one incarnation
+            await a.store.put(PutRequest(key=deployment, value=_deployment("u", replicas=replicas)))
+        for holder in (b"x", b"y", b"z"):  # whole values
+            await a.store.put(PutRequest(key=lease_key, value=holder))
+        await a.store.put(PutRequest(key=b"/plain/gone", value=b"soon deleted"))
+        await a.store.delete_range(DeleteRangeRequest(key=b"/plain/gone"))
+        db = apsw.Connection(str(a.backend.path), flags=apsw.SQLITE_OPEN_READONLY)
+        by_reference = db.execute(
+            "SELECT COUNT(*) FROM repl_entry WHERE value_in_log = 1 AND value = x''"
+        ).fetchone()[0]
+        db.close()
+        assert by_reference == 8, "local puts should not store a second copy of their value"
+        before, _ = a.entries(b.node_id)
+        await a.store.compact(CompactionRequest(revision=a.store.revision))
+        with a.backend.read() as view:
+            rows = len(view.entries(b"\0", b"", 0, 1_000_000))
+        assert rows == 2, "compaction should have left one row per live key"
+        after, covered = a.entries(b.node_id)
+        assert after == before
+        assert [e.value for e in after if e.key == lease_key] == [b"x", b"y", b"z"]
+        await deliver(a, b, after, covered)
+        assert b.live() == a.live()
 
     run(test, tmp_path)

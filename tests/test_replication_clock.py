@@ -89,7 +89,7 @@ def test_keys_from_before_replication_get_entries_at_start(tmp_path: Path) -> No
     conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
     node = conn.execute("SELECT value FROM meta WHERE name = 'node_id'").fetchone()[0]
     rows = conn.execute(
-        "SELECT origin, seq, CAST(key AS TEXT), CAST(value AS TEXT) FROM repl_entry ORDER BY seq"
+        "SELECT origin, seq, key, value FROM replication_log ORDER BY seq"
     ).fetchall()
     conn.close()
     assert rows == [(node, 1, "/old/a", "1"), (node, 2, "/old/b", "2"), (node, 3, "/new", "3")]

@@ -177,9 +177,18 @@ class SqliteWriteTxn(SqliteView):
     def compact(self, revision: int) -> int:
         # Keep, for every key, its newest version at `revision` unless that is a tombstone:
         # exactly what reads at `revision` or later, and prev_kv of later events, can reach.
+        superseded = (
+            "EXISTS (SELECT 1 FROM log n WHERE n.key = log.key AND n.id > log.id "
+            "AND n.revision <= ?1)"
+        )
+        # Replication entries that read their value from a row about to go get a copy first.
+        self.replication.keep_values_of(
+            "SELECT key, hlc, value FROM log "
+            f"WHERE revision <= ?1 AND deleted = 0 AND {superseded}",
+            (revision,),
+        )
         self._conn.execute(
-            "DELETE FROM log WHERE revision <= ?1 AND (deleted = 1 OR EXISTS (SELECT 1 FROM log n "
-            "WHERE n.key = log.key AND n.id > log.id AND n.revision <= ?1))",
+            f"DELETE FROM log WHERE revision <= ?1 AND (deleted = 1 OR {superseded})",
             (revision,),
         )
         return self._conn.changes()

@@ -12,7 +12,14 @@ from shim.replication.merge import Entry, Stamp
 
 log = logging.getLogger(__name__)
 
-_ENTRY_COLUMNS = "origin, seq, hlc, key, deleted, value, lease, ops, base_uid, uid"
+# An entry's value: its own, or that of the log row it was written with (value_in_log).
+_ENTRY_VALUE = (
+    "CASE WHEN e.value_in_log = 0 THEN e.value ELSE "
+    "(SELECT l.value FROM log l WHERE l.key = e.key AND l.hlc = e.hlc) END"
+)
+_ENTRY_COLUMNS = (
+    f"e.origin, e.seq, e.hlc, e.key, e.deleted, {_ENTRY_VALUE}, e.lease, e.ops, e.base_uid, e.uid"
+)
 
 
 def _entry(row: tuple[object, ...]) -> Entry:
@@ -56,10 +63,12 @@ class ReplicationTables:
     # -- entries ---------------------------------------------------------------------------------
 
     def insert(
-        self, e: Entry, received_from: str | None, received_ms: int, skewed: bool, outcome: str
+        self, e: Entry, received_from: str | None, received_ms: int, skewed: bool, outcome: str,
+        value_in_log: bool = False,
     ) -> int | None:
         """Store an entry; its ingest position, or None when (origin, seq) is already here (or
-        was, before retention pruned it)."""
+        was, before retention pruned it). ``value_in_log``: a local write whose log row (same
+        key and stamp) holds exactly ``e.value``; the entry then stores no copy of it."""
         if received_from is not None:
             row = self._conn.execute(
                 "SELECT max_seq FROM repl_origin WHERE origin = ?", (e.origin,)
@@ -84,15 +93,15 @@ class ReplicationTables:
             )
         self._conn.execute(
             "INSERT OR IGNORE INTO repl_entry (origin, seq, hlc, key, deleted, value, lease, ops, "
-            "base_uid, uid, received_from, received_ms, skewed, outcome) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "base_uid, uid, received_from, received_ms, skewed, outcome, value_in_log) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 e.origin,
                 e.seq,
                 e.hlc,
                 e.key,
                 int(e.deleted),
-                e.value,
+                b"" if value_in_log else e.value,
                 e.lease,
                 None if e.ops is None else json.dumps(e.ops, separators=(",", ":")),
                 e.base_uid,
@@ -101,16 +110,28 @@ class ReplicationTables:
                 received_ms,
                 int(skewed),
                 outcome,
+                int(value_in_log),
             ),
         )
         if self._conn.changes() == 0:
             return None
         return int(self._conn.last_insert_rowid())
 
+    def keep_values_of(self, rows_sql: str, params: tuple[object, ...]) -> None:
+        """Copy into the entries that read their value from the log rows ``rows_sql`` selects
+        (key, hlc, value) the value they read, before those rows are deleted."""
+        self._conn.execute(
+            "UPDATE repl_entry AS e SET value = gone.value, value_in_log = 0 "
+            f"FROM ({rows_sql}) AS gone "
+            "WHERE e.key = gone.key AND e.hlc = gone.hlc AND e.value_in_log = 1",
+            params,
+        )
+
     def set_outcome(self, ingest: int, outcome: str) -> None:
         self._conn.execute("UPDATE repl_entry SET outcome = ? WHERE ingest = ?", (outcome, ingest))
 
-    def newest_stamp(self, key: bytes, excluding: int) -> Stamp | None:
+    def newest_stamp(self, key: bytes, excluding: int = 0) -> Stamp | None:
+        """The largest stamp among the key's entries, leaving out the one at ``excluding``."""
         row = self._conn.execute(
             "SELECT hlc, origin, seq FROM repl_entry WHERE key = ? AND ingest != ? "
             "ORDER BY hlc DESC, origin DESC, seq DESC LIMIT 1",
@@ -120,7 +141,8 @@ class ReplicationTables:
 
     def key_entries(self, key: bytes) -> list[Entry]:
         rows = self._conn.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM repl_entry WHERE key = ? ORDER BY hlc, origin, seq",
+            f"SELECT {_ENTRY_COLUMNS} FROM repl_entry e WHERE e.key = ? "
+            "ORDER BY e.hlc, e.origin, e.seq",
             (key,),
         )
         return [_entry(row) for row in rows]
@@ -133,9 +155,10 @@ class ReplicationTables:
         the newest position."""
         high = self.max_ingest()
         rows = self._conn.execute(
-            f"SELECT ingest, {_ENTRY_COLUMNS} FROM repl_entry WHERE ingest > ? AND ingest <= ? "
-            "AND origin != ? AND (received_from IS NULL OR received_from != ?) "
-            "ORDER BY ingest LIMIT ?",
+            f"SELECT e.ingest, {_ENTRY_COLUMNS} FROM repl_entry e "
+            "WHERE e.ingest > ? AND e.ingest <= ? "
+            "AND e.origin != ? AND (e.received_from IS NULL OR e.received_from != ?) "
+            "ORDER BY e.ingest LIMIT ?",
             (cursor, high, exclude_node, exclude_node, limit),
         ).fetchall()
         out = [(int(row[0]), _entry(row[1:])) for row in rows]

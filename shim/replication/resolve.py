@@ -16,6 +16,7 @@ from shim.pb.kv_pb2 import KeyValue
 from shim.replication.merge import (
     Entry,
     KeyState,
+    Op,
     decode,
     describe_write,
     fold,
@@ -142,24 +143,48 @@ class Replica:
             base_uid,
             uid,
         )
-        ingest = repl.insert(entry, None, wall_ms(hlc), False, "local")
-        assert ingest is not None, "a local sequence number was reused"
-        if hlc > self.max_skewed_hlc or _is_newest(repl, entry, ingest):
-            if value is not None and ops is not None and reproduces_write(ops):
-                # Plain field changes over the state the writer saw: the fold keeps exactly
-                # the written value, so skip it.
-                return Resolution(value, lease, True, False)
-            revived = uid is not None and uid in repl.tombstones(key)
-            if value is not None and ops is None and not revived:
-                # A whole value written over the state the writer saw is exactly what the fold
-                # keeps (unless it brings back a deleted incarnation); only a replaced
-                # incarnation needs remembering.
-                switch = base_uid is not None and uid is not None and base_uid != uid
-                if switch:
-                    repl.add_tombstones(key, {base_uid})  # type: ignore[arg-type]
-                return Resolution(value, lease, True, switch)
+        if hlc > self.max_skewed_hlc or _is_newest(repl, entry):
+            fast = self._fast_path(repl, entry, value, lease, ops, base_uid, uid)
+            if fast is not None:
+                # The log row written for this put holds exactly the entry's value.
+                self._insert_local(repl, entry, value_in_log=value is not None)
+                return fast
+            self._insert_local(repl, entry)
             return self._step(repl, entry, old, rules)
+        self._insert_local(repl, entry)
         return self._replay(repl, entry, old, rules)
+
+    def _fast_path(
+        self,
+        repl: ReplicationTables,
+        entry: Entry,
+        value: bytes | None,
+        lease: int,
+        ops: list[Op] | None,
+        base_uid: str | None,
+        uid: str | None,
+    ) -> Resolution | None:
+        """The resolution of the newest write of a key when it keeps exactly what was
+        written; None when the fold has to decide."""
+        if value is not None and ops is not None and reproduces_write(ops):
+            # Plain field changes over the state the writer saw: the fold keeps exactly
+            # the written value, so skip it.
+            return Resolution(value, lease, True, False)
+        revived = uid is not None and uid in repl.tombstones(entry.key)
+        if value is not None and ops is None and not revived:
+            # A whole value written over the state the writer saw is exactly what the fold
+            # keeps (unless it brings back a deleted incarnation); only a replaced
+            # incarnation needs remembering.
+            switch = base_uid is not None and uid is not None and base_uid != uid
+            if switch:
+                repl.add_tombstones(entry.key, {base_uid})  # type: ignore[arg-type]
+            return Resolution(value, lease, True, switch)
+        return None
+
+    @staticmethod
+    def _insert_local(repl: ReplicationTables, entry: Entry, value_in_log: bool = False) -> None:
+        ingest = repl.insert(entry, None, wall_ms(entry.hlc), False, "local", value_in_log)
+        assert ingest is not None, "a local sequence number was reused"
 
     # -- merged entries --------------------------------------------------------------------------
 
@@ -232,7 +257,9 @@ class Replica:
         return Resolution(value, state.lease, changed, switch, rule)
 
 
-def _is_newest(repl: ReplicationTables, entry: Entry, ingest: int) -> bool:
+def _is_newest(repl: ReplicationTables, entry: Entry, ingest: int = 0) -> bool:
+    """Whether ``entry`` (stored at ``ingest``, or not yet stored) sorts after every other
+    stored entry of its key."""
     newest = repl.newest_stamp(entry.key, ingest)
     return newest is None or entry.stamp > newest
 
