@@ -15,6 +15,21 @@ from typing import Protocol, TypeVar
 
 from shim.pb.kv_pb2 import KeyValue
 
+# A version as the backends return it for ranges: (key, value, create_revision, mod_revision,
+# version, lease), the fields of a KeyValue in their protobuf order.
+KvRow = tuple[bytes, bytes, int, int, int, int]
+
+
+def kv_row(kv: KeyValue) -> KvRow:
+    return (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
+
+
+def kv_from_row(row: KvRow) -> KeyValue:
+    return KeyValue(
+        key=row[0], value=row[1], create_revision=row[2], mod_revision=row[3], version=row[4],
+        lease=row[5],
+    )
+
 
 @dataclass(slots=True)
 class NewVersion:
@@ -53,8 +68,9 @@ class ReadView(Protocol):
         """The live version of ``key`` at ``revision`` (0 = current), or None."""
         ...
 
-    def range(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KeyValue]:
-        """Live versions in ``[key, end)`` at ``revision`` (0 = current), by key; limit 0 = all."""
+    def range_rows(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KvRow]:
+        """Live versions in ``[key, end)`` at ``revision`` (0 = current), by key; limit 0 = all.
+        Rows, not messages: a large range goes straight into its response (``kv_row``)."""
         ...
 
     def count(self, key: bytes, end: bytes, revision: int) -> int:

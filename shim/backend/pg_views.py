@@ -13,12 +13,11 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from shim.backend.base import LogEntry, NewVersion
+from shim.backend.base import KvRow, LogEntry, NewVersion, kv_from_row
 from shim.backend.rows import (
     ENTRY_COLUMNS,
     KV_COLUMNS,
     entry_from_row,
-    kv_from_row,
     live_versions,
 )
 from shim.pb.kv_pb2 import KeyValue
@@ -109,13 +108,13 @@ class PostgresView:
         )
         return None if not rows or rows[0][6] else kv_from_row(rows[0])
 
-    def range(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KeyValue]:
+    def range_rows(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KvRow]:
         source, params, order = live_versions(key, end, revision, True, _pg_param)
         sql = f"SELECT {KV_COLUMNS} {source} ORDER BY {order}"
         if limit > 0:
             params.append(limit)
             sql += f" LIMIT ${len(params)}"
-        return [kv_from_row(row) for row in self._fetch(sql, *params)]
+        return self._fetch(sql, *params)  # type: ignore[no-any-return]
 
     def count(self, key: bytes, end: bytes, revision: int) -> int:
         source, params, _ = live_versions(key, end, revision, False, _pg_param)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shim.backend.base import LogEntry
+from shim.backend.base import LogEntry, kv_from_row
 from shim.pb.kv_pb2 import KeyValue
 
 # A version's columns, in the order ``kv_from_row`` reads them.
@@ -16,13 +16,6 @@ KV_COLUMNS = "l.key, l.value, l.create_revision, l.revision, l.version, l.lease"
 ENTRY_COLUMNS = (
     f"{KV_COLUMNS}, l.deleted, l.prev_revision, p.value, p.create_revision, p.version, p.lease"
 )
-
-
-def kv_from_row(row: Sequence[Any]) -> KeyValue:
-    return KeyValue(
-        key=row[0], value=row[1], create_revision=row[2], mod_revision=row[3], version=row[4],
-        lease=row[5],
-    )
 
 
 def entry_from_row(row: Sequence[Any]) -> LogEntry:

@@ -18,13 +18,19 @@ from typing import TypeVar
 
 import apsw
 
-from shim.backend.base import BackendOpenError, ExternalCommitListener, LogEntry, NewVersion
+from shim.backend.base import (
+    BackendOpenError,
+    ExternalCommitListener,
+    KvRow,
+    LogEntry,
+    NewVersion,
+    kv_from_row,
+)
 from shim.backend.migrations import SchemaError, load_migrations, pending
 from shim.backend.rows import (
     ENTRY_COLUMNS,
     KV_COLUMNS,
     entry_from_row,
-    kv_from_row,
     live_versions,
 )
 from shim.backend.sqlite_repl import ReplicationTables
@@ -85,13 +91,13 @@ class SqliteView:
         ).fetchone()
         return None if row is None or row[6] else kv_from_row(row)
 
-    def range(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KeyValue]:
+    def range_rows(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KvRow]:
         source, params, order = live_versions(key, end, revision, True, _sqlite_param)
         sql = f"SELECT {KV_COLUMNS} {source} ORDER BY {order}"
         if limit > 0:
             sql += " LIMIT ?"
             params.append(limit)
-        return [kv_from_row(row) for row in self._conn.execute(sql, params)]
+        return self._conn.execute(sql, params).fetchall()  # type: ignore[return-value]
 
     def count(self, key: bytes, end: bytes, revision: int) -> int:
         source, params, _ = live_versions(key, end, revision, False, _sqlite_param)

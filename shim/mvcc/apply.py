@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shim import metrics
-from shim.backend.base import NewVersion, ReadView, WriteTxn
+from shim.backend.base import NewVersion, ReadView, WriteTxn, kv_from_row
 from shim.mvcc.errors import (
     CompactedError,
     FutureRevisionError,
@@ -201,7 +201,7 @@ class Applier:
             old = self._txn.get(req.key, 0)
             victims = [] if old is None else [old]
         else:
-            victims = self._txn.range(req.key, end, 0, 0)
+            victims = [kv_from_row(row) for row in self._txn.range_rows(req.key, end, 0, 0)]
         revision = self._next
         for old in victims:
             self._delete(old, revision)
@@ -490,7 +490,7 @@ def _compare_holds(view: ReadView, cmp: Compare) -> bool:
         kv = view.get(cmp.key, 0)
         kvs = [] if kv is None else [kv]
     else:
-        kvs = view.range(cmp.key, end, 0, 0)
+        kvs = [kv_from_row(row) for row in view.range_rows(cmp.key, end, 0, 0)]
     if not kvs:
         # A missing key has no value to compare with; its revisions and version are 0.
         if cmp.target == Compare.VALUE:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from shim.backend.base import ReadView
+from shim.backend.base import KvRow, ReadView, kv_row
 from shim.mvcc.errors import CompactedError, FutureRevisionError
 from shim.mvcc.gosort import go_sort, go_sort_reverse
 from shim.mvcc.keys import range_end
-from shim.pb.kv_pb2 import KeyValue
 from shim.pb.rpc_pb2 import RangeRequest, RangeResponse
 
-_SORT_KEYS: dict[int, Callable[[KeyValue], object]] = {
-    RangeRequest.KEY: lambda kv: kv.key,
-    RangeRequest.VERSION: lambda kv: kv.version,
-    RangeRequest.CREATE: lambda kv: kv.create_revision,
-    RangeRequest.MOD: lambda kv: kv.mod_revision,
-    RangeRequest.VALUE: lambda kv: kv.value,
+# Where each sort target sits in a KvRow (key, value, create, mod, version, lease).
+_KEY, _VALUE, _CREATE, _MOD, _VERSION = 0, 1, 2, 3, 4
+_SORT_FIELDS: dict[int, int] = {
+    RangeRequest.KEY: _KEY,
+    RangeRequest.VERSION: _VERSION,
+    RangeRequest.CREATE: _CREATE,
+    RangeRequest.MOD: _MOD,
+    RangeRequest.VALUE: _VALUE,
 }
 
 
@@ -60,39 +59,46 @@ def execute_range(
     limit = req.limit if req.limit > 0 else 0
     fetch = 0 if needs_everything or limit == 0 else limit + 1
 
+    rows: list[KvRow]
     if end is None:
         kv = view.get(req.key, read_at)
-        kvs = [] if kv is None else [kv]
-        total = len(kvs)
+        rows = [] if kv is None else [kv_row(kv)]
+        total = len(rows)
     else:
-        kvs = view.range(req.key, end, read_at, fetch)
-        total = view.count(req.key, end, read_at) if fetch and len(kvs) == fetch else len(kvs)
+        rows = view.range_rows(req.key, end, read_at, fetch)
+        total = view.count(req.key, end, read_at) if fetch and len(rows) == fetch else len(rows)
 
     if filtered:
-        kvs = [kv for kv in kvs if _passes_filters(kv, req)]
+        rows = [row for row in rows if _passes_filters(row, req)]
     if sort_order in (RangeRequest.ASCEND, RangeRequest.DESCEND) and not (
         req.sort_target == RangeRequest.KEY and sort_order == RangeRequest.ASCEND
     ):
-        sort_key = _SORT_KEYS.get(req.sort_target, _SORT_KEYS[RangeRequest.KEY])
+        field = _SORT_FIELDS.get(req.sort_target, _KEY)
         # etcd's Go sort is unstable: go_sort reproduces its exact order of ties.
         sort = go_sort_reverse if sort_order == RangeRequest.DESCEND else go_sort
-        sort(kvs, lambda x, y: sort_key(x) < sort_key(y))  # type: ignore[operator]
-    if limit and len(kvs) > limit:
-        del kvs[limit:]
+        sort(rows, lambda x, y: x[field] < y[field])  # type: ignore[operator]
+    if limit and len(rows) > limit:
+        del rows[limit:]
         resp.more = True
     resp.count = total
+    # Straight from the rows into the response: building KeyValue messages first and copying
+    # them in would cost more than the rest of a large LIST together.
+    add = resp.kvs.add
     if req.keys_only:
-        for kv in kvs:
-            kv.value = b""
-    resp.kvs.extend(kvs)
+        for key, _, create, mod, version, lease in rows:
+            add(key=key, create_revision=create, mod_revision=mod, version=version, lease=lease)
+    else:
+        for key, value, create, mod, version, lease in rows:
+            add(key=key, value=value, create_revision=create, mod_revision=mod, version=version,
+                lease=lease)
     return resp
 
 
-def _passes_filters(kv: KeyValue, req: RangeRequest) -> bool:
-    if req.max_mod_revision and kv.mod_revision > req.max_mod_revision:
+def _passes_filters(row: KvRow, req: RangeRequest) -> bool:
+    if req.max_mod_revision and row[_MOD] > req.max_mod_revision:
         return False
-    if req.min_mod_revision and kv.mod_revision < req.min_mod_revision:
+    if req.min_mod_revision and row[_MOD] < req.min_mod_revision:
         return False
-    if req.max_create_revision and kv.create_revision > req.max_create_revision:
+    if req.max_create_revision and row[_CREATE] > req.max_create_revision:
         return False
-    return not (req.min_create_revision and kv.create_revision < req.min_create_revision)
+    return not (req.min_create_revision and row[_CREATE] < req.min_create_revision)

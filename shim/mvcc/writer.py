@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from shim import metrics
-from shim.backend.base import Backend, WriteTxn
+from shim.backend.base import Backend, WriteTxn, kv_from_row
 from shim.mvcc.apply import Applier, CommitListener, Revision, WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
 from shim.mvcc.hlc import HybridClock
@@ -90,7 +90,7 @@ class Writer:
             replica.load(repl)
             if repl.is_empty():
                 # A database from before replication: every live key gets its first entry.
-                current = txn.range(b"\0", b"", 0, 0)
+                current = [kv_from_row(row) for row in txn.range_rows(b"\0", b"", 0, 0)]
                 added = replica.backfill(repl, [(kv, self._clock.now()) for kv in current])
                 repl.set_local(replica.node_id, replica.seq, self._clock.last)
                 if added:
