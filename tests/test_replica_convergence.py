@@ -18,6 +18,7 @@ import apsw
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
+from shim.backend.base import kv_from_row
 from shim.backend.sqlite import SqliteBackend
 from shim.mvcc.store import Store
 from shim.pb.kv_pb2 import KeyValue
@@ -54,8 +55,8 @@ class Node:
 
     def live(self) -> list[tuple[bytes, bytes, int]]:
         with self.backend.read() as view:
-            kvs = view.range(b"\0", b"", 0, 0)
-        return [(kv.key, kv.value, kv.lease) for kv in kvs if POLICY.replicates(kv.key)]
+            rows = view.range_rows(b"\0", b"", 0, 0)
+        return [(row[0], row[1], row[5]) for row in rows if POLICY.replicates(row[0])]
 
     def entries(self, exclude: str) -> tuple[list[Entry], int]:
         with self.backend.read() as view:
@@ -121,7 +122,7 @@ def check_history(node: Node) -> None:
     with node.backend.read() as view:
         current = view.revision()
         log = view.entries(b"\0", b"", 0, 1_000_000_000)
-        live = {kv.key: kv for kv in view.range(b"\0", b"", 0, 0)}
+        live = {row[0]: kv_from_row(row) for row in view.range_rows(b"\0", b"", 0, 0)}
     assert sorted({e.kv.mod_revision for e in log}) == list(range(2, current + 1))
     state: dict[bytes, KeyValue] = {}
     for e in log:
