@@ -324,7 +324,7 @@ class SqliteBackend:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[SqliteWriteTxn]:
-        """One write transaction on the writer connection (writer thread only)."""
+        """One write transaction on the writer connection (one at a time: the Writer's lock)."""
         conn = self.writer()
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -129,7 +129,7 @@ class Store:
     async def write(self, req: WriteRequest) -> WriteResponse:
         if self._writer is None:
             raise StoreClosedError()
-        return await self._writer.submit(req)
+        return await self._writer.write(req)
 
     async def put(self, req: PutRequest) -> PutResponse:
         return await self.write(req)  # type: ignore[return-value]

@@ -5,6 +5,9 @@ it in order inside one SQLite transaction, commits durably, and only then answer
 and publishes the committed revisions. While one batch is being committed (the fsync), the next
 batch gathers, so throughput grows with concurrency instead of queueing behind fsyncs.
 
+A lone client write on an idle writer (nothing else in flight) is committed on the event loop
+thread itself: with nothing to group it with, the two thread hand-offs would only add latency.
+
 The queue carries plain request messages and answers with response messages or errors, so a
 socket can later stand in for it and let several serving processes share this one path.
 """
@@ -16,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shim import metrics
@@ -23,12 +27,18 @@ from shim.backend.base import Backend, WriteTxn, kv_from_row
 from shim.mvcc.apply import Applier, CommitListener, Revision, WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
 from shim.mvcc.hlc import HybridClock
+from shim.pb.rpc_pb2 import DeleteRangeRequest, PutRequest, TxnRequest
 from shim.replication.policy import Policy
 from shim.replication.resolve import Replica
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
+# Client writes that are small enough to commit on the event loop when nothing else is in
+# flight (replication merges, compactions and the like always go to the writer thread).
+_INLINE_REQUESTS = (PutRequest, DeleteRangeRequest, TxnRequest)
+# Event loop turns a lone write waits for company before it commits on the loop.
+_INLINE_YIELDS = 2
 
 
 @dataclass(slots=True)
@@ -38,6 +48,10 @@ class _Pending:
 
 
 _STOP = object()
+
+_Deliver = Callable[
+    [list[_Pending], list[WriteResponse | BaseException], list[Revision] | None], None
+]
 
 
 @dataclass(slots=True)
@@ -64,6 +78,12 @@ class Writer:
         self._on_commit = on_commit
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._closed = False
+        # Held while a batch is applied and committed, by the writer thread or the loop.
+        self._committing = threading.Lock()
+        # Requests submitted and not yet answered (event loop thread only).
+        self._in_flight = 0
+        # A shared database's transactions wait on other servers: never on the event loop.
+        self._inline = not backend.shared
         self.replica: Replica | None = None
         with backend.read() as view:
             self.revision = view.revision()
@@ -72,7 +92,7 @@ class Writer:
             if backend.replicates:
                 max_hlc = max(max_hlc, view.replication.max_hlc())  # type: ignore[attr-defined]
             self._clock = HybridClock(max_hlc)
-            # Lease ids and TTLs, read and changed only by the writer thread.
+            # Lease ids and TTLs, changed only while a batch commits (under _committing).
             self.leases = view.leases()
         if backend.replicates:
             settings = replication or ReplicationSettings()
@@ -96,14 +116,33 @@ class Writer:
                 if added:
                     log.info("recorded %d existing keys as replication entries", added)
 
-    def submit(self, request: WriteRequest) -> asyncio.Future[WriteResponse]:
-        """Queue a request; the future resolves once it is durably committed (or failed)."""
-        future: asyncio.Future[WriteResponse] = self._loop.create_future()
+    async def write(self, request: WriteRequest) -> WriteResponse:
+        """Apply ``request``; returns once it is durably committed (or raises its error)."""
         if self._closed:
-            future.set_exception(StoreClosedError())
-            return future
-        self._queue.put(_Pending(request, future))
-        return future
+            raise StoreClosedError()
+        future: asyncio.Future[WriteResponse] = self._loop.create_future()
+        pending = _Pending(request, future)
+        self._in_flight += 1
+        if self._in_flight == 1 and self._inline and isinstance(request, _INLINE_REQUESTS):
+            # Let requests that have already arrived reach this point first: if one does,
+            # both go to the writer thread and commit together.
+            for _ in range(_INLINE_YIELDS):
+                await asyncio.sleep(0)
+            if (
+                self._in_flight == 1
+                and not self._closed
+                and self._committing.acquire(blocking=False)
+            ):
+                try:
+                    self._commit([pending], self._deliver_inline)
+                finally:
+                    self._committing.release()
+                return await future
+        if self._closed:
+            self._in_flight -= 1
+            raise StoreClosedError()
+        self._queue.put(pending)
+        return await future
 
     def stop(self) -> None:
         """Finish everything already queued, then stop the thread."""
@@ -129,9 +168,34 @@ class Writer:
                     stopping = True
                     break
                 batch.append(item)  # type: ignore[arg-type]
-            self._commit(batch)
+            with self._committing:
+                self._commit(batch, self._deliver_from_thread)
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _deliver_inline(
+        self,
+        batch: list[_Pending],
+        outcomes: list[WriteResponse | BaseException],
+        committed: list[Revision] | None,
+    ) -> None:
+        # As a loop callback would: a listener's error is logged, never handed to the caller
+        # of a write that is committed.
+        try:
+            self._deliver(batch, outcomes, committed)
+        except Exception as exc:
+            self._loop.call_exception_handler(
+                {"message": "error delivering a committed write", "exception": exc}
+            )
+
+    def _deliver_from_thread(
+        self,
+        batch: list[_Pending],
+        outcomes: list[WriteResponse | BaseException],
+        committed: list[Revision] | None,
+    ) -> None:
+        self._loop.call_soon_threadsafe(self._deliver, batch, outcomes, committed)
+
+    def _commit(self, batch: list[_Pending], deliver: _Deliver) -> None:
+        """Apply ``batch`` in one transaction and commit it; then ``deliver`` the outcomes."""
         outcomes: list[WriteResponse | BaseException] = []
         # A rolled-back batch gives its sequence numbers back.
         seq_before = self.replica.seq if self.replica is not None else 0
@@ -180,9 +244,7 @@ class Writer:
             if self.replica is not None:
                 self.replica.seq = seq_before
             failure = StorageUnavailableError(f"storage write failed: {exc}")
-            self._loop.call_soon_threadsafe(
-                self._deliver, batch, [failure] * len(batch), None
-            )
+            deliver(batch, [failure] * len(batch), None)
             return
         except Exception as exc:
             # A bug outside any one request (at BEGIN or COMMIT) fails this batch; the writer
@@ -192,13 +254,13 @@ class Writer:
                 self._reload_leases()
             if self.replica is not None:
                 self.replica.seq = seq_before
-            self._loop.call_soon_threadsafe(self._deliver, batch, [exc] * len(batch), None)
+            deliver(batch, [exc] * len(batch), None)
             return
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.COMMIT_BATCH_SIZE.observe(len(batch))
         self.revision = applier.revision
         self.compact_revision = applier.compact_revision
-        self._loop.call_soon_threadsafe(self._deliver, batch, outcomes, applier.committed)
+        deliver(batch, outcomes, applier.committed)
 
     def _restore_seq(self, seq: int) -> None:
         """A rolled-back request gives its sequence numbers back: an origin's entries stay
@@ -233,6 +295,7 @@ class Writer:
         outcomes: list[WriteResponse | BaseException],
         committed: list[Revision] | None,
     ) -> None:
+        self._in_flight -= len(batch)
         if committed is not None:  # None: the batch was rolled back
             self._on_commit(committed)
         for item, outcome in zip(batch, outcomes, strict=True):

@@ -1,0 +1,93 @@
+"""The single ordered write path: a lone write commits on the event loop (no thread hand-off);
+writes that arrive together commit in batches on the writer thread. Either way every answer
+comes after a durable COMMIT, revisions stay gap-free, and a failed request changes nothing.
+In-process Stores on real SQLite files; which thread ran each COMMIT is read from SQLite's own
+statement profile hook."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from shim.backend.sqlite import SqliteBackend
+from shim.mvcc.errors import KeyNotFoundError
+from shim.mvcc.store import Store
+from shim.pb.rpc_pb2 import PutRequest, RangeRequest
+
+
+def run(tmp_path: Path, test: Callable[[Store, list[int]], Awaitable[None]]) -> None:
+    """Run ``test(store, commit_threads)``: the ids of the threads that ran each COMMIT."""
+
+    async def main() -> None:
+        backend = SqliteBackend(tmp_path / "state.db", synchronous="FULL")
+        backend.open()
+        store = Store(backend)
+        await store.start()
+        commits: list[int] = []
+
+        def profile(statement: str, _nanoseconds: int) -> None:
+            if statement == "COMMIT":
+                commits.append(threading.get_ident())
+
+        backend.writer().set_profile(profile)
+        try:
+            await test(store, commits)
+        finally:
+            await store.close()
+            backend.close()
+
+    asyncio.run(main())
+
+
+def test_lone_writes_commit_on_the_event_loop(tmp_path: Path) -> None:
+    async def test(store: Store, commits: list[int]) -> None:
+        loop_thread = threading.get_ident()
+        start = store.revision
+        revisions = []
+        for i in range(20):
+            resp = await store.put(PutRequest(key=b"k%d" % i, value=b"v"))
+            revisions.append(resp.header.revision)
+        assert revisions == list(range(start + 1, start + 21))
+        assert commits == [loop_thread] * 20
+
+    run(tmp_path, test)
+
+
+def test_writes_that_arrive_together_commit_in_batches_on_the_writer_thread(
+    tmp_path: Path,
+) -> None:
+    async def test(store: Store, commits: list[int]) -> None:
+        loop_thread = threading.get_ident()
+        start = store.revision
+        responses = await asyncio.gather(*(
+            store.put(PutRequest(key=b"burst/%03d" % i, value=b"%d" % i)) for i in range(300)
+        ))
+        revisions = sorted(resp.header.revision for resp in responses)
+        assert revisions == list(range(start + 1, start + 301))
+        assert len(commits) < 300, "writes that arrived together should share commits"
+        assert loop_thread not in commits, "a write with company should not commit on the loop"
+        stored = await store.range(RangeRequest(key=b"burst/", range_end=b"burst0"))
+        assert [kv.value for kv in stored.kvs] == [b"%d" % i for i in range(300)]
+
+    run(tmp_path, test)
+
+
+def test_a_failed_lone_write_changes_nothing(tmp_path: Path) -> None:
+    async def test(store: Store, commits: list[int]) -> None:
+        await store.put(PutRequest(key=b"a", value=b"1"))
+        before = store.revision
+        with pytest.raises(KeyNotFoundError):
+            await store.put(PutRequest(key=b"missing", ignore_value=True))
+        assert store.revision == before
+        resp = await store.put(PutRequest(key=b"a", value=b"2"))
+        assert resp.header.revision == before + 1
+        got = await store.range(RangeRequest(key=b"a"))
+        assert [(kv.value, kv.version) for kv in got.kvs] == [(b"2", 2)]
+        missing = await store.range(RangeRequest(key=b"missing"))
+        assert not missing.kvs
+
+    run(tmp_path, test)
