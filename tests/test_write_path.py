@@ -1,5 +1,6 @@
 """The single ordered write path: a lone write commits on the event loop (no thread hand-off);
-writes that arrive together commit in batches on the writer thread. Either way every answer
+writes that arrive together, or while writes have recently been overlapping, commit in batches
+on the writer thread. Either way every answer
 comes after a durable COMMIT, revisions stay gap-free, and a failed request changes nothing.
 In-process Stores on real SQLite files; which thread ran each COMMIT is read from SQLite's own
 statement profile hook."""
@@ -72,6 +73,17 @@ def test_writes_that_arrive_together_commit_in_batches_on_the_writer_thread(
         assert loop_thread not in commits, "a write with company should not commit on the loop"
         stored = await store.range(RangeRequest(key=b"burst/", range_end=b"burst0"))
         assert [kv.value for kv in stored.kvs] == [b"%d" % i for i in range(300)]
+
+        # Right after writes overlapped, a lone write still goes to the writer thread (under
+        # steady concurrency, one committing on the loop would stall everybody else)...
+        commits.clear()
+        await store.put(PutRequest(key=b"after", value=b"1"))
+        assert commits and loop_thread not in commits
+        # ...and once it has been quiet for a while, lone writes commit on the loop again.
+        await asyncio.sleep(0.2)
+        commits.clear()
+        await store.put(PutRequest(key=b"after", value=b"2"))
+        assert commits == [loop_thread]
 
     run(tmp_path, test)
 

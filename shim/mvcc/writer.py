@@ -5,8 +5,9 @@ it in order inside one SQLite transaction, commits durably, and only then answer
 and publishes the committed revisions. While one batch is being committed (the fsync), the next
 batch gathers, so throughput grows with concurrency instead of queueing behind fsyncs.
 
-A lone client write on an idle writer (nothing else in flight) is committed on the event loop
-thread itself: with nothing to group it with, the two thread hand-offs would only add latency.
+A lone client write on an idle writer (nothing else in flight, and no overlapping writes in the
+last moments) is committed on the event loop thread itself: with nothing to group it with, the
+two thread hand-offs would only add latency.
 
 The queue carries plain request messages and answers with response messages or errors, so a
 socket can later stand in for it and let several serving processes share this one path.
@@ -39,6 +40,10 @@ MAX_BATCH = 512
 _INLINE_REQUESTS = (PutRequest, DeleteRangeRequest, TxnRequest)
 # Event loop turns a lone write waits for company before it commits on the loop.
 _INLINE_YIELDS = 2
+# After writes overlapped, how long every write goes to the writer thread: under steady
+# concurrency a momentarily lone write would otherwise block the loop for a whole fsync while
+# the others' requests wait unread.
+_CROWD_MEMORY_SECONDS = 0.05
 
 
 @dataclass(slots=True)
@@ -82,6 +87,7 @@ class Writer:
         self._committing = threading.Lock()
         # Requests submitted and not yet answered (event loop thread only).
         self._in_flight = 0
+        self._crowded_until = 0.0  # loop time before which writes go to the writer thread
         # A shared database's transactions wait on other servers: never on the event loop.
         self._inline = not backend.shared
         self.replica: Replica | None = None
@@ -123,7 +129,14 @@ class Writer:
         future: asyncio.Future[WriteResponse] = self._loop.create_future()
         pending = _Pending(request, future)
         self._in_flight += 1
-        if self._in_flight == 1 and self._inline and isinstance(request, _INLINE_REQUESTS):
+        now = self._loop.time()
+        if self._in_flight > 1:
+            self._crowded_until = now + _CROWD_MEMORY_SECONDS
+        elif (
+            self._inline
+            and now >= self._crowded_until
+            and isinstance(request, _INLINE_REQUESTS)
+        ):
             # Let requests that have already arrived reach this point first: if one does,
             # both go to the writer thread and commit together.
             for _ in range(_INLINE_YIELDS):
