@@ -8,7 +8,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,10 @@ import grpc
 
 from bench import procfs
 from shim.pb import rpc_pb2, rpc_pb2_grpc
+from tests.support.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ETCD_VERSION = "3.5.1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def etcd_binary() -> str:

@@ -34,6 +34,7 @@ from bench.replication.nodes import (
     wait_linked,
 )
 from bench.servers import REPO_ROOT
+from shim.backend.sqlite_repl import ENTRY_VALUE_SQL
 from shim.pb import replication_pb2
 
 PAIRS = [(1, 2), (2, 1), (1, 3), (3, 1), (2, 3), (3, 2)]
@@ -248,8 +249,9 @@ def _entry_sizes(db: NodeDb, prefix: bytes, newest: int) -> dict[str, float]:
     the wire (replication_pb2.Entry), and of their value and field operations."""
     end = prefix[:-1] + bytes([prefix[-1] + 1])
     rows = db.query(
-        "SELECT origin, seq, hlc, key, deleted, value, lease, ops, base_uid, uid FROM repl_entry "
-        "WHERE key >= ? AND key < ? AND received_from IS NULL ORDER BY ingest DESC LIMIT ?",
+        f"SELECT e.origin, e.seq, e.hlc, e.key, e.deleted, {ENTRY_VALUE_SQL}, e.lease, e.ops, "
+        "e.base_uid, e.uid FROM repl_entry e "
+        "WHERE e.key >= ? AND e.key < ? AND e.received_from IS NULL ORDER BY e.ingest DESC LIMIT ?",
         (prefix, end, newest))
     if not rows:
         return {}

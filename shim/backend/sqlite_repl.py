@@ -12,13 +12,15 @@ from shim.replication.merge import Entry, Stamp
 
 log = logging.getLogger(__name__)
 
-# An entry's value: its own, or that of the log row it was written with (value_in_log).
-_ENTRY_VALUE = (
+# An entry's value (``e`` is repl_entry): its own, or that of the log row it was written with
+# (value_in_log).
+ENTRY_VALUE_SQL = (
     "CASE WHEN e.value_in_log = 0 THEN e.value ELSE "
     "(SELECT l.value FROM log l WHERE l.key = e.key AND l.hlc = e.hlc) END"
 )
 _ENTRY_COLUMNS = (
-    f"e.origin, e.seq, e.hlc, e.key, e.deleted, {_ENTRY_VALUE}, e.lease, e.ops, e.base_uid, e.uid"
+    f"e.origin, e.seq, e.hlc, e.key, e.deleted, {ENTRY_VALUE_SQL}, e.lease, e.ops, e.base_uid, "
+    "e.uid"
 )
 
 

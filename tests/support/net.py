@@ -1,26 +1,64 @@
-"""Loopback ports for test servers."""
+"""Loopback ports for test and benchmark servers.
+
+Ports come from just below the kernel's ephemeral range: a port picked there cannot be taken
+by an outgoing connection (which a port the kernel picked with bind(0) can, between the moment
+it is chosen and the moment the server binds it; with a hundred processes dialing each other
+that happened). Within one process ports are handed out in turn, so none is handed out twice.
+"""
 
 from __future__ import annotations
 
+import itertools
+import random
 import socket
+import threading
+from pathlib import Path
+
+_SPAN = 10_000
+
+
+def _port_range() -> range:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        ephemeral_low = int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low = max(1024, ephemeral_low - _SPAN)
+    return range(low, ephemeral_low)
+
+
+_RANGE = _port_range()
+# A random start, so two test or bench runs at once mostly pick different ports.
+_candidates = itertools.cycle(
+    itertools.chain(
+        range(random.choice(_RANGE), _RANGE.stop), range(_RANGE.start, _RANGE.stop)
+    )
+)
+_lock = threading.Lock()
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_ports(count: int) -> list[int]:
-    """Return `count` distinct loopback ports that were free a moment ago.
-
-    All sockets stay bound until every port is chosen, so the same port is never
-    handed out twice in one call; another process may still take one before use.
-    """
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """Return ``count`` distinct loopback ports that were free a moment ago."""
+    ports: list[int] = []
+    with _lock:
+        for _ in range(2 * len(_RANGE)):
+            if len(ports) == count:
+                break
+            port = next(_candidates)
+            if port not in ports and _is_free(port):
+                ports.append(port)
+    if len(ports) < count:
+        raise RuntimeError(f"no {count} free loopback ports in {_RANGE}")
+    return ports
 
 
 def free_port() -> int:
