@@ -21,9 +21,21 @@ async def cancel_and_wait(
         task.cancel()
     if not live:
         return
-    await asyncio.wait(live, timeout=timeout)
-    for task in live:
+
+    def retrieve(task: asyncio.Task[Any]) -> None:
         # Retrieved in any case, so asyncio does not report it as never retrieved.
-        error = task.exception() if task.done() and not task.cancelled() else None
+        error = None if task.cancelled() else task.exception()
         if error is not None and log_errors:
             log.error("task %s ended with an error", task.get_name(), exc_info=error)
+
+    try:
+        await asyncio.wait(live, timeout=timeout)
+    finally:
+        for task in live:
+            if task.done():
+                retrieve(task)
+            else:
+                # Still running (stuck in a call that ignores cancellation for a while, or
+                # the caller was cancelled while waiting): its outcome is taken care of
+                # whenever it ends.
+                task.add_done_callback(retrieve)
