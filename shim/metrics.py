@@ -59,6 +59,21 @@ REVISION = Gauge("shim_revision", "The newest committed revision.")
 LINKS = Gauge("shim_replication_links", "Replication links currently up.")
 
 
+def record_merge(
+    peer: str, applied: int, unchanged: int, duplicates: int, conflict_rules: list[str],
+    lag_ms: int | None,
+) -> None:
+    """Count a committed batch of a peer's entries."""
+    for outcome, count in (("applied", applied), ("unchanged", unchanged),
+                           ("duplicate", duplicates)):
+        if count:
+            REPLICATION_ENTRIES.labels(peer, outcome).inc(count)
+    for rule in conflict_rules:
+        REPLICATION_CONFLICTS.labels(rule).inc()
+    if lag_ms is not None:
+        REPLICATION_LAG_SECONDS.labels(peer).observe(max(lag_ms, 0) / 1000)
+
+
 def serve(address: str) -> None:
     """Start the HTTP exporter thread on ``host:port``."""
     host, _, port = address.rpartition(":")

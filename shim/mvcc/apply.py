@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shim import metrics
 from shim.backend.base import NewVersion, ReadView, WriteTxn, kv_from_row
 from shim.mvcc.errors import (
     CompactedError,
@@ -255,7 +254,6 @@ class Applier:
             ingest = repl.insert(entry, req.peer, now, skewed, "applied")
             if ingest is None:
                 result.duplicates += 1
-                metrics.REPLICATION_ENTRIES.labels(req.peer, "duplicate").inc()
                 continue
             newest_hlc = max(newest_hlc, entry.hlc)
             if not replica.policy.replicates(entry.key):
@@ -265,13 +263,12 @@ class Applier:
             resolved = replica.merge(repl, entry, ingest, old)
             if resolved.conflict:
                 result.conflicts += 1
-                metrics.REPLICATION_CONFLICTS.labels(resolved.rule).inc()
+                result.conflict_rules.append(resolved.rule)
             if not resolved.changed:
                 repl.set_outcome(ingest, "superseded" if resolved.conflict else "unchanged")
-                metrics.REPLICATION_ENTRIES.labels(req.peer, "unchanged").inc()
+                result.unchanged += 1
                 continue
             result.applied += 1
-            metrics.REPLICATION_ENTRIES.labels(req.peer, "applied").inc()
             self._apply_resolution(entry.key, old, resolved)
         if req.entries and result.duplicates == len(req.entries):
             # Nothing new (entries another path delivered first): leave the peer's row alone,
@@ -279,8 +276,7 @@ class Applier:
             # the next batch that brings something, or the next recorded heartbeat.
             return result
         lag = now - wall_ms(newest_hlc) if newest_hlc else None
-        if lag is not None:
-            metrics.REPLICATION_LAG_SECONDS.labels(req.peer).observe(max(lag, 0) / 1000)
+        result.lag_ms = lag
         repl.record_batch(
             req.peer, req.cursor, req.peer_high, result.received - result.duplicates,
             result.applied, result.conflicts, lag, now,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from shim import metrics
 from shim.backend.base import Backend
 from shim.mvcc.apply import (
     CommitListener,
@@ -80,7 +81,13 @@ class Store:
 
     async def merge(self, req: MergeRequest) -> MergeResult:
         """Apply a peer's batch of entries in one transaction with its cursor."""
-        return await self.write(req)  # type: ignore[return-value]
+        result: MergeResult = await self.write(req)  # type: ignore[assignment]
+        # Counted once committed: a batch that rolls back is received again later.
+        metrics.record_merge(
+            req.peer, result.applied, result.unchanged, result.duplicates,
+            result.conflict_rules, result.lag_ms,
+        )
+        return result
 
     def leases(self) -> dict[int, int]:
         """Lease id -> granted TTL as the write path knew them at start."""

@@ -8,7 +8,7 @@ turns the answer into ordinary local revisions.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shim.backend.sqlite_repl import ReplicationTables
 from shim.mvcc.hlc import HybridClock, wall_ms
@@ -81,6 +81,9 @@ class MergeResult:
     duplicates: int
     applied: int
     conflicts: int
+    unchanged: int = 0
+    conflict_rules: list[str] = field(default_factory=list)  # the rule of each conflict
+    lag_ms: int | None = None  # origin write (newest entry) to applied here
 
 
 class Replica:
