@@ -103,3 +103,24 @@ def test_a_failed_lone_write_changes_nothing(tmp_path: Path) -> None:
         assert not missing.kvs
 
     run(tmp_path, test)
+
+
+def test_a_write_cancelled_before_it_commits_leaves_the_path_as_it_was(tmp_path: Path) -> None:
+    async def test(store: Store, commits: list[int]) -> None:
+        loop_thread = threading.get_ident()
+        before = store.revision
+        task = asyncio.ensure_future(store.put(PutRequest(key=b"gone", value=b"1")))
+        await asyncio.sleep(0)  # it is waiting for company now
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert store.revision == before and commits == []
+        # The cancelled write is not counted as in flight for ever: lone writes still
+        # commit on the loop.
+        await asyncio.sleep(0.2)
+        await store.put(PutRequest(key=b"next", value=b"1"))
+        assert commits == [loop_thread]
+        missing = await store.range(RangeRequest(key=b"gone"))
+        assert not missing.kvs
+
+    run(tmp_path, test)

@@ -139,8 +139,12 @@ class Writer:
         ):
             # Let requests that have already arrived reach this point first: if one does,
             # both go to the writer thread and commit together.
-            for _ in range(_INLINE_YIELDS):
-                await asyncio.sleep(0)
+            try:
+                for _ in range(_INLINE_YIELDS):
+                    await asyncio.sleep(0)
+            except BaseException:
+                self._in_flight -= 1  # cancelled before it was submitted anywhere
+                raise
             if (
                 self._in_flight == 1
                 and not self._closed
