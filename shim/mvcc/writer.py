@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from shim import metrics
 from shim.backend.base import Backend, WriteTxn, kv_from_row
@@ -186,7 +187,8 @@ class Writer:
                     break
                 batch.append(item)  # type: ignore[arg-type]
             with self._committing:
-                self._commit(batch, self._deliver_from_thread)
+                # The outcomes are handed to the event loop, which delivers them.
+                self._commit(batch, partial(self._loop.call_soon_threadsafe, self._deliver))
 
     def _deliver_inline(
         self,
@@ -202,14 +204,6 @@ class Writer:
             self._loop.call_exception_handler(
                 {"message": "error delivering a committed write", "exception": exc}
             )
-
-    def _deliver_from_thread(
-        self,
-        batch: list[_Pending],
-        outcomes: list[WriteResponse | BaseException],
-        committed: list[Revision] | None,
-    ) -> None:
-        self._loop.call_soon_threadsafe(self._deliver, batch, outcomes, committed)
 
     def _commit(self, batch: list[_Pending], deliver: _Deliver) -> None:
         """Apply ``batch`` in one transaction and commit it; then ``deliver`` the outcomes."""
