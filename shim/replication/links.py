@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 
@@ -73,14 +73,11 @@ class LinkSpec:
         return self.url.split("://", 1)[-1].rstrip("/")
 
 
-class _Stream(Protocol):
-    async def send(self, msg: pb.LinkMessage) -> None: ...
+class _Stream:
+    """One side of a Link: the dialer's call or the acceptor's servicer context, which read
+    and write messages the same way."""
 
-    async def recv(self) -> pb.LinkMessage | None: ...
-
-
-class _ClientStream:
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: grpc.aio.StreamStreamCall | grpc.aio.ServicerContext) -> None:
         self._call = call
 
     async def send(self, msg: pb.LinkMessage) -> None:
@@ -88,18 +85,6 @@ class _ClientStream:
 
     async def recv(self) -> pb.LinkMessage | None:
         msg = await self._call.read()
-        return None if msg is grpc.aio.EOF else msg
-
-
-class _ServerStream:
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
-        self._context = context
-
-    async def send(self, msg: pb.LinkMessage) -> None:
-        await self._context.write(msg)
-
-    async def recv(self) -> pb.LinkMessage | None:
-        msg = await self._context.read()
         return None if msg is grpc.aio.EOF else msg
 
 
@@ -213,7 +198,7 @@ class Replicator:
             channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         async with channel:
             call = pb_grpc.ReplicationStub(channel).Link()
-            stream = _ClientStream(call)
+            stream = _Stream(call)
             try:
                 await stream.send(pb.LinkMessage(hello=pb.Hello(
                     node_id=self.node_id, name=self._name, token=spec.token,
@@ -270,7 +255,7 @@ class Replicator:
             self._admitted.discard(task)
 
     async def _admit(self, context: grpc.aio.ServicerContext) -> None:
-        stream = _ServerStream(context)
+        stream = _Stream(context)
         first = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
         if first is None or first.WhichOneof("kind") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a link starts with Hello")
