@@ -187,29 +187,28 @@ def scenario_b(ctx: Context, members: list[EtcdMember], mesh: list[ShimNode]) ->
     result: dict[str, Any] = {}
     say(f"B: replication lag, {sizes.lag_rate:.0f} puts/s for {sizes.lag_seconds:.0f} s "
         "on node 1, watchers on every node")
+
+    def measure(nodes: list[Any], names: dict[str, str], prefix: bytes) -> dict[str, Any]:
+        procfs.wait_quiet(ctx.wait_quiet)
+        cpu = GroupCpu(nodes).start()
+        out = asyncio.run(_lag(nodes[0].endpoint, names, sizes.lag_rate, sizes.lag_seconds,
+                               prefix))
+        cpu.stop()
+        out["server_cpu_s"] = cpu.server_cpu
+        out["foreign_cpu_pct"] = cpu.foreign_pct
+        return out
+
     dbs = [NodeDb(n) for n in mesh]
     try:
-        procfs.wait_quiet(ctx.wait_quiet)
-        cpu = GroupCpu(mesh).start()
-        result["shim"] = asyncio.run(_lag(
-            mesh[0].endpoint, {n.node_name: n.endpoint for n in mesh}, sizes.lag_rate,
-            sizes.lag_seconds, b"/bench/lag/shim/"))
-        cpu.stop()
-        result["shim"]["server_cpu_s"] = cpu.server_cpu
-        result["shim"]["foreign_cpu_pct"] = cpu.foreign_pct
+        result["shim"] = measure(mesh, {n.node_name: n.endpoint for n in mesh},
+                                 b"/bench/lag/shim/")
         result["shim"]["drained_s"] = wait_all_entries(dbs, 30)
     finally:
         for db in dbs:
             db.close()
     result["etcd_leader"] = etcd_leader(members)
-    procfs.wait_quiet(ctx.wait_quiet)
-    cpu = GroupCpu(members).start()
-    result["etcd"] = asyncio.run(_lag(
-        members[0].endpoint, {m.member: m.endpoint for m in members}, sizes.lag_rate,
-        sizes.lag_seconds, b"/bench/lag/etcd/"))
-    cpu.stop()
-    result["etcd"]["server_cpu_s"] = cpu.server_cpu
-    result["etcd"]["foreign_cpu_pct"] = cpu.foreign_pct
+    result["etcd"] = measure(members, {m.member: m.endpoint for m in members},
+                             b"/bench/lag/etcd/")
     for system in ("shim", "etcd"):
         for name, node in result[system]["nodes"].items():
             lag = node["lag"]

@@ -234,17 +234,6 @@ class NetnsShimNode(ShimNode):
             time.sleep(0.05)
 
 
-def wait_serving(nodes: Sequence[ShimNode], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    for node in nodes:
-        while node.serving_at() is None:
-            node.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{node.node_name} not serving after {timeout:.0f}s:\n"
-                                   f"{node.log_tail()}")
-            time.sleep(0.05)
-
-
 def wait_linked(nodes: Sequence[ShimNode], timeout: float = 60.0, after: float = 0.0) -> None:
     """Until every node's dialed links (one per --join) have come up since ``after``."""
     deadline = time.monotonic() + timeout
