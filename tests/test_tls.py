@@ -123,18 +123,12 @@ def test_clients_need_a_certificate_signed_by_the_trusted_ca(
 def test_replication_links_run_over_mutual_tls(tmp_path: Path, ca: CertificateAuthority) -> None:
     with TlsShim(tmp_path / "parent", ca, ["--bootstrap-token", "t0ken"]) as parent:
         peer = ca.issue("child-peer")
-        child_args = [
-            "--join",
-            f"https://{parent.endpoint}",
-            "--token",
-            "t0ken",
-            "--peer-trusted-ca-file",
-            str(ca.cert_path),
-            "--peer-cert-file",
-            str(peer.cert),
-            "--peer-key-file",
-            str(peer.key),
+        join_args = [
+            "--join", f"https://{parent.endpoint}", "--token", "t0ken",
+            "--peer-trusted-ca-file", str(ca.cert_path),
         ]
+        child_args = [*join_args, "--peer-cert-file", str(peer.cert),
+                      "--peer-key-file", str(peer.key)]
         with TlsShim(tmp_path / "child", ca, child_args) as child:
             child.etcdctl("put", "/tls/from-child", "1")
             parent.etcdctl("put", "/tls/from-parent", "2")
@@ -149,15 +143,7 @@ def test_replication_links_run_over_mutual_tls(tmp_path: Path, ca: CertificateAu
                 pytest.fail(f"no convergence over TLS: parent {on_parent}, child {on_child}")
 
         # A node without a peer certificate cannot link to a parent that requires one.
-        lone_args = [
-            "--join",
-            f"https://{parent.endpoint}",
-            "--token",
-            "t0ken",
-            "--peer-trusted-ca-file",
-            str(ca.cert_path),
-        ]
-        with TlsShim(tmp_path / "lone", ca, lone_args) as lone:
+        with TlsShim(tmp_path / "lone", ca, join_args) as lone:
             lone.etcdctl("put", "/tls/lonely", "3")
             time.sleep(1.5)
             keys = parent.etcdctl("get", "/tls/lonely", "--keys-only").stdout.split()
