@@ -31,7 +31,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="fewer requests per workload, 10k keys for the footprint (< 3 min)")
     parser.add_argument("--processes", type=int, default=1,
-                        help="processes of the bare server (shim's count: 1 today)")
+                        help="serving processes of shim (--processes N, SQLite) and of the "
+                        "bare server (default 1)")
     parser.add_argument("--loadgen-processes", type=int, default=4,
                         help="processes of the Python load generator (default 4)")
     parser.add_argument("--loadgen-concurrency", type=int, default=16,
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {out_dir}\nservers' data: {work_dir}", flush=True)
     options = Options(
         sizes=sizes, tool=tool, out_dir=out_dir, work_dir=work_dir, targets=targets,
-        bare_processes=args.processes, loadgen_processes=args.loadgen_processes,
+        processes=args.processes, loadgen_processes=args.loadgen_processes,
         loadgen_concurrency=args.loadgen_concurrency,
         only=tuple(o for o in args.only.split(",") if o), wait_quiet=args.wait_quiet,
     )
@@ -164,7 +165,7 @@ def target_lines(
         "etcd": f"- etcd {meta['etcd']}: single member, default durability (fsync on every "
         "commit)",
         "shim": "- shim: SQLite, `--sqlite-synchronous FULL` (every acknowledged write "
-        f"fsynced), commit {meta['shim_commit']}",
+        f"fsynced), {args.processes} serving process(es), commit {meta['shim_commit']}",
         "shim-pg": f"- shim-pg: {meta['servers'].get('shim-pg', 'shim on PostgreSQL')}; "
         "PostgreSQL's own durability defaults (every acknowledged commit fsynced); server CPU, "
         "memory (shim's RSS + PostgreSQL's Pss) and disk include PostgreSQL's processes and "

@@ -190,9 +190,10 @@ class ShimServer(Server):
 
     name = "shim"
 
-    def __init__(self, workdir: Path, synchronous: str = "FULL") -> None:
+    def __init__(self, workdir: Path, synchronous: str = "FULL", processes: int = 1) -> None:
         super().__init__(workdir)
         self.synchronous = synchronous
+        self.processes = processes
 
     def datastore_args(self) -> list[str]:
         return [f"--datastore-endpoint=sqlite://{self.data_dir / 'state.db'}",
@@ -201,7 +202,7 @@ class ShimServer(Server):
     def argv(self) -> list[str]:
         return [
             sys.executable, "-m", "shim", "serve", f"--listen-address={self.endpoint}",
-            *self.datastore_args(), "--log-level=warning",
+            *self.datastore_args(), "--log-level=warning", f"--processes={self.processes}",
         ]
 
     def wal_bytes(self) -> int | None:

@@ -36,7 +36,7 @@ class Options:
     out_dir: Path  # results folder; raw outputs go to out_dir / "raw"
     work_dir: Path  # data dirs of the servers (a real disk, not tmpfs)
     targets: tuple[str, ...]
-    bare_processes: int
+    processes: int  # serving processes of shim (on SQLite) and of the bare server
     loadgen_processes: int
     loadgen_concurrency: int
     only: tuple[str, ...] = ()  # workload ids to run (empty: all)
@@ -125,12 +125,12 @@ class Suite:
         if target == "etcd":
             return EtcdServer(workdir)
         if target == "shim":
-            return ShimServer(workdir, "FULL")
+            return ShimServer(workdir, "FULL", self.opt.processes)
         if target == "shim-pg":
             from bench.pg_server import ShimPostgresServer  # imports tests/support
 
             return ShimPostgresServer(workdir)
-        return BareServer(workdir, self.opt.bare_processes)
+        return BareServer(workdir, self.opt.processes)
 
     # ------------------------------------------------------------ the main suite
 

@@ -84,6 +84,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--name", default="default", help="member name reported by MemberList")
     parser.add_argument(
+        "--processes", type=_positive_int, default=1, metavar="N",
+        help="serving processes sharing the port (default 1). With N > 1 one more process "
+        "owns the write path and N serving processes answer gRPC and read the database "
+        "themselves: more throughput on several cores, a little more latency per write "
+        "(SQLite datastore, without replication or metrics)",
+    )
+    parser.add_argument(
         "--watch-progress-notify-interval", type=_duration, default=600.0,
         help="how often watchers that asked for progress_notify get one when idle "
         "(seconds, or with a unit: 500ms, 5s, 10m; default 10m as etcd)",
@@ -182,6 +189,16 @@ def _compaction_retention(mode: str, text: str) -> float:
         return _duration(text)
     except argparse.ArgumentTypeError:
         raise ValueError(f"--auto-compaction-retention {text!r}: not a duration") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _duration(text: str) -> float:
@@ -293,6 +310,8 @@ def run_serve(args: argparse.Namespace) -> int:
         listen_address=args.listen_address,
         datastore_endpoint=args.datastore_endpoint,
         log_level=args.log_level,
+        log_format=args.log_format,
+        processes=args.processes,
         sqlite_synchronous=args.sqlite_synchronous,
         max_request_bytes=args.max_request_bytes,
         name=args.name,
@@ -315,13 +334,18 @@ def run_serve(args: argparse.Namespace) -> int:
         maintenance_interval=args.maintenance_interval,
         replication_retention=args.replication_retention,
     )
-    from shim.api.server import serve  # imported late: grpc start-up cost only when serving
+    # Imported late: grpc start-up cost only when serving.
+    from shim.api.server import serve
+    from shim.procs.store_process import ServingProcessFailed
 
     try:
         asyncio.run(serve(config))
     except (ConfigError, BackendOpenError) as exc:
         print(f"shim: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ServingProcessFailed as exc:
+        print(f"shim: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0

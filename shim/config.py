@@ -51,6 +51,9 @@ class ServerConfig:
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     datastore_endpoint: str = DEFAULT_DATASTORE_ENDPOINT
     log_level: str = "info"
+    log_format: str = "plain"
+    # Serving processes sharing the port (1: this process serves and owns the store alone).
+    processes: int = 1
     sqlite_synchronous: str = "FULL"
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     name: str = "default"

@@ -19,15 +19,20 @@ from tests.support.postgres import (
     stop_shared_postgres,
 )
 
-# Datastores shim can run on. The modules below run their `shim`, `shim_module` and
-# `shim_factory` servers once per datastore (`--datastore` narrows the choice); every other
-# module uses SQLite, as before.
-DATASTORES = ("sqlite", "postgres")
-EVERY_DATASTORE_MODULES = frozenset({
-    "tests.test_differential_kv",
-    "tests.test_kube_apiserver_contract",
-    "tests.test_watch_catchup",
-})
+# Datastores shim can run on; "sqlite-processes" is SQLite served by `--processes 2` (a store
+# process and two serving processes on one port). The modules below run their `shim`,
+# `shim_module` and `shim_factory` servers once per datastore they list (`--datastore` narrows
+# the choice); every other module uses SQLite in one process.
+DATASTORES = ("sqlite", "postgres", "sqlite-processes")
+DATASTORE_ARGS = {"sqlite-processes": ["--processes", "2"]}
+MODULE_DATASTORES = {
+    "tests.test_differential_kv": DATASTORES,
+    "tests.test_kube_apiserver_contract": DATASTORES,
+    "tests.test_watch_catchup": DATASTORES,
+    "tests.test_differential_watch": ("sqlite", "sqlite-processes"),
+    "tests.test_watch_concurrency": ("sqlite", "sqlite-processes"),
+    "tests.test_etcdctl_watch_lease": ("sqlite", "sqlite-processes"),
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -39,17 +44,18 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--datastore", action="append", choices=DATASTORES, default=None,
-        help="datastore(s) for the modules that run on every datastore "
-        f"({', '.join(sorted(EVERY_DATASTORE_MODULES))}); repeatable; default: all",
+        help="datastore(s) for the modules that run on several "
+        f"({', '.join(sorted(MODULE_DATASTORES))}); repeatable; default: all",
     )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "datastore" in metafunc.fixturenames and (
-        metafunc.module.__name__ in EVERY_DATASTORE_MODULES
-    ):
+    datastores = MODULE_DATASTORES.get(metafunc.module.__name__)
+    if "datastore" in metafunc.fixturenames and datastores:
         chosen = metafunc.config.getoption("--datastore") or list(DATASTORES)
-        metafunc.parametrize("datastore", chosen, indirect=True, scope="module")
+        metafunc.parametrize(
+            "datastore", [d for d in datastores if d in chosen], indirect=True, scope="module"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +69,12 @@ def postgres() -> Iterator[PostgresServer]:
 def datastore(request: pytest.FixtureRequest) -> str:
     """The datastore of the shim fixtures: "sqlite" unless the module runs on every one."""
     return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="module")
+def datastore_args(datastore: str) -> list[str]:
+    """Command-line arguments the module's datastore adds to every shim server."""
+    return list(DATASTORE_ARGS.get(datastore, []))
 
 
 @pytest.fixture(scope="module")
@@ -104,19 +116,26 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
 
 
 @pytest.fixture
-def shim(tmp_path: Path, new_datastore_endpoint: Callable[[], str | None]) -> Iterator[ShimServer]:
+def shim(
+    tmp_path: Path, new_datastore_endpoint: Callable[[], str | None], datastore_args: list[str]
+) -> Iterator[ShimServer]:
     """A fresh shim server on a fresh SQLite file (or PostgreSQL database), for one test."""
-    with ShimServer(tmp_path / "shim", datastore_endpoint=new_datastore_endpoint()) as server:
+    with ShimServer(
+        tmp_path / "shim", datastore_endpoint=new_datastore_endpoint(), extra_args=datastore_args
+    ) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def shim_module(
-    tmp_path_factory: pytest.TempPathFactory, new_datastore_endpoint: Callable[[], str | None]
+    tmp_path_factory: pytest.TempPathFactory,
+    new_datastore_endpoint: Callable[[], str | None],
+    datastore_args: list[str],
 ) -> Iterator[ShimServer]:
     """A shim server shared by the tests of one module."""
     with ShimServer(
-        tmp_path_factory.mktemp("shim"), datastore_endpoint=new_datastore_endpoint()
+        tmp_path_factory.mktemp("shim"), datastore_endpoint=new_datastore_endpoint(),
+        extra_args=datastore_args,
     ) as server:
         yield server
 
@@ -131,13 +150,15 @@ def etcd_factory(tmp_path: Path) -> Iterator[Callable[..., EtcdServer]]:
 
 @pytest.fixture
 def shim_factory(
-    tmp_path: Path, new_datastore_endpoint: Callable[[], str | None]
+    tmp_path: Path, new_datastore_endpoint: Callable[[], str | None], datastore_args: list[str]
 ) -> Iterator[Callable[..., ShimServer]]:
     """`shim_factory(datastore_endpoint=..., extra_args=...)` starts another fresh shim (on
     the module's datastore unless an endpoint is given)."""
 
     def make(workdir: Path, **kwargs: Any) -> ShimServer:
-        kwargs.setdefault("datastore_endpoint", new_datastore_endpoint())
+        if "datastore_endpoint" not in kwargs:
+            kwargs["datastore_endpoint"] = new_datastore_endpoint()
+            kwargs["extra_args"] = [*datastore_args, *kwargs.get("extra_args", ())]
         return ShimServer(workdir, **kwargs)
 
     factory = ServerFactory(make, tmp_path / "shims")

@@ -493,13 +493,13 @@ def test_live_events_one_revision_per_response_under_concurrent_writes(
 
 
 def run_seed(
-    seed: int, workdir: Path, names: tuple[str, str]
+    seed: int, workdir: Path, names: tuple[str, str], shim_args: Sequence[str] = ()
 ) -> tuple[str | None, WatchStats | None]:
     """One seeded sequence on a fresh reference etcd and a fresh candidate (shim, or another
     etcd when names[1] starts with "etcd"): (failure report or None, stats)."""
     candidate_server = (
         EtcdServer(workdir / names[1]) if names[1].startswith("etcd")
-        else ShimServer(workdir / names[1])
+        else ShimServer(workdir / names[1], extra_args=shim_args)
     )
     with (
         EtcdServer(workdir / names[0]) as reference_server,
@@ -515,23 +515,26 @@ def run_seed(
             return f"{failure}\n{logs}", None
 
 
-def run_seeds(seeds: Sequence[int], root: Path, names: tuple[str, str]) -> list[WatchStats]:
+def run_seeds(
+    seeds: Sequence[int], root: Path, names: tuple[str, str], shim_args: Sequence[str] = ()
+) -> list[WatchStats]:
     """Seeds run concurrently (each mostly waits for quiet streams); every failing seed's
     report is raised together."""
     with ThreadPoolExecutor(len(seeds)) as pool:
-        results = list(pool.map(lambda seed: run_seed(seed, root / f"seed-{seed}", names),
-                                seeds))
+        results = list(pool.map(
+            lambda seed: run_seed(seed, root / f"seed-{seed}", names, shim_args), seeds
+        ))
     failures = [report for report, _ in results if report is not None]
     if failures:
         raise AssertionError("\n\n".join(failures))
     return [stats for _, stats in results if stats is not None]
 
 
-def test_watch_matches_etcd_seeded(tmp_path: Path) -> None:
+def test_watch_matches_etcd_seeded(tmp_path: Path, datastore_args: list[str]) -> None:
     """Seeded rounds of watch requests (every range shape and start revision, prev_kv,
     filters, chosen and duplicate ids, cancels, progress requests) and KV writes from the
     KV suite's generator (puts, deletes, multi-key txns, compactions)."""
-    for stats in run_seeds(SEEDS, tmp_path, ("etcd", "shim")):
+    for stats in run_seeds(SEEDS, tmp_path, ("etcd", "shim"), datastore_args):
         assert stats.events > 20 and stats.writes > 40, stats
 
 

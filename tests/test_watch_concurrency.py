@@ -46,13 +46,15 @@ def in_range(key: bytes, start: bytes, end: bytes) -> bool:
     return start <= key < end
 
 
-@pytest.fixture(params=["etcd", "shim"])
+@pytest.fixture(params=["etcd", "shim", "shim-processes"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
     process: ServerProcess
     if request.param == "etcd":
         process = EtcdServer(tmp_path / "etcd").start()
-    else:
+    elif request.param == "shim":
         process = ShimServer(tmp_path / "shim").start()
+    else:  # writers and watchers on separate connections land on different processes
+        process = ShimServer(tmp_path / "shim", extra_args=["--processes", "2"]).start()
     try:
         yield process
     finally:

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import grpc
 
 from shim.api.errors import grpc_errors
 from shim.api.header import Identity
-from shim.mvcc.lease import Lessor
 from shim.mvcc.store import Store
 from shim.pb import rpc_pb2, rpc_pb2_grpc
 
 
+class LeaseKeeper(Protocol):
+    """What the Lease service asks of a lessor: this process's, or the store process's."""
+
+    async def grant(self, req: rpc_pb2.LeaseGrantRequest) -> rpc_pb2.LeaseGrantResponse: ...
+    async def revoke(self, lease_id: int) -> rpc_pb2.LeaseRevokeResponse: ...
+    async def renew(self, lease_id: int) -> int: ...
+    async def time_to_live(self, lease_id: int) -> tuple[int, int] | None: ...
+    async def lease_ids(self) -> list[int]: ...
+
+
 class LeaseService(rpc_pb2_grpc.LeaseServicer):
-    def __init__(self, lessor: Lessor, store: Store, identity: Identity) -> None:
+    def __init__(self, lessor: LeaseKeeper, store: Store, identity: Identity) -> None:
         self._lessor = lessor
         self._store = store
         self._identity = identity
@@ -45,7 +55,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseTimeToLiveResponse:
         resp = rpc_pb2.LeaseTimeToLiveResponse(ID=request.ID)
-        found = self._lessor.time_to_live(request.ID)
+        found = await self._lessor.time_to_live(request.ID)
         if found is None:
             resp.TTL = -1  # etcd answers an unknown lease this way, not with an error
         else:
@@ -60,7 +70,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         self, request: rpc_pb2.LeaseLeasesRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseLeasesResponse:
         resp = rpc_pb2.LeaseLeasesResponse()
-        for lease_id in self._lessor.lease_ids():
+        for lease_id in await self._lessor.lease_ids():
             resp.leases.add(ID=lease_id)
         self._header(resp.header)
         return resp
@@ -75,5 +85,5 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
             # appear to happen before a keep-alive that succeeded.
             resp = rpc_pb2.LeaseKeepAliveResponse(ID=req.ID)
             self._header(resp.header)
-            resp.TTL = self._lessor.renew(req.ID)
+            resp.TTL = await self._lessor.renew(req.ID)
             yield resp

@@ -17,7 +17,7 @@ from shim import metrics
 from shim.api.cluster import ClusterService
 from shim.api.header import Identity
 from shim.api.kv import KVService
-from shim.api.lease import LeaseService
+from shim.api.lease import LeaseKeeper, LeaseService
 from shim.api.maintenance import MaintenanceService
 from shim.api.watch import WatchService, add_watch_service
 from shim.backend.base import Backend, BackendOpenError
@@ -36,6 +36,7 @@ from shim.mvcc.store import Store
 from shim.mvcc.watch import WatchHub
 from shim.mvcc.writer import ReplicationSettings
 from shim.pb import replication_pb2_grpc, rpc_pb2, rpc_pb2_grpc
+from shim.procs.remote import RemoteLessor, RemoteWritePath, StoreLink
 from shim.replication.links import ReplicationService, Replicator
 from shim.replication.policy import Policy, PolicyError
 from shim.replication.topology import link_specs, load_topology
@@ -146,30 +147,57 @@ def check_can_listen(target: str) -> None:
         raise ConfigError(f"cannot listen on {target}: {failures[0].strerror}")
 
 
-class ShimServer:
-    """One serving process: a store on a backend, behind a gRPC server."""
+def make_janitor(config: ServerConfig, store: Store) -> Janitor:
+    return Janitor(store, JanitorSettings(
+        config.auto_compaction_mode, config.auto_compaction_retention,
+        config.maintenance_interval, config.replication_retention,
+    ))
 
-    def __init__(self, config: ServerConfig, backend: Backend) -> None:
+
+class ShimServer:
+    """One serving process: a store on a backend, behind a gRPC server.
+
+    Alone, it owns the store: the Writer, the lessor, the janitor and replication. As one of
+    the serving processes of ``--processes N`` (``store_link`` given), the store process owns
+    them, and this process reads the database itself and sends every write and lease call
+    there; the port is shared with its siblings (SO_REUSEPORT).
+    """
+
+    def __init__(
+        self, config: ServerConfig, backend: Backend, store_link: StoreLink | None = None
+    ) -> None:
         self.config = config
         self.backend = backend
-        self.store = Store(backend, replication_settings(config, backend))
-        self._links = link_specs(config) if backend.replicates else []
+        self._store_link = store_link
+        self.lessor: LeaseKeeper
+        self._local_lessor: Lessor | None
+        self.janitor: Janitor | None
+        if store_link is None:
+            self.store = Store(backend, replication_settings(config, backend))
+            self.lessor = self._local_lessor = Lessor(self.store)
+            self.janitor = make_janitor(config, self.store)
+        else:
+            self.store = Store(
+                backend, write_path=lambda on_commit: RemoteWritePath(store_link, on_commit)
+            )
+            self.lessor = RemoteLessor(store_link)
+            self._local_lessor = None
+            self.janitor = None
+        self._replicates = backend.replicates and store_link is None
+        self._links = link_specs(config) if self._replicates else []
         self.replicator: Replicator | None = None
         self.identity = Identity.from_node_id(backend.node_id)
         self.health = health.aio.HealthServicer()
         self.hub: WatchHub | None = None
-        self.lessor = Lessor(self.store)
-        self.janitor = Janitor(self.store, JanitorSettings(
-            config.auto_compaction_mode, config.auto_compaction_retention,
-            config.maintenance_interval, config.replication_retention,
-        ))
         self._server: grpc.aio.Server | None = None
         self.client_url = ""
 
     async def start(self) -> None:
         tls = self.config.tls
         target = grpc_listen_target(self.config.listen_address, tls=tls is not None)
-        check_can_listen(target)
+        shares_port = self._store_link is not None
+        if not shares_port:  # the store process checked it before starting its siblings
+            check_can_listen(target)
         await self.store.start()
         hub = WatchHub(
             revision=self.store.revision,
@@ -177,6 +205,7 @@ class ShimServer:
             fill_header=lambda resp, revision: self._fill_watch_header(resp, revision),
             # etcd fragments watch responses at the gRPC message limit.
             max_response_bytes=self.config.max_request_bytes + GRPC_OVERHEAD_BYTES,
+            current_revision=self._database_revision if shares_port else None,
         )
         self.store.add_commit_listener(hub.on_commit)
         # Commits of other servers on a shared database (PostgreSQL) reach the hub as
@@ -187,9 +216,11 @@ class ShimServer:
         )
         hub.start(self.config.watch_progress_notify_interval)
         self.hub = hub
-        self.lessor.start(self.store.leases())
-        self.janitor.start()
-        if self.backend.replicates:
+        if self._local_lessor is not None:
+            self._local_lessor.start(self.store.leases())
+        if self.janitor is not None:
+            self.janitor.start()
+        if self._replicates:
             self.replicator = Replicator(
                 self.store, self.config.name, self.config.bootstrap_token, self._links,
                 self.config.peer_tls,
@@ -203,8 +234,9 @@ class ShimServer:
                 ("grpc.max_receive_message_length",
                  self.config.max_request_bytes + GRPC_OVERHEAD_BYTES),
                 ("grpc.max_send_message_length", 2**31 - 1),
-                # One server per port: a second one must fail to bind, not share the port.
-                ("grpc.so_reuseport", 0),
+                # One server per port: a second one must fail to bind, not share the port
+                # (the serving processes of one server share it on purpose).
+                ("grpc.so_reuseport", 1 if shares_port else 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ]
@@ -225,7 +257,7 @@ class ShimServer:
             ClusterService(self.store, self.identity, self.config.name, lambda: [self.client_url]),
             server,
         )
-        if self.backend.replicates:
+        if self._replicates:
             replication_pb2_grpc.add_ReplicationServicer_to_server(
                 ReplicationService(lambda: self.replicator), server
             )
@@ -254,11 +286,16 @@ class ShimServer:
             if tls else "plaintext", self.backend.location,
         )
 
+    def _database_revision(self) -> int:
+        with self.backend.read() as view:
+            return view.revision()
+
     def _serve_metrics(self, address: str, hub: WatchHub) -> None:
         replicator = self.replicator
+        lessor = self._local_lessor
         metrics.bind_gauges(
             watchers=hub.watcher_count,
-            leases=self.lessor.count,
+            leases=lessor.count if lessor is not None else lambda: 0,
             db_size=self.backend.size_bytes,
             revision=lambda: self.store.revision,
             links=lambda: len(replicator.live) if replicator is not None else 0,
@@ -304,34 +341,69 @@ class ShimServer:
             await stopping
             self._server = None
         self.backend.set_commit_listener(None)
-        await self.lessor.close()
-        await self.janitor.close()
+        if self._local_lessor is not None:
+            await self._local_lessor.close()
+        if self.janitor is not None:
+            await self.janitor.close()
         if self.hub is not None:
             await self.hub.close()
         await self._close_store()
+        if self._store_link is not None:
+            await self._store_link.close()
+
+
+def check_processes(config: ServerConfig) -> None:
+    """What --processes N > 1 cannot be combined with (yet), refused before anything opens."""
+    if config.processes == 1:
+        return
+    if isinstance(parse_datastore_endpoint(config.datastore_endpoint), PostgresEndpoint):
+        raise ConfigError(
+            "--processes needs the SQLite datastore; with PostgreSQL, run several shim "
+            "servers on the same database instead"
+        )
+    if wants_replication(config):
+        raise ConfigError(
+            "--processes cannot be combined with replication (--join, --bootstrap-token, "
+            "--topology) yet"
+        )
+    if config.metrics_address:
+        raise ConfigError("--processes cannot be combined with --metrics-address yet")
+    target = grpc_listen_target(config.listen_address, tls=config.tls is not None)
+    if target.rsplit(":", 1)[-1] == "0":
+        raise ConfigError("--processes needs a fixed port in --listen-address (not 0)")
 
 
 async def serve(config: ServerConfig) -> None:
+    check_processes(config)
     backend = open_backend(config)
     try:
-        server = ShimServer(config, backend)
-        try:
-            await server.start()
-        except apsw.Error as exc:
-            # Damage the open checks do not reach (a corrupted table) shows on the first read.
-            raise BackendOpenError(
-                f"cannot use database {backend.location}: {describe_sqlite_error(exc)}"
-            ) from exc
-        except backend.errors as exc:
-            raise BackendOpenError(f"cannot use database {backend.location}: {exc}") from exc
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, server.reload_topology)
-        await stop.wait()
-        log.info("shutting down")
-        await server.stop()
+        if config.processes > 1:
+            from shim.procs.store_process import serve_processes
+
+            await serve_processes(config, backend)
+        else:
+            await _serve_alone(config, backend)
     finally:
         backend.close()
     log.info("stopped; database closed cleanly")
+
+
+async def _serve_alone(config: ServerConfig, backend: Backend) -> None:
+    server = ShimServer(config, backend)
+    try:
+        await server.start()
+    except apsw.Error as exc:
+        # Damage the open checks do not reach (a corrupted table) shows on the first read.
+        raise BackendOpenError(
+            f"cannot use database {backend.location}: {describe_sqlite_error(exc)}"
+        ) from exc
+    except backend.errors as exc:
+        raise BackendOpenError(f"cannot use database {backend.location}: {exc}") from exc
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_topology)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()

@@ -246,6 +246,18 @@ class SqliteBackend:
             self.close()
             raise BackendOpenError(f"{self.path}: {exc}") from exc
 
+    def open_reader(self) -> None:
+        """Open for reading only, beside the process that opened it with ``open()`` (a serving
+        process of --processes N): no lock, no migrations, no writer connection."""
+        if not self.path.is_file():
+            raise BackendOpenError(f"cannot use database {self.path}: it does not exist")
+        try:
+            with self.read() as view:
+                self.node_id = view.node_id()
+        except apsw.Error as exc:
+            self.close()
+            raise BackendOpenError(f"cannot use database {self.path}: {_describe(exc)}") from exc
+
     def close(self) -> None:
         with self._readers_lock:
             for conn in self._all_readers:

@@ -83,7 +83,7 @@ class Lessor:
         self._forget(lease_id)
         return resp
 
-    def renew(self, lease_id: int) -> int:
+    async def renew(self, lease_id: int) -> int:
         """Refresh a lease's deadline; its TTL, or 0 if it does not exist (or just expired)."""
         ttl = self._ttl.get(lease_id)
         now = time.monotonic()
@@ -92,7 +92,7 @@ class Lessor:
         self._schedule(lease_id, ttl, now + ttl)
         return ttl
 
-    def time_to_live(self, lease_id: int) -> tuple[int, int] | None:
+    async def time_to_live(self, lease_id: int) -> tuple[int, int] | None:
         """(remaining whole seconds, granted TTL), or None for an unknown lease."""
         ttl = self._ttl.get(lease_id)
         if ttl is None:
@@ -103,7 +103,7 @@ class Lessor:
     def count(self) -> int:
         return len(self._ttl)
 
-    def lease_ids(self) -> list[int]:
+    async def lease_ids(self) -> list[int]:
         return list(self._ttl)
 
     # -- expiry --------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Protocol
 
 from shim import metrics
 from shim.backend.base import Backend
@@ -42,21 +44,47 @@ from shim.replication.resolve import MergeRequest, MergeResult, Replica
 log = logging.getLogger(__name__)
 
 
+class WritePath(Protocol):
+    """Where the Store sends writes: this process's Writer, or (in a serving process of
+    ``--processes N``) the store process's, through ``shim.procs.remote``."""
+
+    @property
+    def revision(self) -> int: ...
+    @property
+    def compact_revision(self) -> int: ...
+    @property
+    def replica(self) -> Replica | None: ...
+    leases: dict[int, int]
+
+    def start(self) -> None: ...
+    async def write(self, request: WriteRequest) -> WriteResponse: ...
+    def stop(self) -> None: ...
+
+
+# Makes a write path that tells ``on_commit`` of every committed batch.
+WritePathFactory = Callable[[CommitListener], WritePath]
+
+
 class Store:
     def __init__(
-        self, backend: Backend, replication: ReplicationSettings | None = None
+        self,
+        backend: Backend,
+        replication: ReplicationSettings | None = None,
+        write_path: WritePathFactory | None = None,
     ) -> None:
         self.backend = backend
         self._replication = replication
-        self._writer: Writer | None = None
+        self._make_write_path = write_path or self._local_writer
+        self._writer: WritePath | None = None
         self._listeners: list[CommitListener] = []
 
     # -- life cycle ----------------------------------------------------------------------------
 
+    def _local_writer(self, on_commit: CommitListener) -> WritePath:
+        return Writer(self.backend, asyncio.get_running_loop(), on_commit, self._replication)
+
     async def start(self) -> None:
-        self._writer = Writer(
-            self.backend, asyncio.get_running_loop(), self._publish, self._replication
-        )
+        self._writer = self._make_write_path(self._publish)
         self._writer.start()
 
     async def close(self) -> None:

@@ -118,8 +118,13 @@ class WatchHub:
         read_entries: Callable[[bytes, bytes | None, int, int], EntriesRead],
         fill_header: Callable[[WatchResponse, int], None],
         max_response_bytes: int,
+        current_revision: Callable[[], int] | None = None,
     ) -> None:
         self.revision = revision
+        # The database's newest revision, where it can run ahead of what this hub has been
+        # told (a serving process of --processes N hears of commits a moment later): a watch
+        # "from now" starts after it, as it would on the process that made the commit.
+        self._current_revision = current_revision
         self._read_entries = read_entries
         self._fill_header = fill_header
         self._max_response_bytes = max_response_bytes
@@ -194,16 +199,19 @@ class WatchHub:
             self._refuse(stream, DUPLICATE_ID)
             return
         start = req.start_revision
+        now = self.revision
+        if start == 0 and self._current_revision is not None:
+            now = max(now, self._current_revision())
         filters = set(req.filters)
         watcher = Watcher(
             id=watch_id, key=key, end=end, stream=stream, prev_kv=req.prev_kv,
             no_put=WatchCreateRequest.NOPUT in filters,
             no_delete=WatchCreateRequest.NODELETE in filters,
             progress_notify=req.progress_notify, fragment=req.fragment,
-            next_revision=self.revision + 1 if start == 0 else start,
+            next_revision=now + 1 if start == 0 else start,
         )
         created = WatchResponse(watch_id=watch_id, created=True)
-        self._fill_header(created, self.revision)
+        self._fill_header(created, now)
         stream.send(created)
         stream.watchers[watch_id] = watcher
         if watcher.end is None:

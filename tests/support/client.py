@@ -11,11 +11,18 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 class Client:
-    """Stubs for every etcd v3 service over one insecure channel to `endpoint`."""
+    """Stubs for every etcd v3 service over one insecure channel to `endpoint`.
+
+    Each Client has a connection of its own, as separate programs would (gRPC Python shares
+    one connection between channels to the same target unless told otherwise): with
+    `--processes N` different Clients can land on different serving processes.
+    """
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
-        self.channel = grpc.insecure_channel(endpoint)
+        self.channel = grpc.insecure_channel(
+            endpoint, options=[("grpc.use_local_subchannel_pool", 1)]
+        )
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
         self.watch = rpc_pb2_grpc.WatchStub(self.channel)
         self.lease = rpc_pb2_grpc.LeaseStub(self.channel)

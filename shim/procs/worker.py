@@ -1,0 +1,86 @@
+"""A serving process of ``shim serve --processes N`` (started by the store process only).
+
+    python -m shim.procs.worker FD PARENT_PID
+
+FD is this process's end of the socket pair; the settings arrive on it as the first message.
+The process serves the etcd gRPC API on the shared port (SO_REUSEPORT) until SIGTERM/SIGINT
+or until the store process goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+
+from shim.api.server import ShimServer
+from shim.backend.base import BackendOpenError
+from shim.backend.sqlite import SqliteBackend
+from shim.config import ConfigError, SqliteEndpoint, parse_datastore_endpoint
+from shim.procs import remote
+from shim.procs.channel import Channel
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this process when the store process dies (kill -9 included)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the closed channel still stops this process
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before the line above took effect
+
+
+async def run(sock: socket.socket) -> int:
+    channel = await Channel.open(sock)
+    kind, config, index = await channel.receive()
+    assert kind == remote.START
+    from shim.cli import configure_logging
+
+    configure_logging(config.log_level, config.log_format)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    endpoint = parse_datastore_endpoint(config.datastore_endpoint)
+    assert isinstance(endpoint, SqliteEndpoint)
+    backend = SqliteBackend(endpoint.path, synchronous=config.sqlite_synchronous)
+    try:
+        backend.open_reader()
+        with backend.read() as view:
+            revision = view.revision()
+        link = remote.StoreLink(channel, revision, on_lost=stop.set)
+        server = ShimServer(config, backend, store_link=link)
+        try:
+            await server.start()
+        except (ConfigError, BackendOpenError) as exc:
+            channel.send((remote.FAILED, str(exc)))
+            await channel.drain()
+            return 2
+        channel.send((remote.READY, None))
+        log.debug("serving process %d ready", index)
+        await stop.wait()
+        await server.stop()
+        return 1 if link.lost else 0
+    finally:
+        backend.close()
+
+
+def main() -> None:
+    fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
+    _die_with_parent(parent_pid)
+    sock = socket.socket(fileno=fd)
+    sys.exit(asyncio.run(run(sock)))
+
+
+if __name__ == "__main__":
+    main()
