@@ -19,7 +19,6 @@ from shim.mvcc.apply import CommitListener, Revision, WriteRequest, WriteRespons
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError
 from shim.pb.rpc_pb2 import LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeResponse
 from shim.procs.channel import Channel, ChannelClosed
-from shim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +48,15 @@ class StoreLink:
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._on_lost = on_lost
         self._listener: CommitListener | None = None
-        self._task: asyncio.Task[None] | None = None
         self.revision = revision  # the newest revision this process has been told of
         self.compact_revision = -1
         self.lost = False
 
     def start(self, listener: CommitListener) -> None:
         self._listener = listener
-        self._task = asyncio.get_running_loop().create_task(self._receive())
+        self._channel.set_handler(self._received, self._closed)
 
     async def close(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
         self._channel.close()
 
     async def call(self, name: str, argument: Any) -> Any:
@@ -77,26 +73,26 @@ class StoreLink:
         finally:
             self._calls.pop(call_id, None)
 
-    async def _receive(self) -> None:
-        try:
-            while True:
-                message = await self._channel.receive()
-                if message[0] == REPLY:
-                    _, call_id, ok, value = message
-                    future = self._calls.get(call_id)
-                    if future is None or future.done():
-                        continue  # its caller went away
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
-                elif message[0] == COMMIT:
-                    _, revisions, compact_revision = message
-                    self._committed(revisions, compact_revision)
-                else:
-                    log.error("unexpected message from the store process: %r", message[0])
-        except ChannelClosed:
-            log.error("the store process is gone; this serving process stops")
+    def _received(self, message: Any) -> None:
+        if message[0] == REPLY:
+            _, call_id, ok, value = message
+            future = self._calls.get(call_id)
+            if future is None or future.done():
+                return  # its caller went away
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        elif message[0] == COMMIT:
+            _, revisions, compact_revision = message
+            self._committed(revisions, compact_revision)
+        else:
+            log.error("unexpected message from the store process: %r", message[0])
+
+    def _closed(self) -> None:
+        if self.lost:
+            return
+        log.error("the store process is gone; this serving process stops")
         self.lost = True
         for future in self._calls.values():
             if not future.done():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -55,7 +56,7 @@ class _Serving:
     process: asyncio.subprocess.Process
     channel: Channel
     ready: asyncio.Future[str | None]
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    exit_watch: asyncio.Task[None] | None = None
     calls: set[asyncio.Task[None]] = field(default_factory=set)  # calls being answered
 
 
@@ -105,11 +106,9 @@ class StoreProcess:
         )
         # Subscribed before it reads the database's revision: it misses no commit notice.
         channel.send((remote.START, self.config, index))
-        loop = asyncio.get_running_loop()
-        serving.tasks = [
-            loop.create_task(self._serve_calls(serving)),
-            loop.create_task(self._watch_exit(serving)),
-        ]
+        # Its end closing is noticed through its exit (_watch_exit).
+        channel.set_handler(functools.partial(self._received, serving), lambda: None)
+        serving.exit_watch = asyncio.get_running_loop().create_task(self._watch_exit(serving))
         return serving
 
     def _broadcast(self, committed: list[Revision]) -> None:
@@ -122,23 +121,17 @@ class StoreProcess:
             with contextlib.suppress(ChannelClosed):  # a closed one: its exit is handled
                 serving.channel.send_frame(frame)
 
-    async def _serve_calls(self, serving: _Serving) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                message = await serving.channel.receive()
-                kind = message[0]
-                if kind == remote.CALL:
-                    _, call_id, name, argument = message
-                    task = loop.create_task(
-                        self._answer(serving.channel, call_id, name, argument)
-                    )
-                    serving.calls.add(task)
-                    task.add_done_callback(serving.calls.discard)
-                elif kind in (remote.READY, remote.FAILED) and not serving.ready.done():
-                    serving.ready.set_result(None if kind == remote.READY else message[1])
-        except ChannelClosed:
-            pass  # _watch_exit reports it
+    def _received(self, serving: _Serving, message: Any) -> None:
+        kind = message[0]
+        if kind == remote.CALL:
+            _, call_id, name, argument = message
+            task = asyncio.get_running_loop().create_task(
+                self._answer(serving.channel, call_id, name, argument)
+            )
+            serving.calls.add(task)
+            task.add_done_callback(serving.calls.discard)
+        elif kind in (remote.READY, remote.FAILED) and not serving.ready.done():
+            serving.ready.set_result(None if kind == remote.READY else message[1])
 
     async def _answer(self, channel: Channel, call_id: int, name: str, argument: Any) -> None:
         try:
@@ -188,7 +181,7 @@ class StoreProcess:
                 serving.process.kill()
                 await serving.process.wait()
         for serving in self._serving:
-            await cancel_and_wait(*serving.tasks, *serving.calls)
+            await cancel_and_wait(serving.exit_watch, *serving.calls)
             serving.channel.close()
         self._serving = []
         await self.lessor.close()

@@ -42,7 +42,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 async def run(sock: socket.socket) -> int:
     channel = await Channel.open(sock)
-    kind, config, index = await channel.receive()
+    kind, config, index = await channel.first_message()
     assert kind == remote.START
     from shim.cli import configure_logging
 
@@ -64,7 +64,7 @@ async def run(sock: socket.socket) -> int:
             await server.start()
         except (ConfigError, BackendOpenError) as exc:
             channel.send((remote.FAILED, str(exc)))
-            await channel.drain()
+            channel.close()  # sends what is queued first
             return 2
         channel.send((remote.READY, None))
         log.debug("serving process %d ready", index)
