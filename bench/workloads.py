@@ -29,6 +29,7 @@ class Sizes:
     c1_total: int
     many_total: int
     watch_latency_total: int
+    watch_latency_w100_total: int  # puts; each one is an event for 100 watchers
     watch_put_total: int
     tool_timeout: float
     mix_seconds: float
@@ -40,12 +41,14 @@ class Sizes:
 
 
 FULL = Sizes(
-    c1_total=20_000, many_total=50_000, watch_latency_total=5_000, watch_put_total=5_000,
+    c1_total=20_000, many_total=50_000, watch_latency_total=5_000,
+    watch_latency_w100_total=2_000, watch_put_total=5_000,
     tool_timeout=300, mix_seconds=20, mix_objects_per_worker=250, list_objects=10_000,
     list_iterations=10, list_max_seconds=60, footprint_keys=100_000,
 )
 QUICK = Sizes(
-    c1_total=1_000, many_total=3_000, watch_latency_total=1_000, watch_put_total=500,
+    c1_total=1_000, many_total=3_000, watch_latency_total=1_000,
+    watch_latency_w100_total=600, watch_put_total=500,
     tool_timeout=90, mix_seconds=5, mix_objects_per_worker=100, list_objects=10_000,
     list_iterations=3, list_max_seconds=15, footprint_keys=10_000,
 )
@@ -86,6 +89,13 @@ def tool_workloads(sizes: Sizes) -> list[ToolWorkload]:
         (*conns[1], "watch-latency", "--put-rate=500", f"--total={sizes.watch_latency_total}",
          "--key-size=32", "--val-size=256"),
         NO_BARE, _one("watch_latency", "watch latency (put ack → event), 500 puts/s"),
+    ))
+    work.append(ToolWorkload(
+        "watch_latency_w100",
+        (*conns[100], "watch-latency", "--put-rate=200",
+         f"--total={sizes.watch_latency_w100_total}", "--key-size=32", "--val-size=256"),
+        NO_BARE,
+        _one("watch_latency_w100", "watch latency (put ack → event), 100 watchers, 200 puts/s"),
     ))
     work.append(ToolWorkload(
         "watch_fanout",

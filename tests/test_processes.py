@@ -154,8 +154,11 @@ def test_compare_and_swap_through_every_process_has_one_winner_per_revision(
 def test_watch_from_now_on_another_connection_starts_after_acknowledged_writes(
     server: ShimServer,
 ) -> None:
-    """A write acknowledged on one process is never an event of a watch created afterwards
-    "from now" on another, although that process hears of the commit a moment later."""
+    """A write acknowledged on one connection is never an event of a watch created afterwards
+    "from now" on another, and the next write is, exactly once, headed one revision later
+    (the two connections are on different processes in about half of the runs: the writer's
+    process is told of a commit before its reply, the other one a moment later, and a watch
+    from now starts after the database's newest revision)."""
     with Client(server.endpoint) as writer, Client(server.endpoint) as watcher:
         requests: queue.Queue[pb.WatchRequest | None] = queue.Queue()
         responses = watcher.watch.Watch(iter(requests.get, None), timeout=60)

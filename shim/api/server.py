@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
 import socket
 import ssl
+from collections.abc import Iterator
 
 import apsw
 import grpc
@@ -292,10 +294,10 @@ class ShimServer:
 
     def _serve_metrics(self, address: str, hub: WatchHub) -> None:
         replicator = self.replicator
-        lessor = self._local_lessor
+        assert self._local_lessor is not None  # refused with --processes (check_processes)
         metrics.bind_gauges(
             watchers=hub.watcher_count,
-            leases=lessor.count if lessor is not None else lambda: 0,
+            leases=self._local_lessor.count,
             db_size=self.backend.size_bytes,
             revision=lambda: self.store.revision,
             links=lambda: len(replicator.live) if replicator is not None else 0,
@@ -388,17 +390,24 @@ async def serve(config: ServerConfig) -> None:
     log.info("stopped; database closed cleanly")
 
 
-async def _serve_alone(config: ServerConfig, backend: Backend) -> None:
-    server = ShimServer(config, backend)
+@contextlib.contextmanager
+def database_errors_reported(backend: Backend) -> Iterator[None]:
+    """Damage the open checks do not reach (a corrupted table) shows on the first read, while
+    the server starts: one line for the operator, not a traceback."""
     try:
-        await server.start()
+        yield
     except apsw.Error as exc:
-        # Damage the open checks do not reach (a corrupted table) shows on the first read.
         raise BackendOpenError(
             f"cannot use database {backend.location}: {describe_sqlite_error(exc)}"
         ) from exc
     except backend.errors as exc:
         raise BackendOpenError(f"cannot use database {backend.location}: {exc}") from exc
+
+
+async def _serve_alone(config: ServerConfig, backend: Backend) -> None:
+    server = ShimServer(config, backend)
+    with database_errors_reported(backend):
+        await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

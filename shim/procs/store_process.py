@@ -28,7 +28,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from shim.api.server import check_can_listen, make_janitor, replication_settings
+from shim.api.server import (
+    check_can_listen,
+    database_errors_reported,
+    make_janitor,
+    replication_settings,
+)
 from shim.backend.base import Backend
 from shim.config import ConfigError, ServerConfig, grpc_listen_target
 from shim.mvcc.apply import Revision
@@ -205,7 +210,8 @@ async def serve_processes(config: ServerConfig, backend: Backend) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    with database_errors_reported(backend):
+        await server.start()
     stopped = loop.create_task(stop.wait())
     await asyncio.wait((stopped, server.failed), return_when=asyncio.FIRST_COMPLETED)
     failure = server.failed.result() if server.failed.done() else None
