@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 
-from shim.api.server import ShimServer
+from shim.api.server import ShimServer, database_errors_reported
 from shim.backend.base import BackendOpenError
 from shim.backend.sqlite import SqliteBackend
 from shim.config import ConfigError, SqliteEndpoint, parse_datastore_endpoint
@@ -55,14 +55,16 @@ async def run(sock: socket.socket) -> int:
     assert isinstance(endpoint, SqliteEndpoint)
     backend = SqliteBackend(endpoint.path, synchronous=config.sqlite_synchronous)
     try:
-        backend.open_reader()
-        with backend.read() as view:
-            revision = view.revision()
-        link = remote.StoreLink(channel, revision, on_lost=stop.set)
-        server = ShimServer(config, backend, store_link=link)
         try:
-            await server.start()
+            backend.open_reader()
+            with backend.read() as view:
+                revision = view.revision()
+            link = remote.StoreLink(channel, revision, on_lost=stop.set)
+            server = ShimServer(config, backend, store_link=link)
+            with database_errors_reported(backend):
+                await server.start()
         except (ConfigError, BackendOpenError) as exc:
+            # The store process reports it (one line) and stops the server.
             channel.send((remote.FAILED, str(exc)))
             channel.close()  # sends what is queued first
             return 2
