@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bench.procfs import process_tree
 from shim.pb import rpc_pb2 as pb
 from tests.support import Client, ShimServer
 from tests.support.net import free_port
@@ -37,19 +38,8 @@ def server(tmp_path: Path) -> Iterator[ShimServer]:
 
 
 def children(pid: int) -> list[int]:
-    """Live child processes of ``pid`` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
+    """The serving processes of the server ``pid`` (they start no processes of their own)."""
+    return process_tree(pid)[1:]
 
 
 def client_connections(pid: int, port: int) -> int:

@@ -180,7 +180,8 @@ class ShimServer:
             self.janitor = make_janitor(config, self.store)
         else:
             self.store = Store(
-                backend, write_path=lambda on_commit: RemoteWritePath(store_link, on_commit)
+                backend,
+                write_path=lambda on_commit: RemoteWritePath(store_link, on_commit, backend),
             )
             self.lessor = RemoteLessor(store_link)
             self._local_lessor = None

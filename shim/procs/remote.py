@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from shim.backend.base import Backend
 from shim.mvcc.apply import CommitListener, Revision, WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError
 from shim.pb.rpc_pb2 import LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeResponse
@@ -33,7 +34,7 @@ LEASE_IDS = "lease_ids"
 # Message kinds.
 CALL = "call"  # serving -> store: (CALL, call id, call name, argument)
 REPLY = "reply"  # store -> serving: (REPLY, call id, ok, value or exception)
-COMMIT = "commit"  # store -> serving: (COMMIT, revisions, compact revision)
+COMMIT = "commit"  # store -> serving: (COMMIT, revisions)
 START = "start"  # store -> serving, first: (START, ServerConfig, index)
 READY = "ready"  # serving -> store: (READY, None) or (FAILED, one-line reason)
 FAILED = "failed"
@@ -49,7 +50,6 @@ class StoreLink:
         self._on_lost = on_lost
         self._listener: CommitListener | None = None
         self.revision = revision  # the newest revision this process has been told of
-        self.compact_revision = -1
         self.lost = False
 
     def start(self, listener: CommitListener) -> None:
@@ -84,8 +84,7 @@ class StoreLink:
             else:
                 future.set_exception(value)
         elif message[0] == COMMIT:
-            _, revisions, compact_revision = message
-            self._committed(revisions, compact_revision)
+            self._committed(message[1])
         else:
             log.error("unexpected message from the store process: %r", message[0])
 
@@ -99,11 +98,10 @@ class StoreLink:
                 future.set_exception(StorageUnavailableError("the store process is gone"))
         self._on_lost()
 
-    def _committed(self, revisions: list[Revision], compact_revision: int) -> None:
+    def _committed(self, revisions: list[Revision]) -> None:
         # Notices older than this process's start (it read the revision from the database
         # after it was subscribed) were already in the database it started from.
         fresh = [r for r in revisions if r.revision > self.revision]
-        self.compact_revision = compact_revision
         if fresh:
             self.revision = fresh[-1].revision
             if self._listener is not None:
@@ -115,9 +113,10 @@ class RemoteWritePath:
 
     replica = None  # replication runs in the store process only
 
-    def __init__(self, link: StoreLink, on_commit: CommitListener) -> None:
+    def __init__(self, link: StoreLink, on_commit: CommitListener, backend: Backend) -> None:
         self._link = link
         self._on_commit = on_commit
+        self._backend = backend
         self.leases: dict[int, int] = {}  # the store process's lessor keeps them
 
     @property
@@ -126,7 +125,9 @@ class RemoteWritePath:
 
     @property
     def compact_revision(self) -> int:
-        return self._link.compact_revision
+        # Only the janitor asks, and it runs in the store process: read it when asked.
+        with self._backend.read() as view:
+            return view.compact_revision()
 
     def start(self) -> None:
         self._link.start(self._on_commit)

@@ -121,7 +121,7 @@ class StoreProcess:
             return
         # Only the revisions themselves say how far this notice goes: the writer thread may
         # already have committed the next batch, so its current revision is not this one's.
-        frame = encode((remote.COMMIT, committed, self.store.compact_revision))
+        frame = encode((remote.COMMIT, committed))
         for serving in self._serving:
             with contextlib.suppress(ChannelClosed):  # a closed one: its exit is handled
                 serving.channel.send_frame(frame)
