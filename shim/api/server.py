@@ -149,11 +149,38 @@ def check_can_listen(target: str) -> None:
         raise ConfigError(f"cannot listen on {target}: {failures[0].strerror}")
 
 
-def make_janitor(config: ServerConfig, store: Store) -> Janitor:
-    return Janitor(store, JanitorSettings(
-        config.auto_compaction_mode, config.auto_compaction_retention,
-        config.maintenance_interval, config.replication_retention,
-    ))
+class OwnedStore:
+    """The store and what keeps it, in the process that owns the write path (a lone server,
+    or the store process of --processes N): the Store with its Writer, the lessor (lease
+    deadlines and expiry) and the janitor (automatic compaction, replication retention)."""
+
+    def __init__(self, config: ServerConfig, backend: Backend) -> None:
+        self.store = Store(backend, replication_settings(config, backend))
+        self.lessor = Lessor(self.store)
+        self.janitor = Janitor(self.store, JanitorSettings(
+            config.auto_compaction_mode, config.auto_compaction_retention,
+            config.maintenance_interval, config.replication_retention,
+        ))
+
+    async def start(self) -> None:
+        await self.store.start()
+        self.lessor.start(self.store.leases())
+        self.janitor.start()
+
+    async def stop(self) -> None:
+        """Stop the lessor and the janitor, then drain and stop the write path."""
+        await self.lessor.close()
+        await self.janitor.close()
+        await self.store.close()
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGTERM or SIGINT sets: how every shim process is asked to stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 class ShimServer:
@@ -171,21 +198,17 @@ class ShimServer:
         self.config = config
         self.backend = backend
         self._store_link = store_link
+        self._owned: OwnedStore | None = None
         self.lessor: LeaseKeeper
-        self._local_lessor: Lessor | None
-        self.janitor: Janitor | None
         if store_link is None:
-            self.store = Store(backend, replication_settings(config, backend))
-            self.lessor = self._local_lessor = Lessor(self.store)
-            self.janitor = make_janitor(config, self.store)
+            self._owned = OwnedStore(config, backend)
+            self.store, self.lessor = self._owned.store, self._owned.lessor
         else:
             self.store = Store(
                 backend,
                 write_path=lambda on_commit: RemoteWritePath(store_link, on_commit, backend),
             )
             self.lessor = RemoteLessor(store_link)
-            self._local_lessor = None
-            self.janitor = None
         self._replicates = backend.replicates and store_link is None
         self._links = link_specs(config) if self._replicates else []
         self.replicator: Replicator | None = None
@@ -201,7 +224,7 @@ class ShimServer:
         shares_port = self._store_link is not None
         if not shares_port:  # the store process checked it before starting its siblings
             check_can_listen(target)
-        await self.store.start()
+        await (self._owned.start() if self._owned is not None else self.store.start())
         hub = WatchHub(
             revision=self.store.revision,
             read_entries=self.store.read_watch_entries,
@@ -219,10 +242,6 @@ class ShimServer:
         )
         hub.start(self.config.watch_progress_notify_interval)
         self.hub = hub
-        if self._local_lessor is not None:
-            self._local_lessor.start(self.store.leases())
-        if self.janitor is not None:
-            self.janitor.start()
         if self._replicates:
             self.replicator = Replicator(
                 self.store, self.config.name, self.config.bootstrap_token, self._links,
@@ -295,10 +314,10 @@ class ShimServer:
 
     def _serve_metrics(self, address: str, hub: WatchHub) -> None:
         replicator = self.replicator
-        assert self._local_lessor is not None  # refused with --processes (check_processes)
+        assert self._owned is not None  # refused with --processes (check_processes)
         metrics.bind_gauges(
             watchers=hub.watcher_count,
-            leases=self._local_lessor.count,
+            leases=self._owned.lessor.count,
             db_size=self.backend.size_bytes,
             revision=lambda: self.store.revision,
             links=lambda: len(replicator.live) if replicator is not None else 0,
@@ -312,7 +331,12 @@ class ShimServer:
     async def _close_store(self) -> None:
         if self.replicator is not None:
             await self.replicator.close()
-        await self.store.close()
+        if self._owned is not None:
+            await self._owned.stop()
+        else:
+            await self.store.close()
+            assert self._store_link is not None
+            await self._store_link.close()
 
     def reload_topology(self) -> None:
         """SIGHUP: dial exactly the links the flags and the topology file name now."""
@@ -344,15 +368,9 @@ class ShimServer:
             await stopping
             self._server = None
         self.backend.set_commit_listener(None)
-        if self._local_lessor is not None:
-            await self._local_lessor.close()
-        if self.janitor is not None:
-            await self.janitor.close()
         if self.hub is not None:
             await self.hub.close()
         await self._close_store()
-        if self._store_link is not None:
-            await self._store_link.close()
 
 
 def check_processes(config: ServerConfig) -> None:
@@ -409,11 +427,8 @@ async def _serve_alone(config: ServerConfig, backend: Backend) -> None:
     server = ShimServer(config, backend)
     with database_errors_reported(backend):
         await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload_topology)
+    stop = stop_on_signals()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_topology)
     await stop.wait()
     log.info("shutting down")
     await server.stop()

@@ -29,17 +29,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shim.api.server import (
+    OwnedStore,
     check_can_listen,
     database_errors_reported,
-    make_janitor,
-    replication_settings,
+    stop_on_signals,
 )
 from shim.backend.base import Backend
 from shim.config import ConfigError, ServerConfig, grpc_listen_target
 from shim.mvcc.apply import Revision
 from shim.mvcc.errors import StoreError
-from shim.mvcc.lease import Lessor
-from shim.mvcc.store import Store
 from shim.procs import remote
 from shim.procs.channel import Channel, ChannelClosed, encode
 from shim.tasks import cancel_and_wait
@@ -69,9 +67,8 @@ class StoreProcess:
     def __init__(self, config: ServerConfig, backend: Backend) -> None:
         self.config = config
         self.backend = backend
-        self.store = Store(backend, replication_settings(config, backend))
-        self.lessor = Lessor(self.store)
-        self.janitor = make_janitor(config, self.store)
+        self._owned = OwnedStore(config, backend)
+        self.store, self.lessor = self._owned.store, self._owned.lessor
         self._serving: list[_Serving] = []
         self._stopping = False
         self.failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -79,10 +76,8 @@ class StoreProcess:
     async def start(self) -> None:
         target = grpc_listen_target(self.config.listen_address, tls=self.config.tls is not None)
         check_can_listen(target)
-        await self.store.start()
+        await self._owned.start()
         self.store.add_commit_listener(self._broadcast)
-        self.lessor.start(self.store.leases())
-        self.janitor.start()
         try:
             for index in range(self.config.processes):
                 self._serving.append(await self._start_serving(index))
@@ -189,9 +184,7 @@ class StoreProcess:
             await cancel_and_wait(serving.exit_watch, *serving.calls)
             serving.channel.close()
         self._serving = []
-        await self.lessor.close()
-        await self.janitor.close()
-        await self.store.close()
+        await self._owned.stop()
 
 
 def _portable(exc: Exception) -> Exception:
@@ -206,13 +199,10 @@ def _portable(exc: Exception) -> Exception:
 async def serve_processes(config: ServerConfig, backend: Backend) -> None:
     """Run the store process until SIGTERM/SIGINT, or until a serving process dies."""
     server = StoreProcess(config, backend)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     with database_errors_reported(backend):
         await server.start()
-    stopped = loop.create_task(stop.wait())
+    stopped = asyncio.get_running_loop().create_task(stop.wait())
     await asyncio.wait((stopped, server.failed), return_when=asyncio.FIRST_COMPLETED)
     failure = server.failed.result() if server.failed.done() else None
     if failure is not None:

@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 
-from shim.api.server import ShimServer, database_errors_reported
+from shim.api.server import ShimServer, database_errors_reported, stop_on_signals
 from shim.backend.base import BackendOpenError
 from shim.backend.sqlite import SqliteBackend
 from shim.config import ConfigError, SqliteEndpoint, parse_datastore_endpoint
@@ -47,10 +47,7 @@ async def run(sock: socket.socket) -> int:
     from shim.cli import configure_logging
 
     configure_logging(config.log_level, config.log_format)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     endpoint = parse_datastore_endpoint(config.datastore_endpoint)
     assert isinstance(endpoint, SqliteEndpoint)
     backend = SqliteBackend(endpoint.path, synchronous=config.sqlite_synchronous)
