@@ -336,7 +336,7 @@ class ShimServer:
         else:
             await self.store.close()
             assert self._store_link is not None
-            await self._store_link.close()
+            self._store_link.close()
 
     def reload_topology(self) -> None:
         """SIGHUP: dial exactly the links the flags and the topology file name now."""

@@ -56,7 +56,7 @@ class StoreLink:
         self._listener = listener
         self._channel.set_handler(self._received, self._closed)
 
-    async def close(self) -> None:
+    def close(self) -> None:
         self._channel.close()
 
     async def call(self, name: str, argument: Any) -> Any:
