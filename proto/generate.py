@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python proto/generate.py             # writes into shim/pb/
+    python proto/generate.py             # writes into src/shim/pb/
     python proto/generate.py --out DIR   # writes into DIR instead
 
 protoc lays the output out like the sources (mvccpb/kv_pb2.py, etcdserverpb/rpc_pb2.py, ...).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_DIR.parent
-DEFAULT_OUT = REPO_ROOT / "shim" / "pb"
+DEFAULT_OUT = REPO_ROOT / "src" / "shim" / "pb"
 TARGET_PACKAGE = "shim.pb"
 REGEN_COMMAND = "python proto/generate.py"
 

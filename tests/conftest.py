@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support import Client, EtcdServer, ServerProcess, ShimServer
+from tests.support.installed import installed_copy_problem
 from tests.support.postgres import (
     PostgresServer,
     postgres_endpoint,
@@ -36,6 +37,9 @@ MODULE_DATASTORES = {
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    problem = installed_copy_problem()
+    if problem:
+        pytest.exit(f"{problem}: run ./tests/run, which installs this tree first", returncode=3)
     config.addinivalue_line(
         "markers", "harness: checks the test harness itself (e.g. etcd against etcd)"
     )

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from shim.pb import rpc_pb2 as pb
-from tests.support import REPO_ROOT, Client, EtcdServer, ShimServer, free_port, health_status
+from tests.support import OUTSIDE_CHECKOUT, Client, EtcdServer, ShimServer, free_port, health_status
 from tests.support.client import SERVING
 from tests.support.files import immutable
 from tests.support.process import child_env
@@ -92,7 +92,7 @@ def serve_to_exit(db: Path, timeout: float = 20.0) -> subprocess.CompletedProces
         ],
         capture_output=True,
         text=True,
-        cwd=REPO_ROOT,
+        cwd=OUTSIDE_CHECKOUT,
         env=child_env(),
         stdin=subprocess.DEVNULL,
         timeout=timeout,
@@ -425,7 +425,7 @@ def test_corrupted_database(tmp_path: Path, how: str) -> None:
 
     proc = subprocess.Popen(
         server.argv(),
-        cwd=REPO_ROOT,
+        cwd=OUTSIDE_CHECKOUT,
         env=child_env(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

@@ -25,7 +25,7 @@ import pytest
 
 from shim.pb import rpc_pb2 as pb
 from tests.support import (
-    REPO_ROOT,
+    OUTSIDE_CHECKOUT,
     Client,
     ShimServer,
     free_port,
@@ -52,7 +52,7 @@ def run_shim(
         argv,
         capture_output=True,
         text=True,
-        cwd=REPO_ROOT,
+        cwd=OUTSIDE_CHECKOUT,
         env=child_env({"PYTHONUNBUFFERED": "1"}),
         stdin=subprocess.DEVNULL,
         timeout=timeout,
@@ -86,12 +86,12 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str], *fragments: s
 
 
 def console_script() -> str:
-    """The installed ``shim`` console script (pip install -e . puts it next to python)."""
+    """The installed ``shim`` console script (./tests/run installs it next to python)."""
     beside = Path(sys.executable).with_name("shim")
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     found = shutil.which("shim")
-    assert found, "the `shim` console script is not installed (pip install -e '.[test]')"
+    assert found, "the `shim` console script is not installed (./tests/run installs it)"
     return found
 
 

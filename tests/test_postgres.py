@@ -25,7 +25,7 @@ import pytest
 from shim.config import PostgresEndpoint, parse_datastore_endpoint
 from shim.pb import kv_pb2
 from shim.pb import rpc_pb2 as pb
-from tests.support import REPO_ROOT, Client, ShimServer, free_port
+from tests.support import OUTSIDE_CHECKOUT, Client, ShimServer, free_port
 from tests.support.postgres import PostgresServer
 
 # A password that is easy to grep for, with characters that need quoting in a URL.
@@ -336,7 +336,7 @@ def _serve_failing(endpoint: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "shim", "serve", "--listen-address", f"127.0.0.1:{free_port()}",
          "--datastore-endpoint", endpoint, "--log-level", "debug"],
-        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=60, cwd=OUTSIDE_CHECKOUT,
     )
 
 

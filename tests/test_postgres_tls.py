@@ -17,7 +17,7 @@ from tests.support.certs import CertificateAuthority
 from tests.support.client import Client
 from tests.support.postgres import PostgresServer
 from tests.support.process import child_env
-from tests.support.shim_server import REPO_ROOT, ShimServer
+from tests.support.shim_server import OUTSIDE_CHECKOUT, ShimServer
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_a_postgres_server_signed_by_another_ca_is_refused(
         [sys.executable, "-m", "shim", "serve", "--listen-address", "127.0.0.1:0",
          "--datastore-endpoint", _endpoint(tls_postgres),
          "--datastore-cafile", str(stranger.cert_path)],
-        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=child_env({}),
+        capture_output=True, text=True, timeout=60, cwd=OUTSIDE_CHECKOUT, env=child_env({}),
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PB_DIR = REPO_ROOT / "shim" / "pb"
+PB_DIR = REPO_ROOT / "src" / "shim" / "pb"
 GENERATOR = REPO_ROOT / "proto" / "generate.py"
 REGEN_HINT = "regenerate with: python proto/generate.py"
 
@@ -34,12 +34,12 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
 
     problems = []
     for name in sorted(fresh.keys() - committed.keys()):
-        problems.append(f"shim/pb/{name} is missing")
+        problems.append(f"src/shim/pb/{name} is missing")
     for name in sorted(committed.keys() - fresh.keys()):
-        problems.append(f"shim/pb/{name} is not produced by the generator (stale extra file)")
+        problems.append(f"src/shim/pb/{name} is not produced by the generator (stale extra file)")
     for name in sorted(fresh.keys() & committed.keys()):
         if fresh[name] != committed[name]:
-            problems.append(f"shim/pb/{name} is stale")
+            problems.append(f"src/shim/pb/{name} is stale")
     assert not problems, "\n".join([*problems, REGEN_HINT])
 
 

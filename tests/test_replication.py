@@ -44,7 +44,7 @@ from tests.support.replication import (
     wait_converged,
     wait_for,
 )
-from tests.support.shim_server import REPO_ROOT, sqlite_endpoint
+from tests.support.shim_server import OUTSIDE_CHECKOUT, sqlite_endpoint
 from tests.support.watch_diff import WatchStream
 
 Factory = Callable[..., ShimServer]
@@ -517,7 +517,7 @@ class LabNode:
         with self.log_path.open("ab") as log:
             self.proc = lab.popen(
                 i, argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=REPO_ROOT, env=child_env({"PYTHONUNBUFFERED": "1"}),
+                cwd=OUTSIDE_CHECKOUT, env=child_env({"PYTHONUNBUFFERED": "1"}),
             )
 
     def etcdctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

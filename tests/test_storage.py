@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from shim.pb import rpc_pb2
-from tests.support import REPO_ROOT, Client, ShimServer
+from tests.support import OUTSIDE_CHECKOUT, REPO_ROOT, Client, ShimServer
 
 
 def _open_readonly(db: Path) -> sqlite3.Connection:
@@ -20,7 +20,7 @@ def _open_readonly(db: Path) -> sqlite3.Connection:
 
 def _migration_names() -> list[tuple[int, str]]:
     names = []
-    for path in sorted((REPO_ROOT / "migrations" / "sqlite").glob("*.sql")):
+    for path in sorted((REPO_ROOT / "src" / "shim" / "migrations" / "sqlite").glob("*.sql")):
         number, name = path.stem.split("_", 1)
         names.append((int(number), name))
     return names
@@ -77,7 +77,7 @@ def test_schema_newer_than_the_code_is_refused(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "shim", "serve", "--listen-address", "127.0.0.1:0",
          "--datastore-endpoint", f"sqlite://{db}"],
-        capture_output=True, text=True, timeout=30, cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=30, cwd=OUTSIDE_CHECKOUT,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

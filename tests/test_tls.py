@@ -15,7 +15,7 @@ from shim.pb import rpc_pb2, rpc_pb2_grpc
 from tests.support.certs import CertFiles, CertificateAuthority
 from tests.support.etcd import etcdctl
 from tests.support.process import child_env
-from tests.support.shim_server import REPO_ROOT, ShimServer
+from tests.support.shim_server import OUTSIDE_CHECKOUT, ShimServer
 
 
 def _credentials(ca: Path, client: CertFiles | None) -> grpc.ChannelCredentials:
@@ -193,7 +193,7 @@ def test_bad_tls_flags_exit_2_with_one_line(
         capture_output=True,
         text=True,
         timeout=30,
-        cwd=REPO_ROOT,
+        cwd=OUTSIDE_CHECKOUT,
         env=child_env({}),
     )
     assert result.returncode == 2, result.stderr

@@ -4,9 +4,10 @@ from .client import Client, health_status
 from .etcd import EtcdServer, etcdctl, find_etcd_binary
 from .net import free_port, free_ports
 from .process import ServerProcess, ServerStartError
-from .shim_server import REPO_ROOT, ShimServer, sqlite_endpoint
+from .shim_server import OUTSIDE_CHECKOUT, REPO_ROOT, ShimServer, sqlite_endpoint
 
 __all__ = [
+    "OUTSIDE_CHECKOUT",
     "REPO_ROOT",
     "Client",
     "EtcdServer",

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from shim.pb import rpc_pb2 as pb
 
 from .client import Client
-from .shim_server import REPO_ROOT, ShimServer
+from .shim_server import OUTSIDE_CHECKOUT, ShimServer
 
 TOKEN = "test-token"
 POLL_SECONDS = 0.1
@@ -189,7 +189,7 @@ def shim_command(*args: str, timeout: float = 30.0) -> subprocess.CompletedProce
     """`python -m shim ARGS` from the checkout; never raises on a non-zero exit."""
     return subprocess.run(
         [sys.executable, "-m", "shim", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, check=False,
+        capture_output=True, text=True, timeout=timeout, cwd=OUTSIDE_CHECKOUT, check=False,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
@@ -12,6 +13,9 @@ from .net import free_port
 from .process import ServerProcess, child_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Servers and commands run from here, as a user's would: never from the checkout, whose src/
+# is not what a user has (they have the installed package).
+OUTSIDE_CHECKOUT = Path(tempfile.gettempdir())
 
 
 def sqlite_endpoint(path: Path) -> str:
@@ -62,11 +66,10 @@ class ShimServer(ServerProcess):
         ]
 
     def start(self) -> Self:
-        # Run from the checkout so the code under test is this tree's, installed or not.
         self._spawn(
             self.argv(),
             env=child_env({"PYTHONUNBUFFERED": "1", **self.env}),
-            cwd=REPO_ROOT,
+            cwd=self.workdir,
         )
         self._wait_ready(self._serving, self.startup_timeout)
         return self

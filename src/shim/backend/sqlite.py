@@ -213,7 +213,7 @@ class SqliteBackend:
     """Owns the database file: opening, locking, migrating, and the connections."""
 
     dialect = "sqlite"
-    replicates = True  # keeps the replication tables (migrations/sqlite/0003)
+    replicates = True  # keeps the replication tables (shim/migrations/sqlite/0003)
     shared = False  # the file lock keeps every other server out
     errors: tuple[type[BaseException], ...] = (apsw.Error,)
 

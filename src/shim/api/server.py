@@ -59,7 +59,8 @@ def open_backend(config: ServerConfig) -> Backend:
             from shim.backend.postgres import PostgresBackend
         except ImportError as exc:
             raise ConfigError(
-                f"postgres:// needs asyncpg ({exc.name} is missing): pip install 'shim[postgres]'"
+                f"postgres:// needs asyncpg ({exc.name} is missing): pip install asyncpg, "
+                "or install shim with its postgres extra (pip install '.[postgres]')"
             ) from None
         backend = PostgresBackend(endpoint, ssl=datastore_ssl(config))
     else:

@@ -1,4 +1,5 @@
-"""Versioned schema migrations, ``migrations/<dialect>/NNNN_name.sql``, applied in order at start.
+"""Versioned schema migrations, ``shim/migrations/<dialect>/NNNN_name.sql``, applied in order
+at start.
 
 Each applied file is recorded in the ``schema_version`` table. A database whose recorded version is
 newer than the newest file this code knows was written by a newer shim and is refused.
@@ -9,8 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
-from importlib.resources.abc import Traversable
-from pathlib import Path
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -26,18 +25,9 @@ class Migration:
     sql: str
 
 
-def _migrations_root() -> Traversable:
-    """Installed: the ``shim.migrations`` package data. From an uninstalled source checkout:
-    the repository's ``migrations/`` folder."""
-    try:
-        return resources.files("shim.migrations")
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[2] / "migrations"
-
-
 def load_migrations(dialect: str) -> list[Migration]:
     """The migrations of one dialect ("sqlite", "postgres"), oldest first."""
-    folder = _migrations_root().joinpath(dialect)
+    folder = resources.files("shim.migrations").joinpath(dialect)
     found: list[Migration] = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         match = _FILE_NAME.match(entry.name)
