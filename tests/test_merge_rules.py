@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from shim.replication.merge import Entry, KeyState, decode, describe_write, fold, step
+from shim.replication.ops import SetField
 from shim.replication.policy import KeyRules, Policy
 
 POLICY = Policy.load()
@@ -422,7 +423,7 @@ def test_resource_version_is_not_replicated() -> None:
     assert "resourceVersion" not in decode(enc(base), RULES)["metadata"]  # type: ignore[index]
     other = write("b", 1, 21, enc(base), enc(deployment(
         metadata__resourceVersion="150", spec__replicas=4)))
-    assert all("resourceVersion" not in op[1] for op in other.ops or [])
+    assert all("resourceVersion" not in op.path for op in other.ops or [])
     result = doc_of(resolve([create, bumped, other]))
     assert result["spec"]["replicas"] == 4
 
@@ -496,7 +497,7 @@ def test_number_types_are_changes() -> None:
     for first, second in [(b'{"a": 1}', b'{"a": 1.0}'), (b'{"a": 1}', b'{"a": true}'),
                           (b'{"a": [0]}', b'{"a": [false]}')]:
         entry = write("a", 2, 20, first, second, rules, key)
-        assert entry.ops == [["set", ["a"], json.loads(second)["a"]]]
+        assert entry.ops == [SetField(("a",), json.loads(second)["a"])]
         assert resolve([write("a", 1, 10, None, first, rules, key), entry], rules) == second
 
 

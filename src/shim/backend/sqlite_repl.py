@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
 import apsw
 
+from shim.replication import ops as field_ops
 from shim.replication.merge import Entry, Stamp
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def _entry(row: tuple[object, ...]) -> Entry:
         deleted=bool(deleted),
         value=bytes(value),
         lease=int(lease),  # type: ignore[arg-type]
-        ops=None if ops is None else json.loads(str(ops)),
+        ops=None if ops is None else field_ops.loads(str(ops)),
         base_uid=None if base_uid is None else str(base_uid),
         uid=None if uid is None else str(uid),
     )
@@ -105,7 +105,7 @@ class ReplicationTables:
                 int(e.deleted),
                 b"" if value_in_log else e.value,
                 e.lease,
-                None if e.ops is None else json.dumps(e.ops, separators=(",", ":")),
+                None if e.ops is None else field_ops.dumps(e.ops),
                 e.base_uid,
                 e.uid,
                 received_from,

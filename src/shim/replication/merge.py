@@ -5,12 +5,13 @@ entries hold the same value, byte for byte, whatever order the entries arrived i
 that sorts after everything a replica already has for the key is applied to the stored state
 directly (``step``); one that arrives late makes the replica fold the key's entries again.
 
-Opaque values (anything but a JSON object, or a key whose policy says ``whole``) resolve by last
-writer wins. JSON objects resolve field by field: the origin turns each write into field-level
-operations against the version the writer saw (``diff``), and the fold applies them under the
-key's policy (``apply_ops``). Object incarnations are told apart by their identity field
-(``metadata.uid``): a delete wins over concurrent updates of its incarnation, and of two
-incarnations created concurrently the earlier one wins.
+Opaque values (anything but an object, or a key whose policy says ``whole``) resolve by last
+writer wins. Objects resolve field by field: JSON objects, and Kubernetes objects stored as
+protobuf, which ``k8sproto`` decodes into the same tree (so one policy governs both). The origin
+turns each write into field-level operations against the version the writer saw (``diff``), and
+the fold applies them under the key's policy (``apply_ops``). Object incarnations are told apart
+by their identity field (``metadata.uid``): a delete wins over concurrent updates of its
+incarnation, and of two incarnations created concurrently the earlier one wins.
 """
 
 from __future__ import annotations
@@ -22,10 +23,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shim.replication import k8sproto
+from shim.replication.k8sproto import ProtoObject
+from shim.replication.ops import (
+    AddDelta,
+    DeleteField,
+    DropIfEmpty,
+    FirstWrite,
+    KeyedDelete,
+    KeyedSet,
+    Op,
+    Reorder,
+    SetAdd,
+    SetField,
+    SetRemove,
+)
 from shim.replication.policy import KeyRules, Path_
 
 Json = Any
-Op = list[Any]
 Stamp = tuple[int, str, int]
 
 _MISSING: Any = object()
@@ -75,7 +90,8 @@ class KeyState:
 
     def value(self, rules: KeyRules) -> bytes | None:
         """The bytes to store: the last writer's own bytes when they encode the result (so
-        an unconflicted write is stored as written), else the canonical encoding."""
+        an unconflicted write is stored as written), else the canonical encoding (canonical
+        JSON, or protobuf as Go writes it)."""
         if self.doc is None:
             return None
         if isinstance(self.doc, bytes):
@@ -89,13 +105,21 @@ class KeyState:
 
 
 def canonical(doc: Json) -> bytes:
+    """The one encoding of a merged object every replica stores."""
+    if isinstance(doc, ProtoObject):
+        return k8sproto.encode(doc)
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def decode(value: bytes, rules: KeyRules) -> Json | bytes:
-    """A JSON object (with node-local fields dropped) when the key merges field by field and
-    the value is one; otherwise the bytes themselves."""
-    if rules.merge != "fields" or not _JSON_OBJECT_START.match(value):
+    """An object (with node-local fields dropped) when the key merges field by field and the
+    value is a JSON object or a Kubernetes protobuf object; otherwise the bytes themselves."""
+    if rules.merge != "fields":
+        return value
+    if value.startswith(k8sproto.PREFIX):
+        proto = k8sproto.decode(value, rules.local_paths)
+        return value if proto is None else proto
+    if not _JSON_OBJECT_START.match(value):
         return value
     try:
         doc = json.loads(value)
@@ -129,20 +153,42 @@ def describe_write(
         return None, base_uid, None
     doc = decode(new, rules)
     uid = identity(doc, rules)
-    if isinstance(base, dict) and isinstance(doc, dict) and uid == base_uid:
+    if (
+        isinstance(base, dict)
+        and isinstance(doc, dict)
+        and _same_form(base, doc)
+        and uid == base_uid
+    ):
         return diff(base, doc, rules), base_uid, uid
     return None, base_uid, uid
 
 
-# Operations whose application to the writer's base gives exactly the writer's value.
-_EXACT_OPS = frozenset({"set", "del"})
+def _same_form(base: dict[str, Json], doc: dict[str, Json]) -> bool:
+    """Whether operations made on ``base`` mean the same on ``doc``: both JSON, or both
+    protobuf of one type (a value written in another form is written whole)."""
+    if isinstance(base, ProtoObject):
+        return (
+            isinstance(doc, ProtoObject)
+            and doc.get("apiVersion") == base.get("apiVersion")
+            and doc.get("kind") == base.get("kind")
+        )
+    return not isinstance(doc, ProtoObject)
+
+
+def _same_form_as_value(doc: dict[str, Json], value: bytes) -> bool:
+    """``_same_form`` of a stored object and an entry's value, reading only what it must."""
+    if isinstance(doc, ProtoObject):
+        return k8sproto.object_type(value) == (doc.get("apiVersion"), doc.get("kind"))
+    return not value.startswith(k8sproto.PREFIX)
 
 
 def reproduces_write(ops: list[Op]) -> bool:
     """Whether applying ``ops`` to the base they came from yields the written value itself
     (no rule of the policy changed anything): then a write that sorts last keeps its bytes."""
     return all(
-        op[0] in _EXACT_OPS or (op[0] == "add" and isinstance(op[2], int)) for op in ops
+        isinstance(op, (SetField, DeleteField))
+        or (isinstance(op, AddDelta) and isinstance(op.delta, int))
+        for op in ops
     )
 
 
@@ -163,9 +209,9 @@ def diff(
             continue
         if policy in ("first-write-wins", "identity"):
             if after is not _MISSING:
-                ops.append(["fww", list(here), after])
+                ops.append(FirstWrite(here, after))
         elif policy == "counter" and _is_number(before) and _is_number(after):
-            ops.append(["add", list(here), after - before])
+            ops.append(AddDelta(here, after - before))
         elif policy == "set" and _is_set(before) and _is_set(after):
             ops.extend(_diff_list(here, before, after, None))
         elif (
@@ -181,9 +227,9 @@ def diff(
         elif policy == "lww" and isinstance(before, dict) and isinstance(after, dict):
             ops.extend(diff(before, after, rules, here))
         elif after is _MISSING:
-            ops.append(["del", list(here)])
+            ops.append(DeleteField(here))
         else:
-            ops.append(["set", list(here), after])
+            ops.append(SetField(here, after))
     return ops
 
 
@@ -198,9 +244,9 @@ def _diff_map(path: Path_, before: Json, after: Json, rules: KeyRules) -> list[O
     new: dict[str, Json] = {} if after is _MISSING else after
     ops = diff(old, new, rules, path)
     if before is _MISSING and not new:
-        ops.append(["fww", list(path), {}])  # the writer wrote an empty map
+        ops.append(FirstWrite(path, {}))  # the writer wrote an empty map
     elif after is _MISSING:
-        ops.append(["del-empty", list(path)])  # the writer dropped the map: drop it if empty
+        ops.append(DropIfEmpty(path))  # the writer dropped the map: drop it if empty
     return ops
 
 
@@ -221,18 +267,17 @@ def _diff_list(path: Path_, before: Json, after: Json, key: str | None) -> list[
     merge element by element like any other."""
     old: list[Json] = [] if before is _MISSING else before
     new: list[Json] = [] if after is _MISSING else after
-    here = list(path)
     ops: list[Op]
     if key is None:
-        ops = [["srem", here, e] for e in old if not _contains(new, e)]
-        ops += [["sadd", here, e] for e in new if not _contains(old, e)]
+        ops = [SetRemove(path, e) for e in old if not _contains(new, e)]
+        ops += [SetAdd(path, e) for e in new if not _contains(old, e)]
         old_ids, new_ids = old, new
     else:
         old_ids, new_ids = [e[key] for e in old], [e[key] for e in new]
         by_id = {json.dumps(e[key]): e for e in old}
-        ops = [["kdel", here, key, k] for k in old_ids if not _contains(new_ids, k)]
+        ops = [KeyedDelete(path, key, k) for k in old_ids if not _contains(new_ids, k)]
         ops += [
-            ["kset", here, key, e]
+            KeyedSet(path, key, e)
             for e in new
             if not same(by_id.get(json.dumps(e[key]), _MISSING), e)
         ]
@@ -241,11 +286,11 @@ def _diff_list(path: Path_, before: Json, after: Json, key: str | None) -> list[
     kept = [k for k in old_ids if _contains(new_ids, k)]
     added = [k for k in new_ids if not _contains(old_ids, k)]
     if not same(kept + added, new_ids):
-        ops.append(["order", here, key, new_ids])
+        ops.append(Reorder(path, key, new_ids))
     if before is _MISSING and not new:
-        ops.append(["fww", here, []])  # the writer wrote an empty list
+        ops.append(FirstWrite(path, []))  # the writer wrote an empty list
     elif after is _MISSING:
-        ops.append(["del-empty", here])  # the writer dropped the list: drop it if empty
+        ops.append(DropIfEmpty(path))  # the writer dropped the list: drop it if empty
     return ops
 
 
@@ -286,11 +331,17 @@ def step(state: KeyState, entry: Entry, rules: KeyRules) -> bool:
         and entry.base_uid != current_uid
     ):
         return False  # two incarnations created concurrently: the earlier (here) wins
-    if entry.ops is None or not isinstance(state.doc, dict):
+    if (
+        entry.ops is None
+        or not isinstance(state.doc, dict)
+        or not _same_form_as_value(state.doc, entry.value)
+    ):
         _set_doc(state, decode(entry.value, rules), entry)
         return True
     doc = copy.deepcopy(state.doc)
     apply_ops(doc, entry.ops, rules)
+    if isinstance(doc, ProtoObject) and not _encodes(doc):
+        return False  # operations the object's protobuf schema cannot hold: refused
     if same(doc, state.doc) and entry.lease == state.lease:
         if entry.value == state.value(rules) or not same(decode(entry.value, rules), doc):
             return False
@@ -300,6 +351,14 @@ def step(state: KeyState, entry: Entry, rules: KeyRules) -> bool:
         state.last = entry
         return True
     _set_doc(state, doc, entry)
+    return True
+
+
+def _encodes(doc: ProtoObject) -> bool:
+    try:
+        k8sproto.encode(doc)
+    except k8sproto.EncodeError:
+        return False
     return True
 
 
@@ -343,35 +402,39 @@ def apply_ops(doc: dict[str, Json], ops: list[Op], rules: KeyRules) -> None:
         and _get(doc, rule.no_additions_once) not in (_MISSING, None)
     }
     for op in ops:
-        action, path = op[0], tuple(op[1])
-        if not path:
-            continue
-        if action == "set":
-            _put(doc, path, copy.deepcopy(op[2]))
-        elif action == "del":
-            _delete(doc, path)
-        elif action == "fww":
-            if _get(doc, path) is _MISSING:
-                _put(doc, path, copy.deepcopy(op[2]))
-        elif action == "add":
-            current = _get(doc, path)
-            _put(doc, path, (current if _is_number(current) else 0) + op[2])
-        elif action in ("sadd", "srem"):
-            _apply_set(doc, path, action, op[2], path in frozen)
-        elif action in ("kset", "kdel"):
-            _apply_keyed(doc, path, action, op[2], op[3])
-        elif action == "order":
-            _apply_order(doc, path, op[2], op[3])
-        elif action == "del-empty" and _get(doc, path) in ([], {}):
-            _delete(doc, path)
+        path = op.path
+        match op:
+            case SetField(value=value):
+                _put(doc, path, copy.deepcopy(value))
+            case DeleteField():
+                _delete(doc, path)
+            case FirstWrite(value=value):
+                if _get(doc, path) is _MISSING:
+                    _put(doc, path, copy.deepcopy(value))
+            case AddDelta(delta=delta):
+                current = _get(doc, path)
+                _put(doc, path, (current if _is_number(current) else 0) + delta)
+            case SetAdd(element=element):
+                _apply_set(doc, path, False, element, path in frozen)
+            case SetRemove(element=element):
+                _apply_set(doc, path, True, element, False)
+            case KeyedSet(key=key, element=element):
+                _apply_keyed(doc, path, False, key, element)
+            case KeyedDelete(key=key, ident=ident):
+                _apply_keyed(doc, path, True, key, ident)
+            case Reorder(key=key, order=order):
+                _apply_order(doc, path, key, order)
+            case DropIfEmpty():
+                if _get(doc, path) in ([], {}):
+                    _delete(doc, path)
 
 
 def _apply_set(
-    doc: dict[str, Json], path: Path_, action: str, element: Json, frozen: bool
+    doc: dict[str, Json], path: Path_, remove: bool, element: Json, frozen: bool
 ) -> None:
     current = _get(doc, path)
     items = list(current) if isinstance(current, list) else []
-    if action == "srem":
+    if remove:
         if not isinstance(current, list):
             return  # nothing to remove (and no empty list to create)
         items = [e for e in items if not same(e, element)]
@@ -383,10 +446,10 @@ def _apply_set(
     _put(doc, path, items)
 
 
-def _apply_keyed(doc: dict[str, Json], path: Path_, action: str, key: str, arg: Json) -> None:
+def _apply_keyed(doc: dict[str, Json], path: Path_, remove: bool, key: str, arg: Json) -> None:
     current = _get(doc, path)
     items = list(current) if isinstance(current, list) else []
-    if action == "kdel":
+    if remove:
         if not isinstance(current, list):
             return  # nothing to remove (and no empty list to create)
         items = [e for e in items if not (isinstance(e, dict) and same(e.get(key, _MISSING), arg))]
@@ -489,7 +552,7 @@ def _put(doc: dict[str, Json], path: Path_, value: Json) -> None:
 
 
 def _delete(doc: dict[str, Json], path: Path_) -> None:
-    node = doc
+    node: Json = doc
     for name in path[:-1]:
         node = node.get(name)
         if not isinstance(node, dict):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 from shim.pb import replication_pb2 as pb
+from shim.replication import ops as field_ops
 from shim.replication.merge import Entry
 
-PROTOCOL = 1
+# 2: Kubernetes objects stored as protobuf merge field by field (protocol 1 kept them whole, so
+# nodes of both would not converge). The entry and its operations travel as in protocol 1.
+PROTOCOL = 2
 
 
 def to_wire(entry: Entry) -> pb.Entry:
@@ -17,7 +18,7 @@ def to_wire(entry: Entry) -> pb.Entry:
     )
     if entry.ops is not None:
         msg.has_ops = True
-        msg.ops = json.dumps(entry.ops, separators=(",", ":")).encode()
+        msg.ops = field_ops.dumps(entry.ops).encode()
     return msg
 
 
@@ -31,13 +32,9 @@ def from_wire(msg: pb.Entry) -> Entry:
     ops = None
     if msg.has_ops:
         try:
-            ops = json.loads(msg.ops)
-        except ValueError as exc:
-            raise BadEntry(f"entry {msg.origin}/{msg.seq}: ops are not JSON") from exc
-        if not isinstance(ops, list) or not all(
-            isinstance(op, list) and len(op) >= 2 and isinstance(op[1], list) for op in ops
-        ):
-            raise BadEntry(f"entry {msg.origin}/{msg.seq}: ops must be a list of operations")
+            ops = field_ops.loads(msg.ops)
+        except field_ops.BadOps as exc:
+            raise BadEntry(f"entry {msg.origin}/{msg.seq}: {exc}") from None
     return Entry(
         origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=msg.key, deleted=msg.deleted,
         value=msg.value, lease=msg.lease, ops=ops, base_uid=msg.base_uid or None,

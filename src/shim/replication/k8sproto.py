@@ -1,0 +1,404 @@
+"""Kubernetes objects as kube-apiserver stores them in protobuf, to and from the merge's tree.
+
+A stored value is ``k8s\\0`` followed by a ``runtime.Unknown`` envelope: typeMeta (apiVersion 1,
+kind 2) at 1, the object's own protobuf at 2 (raw), contentEncoding at 3 and contentType at 4
+(both empty). ``decode`` turns it into the tree the JSON merge works on: a ``ProtoObject`` (a
+dict) holding ``apiVersion`` and ``kind`` and the object's fields under their JSON names as far
+as ``k8s_schema`` knows them (maps as dicts, repeated fields as lists, bytes as base64 text).
+A field the schema does not know is kept under ``"#<number>"`` as the base64 text of all its
+occurrences, tags included, so it survives every merge and resolves as one value.
+
+``encode`` writes a tree the way Go's generated marshallers do: fields in ascending number,
+map entries sorted by key with key and value always written, scalars as Go writes them; so
+every replica that merges the same entries stores the same bytes. The tree is plain JSON data,
+so the merge's operations carry protobuf values like JSON ones.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Iterable
+from typing import Any
+
+from shim.replication.k8s_schema import ENVELOPE_NAMES, Field, Kind, Message, object_message
+
+PREFIX = b"k8s\x00"
+
+Path_ = tuple[str, ...]
+
+_INT64 = 1 << 63
+_UINT64 = 1 << 64
+_INT32 = 1 << 31
+
+
+class ProtoObject(dict[str, Any]):
+    """A Kubernetes object decoded from its protobuf storage form (see the module doc)."""
+
+    __slots__ = ()
+
+
+class DecodeError(ValueError):
+    """Not a value this codec decodes; the value stays opaque."""
+
+
+class EncodeError(ValueError):
+    """A tree that does not fit the schema of its type."""
+
+
+# -- decoding ----------------------------------------------------------------------------------
+
+
+def decode(value: bytes, local_paths: Iterable[Path_] = ()) -> ProtoObject | None:
+    """The tree of a stored value, or None when it is not an object this codec reads
+    (another encoding, encrypted at rest, not valid protobuf, a content encoding). A
+    node-local field (``local_paths``) reads as its zero value, as kube-apiserver writes it."""
+    if not value.startswith(PREFIX):
+        return None
+    try:
+        api_version, kind, start, end = _envelope(value)
+        msg = object_message(api_version, kind)
+        doc = ProtoObject(_message(value, start, end, msg))
+    except (DecodeError, UnicodeDecodeError):
+        return None
+    doc["apiVersion"] = api_version
+    doc["kind"] = kind
+    for path in local_paths:
+        _zero_local(doc, msg, path)
+    return doc
+
+
+def object_type(value: bytes) -> tuple[str, str] | None:
+    """(apiVersion, kind) of a stored protobuf object, reading only its envelope."""
+    if not value.startswith(PREFIX):
+        return None
+    try:
+        api_version, kind, _, _ = _envelope(value)
+    except (DecodeError, UnicodeDecodeError):
+        return None
+    return api_version, kind
+
+
+def _envelope(value: bytes) -> tuple[str, str, int, int]:
+    """apiVersion, kind and the span of raw in the ``runtime.Unknown`` after the prefix."""
+    pos, end = len(PREFIX), len(value)
+    type_meta: tuple[int, int] | None = None
+    raw: tuple[int, int] | None = None
+    while pos < end:
+        key, pos = _varint(value, pos, end)
+        if key & 7 != 2:
+            raise DecodeError("the envelope has a field that is not length-delimited")
+        size, pos = _varint(value, pos, end)
+        stop = pos + size
+        if stop > end:
+            raise DecodeError("truncated envelope")
+        number = key >> 3
+        if number == 1 and type_meta is None:
+            type_meta = (pos, stop)
+        elif number == 2 and raw is None:
+            raw = (pos, stop)
+        elif number not in (3, 4) or size:
+            # A content encoding or type (raw is then not plain protobuf), or a field twice.
+            raise DecodeError("not a plain protobuf object")
+        pos = stop
+    if type_meta is None or raw is None:
+        raise DecodeError("the envelope lacks typeMeta or raw")
+    names = _message(value, type_meta[0], type_meta[1], _TYPE_META)
+    if len(names) != 2:
+        raise DecodeError("typeMeta has other fields than apiVersion and kind")
+    return names["apiVersion"], names["kind"], raw[0], raw[1]
+
+
+def _message(buf: bytes, pos: int, end: int, msg: Message) -> dict[str, Any]:
+    """The fields of the message in ``buf[pos:end]``."""
+    out: dict[str, Any] = {}
+    unknown: dict[int, list[bytes]] = {}
+    by_number = msg.by_number
+    while pos < end:
+        start = pos
+        key, pos = _varint(buf, pos, end)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise DecodeError("field number 0")
+        f = by_number.get(number)
+        if f is None:
+            pos = _skip(buf, pos, end, wire_type)
+            unknown.setdefault(number, []).append(buf[start:pos])
+            continue
+        if wire_type != f.wire_type:
+            raise DecodeError(f"field {f.name} has wire type {wire_type}")
+        if wire_type == 0:
+            raw, pos = _varint(buf, pos, end)
+            value: Any = _scalar(f, raw)
+        else:
+            size, pos = _varint(buf, pos, end)
+            stop = pos + size
+            if stop > end:
+                raise DecodeError(f"field {f.name} overruns its message")
+            value = _delimited(f, buf, pos, stop)
+            pos = stop
+        name = f.name
+        if f.kind is Kind.MAP_STRING or f.kind is Kind.MAP_BYTES:
+            entries = out.setdefault(name, {})
+            entry_key, entry_value = value
+            if entry_key in entries:
+                raise DecodeError(f"map {name} repeats a key")
+            entries[entry_key] = entry_value
+        elif f.repeated:
+            out.setdefault(name, []).append(value)
+        elif name in out:
+            raise DecodeError(f"field {name} occurs twice")
+        else:
+            out[name] = value
+    for number, parts in unknown.items():
+        out[f"#{number}"] = _b64(b"".join(parts))
+    return out
+
+
+def _scalar(f: Field, raw: int) -> bool | int:
+    kind = f.kind
+    if kind is Kind.BOOL:
+        if raw > 1:
+            raise DecodeError(f"bool {f.name} is {raw}")
+        return raw == 1
+    value = raw - _UINT64 if raw >= _INT64 else raw
+    if kind is Kind.INT32 and not -_INT32 <= value < _INT32:
+        raise DecodeError(f"int32 {f.name} out of range")
+    return value
+
+
+def _delimited(f: Field, buf: bytes, pos: int, stop: int) -> Any:
+    kind = f.kind
+    if kind is Kind.STRING:
+        return buf[pos:stop].decode()
+    if kind is Kind.MESSAGE:
+        assert f.message is not None
+        return _message(buf, pos, stop, f.message)
+    if kind is Kind.OPAQUE or kind is Kind.BYTES:
+        return _b64(buf[pos:stop])
+    return _map_entry(f, buf, pos, stop)
+
+
+def _map_entry(f: Field, buf: bytes, pos: int, stop: int) -> tuple[str, str]:
+    key = value = ""
+    while pos < stop:
+        tag, pos = _varint(buf, pos, stop)
+        size, pos = _varint(buf, pos, stop)
+        end = pos + size
+        if end > stop or tag not in (0x0A, 0x12):
+            raise DecodeError(f"a malformed entry of map {f.name}")
+        if tag == 0x0A:
+            key = buf[pos:end].decode()
+        elif f.kind is Kind.MAP_STRING:
+            value = buf[pos:end].decode()
+        else:
+            value = _b64(buf[pos:end])
+        pos = end
+    return key, value
+
+
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    if pos >= end:
+        raise DecodeError("truncated")
+    byte = buf[pos]
+    if byte < 0x80:
+        return byte, pos + 1
+    result, shift = byte & 0x7F, 7
+    pos += 1
+    while pos < end:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            if result >= _UINT64:
+                raise DecodeError("a varint beyond 64 bits")
+            return result, pos
+        shift += 7
+        if shift > 63:
+            break
+    raise DecodeError("a truncated or overlong varint")
+
+
+def _skip(buf: bytes, pos: int, end: int, wire_type: int) -> int:
+    """The end of a field's value (groups, which Kubernetes never writes, are refused)."""
+    if wire_type == 0:
+        return _varint(buf, pos, end)[1]
+    if wire_type == 2:
+        size, pos = _varint(buf, pos, end)
+        stop = pos + size
+    elif wire_type == 1:
+        stop = pos + 8
+    elif wire_type == 5:
+        stop = pos + 4
+    else:
+        raise DecodeError(f"wire type {wire_type}")
+    if stop > end:
+        raise DecodeError("truncated")
+    return stop
+
+
+def _zero_local(doc: dict[str, Any], msg: Message, path: Path_) -> None:
+    node: Any = doc
+    for name in path[:-1]:
+        f = msg.by_name.get(name)
+        node = node.get(name) if isinstance(node, dict) else None
+        if f is None or f.message is None or f.repeated or not isinstance(node, dict):
+            return
+        msg = f.message
+    last = msg.by_name.get(path[-1])
+    if last is None or path[-1] not in node:
+        return
+    zero = _ZERO.get(last.kind)
+    if zero is None or last.repeated:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = zero
+
+
+_ZERO: dict[Kind, Any] = {Kind.STRING: "", Kind.BOOL: False, Kind.INT32: 0, Kind.INT64: 0}
+
+
+# -- encoding ----------------------------------------------------------------------------------
+
+
+def encode(doc: ProtoObject) -> bytes:
+    """The stored form of a tree; ``EncodeError`` if it does not fit its type's schema."""
+    api_version, kind = doc.get("apiVersion"), doc.get("kind")
+    if not isinstance(api_version, str) or not isinstance(kind, str):
+        raise EncodeError("apiVersion and kind must be strings")
+    fields = {name: value for name, value in doc.items() if name not in ENVELOPE_NAMES}
+    raw = bytearray()
+    _encode_message(fields, object_message(api_version, kind), raw)
+    type_meta = bytearray()
+    _encode_message({"apiVersion": api_version, "kind": kind}, _TYPE_META, type_meta)
+    out = bytearray(PREFIX)
+    _delimited_field(out, 0x0A, type_meta)
+    _delimited_field(out, 0x12, raw)
+    out += b"\x1a\x00\x22\x00"  # contentEncoding and contentType: empty, always written
+    return bytes(out)
+
+
+def _encode_message(fields: dict[str, Any], msg: Message, out: bytearray) -> None:
+    ordered: list[tuple[int, Field | None, Any]] = []
+    for name, value in fields.items():
+        f = msg.by_name.get(name)
+        if f is not None:
+            ordered.append((f.number, f, value))
+            continue
+        number = _opaque_number(name)
+        if number is None or number in msg.by_number:
+            raise EncodeError(f"{msg.name} has no field {name!r}")
+        ordered.append((number, None, value))
+    ordered.sort(key=lambda item: item[0])
+    for number, f, value in ordered:
+        if f is None:
+            out += _opaque_field(number, value)
+        elif f.kind is Kind.MAP_STRING or f.kind is Kind.MAP_BYTES:
+            _encode_map(f, value, out)
+        elif f.repeated:
+            if not isinstance(value, list):
+                raise EncodeError(f"{f.name} must be a list")
+            for element in value:
+                _encode_one(f, element, out)
+        else:
+            _encode_one(f, value, out)
+
+
+def _encode_one(f: Field, value: Any, out: bytearray) -> None:
+    kind = f.kind
+    if kind is Kind.STRING:
+        if not isinstance(value, str):
+            raise EncodeError(f"{f.name} must be a string")
+        _delimited_field(out, f.tag, value.encode())
+    elif kind is Kind.MESSAGE:
+        if not isinstance(value, dict):
+            raise EncodeError(f"{f.name} must be an object")
+        assert f.message is not None
+        payload = bytearray()
+        _encode_message(value, f.message, payload)
+        _delimited_field(out, f.tag, payload)
+    elif kind is Kind.OPAQUE or kind is Kind.BYTES:
+        _delimited_field(out, f.tag, _unb64(value, f.name))
+    elif kind is Kind.BOOL:
+        if not isinstance(value, bool):
+            raise EncodeError(f"{f.name} must be a boolean")
+        _put_varint(out, f.tag)
+        out.append(int(value))
+    else:
+        limit = _INT32 if kind is Kind.INT32 else _INT64
+        if not isinstance(value, int) or isinstance(value, bool) or not -limit <= value < limit:
+            raise EncodeError(f"{f.name} must be an {kind.value}")
+        _put_varint(out, f.tag)
+        _put_varint(out, value % _UINT64)  # negative numbers as Go writes them: 10 bytes
+
+
+def _encode_map(f: Field, value: Any, out: bytearray) -> None:
+    if not isinstance(value, dict):
+        raise EncodeError(f"{f.name} must be an object")
+    # Go sorts the keys as byte strings; for UTF-8 that is the order of code points.
+    for key in sorted(value):
+        item = value[key]
+        if f.kind is Kind.MAP_STRING:
+            if not isinstance(item, str):
+                raise EncodeError(f"{f.name}[{key!r}] must be a string")
+            encoded = item.encode()
+        else:
+            encoded = _unb64(item, f"{f.name}[{key!r}]")
+        entry = bytearray()
+        _delimited_field(entry, 0x0A, key.encode())
+        _delimited_field(entry, 0x12, encoded)
+        _delimited_field(out, f.tag, entry)
+
+
+def _opaque_number(name: str) -> int | None:
+    if len(name) < 2 or name[0] != "#" or not name[1:].isdigit() or name[1] == "0":
+        return None
+    number = int(name[1:])
+    return number if number < 1 << 29 else None
+
+
+def _opaque_field(number: int, value: Any) -> bytes:
+    """The bytes kept for a field the schema does not know, checked to be that field's."""
+    raw = _unb64(value, f"#{number}")
+    pos, end = 0, len(raw)
+    try:
+        while pos < end:
+            key, pos = _varint(raw, pos, end)
+            if key >> 3 != number:
+                raise EncodeError(f"#{number} holds field {key >> 3}")
+            pos = _skip(raw, pos, end, key & 7)
+    except DecodeError as exc:
+        raise EncodeError(f"#{number} is not protobuf: {exc}") from None
+    if not raw:
+        raise EncodeError(f"#{number} is empty")
+    return raw
+
+
+def _delimited_field(out: bytearray, tag: int, payload: bytes | bytearray) -> None:
+    _put_varint(out, tag)
+    _put_varint(out, len(payload))
+    out += payload
+
+
+def _put_varint(out: bytearray, value: int) -> None:
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _b64(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+
+def _unb64(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise EncodeError(f"{what} must be base64 text")
+    try:
+        return binascii.a2b_base64(value, strict_mode=True)
+    except binascii.Error:
+        raise EncodeError(f"{what} is not base64") from None
+
+
+_TYPE_META = Message("TypeMeta")
+_TYPE_META.add(Field(1, "apiVersion", Kind.STRING))
+_TYPE_META.add(Field(2, "kind", Kind.STRING))
