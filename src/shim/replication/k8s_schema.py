@@ -158,8 +158,7 @@ class Kind(enum.Enum):
     MAP_BYTES = "map<string,bytes>"
 
 
-# Wire types: 0 varint, 2 length-delimited.
-WIRE_TYPE = {Kind.BOOL: 0, Kind.INT32: 0, Kind.INT64: 0}
+VARINT_KINDS = frozenset({Kind.BOOL, Kind.INT32, Kind.INT64})
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,14 +168,14 @@ class Field:
     kind: Kind
     repeated: bool = False
     message: Message | None = None  # Kind.MESSAGE: its fields
+    # Derived once (the codec reads them for every field of every value).
+    wire_type: int = field(init=False)  # 0 varint, 2 length-delimited
+    tag: int = field(init=False)
 
-    @property
-    def wire_type(self) -> int:
-        return WIRE_TYPE.get(self.kind, 2)
-
-    @property
-    def tag(self) -> int:
-        return self.number << 3 | self.wire_type
+    def __post_init__(self) -> None:
+        wire_type = 0 if self.kind in VARINT_KINDS else 2
+        object.__setattr__(self, "wire_type", wire_type)
+        object.__setattr__(self, "tag", self.number << 3 | wire_type)
 
 
 @dataclass(slots=True)

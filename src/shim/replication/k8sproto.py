@@ -48,16 +48,21 @@ class EncodeError(ValueError):
 # -- decoding ----------------------------------------------------------------------------------
 
 
-def decode(value: bytes, local_paths: Iterable[Path_] = ()) -> ProtoObject | None:
+def decode(
+    value: bytes, local_paths: Iterable[Path_] = (), memo: Memo | None = None
+) -> ProtoObject | None:
     """The tree of a stored value, or None when it is not an object this codec reads
     (another encoding, encrypted at rest, not valid protobuf, a content encoding). A
-    node-local field (``local_paths``) reads as its zero value, as kube-apiserver writes it."""
+    node-local field (``local_paths``) reads as its zero value, as kube-apiserver writes it.
+
+    ``memo``: trees that share it share the decoded form of every message they hold in the
+    same bytes (read-only use only: see ``decode_pair``)."""
     if not value.startswith(PREFIX):
         return None
     try:
         api_version, kind, start, end = _envelope(value)
         msg = object_message(api_version, kind)
-        doc = ProtoObject(_message(value, start, end, msg))
+        doc = ProtoObject(_message(value, start, end, msg, memo))
     except (DecodeError, UnicodeDecodeError):
         return None
     doc["apiVersion"] = api_version
@@ -65,6 +70,22 @@ def decode(value: bytes, local_paths: Iterable[Path_] = ()) -> ProtoObject | Non
     for path in local_paths:
         _zero_local(doc, msg, path)
     return doc
+
+
+# Decoded messages by (message name, bytes).
+Memo = dict[tuple[str, bytes], dict[str, Any]]
+
+
+def decode_pair(
+    old: bytes, new: bytes, local_paths: Iterable[Path_] = ()
+) -> tuple[ProtoObject | None, ProtoObject | None]:
+    """Two versions of an object, decoded for comparing them: a message in the same bytes
+    in both is decoded once and is the same object in both trees, so an unchanged spec
+    costs neither a second decode nor a deep comparison. The trees share parts: read them,
+    never change them."""
+    memo: Memo = {}
+    paths = list(local_paths)
+    return decode(old, paths, memo), decode(new, paths, memo)
 
 
 def object_type(value: bytes) -> tuple[str, str] | None:
@@ -102,56 +123,104 @@ def _envelope(value: bytes) -> tuple[str, str, int, int]:
         pos = stop
     if type_meta is None or raw is None:
         raise DecodeError("the envelope lacks typeMeta or raw")
-    names = _message(value, type_meta[0], type_meta[1], _TYPE_META)
+    names = _message(value, type_meta[0], type_meta[1], _TYPE_META, None)
     if len(names) != 2:
         raise DecodeError("typeMeta has other fields than apiVersion and kind")
     return names["apiVersion"], names["kind"], raw[0], raw[1]
 
 
-def _message(buf: bytes, pos: int, end: int, msg: Message) -> dict[str, Any]:
-    """The fields of the message in ``buf[pos:end]``."""
+def _message(buf: bytes, pos: int, end: int, msg: Message, memo: Memo | None) -> dict[str, Any]:
+    """The fields of the message in ``buf[pos:end]`` (the hot loop: one pass, no copies
+    but of the values themselves)."""
     out: dict[str, Any] = {}
-    unknown: dict[int, list[bytes]] = {}
     by_number = msg.by_number
+    run_number = run_start = 0  # the current run of a field the schema does not know
     while pos < end:
         start = pos
-        key, pos = _varint(buf, pos, end)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise DecodeError("field number 0")
+        key = buf[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(buf, pos, end)
+        number = key >> 3
+        wire_type = key & 7
         f = by_number.get(number)
         if f is None:
-            pos = _skip(buf, pos, end, wire_type)
-            unknown.setdefault(number, []).append(buf[start:pos])
+            if number != run_number:
+                if run_number:
+                    _keep_unknown(out, run_number, buf[run_start:start])
+                if number == 0:
+                    raise DecodeError("field number 0")
+                run_number, run_start = number, start
+            if wire_type == 2 and pos < end and buf[pos] < 0x80:  # most unknown fields
+                pos += buf[pos] + 1
+                if pos > end:
+                    raise DecodeError(f"field {number} overruns its message")
+            else:
+                pos = _skip(buf, pos, end, wire_type)
             continue
+        if run_number:
+            _keep_unknown(out, run_number, buf[run_start:start])
+            run_number = 0
         if wire_type != f.wire_type:
             raise DecodeError(f"field {f.name} has wire type {wire_type}")
+        kind = f.kind
         if wire_type == 0:
             raw, pos = _varint(buf, pos, end)
             value: Any = _scalar(f, raw)
         else:
-            size, pos = _varint(buf, pos, end)
+            size = buf[pos] if pos < end else 0x80
+            if size < 0x80:
+                pos += 1
+            else:
+                size, pos = _varint(buf, pos, end)
             stop = pos + size
             if stop > end:
                 raise DecodeError(f"field {f.name} overruns its message")
-            value = _delimited(f, buf, pos, stop)
+            if kind is Kind.STRING:
+                value = buf[pos:stop].decode()
+            elif kind is Kind.MESSAGE:
+                sub = f.message
+                assert sub is not None
+                if memo is None:
+                    value = _message(buf, pos, stop, sub, None)
+                else:
+                    memo_key = (sub.name, buf[pos:stop])
+                    value = memo.get(memo_key)
+                    if value is None:
+                        value = memo[memo_key] = _message(buf, pos, stop, sub, memo)
+            elif kind is Kind.OPAQUE or kind is Kind.BYTES:
+                value = _b64(buf[pos:stop])
+            else:
+                entry_key, entry_value = _map_entry(f, buf, pos, stop)
+                entries = out.setdefault(f.name, {})
+                if entry_key in entries:
+                    raise DecodeError(f"map {f.name} repeats a key")
+                entries[entry_key] = entry_value
+                pos = stop
+                continue
             pos = stop
-        name = f.name
-        if f.kind is Kind.MAP_STRING or f.kind is Kind.MAP_BYTES:
-            entries = out.setdefault(name, {})
-            entry_key, entry_value = value
-            if entry_key in entries:
-                raise DecodeError(f"map {name} repeats a key")
-            entries[entry_key] = entry_value
-        elif f.repeated:
-            out.setdefault(name, []).append(value)
-        elif name in out:
-            raise DecodeError(f"field {name} occurs twice")
+        if f.repeated:
+            items = out.get(f.name)
+            if items is None:
+                out[f.name] = [value]
+            else:
+                items.append(value)
+        elif f.name in out:
+            raise DecodeError(f"field {f.name} occurs twice")
         else:
-            out[name] = value
-    for number, parts in unknown.items():
-        out[f"#{number}"] = _b64(b"".join(parts))
+            out[f.name] = value
+    if run_number:
+        _keep_unknown(out, run_number, buf[run_start:end])
     return out
+
+
+def _keep_unknown(out: dict[str, Any], number: int, chunk: bytes) -> None:
+    """Keep the bytes of a field the schema does not know: all its occurrences, in order
+    (Go writes them together; a writer that did not is read the same)."""
+    name = f"#{number}"
+    earlier = out.get(name)
+    out[name] = _b64(chunk if earlier is None else _unb64(earlier, name) + chunk)
 
 
 def _scalar(f: Field, raw: int) -> bool | int:
@@ -164,18 +233,6 @@ def _scalar(f: Field, raw: int) -> bool | int:
     if kind is Kind.INT32 and not -_INT32 <= value < _INT32:
         raise DecodeError(f"int32 {f.name} out of range")
     return value
-
-
-def _delimited(f: Field, buf: bytes, pos: int, stop: int) -> Any:
-    kind = f.kind
-    if kind is Kind.STRING:
-        return buf[pos:stop].decode()
-    if kind is Kind.MESSAGE:
-        assert f.message is not None
-        return _message(buf, pos, stop, f.message)
-    if kind is Kind.OPAQUE or kind is Kind.BYTES:
-        return _b64(buf[pos:stop])
-    return _map_entry(f, buf, pos, stop)
 
 
 def _map_entry(f: Field, buf: bytes, pos: int, stop: int) -> tuple[str, str]:

@@ -147,11 +147,10 @@ def describe_write(
     old: bytes | None, new: bytes | None, rules: KeyRules
 ) -> tuple[list[Op] | None, str | None, str | None]:
     """(ops, base_uid, uid) of a write of ``new`` (None: a delete) over ``old``."""
-    base = None if old is None else decode(old, rules)
+    base, doc = _decode_versions(old, new, rules)
     base_uid = identity(base, rules)
     if new is None:
         return None, base_uid, None
-    doc = decode(new, rules)
     uid = identity(doc, rules)
     if (
         isinstance(base, dict)
@@ -161,6 +160,26 @@ def describe_write(
     ):
         return diff(base, doc, rules), base_uid, uid
     return None, base_uid, uid
+
+
+def _decode_versions(
+    old: bytes | None, new: bytes | None, rules: KeyRules
+) -> tuple[Json | bytes | None, Json | bytes | None]:
+    """``decode`` of both, for reading only: two protobuf versions of an object share what
+    they have in common (decoded once, compared by identity)."""
+    if (
+        old is not None
+        and new is not None
+        and rules.merge == "fields"
+        and old.startswith(k8sproto.PREFIX)
+        and new.startswith(k8sproto.PREFIX)
+    ):
+        base, doc = k8sproto.decode_pair(old, new, rules.local_paths)
+        return (old if base is None else base), (new if doc is None else doc)
+    return (
+        None if old is None else decode(old, rules),
+        None if new is None else decode(new, rules),
+    )
 
 
 def _same_form(base: dict[str, Json], doc: dict[str, Json]) -> bool:
@@ -182,12 +201,17 @@ def _same_form_as_value(doc: dict[str, Json], value: bytes) -> bool:
     return not value.startswith(k8sproto.PREFIX)
 
 
+# Operations that, applied to the base they were made from, give exactly what the writer
+# wrote. Not so: a first write over a value already there, an addition to a set the rules
+# have frozen, a delta in floating point (either may be refused or rounded).
+_EXACT_OPS = (SetField, DeleteField, SetRemove, KeyedSet, KeyedDelete, Reorder, DropIfEmpty)
+
+
 def reproduces_write(ops: list[Op]) -> bool:
     """Whether applying ``ops`` to the base they came from yields the written value itself
     (no rule of the policy changed anything): then a write that sorts last keeps its bytes."""
     return all(
-        isinstance(op, (SetField, DeleteField))
-        or (isinstance(op, AddDelta) and isinstance(op.delta, int))
+        isinstance(op, _EXACT_OPS) or (isinstance(op, AddDelta) and isinstance(op.delta, int))
         for op in ops
     )
 
@@ -254,6 +278,8 @@ def _unchanged(before: Json, after: Json) -> bool:
     """``same``, fast: Python's == (in C) settles most cases, but it treats 1, 1.0 and true
     alike, and a change between those must be replicated like any other (every node must
     store the writer's value); equal containers are compared again as canonical JSON (in C)."""
+    if before is after:
+        return True  # e.g. a part two protobuf versions share (``_decode_versions``)
     if type(before) is not type(after) or before != after:
         return False
     if isinstance(before, (dict, list)):
@@ -269,23 +295,31 @@ def _diff_list(path: Path_, before: Json, after: Json, key: str | None) -> list[
     new: list[Json] = [] if after is _MISSING else after
     ops: list[Op]
     if key is None:
-        ops = [SetRemove(path, e) for e in old if not _contains(new, e)]
-        ops += [SetAdd(path, e) for e in new if not _contains(old, e)]
         old_ids, new_ids = old, new
     else:
         old_ids, new_ids = [e[key] for e in old], [e[key] for e in new]
-        by_id = {json.dumps(e[key]): e for e in old}
-        ops = [KeyedDelete(path, key, k) for k in old_ids if not _contains(new_ids, k)]
+    old_keys, new_keys = [_ident(k) for k in old_ids], [_ident(k) for k in new_ids]
+    old_set, new_set = set(old_keys), set(new_keys)
+    if key is None:
+        ops = [SetRemove(path, e) for e, k in zip(old, old_keys, strict=True) if k not in new_set]
+        ops += [SetAdd(path, e) for e, k in zip(new, new_keys, strict=True) if k not in old_set]
+    else:
+        by_id = dict(zip(old_keys, old, strict=True))
+        ops = [
+            KeyedDelete(path, key, i)
+            for i, k in zip(old_ids, old_keys, strict=True)
+            if k not in new_set
+        ]
         ops += [
             KeyedSet(path, key, e)
-            for e in new
-            if not same(by_id.get(json.dumps(e[key]), _MISSING), e)
+            for e, k in zip(new, new_keys, strict=True)
+            if not same(by_id.get(k, _MISSING), e)
         ]
     # Kept elements stay where they are and new ones are appended: say so when the writer's
     # order is another, so an unconflicted write keeps its order.
-    kept = [k for k in old_ids if _contains(new_ids, k)]
-    added = [k for k in new_ids if not _contains(old_ids, k)]
-    if not same(kept + added, new_ids):
+    kept = [k for k in old_keys if k in new_set]
+    added = [k for k in new_keys if k not in old_set]
+    if kept + added != new_keys:
         ops.append(Reorder(path, key, new_ids))
     if before is _MISSING and not new:
         ops.append(FirstWrite(path, []))  # the writer wrote an empty list
@@ -488,6 +522,8 @@ def _apply_order(doc: dict[str, Json], path: Path_, key: str | None, order: list
 
 def same(a: Json, b: Json) -> bool:
     """JSON equality that tells true from 1 and 1 from 1.0 (Python's == does not)."""
+    if a is b:
+        return True
     if type(a) is not type(b):
         return False
     if isinstance(a, dict):
@@ -501,30 +537,35 @@ def _contains(items: list[Json], element: Json) -> bool:
     return any(same(e, element) for e in items)
 
 
+def _ident(value: Json) -> tuple[Any, Any]:
+    """A hashable stand-in for a JSON value: equal exactly when ``same`` says so."""
+    if isinstance(value, (dict, list)):
+        return ("json", json.dumps(value, sort_keys=True))
+    return (type(value), value)
+
+
 def _is_set(value: Json) -> bool:
     """Missing, or a list of distinct values."""
     if value is _MISSING:
         return True
     if not isinstance(value, list):
         return False
-    return all(not _contains(value[:i], e) for i, e in enumerate(value))
+    return len({_ident(e) for e in value}) == len(value)
 
 
 def _keyed(value: Json, key: str) -> list[Json] | None:
-    """``value`` if it is a list of objects with distinct, present ``key`` fields (a missing
-    list counts as an empty one)."""
+    """``value`` if it is a list of objects with distinct, present, scalar ``key`` fields (a
+    missing list counts as an empty one)."""
     if value is _MISSING:
         return []
     if not isinstance(value, list):
         return None
-    seen: list[Json] = []
+    seen: set[tuple[Any, Any]] = set()
     for e in value:
-        if not isinstance(e, dict) or key not in e or _contains(seen, e[key]):
+        if not isinstance(e, dict) or key not in e or isinstance(e[key], (dict, list)):
             return None
-        if isinstance(e[key], (dict, list)):
-            return None
-        seen.append(e[key])
-    return value
+        seen.add(_ident(e[key]))
+    return value if len(seen) == len(value) else None
 
 
 def _is_number(value: Json) -> bool:

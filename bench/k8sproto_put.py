@@ -1,0 +1,171 @@
+"""What merging Kubernetes protobuf objects field by field costs a local put.
+
+kube-apiserver stores Pods as protobuf; since shim decodes them to record field operations
+(issue 15), every put of one costs a decode and a diff. This measures that cost where a user
+pays it: server CPU per put (user + system, from /proc) of a shim process taking kubelet-like
+status updates of ~2 KB Pods, one client, one put at a time. The same updates are also put as
+JSON (which shim already merged field by field) for comparison.
+
+    .venv/bin/python -m bench.k8sproto_put                      # this tree's installed shim
+    .venv/bin/python -m bench.k8sproto_put --shim-python OTHER  # another install (e.g. main's)
+    .venv/bin/python -m bench.k8sproto_put --micro              # describe_write alone, in-process
+
+Compare two installs in one run of the machine (same load), and read ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from shim.pb import rpc_pb2, rpc_pb2_grpc
+from tests.support import k8s_pb
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def pod_updates(objects: int, updates: int) -> tuple[list[Any], list[tuple[int, Any]]]:
+    """``objects`` Pods, then ``updates`` kubelet-like status updates, round robin."""
+    pods = [k8s_pb.pod(name=f"web-7d4b9c8f6-{i:05d}", uid=f"uid-{i:05d}") for i in range(objects)]
+    out = []
+    for n in range(updates):
+        i = n % objects
+        update = type(pods[i])()
+        update.CopyFrom(pods[i])
+        ready = update.status.conditions[1]
+        ready.status = "False" if n // objects % 2 == 0 else "True"
+        ready.lastTransitionTime.seconds += n + 1
+        update.metadata.managedFields[1].time.seconds += n + 1
+        pods[i] = update
+        out.append((i, update))
+    return [k8s_pb.pod(name=f"web-7d4b9c8f6-{i:05d}", uid=f"uid-{i:05d}")
+            for i in range(objects)], out
+
+
+def as_json(obj: Any) -> bytes:
+    doc = {"apiVersion": "v1", "kind": obj.DESCRIPTOR.name,
+           **json_format.MessageToDict(obj, preserving_proto_field_name=True)}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def encoder(encoding: str) -> Any:
+    return k8s_pb.stored if encoding == "protobuf" else as_json
+
+
+def key(i: int) -> bytes:
+    return f"/registry/pods/default/web-7d4b9c8f6-{i:05d}".encode()
+
+
+# -- a shim server ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+@contextmanager
+def shim_server(python: str, workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    endpoint = f"127.0.0.1:{free_port()}"
+    argv = [os.path.abspath(python), "-m", "shim", "serve", f"--listen-address={endpoint}",
+            f"--datastore-endpoint=sqlite://{workdir / 'state.db'}", "--log-level=warning"]
+    with (workdir / "shim.log").open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    try:
+        with grpc.insecure_channel(endpoint) as channel:
+            stub = rpc_pb2_grpc.KVStub(channel)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    stub.Range(rpc_pb2.RangeRequest(key=b"ready"), timeout=1)
+                    break
+                except grpc.RpcError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError((workdir / "shim.log").read_text()) from None
+                    time.sleep(0.1)
+        yield proc, endpoint
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def measure_server(python: str, encoding: str, objects: int, updates: int) -> dict[str, float]:
+    encode = encoder(encoding)
+    creates, changes = pod_updates(objects, updates)
+    create_values = [(key(i), encode(p)) for i, p in enumerate(creates)]
+    update_values = [(key(i), encode(p)) for i, p in changes]
+    with (
+        tempfile.TemporaryDirectory(prefix="k8sproto-bench-") as tmp,
+        shim_server(python, Path(tmp)) as (proc, endpoint),
+        grpc.insecure_channel(endpoint) as channel,
+    ):
+        stub = rpc_pb2_grpc.KVStub(channel)
+        for k, v in create_values:
+            stub.Put(rpc_pb2.PutRequest(key=k, value=v))
+        cpu0, wall0 = cpu_seconds(proc.pid), time.perf_counter()
+        for k, v in update_values:
+            stub.Put(rpc_pb2.PutRequest(key=k, value=v))
+        cpu1, wall1 = cpu_seconds(proc.pid), time.perf_counter()
+    size = sum(len(v) for _, v in update_values) / len(update_values)
+    return {"bytes": size, "cpu_us_per_put": (cpu1 - cpu0) / updates * 1e6,
+            "puts_per_s": updates / (wall1 - wall0)}
+
+
+def measure_describe_write(encoding: str, objects: int, updates: int) -> dict[str, float]:
+    from shim.replication.merge import describe_write
+    from shim.replication.policy import Policy
+
+    rules = Policy.load().rules_for(key(0))
+    encode = encoder(encoding)
+    creates, changes = pod_updates(objects, updates)
+    current = {i: encode(p) for i, p in enumerate(creates)}
+    pairs = []
+    for i, p in changes:
+        new = encode(p)
+        pairs.append((current[i], new))
+        current[i] = new
+    total = timeit.timeit(lambda: [describe_write(o, n, rules) for o, n in pairs], number=3)
+    return {"us_per_describe_write": total / (3 * len(pairs)) * 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shim-python", default=sys.executable,
+                        help="the python whose installed shim serves (default: this one)")
+    parser.add_argument("--objects", type=int, default=20)
+    parser.add_argument("--puts", type=int, default=2000)
+    parser.add_argument("--encoding", choices=["protobuf", "json", "both"], default="both")
+    parser.add_argument("--micro", action="store_true",
+                        help="time describe_write in this process instead of serving")
+    args = parser.parse_args()
+    encodings = ["protobuf", "json"] if args.encoding == "both" else [args.encoding]
+    for encoding in encodings:
+        if args.micro:
+            result = measure_describe_write(encoding, args.objects, args.puts)
+        else:
+            result = measure_server(args.shim_python, encoding, args.objects, args.puts)
+        print(json.dumps({"encoding": encoding, **{k: round(v, 1) for k, v in result.items()}}))
+
+
+if __name__ == "__main__":
+    main()
