@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from shim.replication.merge import Entry, KeyState, decode, describe_write, fold, step
+from shim.replication.merge import Entry, KeyState, decode, fold, step
 from shim.replication.ops import SetField
 from shim.replication.policy import KeyRules, Policy
+from tests.support import merging
 
 POLICY = Policy.load()
 KEY = b"/registry/deployments/default/web"
@@ -34,18 +35,12 @@ def write(
 ) -> Entry:
     """The entry a writer at ``origin`` makes for writing ``new`` (None: a delete) over the
     value ``base`` it saw."""
-    ops, base_uid, uid = describe_write(base, new, rules)
-    return Entry(
-        origin, seq, hlc, key, new is None, new or b"", lease if new is not None else 0,
-        ops, base_uid, uid,
-    )
+    return merging.write(origin, seq, hlc, base, new, rules, key, lease)
 
 
 def resolve(entries: list[Entry], rules: KeyRules = RULES) -> bytes | None:
     """The value ``entries`` fold to, checked to be the same for every arrival order."""
-    values = {fold(order, rules).value(rules) for order in itertools.permutations(entries)}
-    assert len(values) == 1, values
-    return values.pop()
+    return merging.resolve(entries, rules)
 
 
 def doc_of(value: bytes | None) -> Any:
@@ -518,24 +513,7 @@ def test_fold_counts_an_entry_given_twice_once() -> None:
 
 
 def _as_resolve_keeps_it(arrivals: list[Entry], rules: KeyRules = RULES) -> bytes | None:
-    """What shim.replication.resolve stores after ``arrivals``: a newest entry is stepped
-    from the stored value and the tombstone table, a late one re-folds the key; the tombstone
-    table is only ever added to."""
-    value: bytes | None = None
-    lease = 0
-    tombstones: set[str] = set()
-    seen: list[Entry] = []
-    for entry in arrivals:
-        seen.append(entry)
-        if all(e.stamp < entry.stamp for e in seen[:-1]):
-            state = KeyState.from_stored(value, lease, tombstones, rules)
-            step(state, entry, rules)
-        else:
-            state = fold(seen, rules)
-        tombstones |= state.tombstones
-        value, lease = state.value(rules), state.lease
-    assert value == fold(arrivals, rules).value(rules)
-    return value
+    return merging.as_resolve_keeps_it(arrivals, rules)
 
 
 def test_a_late_delete_leaves_no_stale_tombstone() -> None:

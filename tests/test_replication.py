@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -32,9 +31,12 @@ from tests.support.replication import (
     TOKEN,
     delete,
     get,
+    hangup,
+    log_count,
     node_args,
     prefix_end,
     put,
+    reload_topology,
     shim_command,
     snapshot,
     sql,
@@ -43,6 +45,7 @@ from tests.support.replication import (
     url,
     wait_converged,
     wait_for,
+    write_topology,
 )
 from tests.support.shim_server import OUTSIDE_CHECKOUT, sqlite_endpoint
 from tests.support.watch_diff import WatchStream
@@ -353,28 +356,6 @@ def test_replication_flags_refused_on_postgres(postgres: Any, tmp_path: Path) ->
 
 
 # --- 6. topology reload ---------------------------------------------------------------------
-
-
-def write_topology(path: Path, *links: dict[str, str]) -> None:
-    path.write_text(json.dumps({"links": list(links)}))
-
-
-def hangup(server: ShimServer) -> None:
-    assert server.pid is not None
-    os.kill(server.pid, signal.SIGHUP)
-
-
-def log_count(server: ShimServer, text: str) -> int:
-    return server.log_path.read_text(errors="replace").count(text)
-
-
-def reload_topology(server: ShimServer, path: Path, *links: dict[str, str]) -> None:
-    """Rewrite the topology file, SIGHUP, and wait until the node says it reloaded."""
-    done = log_count(server, "topology reloaded")
-    write_topology(path, *links)
-    hangup(server)
-    wait_for(lambda: log_count(server, "topology reloaded"), lambda n: n > done,
-             "the node to log 'topology reloaded'", 10)
 
 
 def test_topology_reload_adds_and_removes_links(shim_factory: Factory, tmp_path: Path) -> None:

@@ -226,3 +226,47 @@ def pod(name: str = "web-7d4b9c8f6-x2x9z", uid: str = "6c1f0b54-3f51-4bd8-9b0e-2
         hostIP="10.0.0.11", podIP="10.244.1.23", startTime=_time(t0), qosClass="BestEffort",
     )
     return new("Pod", metadata=meta, spec=spec, status=status)
+
+
+def deployment(uid: str = "uid-1", replicas: int = 3) -> Any:
+    """A Deployment as kube-apiserver stores it after the controller's first status update."""
+    t0 = 1_700_000_000
+    meta = new(
+        "ObjectMeta", name="web", generateName="", namespace="default", selfLink="", uid=uid,
+        resourceVersion="", generation=1, creationTimestamp=_time(t0),
+        labels={"app": "web", "tier": "front"}, annotations={"note": "a"},
+        managedFields=[new("ManagedFieldsEntry", manager="kubectl", operation="Update",
+                           apiVersion="apps/v1", time=_time(t0), fieldsType="FieldsV1",
+                           fieldsV1=_fields_v1(["spec.f:replicas"]), subresource="")],
+    )
+    template = new("PodTemplateSpec", metadata=new("ObjectMeta", labels={"app": "web"}),
+                   spec=new("PodSpec", containers=[new("Container", name="c", image="nginx:1")]))
+    spec = new("DeploymentSpec", replicas=replicas, template=template, minReadySeconds=0,
+               revisionHistoryLimit=10, paused=False, progressDeadlineSeconds=600)
+    status = new(
+        "DeploymentStatus", observedGeneration=1, replicas=replicas, updatedReplicas=replicas,
+        conditions=[new("DeploymentCondition", type="Progressing", status="True",
+                        reason="NewReplicaSetAvailable", message="",
+                        lastUpdateTime=_time(t0), lastTransitionTime=_time(t0))],
+    )
+    return new("Deployment", metadata=meta, spec=spec, status=status)
+
+
+def condition(type_: str, status: str, seconds: int = 1_700_000_100) -> Any:
+    return new("DeploymentCondition", type=type_, status=status, reason="", message="",
+               lastUpdateTime=_time(seconds), lastTransitionTime=_time(seconds))
+
+
+def config_map(uid: str = "cm-1", data: dict[str, str] | None = None,
+               binary: dict[str, bytes] | None = None) -> Any:
+    meta = new("ObjectMeta", name="settings", namespace="default", uid=uid,
+               resourceVersion="", creationTimestamp=_time(1_700_000_000))
+    return new("ConfigMap", metadata=meta, data=data or {}, binaryData=binary or {})
+
+
+def edited(obj: Any, edit: Any) -> Any:
+    """A copy of ``obj`` changed by ``edit(copy)``."""
+    copy = type(obj)()
+    copy.CopyFrom(obj)
+    edit(copy)
+    return copy

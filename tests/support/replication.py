@@ -9,10 +9,13 @@ are added to a failing test's report) started with replication flags.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from shim.pb import rpc_pb2 as pb
@@ -180,6 +183,31 @@ def stays(probe: Callable[[], T], ok: Callable[[T], bool], what: str, seconds: f
         result = probe()
         assert ok(result), f"{what}: {result!r}"
         time.sleep(POLL_SECONDS)
+
+
+# --- links on and off: the topology file and SIGHUP ---------------------------------------
+
+
+def write_topology(path: Path, *links: dict[str, str]) -> None:
+    path.write_text(json.dumps({"links": list(links)}))
+
+
+def hangup(server: ShimServer) -> None:
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGHUP)
+
+
+def log_count(server: ShimServer, text: str) -> int:
+    return server.log_path.read_text(errors="replace").count(text)
+
+
+def reload_topology(server: ShimServer, path: Path, *links: dict[str, str]) -> None:
+    """Rewrite the topology file, SIGHUP, and wait until the node says it reloaded."""
+    done = log_count(server, "topology reloaded")
+    write_topology(path, *links)
+    hangup(server)
+    wait_for(lambda: log_count(server, "topology reloaded"), lambda n: n > done,
+             "the node to log 'topology reloaded'", 10)
 
 
 # --- shim status / shim sql ---------------------------------------------------------------

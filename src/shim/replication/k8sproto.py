@@ -146,11 +146,11 @@ def _message(buf: bytes, pos: int, end: int, msg: Message, memo: Memo | None) ->
         wire_type = key & 7
         f = by_number.get(number)
         if f is None:
+            if number == 0:
+                raise DecodeError("field number 0")
             if number != run_number:
                 if run_number:
                     _keep_unknown(out, run_number, buf[run_start:start])
-                if number == 0:
-                    raise DecodeError("field number 0")
                 run_number, run_start = number, start
             if wire_type == 2 and pos < end and buf[pos] < 0x80:  # most unknown fields
                 pos += buf[pos] + 1

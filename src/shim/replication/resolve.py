@@ -7,6 +7,7 @@ turns the answer into ordinary local revisions.
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +28,14 @@ from shim.replication.merge import (
 from shim.replication.policy import KeyRules, Policy
 
 
+class MergeRule(enum.StrEnum):
+    """The merge rule an entry needed (the value is the metrics label)."""
+
+    NONE = ""  # none: the entry applied as it came
+    REPLAYED = "replayed"  # it arrived out of order and the key was folded again
+    LOST = "lost"  # the rules kept another write
+
+
 @dataclass(slots=True)
 class Resolution:
     """What a key holds after an entry: ``value`` None means absent. ``changed`` is False when
@@ -37,13 +46,11 @@ class Resolution:
     lease: int
     changed: bool
     new_incarnation: bool
-    # The merge rule the entry needed, if any: "replayed" (it arrived out of order and the key
-    # was folded again) or "lost" (the rules kept another write).
-    rule: str = ""
+    rule: MergeRule = MergeRule.NONE
 
     @property
     def conflict(self) -> bool:
-        return bool(self.rule)
+        return self.rule is not MergeRule.NONE
 
 
 @dataclass(slots=True)
@@ -226,7 +233,8 @@ class Replica:
         before_uid = identity(state.doc, rules)
         applied = step(state, entry, rules)
         repl.add_tombstones(entry.key, state.tombstones - known)
-        return self._resolution(state, old, before_uid, rules, "" if applied else "lost")
+        rule = MergeRule.NONE if applied else MergeRule.LOST
+        return self._resolution(state, old, before_uid, rules, rule)
 
     def _replay(
         self, repl: ReplicationTables, entry: Entry, old: KeyValue | None, rules: KeyRules
@@ -234,7 +242,7 @@ class Replica:
         before_uid = identity(None if old is None else decode(old.value, rules), rules)
         state = fold(repl.key_entries(entry.key), rules)
         repl.add_tombstones(entry.key, state.tombstones)
-        return self._resolution(state, old, before_uid, rules, "replayed")
+        return self._resolution(state, old, before_uid, rules, MergeRule.REPLAYED)
 
     @staticmethod
     def _resolution(
@@ -242,7 +250,7 @@ class Replica:
         old: KeyValue | None,
         before_uid: str | None,
         rules: KeyRules,
-        rule: str,
+        rule: MergeRule,
     ) -> Resolution:
         value = state.value(rules)
         after_uid = identity(state.doc, rules)

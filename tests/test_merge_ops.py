@@ -1,0 +1,150 @@
+"""Merge operations as typed values: the wire form they travel in (unchanged since protocol 1),
+and the one parser that lets them in, refusing a malformed operation with its reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shim.pb import replication_pb2 as pb
+from shim.replication import ops as field_ops
+from shim.replication.merge import Entry, describe_write
+from shim.replication.ops import (
+    AddDelta,
+    BadOps,
+    DeleteField,
+    DropIfEmpty,
+    FirstWrite,
+    KeyedDelete,
+    KeyedSet,
+    Reorder,
+    SetAdd,
+    SetField,
+    SetRemove,
+)
+from shim.replication.policy import Policy
+from shim.replication.wire import BadEntry, from_wire, to_wire
+
+EVERY_OP = [
+    SetField(("spec", "replicas"), 3),
+    DeleteField(("spec", "paused"),),
+    FirstWrite(("metadata", "creationTimestamp"), "2024-01-01T00:00:00Z"),
+    AddDelta(("metadata", "generation"), 1),
+    SetAdd(("metadata", "finalizers"), "f/a"),
+    SetRemove(("metadata", "finalizers"), "f/b"),
+    KeyedSet(("status", "conditions"), "type", {"type": "Ready", "status": "True"}),
+    KeyedDelete(("metadata", "ownerReferences"), "uid", "o1"),
+    Reorder(("status", "conditions"), "type", ["Ready", "Available"]),
+    Reorder(("metadata", "finalizers"), None, ["f/a", "f/c"]),
+    DropIfEmpty(("metadata", "labels"),),
+]
+
+# The wire form, as protocol 1 wrote it: nodes and stored entries read it as before.
+WIRE = [
+    ["set", ["spec", "replicas"], 3],
+    ["del", ["spec", "paused"]],
+    ["fww", ["metadata", "creationTimestamp"], "2024-01-01T00:00:00Z"],
+    ["add", ["metadata", "generation"], 1],
+    ["sadd", ["metadata", "finalizers"], "f/a"],
+    ["srem", ["metadata", "finalizers"], "f/b"],
+    ["kset", ["status", "conditions"], "type", {"type": "Ready", "status": "True"}],
+    ["kdel", ["metadata", "ownerReferences"], "uid", "o1"],
+    ["order", ["status", "conditions"], "type", ["Ready", "Available"]],
+    ["order", ["metadata", "finalizers"], None, ["f/a", "f/c"]],
+    ["del-empty", ["metadata", "labels"]],
+]
+
+
+def test_every_operation_has_the_protocol_1_wire_form_and_parses_back() -> None:
+    assert [field_ops.to_wire(op) for op in EVERY_OP] == WIRE
+    assert json.loads(field_ops.dumps(EVERY_OP)) == WIRE
+    assert field_ops.parse_ops(WIRE) == EVERY_OP
+    assert field_ops.loads(json.dumps(WIRE)) == EVERY_OP
+
+
+def test_a_write_diffs_into_typed_operations() -> None:
+    rules = Policy.load().rules_for(b"/registry/deployments/default/web")
+    base = {"metadata": {"uid": "u", "generation": 1, "labels": {"a": "1"}},
+            "spec": {"replicas": 1}}
+    new = {"metadata": {"uid": "u", "generation": 2, "labels": {"b": "2"}},
+           "spec": {"replicas": 2}}
+    ops, base_uid, uid = describe_write(json.dumps(base).encode(), json.dumps(new).encode(), rules)
+    assert (base_uid, uid) == ("u", "u")
+    assert ops == [
+        AddDelta(("metadata", "generation"), 1),
+        SetField(("metadata", "labels", "b"), "2"),
+        DeleteField(("metadata", "labels", "a")),
+        SetField(("spec", "replicas"), 2),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ({"set": 1}, "operations must be a list"),
+        ([["frobnicate", ["a"], 1]], "operation 0: unknown operation 'frobnicate'"),
+        ([[]], "operation 0: not a list starting with an operation name"),
+        ([{"op": "set"}], "operation 0: not a list starting with an operation name"),
+        ([[7, ["a"]]], "operation 0: not a list starting with an operation name"),
+        ([["del", ["a"]], ["set", ["a"]]], "operation 1 (set): 1 arguments, wants 2"),
+        ([["del", ["a"], 1]], "operation 0 (del): 2 arguments, wants 1"),
+        ([["set", [], 1]], "operation 0 (set): the path must be a list of 1 to 64"),
+        ([["set", "spec.replicas", 1]], "operation 0 (set): the path must be a list"),
+        ([["set", ["spec", 3], 1]], "operation 0 (set): the path must be a list"),
+        ([["set", ["spec", ""], 1]], "operation 0 (set): the path must be a list"),
+        ([["set", ["a"] * 65, 1]], "operation 0 (set): the path must be a list of 1 to 64"),
+        ([["add", ["g"], "1"]], "operation 0 (add): the delta must be a finite number"),
+        ([["add", ["g"], True]], "operation 0 (add): the delta must be a finite number"),
+        ([["kset", ["c"], "type", ["Ready"]]], "operation 0 (kset): the element must be an"),
+        ([["kset", ["c"], "type", {"status": "x"}]], "operation 0 (kset): the element must be"),
+        ([["kset", ["c"], "type", {"type": {"x": 1}}]], "operation 0 (kset): the element must"),
+        ([["kset", ["c"], "", {"": 1}]], "operation 0 (kset): the key field must be a non-empty"),
+        ([["kdel", ["c"], 5, "Ready"]], "operation 0 (kdel): the key field must be a non-empty"),
+        ([["kdel", ["c"], "type", ["Ready"]]], "operation 0 (kdel): the identity must be a"),
+        ([["order", ["c"], 5, []]], "operation 0 (order): the key field must be a non-empty"),
+        ([["order", ["c"], None, "ab"]], "operation 0 (order): the order must be a list"),
+    ],
+)
+def test_malformed_operations_are_refused_with_the_reason(raw: object, reason: str) -> None:
+    with pytest.raises(BadOps) as refused:
+        field_ops.parse_ops(raw)
+    assert str(refused.value).startswith(reason), str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (b"[[\"set\", [\"a\"], 1]", "operations are not JSON"),
+        (b"[[\"add\", [\"g\"], NaN]]", "operations are not JSON: NaN is not a JSON number"),
+        (b"[[\"set\", [\"a\"], Infinity]]", "operations are not JSON: Infinity is not"),
+        (b"[" * 100_000 + b"]" * 100_000, "operations are not JSON"),
+        (b"\xff\xfe", "operations are not JSON"),
+    ],
+)
+def test_operations_that_are_not_json_are_refused(text: bytes, reason: str) -> None:
+    with pytest.raises(BadOps) as refused:
+        field_ops.loads(text)
+    assert str(refused.value).startswith(reason), str(refused.value)
+
+
+def entry_message(ops: bytes) -> pb.Entry:
+    entry = Entry("peer-a", 7, 1 << 20, b"/registry/pods/default/p", False, b"{}", 0,
+                  [SetField(("a",), 1)], "u", "u")
+    message = to_wire(entry)
+    message.ops = ops
+    return message
+
+
+def test_an_entry_from_a_peer_travels_with_its_typed_operations() -> None:
+    message = entry_message(field_ops.dumps(EVERY_OP).encode())
+    assert from_wire(message).ops == EVERY_OP
+
+
+def test_an_entry_with_malformed_operations_is_refused_naming_entry_and_reason() -> None:
+    with pytest.raises(BadEntry) as refused:
+        from_wire(entry_message(b'[["set", ["a"]]]'))
+    assert str(refused.value) == "entry peer-a/7: operation 0 (set): 1 arguments, wants 2"
+    with pytest.raises(BadEntry) as refused:
+        from_wire(entry_message(b"not json"))
+    assert str(refused.value).startswith("entry peer-a/7: operations are not JSON")
