@@ -13,6 +13,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shim.replication import k8sproto
 from shim.replication.k8sproto import EncodeError, ProtoObject
@@ -482,3 +484,43 @@ def test_leases_and_events_stay_whole_values() -> None:
         value = stored(k8s_pb.deployment())
         assert decode(value, rules) == value
         assert describe_write(value, stored(k8s_pb.deployment(replicas=4)), rules)[0] is None
+
+
+# -- any bytes ----------------------------------------------------------------------------------
+
+VALID = [stored(k8s_pb.pod()), stored(k8s_pb.deployment()), HAND_WRITTEN]
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(
+    st.sampled_from(VALID),
+    st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255), st.sampled_from(
+        ["flip", "insert", "delete", "truncate"])), min_size=1, max_size=4),
+)
+def test_damaged_values_decode_to_a_tree_or_stay_opaque_never_an_error(
+    value: bytes, damage: list[tuple[int, int, str]]
+) -> None:
+    """Whatever a writer stored under k8s\\0, the codec reads an object or declines; what it
+    reads, it writes in one canonical layout that reads back as the same object."""
+    data = bytearray(value)
+    for position, byte, how in damage:
+        at = len(PREFIX_BYTES) + position % max(1, len(data) - len(PREFIX_BYTES))
+        if how == "flip":
+            data[min(at, len(data) - 1)] ^= byte or 1
+        elif how == "insert":
+            data.insert(at, byte)
+        elif how == "delete" and at < len(data):
+            del data[at]
+        else:
+            del data[at:]
+    tree = k8sproto.decode(bytes(data))
+    as_merged = k8sproto.decode(bytes(data), RULES.local_paths)
+    assert decode(bytes(data), RULES) == (bytes(data) if as_merged is None else as_merged)
+    if tree is None:
+        return
+    canonical = k8sproto.encode(tree)
+    assert k8sproto.decode(canonical) == tree
+    assert k8sproto.encode(k8sproto.decode(canonical)) == canonical  # type: ignore[arg-type]
+
+
+PREFIX_BYTES = k8sproto.PREFIX

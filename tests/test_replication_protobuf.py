@@ -86,7 +86,7 @@ def test_a_protobuf_deployment_edited_at_two_sites_keeps_all_three_edits(
     for node in nodes:
         assert get(node.endpoint, KEY) == want
 
-    # The edits travelled as field operations, not whole values.
+    # The edits travelled as field operations, not whole values (the README's query).
     rows = sql(edge, "SELECT kind, ops FROM replication_log WHERE received_from = 'local' "
                      "ORDER BY seq")
     assert [row["kind"] for row in rows] == ["fields"]

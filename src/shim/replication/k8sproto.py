@@ -26,6 +26,10 @@ PREFIX = b"k8s\x00"
 
 Path_ = tuple[str, ...]
 
+# The kinds, bound once: the decoding loop compares against them for every field.
+_STRING, _MESSAGE, _OPAQUE, _BYTES = Kind.STRING, Kind.MESSAGE, Kind.OPAQUE, Kind.BYTES
+_BOOL = Kind.BOOL
+
 _INT64 = 1 << 63
 _UINT64 = 1 << 64
 _INT32 = 1 << 31
@@ -166,8 +170,13 @@ def _message(buf: bytes, pos: int, end: int, msg: Message, memo: Memo | None) ->
             raise DecodeError(f"field {f.name} has wire type {wire_type}")
         kind = f.kind
         if wire_type == 0:
-            raw, pos = _varint(buf, pos, end)
-            value: Any = _scalar(f, raw)
+            raw = buf[pos] if pos < end else 0x80
+            if raw < 0x80 and kind is not _BOOL:
+                pos += 1
+                value: Any = raw
+            else:
+                raw, pos = _varint(buf, pos, end)
+                value = _scalar(f, raw)
         else:
             size = buf[pos] if pos < end else 0x80
             if size < 0x80:
@@ -177,9 +186,9 @@ def _message(buf: bytes, pos: int, end: int, msg: Message, memo: Memo | None) ->
             stop = pos + size
             if stop > end:
                 raise DecodeError(f"field {f.name} overruns its message")
-            if kind is Kind.STRING:
+            if kind is _STRING:
                 value = buf[pos:stop].decode()
-            elif kind is Kind.MESSAGE:
+            elif kind is _MESSAGE:
                 sub = f.message
                 assert sub is not None
                 if memo is None:
@@ -189,7 +198,7 @@ def _message(buf: bytes, pos: int, end: int, msg: Message, memo: Memo | None) ->
                     value = memo.get(memo_key)
                     if value is None:
                         value = memo[memo_key] = _message(buf, pos, stop, sub, memo)
-            elif kind is Kind.OPAQUE or kind is Kind.BYTES:
+            elif kind is _OPAQUE or kind is _BYTES:
                 value = _b64(buf[pos:stop])
             else:
                 entry_key, entry_value = _map_entry(f, buf, pos, stop)
@@ -200,16 +209,17 @@ def _message(buf: bytes, pos: int, end: int, msg: Message, memo: Memo | None) ->
                 pos = stop
                 continue
             pos = stop
+        name = f.name
         if f.repeated:
-            items = out.get(f.name)
+            items = out.get(name)
             if items is None:
-                out[f.name] = [value]
+                out[name] = [value]
             else:
                 items.append(value)
-        elif f.name in out:
-            raise DecodeError(f"field {f.name} occurs twice")
+        elif name in out:
+            raise DecodeError(f"field {name} occurs twice")
         else:
-            out[f.name] = value
+            out[name] = value
     if run_number:
         _keep_unknown(out, run_number, buf[run_start:end])
     return out
@@ -219,8 +229,12 @@ def _keep_unknown(out: dict[str, Any], number: int, chunk: bytes) -> None:
     """Keep the bytes of a field the schema does not know: all its occurrences, in order
     (Go writes them together; a writer that did not is read the same)."""
     name = f"#{number}"
-    earlier = out.get(name)
-    out[name] = _b64(chunk if earlier is None else _unb64(earlier, name) + chunk)
+    if name in out:
+        chunk = _unb64(out[name], name) + chunk
+    out[name] = _b2a(chunk, newline=False).decode("ascii")
+
+
+_b2a = binascii.b2a_base64
 
 
 def _scalar(f: Field, raw: int) -> bool | int:

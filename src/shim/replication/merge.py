@@ -222,11 +222,11 @@ def diff(
     """Field operations that turn ``base`` into ``new`` under the key's rules."""
     ops: list[Op] = []
     for name in list(new) + [k for k in base if k not in new]:
-        here = (*path, name)
         before = base.get(name, _MISSING)
         after = new.get(name, _MISSING)
         if _unchanged(before, after):
             continue
+        here = (*path, name)
         rule = rules.rule(here)
         policy = rule.policy if rule is not None else "lww"
         if policy == "local":
