@@ -18,6 +18,7 @@ from shim.replication.ops import (
     FirstWrite,
     KeyedDelete,
     KeyedSet,
+    Op,
     Reorder,
     SetAdd,
     SetField,
@@ -26,7 +27,7 @@ from shim.replication.ops import (
 from shim.replication.policy import Policy
 from shim.replication.wire import BadEntry, from_wire, to_wire
 
-EVERY_OP = [
+EVERY_OP: list[Op] = [
     SetField(("spec", "replicas"), 3),
     DeleteField(("spec", "paused"),),
     FirstWrite(("metadata", "creationTimestamp"), "2024-01-01T00:00:00Z"),

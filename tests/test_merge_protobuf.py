@@ -187,6 +187,7 @@ NOT_DECODED = {
     "wire type mismatch": envelope(ld(0x0A, b"\x08\x01")),  # metadata.name as a varint
     "a group": envelope(ld(0x0A, b"\x0b\x0c")),  # wire types 3/4: never written by Go
     "field number 0": envelope(ld(0x0A, b"\x02\x00")),
+    "field number 2**29": envelope(ld(0x0A, b"\x80\x80\x80\x80\x10\x00")),
     "metadata twice": envelope(ld(0x0A, b"") + ld(0x0A, b"")),
     "a map key twice": envelope(ld(0x0A, ld(0x5A, ld(0x0A, b"k")) + ld(0x5A, ld(0x0A, b"k")))),
     "a bool of 2": envelope(ld(0x0A, ld(0x6A, b"\x30\x02"))),  # ownerReferences[0].controller

@@ -121,7 +121,7 @@ class Uids:
 
 def next_value(draw: Any, base: bytes | None, uids: Uids, rule_abiding: bool) -> bytes | None:
     """What a client writes over ``base`` (None: a delete)."""
-    current = k8s_pb.parse(base, "Deployment") if _is_deployment(base) else None
+    current = k8s_pb.parse(base, "Deployment") if base and _is_deployment(base) else None
     choice = draw(st.integers(0, 24))
     if current is None:
         if choice == 0:

@@ -30,6 +30,7 @@ Path_ = tuple[str, ...]
 _STRING, _MESSAGE, _OPAQUE, _BYTES = Kind.STRING, Kind.MESSAGE, Kind.OPAQUE, Kind.BYTES
 _BOOL = Kind.BOOL
 
+_MAX_FIELD = 1 << 29  # protobuf field numbers are below this
 _INT64 = 1 << 63
 _UINT64 = 1 << 64
 _INT32 = 1 << 31
@@ -150,8 +151,8 @@ def _message(buf: bytes, pos: int, end: int, msg: Message, memo: Memo | None) ->
         wire_type = key & 7
         f = by_number.get(number)
         if f is None:
-            if number == 0:
-                raise DecodeError("field number 0")
+            if number == 0 or number >= _MAX_FIELD:
+                raise DecodeError(f"field number {number}")
             if number != run_number:
                 if run_number:
                     _keep_unknown(out, run_number, buf[run_start:start])
@@ -424,7 +425,7 @@ def _opaque_number(name: str) -> int | None:
     if len(name) < 2 or name[0] != "#" or not name[1:].isdigit() or name[1] == "0":
         return None
     number = int(name[1:])
-    return number if number < 1 << 29 else None
+    return number if number < _MAX_FIELD else None
 
 
 def _opaque_field(number: int, value: Any) -> bytes:
