@@ -39,21 +39,24 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def pod_updates(objects: int, updates: int) -> tuple[list[Any], list[tuple[int, Any]]]:
-    """``objects`` Pods, then ``updates`` kubelet-like status updates, round robin."""
-    pods = [k8s_pb.pod(name=f"web-7d4b9c8f6-{i:05d}", uid=f"uid-{i:05d}") for i in range(objects)]
+    """``objects`` Pods, then ``updates`` kubelet-like status updates of them, round robin
+    (the Ready condition flips; the kubelet's managedFields entry gets a new time)."""
+    created = [k8s_pb.pod(name=f"web-7d4b9c8f6-{i:05d}", uid=f"uid-{i:05d}")
+               for i in range(objects)]
+    current = list(created)
     out = []
     for n in range(updates):
         i = n % objects
-        update = type(pods[i])()
-        update.CopyFrom(pods[i])
-        ready = update.status.conditions[1]
-        ready.status = "False" if n // objects % 2 == 0 else "True"
-        ready.lastTransitionTime.seconds += n + 1
-        update.metadata.managedFields[1].time.seconds += n + 1
-        pods[i] = update
-        out.append((i, update))
-    return [k8s_pb.pod(name=f"web-7d4b9c8f6-{i:05d}", uid=f"uid-{i:05d}")
-            for i in range(objects)], out
+
+        def kubelet(pod: Any, n: int = n) -> None:
+            ready = pod.status.conditions[1]
+            ready.status = "False" if n // objects % 2 == 0 else "True"
+            ready.lastTransitionTime.seconds += n + 1
+            pod.metadata.managedFields[1].time.seconds += n + 1
+
+        current[i] = k8s_pb.edited(current[i], kubelet)
+        out.append((i, current[i]))
+    return created, out
 
 
 def as_json(obj: Any) -> bytes:

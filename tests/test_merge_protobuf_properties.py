@@ -11,7 +11,9 @@ every choice drawn from it, no clock or node id that varies between runs.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,13 +112,7 @@ def edit(draw: Any, obj: Any, rule_abiding: bool) -> Any:
     return d
 
 
-@dataclass
-class Uids:
-    n: int = 0
-
-    def next(self) -> str:
-        self.n += 1
-        return f"uid-{self.n}"
+Uids = Iterator[int]  # numbers for new incarnations, one run of the test each
 
 
 def next_value(draw: Any, base: bytes | None, uids: Uids, rule_abiding: bool) -> bytes | None:
@@ -126,11 +122,11 @@ def next_value(draw: Any, base: bytes | None, uids: Uids, rule_abiding: bool) ->
     if current is None:
         if choice == 0:
             return b"k8s:enc:aescbc:v1:key1:" + bytes([draw(st.integers(0, 255))])
-        return k8s_pb.stored(k8s_pb.deployment(uids.next(), draw(st.integers(0, 3))))
+        return k8s_pb.stored(k8s_pb.deployment(f"uid-{next(uids)}", draw(st.integers(0, 3))))
     if choice == 0:
         return None
     if choice == 1:  # replaced by another incarnation in one write
-        return k8s_pb.stored(k8s_pb.deployment(uids.next(), draw(st.integers(0, 3))))
+        return k8s_pb.stored(k8s_pb.deployment(f"uid-{next(uids)}", draw(st.integers(0, 3))))
     if choice == 2:  # the same object written in another form (JSON), whole
         return json.dumps({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
             "name": "web", "uid": current.metadata.uid}}).encode()
@@ -208,7 +204,7 @@ def check_value(value: bytes | None) -> None:
 def test_sites_converge_to_the_fold_of_all_entries(data: st.DataObject) -> None:
     draw = data.draw
     sites = [Site(f"n{i}", draw(st.integers(-30, 30))) for i in range(draw(st.integers(2, 4)))]
-    uids = Uids()
+    uids = itertools.count(1)
     written: list[Entry] = []
     now = 100
     for _ in range(draw(st.integers(1, 24))):
@@ -246,7 +242,7 @@ def test_sites_converge_to_the_fold_of_all_entries(data: st.DataObject) -> None:
 def test_a_single_writers_chain_keeps_every_write_as_written(data: st.DataObject) -> None:
     draw = data.draw
     site = Site("w", 0)
-    uids = Uids()
+    uids = itertools.count(1)
     for i in range(draw(st.integers(1, 12))):
         new = next_value(draw, site.value, uids, rule_abiding=True)
         if new is None and site.value is None:
