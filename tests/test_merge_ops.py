@@ -57,6 +57,11 @@ WIRE = [
 ]
 
 
+def test_values_as_deep_as_the_bound_are_taken() -> None:
+    deep = json.loads("[" * 200 + "]" * 200)
+    assert field_ops.parse_ops([["set", ["a"], deep]]) == [SetField(("a",), deep)]
+
+
 def test_every_operation_has_the_protocol_1_wire_form_and_parses_back() -> None:
     assert [field_ops.to_wire(op) for op in EVERY_OP] == WIRE
     assert json.loads(field_ops.dumps(EVERY_OP)) == WIRE
@@ -105,6 +110,8 @@ def test_a_write_diffs_into_typed_operations() -> None:
         ([["kdel", ["c"], "type", ["Ready"]]], "operation 0 (kdel): the identity must be a"),
         ([["order", ["c"], 5, []]], "operation 0 (order): the key field must be a non-empty"),
         ([["order", ["c"], None, "ab"]], "operation 0 (order): the order must be a list"),
+        ([["set", ["a"], json.loads("[" * 201 + "]" * 201)]],
+         "an operation's value nests deeper than 200 levels"),
     ],
 )
 def test_malformed_operations_are_refused_with_the_reason(raw: object, reason: str) -> None:

@@ -21,6 +21,9 @@ Path_ = tuple[str, ...]
 # Paths deeper than this are refused: no object the merge rules describe nests so deep, and a
 # bound keeps a peer's operation from recursing without end.
 MAX_PATH_DEPTH = 64
+# Values nested deeper than this are refused: applying one copies it recursively, and Python's
+# recursion stops near 1000 levels (Kubernetes objects nest a few dozen at most).
+MAX_VALUE_DEPTH = 200
 
 
 class BadOps(ValueError):
@@ -166,7 +169,24 @@ def _no_constant(name: str) -> None:
 def parse_ops(raw: object) -> list[Op]:
     if not isinstance(raw, list):
         raise BadOps("operations must be a list")
-    return [_parse_op(i, item) for i, item in enumerate(raw)]
+    ops = [_parse_op(i, item) for i, item in enumerate(raw)]
+    if _depth(raw) > MAX_VALUE_DEPTH + 2:  # the list of operations and each operation
+        raise BadOps(f"an operation's value nests deeper than {MAX_VALUE_DEPTH} levels")
+    return ops
+
+
+def _depth(value: object) -> int:
+    """How deeply ``value`` nests lists and objects (iteratively: it may be very deep)."""
+    deepest = 0
+    todo: list[tuple[object, int]] = [(value, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, depth)
+            todo.extend((child, depth + 1) for child in node)
+    return deepest
 
 
 def _parse_op(index: int, raw: object) -> Op:
