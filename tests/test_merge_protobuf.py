@@ -479,6 +479,16 @@ def test_a_write_in_another_form_replaces_the_object_whole() -> None:
     assert resolve([create, to_json, back]) == stored(base)
 
 
+def test_an_empty_uid_is_no_identity() -> None:
+    """Go writes metadata.uid even when it is empty: that is no incarnation to tombstone."""
+    base = edited(k8s_pb.deployment(), lambda d: setattr(d.metadata, "uid", ""))
+    create = write("a", 1, 10, None, stored(base))
+    delete = write("b", 1, 20, stored(base), None)
+    assert (create.uid, delete.base_uid) == (None, None)
+    again = write("c", 1, 30, None, stored(base))
+    assert resolve([create, delete, again]) == stored(base)
+
+
 def test_leases_and_events_stay_whole_values() -> None:
     for key in (b"/registry/leases/kube-system/l", b"/registry/events/default/e"):
         rules = POLICY.rules_for(key)

@@ -137,7 +137,8 @@ def identity(doc: Json | bytes | None, rules: KeyRules) -> str | None:
     if path is None or not isinstance(doc, dict):
         return None
     found = _get(doc, path)
-    return found if isinstance(found, str) else None
+    # An empty uid is none: Go's marshaller writes the field even when it is empty.
+    return found if isinstance(found, str) and found else None
 
 
 # -- the origin side: a write becomes an entry ------------------------------------------------
