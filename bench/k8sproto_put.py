@@ -2,9 +2,9 @@
 
 kube-apiserver stores Pods as protobuf; since shim decodes them to record field operations
 (issue 15), every put of one costs a decode and a diff. This measures that cost where a user
-pays it: server CPU per put (user + system, from /proc) of a shim process taking kubelet-like
-status updates of ~2 KB Pods, one client, one put at a time. The same updates are also put as
-JSON (which shim already merged field by field) for comparison.
+pays it: server CPU per put (user + system, from /proc) of a shim node that admits replication
+links, taking kubelet-like status updates of ~2 KB Pods, one client, one put at a time. The
+same updates are also put as JSON (which shim already merged field by field) for comparison.
 
     .venv/bin/python -m bench.k8sproto_put                      # this tree's installed shim
     .venv/bin/python -m bench.k8sproto_put --shim-python OTHER  # another install (e.g. main's)
@@ -90,8 +90,11 @@ def cpu_seconds(pid: int) -> float:
 @contextmanager
 def shim_server(python: str, workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     endpoint = f"127.0.0.1:{free_port()}"
+    # A node that admits links records an entry for every write (one that never replicates
+    # need not), so this is the cost a replicating node pays.
     argv = [os.path.abspath(python), "-m", "shim", "serve", f"--listen-address={endpoint}",
-            f"--datastore-endpoint=sqlite://{workdir / 'state.db'}", "--log-level=warning"]
+            f"--datastore-endpoint=sqlite://{workdir / 'state.db'}", "--log-level=warning",
+            "--name=bench", "--bootstrap-token=bench-token"]
     with (workdir / "shim.log").open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     try:
