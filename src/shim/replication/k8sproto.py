@@ -77,8 +77,8 @@ def decode(
     return doc
 
 
-# Decoded messages by (message name, bytes).
-Memo = dict[tuple[str, bytes], dict[str, Any]]
+# Decoded messages by (the schema's message, bytes).
+Memo = dict[tuple[int, bytes], dict[str, Any]]
 
 
 def decode_pair(
@@ -195,7 +195,7 @@ def _message(buf: bytes, pos: int, end: int, msg: Message, memo: Memo | None) ->
                 if memo is None:
                     value = _message(buf, pos, stop, sub, None)
                 else:
-                    memo_key = (sub.name, buf[pos:stop])
+                    memo_key = (id(sub), buf[pos:stop])
                     value = memo.get(memo_key)
                     if value is None:
                         value = memo[memo_key] = _message(buf, pos, stop, sub, memo)
