@@ -10,6 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
+import pytest
+
+from shim.pb import replication_pb2 as repl_pb
+from shim.pb import replication_pb2_grpc
+from shim.replication.policy import Policy
 from tests.support import ShimServer, k8s_pb
 from tests.support.k8s_pb import condition, edited
 from tests.support.replication import (
@@ -92,3 +98,18 @@ def test_a_protobuf_deployment_edited_at_two_sites_keeps_all_three_edits(
     assert [row["kind"] for row in rows] == ["fields"]
     assert {tuple(op[1]) for op in json.loads(rows[0]["ops"])} >= {
         ("metadata", "labels", "site"), ("status", "conditions")}
+
+
+def test_a_node_of_protocol_1_is_refused(shim_factory: Factory) -> None:
+    """Protocol 1 nodes kept protobuf objects whole: linked with them, nodes would not
+    converge, so a link says why it is refused."""
+    node = shim_factory(extra_args=node_args("n1"))
+    hello = repl_pb.Hello(node_id="an-old-node", name="old", token=TOKEN, send=True,
+                          receive=True, policy_digest=Policy.load().digest, protocol=1)
+    with grpc.insecure_channel(node.endpoint) as channel:
+        call = replication_pb2_grpc.ReplicationStub(channel).Link(
+            iter([repl_pb.LinkMessage(hello=hello)]), timeout=10)
+        with pytest.raises(grpc.RpcError) as refused:
+            next(call)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details() == "protocol 1 is not 2"
