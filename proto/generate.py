@@ -28,13 +28,18 @@ REGEN_COMMAND = "python proto/generate.py"
 # Files under PROTO_DIR to compile, relative to it (the path is also the import path).
 MESSAGE_ONLY_PROTOS = ("mvccpb/kv.proto",)
 # These also define gRPC services, so they get a *_pb2_grpc.py module as well.
-SERVICE_PROTOS = ("etcdserverpb/rpc.proto", "shimreplpb/replication.proto")
+SERVICE_PROTOS = (
+    "etcdserverpb/rpc.proto",
+    "shimreplpb/replication.proto",
+    "v3lockpb/v3lock.proto",
+    "v3electionpb/v3election.proto",
+)
 PROTO_FILES = MESSAGE_ONLY_PROTOS + SERVICE_PROTOS
 
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 INIT_TEXT = (
-    '"""Generated protobuf and gRPC modules: the etcd v3 API and the replication service.\n'
+    '"""Generated protobuf and gRPC modules: the etcd v3 API (with the lock and election services) and the replication service.\n'
     "\n"
     f"Do not edit: regenerate with ``{REGEN_COMMAND}``.\n"
     '"""\n'

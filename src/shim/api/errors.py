@@ -72,17 +72,36 @@ def unimplemented(what: str) -> RequestError:
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-def grpc_errors(method: F) -> F:
-    """Turn a unary handler's RequestError/StoreError into the matching gRPC status."""
+def as_seen_through_client(err: RequestError) -> RequestError:
+    """etcd serves Lock and Election with its own Go client inside the server: an error that
+    client receives reaches the caller as UNKNOWN with the same message (only UNAVAILABLE,
+    which the client retries, passes through as it is)."""
+    if err.code == Code.UNAVAILABLE:
+        return err
+    return RequestError(Code.UNKNOWN, err.message)
 
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await method(self, request, context)
-        except RequestError as exc:
-            await context.abort(exc.code, exc.message)
-        except store_errors.StoreError as exc:
-            err = from_store_error(exc)
-            await context.abort(err.code, err.message)
 
-    return wrapper  # type: ignore[return-value]
+def _status_errors(
+    translate: Callable[[RequestError], RequestError],
+) -> Callable[[F], F]:
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await method(self, request, context)
+            except RequestError as exc:
+                err = translate(exc)
+                await context.abort(err.code, err.message)
+            except store_errors.StoreError as exc:
+                err = translate(from_store_error(exc))
+                await context.abort(err.code, err.message)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+# Turn a unary handler's RequestError/StoreError into the matching gRPC status.
+grpc_errors = _status_errors(lambda err: err)
+# The same, for the services etcd builds on its own client (Lock, Election).
+client_errors = _status_errors(as_seen_through_client)

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shim import metrics
 from shim.api.cluster import ClusterService
+from shim.api.concurrency import Recipes, add_concurrency_services
 from shim.api.header import Identity
 from shim.api.kv import KVService
 from shim.api.lease import LeaseKeeper, LeaseService
@@ -280,6 +281,9 @@ class ShimServer:
             ClusterService(self.store, self.identity, self.config.name, lambda: [self.client_url]),
             server,
         )
+        add_concurrency_services(server, Recipes(
+            self.store, self.lessor, hub, self.config.max_request_bytes
+        ), self.identity)
         if self._replicates:
             replication_pb2_grpc.add_ReplicationServicer_to_server(
                 ReplicationService(lambda: self.replicator), server
