@@ -20,6 +20,7 @@ from shim.config import (
     ConfigError,
     ServerConfig,
 )
+from shim.mvcc.alarms import DEFAULT_QUOTA_BYTES, MAX_SUGGESTED_QUOTA_BYTES
 
 EXIT_USAGE = 2
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -81,6 +82,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
         help=f"largest write request accepted (default {DEFAULT_MAX_REQUEST_BYTES}, as etcd)",
+    )
+    parser.add_argument(
+        "--quota-backend-bytes", type=int, default=0,
+        help="as etcd: raise the NOSPACE alarm (and refuse writes that add data) when the "
+        "database would grow past this size; 0 (default) = etcd's 2 GiB, negative = no quota",
     )
     parser.add_argument("--name", default="default", help="member name reported by MemberList")
     parser.add_argument(
@@ -189,6 +195,18 @@ def _compaction_retention(mode: str, text: str) -> float:
         return _duration(text)
     except argparse.ArgumentTypeError:
         raise ValueError(f"--auto-compaction-retention {text!r}: not a duration") from None
+
+
+def quota_bytes(flag: int) -> int:
+    """--quota-backend-bytes as etcd reads it: 0 is the default (2 GiB), negative is none."""
+    if flag == 0:
+        return DEFAULT_QUOTA_BYTES
+    if flag > MAX_SUGGESTED_QUOTA_BYTES:
+        logging.getLogger("shim").warning(
+            "--quota-backend-bytes %d is above the suggested maximum %d", flag,
+            MAX_SUGGESTED_QUOTA_BYTES,
+        )
+    return max(flag, 0)
 
 
 def _positive_int(text: str) -> int:
@@ -333,6 +351,7 @@ def run_serve(args: argparse.Namespace) -> int:
         auto_compaction_retention=retention,
         maintenance_interval=args.maintenance_interval,
         replication_retention=args.replication_retention,
+        quota_backend_bytes=quota_bytes(args.quota_backend_bytes),
     )
     # Imported late: grpc start-up cost only when serving.
     from shim.api.server import serve

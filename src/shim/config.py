@@ -80,6 +80,8 @@ class ServerConfig:
     auto_compaction_retention: float = 0.0
     maintenance_interval: float = 300.0
     replication_retention: float = 600.0
+    # etcd's --quota-backend-bytes: NOSPACE past this many bytes (<= 0 here: no quota).
+    quota_backend_bytes: int = 2 * 1024**3
 
 
 def parse_datastore_endpoint(endpoint: str) -> SqliteEndpoint | PostgresEndpoint:

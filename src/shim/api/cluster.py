@@ -1,16 +1,41 @@
-"""etcdserverpb.Cluster: MemberList answers with this node; membership changes are not built."""
+"""etcdserverpb.Cluster: MemberList lists this node and the replicas it is linked to.
+
+Membership is not changed through this API: a node joins by dialing another (``--join``) or by
+a link in ``--topology``, and leaves by no longer being linked. MemberAdd, MemberRemove,
+MemberUpdate and MemberPromote answer FAILED_PRECONDITION saying so.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 
-from shim.api import errors
-from shim.api.errors import grpc_errors
+from shim.api.errors import RequestError, grpc_errors
 from shim.api.header import Identity
+from shim.mvcc.alarms import member_id_of
 from shim.mvcc.store import Store
 from shim.pb import rpc_pb2, rpc_pb2_grpc
+
+MEMBERSHIP_BY_LINKS = (
+    "shim: members are not {} through the Cluster API: a node joins a replica set by "
+    "dialing one of its nodes (shim serve --join URL) or through a link in --topology FILE, "
+    "and leaves it when no link names it any more"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """A node this one is linked to."""
+
+    node_id: str
+    name: str
+    client_url: str  # "" when the peer dialed this node (its client URL is not known here)
+
+
+def _refuse(what: str) -> RequestError:
+    return RequestError(grpc.StatusCode.FAILED_PRECONDITION, MEMBERSHIP_BY_LINKS.format(what))
 
 
 class ClusterService(rpc_pb2_grpc.ClusterServicer):
@@ -20,22 +45,32 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         identity: Identity,
         name: str,
         client_urls: Callable[[], list[str]],
+        replicas: Callable[[], list[Replica]] = list,
     ) -> None:
         self._store = store
         self._identity = identity
         self._name = name
         self._client_urls = client_urls
+        self._replicas = replicas
 
     @grpc_errors
     async def MemberList(
         self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberListResponse:
+        members = {
+            self._identity.member_id: rpc_pb2.Member(
+                ID=self._identity.member_id, name=self._name, clientURLs=self._client_urls()
+            )
+        }
+        for replica in self._replicas():
+            member_id = member_id_of(replica.node_id)
+            known = members.get(member_id)
+            if known is None:
+                known = members[member_id] = rpc_pb2.Member(ID=member_id, name=replica.name)
+            if replica.client_url and replica.client_url not in known.clientURLs:
+                known.clientURLs.append(replica.client_url)
         resp = rpc_pb2.MemberListResponse()
-        resp.members.add(
-            ID=self._identity.member_id,
-            name=self._name,
-            clientURLs=self._client_urls(),
-        )
+        resp.members.extend(members[key] for key in sorted(members))  # by ID, as etcd
         self._identity.fill(resp.header)
         return resp
 
@@ -43,22 +78,22 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberAdd(
         self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberAddResponse:
-        raise errors.unimplemented("MemberAdd (shim nodes join through replication links)")
+        raise _refuse("added")
 
     @grpc_errors
     async def MemberRemove(
         self, request: rpc_pb2.MemberRemoveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberRemoveResponse:
-        raise errors.unimplemented("MemberRemove")
+        raise _refuse("removed")
 
     @grpc_errors
     async def MemberUpdate(
         self, request: rpc_pb2.MemberUpdateRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberUpdateResponse:
-        raise errors.unimplemented("MemberUpdate")
+        raise _refuse("updated")
 
     @grpc_errors
     async def MemberPromote(
         self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberPromoteResponse:
-        raise errors.unimplemented("MemberPromote")
+        raise _refuse("promoted (every shim node already takes writes)")

@@ -43,6 +43,8 @@ LEASE_NOT_FOUND = _error(Code.NOT_FOUND, "etcdserver: requested lease not found"
 LEASE_EXISTS = _error(Code.FAILED_PRECONDITION, "etcdserver: lease already exists")
 LEASE_TTL_TOO_LARGE = _error(Code.OUT_OF_RANGE, "etcdserver: too large lease TTL")
 STOPPED = _error(Code.UNAVAILABLE, "etcdserver: server stopped")
+NO_SPACE = _error(Code.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
+CORRUPT = _error(Code.DATA_LOSS, "etcdserver: corrupt cluster")
 
 
 def from_store_error(exc: store_errors.StoreError) -> RequestError:
@@ -60,6 +62,10 @@ def from_store_error(exc: store_errors.StoreError) -> RequestError:
         return LEASE_TTL_TOO_LARGE()
     if isinstance(exc, store_errors.StoreClosedError):
         return STOPPED()
+    if isinstance(exc, store_errors.NoSpaceError):
+        return NO_SPACE()
+    if isinstance(exc, store_errors.CorruptError):
+        return CORRUPT()
     if isinstance(exc, store_errors.StorageUnavailableError):
         return RequestError(Code.UNAVAILABLE, f"shim: {exc}")
     return RequestError(Code.UNKNOWN, str(exc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shim.mvcc.alarms import member_id_of
 from shim.pb.rpc_pb2 import ResponseHeader
 
 RAFT_TERM = 1  # one node, one term: shim has no raft
@@ -19,7 +20,7 @@ class Identity:
         # etcd ids are uint64; derive stable ones from the node id kept in the database.
         raw = int(node_id, 16)
         mask = 0xFFFF_FFFF_FFFF_FFFF
-        return cls(cluster_id=(raw >> 64) & mask, member_id=raw & mask)
+        return cls(cluster_id=(raw >> 64) & mask, member_id=member_id_of(node_id))
 
     def fill(self, header: ResponseHeader) -> None:
         header.cluster_id = self.cluster_id

@@ -1,27 +1,48 @@
-"""etcdserverpb.Maintenance: Status and Alarm work; the rest says plainly that it is not built."""
+"""etcdserverpb.Maintenance: Status, Alarm, Hash, HashKV, Snapshot, Defragment, and etcd's
+answers for a single member to MoveLeader and Downgrade."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
+import os
+import tempfile
 from collections.abc import AsyncIterator
 
 import grpc
 
-from shim.api import errors
-from shim.api.errors import grpc_errors
+from shim.api.downgrade import check_downgrade
+from shim.api.errors import RequestError, grpc_errors
 from shim.api.header import RAFT_TERM, Identity
+from shim.backend.base import UnsupportedError
 from shim.mvcc.store import Store
 from shim.pb import rpc_pb2, rpc_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 # The etcd release whose API shim answers as. kube-apiserver enables RequestWatchProgress
 # (needed by consistent reads from its cache) only for etcd >= 3.5.13.
 ETCD_VERSION = "3.5.21"
+# etcd streams a snapshot in pieces of this size, then the SHA-256 of everything sent.
+SNAPSHOT_CHUNK_BYTES = 32 * 1024
+BAD_TRANSFEREE = "etcdserver: bad leader transferee"
+
+
+def alarm_text(member_id: int, alarm: int) -> str:
+    """An alarm as etcd lists it in Status.errors (Go's compact text form of AlarmMember)."""
+    name = rpc_pb2.AlarmType.Name(alarm) if alarm in rpc_pb2.AlarmType.values() else alarm
+    return f"memberID:{member_id} alarm:{name} "
 
 
 class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     def __init__(self, store: Store, identity: Identity) -> None:
         self._store = store
         self._identity = identity
+
+    def _header(self, header: rpc_pb2.ResponseHeader, revision: int | None = None) -> None:
+        header.revision = self._store.revision if revision is None else revision
+        self._identity.fill(header)
 
     @grpc_errors
     async def Status(
@@ -41,58 +62,111 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             raftIndex=revision,
             raftAppliedIndex=revision,
             raftTerm=RAFT_TERM,
-            isLearner=False,
+            isLearner=False,  # every shim node takes writes
+            errors=[alarm_text(*alarm) for alarm in await self._store.alarms()],
         )
-        resp.header.revision = revision
-        self._identity.fill(resp.header)
+        self._header(resp.header, revision)
         return resp
 
     @grpc_errors
     async def Alarm(
         self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.AlarmResponse:
+        if request.action in (rpc_pb2.AlarmRequest.ACTIVATE, rpc_pb2.AlarmRequest.DEACTIVATE):
+            resp = await self._store.alarm(request)
+            self._identity.fill(resp.header)
+            return resp
         if request.action != rpc_pb2.AlarmRequest.GET:
-            raise errors.unimplemented("activating or deactivating alarms")
-        resp = rpc_pb2.AlarmResponse()  # shim raises no alarms
-        resp.header.revision = self._store.revision
-        self._identity.fill(resp.header)
+            raise RequestError(grpc.StatusCode.UNKNOWN, "etcdserver: unknown method")
+        resp = rpc_pb2.AlarmResponse()
+        for member_id, alarm in await self._store.alarms():
+            if request.alarm in (rpc_pb2.NONE, alarm):  # NONE: every type, as etcd
+                resp.alarms.add(memberID=member_id, alarm=alarm)  # type: ignore[arg-type]
+        self._header(resp.header)
         return resp
 
     @grpc_errors
     async def Defragment(
         self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DefragmentResponse:
-        raise errors.unimplemented("Defragment (SQLite reuses free pages itself)")
+        # etcd answers an empty message (no header).
+        return await self._store.defragment()
 
     @grpc_errors
     async def Hash(
         self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.HashResponse:
-        raise errors.unimplemented("Hash")
+        checksum, revision = await self._store.hash()
+        resp = rpc_pb2.HashResponse(hash=checksum)
+        self._header(resp.header, revision)
+        return resp
 
     @grpc_errors
     async def HashKV(
         self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.HashKVResponse:
-        raise errors.unimplemented("HashKV")
+        result = await self._store.hash_kv(request.revision)
+        resp = rpc_pb2.HashKVResponse(hash=result.hash, compact_revision=result.compact_revision)
+        self._header(resp.header, result.revision)
+        return resp
 
     async def Snapshot(
         self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "shim: Snapshot is not implemented; copy the database with sqlite3 .backup",
-        )
-        yield rpc_pb2.SnapshotResponse()  # pragma: no cover - abort raises
+        """The database as one consistent file, in 32 KiB pieces (each with the bytes still to
+        come), then a last piece holding the SHA-256 of the file: what `etcdctl snapshot save`
+        expects. The copy is made first, in a temporary file beside the database."""
+        backend = self._store.backend
+        directory = os.path.dirname(os.path.abspath(backend.location))
+        if not os.path.isdir(directory):
+            directory = None  # type: ignore[assignment]  # PostgreSQL: refused below anyway
+        fd, path = tempfile.mkstemp(prefix=".shim-snapshot-", dir=directory)
+        os.close(fd)
+        os.unlink(path)  # the backend creates the file itself
+        try:
+            revision = self._store.revision
+            try:
+                await asyncio.to_thread(backend.snapshot, path)
+            except UnsupportedError as exc:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"shim: {exc}")
+            except backend.errors as exc:
+                log.error("snapshot failed: %s", exc)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"shim: snapshot failed: {exc}")
+            total = os.path.getsize(path)
+            log.info("sending a database snapshot of %d bytes (revision %d)", total, revision)
+            digest = hashlib.sha256()
+            sent = 0
+            with open(path, "rb") as source:
+                while sent < total:
+                    blob = await asyncio.to_thread(source.read, SNAPSHOT_CHUNK_BYTES)
+                    if not blob:
+                        break  # cannot happen: nobody else writes the temporary file
+                    sent += len(blob)
+                    digest.update(blob)
+                    resp = rpc_pb2.SnapshotResponse(remaining_bytes=total - sent, blob=blob)
+                    if sent == len(blob):  # the first piece: the snapshot's point in time
+                        self._header(resp.header, revision)
+                    yield resp
+            yield rpc_pb2.SnapshotResponse(remaining_bytes=0, blob=digest.digest())
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
 
     @grpc_errors
     async def MoveLeader(
         self, request: rpc_pb2.MoveLeaderRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MoveLeaderResponse:
-        raise errors.unimplemented("MoveLeader (shim has no leader election)")
+        # Every shim node is its own leader: moving leadership to itself is done (etcd answers
+        # an empty message); any other member cannot take it.
+        if request.targetID != self._identity.member_id:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, BAD_TRANSFEREE)
+        return rpc_pb2.MoveLeaderResponse()
 
     @grpc_errors
     async def Downgrade(
         self, request: rpc_pb2.DowngradeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DowngradeResponse:
-        raise errors.unimplemented("Downgrade")
+        version = check_downgrade(request, ETCD_VERSION)
+        resp = rpc_pb2.DowngradeResponse(version=version)
+        self._header(resp.header)
+        return resp

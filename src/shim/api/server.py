@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shim import metrics
-from shim.api.cluster import ClusterService
+from shim.api.cluster import ClusterService, Replica
 from shim.api.concurrency import Recipes, add_concurrency_services
 from shim.api.header import Identity
 from shim.api.kv import KVService
@@ -157,7 +157,10 @@ class OwnedStore:
     deadlines and expiry) and the janitor (automatic compaction, replication retention)."""
 
     def __init__(self, config: ServerConfig, backend: Backend) -> None:
-        self.store = Store(backend, replication_settings(config, backend))
+        self.store = Store(
+            backend, replication_settings(config, backend),
+            quota_bytes=config.quota_backend_bytes,
+        )
         self.lessor = Lessor(self.store)
         self.janitor = Janitor(self.store, JanitorSettings(
             config.auto_compaction_mode, config.auto_compaction_retention,
@@ -278,7 +281,10 @@ class ShimServer:
         scheme = "https" if tls is not None else "http"
         self.client_url = f"{scheme}://{target}"
         rpc_pb2_grpc.add_ClusterServicer_to_server(
-            ClusterService(self.store, self.identity, self.config.name, lambda: [self.client_url]),
+            ClusterService(
+                self.store, self.identity, self.config.name, lambda: [self.client_url],
+                self._linked_replicas,
+            ),
             server,
         )
         add_concurrency_services(server, Recipes(
@@ -312,6 +318,14 @@ class ShimServer:
             "TLS" + (", client certificates required" if tls and tls.client_cert_auth else "")
             if tls else "plaintext", self.backend.location,
         )
+
+    def _linked_replicas(self) -> list[Replica]:
+        if self.replicator is None:
+            return []
+        return [
+            Replica(link.peer, link.name, link.client_url)
+            for link in self.replicator.live.values()
+        ]
 
     def _database_revision(self) -> int:
         with self.backend.read() as view:

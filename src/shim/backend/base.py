@@ -31,6 +31,12 @@ def kv_from_row(row: KvRow) -> KeyValue:
     )
 
 
+# A log row as HashKV reads it: (revision, key, value, create_revision, version, lease,
+# deleted, kept). ``kept`` is false for a row at or below the compacted revision that is not
+# its key's newest version at the hashed revision.
+HashRow = tuple[int, bytes, bytes, int, int, int, int, int]
+
+
 @dataclass(slots=True)
 class NewVersion:
     """One row to append to the log: a put (``deleted`` false) or a tombstone."""
@@ -97,6 +103,17 @@ class ReadView(Protocol):
         there is no more; more when the last revision holds more rows)."""
         ...
 
+    def alarms(self) -> list[tuple[int, int]]:
+        """The active alarms: (member id, AlarmType), sorted."""
+        ...
+
+    def hash_rows(
+        self, after: int, upto: int, compact_revision: int, revision: int
+    ) -> list[HashRow]:
+        """Log rows with ``after < revision <= upto`` in log order, for HashKV at
+        ``revision`` (see ``shim.mvcc.hash``)."""
+        ...
+
 
 class WriteTxn(ReadView, Protocol):
     def append(self, versions: list[NewVersion]) -> None:
@@ -104,6 +121,14 @@ class WriteTxn(ReadView, Protocol):
         ...
 
     def add_lease(self, lease_id: int, ttl: int, granted_ms: int) -> None: ...
+
+    def add_alarm(self, alarm: tuple[int, int]) -> None: ...
+
+    def remove_alarm(self, alarm: tuple[int, int]) -> None: ...
+
+    def database_size(self) -> int:
+        """Bytes the database takes, as the backend quota counts them."""
+        ...
 
     def remove_lease(self, lease_id: int) -> None: ...
 
@@ -132,6 +157,10 @@ T = TypeVar("T")
 
 # Called with a revision that another server committed on the same database (any thread).
 ExternalCommitListener = Callable[[int], None]
+
+
+class UnsupportedError(Exception):
+    """The backend cannot do this; the message says what to use instead (one line)."""
 
 
 class BackendOpenError(Exception):
@@ -174,6 +203,16 @@ class Backend(Protocol):
     def size_bytes(self) -> int: ...
 
     def size_in_use_bytes(self) -> int: ...
+
+    def snapshot(self, target: str) -> None:
+        """Write a consistent copy of the whole database to the new file ``target``
+        (blocking; any thread). ``UnsupportedError`` where the backend cannot."""
+        ...
+
+    def defragment(self) -> None:
+        """Give free space back to the file system (the writer thread, with no write
+        transaction open)."""
+        ...
 
     def set_commit_listener(self, listener: ExternalCommitListener | None) -> None:
         """Be told (from any thread) when another server commits; with ``shared`` False there

@@ -13,12 +13,16 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from shim.backend.base import KvRow, LogEntry, NewVersion, kv_from_row
+from shim.backend.base import HashRow, KvRow, LogEntry, NewVersion, kv_from_row
 from shim.backend.rows import (
+    ALARMS_SQL,
     ENTRY_COLUMNS,
     KV_COLUMNS,
+    alarm_meta_name,
     entry_from_row,
+    hash_rows_sql,
     live_versions,
+    parse_alarm_meta_name,
 )
 from shim.pb.kv_pb2 import KeyValue
 
@@ -154,6 +158,22 @@ class PostgresView:
         return [entry_from_row(row) for row in rows]
 
 
+    def alarms(self) -> list[tuple[int, int]]:
+        return sorted(parse_alarm_meta_name(row[0]) for row in self._fetch(ALARMS_SQL))
+
+    def hash_rows(
+        self, after: int, upto: int, compact_revision: int, revision: int
+    ) -> list[HashRow]:
+        rows = self._fetch(_HASH_ROWS_SQL, after, upto, compact_revision, revision)
+        return [
+            (row[0], bytes(row[1]), bytes(row[2]), row[3], row[4], row[5], row[6], row[7])
+            for row in rows
+        ]
+
+
+_HASH_ROWS_SQL = hash_rows_sql(_pg_param)
+
+
 class PostgresWriteTxn(PostgresView):
     """The writer's view inside the batch transaction: reads see its own writes, and the
     ``meta`` revision row is locked until COMMIT."""
@@ -216,6 +236,18 @@ class PostgresWriteTxn(PostgresView):
     def remove_lease(self, lease_id: int) -> None:
         self._leases = None
         self._execute("DELETE FROM lease WHERE id = $1", lease_id)
+
+    def add_alarm(self, alarm: tuple[int, int]) -> None:
+        self._execute(
+            "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            alarm_meta_name(alarm), str(alarm[1]),
+        )
+
+    def remove_alarm(self, alarm: tuple[int, int]) -> None:
+        self._execute("DELETE FROM meta WHERE name = $1", alarm_meta_name(alarm))
+
+    def database_size(self) -> int:
+        return int(self._fetchval("SELECT pg_database_size(current_database())"))
 
     def set_revision(self, revision: int) -> None:
         # Sent with the COMMIT (an integer, formatted here: nothing to quote).

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from shim.backend.base import BackendOpenError, ExternalCommitListener
+from shim.backend.base import BackendOpenError, ExternalCommitListener, UnsupportedError
 from shim.backend.migrations import SchemaError, load_migrations, pending
 from shim.backend.pg_bridge import LoopThread
 from shim.backend.pg_views import CHANNEL, META_SQL, PostgresView, PostgresWriteTxn
@@ -551,6 +551,22 @@ class PostgresBackend:
                 return int(await conn.fetchval("SELECT pg_database_size(current_database())"))
 
         return self.call(query())
+
+    def snapshot(self, target: str) -> None:
+        raise UnsupportedError(
+            "Snapshot of a PostgreSQL datastore is not implemented; back the database up "
+            "with pg_dump (or pg_basebackup) instead"
+        )
+
+    def defragment(self) -> None:
+        """Plain VACUUM of shim's tables: it blocks neither reads nor writes; PostgreSQL
+        returns pages at the end of each table to the file system and reuses the others."""
+
+        async def vacuum() -> None:
+            async with self._pool_or_fail().acquire(timeout=CONNECT_TIMEOUT) as conn:
+                await conn.execute("VACUUM log, current, lease, meta")
+
+        self.call(vacuum())
 
     def size_in_use_bytes(self) -> int:
         async def query() -> int:

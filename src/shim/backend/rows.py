@@ -52,3 +52,30 @@ def live_versions(
             f"WHERE n.key = l.key AND n.id > l.id AND n.revision <= {n})"
         )
     return sql, params, column
+
+
+def hash_rows_sql(placeholder: Callable[[int], str]) -> str:
+    """HashKV's read: log rows in (after, upto] in log order (parameters 1, 2), each marked
+    kept unless it is at or below the compacted revision (3) and superseded by a newer
+    version of its key at or below the hashed revision (4)."""
+    p = placeholder
+    return (
+        "SELECT l.revision, l.key, l.value, l.create_revision, l.version, l.lease, "
+        f"CASE WHEN l.deleted THEN 1 ELSE 0 END, CASE WHEN l.revision > {p(3)} OR NOT EXISTS ("
+        f"SELECT 1 FROM log n WHERE n.key = l.key AND n.id > l.id AND n.revision <= {p(4)}) "
+        f"THEN 1 ELSE 0 END FROM log l WHERE l.revision > {p(1)} AND l.revision <= {p(2)} "
+        "ORDER BY l.revision, l.id"
+    )
+
+
+# Alarms live in ``meta`` as rows named alarm:<member id>:<AlarmType number>.
+ALARMS_SQL = "SELECT name FROM meta WHERE name LIKE 'alarm:%'"
+
+
+def alarm_meta_name(alarm: tuple[int, int]) -> str:
+    return f"alarm:{alarm[0]}:{alarm[1]}"
+
+
+def parse_alarm_meta_name(name: str) -> tuple[int, int]:
+    _, member, kind = name.split(":")
+    return int(member), int(kind)

@@ -21,6 +21,7 @@ import apsw
 from shim.backend.base import (
     BackendOpenError,
     ExternalCommitListener,
+    HashRow,
     KvRow,
     LogEntry,
     NewVersion,
@@ -28,10 +29,14 @@ from shim.backend.base import (
 )
 from shim.backend.migrations import SchemaError, load_migrations, pending
 from shim.backend.rows import (
+    ALARMS_SQL,
     ENTRY_COLUMNS,
     KV_COLUMNS,
+    alarm_meta_name,
     entry_from_row,
+    hash_rows_sql,
     live_versions,
+    parse_alarm_meta_name,
 )
 from shim.backend.sqlite_repl import ReplicationTables
 from shim.pb.kv_pb2 import KeyValue
@@ -138,6 +143,20 @@ class SqliteView:
         return [entry_from_row(row) for row in rows]
 
 
+    def alarms(self) -> list[tuple[int, int]]:
+        return sorted(parse_alarm_meta_name(row[0]) for row in self._conn.execute(ALARMS_SQL))
+
+    def hash_rows(
+        self, after: int, upto: int, compact_revision: int, revision: int
+    ) -> list[HashRow]:
+        return self._conn.execute(  # type: ignore[return-value]
+            _HASH_ROWS_SQL, (after, upto, compact_revision, revision)
+        ).fetchall()
+
+
+_HASH_ROWS_SQL = hash_rows_sql(_sqlite_param)
+
+
 class SqliteWriteTxn(SqliteView):
     """The writer's view: reads see the open transaction's own writes."""
 
@@ -171,6 +190,22 @@ class SqliteWriteTxn(SqliteView):
 
     def remove_lease(self, lease_id: int) -> None:
         self._conn.execute("DELETE FROM lease WHERE id = ?", (lease_id,))
+
+    def add_alarm(self, alarm: tuple[int, int]) -> None:
+        self._conn.execute(
+            "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)",
+            (alarm_meta_name(alarm), alarm[1]),
+        )
+
+    def remove_alarm(self, alarm: tuple[int, int]) -> None:
+        self._conn.execute("DELETE FROM meta WHERE name = ?", (alarm_meta_name(alarm),))
+
+    def database_size(self) -> int:
+        # Pages the database holds (free ones included, like etcd's file size), whether they
+        # are still in the WAL or already in the main file.
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        return int(pages * size)
 
     def set_revision(self, revision: int) -> None:
         self._conn.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (revision,))
@@ -381,6 +416,32 @@ class SqliteBackend:
             with contextlib.suppress(OSError):
                 total += os.path.getsize(str(self.path) + suffix)
         return total
+
+    def snapshot(self, target: str) -> None:
+        """A consistent copy through SQLite's online backup, from one read transaction of a
+        connection of its own (so writers go on meanwhile), as a standalone file (rollback
+        journal mode: no -wal file belongs to it)."""
+        source = self._connect()
+        try:
+            copy = apsw.Connection(target)
+            try:
+                source.execute("BEGIN")  # one snapshot for the whole copy
+                with copy.backup("main", source, "main") as backup:
+                    backup.step(-1)
+                source.execute("COMMIT")
+                copy.execute("PRAGMA journal_mode = DELETE").fetchall()
+            finally:
+                copy.close()
+        finally:
+            source.close()
+
+    def defragment(self) -> None:
+        """VACUUM on the writer connection: the file is rebuilt without free pages. Writes
+        wait for it (the writer's lock is held); readers go on from their WAL snapshots.
+        Then the WAL is folded back and truncated, so the file system gets the space back."""
+        conn = self.writer()
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def size_in_use_bytes(self) -> int:
         with self.read() as view:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shim.backend.base import NewVersion, ReadView, WriteTxn, kv_from_row
+from shim.mvcc.alarms import AlarmState
 from shim.mvcc.errors import (
     CompactedError,
     FutureRevisionError,
@@ -27,9 +28,14 @@ from shim.mvcc.keys import range_end
 from shim.mvcc.range import execute_range
 from shim.pb.kv_pb2 import KeyValue
 from shim.pb.rpc_pb2 import (
+    AlarmRequest,
+    AlarmResponse,
+    AlarmType,
     CompactionRequest,
     CompactionResponse,
     Compare,
+    DefragmentRequest,
+    DefragmentResponse,
     DeleteRangeRequest,
     DeleteRangeResponse,
     LeaseGrantRequest,
@@ -55,10 +61,12 @@ from shim.replication.resolve import (
 WriteRequest = (
     PutRequest | DeleteRangeRequest | TxnRequest | CompactionRequest
     | LeaseGrantRequest | LeaseRevokeRequest | MergeRequest | PeerRegistration | PruneEntries
+    | AlarmRequest | DefragmentRequest
 )
 WriteResponse = (
     PutResponse | DeleteRangeResponse | TxnResponse | CompactionResponse
     | LeaseGrantResponse | LeaseRevokeResponse | MergeResult | int
+    | AlarmResponse | DefragmentResponse
 )
 
 # etcd's bounds on a lease's TTL (seconds): its minimum follows from the default election
@@ -109,8 +117,12 @@ class Applier:
         clock: HybridClock,
         leases: dict[int, int],
         replica: Replica | None = None,
+        alarms: AlarmState | None = None,
     ) -> None:
         self._txn = txn
+        # Alarms and quota (shared with the writer, which stores alarms this batch raises).
+        self._alarms = alarms
+        self._database_size: int | None = None
         # Set when the backend keeps replication entries: every local write records one, and
         # merged entries from peers become local revisions.
         self._replica = replica
@@ -129,6 +141,8 @@ class Applier:
         back its savepoint, so a storage failure midway cannot leave half a request)."""
         self._pending = []
         try:
+            if self._alarms is not None:
+                self._alarms.check(req, self._size_at_batch_start)
             if isinstance(req, PutRequest):
                 if req.lease and req.lease not in self._leases:
                     raise LeaseNotFoundError()
@@ -147,6 +161,8 @@ class Applier:
                 resp = self._merge(req)
             elif isinstance(req, PeerRegistration):
                 resp = self._register_peer(req)
+            elif isinstance(req, AlarmRequest):
+                resp = self._alarm(req)
             elif isinstance(req, PruneEntries):
                 resp = self._txn.replication.prune(req.written_before_ms, req.limit)  # type: ignore[attr-defined]
             else:
@@ -159,6 +175,13 @@ class Applier:
             self.committed.append(Revision(self.revision, self._pending))
             self._pending = []
         return resp
+
+    def _size_at_batch_start(self) -> int:
+        """The database's size for the quota, read once per batch (as etcd's backend size,
+        it lags a little behind the writes in flight)."""
+        if self._database_size is None:
+            self._database_size = self._txn.database_size()
+        return self._database_size
 
     # -- single operations ---------------------------------------------------------------------
 
@@ -238,6 +261,24 @@ class Applier:
             )
         ])
         self._pending.append(Change(kv, prev, deleted))
+
+    def _alarm(self, req: AlarmRequest) -> AlarmResponse:
+        """Activate or deactivate one alarm, as etcd's applier does (GET is a read)."""
+        assert self._alarms is not None, "alarms are kept by the writer"
+        resp = AlarmResponse()
+        resp.header.revision = self.revision
+        alarm = (req.memberID, int(req.alarm))
+        active = self._alarms.active
+        if req.action == AlarmRequest.ACTIVATE:
+            if req.alarm != AlarmType.Value("NONE") and alarm not in active:
+                active.add(alarm)
+                self._txn.add_alarm(alarm)
+                resp.alarms.add(memberID=alarm[0], alarm=alarm[1])  # type: ignore[arg-type]
+        elif req.action == AlarmRequest.DEACTIVATE and alarm in active:
+            active.discard(alarm)
+            self._txn.remove_alarm(alarm)
+            resp.alarms.add(memberID=alarm[0], alarm=alarm[1])  # type: ignore[arg-type]
+        return resp
 
     # -- merged entries --------------------------------------------------------------------------
 

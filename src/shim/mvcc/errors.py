@@ -38,3 +38,11 @@ class StoreClosedError(StoreError):
 
 class StorageUnavailableError(StoreError):
     """The database cannot be reached or refused the operation; the request may be retried."""
+
+
+class NoSpaceError(StoreError):
+    """The NOSPACE alarm is active (or this write would pass the backend quota)."""
+
+
+class CorruptError(StoreError):
+    """The CORRUPT alarm is active: writes are refused until it is disarmed."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from shim import metrics
-from shim.backend.base import Backend
+from shim.backend.base import Backend, ReadView
+from shim.mvcc.alarms import DEFAULT_QUOTA_BYTES
 from shim.mvcc.apply import (
     CommitListener,
     Revision,
@@ -24,12 +25,17 @@ from shim.mvcc.apply import (
     is_write,
 )
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError
+from shim.mvcc.hash import KVHash, hash_all, hash_kv
 from shim.mvcc.range import execute_range
 from shim.mvcc.watch import EntriesRead
 from shim.mvcc.writer import ReplicationSettings, Writer
 from shim.pb.rpc_pb2 import (
+    AlarmRequest,
+    AlarmResponse,
     CompactionRequest,
     CompactionResponse,
+    DefragmentRequest,
+    DefragmentResponse,
     DeleteRangeRequest,
     DeleteRangeResponse,
     PutRequest,
@@ -42,6 +48,8 @@ from shim.pb.rpc_pb2 import (
 from shim.replication.resolve import MergeRequest, MergeResult, Replica
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class WritePath(Protocol):
@@ -71,9 +79,11 @@ class Store:
         backend: Backend,
         replication: ReplicationSettings | None = None,
         write_path: WritePathFactory | None = None,
+        quota_bytes: int = DEFAULT_QUOTA_BYTES,
     ) -> None:
         self.backend = backend
         self._replication = replication
+        self._quota_bytes = quota_bytes
         self._make_write_path = write_path or self._local_writer
         self._writer: WritePath | None = None
         self._listeners: list[CommitListener] = []
@@ -81,7 +91,10 @@ class Store:
     # -- life cycle ----------------------------------------------------------------------------
 
     def _local_writer(self, on_commit: CommitListener) -> WritePath:
-        return Writer(self.backend, asyncio.get_running_loop(), on_commit, self._replication)
+        return Writer(
+            self.backend, asyncio.get_running_loop(), on_commit, self._replication,
+            self._quota_bytes,
+        )
 
     async def start(self) -> None:
         self._writer = self._make_write_path(self._publish)
@@ -158,6 +171,40 @@ class Store:
                 revision=view.revision(),
                 compact_revision=view.compact_revision(),
             )
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    async def _read_in_thread(self, fn: Callable[[ReadView], T]) -> T:
+        """A long read (a whole-history hash) on a worker thread's snapshot."""
+
+        def run() -> T:
+            with self.backend.read() as view:
+                return fn(view)
+
+        try:
+            return await asyncio.to_thread(run)
+        except self.backend.errors as exc:
+            raise StorageUnavailableError(f"storage read failed: {exc}") from exc
+
+    async def hash_kv(self, revision: int) -> KVHash:
+        return await self._read_in_thread(lambda view: hash_kv(view, revision))
+
+    async def hash(self) -> tuple[int, int]:
+        return await self._read_in_thread(hash_all)
+
+    async def alarms(self) -> list[tuple[int, int]]:
+        """The active alarms as stored (every process of --processes N reads the same)."""
+        try:
+            return await self.backend.read_async(lambda view: view.alarms())
+        except self.backend.errors as exc:
+            raise StorageUnavailableError(f"storage read failed: {exc}") from exc
+
+    async def alarm(self, req: AlarmRequest) -> AlarmResponse:
+        """Activate or deactivate an alarm (through the write path, which enforces them)."""
+        return await self.write(req)  # type: ignore[return-value]
+
+    async def defragment(self) -> DefragmentResponse:
+        return await self.write(DefragmentRequest())  # type: ignore[return-value]
 
     # -- writes --------------------------------------------------------------------------------
 

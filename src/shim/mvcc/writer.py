@@ -26,10 +26,17 @@ from functools import partial
 
 from shim import metrics
 from shim.backend.base import Backend, WriteTxn, kv_from_row
+from shim.mvcc.alarms import DEFAULT_QUOTA_BYTES, AlarmState, member_id_of
 from shim.mvcc.apply import Applier, CommitListener, Revision, WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
 from shim.mvcc.hlc import HybridClock
-from shim.pb.rpc_pb2 import DeleteRangeRequest, PutRequest, TxnRequest
+from shim.pb.rpc_pb2 import (
+    DefragmentRequest,
+    DefragmentResponse,
+    DeleteRangeRequest,
+    PutRequest,
+    TxnRequest,
+)
 from shim.replication.policy import Policy
 from shim.replication.resolve import Replica
 
@@ -76,6 +83,7 @@ class Writer:
         loop: asyncio.AbstractEventLoop,
         on_commit: CommitListener,
         replication: ReplicationSettings | None = None,
+        quota_bytes: int = DEFAULT_QUOTA_BYTES,
     ) -> None:
         self._backend = backend
         self._loop = loop
@@ -101,6 +109,8 @@ class Writer:
             self._clock = HybridClock(max_hlc)
             # Lease ids and TTLs, changed only while a batch commits (under _committing).
             self.leases = view.leases()
+            # Active alarms and the quota; alarms change only while a batch commits.
+            self.alarms = AlarmState(member_id_of(backend.node_id), view.alarms(), quota_bytes)
         if backend.replicates:
             settings = replication or ReplicationSettings()
             self.replica = Replica(backend.node_id, settings.policy, self._clock,
@@ -186,9 +196,31 @@ class Writer:
                     stopping = True
                     break
                 batch.append(item)  # type: ignore[arg-type]
+            deliver = partial(self._loop.call_soon_threadsafe, self._deliver)
             with self._committing:
-                # The outcomes are handed to the event loop, which delivers them.
-                self._commit(batch, partial(self._loop.call_soon_threadsafe, self._deliver))
+                # The outcomes are handed to the event loop, which delivers them. A request
+                # that needs the database to itself (Defragment) splits the batch.
+                for group in _split_exclusive(batch):
+                    if isinstance(group, _Pending):
+                        self._run_exclusive(group, deliver)
+                    else:
+                        self._commit(group, deliver)
+
+    def _run_exclusive(self, item: _Pending, deliver: _Deliver) -> None:
+        """Defragment: outside any write transaction, while nothing else writes."""
+        outcome: WriteResponse | BaseException
+        started = time.perf_counter()
+        try:
+            self._backend.defragment()
+            outcome = DefragmentResponse()
+        except self._backend.errors as exc:
+            log.error("defragmentation failed: %s", exc)
+            outcome = StorageUnavailableError(f"defragmentation failed: {exc}")
+        except Exception as exc:
+            log.exception("defragmentation failed")
+            outcome = exc
+        log.info("defragmented the database in %.3f s", time.perf_counter() - started)
+        deliver([item], [outcome], None)
 
     def _deliver_inline(
         self,
@@ -217,7 +249,7 @@ class Writer:
                     self._refresh(txn)
                 applier = Applier(
                     txn, self.revision, self.compact_revision, self._clock, self.leases,
-                    self.replica,
+                    self.replica, self.alarms,
                 )
                 for item in batch:
                     txn.savepoint()
@@ -240,6 +272,13 @@ class Writer:
                         self._restore_seq(seq_request)
                         log.exception("internal error applying a request")
                         outcomes.append(exc)
+                for alarm in self.alarms.raised:  # refused requests raised them: kept
+                    txn.add_alarm(alarm)
+                    log.warning(
+                        "alarm NOSPACE raised: the database reached --quota-backend-bytes "
+                        "(%d); compact, defragment and disarm the alarm to write again",
+                        self.alarms.quota_bytes,
+                    )
                 if applier.revision != self.revision:
                     txn.set_revision(applier.revision)
                 if self.replica is not None and self.replica.seq != seq_before:
@@ -252,6 +291,7 @@ class Writer:
             log.error("write batch of %d failed, rolled back: %s", len(batch), exc)
             if not self._backend.shared:  # a shared backend's leases are read at batch start
                 self._reload_leases()
+            self._reload_alarms()
             if self.replica is not None:
                 self.replica.seq = seq_before
             failure = StorageUnavailableError(f"storage write failed: {exc}")
@@ -263,10 +303,12 @@ class Writer:
             log.exception("write batch of %d failed, rolled back", len(batch))
             if not self._backend.shared:
                 self._reload_leases()
+            self._reload_alarms()
             if self.replica is not None:
                 self.replica.seq = seq_before
             deliver(batch, [exc] * len(batch), None)
             return
+        self.alarms.raised = []
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.COMMIT_BATCH_SIZE.observe(len(batch))
         self.revision = applier.revision
@@ -282,12 +324,21 @@ class Writer:
     def _refresh(self, txn: WriteTxn) -> None:
         """Other servers write to a shared database: start each batch from what the database
         holds now (the backend's write transaction keeps it from changing until COMMIT)."""
+        self.alarms.reload(txn.alarms())  # alarms are the whole database's, as in a cluster
         self.revision = txn.revision()
         self.compact_revision = txn.compact_revision()
         leases = txn.leases()
         if leases != self.leases:
             self.leases.clear()
             self.leases.update(leases)
+
+    def _reload_alarms(self) -> None:
+        """After a failed commit, forget alarm changes the rolled-back batch made."""
+        try:
+            with self._backend.read() as view:
+                self.alarms.reload(view.alarms())
+        except self._backend.errors:
+            log.exception("cannot reload alarms after a failed commit")
 
     def _reload_leases(self) -> None:
         """After a failed commit, forget lease changes the rolled-back batch made."""
@@ -316,3 +367,20 @@ class Writer:
                 item.future.set_exception(outcome)
             else:
                 item.future.set_result(outcome)
+
+
+def _split_exclusive(batch: list[_Pending]) -> list[list[_Pending] | _Pending]:
+    """The batch in order, as runs of ordinary writes and single exclusive requests."""
+    groups: list[list[_Pending] | _Pending] = []
+    run: list[_Pending] = []
+    for item in batch:
+        if isinstance(item.request, DefragmentRequest):
+            if run:
+                groups.append(run)
+                run = []
+            groups.append(item)
+        else:
+            run.append(item)
+    if run:
+        groups.append(run)
+    return groups

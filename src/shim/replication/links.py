@@ -90,10 +90,13 @@ class _Stream:
 
 @dataclass(slots=True)
 class LinkState:
-    """A live link: the peer's node id and where it is (for logs; counted by metrics)."""
+    """A live link: the peer's node id and where it is (for logs; counted by metrics; listed
+    by MemberList with the peer's name, and its client URL where this node dialed it)."""
 
     peer: str
     address: str
+    name: str = ""
+    client_url: str = ""
 
 
 class Replicator:
@@ -214,7 +217,7 @@ class Replicator:
                     PeerRegistration(hello.node_id, hello.name, spec.url, "parent")
                 )
                 await stream.send(pb.LinkMessage(start=pb.Start(cursor=cursor)))
-                state = LinkState(hello.node_id, spec.url)
+                state = LinkState(hello.node_id, spec.url, hello.name, spec.url)
                 log.info("linked to %s (node %s, %s)", spec.url, hello.node_id, hello.name)
                 await self._run(
                     stream, state, send_from=hello.cursor if spec.send else None,
@@ -289,7 +292,7 @@ class Replicator:
         start = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
         if start is None or start.WhichOneof("kind") != "start":
             return
-        state = LinkState(hello.node_id, address)
+        state = LinkState(hello.node_id, address, hello.name)
         log.info("admitted link from %s (node %s, %s)", address, hello.node_id, hello.name)
         await self._run(
             stream, state, send_from=start.start.cursor if hello.receive else None,
