@@ -1,0 +1,195 @@
+"""``shim snapshot status`` and ``shim snapshot restore``: the files `etcdctl snapshot save`
+makes from a shim server.
+
+Such a file is shim's SQLite database as it was at one moment, followed by the SHA-256 of
+those bytes (etcd's trailer: `etcdctl snapshot save` checks the file ends with one, and
+`etcdutl snapshot restore` checks it matches). It is not etcd's bbolt format, so etcd's own
+`snapshot status` / `snapshot restore` cannot read it; these commands can.
+
+Restoring makes a new database file from the snapshot. By default the restored node gets a
+new node id, so it is a new replication identity (and a new etcd member and cluster id): the
+(origin, seq) pairs it writes from now on never collide with those its old self wrote after the
+snapshot and that its peers may already hold, and its peers send it everything of theirs again
+(duplicates are recognised). ``--keep-identity`` keeps the old id, for a node whose peers have
+never seen anything newer than the snapshot (e.g. a lone node, or one restored before it ever
+linked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import apsw
+
+from shim.config import ConfigError, PostgresEndpoint, parse_datastore_endpoint
+
+TRAILER_BYTES = 32  # a SHA-256
+COPY_CHUNK_BYTES = 1024 * 1024
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class SnapshotError(Exception):
+    """A snapshot that cannot be used, or a restore that cannot be done (one line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    revision: int
+    compact_revision: int
+    total_keys: int
+    total_size: int  # bytes of the database inside the file
+    node_id: str
+    checksum: str  # "sha256 ok", or "not checked"
+
+
+def _database_bytes(path: Path, skip_hash_check: bool) -> int:
+    """How many leading bytes of ``path`` are the database (the rest is the trailer),
+    verifying the trailer unless told not to."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise SnapshotError(f"cannot read {path}: {exc.strerror}") from None
+    if skip_hash_check:
+        return size
+    if size % 512 != TRAILER_BYTES:
+        raise SnapshotError(
+            f"{path} does not end with a SHA-256 trailer (not a file from `etcdctl snapshot "
+            "save`?); --skip-hash-check uses a plain copy of a database as it is"
+        )
+    body = size - TRAILER_BYTES
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        remaining = body
+        while remaining:
+            chunk = source.read(min(COPY_CHUNK_BYTES, remaining))
+            if not chunk:
+                raise SnapshotError(f"{path} shrank while it was read")
+            digest.update(chunk)
+            remaining -= len(chunk)
+        trailer = source.read(TRAILER_BYTES)
+    if digest.digest() != trailer:
+        raise SnapshotError(
+            f"{path}: the SHA-256 checksum does not match (the file is damaged or incomplete)"
+        )
+    return body
+
+
+def _copy_prefix(source: Path, target: Path, length: int) -> None:
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        remaining = length
+        while remaining:
+            chunk = src.read(min(COPY_CHUNK_BYTES, remaining))
+            if not chunk:
+                raise SnapshotError(f"{source} shrank while it was read")
+            dst.write(chunk)
+            remaining -= len(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+def _inspect(conn: apsw.Connection, path: Path) -> tuple[int, int, int, str]:
+    """(revision, compact revision, live keys, node id) of a copied database, after SQLite's
+    own consistency check."""
+    try:
+        check = conn.execute("PRAGMA quick_check").fetchall()
+        if check != [("ok",)]:
+            raise SnapshotError(f"{path}: the database is damaged ({check[0][0]})")
+        meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+        keys = conn.execute("SELECT COUNT(*) FROM current").fetchone()[0]
+    except apsw.SQLError as exc:
+        raise SnapshotError(f"{path} is not a shim database ({exc})") from None
+    except apsw.Error as exc:
+        raise SnapshotError(f"{path} is not a usable SQLite database ({exc})") from None
+    if "node_id" not in meta or "revision" not in meta:
+        raise SnapshotError(f"{path} is not a shim database (no node id or revision)")
+    return int(meta["revision"]), int(meta.get("compact_revision", -1)), int(keys), str(
+        meta["node_id"]
+    )
+
+
+def _check_magic(path: Path) -> None:
+    with open(path, "rb") as source:
+        if source.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+            raise SnapshotError(
+                f"{path} does not hold a SQLite database (an etcd snapshot holds bbolt: "
+                "restore it with etcdutl, not shim)"
+            )
+
+
+def status(path: Path, skip_hash_check: bool = False) -> SnapshotInfo:
+    """What a snapshot holds; the file itself is not changed."""
+    body = _database_bytes(path, skip_hash_check)
+    _check_magic(path)
+    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f".shim-snapshot-status-{uuid.uuid4().hex}"
+    try:
+        _copy_prefix(path, scratch, body)  # SQLite cannot open a file with a trailer
+        conn = apsw.Connection(str(scratch), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            revision, compacted, keys, node_id = _inspect(conn, path)
+        finally:
+            conn.close()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            scratch.unlink()
+    return SnapshotInfo(
+        revision, compacted, keys, body, node_id,
+        "not checked" if skip_hash_check else "sha256 ok",
+    )
+
+
+def restore(
+    path: Path, endpoint: str, keep_identity: bool = False, skip_hash_check: bool = False
+) -> SnapshotInfo:
+    """Make the database ``endpoint`` names (a new SQLite file) from the snapshot ``path``."""
+    target = parse_datastore_endpoint(endpoint)
+    if isinstance(target, PostgresEndpoint):
+        raise ConfigError(
+            "restoring into PostgreSQL is not supported: shim snapshots are SQLite files; "
+            "use pg_dump / pg_restore for a PostgreSQL datastore"
+        )
+    database = target.path
+    for existing in (database, Path(f"{database}-wal")):
+        if existing.exists():
+            raise SnapshotError(
+                f"{existing} already exists; restore into a new path (move the old database "
+                "away first)"
+            )
+    body = _database_bytes(path, skip_hash_check)
+    _check_magic(path)
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SnapshotError(f"cannot create {database.parent}: {exc.strerror}") from None
+    partial = database.with_name(f".{database.name}.restore-{uuid.uuid4().hex[:8]}")
+    try:
+        _copy_prefix(path, partial, body)
+        conn = apsw.Connection(str(partial))
+        try:
+            revision, compacted, keys, node_id = _inspect(conn, path)
+            if not keep_identity:
+                node_id = uuid.uuid4().hex
+                with conn:
+                    conn.execute("UPDATE meta SET value = ? WHERE name = 'node_id'", (node_id,))
+            conn.execute("PRAGMA journal_mode = DELETE").fetchall()  # one self-contained file
+        finally:
+            conn.close()
+        with open(partial, "rb") as done:
+            os.fsync(done.fileno())
+        os.rename(partial, database)
+        directory = os.open(database.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a crash
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise SnapshotError(f"cannot write {database}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+    checksum = "not checked" if skip_hash_check else "sha256 ok"
+    return SnapshotInfo(revision, compacted, keys, body, node_id, checksum)
