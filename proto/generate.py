@@ -39,7 +39,8 @@ PROTO_FILES = MESSAGE_ONLY_PROTOS + SERVICE_PROTOS
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 INIT_TEXT = (
-    '"""Generated protobuf and gRPC modules: the etcd v3 API (with the lock and election services) and the replication service.\n'
+    '"""Generated protobuf and gRPC modules: the etcd v3 API (lock and election included)\n'
+    "and the replication service.\n"
     "\n"
     f"Do not edit: regenerate with ``{REGEN_COMMAND}``.\n"
     '"""\n'

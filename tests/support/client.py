@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shim.pb import rpc_pb2_grpc
+from shim.pb import rpc_pb2_grpc, v3election_pb2_grpc, v3lock_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -28,6 +28,8 @@ class Client:
         self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
         self.cluster = rpc_pb2_grpc.ClusterStub(self.channel)
         self.maintenance = rpc_pb2_grpc.MaintenanceStub(self.channel)
+        self.lock = v3lock_pb2_grpc.LockStub(self.channel)
+        self.election = v3election_pb2_grpc.ElectionStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()

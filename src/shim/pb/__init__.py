@@ -1,4 +1,5 @@
-"""Generated protobuf and gRPC modules: the etcd v3 API (with the lock and election services) and the replication service.
+"""Generated protobuf and gRPC modules: the etcd v3 API (lock and election included)
+and the replication service.
 
 Do not edit: regenerate with ``python proto/generate.py``.
 """
