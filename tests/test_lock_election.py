@@ -291,6 +291,6 @@ def test_etcdctl_lock_and_elect_as_etcd(
         outputs.append([[line.split("/")[0] for line in lines] for lines in runs])
     assert outputs[0] == outputs[1]
     assert outputs[1] == [
-        ["job"], ["second holder ran"], ["vote", "first"], ["vote", "second"],
+        ["job", ""], ["second holder ran"], ["vote", "first"], ["vote", "second"],
         ["vote", "first", "vote", "second"],
     ]
