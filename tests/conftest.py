@@ -33,6 +33,7 @@ MODULE_DATASTORES = {
     "tests.test_differential_watch": ("sqlite", "sqlite-processes"),
     "tests.test_watch_concurrency": ("sqlite", "sqlite-processes"),
     "tests.test_etcdctl_watch_lease": ("sqlite", "sqlite-processes"),
+    "tests.test_lock_election": ("sqlite", "sqlite-processes"),
 }
 
 

@@ -1,0 +1,419 @@
+"""The Maintenance and Cluster services: HashKV, snapshots, defragmentation, alarms and the
+backend quota, MoveLeader, Downgrade, MemberList, as etcdctl and gRPC clients see them, side
+by side with a real etcd where the answers are comparable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from shim.pb import rpc_pb2 as pb
+from tests.support import (
+    OUTSIDE_CHECKOUT,
+    Client,
+    EtcdServer,
+    ShimServer,
+    etcdctl,
+    free_port,
+    sqlite_endpoint,
+)
+from tests.support.postgres import PostgresServer, postgres_endpoint
+from tests.support.process import child_env
+
+NO_SPACE = "etcdserver: mvcc: database space exceeded"
+WAIT = 10.0
+
+
+def shim_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shim", *args], capture_output=True, text=True,
+        env=child_env({}), cwd=OUTSIDE_CHECKOUT, timeout=60,
+    )
+
+
+def history(client: Client) -> None:
+    """Puts, an overwrite, deletes (one, and a range), a Txn writing three keys."""
+    kv = client.kv
+    for i in range(5):
+        kv.Put(pb.PutRequest(key=b"k%d" % i, value=b"v%d" % i))
+    kv.Put(pb.PutRequest(key=b"k1", value=b""))
+    kv.DeleteRange(pb.DeleteRangeRequest(key=b"k2"))
+    kv.Txn(pb.TxnRequest(success=[
+        pb.RequestOp(request_put=pb.PutRequest(key=b"t1", value=b"a")),
+        pb.RequestOp(request_put=pb.PutRequest(key=b"t2", value=b"b")),
+        pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=b"k3")),
+    ]))
+    kv.DeleteRange(pb.DeleteRangeRequest(key=b"k", range_end=b"l"))
+    kv.Put(pb.PutRequest(key=b"k0", value=b"again"))
+
+
+def hashes(client: Client, revisions: range) -> list[tuple[object, ...]]:
+    out: list[tuple[object, ...]] = []
+    for revision in revisions:
+        try:
+            resp = client.maintenance.HashKV(pb.HashKVRequest(revision=revision), timeout=WAIT)
+            out.append((resp.hash, resp.compact_revision, resp.header.revision))
+        except grpc.RpcError as exc:
+            out.append((exc.code().name, exc.details()))
+    return out
+
+
+def hashkv_of(endpoint: str) -> int:
+    out = etcdctl(endpoint, "endpoint", "hashkv", "-w", "json").stdout
+    return int(json.loads(out)[0]["HashKV"]["hash"])
+
+
+def test_hashkv_is_etcds_checksum(
+    etcd_factory: Callable[..., EtcdServer], shim_factory: Callable[..., ShimServer]
+) -> None:
+    """The same history gives the same HashKV as etcd at every revision, before and after
+    compactions (and the same errors for compacted and future revisions)."""
+    servers = (etcd_factory(), shim_factory())
+    results = []
+    for server in servers:
+        with Client(server.endpoint) as client:
+            steps = [hashes(client, range(-1, 3))]
+            history(client)
+            steps.append(hashes(client, range(-1, 13)))
+            client.kv.Compact(pb.CompactionRequest(revision=5))
+            steps.append(hashes(client, range(-1, 13)))
+            client.kv.Compact(pb.CompactionRequest(revision=11))
+            steps.append(hashes(client, range(0, 13)))
+            results.append(steps)
+        results[-1].append(hashkv_of(server.endpoint))  # etcdctl endpoint hashkv
+    assert results[1] == results[0]
+    assert results[1][1][0][0] == results[1][0][0][0]  # a negative revision hashes nothing
+
+
+def test_hashkv_on_postgres_is_etcds_checksum(
+    etcd_factory: Callable[..., EtcdServer], shim_factory: Callable[..., ShimServer],
+    postgres: PostgresServer,
+) -> None:
+    servers = (etcd_factory(), shim_factory(datastore_endpoint=postgres_endpoint()))
+    results = []
+    for server in servers:
+        with Client(server.endpoint) as client:
+            history(client)
+            client.kv.Compact(pb.CompactionRequest(revision=6))
+            results.append(hashes(client, range(0, 13)))
+    assert results[1] == results[0]
+
+
+def test_snapshot_save_status_and_restore(
+    shim_factory: Callable[..., ShimServer], tmp_path: Path
+) -> None:
+    source = shim_factory()
+    with Client(source.endpoint) as client:
+        history(client)
+        member = client.maintenance.Status(pb.StatusRequest()).header.member_id
+    expected_hash = hashkv_of(source.endpoint)
+    snapshot = tmp_path / "backup.db"
+    saved = etcdctl(source.endpoint, "snapshot", "save", str(snapshot))
+    assert f"Snapshot saved at {snapshot}" in saved.stdout
+    data = snapshot.read_bytes()
+    assert len(data) % 512 == 32  # what etcdctl checks: a database, then its SHA-256
+    assert hashlib.sha256(data[:-32]).digest() == data[-32:]
+    assert data.startswith(b"SQLite format 3\0")
+
+    # etcd's own tools read bbolt files only; shim's reads this one.
+    etcd_status = etcdctl(source.endpoint, "snapshot", "status", str(snapshot), check=False)
+    assert etcd_status.returncode != 0 and "invalid database" in etcd_status.stderr
+    status = shim_cli("snapshot", "status", str(snapshot), "--json")
+    assert status.returncode == 0, status.stderr
+    info = json.loads(status.stdout)
+    assert (info["revision"], info["total_keys"], info["checksum"]) == (11, 3, "sha256 ok")
+
+    # Restored: the same data and history, a new member (node) id unless asked otherwise.
+    for keep, suffix in ((False, "new"), (True, "kept")):
+        target = tmp_path / suffix / "state.db"
+        args = ["snapshot", "restore", str(snapshot), "--datastore-endpoint",
+                sqlite_endpoint(target)]
+        restored = shim_cli(*args, *(["--keep-identity"] if keep else []))
+        assert restored.returncode == 0, restored.stderr
+        assert "revision: 11" in restored.stdout
+        again = shim_cli(*args)
+        assert again.returncode == 2
+        assert again.stderr == f"shim: {target} already exists; restore into a new path " \
+            "(move the old database away first)\n"
+        node = shim_factory(datastore_endpoint=sqlite_endpoint(target))
+        assert hashkv_of(node.endpoint) == expected_hash
+        assert etcdctl(node.endpoint, "get", "k0", "--print-value-only").stdout == "again\n"
+        with Client(node.endpoint) as client:
+            restored_member = client.maintenance.Status(pb.StatusRequest()).header.member_id
+        assert (restored_member == member) == keep
+
+
+def test_snapshot_bad_input(shim: ShimServer, tmp_path: Path) -> None:
+    snapshot = tmp_path / "s.db"
+    etcdctl(shim.endpoint, "snapshot", "save", str(snapshot))
+    data = snapshot.read_bytes()
+    target = sqlite_endpoint(tmp_path / "out" / "state.db")
+
+    def restore(content: bytes, *extra: str) -> str:
+        path = tmp_path / "input.db"
+        path.write_bytes(content)
+        result = shim_cli("snapshot", "restore", str(path), "--datastore-endpoint", target, *extra)
+        assert result.returncode == 2 and not (tmp_path / "out" / "state.db").exists()
+        assert result.stdout == ""
+        return result.stderr.replace(str(path), "FILE")
+
+    damaged = bytearray(data)
+    damaged[5000] ^= 0xFF
+    assert restore(bytes(damaged)) == "shim: FILE: the SHA-256 checksum does not match " \
+        "(the file is damaged or incomplete)\n"
+    assert "does not end with a SHA-256 trailer" in restore(data[:-10])
+    assert restore(b"\0" * 512 + hashlib.sha256(b"\0" * 512).digest()) == (
+        "shim: FILE does not hold a SQLite database (an etcd snapshot holds bbolt: restore "
+        "it with etcdutl, not shim)\n"
+    )
+    assert "not a usable SQLite database" in restore(data[:4096], "--skip-hash-check")
+    missing = shim_cli("snapshot", "status", str(tmp_path / "nope.db"))
+    assert (missing.returncode, missing.stderr) == (
+        2, f"shim: cannot read {tmp_path / 'nope.db'}: No such file or directory\n")
+    into_postgres = shim_cli("snapshot", "restore", str(snapshot), "--datastore-endpoint",
+                             "postgres://u:secret@127.0.0.1:1/db")
+    assert into_postgres.returncode == 2
+    assert "use pg_dump / pg_restore" in into_postgres.stderr and "secret" not in (
+        into_postgres.stderr)
+
+
+def test_postgres_snapshot_alarm_and_defrag(
+    shim_factory: Callable[..., ShimServer], postgres: PostgresServer, tmp_path: Path
+) -> None:
+    server = shim_factory(datastore_endpoint=postgres_endpoint())
+    result = etcdctl(server.endpoint, "snapshot", "save", str(tmp_path / "s.db"), check=False)
+    assert result.returncode != 0
+    assert "Snapshot of a PostgreSQL datastore is not implemented; back the database up " \
+        "with pg_dump" in result.stderr
+    with Client(server.endpoint) as client:
+        member = client.maintenance.Status(pb.StatusRequest()).header.member_id
+        client.maintenance.Alarm(pb.AlarmRequest(
+            action=pb.AlarmRequest.ACTIVATE, memberID=member, alarm=pb.NOSPACE))
+        with pytest.raises(grpc.RpcError) as refused:
+            client.kv.Put(pb.PutRequest(key=b"a", value=b"b"))
+        assert refused.value.details() == NO_SPACE
+    listed = etcdctl(server.endpoint, "alarm", "list").stdout
+    assert listed == f"memberID:{member} alarm:NOSPACE \n"
+    etcdctl(server.endpoint, "alarm", "disarm")
+    assert "Finished defragmenting" in etcdctl(server.endpoint, "defrag").stdout
+    etcdctl(server.endpoint, "put", "a", "b")
+
+
+def status_of(endpoint: str) -> dict[str, object]:
+    out = etcdctl(endpoint, "endpoint", "status", "-w", "json").stdout
+    return json.loads(out)[0]["Status"]  # type: ignore[no-any-return]
+
+
+def test_defrag_gives_space_back(shim: ShimServer) -> None:
+    with Client(shim.endpoint) as client:
+        for i in range(40):
+            client.kv.Put(pb.PutRequest(key=b"d/%d" % i, value=b"x" * 50_000))
+        revision = client.kv.DeleteRange(
+            pb.DeleteRangeRequest(key=b"d/", range_end=b"d0")).header.revision
+        client.kv.Compact(pb.CompactionRequest(revision=revision))
+    before = status_of(shim.endpoint)
+    out = etcdctl(shim.endpoint, "defrag")
+    assert out.stdout == f"Finished defragmenting etcd member[{shim.endpoint}]\n"
+    after = status_of(shim.endpoint)
+    assert int(after["dbSize"]) < int(before["dbSize"])  # type: ignore[call-overload]
+    assert after["dbSize"] == after["dbSizeInUse"]  # no free pages left
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.1)
+
+
+def etcdctl_error(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    return lines[-1] if lines else ""
+
+
+@pytest.mark.parametrize("datastore", ["sqlite", "sqlite-processes"], indirect=True)
+def test_quota_raises_nospace_until_disarmed(
+    etcd_factory: Callable[..., EtcdServer], shim_factory: Callable[..., ShimServer]
+) -> None:
+    """A tiny quota: writes fill it, NOSPACE is raised and listed, puts and lease grants are
+    refused while reads and deletes work; the alarm survives a restart (shim) and, after
+    compaction, defragmentation and `alarm disarm`, writes work again: as in etcd."""
+    quota = ["--quota-backend-bytes", str(2 * 1024 * 1024)]
+    etcd = etcd_factory(extra_args=quota)
+    # Deleted values stay in replication entries for --replication-retention (they are what
+    # peers are sent): here they may go at once, so compaction can free their space.
+    shim = shim_factory(extra_args=[
+        *quota, "--replication-retention", "0", "--maintenance-interval", "0.2",
+    ])
+    value = "v" * 100_000
+    for server in (etcd, shim):
+        for i in range(200):
+            result = etcdctl(server.endpoint, "put", f"q/{i % 10}", value, check=False)
+            if result.returncode != 0:
+                break
+        else:
+            raise AssertionError(f"{server.name}: the quota was never reached")
+        assert etcdctl_error(result) == f"Error: {NO_SPACE}"
+    for server in (etcd, shim):
+        member = status_of(server.endpoint)["header"]["member_id"]  # type: ignore[index]
+        listed = etcdctl(server.endpoint, "alarm", "list").stdout
+        assert listed == f"memberID:{member} alarm:NOSPACE \n"
+        assert status_of(server.endpoint)["errors"] == [f"memberID:{member} alarm:NOSPACE "]
+        assert etcdctl_error(etcdctl(server.endpoint, "put", "x", "y", check=False)) == (
+            f"Error: {NO_SPACE}")
+        assert etcdctl_error(etcdctl(server.endpoint, "lease", "grant", "10", check=False)) == (
+            f"Error: failed to grant lease ({NO_SPACE})")
+        assert etcdctl(server.endpoint, "get", "q/1", "--print-value-only").stdout == (
+            value + "\n")
+        etcdctl(server.endpoint, "del", "q/", "--prefix")
+    shim.restart()
+    assert etcdctl(shim.endpoint, "alarm", "list").stdout.endswith("alarm:NOSPACE \n")
+    for server in (etcd, shim):
+        revision = status_of(server.endpoint)["header"]["revision"]  # type: ignore[index]
+        etcdctl(server.endpoint, "compact", str(revision))
+        if server is shim:  # until retention has pruned the entries holding deleted values
+            wait_for(lambda: int(status_of(shim.endpoint)["dbSizeInUse"]) < 1024 * 1024)
+        etcdctl(server.endpoint, "defrag")
+        assert etcdctl(server.endpoint, "alarm", "disarm").stdout.startswith("memberID:")
+        assert etcdctl(server.endpoint, "alarm", "list").stdout == ""
+        assert etcdctl(server.endpoint, "put", "x", "y").stdout == "OK\n"
+
+
+def test_alarms_as_etcd(etcd_factory: Callable[..., EtcdServer], shim: ShimServer) -> None:
+    """Alarm requests of every kind, including for other member ids, CORRUPT refusing writes
+    (not reads), and what a Txn may still do under NOSPACE: the same answers as etcd."""
+    etcd = etcd_factory()
+    requests: list[tuple[str, Callable[[Client], object]]] = [
+        ("activate NONE", lambda c: c.maintenance.Alarm(pb.AlarmRequest(action=1, memberID=5))),
+        ("deactivate absent", lambda c: c.maintenance.Alarm(
+            pb.AlarmRequest(action=2, memberID=5, alarm=pb.NOSPACE))),
+        ("activate", lambda c: c.maintenance.Alarm(
+            pb.AlarmRequest(action=1, memberID=5, alarm=pb.NOSPACE))),
+        ("get all", lambda c: c.maintenance.Alarm(pb.AlarmRequest(action=0))),
+        ("get corrupt", lambda c: c.maintenance.Alarm(pb.AlarmRequest(alarm=pb.CORRUPT))),
+        ("put", lambda c: c.kv.Put(pb.PutRequest(key=b"a", value=b"b"))),
+        ("delete", lambda c: c.kv.DeleteRange(pb.DeleteRangeRequest(key=b"a"))),
+        ("txn: nested put", lambda c: c.kv.Txn(pb.TxnRequest(success=[pb.RequestOp(
+            request_txn=pb.TxnRequest(success=[pb.RequestOp(
+                request_put=pb.PutRequest(key=b"n"))]))]))),
+        ("txn: put in failure branch", lambda c: c.kv.Txn(pb.TxnRequest(failure=[
+            pb.RequestOp(request_put=pb.PutRequest(key=b"a"))]))),
+        ("lease grant", lambda c: c.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=30))),
+        ("compact", lambda c: c.kv.Compact(pb.CompactionRequest(revision=2))),
+        ("deactivate", lambda c: c.maintenance.Alarm(
+            pb.AlarmRequest(action=2, memberID=5, alarm=pb.NOSPACE))),
+        ("activate corrupt", lambda c: c.maintenance.Alarm(
+            pb.AlarmRequest(action=1, memberID=7, alarm=pb.CORRUPT))),
+        ("put when corrupt", lambda c: c.kv.Put(pb.PutRequest(key=b"a", value=b"b"))),
+        ("read when corrupt", lambda c: c.kv.Range(pb.RangeRequest(key=b"n"))),
+        ("deactivate corrupt", lambda c: c.maintenance.Alarm(
+            pb.AlarmRequest(action=2, memberID=7, alarm=pb.CORRUPT))),
+        ("put after", lambda c: c.kv.Put(pb.PutRequest(key=b"a", value=b"b"))),
+    ]
+    answers = []
+    for server in (etcd, shim):
+        with Client(server.endpoint) as client:
+            seen = []
+            for name, call in requests:
+                try:
+                    resp = call(client)
+                    text = re.sub(r"(cluster_id|member_id|raft_term): \d+\n", "", str(resp))
+                    seen.append((name, "OK", text))
+                except grpc.RpcError as exc:
+                    seen.append((name, exc.code().name, exc.details()))
+            answers.append(seen)
+    assert answers[1] == answers[0]
+
+
+def test_move_leader_and_downgrade_as_a_single_etcd_member(
+    etcd_factory: Callable[..., EtcdServer], shim: ShimServer
+) -> None:
+    etcd = etcd_factory()
+    answers = []
+    for server in (etcd, shim):
+        with Client(server.endpoint) as client:
+            me = client.maintenance.Status(pb.StatusRequest()).header.member_id
+            calls: list[tuple[str, object]] = [
+                ("MoveLeader", pb.MoveLeaderRequest(targetID=me)),
+                ("MoveLeader", pb.MoveLeaderRequest(targetID=42)),
+                ("MoveLeader", pb.MoveLeaderRequest()),
+            ]
+            for version in ("3.4", "3.4.1", "3.4.0-rc.1", "3.3", "3.5", "4.4", "", "x.y"):
+                calls.append(("Downgrade", pb.DowngradeRequest(
+                    action=pb.DowngradeRequest.VALIDATE, version=version)))
+            calls += [
+                ("Downgrade", pb.DowngradeRequest(action=pb.DowngradeRequest.CANCEL)),
+                ("Downgrade", pb.DowngradeRequest(
+                    action=pb.DowngradeRequest.ENABLE, version="3.3")),
+                ("Downgrade", pb.DowngradeRequest(action=7, version="3.4")),  # type: ignore[arg-type]
+            ]
+            seen = []
+            for method, request in calls:
+                try:
+                    text = str(getattr(client.maintenance, method)(request, timeout=WAIT))
+                    seen.append(("OK", re.sub(
+                        r"(cluster_id|member_id|raft_term|revision): \d+\n", "", text)))
+                except grpc.RpcError as exc:
+                    seen.append((exc.code().name, exc.details()))
+            answers.append(seen)
+    assert answers[1] == answers[0]
+    # etcd 3.5.1 never answers ENABLE of a valid target on one member; shim says why it
+    # cannot downgrade.
+    with Client(shim.endpoint) as client, pytest.raises(grpc.RpcError) as refused:
+        client.maintenance.Downgrade(
+            pb.DowngradeRequest(action=pb.DowngradeRequest.ENABLE, version="3.4"))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "a downgrade cannot be enabled" in refused.value.details()
+
+
+def test_member_list_shows_linked_replicas(shim_factory: Callable[..., ShimServer]) -> None:
+    token = "t0ken"
+    parent = shim_factory(extra_args=["--name", "parent", "--bootstrap-token", token])
+    alone = json.loads(etcdctl(parent.endpoint, "member", "list", "-w", "json").stdout)
+    assert [(m["name"], m["clientURLs"]) for m in alone["members"]] == [
+        ("parent", [f"http://{parent.endpoint}"])]
+    child = shim_factory(extra_args=[
+        "--name", "child", "--join", f"http://{parent.endpoint}", "--token", token,
+    ])
+    def members(server: ShimServer) -> list[tuple[int, str, list[str]]]:
+        out = etcdctl(server.endpoint, "member", "list", "-w", "json").stdout
+        return sorted(
+            (int(m["ID"]), m["name"], m.get("clientURLs", []))
+            for m in json.loads(out)["members"]
+        )
+
+    for server in (child, parent):  # the link comes up in the background
+        wait_for(lambda s=server: len(members(s)) == 2)
+    ids = {}
+    for server in (parent, child):
+        with Client(server.endpoint) as client:
+            ids[server] = client.maintenance.Status(pb.StatusRequest()).header.member_id
+    # The child dialed the parent: it knows the parent's client URL; the parent knows the
+    # child's name and id only. IDs are each node's own member id.
+    expected = {
+        child: sorted([
+            (ids[child], "child", [f"http://{child.endpoint}"]),
+            (ids[parent], "parent", [f"http://{parent.endpoint}"]),
+        ]),
+        parent: sorted([
+            (ids[parent], "parent", [f"http://{parent.endpoint}"]),
+            (ids[child], "child", []),
+        ]),
+    }
+    for server in (child, parent):
+        assert members(server) == expected[server]
+    table = etcdctl(child.endpoint, "member", "list").stdout
+    assert f", started, parent, , http://{parent.endpoint}, false" in table
+    refused = etcdctl(child.endpoint, "member", "add", "x", "--peer-urls",
+                      f"http://127.0.0.1:{free_port()}", check=False)
+    assert refused.returncode != 0
+    assert "shim serve --join URL" in etcdctl_error(refused)
