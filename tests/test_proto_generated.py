@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PB_DIR = REPO_ROOT / "src" / "shim" / "pb"
@@ -138,3 +139,29 @@ def test_service_names_and_methods() -> None:
     for name in services:
         assert hasattr(rpc_pb2_grpc, f"{name}Stub")
         assert hasattr(rpc_pb2_grpc, f"add_{name}Servicer_to_server")
+
+
+def test_lock_and_election_wire_facts() -> None:
+    from shim.pb import v3election_pb2, v3lock_pb2
+
+    # Checked against etcd v3.5 server/etcdserver/api/v3lock/v3lockpb/v3lock.proto and
+    # v3election/v3electionpb/v3election.proto.
+    def fields(message: Any) -> list[tuple[str, int]]:
+        return [(f.name, f.number) for f in message.DESCRIPTOR.fields]
+
+    assert fields(v3lock_pb2.LockRequest) == [("name", 1), ("lease", 2)]
+    assert fields(v3lock_pb2.LockResponse) == [("header", 1), ("key", 2)]
+    assert fields(v3lock_pb2.UnlockRequest) == [("key", 1)]
+    assert fields(v3election_pb2.CampaignRequest) == [("name", 1), ("lease", 2), ("value", 3)]
+    assert fields(v3election_pb2.CampaignResponse) == [("header", 1), ("leader", 2)]
+    assert fields(v3election_pb2.LeaderKey) == [("name", 1), ("key", 2), ("rev", 3), ("lease", 4)]
+    assert fields(v3election_pb2.LeaderResponse) == [("header", 1), ("kv", 2)]
+    assert fields(v3election_pb2.ProclaimRequest) == [("leader", 1), ("value", 2)]
+    assert fields(v3election_pb2.ResignRequest) == [("leader", 1)]
+    lock = v3lock_pb2.DESCRIPTOR.services_by_name["Lock"]
+    assert lock.full_name == "v3lockpb.Lock"
+    assert set(lock.methods_by_name) == {"Lock", "Unlock"}
+    election = v3election_pb2.DESCRIPTOR.services_by_name["Election"]
+    assert election.full_name == "v3electionpb.Election"
+    assert set(election.methods_by_name) == {"Campaign", "Proclaim", "Leader", "Observe", "Resign"}
+    assert election.methods_by_name["Observe"].server_streaming

@@ -183,6 +183,9 @@ class Backend(Protocol):
     # The exception classes that mean "the storage failed"; the store answers them with a
     # retryable UNAVAILABLE instead of crashing.
     errors: tuple[type[BaseException], ...]
+    # The exceptions that mean "the database is damaged": a write that meets one raises the
+    # CORRUPT alarm.
+    corruption_errors: tuple[type[BaseException], ...]
 
     def open(self) -> None: ...
 

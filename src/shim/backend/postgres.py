@@ -138,6 +138,9 @@ class PostgresBackend:
     replicates = False
     shared = True
     errors: tuple[type[BaseException], ...] = (PostgresUnavailableError,)
+    corruption_errors: tuple[type[BaseException], ...] = (
+        asyncpg.exceptions.DataCorruptedError, asyncpg.exceptions.IndexCorruptedError,
+    )
 
     def __init__(
         self, endpoint: PostgresEndpoint, pool_size: int = POOL_SIZE,

@@ -251,6 +251,7 @@ class SqliteBackend:
     replicates = True  # keeps the replication tables (shim/migrations/sqlite/0003)
     shared = False  # the file lock keeps every other server out
     errors: tuple[type[BaseException], ...] = (apsw.Error,)
+    corruption_errors: tuple[type[BaseException], ...] = (apsw.CorruptError, apsw.NotADBError)
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         if synchronous not in SYNCHRONOUS_MODES:

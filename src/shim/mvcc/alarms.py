@@ -10,6 +10,7 @@ with ``alarm disarm`` (AlarmRequest DEACTIVATE).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 from shim.mvcc.errors import CorruptError, NoSpaceError
@@ -23,6 +24,8 @@ from shim.pb.rpc_pb2 import (
     RequestOp,
     TxnRequest,
 )
+
+log = logging.getLogger(__name__)
 
 NOSPACE = AlarmType.Value("NOSPACE")
 CORRUPT = AlarmType.Value("CORRUPT")
@@ -83,8 +86,8 @@ class AlarmState:
         return any(alarm[1] == kind for alarm in self.active)
 
     def reload(self, active: Iterable[Alarm]) -> None:
-        self.active = set(active)
-        self.raised = []
+        """The alarms as stored, plus those raised and not stored yet."""
+        self.active = set(active) | set(self.raised)
 
     def check(self, request: object, database_size: Callable[[], int]) -> None:
         """Refuse ``request`` as etcd would under the active alarms, or raise NOSPACE (and
@@ -100,4 +103,8 @@ class AlarmState:
             alarm = (self.member_id, NOSPACE)
             self.active.add(alarm)
             self.raised.append(alarm)
+            log.warning(
+                "alarm NOSPACE raised: the database would pass --quota-backend-bytes (%d); "
+                "compact, defragment and disarm the alarm to write again", self.quota_bytes,
+            )
             raise NoSpaceError()

@@ -26,7 +26,7 @@ from functools import partial
 
 from shim import metrics
 from shim.backend.base import Backend, WriteTxn, kv_from_row
-from shim.mvcc.alarms import DEFAULT_QUOTA_BYTES, AlarmState, member_id_of
+from shim.mvcc.alarms import CORRUPT, DEFAULT_QUOTA_BYTES, AlarmState, member_id_of
 from shim.mvcc.apply import Applier, CommitListener, Revision, WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
 from shim.mvcc.hlc import HybridClock
@@ -265,20 +265,17 @@ class Writer:
                         txn.rollback_savepoint()
                         self._restore_seq(seq_request)
                         log.error("storage error applying a request: %s", exc)
+                        self._check_damage(exc)
                         outcomes.append(StorageUnavailableError(f"storage error: {exc}"))
                     except Exception as exc:
                         # A bug must cost one request, never the writer or the batch.
                         txn.rollback_savepoint()
                         self._restore_seq(seq_request)
                         log.exception("internal error applying a request")
+                        self._check_damage(exc)
                         outcomes.append(exc)
-                for alarm in self.alarms.raised:  # refused requests raised them: kept
+                for alarm in self.alarms.raised:  # raised by refused or failed requests
                     txn.add_alarm(alarm)
-                    log.warning(
-                        "alarm NOSPACE raised: the database reached --quota-backend-bytes "
-                        "(%d); compact, defragment and disarm the alarm to write again",
-                        self.alarms.quota_bytes,
-                    )
                 if applier.revision != self.revision:
                     txn.set_revision(applier.revision)
                 if self.replica is not None and self.replica.seq != seq_before:
@@ -292,6 +289,8 @@ class Writer:
             if not self._backend.shared:  # a shared backend's leases are read at batch start
                 self._reload_leases()
             self._reload_alarms()
+            self._check_damage(exc)
+            self._store_raised_alarms()
             if self.replica is not None:
                 self.replica.seq = seq_before
             failure = StorageUnavailableError(f"storage write failed: {exc}")
@@ -304,6 +303,8 @@ class Writer:
             if not self._backend.shared:
                 self._reload_leases()
             self._reload_alarms()
+            self._check_damage(exc)
+            self._store_raised_alarms()
             if self.replica is not None:
                 self.replica.seq = seq_before
             deliver(batch, [exc] * len(batch), None)
@@ -331,6 +332,35 @@ class Writer:
         if leases != self.leases:
             self.leases.clear()
             self.leases.update(leases)
+
+    def _check_damage(self, exc: BaseException) -> None:
+        """Damage the database reports while writing raises the CORRUPT alarm: refused
+        writes from now on (at once, in memory), stored with the next batch that commits."""
+        if not isinstance(exc, self._backend.corruption_errors):
+            return
+        alarm = (self.alarms.member_id, CORRUPT)
+        if alarm in self.alarms.active:
+            return
+        self.alarms.active.add(alarm)
+        self.alarms.raised.append(alarm)
+        log.error(
+            "the database is damaged (%s): alarm CORRUPT raised, writes are refused until it "
+            "is disarmed; bring the node back from a snapshot (shim snapshot restore)", exc,
+        )
+
+    def _store_raised_alarms(self) -> None:
+        """After a failed batch: store the alarms it raised in a transaction of their own, so
+        every process (and a restart) sees them."""
+        if not self.alarms.raised:
+            return
+        try:
+            with self._backend.write() as txn:
+                for alarm in self.alarms.raised:
+                    txn.add_alarm(alarm)
+        except Exception as exc:  # kept in memory; the next committed batch stores them
+            log.error("cannot store the alarms raised: %s", exc)
+            return
+        self.alarms.raised = []
 
     def _reload_alarms(self) -> None:
         """After a failed commit, forget alarm changes the rolled-back batch made."""
