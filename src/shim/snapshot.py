@@ -21,8 +21,10 @@ import contextlib
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import apsw
 
@@ -47,6 +49,17 @@ class SnapshotInfo:
     checksum: str  # "sha256 ok", or "not checked"
 
 
+def _chunks(source: BinaryIO, length: int, path: Path) -> Iterator[bytes]:
+    """The next ``length`` bytes of ``source``, a piece at a time."""
+    remaining = length
+    while remaining:
+        chunk = source.read(min(COPY_CHUNK_BYTES, remaining))
+        if not chunk:
+            raise SnapshotError(f"{path} shrank while it was read")
+        remaining -= len(chunk)
+        yield chunk
+
+
 def _database_bytes(path: Path, skip_hash_check: bool) -> int:
     """How many leading bytes of ``path`` are the database (the rest is the trailer),
     verifying the trailer unless told not to."""
@@ -64,13 +77,8 @@ def _database_bytes(path: Path, skip_hash_check: bool) -> int:
     body = size - TRAILER_BYTES
     digest = hashlib.sha256()
     with open(path, "rb") as source:
-        remaining = body
-        while remaining:
-            chunk = source.read(min(COPY_CHUNK_BYTES, remaining))
-            if not chunk:
-                raise SnapshotError(f"{path} shrank while it was read")
+        for chunk in _chunks(source, body, path):
             digest.update(chunk)
-            remaining -= len(chunk)
         trailer = source.read(TRAILER_BYTES)
     if digest.digest() != trailer:
         raise SnapshotError(
@@ -81,13 +89,8 @@ def _database_bytes(path: Path, skip_hash_check: bool) -> int:
 
 def _copy_prefix(source: Path, target: Path, length: int) -> None:
     with open(source, "rb") as src, open(target, "xb") as dst:
-        remaining = length
-        while remaining:
-            chunk = src.read(min(COPY_CHUNK_BYTES, remaining))
-            if not chunk:
-                raise SnapshotError(f"{source} shrank while it was read")
+        for chunk in _chunks(src, length, source):
             dst.write(chunk)
-            remaining -= len(chunk)
         dst.flush()
         os.fsync(dst.fileno())
 
@@ -99,17 +102,19 @@ def _inspect(conn: apsw.Connection, path: Path) -> tuple[int, int, int, str]:
         check = conn.execute("PRAGMA quick_check").fetchall()
         if check != [("ok",)]:
             raise SnapshotError(f"{path}: the database is damaged ({check[0][0]})")
-        meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
-        keys = conn.execute("SELECT COUNT(*) FROM current").fetchone()[0]
+        meta: dict[str, object] = {
+            str(row[0]): row[1] for row in conn.execute("SELECT name, value FROM meta")
+        }
+        keys = int(conn.execute("SELECT COUNT(*) FROM current").fetchall()[0][0])  # type: ignore[arg-type]
     except apsw.SQLError as exc:
         raise SnapshotError(f"{path} is not a shim database ({exc})") from None
     except apsw.Error as exc:
         raise SnapshotError(f"{path} is not a usable SQLite database ({exc})") from None
     if "node_id" not in meta or "revision" not in meta:
         raise SnapshotError(f"{path} is not a shim database (no node id or revision)")
-    return int(meta["revision"]), int(meta.get("compact_revision", -1)), int(keys), str(
-        meta["node_id"]
-    )
+    revision = int(str(meta["revision"]))
+    compacted = int(str(meta.get("compact_revision", -1)))
+    return revision, compacted, keys, str(meta["node_id"])
 
 
 def _check_magic(path: Path) -> None:

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 from shim import metrics
 from shim.backend.base import Backend, WriteTxn, kv_from_row
@@ -196,7 +195,7 @@ class Writer:
                     stopping = True
                     break
                 batch.append(item)  # type: ignore[arg-type]
-            deliver = partial(self._loop.call_soon_threadsafe, self._deliver)
+            deliver = self._deliver_on_loop
             with self._committing:
                 # The outcomes are handed to the event loop, which delivers them. A request
                 # that needs the database to itself (Defragment) splits the batch.
@@ -205,6 +204,14 @@ class Writer:
                         self._run_exclusive(group, deliver)
                     else:
                         self._commit(group, deliver)
+
+    def _deliver_on_loop(
+        self,
+        batch: list[_Pending],
+        outcomes: list[WriteResponse | BaseException],
+        committed: list[Revision] | None,
+    ) -> None:
+        self._loop.call_soon_threadsafe(self._deliver, batch, outcomes, committed)
 
     def _run_exclusive(self, item: _Pending, deliver: _Deliver) -> None:
         """Defragment: outside any write transaction, while nothing else writes."""
