@@ -117,16 +117,15 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         come), then a last piece holding the SHA-256 of the file: what `etcdctl snapshot save`
         expects. The copy is made first, in a temporary file beside the database."""
         backend = self._store.backend
-        directory = os.path.dirname(os.path.abspath(backend.location))
-        if not os.path.isdir(directory):
-            directory = None  # type: ignore[assignment]  # PostgreSQL: refused below anyway
-        fd, path = tempfile.mkstemp(prefix=".shim-snapshot-", dir=directory)
+        beside = os.path.dirname(os.path.abspath(backend.location))  # PostgreSQL: a URL
+        fd, path = tempfile.mkstemp(
+            prefix=".shim-snapshot-", dir=beside if os.path.isdir(beside) else None
+        )
         os.close(fd)
         os.unlink(path)  # the backend creates the file itself
         try:
-            revision = self._store.revision
             try:
-                await asyncio.to_thread(backend.snapshot, path)
+                revision = await asyncio.to_thread(backend.snapshot, path)
             except UnsupportedError as exc:
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"shim: {exc}")
             except backend.errors as exc:

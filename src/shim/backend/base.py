@@ -207,9 +207,10 @@ class Backend(Protocol):
 
     def size_in_use_bytes(self) -> int: ...
 
-    def snapshot(self, target: str) -> None:
+    def snapshot(self, target: str) -> int:
         """Write a consistent copy of the whole database to the new file ``target``
-        (blocking; any thread). ``UnsupportedError`` where the backend cannot."""
+        (blocking; any thread); returns the revision it holds. ``UnsupportedError`` where the
+        backend cannot."""
         ...
 
     def defragment(self) -> None:

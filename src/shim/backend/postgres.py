@@ -555,7 +555,7 @@ class PostgresBackend:
 
         return self.call(query())
 
-    def snapshot(self, target: str) -> None:
+    def snapshot(self, target: str) -> int:
         raise UnsupportedError(
             "Snapshot of a PostgreSQL datastore is not implemented; back the database up "
             "with pg_dump (or pg_basebackup) instead"

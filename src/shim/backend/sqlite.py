@@ -418,15 +418,16 @@ class SqliteBackend:
                 total += os.path.getsize(str(self.path) + suffix)
         return total
 
-    def snapshot(self, target: str) -> None:
+    def snapshot(self, target: str) -> int:
         """A consistent copy through SQLite's online backup, from one read transaction of a
         connection of its own (so writers go on meanwhile), as a standalone file (rollback
-        journal mode: no -wal file belongs to it)."""
+        journal mode: no -wal file belongs to it). Returns the revision copied."""
         source = self._connect()
         try:
             copy = apsw.Connection(target)
             try:
                 source.execute("BEGIN")  # one snapshot for the whole copy
+                revision = SqliteView(source).revision()
                 with copy.backup("main", source, "main") as backup:
                     backup.step(-1)
                 source.execute("COMMIT")
@@ -435,6 +436,7 @@ class SqliteBackend:
                 copy.close()
         finally:
             source.close()
+        return revision
 
     def defragment(self) -> None:
         """VACUUM on the writer connection: the file is rebuilt without free pages. Writes
@@ -458,7 +460,10 @@ def _describe(exc: apsw.Error) -> str:
     if isinstance(exc, apsw.NotADBError):
         return "the file is not a SQLite database (or is corrupted)"
     if isinstance(exc, apsw.CorruptError):
-        return "the database file is corrupted"
+        return (
+            "the database file is corrupted (bring the node back from a snapshot: "
+            "shim snapshot restore)"
+        )
     if isinstance(exc, apsw.ReadOnlyError):
         return "the database file is read-only"
     if isinstance(exc, apsw.CantOpenError):
