@@ -293,9 +293,9 @@ class Writer:
         except self._backend.errors as exc:
             # Nothing of this batch is committed: every caller gets a retryable error.
             log.error("write batch of %d failed, rolled back: %s", len(batch), exc)
-            if not self._backend.shared:  # a shared backend's leases are read at batch start
+            if not self._backend.shared:  # a shared backend's are read at batch start
                 self._reload_leases()
-            self._reload_alarms()
+                self._reload_alarms()
             self._check_damage(exc)
             self._store_raised_alarms()
             if self.replica is not None:
@@ -309,7 +309,7 @@ class Writer:
             log.exception("write batch of %d failed, rolled back", len(batch))
             if not self._backend.shared:
                 self._reload_leases()
-            self._reload_alarms()
+                self._reload_alarms()
             self._check_damage(exc)
             self._store_raised_alarms()
             if self.replica is not None:
@@ -374,8 +374,8 @@ class Writer:
         try:
             with self._backend.read() as view:
                 self.alarms.reload(view.alarms())
-        except self._backend.errors:
-            log.exception("cannot reload alarms after a failed commit")
+        except self._backend.errors as exc:
+            log.error("cannot reload alarms after a failed commit: %s", exc)
 
     def _reload_leases(self) -> None:
         """After a failed commit, forget lease changes the rolled-back batch made."""
