@@ -175,7 +175,7 @@ def test_two_lock_contenders_and_lease_expiry(shim: ShimServer) -> None:
     releases the lock to the next one."""
     with Client(shim.endpoint) as client, ThreadPoolExecutor(2) as pool:
         side = Side(client)
-        first, second, short = side.grant(), side.grant(), side.grant(ttl=2)
+        first, second = side.grant(), side.grant()
         held = client.lock.Lock(lpb.LockRequest(name=b"m", lease=first), timeout=WAIT)
         waiting: Future[Any] = pool.submit(
             client.lock.Lock, lpb.LockRequest(name=b"m", lease=second), timeout=30
@@ -190,6 +190,7 @@ def test_two_lock_contenders_and_lease_expiry(shim: ShimServer) -> None:
         client.lock.Unlock(lpb.UnlockRequest(key=got.key), timeout=WAIT)
 
         # A holder that stops renewing loses the lock when its lease expires (about 2 s).
+        short = side.grant(ttl=2)
         client.lock.Lock(lpb.LockRequest(name=b"x", lease=short), timeout=WAIT)
         after_expiry = pool.submit(
             client.lock.Lock, lpb.LockRequest(name=b"x", lease=first), timeout=30
