@@ -16,15 +16,12 @@ from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
-import grpc
-
 from shim.api import errors
-from shim.api.header import Identity
 from shim.api.lease import LeaseKeeper
 from shim.mvcc.errors import CompactedError, StoreClosedError
 from shim.mvcc.store import Store
 from shim.mvcc.watch import WatchHub
-from shim.pb import rpc_pb2, v3election_pb2_grpc, v3lock_pb2_grpc
+from shim.pb import rpc_pb2
 from shim.pb.kv_pb2 import Event, KeyValue
 from shim.pb.rpc_pb2 import Compare, RangeRequest, RequestOp, ResponseHeader, TxnRequest
 
@@ -180,11 +177,3 @@ class Recipes:
 def kv_or_none(resp: rpc_pb2.RangeResponse) -> KeyValue | None:
     return resp.kvs[0] if resp.kvs else None
 
-
-def add_concurrency_services(server: grpc.aio.Server, recipes: Recipes, identity: Identity) -> None:
-    """Serve etcd's Lock and Election services (v3lockpb, v3electionpb) on ``server``."""
-    from shim.api.election import ElectionService
-    from shim.api.lock import LockService
-
-    v3lock_pb2_grpc.add_LockServicer_to_server(LockService(recipes, identity), server)
-    v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(recipes, identity), server)

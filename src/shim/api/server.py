@@ -16,13 +16,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shim import metrics
+from shim.api import rpc
 from shim.api.cluster import ClusterService, Replica
-from shim.api.concurrency import Recipes, add_concurrency_services
+from shim.api.concurrency import Recipes
+from shim.api.election import ElectionService
 from shim.api.header import Identity
 from shim.api.kv import KVService
 from shim.api.lease import LeaseKeeper, LeaseService
+from shim.api.lock import LockService
 from shim.api.maintenance import MaintenanceService
-from shim.api.watch import WatchService, add_watch_service
+from shim.api.watch import WatchService
 from shim.backend.base import Backend, BackendOpenError
 from shim.backend.sqlite import SqliteBackend
 from shim.backend.sqlite import _describe as describe_sqlite_error
@@ -38,7 +41,7 @@ from shim.mvcc.lease import Lessor
 from shim.mvcc.store import Store
 from shim.mvcc.watch import WatchHub
 from shim.mvcc.writer import ReplicationSettings
-from shim.pb import replication_pb2_grpc, rpc_pb2, rpc_pb2_grpc
+from shim.pb import replication_pb2_grpc, rpc_pb2
 from shim.procs.remote import RemoteLessor, RemoteWritePath, StoreLink
 from shim.replication.links import ReplicationService, Replicator
 from shim.replication.policy import Policy, PolicyError
@@ -222,6 +225,7 @@ class ShimServer:
         self.hub: WatchHub | None = None
         self._server: grpc.aio.Server | None = None
         self.client_url = ""
+        self.methods: dict[str, rpc.Method] = {}
 
     async def start(self) -> None:
         tls = self.config.tls
@@ -268,28 +272,10 @@ class ShimServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ]
         )
-        rpc_pb2_grpc.add_KVServicer_to_server(
-            KVService(self.store, self.identity, self.config.max_request_bytes), server
-        )
-        add_watch_service(WatchService(hub), server)
-        rpc_pb2_grpc.add_LeaseServicer_to_server(
-            LeaseService(self.lessor, self.store, self.identity), server
-        )
-        rpc_pb2_grpc.add_MaintenanceServicer_to_server(
-            MaintenanceService(self.store, self.identity), server
-        )
         scheme = "https" if tls is not None else "http"
         self.client_url = f"{scheme}://{target}"
-        rpc_pb2_grpc.add_ClusterServicer_to_server(
-            ClusterService(
-                self.store, self.identity, self.config.name, lambda: [self.client_url],
-                self._linked_replicas,
-            ),
-            server,
-        )
-        add_concurrency_services(server, Recipes(
-            self.store, self.lessor, hub, self.config.max_request_bytes
-        ), self.identity)
+        self.methods = rpc.service_methods(self._client_services(hub))
+        rpc.add_to_server(server, self.methods)
         if self._replicates:
             replication_pb2_grpc.add_ReplicationServicer_to_server(
                 ReplicationService(lambda: self.replicator), server
@@ -326,6 +312,23 @@ class ShimServer:
             Replica(link.peer, link.name, link.client_url)
             for link in self.replicator.live.values()
         ]
+
+    def _client_services(self, hub: WatchHub) -> dict[str, object]:
+        """The etcd v3 services clients call, by full service name: gRPC and the HTTP/JSON
+        gateway serve the same ones."""
+        recipes = Recipes(self.store, self.lessor, hub, self.config.max_request_bytes)
+        return {
+            "etcdserverpb.KV": KVService(self.store, self.identity, self.config.max_request_bytes),
+            "etcdserverpb.Watch": WatchService(hub),
+            "etcdserverpb.Lease": LeaseService(self.lessor, self.store, self.identity),
+            "etcdserverpb.Maintenance": MaintenanceService(self.store, self.identity),
+            "etcdserverpb.Cluster": ClusterService(
+                self.store, self.identity, self.config.name, lambda: [self.client_url],
+                self._linked_replicas,
+            ),
+            "v3lockpb.Lock": LockService(recipes, self.identity),
+            "v3electionpb.Election": ElectionService(recipes, self.identity),
+        }
 
     def _database_revision(self) -> int:
         with self.backend.read() as view:

@@ -15,23 +15,6 @@ from shim.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 
-def _serialize(resp: rpc_pb2.WatchResponse | bytes) -> bytes:
-    # Event responses come from the hub already encoded (see shim.mvcc.watch_wire).
-    return resp if isinstance(resp, bytes) else resp.SerializeToString()
-
-
-def add_watch_service(service: WatchService, server: grpc.aio.Server) -> None:
-    """Register Watch with a serializer that passes pre-encoded responses through."""
-    handler = grpc.stream_stream_rpc_method_handler(
-        service.Watch,
-        request_deserializer=rpc_pb2.WatchRequest.FromString,
-        response_serializer=_serialize,
-    )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("etcdserverpb.Watch", {"Watch": handler}),)
-    )
-
-
 class WatchService(rpc_pb2_grpc.WatchServicer):
     def __init__(self, hub: WatchHub) -> None:
         self._hub = hub

@@ -18,6 +18,7 @@ from shim.backend.rows import (
     ALARMS_SQL,
     ENTRY_COLUMNS,
     KV_COLUMNS,
+    KeySql,
     alarm_meta_name,
     entry_from_row,
     hash_rows_sql,
@@ -46,6 +47,36 @@ class QueryRunner(Protocol):
 
 def _pg_param(n: int) -> str:
     return f"${n}"
+
+
+# The key indexes hold each key's first bytes (migration 0003_long_keys: a btree row holds at
+# most 2704 bytes). Keys are compared on that prefix, which the indexes can answer, and then
+# whole; ordered by prefix, then whole key.
+KEY_PREFIX_BYTES = 1024
+
+
+def _prefix(expression: str) -> str:
+    if expression.startswith("$"):
+        expression += "::bytea"  # a parameter's type is not inferred through substring()
+    return f"substring({expression} from 1 for {KEY_PREFIX_BYTES})"
+
+
+class PrefixedKeys(KeySql):
+    def eq(self, column: str, param: str) -> str:
+        return f"{_prefix(column)} = {_prefix(param)} AND {column} = {param}"
+
+    def ge(self, column: str, param: str) -> str:
+        return f"{_prefix(column)} >= {_prefix(param)} AND {column} >= {param}"
+
+    def lt(self, column: str, param: str) -> str:
+        # Two keys with one prefix may still be in order: the prefix comparison cannot be <.
+        return f"{_prefix(column)} <= {_prefix(param)} AND {column} < {param}"
+
+    def order(self, column: str) -> str:
+        return f"{_prefix(column)}, {column}"
+
+
+KEYS = PrefixedKeys()
 
 
 class PostgresView:
@@ -101,19 +132,20 @@ class PostgresView:
         if revision == 0:
             rows = self._fetch(
                 f"SELECT {KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id "
-                "WHERE c.key = $1",
+                f"WHERE {KEYS.eq('c.key', '$1')}",
                 key,
             )
             return kv_from_row(rows[0]) if rows else None
         rows = self._fetch(
-            f"SELECT {KV_COLUMNS}, l.deleted FROM log l WHERE l.key = $1 AND l.revision <= $2 "
+            f"SELECT {KV_COLUMNS}, l.deleted FROM log l WHERE {KEYS.eq('l.key', '$1')} "
+            "AND l.revision <= $2 "
             "ORDER BY l.revision DESC, l.id DESC LIMIT 1",
             key, revision,
         )
         return None if not rows or rows[0][6] else kv_from_row(rows[0])
 
     def range_rows(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KvRow]:
-        source, params, order = live_versions(key, end, revision, True, _pg_param)
+        source, params, order = live_versions(key, end, revision, True, _pg_param, KEYS)
         sql = f"SELECT {KV_COLUMNS} {source} ORDER BY {order}"
         if limit > 0:
             params.append(limit)
@@ -121,7 +153,7 @@ class PostgresView:
         return self._fetch(sql, *params)  # type: ignore[no-any-return]
 
     def count(self, key: bytes, end: bytes, revision: int) -> int:
-        source, params, _ = live_versions(key, end, revision, False, _pg_param)
+        source, params, _ = live_versions(key, end, revision, False, _pg_param, KEYS)
         return int(self._fetchval(f"SELECT COUNT(*) {source}", *params))
 
     def leases(self) -> dict[int, int]:
@@ -129,8 +161,8 @@ class PostgresView:
 
     def lease_keys(self, lease_id: int) -> list[bytes]:
         rows = self._fetch(
-            "SELECT l.key FROM log l JOIN current c ON c.key = l.key AND c.id = l.id "
-            "WHERE l.lease = $1 ORDER BY l.key",
+            f"SELECT l.key FROM log l JOIN current c ON {KEYS.eq('c.key', 'l.key')} "
+            f"AND c.id = l.id WHERE l.lease = $1 ORDER BY {KEYS.order('l.key')}",
             lease_id,
         )
         return [bytes(row[0]) for row in rows]
@@ -138,20 +170,23 @@ class PostgresView:
     def entries(
         self, key: bytes, end: bytes | None, after_revision: int, limit: int
     ) -> list[LogEntry]:
-        if end is None:
-            where, params = "{t}.key = $1", [key]
-        elif end == b"":
-            where, params = "{t}.key >= $1", [key]
-        else:
-            where, params = "{t}.key >= $1 AND {t}.key < $2", [key, end]
+        def where(table: str) -> str:
+            column = f"{table}.key"
+            if end is None:
+                return KEYS.eq(column, "$1")
+            if end == b"":
+                return KEYS.ge(column, "$1")
+            return f"{KEYS.ge(column, '$1')} AND {KEYS.lt(column, '$2')}"
+
+        params = [key] if not end else [key, end]
         n = len(params)
         # Whole revisions only: up to the revision of the limit-th row, and all of that one.
         rows = self._fetch(
             f"SELECT {ENTRY_COLUMNS} FROM log l LEFT JOIN log p "
-            "ON l.prev_revision <> 0 AND p.key = l.key AND p.revision = l.prev_revision "
-            "AND NOT p.deleted "
-            f"WHERE {where.format(t='l')} AND l.revision > ${n + 1} AND l.revision <= COALESCE(("
-            f"SELECT c.revision FROM log c WHERE {where.format(t='c')} AND c.revision > ${n + 1} "
+            f"ON l.prev_revision <> 0 AND {KEYS.eq('p.key', 'l.key')} "
+            "AND p.revision = l.prev_revision AND NOT p.deleted "
+            f"WHERE {where('l')} AND l.revision > ${n + 1} AND l.revision <= COALESCE(("
+            f"SELECT c.revision FROM log c WHERE {where('c')} AND c.revision > ${n + 1} "
             f"ORDER BY c.revision LIMIT 1 OFFSET ${n + 2}), 9223372036854775807) ORDER BY l.id",
             *params, after_revision, max(limit - 1, 0),
         )
@@ -214,9 +249,9 @@ class PostgresWriteTxn(PostgresView):
         for v in versions:
             # One round trip per version: the log row, and the key's entry in `current`.
             follow = (
-                "DELETE FROM current WHERE key = $2" if v.deleted else
-                "INSERT INTO current (key, id) SELECT $2, id FROM ins "
-                "ON CONFLICT (key) DO UPDATE SET id = excluded.id"
+                f"DELETE FROM current WHERE {KEYS.eq('key', '$2')}" if v.deleted else
+                "INSERT INTO current (key, id) SELECT $2, id FROM ins ON CONFLICT "
+                f"(({_prefix('key')}), sha256(key)) DO UPDATE SET id = excluded.id"
             )
             self._execute(
                 "WITH ins AS (INSERT INTO log (revision, key, value, create_revision, version, "
@@ -268,7 +303,7 @@ class PostgresWriteTxn(PostgresView):
         # exactly what reads at `revision` or later, and prev_kv of later events, can reach.
         status = self._execute(
             "DELETE FROM log WHERE revision <= $1 AND (deleted OR EXISTS (SELECT 1 FROM log n "
-            "WHERE n.key = log.key AND n.id > log.id AND n.revision <= $1))",
+            f"WHERE {KEYS.eq('n.key', 'log.key')} AND n.id > log.id AND n.revision <= $1))",
             revision, timeout=COMPACT_TIMEOUT,
         )
         return int(status.rsplit(" ", 1)[-1])

@@ -28,33 +28,56 @@ def entry_from_row(row: Sequence[Any]) -> LogEntry:
     return LogEntry(kv=kv_from_row(row), deleted=bool(row[6]), prev=prev)
 
 
+class KeySql:
+    """How a dialect compares keys in SQL: here, as whole keys (``a = b``, ``a >= b``, ...).
+
+    ``column`` and ``param`` are SQL expressions (a column, a placeholder)."""
+
+    def eq(self, column: str, param: str) -> str:
+        return f"{column} = {param}"
+
+    def ge(self, column: str, param: str) -> str:
+        return f"{column} >= {param}"
+
+    def lt(self, column: str, param: str) -> str:
+        return f"{column} < {param}"
+
+    def order(self, column: str) -> str:
+        return column
+
+
+WHOLE_KEYS = KeySql()
+
+
 def live_versions(
-    key: bytes, end: bytes, revision: int, with_values: bool, placeholder: Callable[[int], str]
+    key: bytes, end: bytes, revision: int, with_values: bool, placeholder: Callable[[int], str],
+    keys: KeySql = WHOLE_KEYS,
 ) -> tuple[str, list[object], str]:
     """FROM ... WHERE selecting each key's live version in ``[key, end)`` at ``revision``
-    (0: the current table; else history), its parameters, and the key column to order by.
-    ``placeholder(n)`` spells the n-th parameter in the dialect (``?n`` or ``$n``)."""
+    (0: the current table; else history), its parameters, and what to order by.
+    ``placeholder(n)`` spells the n-th parameter in the dialect (``?n`` or ``$n``), ``keys``
+    its key comparisons."""
     if revision == 0:
         column = "c.key"
         source = "FROM current c JOIN log l ON l.id = c.id" if with_values else "FROM current c"
     else:
         column, source = "l.key", "FROM log l"
     params: list[object] = [key]
-    sql = f"{source} WHERE {column} >= {placeholder(1)}"
+    sql = f"{source} WHERE {keys.ge(column, placeholder(1))}"
     if end:
         params.append(end)
-        sql += f" AND {column} < {placeholder(len(params))}"
+        sql += f" AND {keys.lt(column, placeholder(len(params)))}"
     if revision != 0:
         params.append(revision)
         n = placeholder(len(params))
         sql += (
             f" AND l.revision <= {n} AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM log n "
-            f"WHERE n.key = l.key AND n.id > l.id AND n.revision <= {n})"
+            f"WHERE {keys.eq('n.key', 'l.key')} AND n.id > l.id AND n.revision <= {n})"
         )
-    return sql, params, column
+    return sql, params, keys.order(column)
 
 
-def hash_rows_sql(placeholder: Callable[[int], str]) -> str:
+def hash_rows_sql(placeholder: Callable[[int], str], keys: KeySql = WHOLE_KEYS) -> str:
     """HashKV's read: log rows in (after, upto] in log order (parameters 1, 2), each marked
     kept unless it is at or below the compacted revision (3) and superseded by a newer
     version of its key at or below the hashed revision (4)."""
@@ -62,7 +85,8 @@ def hash_rows_sql(placeholder: Callable[[int], str]) -> str:
     return (
         "SELECT l.revision, l.key, l.value, l.create_revision, l.version, l.lease, "
         f"CASE WHEN l.deleted THEN 1 ELSE 0 END, CASE WHEN l.revision > {p(3)} OR NOT EXISTS ("
-        f"SELECT 1 FROM log n WHERE n.key = l.key AND n.id > l.id AND n.revision <= {p(4)}) "
+        f"SELECT 1 FROM log n WHERE {keys.eq('n.key', 'l.key')} AND n.id > l.id "
+        f"AND n.revision <= {p(4)}) "
         f"THEN 1 ELSE 0 END FROM log l WHERE l.revision > {p(1)} AND l.revision <= {p(2)} "
         "ORDER BY l.revision, l.id"
     )

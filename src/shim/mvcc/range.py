@@ -8,6 +8,8 @@ from shim.mvcc.gosort import go_sort, go_sort_reverse
 from shim.mvcc.keys import range_end
 from shim.pb.rpc_pb2 import RangeRequest, RangeResponse
 
+INT64_MAX = 2**63 - 1
+
 # Where each sort target sits in a KvRow (key, value, create, mod, version, lease).
 _KEY, _VALUE, _CREATE, _MOD, _VERSION = 0, 1, 2, 3, 4
 _SORT_FIELDS: dict[int, int] = {
@@ -57,7 +59,9 @@ def execute_range(
         sort_order = RangeRequest.ASCEND
     needs_everything = req.sort_order != RangeRequest.NONE or filtered
     limit = req.limit if req.limit > 0 else 0
-    fetch = 0 if needs_everything or limit == 0 else limit + 1
+    # One row more than the limit tells whether there is more; at int64's maximum that row
+    # cannot be asked for (nor exist), so every row is read.
+    fetch = 0 if needs_everything or limit in (0, INT64_MAX) else limit + 1
 
     rows: list[KvRow]
     if end is None:

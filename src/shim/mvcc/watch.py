@@ -441,7 +441,9 @@ class WatchHub:
                 self._wake.set()
 
     async def _catch_up(self, watcher: Watcher) -> None:
-        after = watcher.next_revision - 1
+        # Revisions start at 1: any start at or below 0 reads from the beginning (and a start
+        # of int64's minimum must not reach the database as a revision below it).
+        after = max(watcher.next_revision - 1, 0)
         read = await asyncio.to_thread(
             self._read_entries, watcher.key, watcher.end, after, CATCH_UP_ROWS
         )
