@@ -13,7 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shim.pb import rpc_pb2, rpc_pb2_grpc
 from tests.support.certs import CertFiles, CertificateAuthority
+from tests.support.curl import CURL, curl
 from tests.support.etcd import etcdctl
+from tests.support.net import free_port
 from tests.support.process import child_env
 from tests.support.shim_server import OUTSIDE_CHECKOUT, ShimServer
 
@@ -199,3 +201,22 @@ def test_bad_tls_flags_exit_2_with_one_line(
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("shim: ") and message in lines[0], lines
+
+
+def test_gateway_serves_https_with_the_same_certificates(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    port = free_port()
+    url = f"https://127.0.0.1:{port}/v3/kv/put"
+    body = '{"key": "dGxz", "value": "dg=="}'
+    with TlsShim(tmp_path / "gw", ca, ["--listen-client-http-urls", url.rsplit("/v3", 1)[0]]) \
+            as node:
+        files = node.client_files
+        answer = curl(url, body, extra=("--cacert", str(ca.cert_path), "--cert",
+                                        str(files.cert), "--key", str(files.key)))
+        assert answer.status == 200 and b'"revision":"2"' in answer.body
+        # --client-cert-auth holds on the gateway's port too.
+        refused = subprocess.run([CURL, "-sS", "--cacert", str(ca.cert_path), "-X", "POST", url,
+                                  "-d", body], capture_output=True, timeout=30)
+        assert refused.returncode != 0
+        assert node.etcdctl("get", "tls", "--print-value-only").stdout.strip() == "v"

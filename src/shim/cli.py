@@ -95,6 +95,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="plain text lines (default) or one JSON object per line",
     )
     parser.add_argument(
+        "--listen-client-http-urls", default="", metavar="URLS",
+        help="as etcd: comma-separated http:// or https:// URLs to serve the HTTP/JSON "
+        "gateway on (POST /v3/kv/range, /v3/watch, ...; /health, /version, /metrics). "
+        "https:// uses --cert-file/--key-file (default: not served)",
+    )
+    parser.add_argument(
         "--metrics-address", default=None, metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
     )
@@ -398,6 +404,8 @@ def run_serve(args: argparse.Namespace) -> int:
         tls=tls,
         peer_tls=peer,
         metrics_address=args.metrics_address,
+        client_http_urls=tuple(u.strip() for u in args.listen_client_http_urls.split(",")
+                               if u.strip()),
         datastore_cafile=args.datastore_cafile,
         datastore_certfile=args.datastore_certfile,
         datastore_keyfile=args.datastore_keyfile,

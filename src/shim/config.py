@@ -71,6 +71,9 @@ class ServerConfig:
     tls: ServerTls | None = None
     peer_tls: PeerTls | None = None
     metrics_address: str | None = None  # host:port for Prometheus text (None: not served)
+    # etcd's --listen-client-http-urls: where the HTTP/JSON gateway, /health, /version and
+    # /metrics are served (none: not served).
+    client_http_urls: tuple[str, ...] = ()
     # TLS to PostgreSQL, k3s's flag names: CA to verify the server, client certificate + key.
     datastore_cafile: Path | None = None
     datastore_certfile: Path | None = None
@@ -178,3 +181,41 @@ def grpc_listen_target(address: str, tls: bool = False) -> str:
     if ":" not in address:
         raise ConfigError(f"listen address {address!r} must be host:port")
     return address
+
+
+@dataclass(frozen=True, slots=True)
+class HttpListen:
+    """One --listen-client-http-urls URL: http:// (plaintext) or https:// (TLS)."""
+
+    host: str
+    port: int
+    secure: bool
+
+    @property
+    def target(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_http_urls(urls: tuple[str, ...], tls: bool) -> list[HttpListen]:
+    """The gateway's listeners; https:// needs the server's certificate (--cert-file)."""
+    found: list[HttpListen] = []
+    for url in urls:
+        scheme, sep, _ = url.partition("://")
+        if not sep or scheme not in ("http", "https"):
+            raise ConfigError(
+                f"--listen-client-http-urls {url!r}: use http://HOST:PORT or https://HOST:PORT"
+            )
+        if scheme == "https" and not tls:
+            raise ConfigError(
+                f"--listen-client-http-urls {url}: https:// needs --cert-file and --key-file"
+            )
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if port is None or parts.hostname is None or parts.path not in ("", "/"):
+            raise ConfigError(f"--listen-client-http-urls {url!r} must be {scheme}://HOST:PORT")
+        found.append(HttpListen(parts.hostname, port, scheme == "https"))
+    return found

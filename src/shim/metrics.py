@@ -12,7 +12,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
@@ -78,6 +86,12 @@ def serve(address: str) -> None:
     """Start the HTTP exporter thread on ``host:port``."""
     host, _, port = address.rpartition(":")
     start_http_server(int(port), addr=host or "0.0.0.0")
+
+
+def exposition() -> tuple[bytes, str]:
+    """This process's metrics in Prometheus's text format, and its content type (for the
+    gateway's /metrics)."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
 def bind_gauges(

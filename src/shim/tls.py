@@ -8,6 +8,7 @@ with ``--peer-trusted-ca-file`` and present ``--peer-cert-file``/``--peer-key-fi
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +96,13 @@ def read_pem(path: Path | None, flag: str) -> bytes:
     if b"-----BEGIN" not in data:
         raise ConfigError(f"{flag} {path}: not a PEM file")
     return data
+
+
+def server_ssl_context(tls: ServerTls) -> ssl.SSLContext:
+    """The same certificates and client-certificate rule for an HTTP listener (the gateway)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if tls.trusted_ca_file is not None:
+        context.load_verify_locations(str(tls.trusted_ca_file))
+    context.verify_mode = ssl.CERT_REQUIRED if tls.client_cert_auth else ssl.CERT_NONE
+    return context

@@ -20,22 +20,27 @@ from shim.api import rpc
 from shim.api.cluster import ClusterService, Replica
 from shim.api.concurrency import Recipes
 from shim.api.election import ElectionService
+from shim.api.errors import from_store_error
 from shim.api.header import Identity
 from shim.api.kv import KVService
 from shim.api.lease import LeaseKeeper, LeaseService
 from shim.api.lock import LockService
-from shim.api.maintenance import MaintenanceService
+from shim.api.maintenance import ETCD_VERSION, MaintenanceService
 from shim.api.watch import WatchService
 from shim.backend.base import Backend, BackendOpenError
 from shim.backend.sqlite import SqliteBackend
 from shim.backend.sqlite import _describe as describe_sqlite_error
 from shim.config import (
     ConfigError,
+    HttpListen,
     PostgresEndpoint,
     ServerConfig,
     grpc_listen_target,
     parse_datastore_endpoint,
+    parse_http_urls,
 )
+from shim.gateway.serve import GatewayServer
+from shim.mvcc.errors import StoreError
 from shim.mvcc.janitor import Janitor, JanitorSettings
 from shim.mvcc.lease import Lessor
 from shim.mvcc.store import Store
@@ -226,13 +231,19 @@ class ShimServer:
         self._server: grpc.aio.Server | None = None
         self.client_url = ""
         self.methods: dict[str, rpc.Method] = {}
+        self.gateway: GatewayServer | None = None
+        self.http_urls: list[str] = []
+        self._stopping = False
 
     async def start(self) -> None:
         tls = self.config.tls
         target = grpc_listen_target(self.config.listen_address, tls=tls is not None)
         shares_port = self._store_link is not None
+        http_listens = parse_http_urls(self.config.client_http_urls, tls=tls is not None)
         if not shares_port:  # the store process checked it before starting its siblings
             check_can_listen(target)
+            for listen in http_listens:
+                check_can_listen(listen.target)
         await (self._owned.start() if self._owned is not None else self.store.start())
         hub = WatchHub(
             revision=self.store.revision,
@@ -296,8 +307,12 @@ class ShimServer:
         self.client_url = f"{scheme}://{host}:{port}"
         await server.start()
         self._server = server
+        if self._owned is not None and (self.config.metrics_address or http_listens):
+            self._bind_metrics(hub)
         if self.config.metrics_address:
-            self._serve_metrics(self.config.metrics_address, hub)
+            self._serve_metrics(self.config.metrics_address)
+        if http_listens:
+            await self._start_gateway(http_listens, reuse_port=shares_port)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving etcd v3 API on %s (%s, datastore %s)", target,
@@ -334,9 +349,9 @@ class ShimServer:
         with self.backend.read() as view:
             return view.revision()
 
-    def _serve_metrics(self, address: str, hub: WatchHub) -> None:
+    def _bind_metrics(self, hub: WatchHub) -> None:
         replicator = self.replicator
-        assert self._owned is not None  # refused with --processes (check_processes)
+        assert self._owned is not None  # metrics are refused with --processes
         metrics.bind_gauges(
             watchers=hub.watcher_count,
             leases=self._owned.lessor.count,
@@ -344,11 +359,39 @@ class ShimServer:
             revision=lambda: self.store.revision,
             links=lambda: len(replicator.live) if replicator is not None else 0,
         )
+
+    def _serve_metrics(self, address: str) -> None:
         try:
             metrics.serve(address)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot serve metrics on {address}: {exc}") from exc
         log.info("serving Prometheus metrics on http://%s/metrics", address)
+
+    async def _start_gateway(self, listens: list[HttpListen], reuse_port: bool) -> None:
+        gateway = GatewayServer(
+            self.methods,
+            max_message_bytes=self.config.max_request_bytes + GRPC_OVERHEAD_BYTES,
+            health=self._health_problem,
+            version=ETCD_VERSION,
+            # One process's numbers would pass for the server's with --processes N.
+            metrics=metrics.exposition if self._owned is not None else lambda: None,
+        )
+        try:
+            self.http_urls = await gateway.start(listens, self.config.tls, reuse_port)
+        except ConfigError:
+            await self.stop()
+            raise
+        self.gateway = gateway
+
+    async def _health_problem(self) -> str | None:
+        """Why /health says false (None: healthy): as etcd, a read must go through."""
+        if self._stopping:
+            return "shim: stopping"
+        try:
+            await self.store.range(rpc_pb2.RangeRequest(key=b"\0", keys_only=True, limit=1))
+        except StoreError as exc:
+            return f"RANGE ERROR:{from_store_error(exc).message}"
+        return None
 
     async def _close_store(self) -> None:
         if self.replicator is not None:
@@ -378,9 +421,13 @@ class ShimServer:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, then drain the write path."""
+        self._stopping = True
         if self._server is not None:
             await self.health.enter_graceful_shutdown()
-            stopping = asyncio.ensure_future(self._server.stop(SHUTDOWN_GRACE_SECONDS))
+            stopping = asyncio.gather(
+                self._server.stop(SHUTDOWN_GRACE_SECONDS),
+                *([self.gateway.close(SHUTDOWN_GRACE_SECONDS)] if self.gateway else []),
+            )
             # Watch streams never finish by themselves: end them once no new ones can start.
             await asyncio.sleep(0)
             if self.hub is not None:
@@ -389,6 +436,7 @@ class ShimServer:
                 await self.replicator.close()  # links never end by themselves either
             await stopping
             self._server = None
+            self.gateway = None
         self.backend.set_commit_listener(None)
         if self.hub is not None:
             await self.hub.close()

@@ -1,0 +1,337 @@
+"""A small HTTP/1.1 server on asyncio, with h11 doing the protocol (framing, chunked bodies,
+keep-alive, pipelining, 100-continue, malformed requests).
+
+A handler gets a ``Request`` (its body read as it arrives, so a streaming request and a
+streaming response can go on at once) and a ``Response`` to answer with, either whole or as
+a stream of chunks. A client that goes away cancels its handler. Limits: request heads of at
+most 64 KiB, and ``idle_timeout`` for a connection waiting for a request, or for the next
+piece of a body a handler is waiting for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from email.utils import formatdate
+from typing import Any
+
+import h11
+
+from shim.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD_BYTES = 64 * 1024
+READ_BYTES = 64 * 1024
+Headers = list[tuple[str, str]]
+REASONS = {
+    100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
+    429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def _response(status: int, headers: Headers) -> h11.Response:
+    return h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, ""))
+
+
+class ClientGone(Exception):
+    """The connection closed (or broke) under the handler."""
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyTimeout(Exception):
+    pass
+
+
+class Request:
+    def __init__(
+        self, event: h11.Request, connection: _Connection, idle_timeout: float
+    ) -> None:
+        self.method = event.method.decode("ascii", errors="replace")
+        target = event.target.decode("ascii", errors="replace")
+        self.path, _, self.query = target.partition("?")
+        self.headers: dict[str, str] = {}
+        for name, value in event.headers:
+            key = name.decode("ascii", errors="replace").lower()
+            text = value.decode("latin-1")
+            self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+        self.peer = connection.peer
+        self._connection = connection
+        self._idle_timeout = idle_timeout
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (no time limit: a stream's body may stay open)."""
+        while (chunk := await self._connection.body_chunk()) is not None:
+            yield chunk
+
+    async def read_all(self, limit: int) -> bytes:
+        """The whole body; BodyTooLarge past ``limit`` bytes, BodyTimeout if the client stops
+        sending for ``idle_timeout``."""
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                chunk = await asyncio.wait_for(
+                    self._connection.body_chunk(), self._idle_timeout
+                )
+            except TimeoutError:
+                raise BodyTimeout() from None
+            if chunk is None:
+                return b"".join(parts)
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge()
+            parts.append(chunk)
+
+
+class Response:
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self.started = False
+
+    async def send(self, status: int, headers: Headers, body: bytes) -> None:
+        """A whole response."""
+        self.started = True
+        headers = [*headers, ("Date", _date()), ("Content-Length", str(len(body)))]
+        await self._connection.send(_response(status, headers))
+        if body:
+            await self._connection.send(h11.Data(data=body))
+        await self._connection.send(h11.EndOfMessage())
+
+    async def start(self, status: int, headers: Headers) -> None:
+        """A response sent in chunks (``write``), ended by ``end``."""
+        self.started = True
+        headers = [*headers, ("Date", _date()), ("Transfer-Encoding", "chunked")]
+        await self._connection.send(_response(status, headers))
+
+    async def write(self, data: bytes) -> None:
+        await self._connection.send(h11.Data(data=data))
+
+    async def end(self) -> None:
+        await self._connection.send(h11.EndOfMessage())
+
+
+Handler = Callable[[Request, Response], Awaitable[None]]
+
+
+def _date() -> str:
+    return formatdate(usegmt=True)
+
+
+class _Connection:
+    """One client connection: h11's state, the socket, and the body of the current request."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.closed = asyncio.Event()  # the client went away
+        self.body_finished = asyncio.Event()
+
+    async def _receive(self) -> None:
+        if self.conn.they_are_waiting_for_100_continue and self.conn.our_state == h11.SEND_RESPONSE:
+            await self.send(
+                h11.InformationalResponse(status_code=100, headers=[], reason="Continue")
+            )
+        try:
+            data = await self.reader.read(READ_BYTES)
+        except (ConnectionError, OSError):
+            data = b""
+        if not data:
+            self.closed.set()
+        self.conn.receive_data(data)
+
+    async def next_event(self) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                await self._receive()
+                continue
+            return event
+
+    async def body_chunk(self) -> bytes | None:
+        """The next piece of the request body; None at its end. ClientGone if the
+        connection closes first."""
+        if self.body_finished.is_set():
+            return None
+        while True:
+            event = await self.next_event()
+            if isinstance(event, h11.Data):
+                return bytes(event.data)
+            if isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                self.body_finished.set()
+                return None
+            if isinstance(event, h11.ConnectionClosed):
+                raise ClientGone()
+
+    def start_request(self) -> None:
+        self.body_finished = asyncio.Event()
+
+    async def send(self, event: Any) -> None:
+        if self.closed.is_set():
+            raise ClientGone()
+        data = self.conn.send(event)
+        if data:
+            try:
+                self.writer.write(data)
+                await self.writer.drain()
+            except (ConnectionError, OSError):
+                self.closed.set()
+                raise ClientGone() from None
+
+    async def wait_closed(self) -> None:
+        """After the request body: read on, so that a client that goes away is noticed (its
+        pipelined next request, if any, stays in h11's buffer)."""
+        while not self.closed.is_set():
+            if len(self.conn.trailing_data[0]) > MAX_HEAD_BYTES:
+                await asyncio.Event().wait()  # enough is buffered: stop reading
+            try:
+                data = await self.reader.read(READ_BYTES)
+            except (ConnectionError, OSError):
+                data = b""
+            if not data:
+                self.closed.set()
+                return
+            self.conn.receive_data(data)
+
+
+class HttpServer:
+    """Serves ``handler`` on any number of listening sockets."""
+
+    def __init__(self, handler: Handler, idle_timeout: float = 60.0) -> None:
+        self._handler = handler
+        self._idle_timeout = idle_timeout
+        self._servers: list[asyncio.Server] = []
+        self._connections: set[asyncio.Task[None]] = set()
+        self._busy: set[asyncio.Task[None]] = set()  # connections inside a handler
+
+    async def listen(
+        self, host: str, port: int, ssl: Any = None, reuse_port: bool = False
+    ) -> int:
+        """Start listening; returns the bound port."""
+        server = await asyncio.start_server(
+            self._accept, host or None, port, ssl=ssl, reuse_port=reuse_port or None,
+            limit=READ_BYTES,
+        )
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def close(self, grace: float) -> None:
+        """Stop accepting; let handlers that are running finish for up to ``grace`` seconds;
+        then close every connection."""
+        for server in self._servers:
+            server.close()
+        busy = set(self._busy)
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
+        for task in list(self._connections):
+            await cancel_and_wait(task)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        connection = _Connection(reader, writer)
+        try:
+            await self._serve(connection, task)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("HTTP connection from %s failed", connection.peer)
+        finally:
+            self._connections.discard(task)
+            self._busy.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, connection: _Connection, task: asyncio.Task[None]) -> None:
+        conn = connection.conn
+        while True:
+            try:
+                event = await asyncio.wait_for(connection.next_event(), self._idle_timeout)
+            except TimeoutError:
+                return
+            except h11.RemoteProtocolError as exc:
+                await self._refuse(connection, exc.error_status_hint)
+                return
+            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return
+            if not isinstance(event, h11.Request):  # pragma: no cover - h11 orders events
+                return
+            connection.start_request()
+            self._busy.add(task)
+            try:
+                await self._handle(connection, event)
+            except h11.RemoteProtocolError as exc:
+                await self._refuse(connection, exc.error_status_hint)
+                return
+            except ClientGone:
+                return
+            finally:
+                self._busy.discard(task)
+            while conn.their_state is h11.SEND_BODY:  # a body nobody read, if it is all here
+                leftover = conn.next_event()
+                if leftover is h11.NEED_DATA or leftover is h11.PAUSED:
+                    break
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+                return  # a body the handler did not read, or HTTP/1.0: close
+            if conn.our_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _handle(self, connection: _Connection, event: h11.Request) -> None:
+        request = Request(event, connection, self._idle_timeout)
+        handler = asyncio.ensure_future(self._handler(request, Response(connection)))
+        body_read = asyncio.ensure_future(connection.body_finished.wait())
+        watcher: asyncio.Future[None] | None = None
+        try:
+            await asyncio.wait({handler, body_read}, return_when=asyncio.FIRST_COMPLETED)
+            if not handler.done():
+                # A response still going on after the whole request arrived (a stream):
+                # watch for the client leaving, which ends it.
+                watcher = asyncio.ensure_future(connection.wait_closed())
+                await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if not handler.done():
+                    raise ClientGone()
+            handler.result()
+        finally:
+            for task in (handler, body_read, watcher):
+                if task is not None:
+                    await cancel_and_wait(task)
+
+    async def _refuse(self, connection: _Connection, status: int) -> None:
+        """Answer a request h11 could not read, as Go's server does, and close."""
+        conn = connection.conn
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        reason = REASONS.get(status, "")
+        body = f"{status} {reason}".strip().encode()
+        headers = [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+        ]
+        try:
+            # h11 refuses to send after a protocol error: write the bytes ourselves.
+            head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+            connection.writer.write(
+                f"HTTP/1.1 {status} {reason}\r\n{head}\r\n".encode() + body
+            )
+            await connection.writer.drain()
+        except (ConnectionError, OSError):
+            pass
+

@@ -1,0 +1,60 @@
+"""The gateway's listeners (``--listen-client-http-urls``), in the server's event loop.
+
+A separate HTTP/1.1 port, as etcd 3.5 offers with the same flag: gRPC keeps its own port to
+itself (serving both on one port would put a Python proxy in front of every gRPC byte).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+
+from shim.api.rpc import Method
+from shim.config import ConfigError, HttpListen
+from shim.gateway.gateway import Gateway
+from shim.gateway.http import HttpServer
+from shim.tls import ServerTls, server_ssl_context
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT_SECONDS = 120.0  # a connection between requests, or a request body that stalls
+
+
+class GatewayServer:
+    def __init__(
+        self,
+        methods: Mapping[str, Method],
+        max_message_bytes: int,
+        health: Callable[[], Awaitable[str | None]],
+        version: str,
+        metrics: Callable[[], tuple[bytes, str] | None],
+    ) -> None:
+        gateway = Gateway(methods, max_message_bytes, health, version, metrics)
+        self._http = HttpServer(gateway, idle_timeout=IDLE_TIMEOUT_SECONDS)
+
+    async def start(
+        self, listens: list[HttpListen], tls: ServerTls | None, reuse_port: bool
+    ) -> list[str]:
+        """Listen on every URL; returns them with the ports bound."""
+        context: ssl.SSLContext | None = None
+        urls: list[str] = []
+        for listen in listens:
+            if listen.secure and context is None:
+                assert tls is not None  # parse_http_urls refuses https:// without TLS
+                context = server_ssl_context(tls)
+            try:
+                port = await self._http.listen(
+                    listen.host, listen.port, ssl=context if listen.secure else None,
+                    reuse_port=reuse_port,
+                )
+            except OSError as exc:
+                await self._http.close(0)
+                raise ConfigError(f"cannot listen on {listen.target}: {exc.strerror}") from None
+            bound = HttpListen(listen.host, port, listen.secure)
+            urls.append(f"{'https' if listen.secure else 'http'}://{bound.target}")
+        log.info("serving the HTTP/JSON gateway on %s", ", ".join(urls))
+        return urls
+
+    async def close(self, grace: float) -> None:
+        await self._http.close(grace)

@@ -1,0 +1,313 @@
+"""The HTTP/JSON gateway (``--listen-client-http-urls``), with curl, side by side with etcd 3.5.
+
+Every request goes to a real etcd's client URL and to shim's gateway, in the same order, so
+revisions agree; the answers are compared byte for byte (status, content type, body) after
+normalizing only the cluster and member IDs and the raft term (see support.curl.normalized).
+Lease IDs are given explicitly so that they agree too.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.support import EtcdServer, ShimServer, free_port
+from tests.support.curl import CurlStream, HttpAnswer, curl, normalized
+
+
+def b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+class Pair:
+    """etcd's and shim's HTTP endpoints."""
+
+    def __init__(self, etcd: str, shim: str) -> None:
+        self.etcd = etcd
+        self.shim = shim
+
+    def both(self, path: str, body: str | bytes | None = "", method: str = "POST",
+             headers: tuple[str, ...] = ()) -> tuple[HttpAnswer, HttpAnswer]:
+        return (curl(self.etcd + path, body, method, headers),
+                curl(self.shim + path, body, method, headers))
+
+    def same(self, path: str, body: str | bytes | None = "", method: str = "POST") -> HttpAnswer:
+        """Send to both; the answers must match. Returns shim's."""
+        on_etcd, on_shim = self.both(path, body, method)
+        assert on_shim.status == on_etcd.status, (path, body, on_etcd, on_shim)
+        assert on_shim.headers.get("content-type") == on_etcd.headers.get("content-type"), (
+            path, body, on_etcd.headers, on_shim.headers)
+        assert normalized(on_shim.body) == normalized(on_etcd.body), (path, body)
+        return on_shim
+
+
+@pytest.fixture(scope="module")
+def gateway_shim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShimServer]:
+    port = free_port()
+    server = ShimServer(
+        tmp_path_factory.mktemp("shim"),
+        extra_args=["--listen-client-http-urls", f"http://127.0.0.1:{port}"],
+    )
+    server.http_url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pair(etcd: EtcdServer, gateway_shim: ShimServer) -> Pair:
+    return Pair(f"http://{etcd.endpoint}", gateway_shim.http_url)  # type: ignore[attr-defined]
+
+
+# --- unary requests ---------------------------------------------------------------------------
+
+KV_REQUESTS: list[tuple[str, str]] = [
+    ("/v3/kv/put", json.dumps({"key": b64("foo"), "value": b64("bar")})),
+    ("/v3/kv/put", json.dumps({"key": b64("foo"), "value": b64("baz"), "prev_kv": True})),
+    ("/v3/kv/put", json.dumps({"key": b64("foo/a"), "value": b64("<&>\u2028")})),
+    ("/v3/kv/range", json.dumps({"key": b64("foo")})),
+    ("/v3/kv/range", json.dumps({"key": b64("foo"), "range_end": b64("fop")})),
+    ("/v3/kv/range", json.dumps({"key": b64("foo"), "rangeEnd": b64("fop"), "countOnly": True})),
+    ("/v3/kv/range", json.dumps({"key": b64("foo"), "range_end": b64("fop"), "limit": "1"})),
+    ("/v3/kv/range", json.dumps({"key": b64("foo"), "range_end": b64("fop"),
+                                 "limit": 9223372036854775807})),
+    ("/v3/kv/range", json.dumps({"key": b64("foo"), "range_end": b64("fop"),
+                                 "sort_order": "DESCEND", "sort_target": "MOD"})),
+    ("/v3/kv/range", json.dumps({"key": b64("foo"), "range_end": b64("fop"), "sort_order": 2})),
+    ("/v3/kv/range", json.dumps({"key": b64("nothing")})),
+    ("/v3/kv/range", json.dumps({"key": b64("foo"), "revision": "2"})),
+    ("/v3/kv/range", json.dumps({"key": b64("foo"), "revision": "100"})),
+    ("/v3/kv/range", json.dumps({"key": b64("foo"), "keys_only": True, "unknown_field": 1})),
+    ("/v3/kv/range", json.dumps({"key": b64("foo"), "limit": None, "range_end": None})),
+    ("/v3/kv/range", json.dumps({"key": [102, 111, 111]})),
+    ("/v3/kv/range", json.dumps({"key": b64("foo")}) + " trailing garbage"),
+    ("/v3/kv/range", "null"),
+    ("/v3/kv/range", ""),
+    ("/v3/kv/txn", json.dumps({
+        "compare": [{"key": b64("foo"), "result": "EQUAL", "target": "VALUE",
+                     "value": b64("baz")}],
+        "success": [{"request_range": {"key": b64("foo")}},
+                    {"request_put": {"key": b64("t1"), "value": b64("1")}},
+                    {"request_txn": {"success": [{"request_put": {"key": b64("t2")}}]}}],
+        "failure": [{"request_delete_range": {"key": b64("foo")}}],
+    })),
+    ("/v3/kv/txn", json.dumps({
+        "compare": [{"key": b64("foo"), "result": "GREATER", "target": "VERSION",
+                     "version": "10"}],
+        "failure": [{"request_delete_range": {"key": b64("t1"), "prev_kv": True}},
+                    {"request_range": {"key": b64("foo"), "limit": "9223372036854775807"}}],
+    })),
+    ("/v3/kv/txn", json.dumps({"compare": [{"key": b64("foo"), "result": 7, "target": "MOD",
+                                            "mod_revision": "0"}]})),
+    ("/v3/kv/deleterange", json.dumps({"key": b64("t2"), "prev_kv": True})),
+    ("/v3/kv/deleterange", json.dumps({"key": b64("none")})),
+    ("/v3/kv/compaction", json.dumps({"revision": "3"})),
+    ("/v3/kv/compaction", json.dumps({"revision": "3"})),
+    ("/v3/kv/range", json.dumps({"key": b64("foo"), "revision": "2"})),
+    ("/v3/lease/grant", json.dumps({"TTL": "60", "ID": "7"})),
+    ("/v3/lease/grant", json.dumps({"TTL": 60, "ID": "7"})),
+    ("/v3/kv/put", json.dumps({"key": b64("leased"), "lease": "7"})),
+    ("/v3/lease/timetolive", json.dumps({"ID": "7", "keys": True})),
+    ("/v3/kv/lease/timetolive", json.dumps({"ID": "8"})),
+    ("/v3/lease/leases", "{}"),
+    ("/v3/kv/lease/leases", "{}"),
+    ("/v3/lease/revoke", json.dumps({"ID": "7"})),
+    ("/v3/kv/lease/revoke", json.dumps({"ID": "7"})),
+    ("/v3/lease/grant", json.dumps({"TTL": "9223372036854775807", "ID": "9"})),
+    ("/v3/maintenance/alarm", "{}"),
+    ("/v3beta/kv/range", json.dumps({"key": b64("foo")})),
+]
+
+BAD_REQUESTS: list[tuple[str, str]] = [
+    ("/v3/kv/range", "{}"),
+    ("/v3/kv/range", json.dumps({"key": ""})),
+    ("/v3/kv/range", "garbage"),
+    ("/v3/kv/range", '{"key": '),
+    ("/v3/kv/range", '{"key" "Zm9v"}'),
+    ("/v3/kv/range", '{"key": "Zm9v",}'),
+    ("/v3/kv/range", '{"key": tru}'),
+    ("/v3/kv/range", '{"key": "a\\qb"}'),
+    ("/v3/kv/range", "[1]"),
+    ("/v3/kv/range", '"text"'),
+    ("/v3/kv/range", json.dumps({"key": 123})),
+    ("/v3/kv/range", json.dumps({"key": True})),
+    ("/v3/kv/range", json.dumps({"key": {}})),
+    ("/v3/kv/range", json.dumps({"key": [300]})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9"})),
+    ("/v3/kv/range", json.dumps({"key": "a=b="})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9v!"})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9v", "limit": "abc"})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9v", "limit": "1.5"})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9v", "limit": 1e3})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9v", "limit": ""})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9v", "limit": True})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9v", "limit": [1]})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9v", "limit": "9223372036854775808"})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9v", "limit": -9223372036854775809})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9v", "serializable": "true"})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9v", "keys_only": 1})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9v", "sort_order": True})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9v", "sort_order": "SIDEWAYS"})),
+    ("/v3/kv/range", json.dumps({"key": "Zm9v", "sort_order": 5000000000})),
+    ("/v3/kv/txn", json.dumps({"compare": {"key": "Zm9v"}})),
+    ("/v3/kv/txn", json.dumps({"compare": [5]})),
+    ("/v3/kv/txn", json.dumps({"success": [{"request_put": {"key": "Zm9v"}},
+                                           {"request_put": {"key": "Zm9v"}}]})),
+    ("/v3/kv/txn", json.dumps({"success": [{}]})),
+    ("/v3/kv/put", json.dumps({"key": "Zm9v", "value": "eA==", "ignore_value": True})),
+    ("/v3/kv/put", json.dumps({"key": "Zm9v", "lease": "12345"})),
+    ("/v3/lease/revoke", json.dumps({"ID": "424242"})),
+    ("/v3/kv/nope", "{}"),
+    ("/v3/nope", "{}"),
+    ("/nope", "{}"),
+]
+
+
+def test_answers_match_etcd_byte_for_byte(pair: Pair) -> None:
+    for path, body in KV_REQUESTS:
+        pair.same(path, body)
+
+
+@pytest.mark.parametrize(("path", "body"), BAD_REQUESTS)
+def test_bad_requests_get_etcds_error_bodies(pair: Pair, path: str, body: str) -> None:
+    answer = pair.same(path, body)
+    assert answer.status >= 400
+    if path.startswith("/v3/kv/") and path != "/v3/kv/nope":
+        error = json.loads(answer.body)
+        assert set(error) == {"error", "code", "message"} and error["error"] == error["message"]
+
+
+def test_wrong_methods_and_preflight(pair: Pair) -> None:
+    for path, method in (("/v3/kv/range", "GET"), ("/v3/kv/put", "PUT"), ("/health", "POST"),
+                         ("/version", "POST"), ("/v3/kv/range", "OPTIONS")):
+        pair.same(path, None, method)
+    on_etcd, on_shim = pair.both("/v3/kv/range", None, "GET")
+    assert on_shim.headers["access-control-allow-origin"] == "*"
+    assert on_shim.headers.get("allow") == on_etcd.headers.get("allow")
+
+
+def test_health_version_and_metrics(pair: Pair) -> None:
+    pair.same("/health", None, "GET")
+    on_etcd, on_shim = pair.both("/version", None, "GET")
+    assert on_shim.status == 200
+    # shim answers as the etcd release it follows (newer than the 3.5.1 it is tested with).
+    assert set(json.loads(on_shim.body)) == set(json.loads(on_etcd.body))
+    assert json.loads(on_shim.body)["etcdcluster"] == "3.5.0"
+    metrics = curl(pair.shim + "/metrics", None, "GET")
+    assert metrics.status == 200 and metrics.headers["content-type"].startswith("text/plain")
+    assert b"shim_revision " in metrics.body
+
+
+def test_request_size_limits_match_etcd(pair: Pair) -> None:
+    too_large = json.dumps({"key": b64("big"), "value": b64(b"x" * 1_600_000)})
+    over_grpc = json.dumps({"key": b64("big"), "value": b64(b"x" * 2_200_000)})
+    assert pair.same("/v3/kv/put", too_large).status == 400
+    assert pair.same("/v3/kv/put", over_grpc).status == 429
+    # Beyond what any accepted message could need in JSON: refused before it is decoded.
+    huge = curl(pair.shim + "/v3/kv/put", b'{"key":"' + b"A" * 9_000_000 + b'"}')
+    assert huge.status == 429
+    assert json.loads(huge.body)["code"] == 8
+
+
+def test_unserved_services_answer_as_grpc_does(pair: Pair) -> None:
+    # Auth is not built in shim yet: the gateway says so as gRPC does (UNIMPLEMENTED).
+    answer = curl(pair.shim + "/v3/auth/status", "{}")
+    assert answer.status == 501
+    assert json.loads(answer.body)["code"] == 12
+
+
+# --- streams ----------------------------------------------------------------------------------
+
+
+def watch_both(pair: Pair, body: str) -> tuple[CurlStream, CurlStream]:
+    return CurlStream(pair.etcd + "/v3/watch", body), CurlStream(pair.shim + "/v3/watch", body)
+
+
+def test_watch_stream_matches_etcd(pair: Pair) -> None:
+    create = json.dumps({"create_request": {"key": b64("w/"), "range_end": b64("w0"),
+                                            "prev_kv": True}})
+    on_etcd, on_shim = watch_both(pair, create + json.dumps({"progress_request": {}}))
+    with on_etcd, on_shim:
+        assert [normalized(x) for x in on_shim.lines(2)] == [
+            normalized(x) for x in on_etcd.lines(2)]
+        pair.same("/v3/kv/put", json.dumps({"key": b64("w/1"), "value": b64("one")}))
+        pair.same("/v3/kv/put", json.dumps({"key": b64("w/1"), "value": b64("two")}))
+        pair.same("/v3/kv/deleterange", json.dumps({"key": b64("w/1")}))
+        etcd_lines = on_etcd.lines(3)
+        assert [normalized(x) for x in on_shim.lines(3)] == [normalized(x) for x in etcd_lines]
+        assert b'"type":"DELETE"' in etcd_lines[2]
+
+
+def test_watch_from_int64_min_is_canceled_as_compacted(pair: Pair) -> None:
+    create = json.dumps({"create_request": {"key": b64("foo"),
+                                            "start_revision": "-9223372036854775808"}})
+    on_etcd, on_shim = watch_both(pair, create)
+    with on_etcd, on_shim:
+        etcd_lines = on_etcd.lines(2)
+        assert b'"canceled":true' in etcd_lines[1]
+        assert [normalized(x) for x in on_shim.lines(2)] == [normalized(x) for x in etcd_lines]
+
+
+@pytest.mark.parametrize("body", ["garbage", json.dumps({"create_request": {"key": 5}}),
+                                  json.dumps({"create_request": {"filters": ["NOPE"]}})])
+def test_watch_refuses_a_bad_first_message_as_etcd(pair: Pair, body: str) -> None:
+    pair.same("/v3/watch", body)
+
+
+def test_watch_keeps_going_after_a_bad_later_message(pair: Pair) -> None:
+    body = json.dumps({"create_request": {"key": b64("later")}}) + " garbage"
+    with CurlStream(pair.shim + "/v3/watch", body) as stream:
+        assert b'"created":true' in stream.next_line()
+        curl(pair.shim + "/v3/kv/put", json.dumps({"key": b64("later"), "value": b64("v")}))
+        curl(pair.etcd + "/v3/kv/put", json.dumps({"key": b64("later"), "value": b64("v")}))
+        assert b'"events"' in stream.next_line()
+
+
+def test_keepalive_stream_matches_etcd(pair: Pair) -> None:
+    pair.same("/v3/lease/grant", json.dumps({"TTL": "30", "ID": "99"}))
+    body = json.dumps({"ID": "99"}) + "\n" + json.dumps({"ID": "99"}) + json.dumps({"ID": "1"})
+    on_etcd = CurlStream(pair.etcd + "/v3/lease/keepalive", body)
+    on_shim = CurlStream(pair.shim + "/v3/lease/keepalive", body)
+    with on_etcd, on_shim:
+        etcd_lines = on_etcd.rest()
+        assert len(etcd_lines) == 3
+        assert [normalized(x) for x in on_shim.rest()] == [normalized(x) for x in etcd_lines]
+    pair.same("/v3/lease/keepalive", "")  # no request: the stream ends at once, empty
+    pair.same("/v3/lease/keepalive", "x")
+    pair.same("/v3/lease/revoke", json.dumps({"ID": "99"}))
+
+
+# --- a gateway client from PyPI -------------------------------------------------------------
+
+
+def test_etcd3gw_put_get_watch_lease(
+    gateway_shim: ShimServer,
+) -> None:
+    from etcd3gw.client import Etcd3Client
+
+    port = int(gateway_shim.http_url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+    client = Etcd3Client(host="127.0.0.1", port=port)
+    assert client.put("gw/key", "value")
+    assert client.get("gw/key") == [b"value"]
+    client.put("gw/watched", "1")
+    [(_, meta)] = client.get("gw/watched", metadata=True)
+    # From the revision of that put: the event comes from history, however late the watch
+    # request (sent by etcd3gw's own thread) arrives.
+    events, cancel = client.watch("gw/watched", start_revision=int(meta["mod_revision"]))
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            event = pool.submit(next, events).result(timeout=10)
+        assert (event["kv"]["key"], event["kv"]["value"]) == (b"gw/watched", b"1")
+    finally:
+        cancel()
+    lease = client.lease(ttl=30)
+    assert client.put("gw/leased", "v", lease=lease)
+    assert lease.refresh() == 30
+    assert lease.keys() == [b"gw/leased"]
+    assert lease.revoke()
+    assert client.get("gw/leased") == []
+    assert client.status()["version"]
+    assert len(client.members()) == 1
