@@ -30,6 +30,7 @@ MODULE_DATASTORES = {
     "tests.test_differential_kv": DATASTORES,
     "tests.test_kube_apiserver_contract": DATASTORES,
     "tests.test_watch_catchup": DATASTORES,
+    "tests.test_edges": ("sqlite", "postgres"),
     "tests.test_differential_watch": ("sqlite", "sqlite-processes"),
     "tests.test_watch_concurrency": ("sqlite", "sqlite-processes"),
     "tests.test_etcdctl_watch_lease": ("sqlite", "sqlite-processes"),

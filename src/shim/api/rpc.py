@@ -7,6 +7,7 @@ handle themselves:
 - a request whose bytes do not decode: INTERNAL "grpc: error unmarshalling request: ..." (a
   stream's later message: "grpc: failed to unmarshal the received message ..."), etcd's
   statuses, with the reason in the words of etcd's Go decoder where ``wire.py`` can tell it;
+  one over the size limit: RESOURCE_EXHAUSTED "grpc: received message larger than max ...";
 - any unexpected exception: logged here once with its traceback, and answered with UNKNOWN
   and a short message, never a Python class name or traceback text.
 """
@@ -23,7 +24,7 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from shim.api.wire import decode_error_reason
+from shim.api.wire import decode_error_reason, refusal
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,25 @@ UNMARSHAL_REQUEST = "grpc: error unmarshalling request: "
 UNMARSHAL_STREAM_MESSAGE = "grpc: failed to unmarshal the received message "
 
 
-class Undecodable:
-    """What the deserializer hands on instead of raising: gRPC would answer a raising
-    deserializer with UNKNOWN and the exception's class name."""
+class Refused:
+    """What the deserializer hands on instead of a request it refuses, with the status to
+    answer (raising there would make gRPC answer UNKNOWN with the exception's class name)."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("code", "single", "stream")
 
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+    def __init__(self, code: grpc.StatusCode, single: str, stream: str) -> None:
+        self.code = code
+        self.single = single  # the message for a unary request
+        self.stream = stream  # for a message of a stream
+
+
+def too_large(size: int, limit: int) -> str:
+    return f"grpc: received message larger than max ({size} vs. {limit})"
+
+
+def _undecodable(reason: str) -> Refused:
+    return Refused(grpc.StatusCode.INTERNAL, UNMARSHAL_REQUEST + reason,
+                   UNMARSHAL_STREAM_MESSAGE + reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +65,26 @@ class Method:
     server_streaming: bool
     # (request or async iterator of requests, context) -> response or async iterator
     call: Callable[[Any, Any], Any]
+    max_request_bytes: int
 
-    def parse(self, data: bytes) -> Message | Undecodable:
+    def parse(self, data: bytes) -> Message | Refused:
+        if len(data) > self.max_request_bytes:
+            # gRPC's own refusal says "SERVER: Received ...": this is grpc-go's, as etcd's.
+            text = too_large(len(data), self.max_request_bytes)
+            return Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, text, text)
         try:
-            return self.request_type.FromString(data)
+            request = self.request_type.FromString(data)
         except DecodeError:
-            return Undecodable(decode_error_reason(self.request_type.DESCRIPTOR, data))
+            return _undecodable(decode_error_reason(self.request_type.DESCRIPTOR, data))
+        # etcd's decoder drops unknown fields, and refuses a known field with the wrong wire
+        # type, which Python keeps as an unknown one. Bytes that do not come out the same
+        # size without the unknown fields (rare) are looked at the way etcd's decoder would.
+        request.DiscardUnknownFields()
+        if request.ByteSize() != len(data):
+            reason = refusal(self.request_type.DESCRIPTOR, data)
+            if reason is not None:
+                return _undecodable(reason)
+        return request
 
 
 def _serialize(resp: Message | bytes) -> bytes:
@@ -66,9 +92,12 @@ def _serialize(resp: Message | bytes) -> bytes:
     return resp if isinstance(resp, bytes) else resp.SerializeToString()
 
 
-def service_methods(services: Mapping[str, object]) -> dict[str, Method]:
+def service_methods(
+    services: Mapping[str, object], max_request_bytes: int
+) -> dict[str, Method]:
     """Every method of ``services`` (full service name -> servicer), by gRPC path
-    ("/etcdserverpb.KV/Range")."""
+    ("/etcdserverpb.KV/Range"); requests of more than ``max_request_bytes`` are refused as
+    etcd refuses them."""
     pool = descriptor_pool.Default()
     methods: dict[str, Method] = {}
     for service_name, servicer in services.items():
@@ -82,6 +111,7 @@ def service_methods(services: Mapping[str, object]) -> dict[str, Method]:
                 client_streaming=md.client_streaming,
                 server_streaming=md.server_streaming,
                 call=_guarded(md, getattr(servicer, md.name)),
+                max_request_bytes=max_request_bytes,
             )
     return methods
 
@@ -115,47 +145,72 @@ def _grpc_handler(method: Method) -> grpc.RpcMethodHandler:
 
 
 def _guarded(md: MethodDescriptor, call: Callable[..., Any]) -> Callable[[Any, Any], Any]:
-    """``call`` with undecodable requests refused and unexpected errors contained."""
+    """``call`` with refused requests answered and unexpected errors contained."""
     name = f"{md.containing_service.full_name}/{md.name}"
     if md.server_streaming:
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            request = await _checked_request(md, request, context)
+            refused: list[Refused] = []
+            request = await _checked_request(md, request, context, refused)
             try:
                 async for resp in call(request, context):
                     yield resp
             except grpc.aio.AbortError:
                 raise
+            except RefusedMessage:
+                pass
             except Exception:
                 await _internal_error(name, context)
+            await _refuse(refused, context)
 
         return stream
 
     async def unary(request: Any, context: Any) -> Any:
-        request = await _checked_request(md, request, context)
+        refused: list[Refused] = []
+        request = await _checked_request(md, request, context, refused)
+        response = None
         try:
-            return await call(request, context)
+            response = await call(request, context)
         except grpc.aio.AbortError:
             raise
+        except RefusedMessage:
+            pass
         except Exception:
             await _internal_error(name, context)
+        await _refuse(refused, context)
+        return response
 
     return unary
 
 
-async def _checked_request(md: MethodDescriptor, request: Any, context: Any) -> Any:
+async def _checked_request(
+    md: MethodDescriptor, request: Any, context: Any, refused: list[Refused]
+) -> Any:
     if md.client_streaming:
-        return _checked_stream(request, context)
-    if isinstance(request, Undecodable):
-        await context.abort(grpc.StatusCode.INTERNAL, UNMARSHAL_REQUEST + request.reason)
+        return _checked_stream(request, refused)
+    if isinstance(request, Refused):
+        await context.abort(request.code, request.single)
     return request
 
 
-async def _checked_stream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+class RefusedMessage(Exception):
+    """Ends a stream's requests at a message that is refused."""
+
+
+async def _checked_stream(
+    requests: AsyncIterator[Any], refused: list[Refused]
+) -> AsyncIterator[Any]:
     async for request in requests:
-        if isinstance(request, Undecodable):
-            # The stream ends with etcd's status however the servicer treats the abort.
-            await context.abort(grpc.StatusCode.INTERNAL, UNMARSHAL_STREAM_MESSAGE + request.reason)
+        if isinstance(request, Refused):
+            # The servicer may read requests in a task of its own, which cannot end the call
+            # with a status: the handler does, once the servicer is done (see _refuse).
+            refused.append(request)
+            raise RefusedMessage()
         yield request
+
+
+async def _refuse(refused: list[Refused], context: Any) -> None:
+    if refused:
+        await context.abort(refused[0].code, refused[0].stream)
 
 
 async def _internal_error(name: str, context: Any) -> None:

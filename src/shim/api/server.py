@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd lets gRPC frames exceed the request limit by this much
 SHUTDOWN_GRACE_SECONDS = 10.0
+GRPC_RECEIVE_FACTOR = 4
 
 
 def open_backend(config: ServerConfig) -> Backend:
@@ -273,8 +274,10 @@ class ShimServer:
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[
+                # shim.api.rpc refuses messages over the limit with etcd's words; gRPC
+                # itself refuses those far over it, before they take any more memory.
                 ("grpc.max_receive_message_length",
-                 self.config.max_request_bytes + GRPC_OVERHEAD_BYTES),
+                 GRPC_RECEIVE_FACTOR * (self.config.max_request_bytes + GRPC_OVERHEAD_BYTES)),
                 ("grpc.max_send_message_length", 2**31 - 1),
                 # One server per port: a second one must fail to bind, not share the port
                 # (the serving processes of one server share it on purpose).
@@ -285,7 +288,9 @@ class ShimServer:
         )
         scheme = "https" if tls is not None else "http"
         self.client_url = f"{scheme}://{target}"
-        self.methods = rpc.service_methods(self._client_services(hub))
+        self.methods = rpc.service_methods(
+            self._client_services(hub), self.config.max_request_bytes + GRPC_OVERHEAD_BYTES
+        )
         rpc.add_to_server(server, self.methods)
         if self._replicates:
             replication_pb2_grpc.add_ReplicationServicer_to_server(

@@ -33,12 +33,20 @@ class _Refused(Exception):
     pass
 
 
-def decode_error_reason(descriptor: Descriptor, data: bytes) -> str:
+def refusal(descriptor: Descriptor, data: bytes) -> str | None:
+    """etcd's reason to refuse ``data`` as a ``descriptor`` message, or None if it would
+    decode it (Python's decoder takes some bytes etcd's refuses, e.g. a known field with the
+    wrong wire type, which Python keeps as an unknown field)."""
     try:
         _walk(descriptor, data, 0, len(data))
     except _Refused as exc:
         return str(exc)
-    return OTHER
+    return None
+
+
+def decode_error_reason(descriptor: Descriptor, data: bytes) -> str:
+    """Why etcd refuses bytes that Python's decoder refused."""
+    return refusal(descriptor, data) or OTHER
 
 
 def go_field_name(name: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from shim.api.rpc import Method
+from shim.api.rpc import Method, too_large
 from shim.gateway.gojson import JsonSyntaxError, decode_first, go_string
 from shim.gateway.http import REASONS, BodyTimeout, BodyTooLarge, Headers, Request, Response
 from shim.gateway.jsonpb import JsonpbError, from_json, to_json
@@ -214,11 +214,8 @@ class Gateway:
         except (JsonSyntaxError, JsonpbError) as exc:
             raise GatewayError(code, str(exc)) from None
         size = message.ByteSize()
-        if size > self._max_message_bytes:
-            raise GatewayError(
-                Code.RESOURCE_EXHAUSTED,
-                f"grpc: received message larger than max ({size} vs. {self._max_message_bytes})",
-            )
+        if size > method.max_request_bytes:  # as gRPC would refuse it (see shim.api.rpc)
+            raise GatewayError(Code.RESOURCE_EXHAUSTED, too_large(size, method.max_request_bytes))
         return message
 
     async def _read_body(self, request: Request) -> bytes:
