@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -283,13 +286,16 @@ def test_keepalive_stream_matches_etcd(pair: Pair) -> None:
 # --- a gateway client from PyPI -------------------------------------------------------------
 
 
-def test_etcd3gw_put_get_watch_lease(
-    gateway_shim: ShimServer,
-) -> None:
+def test_etcd3gw_put_get_watch_lease(tmp_path: Path) -> None:
     from etcd3gw.client import Etcd3Client
 
-    port = int(gateway_shim.http_url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
-    client = Etcd3Client(host="127.0.0.1", port=port)
+    port = free_port()  # a server of its own: the shared one must stay in step with etcd
+    with ShimServer(tmp_path / "shim",
+                    extra_args=["--listen-client-http-urls", f"http://127.0.0.1:{port}"]):
+        etcd3gw_session(Etcd3Client(host="127.0.0.1", port=port))
+
+
+def etcd3gw_session(client: Any) -> None:
     assert client.put("gw/key", "value")
     assert client.get("gw/key") == [b"value"]
     client.put("gw/watched", "1")
@@ -311,3 +317,28 @@ def test_etcd3gw_put_get_watch_lease(
     assert client.get("gw/leased") == []
     assert client.status()["version"]
     assert len(client.members()) == 1
+
+
+def test_garbage_on_the_port_gets_400_and_nothing_breaks(pair: Pair) -> None:
+    host, port = pair.shim.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+        answer = sock.recv(1024)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert curl(pair.shim + "/v3/kv/range", json.dumps({"key": b64("foo")})).status == 200
+
+
+def test_gateway_with_several_serving_processes(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with ShimServer(tmp_path / "shim", extra_args=[
+        "--processes", "2", "--listen-client-http-urls", url,
+    ]):
+        for i in range(4):  # connections land on either serving process
+            assert curl(url + "/v3/kv/put", json.dumps(
+                {"key": b64(f"p/{i}"), "value": b64("v")})).status == 200
+        listing = json.loads(curl(url + "/v3/kv/range", json.dumps(
+            {"key": b64("p/"), "range_end": b64("p0")})).body)
+        assert listing["count"] == "4"
+        # One process's counters would pass for the server's: not served (yet).
+        assert curl(url + "/metrics", None, "GET").status == 501

@@ -15,6 +15,7 @@ handle themselves:
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -214,6 +215,9 @@ async def _refuse(refused: list[Refused], context: Any) -> None:
 
 
 async def _internal_error(name: str, context: Any) -> None:
+    if isinstance(sys.exc_info()[1], NotImplementedError):
+        # A method the servicer leaves to its generated base class: gRPC's own answer.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
     log.exception("unexpected error in %s", name)
     await context.abort(grpc.StatusCode.UNKNOWN, INTERNAL_ERROR)
 

@@ -160,6 +160,14 @@ def check_can_listen(target: str) -> None:
         raise ConfigError(f"cannot listen on {target}: {failures[0].strerror}")
 
 
+def check_listen_addresses(config: ServerConfig) -> None:
+    """Every port the server is to serve (gRPC, and the gateway's) can be bound."""
+    tls = config.tls is not None
+    check_can_listen(grpc_listen_target(config.listen_address, tls=tls))
+    for listen in parse_http_urls(config.client_http_urls, tls=tls):
+        check_can_listen(listen.target)
+
+
 class OwnedStore:
     """The store and what keeps it, in the process that owns the write path (a lone server,
     or the store process of --processes N): the Store with its Writer, the lessor (lease
@@ -241,10 +249,8 @@ class ShimServer:
         target = grpc_listen_target(self.config.listen_address, tls=tls is not None)
         shares_port = self._store_link is not None
         http_listens = parse_http_urls(self.config.client_http_urls, tls=tls is not None)
-        if not shares_port:  # the store process checked it before starting its siblings
-            check_can_listen(target)
-            for listen in http_listens:
-                check_can_listen(listen.target)
+        if not shares_port:  # the store process checked them before starting its siblings
+            check_listen_addresses(self.config)
         await (self._owned.start() if self._owned is not None else self.store.start())
         hub = WatchHub(
             revision=self.store.revision,
@@ -467,6 +473,8 @@ def check_processes(config: ServerConfig) -> None:
     target = grpc_listen_target(config.listen_address, tls=config.tls is not None)
     if target.rsplit(":", 1)[-1] == "0":
         raise ConfigError("--processes needs a fixed port in --listen-address (not 0)")
+    if any(listen.port == 0 for listen in parse_http_urls(config.client_http_urls, tls=True)):
+        raise ConfigError("--processes needs fixed ports in --listen-client-http-urls (not 0)")
 
 
 async def serve(config: ServerConfig) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
+from grpc import StatusCode as Code
 
 from shim.api.rpc import Method, too_large
 from shim.gateway.gojson import JsonSyntaxError, decode_first, go_string
@@ -28,7 +29,6 @@ from shim.pb.rpc_pb2 import WatchResponse
 
 log = logging.getLogger(__name__)
 
-Code = grpc.StatusCode
 
 # etcd sends these on every response (its default --cors is "*").
 CORS: Headers = [

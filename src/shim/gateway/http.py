@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from email.utils import formatdate
 from typing import Any
 
@@ -24,7 +24,8 @@ from shim.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 * 1024
-READ_BYTES = 64 * 1024
+# Reads smaller than the head limit, so that h11 sees an oversized head while it is incomplete.
+READ_BYTES = 16 * 1024
 Headers = list[tuple[str, str]]
 REASONS = {
     100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
@@ -119,7 +120,7 @@ class Response:
         await self._connection.send(h11.EndOfMessage())
 
 
-Handler = Callable[[Request, Response], Awaitable[None]]
+Handler = Callable[[Request, Response], Coroutine[Any, Any, None]]
 
 
 def _date() -> str:
@@ -295,23 +296,23 @@ class HttpServer:
 
     async def _handle(self, connection: _Connection, event: h11.Request) -> None:
         request = Request(event, connection, self._idle_timeout)
-        handler = asyncio.ensure_future(self._handler(request, Response(connection)))
-        body_read = asyncio.ensure_future(connection.body_finished.wait())
-        watcher: asyncio.Future[None] | None = None
+        handler = asyncio.create_task(self._handler(request, Response(connection)))
+        body_read = asyncio.create_task(connection.body_finished.wait())
+        watcher: asyncio.Task[None] | None = None
         try:
             await asyncio.wait({handler, body_read}, return_when=asyncio.FIRST_COMPLETED)
             if not handler.done():
                 # A response still going on after the whole request arrived (a stream):
                 # watch for the client leaving, which ends it.
-                watcher = asyncio.ensure_future(connection.wait_closed())
+                watcher = asyncio.create_task(connection.wait_closed())
                 await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
                 if not handler.done():
                     raise ClientGone()
             handler.result()
         finally:
-            for task in (handler, body_read, watcher):
-                if task is not None:
-                    await cancel_and_wait(task)
+            await cancel_and_wait(handler, log_errors=False)  # its error was raised above
+            await cancel_and_wait(body_read)
+            await cancel_and_wait(watcher)
 
     async def _refuse(self, connection: _Connection, status: int) -> None:
         """Answer a request h11 could not read, as Go's server does, and close."""

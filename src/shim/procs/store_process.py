@@ -30,12 +30,12 @@ from typing import Any
 
 from shim.api.server import (
     OwnedStore,
-    check_can_listen,
+    check_listen_addresses,
     database_errors_reported,
     stop_on_signals,
 )
 from shim.backend.base import Backend
-from shim.config import ConfigError, ServerConfig, grpc_listen_target
+from shim.config import ConfigError, ServerConfig
 from shim.mvcc.apply import Revision
 from shim.mvcc.errors import StoreError
 from shim.procs import remote
@@ -74,8 +74,7 @@ class StoreProcess:
         self.failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def start(self) -> None:
-        target = grpc_listen_target(self.config.listen_address, tls=self.config.tls is not None)
-        check_can_listen(target)
+        check_listen_addresses(self.config)
         await self._owned.start()
         self.store.add_commit_listener(self._broadcast)
         try:
@@ -90,7 +89,7 @@ class StoreProcess:
             raise
         log.info(
             "serving etcd v3 API on %s from %d processes (datastore %s)",
-            target, len(self._serving), self.backend.location,
+            self.config.listen_address, len(self._serving), self.backend.location,
         )
 
     async def _start_serving(self, index: int) -> _Serving:

@@ -1,0 +1,149 @@
+"""The gateway's HTTP/1.1 server (shim/gateway/http.py) and the method guard both edges share
+(shim/api/rpc.py), in this process over real sockets: what a misbehaving client can do
+(garbage, huge heads, silence, going away mid-stream) and what a failing servicer shows a
+client (a short status, never a Python class name; its traceback in the log, once)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+
+from shim.api import rpc
+from shim.gateway.http import HttpServer, Request, Response
+from shim.pb import rpc_pb2, rpc_pb2_grpc
+
+TIMEOUT = 10.0
+
+
+async def _ok(request: Request, response: Response) -> None:
+    body = await request.read_all(1 << 20)
+    text = f"{request.path}:{len(body)}"
+    await response.send(200, [("Content-Type", "text/plain")], text.encode())
+
+
+def serve(handler: Callable[[Request, Response], Awaitable[None]], idle_timeout: float,
+          client: Callable[[int], Awaitable[None]]) -> None:
+    async def main() -> None:
+        server = HttpServer(handler, idle_timeout=idle_timeout)  # type: ignore[arg-type]
+        port = await server.listen("127.0.0.1", 0)
+        try:
+            await asyncio.wait_for(client(port), TIMEOUT)
+        finally:
+            await server.close(1.0)
+
+    asyncio.run(main())
+
+
+async def exchange(port: int, data: bytes) -> bytes:
+    """Send ``data``, then read until the server closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+def test_garbage_gets_400_and_the_server_goes_on() -> None:
+    async def client(port: int) -> None:
+        answer = await exchange(port, b"GARBAGE\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        request = b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        answer = await exchange(port, request)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"/after:0")
+
+    serve(_ok, 5.0, client)
+
+
+def test_a_huge_request_head_gets_431() -> None:
+    async def client(port: int) -> None:
+        head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+        answer = await exchange(port, head)
+        assert answer.startswith(b"HTTP/1.1 431 ")
+
+    serve(_ok, 5.0, client)
+
+
+def test_pipelined_requests_are_answered_in_order() -> None:
+    async def client(port: int) -> None:
+        requests = (b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                    b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n"
+                    b"GET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await exchange(port, requests)
+        assert answer.count(b"HTTP/1.1 200 OK") == 3
+        assert answer.index(b"/one:3") < answer.index(b"/two:0") < answer.index(b"/three:0")
+
+    serve(_ok, 5.0, client)
+
+
+def test_an_idle_connection_is_closed() -> None:
+    async def client(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await reader.read() == b""  # the server closed it: nothing was ever sent
+        writer.close()
+
+    serve(_ok, 0.2, client)
+
+
+def test_a_client_that_goes_away_ends_its_stream() -> None:
+    ended = asyncio.Event()
+
+    async def endless(request: Request, response: Response) -> None:
+        await request.read_all(100)
+        await response.start(200, [])
+        await response.write(b"first\n")
+        try:
+            await asyncio.Event().wait()  # a stream with nothing more to say
+        finally:
+            ended.set()
+
+    async def client(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        assert b"first" in await reader.readuntil(b"first\n")
+        writer.close()
+        await ended.wait()
+
+    serve(endless, 5.0, client)
+
+
+# --- the guard ----------------------------------------------------------------------------------
+
+
+class BrokenKV(rpc_pb2_grpc.KVServicer):
+    async def Range(self, request: rpc_pb2.RangeRequest, context: object) -> None:
+        raise RuntimeError("a secret internal detail")
+
+
+def test_an_unexpected_error_is_a_short_status_and_one_log_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> tuple[grpc.StatusCode, str, grpc.StatusCode]:
+        server = grpc.aio.server()
+        rpc.add_to_server(server, rpc.service_methods({"etcdserverpb.KV": BrokenKV()}, 1 << 20))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = rpc_pb2_grpc.KVStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as broken:
+                    await stub.Range(rpc_pb2.RangeRequest(key=b"k"), timeout=TIMEOUT)
+                with pytest.raises(grpc.aio.AioRpcError) as missing:
+                    await stub.Put(rpc_pb2.PutRequest(key=b"k"), timeout=TIMEOUT)
+                return broken.value.code(), broken.value.details() or "", missing.value.code()
+        finally:
+            await server.stop(None)
+
+    with caplog.at_level(logging.ERROR, logger="shim.api.rpc"):
+        code, details, missing = asyncio.run(main())
+    assert (code, details) == (grpc.StatusCode.UNKNOWN, rpc.INTERNAL_ERROR)
+    assert "RuntimeError" not in details and "secret" not in details
+    records = [r for r in caplog.records if r.name == "shim.api.rpc"]
+    assert len(records) == 1 and records[0].exc_info is not None
+    assert "etcdserverpb.KV/Range" in records[0].getMessage()
+    assert missing == grpc.StatusCode.UNIMPLEMENTED  # a method the servicer does not have
