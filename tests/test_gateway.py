@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+import shlex
 import socket
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import EtcdServer, ShimServer, free_port
+from tests.support import REPO_ROOT, EtcdServer, ShimServer, free_port
 from tests.support.curl import CurlStream, HttpAnswer, curl, normalized
 
 
@@ -342,3 +344,38 @@ def test_gateway_with_several_serving_processes(tmp_path: Path) -> None:
         assert listing["count"] == "4"
         # One process's counters would pass for the server's: not served (yet).
         assert curl(url + "/metrics", None, "GET").status == 501
+
+
+# --- the README's commands --------------------------------------------------------------------
+
+README_HTTP = "127.0.0.1:2378"  # the gateway address the README uses
+
+
+def readme_gateway_commands() -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split("## HTTP/JSON gateway", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_gateway_commands(tmp_path: Path) -> None:
+    """The README's commands as a user types them, on free ports instead of 2379/2378."""
+    commands = readme_gateway_commands()
+    serve, *requests = commands
+    http = f"127.0.0.1:{free_port()}"
+    assert serve.startswith("shim serve ") and README_HTTP in serve
+    flags = serve.removeprefix("shim serve ").replace(README_HTTP, http).split()
+    with ShimServer(tmp_path / "shim", extra_args=flags):
+        for command in requests:
+            argv = shlex.split(command.replace(README_HTTP, http))
+            assert argv[0] == "curl"
+            if "/v3/watch" in command:  # a stream: its first line, then stop it
+                body = argv[argv.index("-d") + 1]
+                url = next(arg for arg in argv if arg.startswith("http"))
+                with CurlStream(url, body) as stream:
+                    assert json.loads(stream.next_line())["result"]["created"] is True
+                continue
+            done = subprocess.run(argv, capture_output=True, timeout=30, check=True)
+            if "/metrics" not in command:
+                answer = json.loads(done.stdout)
+                assert "error" not in answer, (command, answer)
