@@ -14,6 +14,7 @@ handle themselves:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -152,16 +153,9 @@ def _guarded(md: MethodDescriptor, call: Callable[..., Any]) -> Callable[[Any, A
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             refused: list[Refused] = []
             request = await _checked_request(md, request, context, refused)
-            try:
+            async with _contained(name, context, refused):
                 async for resp in call(request, context):
                     yield resp
-            except grpc.aio.AbortError:
-                raise
-            except RefusedMessage:
-                pass
-            except Exception:
-                await _internal_error(name, context)
-            await _refuse(refused, context)
 
         return stream
 
@@ -169,18 +163,27 @@ def _guarded(md: MethodDescriptor, call: Callable[..., Any]) -> Callable[[Any, A
         refused: list[Refused] = []
         request = await _checked_request(md, request, context, refused)
         response = None
-        try:
+        async with _contained(name, context, refused):
             response = await call(request, context)
-        except grpc.aio.AbortError:
-            raise
-        except RefusedMessage:
-            pass
-        except Exception:
-            await _internal_error(name, context)
-        await _refuse(refused, context)
         return response
 
     return unary
+
+
+@contextlib.asynccontextmanager
+async def _contained(name: str, context: Any, refused: list[Refused]) -> AsyncIterator[None]:
+    """Around a servicer call: an abort goes through, a refused stream message or an
+    unexpected error becomes its status."""
+    try:
+        yield
+    except grpc.aio.AbortError:
+        raise
+    except RefusedMessage:
+        pass
+    except Exception:
+        await _internal_error(name, context)
+    if refused:
+        await context.abort(refused[0].code, refused[0].stream)
 
 
 async def _checked_request(
@@ -203,15 +206,10 @@ async def _checked_stream(
     async for request in requests:
         if isinstance(request, Refused):
             # The servicer may read requests in a task of its own, which cannot end the call
-            # with a status: the handler does, once the servicer is done (see _refuse).
+            # with a status: the handler does, once the servicer is done (see _contained).
             refused.append(request)
             raise RefusedMessage()
         yield request
-
-
-async def _refuse(refused: list[Refused], context: Any) -> None:
-    if refused:
-        await context.abort(refused[0].code, refused[0].stream)
 
 
 async def _internal_error(name: str, context: Any) -> None:

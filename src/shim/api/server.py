@@ -39,6 +39,7 @@ from shim.config import (
     parse_datastore_endpoint,
     parse_http_urls,
 )
+from shim.gateway.gateway import Gateway
 from shim.gateway.serve import GatewayServer
 from shim.mvcc.errors import StoreError
 from shim.mvcc.janitor import Janitor, JanitorSettings
@@ -379,14 +380,14 @@ class ShimServer:
         log.info("serving Prometheus metrics on http://%s/metrics", address)
 
     async def _start_gateway(self, listens: list[HttpListen], reuse_port: bool) -> None:
-        gateway = GatewayServer(
+        gateway = GatewayServer(Gateway(
             self.methods,
             max_message_bytes=self.config.max_request_bytes + GRPC_OVERHEAD_BYTES,
             health=self._health_problem,
             version=ETCD_VERSION,
             # One process's numbers would pass for the server's with --processes N.
             metrics=metrics.exposition if self._owned is not None else lambda: None,
-        )
+        ))
         try:
             self.http_urls = await gateway.start(listens, self.config.tls, reuse_port)
         except ConfigError:

@@ -139,11 +139,8 @@ class _Connection:
         self.closed = asyncio.Event()  # the client went away
         self.body_finished = asyncio.Event()
 
-    async def _receive(self) -> None:
-        if self.conn.they_are_waiting_for_100_continue and self.conn.our_state == h11.SEND_RESPONSE:
-            await self.send(
-                h11.InformationalResponse(status_code=100, headers=[], reason="Continue")
-            )
+    async def _read(self) -> bytes:
+        """The next bytes from the client (b"" once it has gone) for h11."""
         try:
             data = await self.reader.read(READ_BYTES)
         except (ConnectionError, OSError):
@@ -151,6 +148,14 @@ class _Connection:
         if not data:
             self.closed.set()
         self.conn.receive_data(data)
+        return data
+
+    async def _receive(self) -> None:
+        if self.conn.they_are_waiting_for_100_continue and self.conn.our_state == h11.SEND_RESPONSE:
+            await self.send(
+                h11.InformationalResponse(status_code=100, headers=[], reason="Continue")
+            )
+        await self._read()
 
     async def next_event(self) -> Any:
         while True:
@@ -196,14 +201,7 @@ class _Connection:
         while not self.closed.is_set():
             if len(self.conn.trailing_data[0]) > MAX_HEAD_BYTES:
                 await asyncio.Event().wait()  # enough is buffered: stop reading
-            try:
-                data = await self.reader.read(READ_BYTES)
-            except (ConnectionError, OSError):
-                data = b""
-            if not data:
-                self.closed.set()
-                return
-            self.conn.receive_data(data)
+            await self._read()
 
 
 class HttpServer:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
 
-from shim.api.rpc import Method
 from shim.config import ConfigError, HttpListen
 from shim.gateway.gateway import Gateway
 from shim.gateway.http import HttpServer
@@ -22,15 +20,9 @@ IDLE_TIMEOUT_SECONDS = 120.0  # a connection between requests, or a request body
 
 
 class GatewayServer:
-    def __init__(
-        self,
-        methods: Mapping[str, Method],
-        max_message_bytes: int,
-        health: Callable[[], Awaitable[str | None]],
-        version: str,
-        metrics: Callable[[], tuple[bytes, str] | None],
-    ) -> None:
-        gateway = Gateway(methods, max_message_bytes, health, version, metrics)
+    """``gateway`` served on the --listen-client-http-urls listeners."""
+
+    def __init__(self, gateway: Gateway) -> None:
         self._http = HttpServer(gateway, idle_timeout=IDLE_TIMEOUT_SECONDS)
 
     async def start(
