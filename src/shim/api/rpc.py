@@ -149,6 +149,20 @@ def _grpc_handler(method: Method) -> grpc.RpcMethodHandler:
 def _guarded(md: MethodDescriptor, call: Callable[..., Any]) -> Callable[[Any, Any], Any]:
     """``call`` with refused requests answered and unexpected errors contained."""
     name = f"{md.containing_service.full_name}/{md.name}"
+    if not md.client_streaming and not md.server_streaming:
+        # The common case, kept lean: it is on the path of every unary request.
+        async def unary(request: Any, context: Any) -> Any:
+            if isinstance(request, Refused):
+                await context.abort(request.code, request.single)
+            try:
+                return await call(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                await _internal_error(name, context)
+
+        return unary
+
     if md.server_streaming:
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             refused: list[Refused] = []
@@ -159,7 +173,7 @@ def _guarded(md: MethodDescriptor, call: Callable[..., Any]) -> Callable[[Any, A
 
         return stream
 
-    async def unary(request: Any, context: Any) -> Any:
+    async def stream_in(request: Any, context: Any) -> Any:
         refused: list[Refused] = []
         request = await _checked_request(md, request, context, refused)
         response = None
@@ -167,7 +181,7 @@ def _guarded(md: MethodDescriptor, call: Callable[..., Any]) -> Callable[[Any, A
             response = await call(request, context)
         return response
 
-    return unary
+    return stream_in
 
 
 @contextlib.asynccontextmanager
