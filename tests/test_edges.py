@@ -122,6 +122,14 @@ def clear_identity(message: Message) -> None:
 
 
 @pytest.fixture(scope="module")
+def etcd(datastore: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """A fresh etcd for each datastore the module runs on: both servers start empty, so
+    their revisions agree (the shared fixture would carry one run's writes into the next)."""
+    with EtcdServer(tmp_path_factory.mktemp(f"etcd-{datastore}")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def clients(etcd: EtcdServer, shim_module: ShimServer) -> Iterator[tuple[Client, Client]]:
     with Client(etcd.endpoint) as on_etcd, Client(shim_module.endpoint) as on_shim:
         for client in (on_etcd, on_shim):

@@ -6,6 +6,8 @@ client (a short status, never a Python class name; its traceback in the log, onc
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -147,3 +149,44 @@ def test_an_unexpected_error_is_a_short_status_and_one_log_record(
     assert len(records) == 1 and records[0].exc_info is not None
     assert "etcdserverpb.KV/Range" in records[0].getMessage()
     assert missing == grpc.StatusCode.UNIMPLEMENTED  # a method the servicer does not have
+
+
+# --- what a servicer sees of an HTTP request ----------------------------------------------------
+
+
+class EchoKV(rpc_pb2_grpc.KVServicer):
+    """Answers a Range with the call's metadata, one key-value per entry."""
+
+    async def Range(self, request: rpc_pb2.RangeRequest, context: object) -> rpc_pb2.RangeResponse:
+        metadata = context.invocation_metadata()  # type: ignore[attr-defined]
+        response = rpc_pb2.RangeResponse()
+        for name, value in metadata:
+            response.kvs.add(key=name.encode(), value=value.encode())
+        return response
+
+
+def test_the_authorization_header_is_the_auth_token() -> None:
+    from shim.gateway.gateway import Gateway
+
+    methods = rpc.service_methods({"etcdserverpb.KV": EchoKV()}, 1 << 20)
+
+    async def healthy() -> str | None:
+        return None
+
+    gateway = Gateway(methods, 1 << 20, healthy, "3.5.21", lambda: None)
+
+    async def client(port: int) -> None:
+        body = b'{"key": "YQ=="}'
+        request = (b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                   b"Authorization: tokenABC.42\r\nGrpc-Metadata-Extra: yes\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        answer = await exchange(port, request)
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        document = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        seen = {base64.b64decode(kv["key"]): base64.b64decode(kv["value"])
+                for kv in document["kvs"]}
+        # etcd reads the token under "token" (gRPC clients) or "authorization" (its gateway)
+        assert seen == {b"token": b"tokenABC.42", b"authorization": b"tokenABC.42",
+                        b"extra": b"yes"}
+
+    serve(gateway, 5.0, client)
