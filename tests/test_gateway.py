@@ -217,6 +217,26 @@ def test_request_size_limits_match_etcd(pair: Pair) -> None:
     assert json.loads(huge.body)["code"] == 8
 
 
+def test_lock_and_election_match_etcd(pair: Pair) -> None:
+    pair.same("/v3/lease/grant", json.dumps({"TTL": "60", "ID": "77"}))
+    lock = pair.same("/v3/lock/lock", json.dumps({"name": b64("gw-lock"), "lease": "77"}))
+    key = json.loads(lock.body)["key"]
+    pair.same("/v3/lock/unlock", json.dumps({"key": key}))
+    election = b64("gw-election")
+    pair.same("/v3/election/leader", json.dumps({"name": election}))  # nobody: an error
+    campaign = pair.same("/v3/election/campaign", json.dumps(
+        {"name": election, "lease": "77", "value": b64("first")}))
+    leader = json.loads(campaign.body)["leader"]
+    pair.same("/v3/election/proclaim", json.dumps({"leader": leader, "value": b64("second")}))
+    pair.same("/v3/election/leader", json.dumps({"name": election}))
+    on_etcd = CurlStream(pair.etcd + "/v3/election/observe", json.dumps({"name": election}))
+    on_shim = CurlStream(pair.shim + "/v3/election/observe", json.dumps({"name": election}))
+    with on_etcd, on_shim:
+        assert normalized(on_shim.next_line()) == normalized(on_etcd.next_line())
+    pair.same("/v3/election/resign", json.dumps({"leader": leader}))
+    pair.same("/v3/lease/revoke", json.dumps({"ID": "77"}))
+
+
 def test_unserved_services_answer_as_grpc_does(pair: Pair) -> None:
     # Auth is not built in shim yet: the gateway says so as gRPC does (UNIMPLEMENTED).
     answer = curl(pair.shim + "/v3/auth/status", "{}")
