@@ -206,7 +206,7 @@ class PostgresView:
         ]
 
 
-_HASH_ROWS_SQL = hash_rows_sql(_pg_param)
+_HASH_ROWS_SQL = hash_rows_sql(_pg_param, KEYS)
 
 
 class PostgresWriteTxn(PostgresView):
