@@ -131,6 +131,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="how often watchers that asked for progress_notify get one when idle "
         "(seconds, or with a unit: 500ms, 5s, 10m; default 10m as etcd)",
     )
+    auth = parser.add_argument_group("authentication (etcd's flags; see README)")
+    auth.add_argument(
+        "--auth-token", default="simple", metavar="TYPE",
+        help="simple (default): signed tokens any serving process accepts; jwt is not "
+        "implemented",
+    )
+    auth.add_argument(
+        "--auth-token-ttl", type=_positive_int, default=300, metavar="SECONDS",
+        help="how long a token stays valid after its last use (default 300, as etcd)",
+    )
     upkeep = parser.add_argument_group("history and retention")
     upkeep.add_argument(
         "--auto-compaction-mode", default="periodic", choices=("periodic", "revision"),
@@ -237,6 +247,18 @@ def quota_bytes(flag: int) -> int:
             MAX_SUGGESTED_QUOTA_BYTES,
         )
     return max(flag, 0)
+
+
+def _check_auth_token(text: str) -> None:
+    """etcd's --auth-token: "simple" (the default) or "jwt,<options>"."""
+    kind = text.split(",", 1)[0]
+    if kind == "jwt":
+        raise ValueError(
+            "--auth-token jwt is not implemented (UNIMPLEMENTED); shim issues simple tokens, "
+            "signed so that every serving process accepts them"
+        )
+    if kind != "simple" or "," in text:
+        raise ValueError(f"--auth-token {text!r}: use simple (jwt is not implemented)")
 
 
 def _positive_int(text: str) -> int:
@@ -381,6 +403,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         retention = _compaction_retention(args.auto_compaction_mode, args.auto_compaction_retention)
+        _check_auth_token(args.auth_token)
     except ValueError as exc:
         print(f"shim: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -414,6 +437,7 @@ def run_serve(args: argparse.Namespace) -> int:
         maintenance_interval=args.maintenance_interval,
         replication_retention=args.replication_retention,
         quota_backend_bytes=quota_bytes(args.quota_backend_bytes),
+        auth_token_ttl=float(args.auth_token_ttl),
     )
     # Imported late: grpc start-up cost only when serving.
     from shim.api.server import serve

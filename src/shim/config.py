@@ -85,6 +85,8 @@ class ServerConfig:
     replication_retention: float = 600.0
     # etcd's --quota-backend-bytes: NOSPACE past this many bytes (<= 0 here: no quota).
     quota_backend_bytes: int = 2 * 1024**3
+    # Auth (etcd's flags): how long a token lives after its last use (seconds).
+    auth_token_ttl: float = 300.0
 
 
 def parse_datastore_endpoint(endpoint: str) -> SqliteEndpoint | PostgresEndpoint:

@@ -14,6 +14,7 @@ import grpc
 
 from shim.api.errors import RequestError, grpc_errors
 from shim.api.header import Identity
+from shim.auth.guard import Guard, Rule, permission
 from shim.mvcc.alarms import member_id_of
 from shim.mvcc.store import Store
 from shim.pb import rpc_pb2, rpc_pb2_grpc
@@ -45,8 +46,10 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         identity: Identity,
         name: str,
         client_urls: Callable[[], list[str]],
+        guard: Guard,
         replicas: Callable[[], list[Replica]] = list,
     ) -> None:
+        self.guard = guard
         self._store = store
         self._identity = identity
         self._name = name
@@ -54,6 +57,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         self._replicas = replicas
 
     @grpc_errors
+    @permission(Rule.OPEN)
     async def MemberList(
         self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberListResponse:
@@ -75,24 +79,28 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         return resp
 
     @grpc_errors
+    @permission(Rule.ADMIN)
     async def MemberAdd(
         self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberAddResponse:
         raise _refuse("added")
 
     @grpc_errors
+    @permission(Rule.ADMIN)
     async def MemberRemove(
         self, request: rpc_pb2.MemberRemoveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberRemoveResponse:
         raise _refuse("removed")
 
     @grpc_errors
+    @permission(Rule.ADMIN)
     async def MemberUpdate(
         self, request: rpc_pb2.MemberUpdateRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberUpdateResponse:
         raise _refuse("updated")
 
     @grpc_errors
+    @permission(Rule.ADMIN)
     async def MemberPromote(
         self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberPromoteResponse:

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from shim.auth.errors import AuthError
 from shim.mvcc import errors as store_errors
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ CORRUPT = _error(Code.DATA_LOSS, "etcdserver: corrupt cluster")
 
 
 def from_store_error(exc: store_errors.StoreError) -> RequestError:
+    if isinstance(exc, AuthError):
+        return RequestError(grpc.StatusCode[exc.code], exc.message)
     if isinstance(exc, store_errors.CompactedError):
         return COMPACTED()
     if isinstance(exc, store_errors.FutureRevisionError):

@@ -8,6 +8,7 @@ from google.protobuf.message import Message
 from shim.api import errors, validate
 from shim.api.errors import grpc_errors
 from shim.api.header import Identity
+from shim.auth.guard import Guard, Rule, current_caller, permission
 from shim.mvcc.store import Store
 from shim.pb import rpc_pb2, rpc_pb2_grpc
 
@@ -16,11 +17,20 @@ MAX_TXN_OPS = 128
 RAFT_WRAPPER_BYTES = 17
 
 
+def _check_txn(request: rpc_pb2.TxnRequest) -> None:
+    validate.check_txn(request, MAX_TXN_OPS)
+
+
+# Each method's request checks (etcd's gRPC layer) come before its token is looked at, and the
+# size check after, in etcd's order.
 class KVService(rpc_pb2_grpc.KVServicer):
-    def __init__(self, store: Store, identity: Identity, max_request_bytes: int) -> None:
+    def __init__(
+        self, store: Store, identity: Identity, max_request_bytes: int, guard: Guard
+    ) -> None:
         self._store = store
         self._identity = identity
         self._max_request_bytes = max_request_bytes
+        self.guard = guard
 
     def _check_size(self, request: Message) -> None:
         # etcd refuses a write whose raft entry would exceed --max-request-bytes.
@@ -28,48 +38,50 @@ class KVService(rpc_pb2_grpc.KVServicer):
             raise errors.REQUEST_TOO_LARGE()
 
     @grpc_errors
+    @permission(Rule.CALLER, validate=validate.check_range)
     async def Range(
         self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.RangeResponse:
-        validate.check_range(request)
-        resp = await self._store.range(request)
+        resp = await self._store.range(request, current_caller())
         self._identity.fill(resp.header)
         return resp
 
     @grpc_errors
+    @permission(Rule.CALLER, validate=validate.check_put)
     async def Put(
         self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.PutResponse:
-        validate.check_put(request)
         self._check_size(request)
-        resp = await self._store.put(request)
+        resp = await self._store.put(request, current_caller())
         self._identity.fill(resp.header)
         return resp
 
     @grpc_errors
+    @permission(Rule.CALLER, validate=validate.check_delete_range)
     async def DeleteRange(
         self, request: rpc_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DeleteRangeResponse:
-        validate.check_delete_range(request)
         self._check_size(request)
-        resp = await self._store.delete_range(request)
+        resp = await self._store.delete_range(request, current_caller())
         self._identity.fill(resp.header)
         return resp
 
     @grpc_errors
+    @permission(Rule.CALLER, validate=_check_txn)
     async def Txn(
         self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.TxnResponse:
-        validate.check_txn(request, MAX_TXN_OPS)
         self._check_size(request)
-        resp = await self._store.txn(request)
+        resp = await self._store.txn(request, current_caller())
         self._identity.fill(resp.header)
         return resp
 
     @grpc_errors
+    @permission(Rule.CALLER)
     async def Compact(
         self, request: rpc_pb2.CompactionRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.CompactionResponse:
+        # etcd checks only the token of a compaction: any user (or none) may compact.
         resp = await self._store.compact(request)
         self._identity.fill(resp.header)
         return resp

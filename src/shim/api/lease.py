@@ -9,6 +9,8 @@ import grpc
 
 from shim.api.errors import grpc_errors
 from shim.api.header import Identity
+from shim.auth.guard import Guard, Rule, current_caller, permission
+from shim.auth.state import Caller
 from shim.mvcc.store import Store
 from shim.pb import rpc_pb2, rpc_pb2_grpc
 
@@ -17,17 +19,22 @@ class LeaseKeeper(Protocol):
     """What the Lease service asks of a lessor: this process's, or the store process's."""
 
     async def grant(self, req: rpc_pb2.LeaseGrantRequest) -> rpc_pb2.LeaseGrantResponse: ...
-    async def revoke(self, lease_id: int) -> rpc_pb2.LeaseRevokeResponse: ...
+    async def revoke(
+        self, lease_id: int, caller: Caller | None = None
+    ) -> rpc_pb2.LeaseRevokeResponse: ...
     async def renew(self, lease_id: int) -> int: ...
     async def time_to_live(self, lease_id: int) -> tuple[int, int] | None: ...
     async def lease_ids(self) -> list[int]: ...
 
 
 class LeaseService(rpc_pb2_grpc.LeaseServicer):
-    def __init__(self, lessor: LeaseKeeper, store: Store, identity: Identity) -> None:
+    def __init__(
+        self, lessor: LeaseKeeper, store: Store, identity: Identity, guard: Guard
+    ) -> None:
         self._lessor = lessor
         self._store = store
         self._identity = identity
+        self.guard = guard
 
     def _header(self, header: rpc_pb2.ResponseHeader) -> None:
         if header.revision == 0:
@@ -35,6 +42,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         self._identity.fill(header)
 
     @grpc_errors
+    @permission(Rule.CALLER)  # a valid token, if any; no permission (as etcd)
     async def LeaseGrant(
         self, request: rpc_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseGrantResponse:
@@ -43,17 +51,26 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         return resp
 
     @grpc_errors
+    @permission(Rule.CALLER)  # and every attached key writable (checked by the writer)
     async def LeaseRevoke(
         self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseRevokeResponse:
-        resp = await self._lessor.revoke(request.ID)
+        resp = await self._lessor.revoke(request.ID, current_caller())
         self._header(resp.header)
         return resp
 
     @grpc_errors
+    @permission(Rule.OPEN)  # with keys: a caller who may read every key listed (etcd 3.5.9+)
     async def LeaseTimeToLive(
         self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseTimeToLiveResponse:
+        if request.keys:
+            caller = await self.guard.caller(context)
+            await self._store.read_auth(
+                lambda state, view: state.check_lease_keys_readable(
+                    caller, lambda: view.lease_keys(request.ID)
+                )
+            )
         resp = rpc_pb2.LeaseTimeToLiveResponse(ID=request.ID)
         found = await self._lessor.time_to_live(request.ID)
         if found is None:
@@ -66,6 +83,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         return resp
 
     @grpc_errors
+    @permission(Rule.OPEN)
     async def LeaseLeases(
         self, request: rpc_pb2.LeaseLeasesRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseLeasesResponse:
@@ -75,6 +93,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         self._header(resp.header)
         return resp
 
+    @permission(Rule.OPEN)
     async def LeaseKeepAlive(
         self,
         request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest],

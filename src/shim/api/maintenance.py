@@ -15,6 +15,7 @@ import grpc
 from shim.api.downgrade import check_downgrade
 from shim.api.errors import RequestError, grpc_errors
 from shim.api.header import RAFT_TERM, Identity
+from shim.auth.guard import Guard, Rule, permission
 from shim.backend.base import UnsupportedError
 from shim.mvcc.store import Store
 from shim.pb import rpc_pb2, rpc_pb2_grpc
@@ -36,15 +37,17 @@ def alarm_text(member_id: int, alarm: int) -> str:
 
 
 class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
-    def __init__(self, store: Store, identity: Identity) -> None:
+    def __init__(self, store: Store, identity: Identity, guard: Guard) -> None:
         self._store = store
         self._identity = identity
+        self.guard = guard
 
     def _header(self, header: rpc_pb2.ResponseHeader, revision: int | None = None) -> None:
         header.revision = self._store.revision if revision is None else revision
         self._identity.fill(header)
 
     @grpc_errors
+    @permission(Rule.OPEN)
     async def Status(
         self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.StatusResponse:
@@ -69,6 +72,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         return resp
 
     @grpc_errors
+    @permission(Rule.CALLER)
     async def Alarm(
         self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.AlarmResponse:
@@ -86,6 +90,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         return resp
 
     @grpc_errors
+    @permission(Rule.ADMIN_MAINTENANCE)
     async def Defragment(
         self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DefragmentResponse:
@@ -93,6 +98,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         return await self._store.defragment()
 
     @grpc_errors
+    @permission(Rule.ADMIN_MAINTENANCE)
     async def Hash(
         self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.HashResponse:
@@ -102,6 +108,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         return resp
 
     @grpc_errors
+    @permission(Rule.ADMIN_MAINTENANCE)
     async def HashKV(
         self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.HashKVResponse:
@@ -110,6 +117,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         self._header(resp.header, result.revision)
         return resp
 
+    @permission(Rule.ADMIN_MAINTENANCE)
     async def Snapshot(
         self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
@@ -152,6 +160,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
                 os.unlink(path)
 
     @grpc_errors
+    @permission(Rule.OPEN)
     async def MoveLeader(
         self, request: rpc_pb2.MoveLeaderRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MoveLeaderResponse:
@@ -162,6 +171,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         return rpc_pb2.MoveLeaderResponse()
 
     @grpc_errors
+    @permission(Rule.CALLER)
     async def Downgrade(
         self, request: rpc_pb2.DowngradeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DowngradeResponse:

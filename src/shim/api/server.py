@@ -27,6 +27,10 @@ from shim.api.lease import LeaseKeeper, LeaseService
 from shim.api.lock import LockService
 from shim.api.maintenance import ETCD_VERSION, MaintenanceService
 from shim.api.watch import WatchService
+from shim.auth.guard import Guard
+from shim.auth.passwords import Hasher
+from shim.auth.service import AuthService
+from shim.auth.tokens import TokenIssuer
 from shim.backend.base import Backend, BackendOpenError
 from shim.backend.sqlite import SqliteBackend
 from shim.backend.sqlite import _describe as describe_sqlite_error
@@ -236,6 +240,10 @@ class ShimServer:
         self._links = link_specs(config) if self._replicates else []
         self.replicator: Replicator | None = None
         self.identity = Identity.from_node_id(backend.node_id)
+        self.guard = Guard(
+            self.store, TokenIssuer(config.auth_token_ttl),
+            client_cert_auth=config.tls is not None and config.tls.client_cert_auth,
+        )
         self.health = health.aio.HealthServicer()
         self.hub: WatchHub | None = None
         self._server: grpc.aio.Server | None = None
@@ -344,15 +352,19 @@ class ShimServer:
         """The etcd v3 services clients call, by full service name: gRPC and the HTTP/JSON
         gateway serve the same ones."""
         recipes = Recipes(self.store, self.lessor, hub, self.config.max_request_bytes)
+        guard = self.guard
         return {
-            "etcdserverpb.KV": KVService(self.store, self.identity, self.config.max_request_bytes),
-            "etcdserverpb.Watch": WatchService(hub),
-            "etcdserverpb.Lease": LeaseService(self.lessor, self.store, self.identity),
-            "etcdserverpb.Maintenance": MaintenanceService(self.store, self.identity),
+            "etcdserverpb.KV": KVService(
+                self.store, self.identity, self.config.max_request_bytes, guard
+            ),
+            "etcdserverpb.Watch": WatchService(hub, guard),
+            "etcdserverpb.Lease": LeaseService(self.lessor, self.store, self.identity, guard),
+            "etcdserverpb.Maintenance": MaintenanceService(self.store, self.identity, guard),
             "etcdserverpb.Cluster": ClusterService(
-                self.store, self.identity, self.config.name, lambda: [self.client_url],
+                self.store, self.identity, self.config.name, lambda: [self.client_url], guard,
                 self._linked_replicas,
             ),
+            "etcdserverpb.Auth": AuthService(self.store, self.identity, guard, Hasher()),
             "v3lockpb.Lock": LockService(recipes, self.identity),
             "v3electionpb.Election": ElectionService(recipes, self.identity),
         }

@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from shim.backend.auth_tables import AuthTables
 from shim.pb.kv_pb2 import KeyValue
 
 # A version as the backends return it for ranges: (key, value, create_revision, mod_revision,
@@ -62,6 +63,9 @@ class LogEntry:
 
 
 class ReadView(Protocol):
+    # The auth store's tables (users, roles, settings) at this snapshot.
+    auth: AuthTables
+
     def revision(self) -> int:
         """The current revision at this snapshot."""
         ...

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from shim.backend.auth_tables import AuthTables
 from shim.backend.base import HashRow, KvRow, LogEntry, NewVersion, kv_from_row
 from shim.backend.rows import (
     ALARMS_SQL,
@@ -30,7 +31,11 @@ from shim.pb.kv_pb2 import KeyValue
 CHANNEL = "shim_commit"
 COMPACT_TIMEOUT = 3600.0
 
-META_SQL = "SELECT name, value FROM meta WHERE name IN ('revision', 'compact_revision')"
+# Read with BEGIN, so every snapshot knows its revisions and its auth version without a query.
+META_SQL = (
+    "SELECT name, value FROM meta "
+    "WHERE name IN ('revision', 'compact_revision', 'auth_revision', 'auth_version')"
+)
 
 
 class QueryRunner(Protocol):
@@ -92,6 +97,13 @@ class PostgresView:
         # Statements without a result (SAVEPOINT, ...) that go out with the next query: every
         # call to the loop thread costs far more than a statement on the same connection.
         self._deferred: list[str] = []
+        self.auth = AuthTables(
+            lambda sql, args: self._fetch(sql, *args), _pg_param, self._meta_value,
+            self._set_meta,
+        )
+
+    def _set_meta(self, name: str, value: int) -> None:
+        raise RuntimeError("a read snapshot cannot write")
 
     def _take_deferred(self) -> str | None:
         if not self._deferred:
@@ -290,6 +302,11 @@ class PostgresWriteTxn(PostgresView):
         self.new_revision = revision
         assert self._meta is not None
         self._meta["revision"] = revision
+
+    def _set_meta(self, name: str, value: int) -> None:
+        self._execute("UPDATE meta SET value = $1 WHERE name = $2", str(int(value)), name)
+        assert self._meta is not None
+        self._meta[name] = value
 
     def set_compact_revision(self, revision: int) -> None:
         self._execute(

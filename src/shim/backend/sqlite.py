@@ -12,12 +12,13 @@ import fcntl
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import apsw
 
+from shim.backend.auth_tables import AuthTables
 from shim.backend.base import (
     BackendOpenError,
     ExternalCommitListener,
@@ -60,6 +61,14 @@ class SqliteView:
     def __init__(self, conn: apsw.Connection) -> None:
         self._conn = conn
         self.replication = ReplicationTables(conn)
+        self.auth = AuthTables(self._query, _sqlite_param, self._meta, self._set_meta)
+
+    def _query(self, sql: str, args: Sequence[object]) -> list[Any]:
+        return self._conn.execute(sql, args).fetchall()
+
+    def _set_meta(self, name: str, value: int) -> None:
+        # Only the write transaction's connection may write; readers are query_only.
+        self._conn.execute("UPDATE meta SET value = ? WHERE name = ?", (value, name))
 
     def _meta(self, name: str) -> int:
         row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()

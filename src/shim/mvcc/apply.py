@@ -13,6 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shim.auth.apply import (
+    Authorized,
+    AuthWriter,
+    AuthWriteRequest,
+    AuthWriteResponse,
+    is_auth_write,
+)
 from shim.backend.base import NewVersion, ReadView, WriteTxn, kv_from_row
 from shim.mvcc.alarms import AlarmState
 from shim.mvcc.errors import (
@@ -61,12 +68,12 @@ from shim.replication.resolve import (
 WriteRequest = (
     PutRequest | DeleteRangeRequest | TxnRequest | CompactionRequest
     | LeaseGrantRequest | LeaseRevokeRequest | MergeRequest | PeerRegistration | PruneEntries
-    | AlarmRequest | DefragmentRequest
+    | AlarmRequest | DefragmentRequest | Authorized | AuthWriteRequest
 )
 WriteResponse = (
     PutResponse | DeleteRangeResponse | TxnResponse | CompactionResponse
     | LeaseGrantResponse | LeaseRevokeResponse | MergeResult | int
-    | AlarmResponse | DefragmentResponse
+    | AlarmResponse | DefragmentResponse | AuthWriteResponse
 )
 
 # etcd's bounds on a lease's TTL (seconds): its minimum follows from the default election
@@ -118,11 +125,14 @@ class Applier:
         leases: dict[int, int],
         replica: Replica | None = None,
         alarms: AlarmState | None = None,
+        auth: AuthWriter | None = None,
     ) -> None:
         self._txn = txn
         # Alarms and quota (shared with the writer, which stores alarms this batch raises).
         self._alarms = alarms
         self._database_size: int | None = None
+        # Checks writes sent on behalf of a caller, and applies the auth store's own writes.
+        self._auth = auth
         # Set when the backend keeps replication entries: every local write records one, and
         # merged entries from peers become local revisions.
         self._replica = replica
@@ -142,31 +152,10 @@ class Applier:
         self._pending = []
         try:
             if self._alarms is not None:
-                self._alarms.check(req, self._size_at_batch_start)
-            if isinstance(req, PutRequest):
-                if req.lease and req.lease not in self._leases:
-                    raise LeaseNotFoundError()
-                resp: WriteResponse = self._put(req)
-            elif isinstance(req, DeleteRangeRequest):
-                resp = self._delete_range(req)
-            elif isinstance(req, TxnRequest):
-                resp = self._txn_request(req)
-            elif isinstance(req, CompactionRequest):
-                resp = self._compact(req)
-            elif isinstance(req, LeaseGrantRequest):
-                resp = self._lease_grant(req)
-            elif isinstance(req, LeaseRevokeRequest):
-                resp = self._lease_revoke(req)
-            elif isinstance(req, MergeRequest):
-                resp = self._merge(req)
-            elif isinstance(req, PeerRegistration):
-                resp = self._register_peer(req)
-            elif isinstance(req, AlarmRequest):
-                resp = self._alarm(req)
-            elif isinstance(req, PruneEntries):
-                resp = self._txn.replication.prune(req.written_before_ms, req.limit)  # type: ignore[attr-defined]
-            else:
-                raise TypeError(f"not a write request: {type(req).__name__}")
+                # As etcd's alarm appliers, outside its auth applier: the request itself.
+                inner = req.request if isinstance(req, Authorized) else req
+                self._alarms.check(inner, self._size_at_batch_start)
+            resp = self._dispatch(req)
         except BaseException:
             self._pending = []
             raise
@@ -182,6 +171,45 @@ class Applier:
         if self._database_size is None:
             self._database_size = self._txn.database_size()
         return self._database_size
+
+    def _dispatch(self, req: WriteRequest) -> WriteResponse:
+        if isinstance(req, PutRequest):
+            if req.lease and req.lease not in self._leases:
+                raise LeaseNotFoundError()
+            return self._put(req)
+        if isinstance(req, DeleteRangeRequest):
+            return self._delete_range(req)
+        if isinstance(req, TxnRequest):
+            return self._txn_request(req)
+        if isinstance(req, CompactionRequest):
+            return self._compact(req)
+        if isinstance(req, LeaseGrantRequest):
+            return self._lease_grant(req)
+        if isinstance(req, LeaseRevokeRequest):
+            return self._lease_revoke(req)
+        if isinstance(req, Authorized):
+            return self._authorized(req)
+        if isinstance(req, MergeRequest):
+            return self._merge(req)
+        if isinstance(req, PeerRegistration):
+            return self._register_peer(req)
+        if isinstance(req, AlarmRequest):
+            return self._alarm(req)
+        if isinstance(req, PruneEntries):
+            return self._txn.replication.prune(req.written_before_ms, req.limit)  # type: ignore[attr-defined,no-any-return]
+        raise TypeError(f"not a write request: {type(req).__name__}")
+
+    def _authorized(self, req: Authorized) -> WriteResponse:
+        """A request sent on behalf of a caller: the auth store's own writes are applied by
+        it; any other write first passes etcd's permission checks."""
+        assert self._auth is not None, "the write path has no auth store"
+        inner = req.request
+        if is_auth_write(inner):
+            resp = self._auth.apply(self._txn, inner, req.caller, self._clock.now())
+            resp.header.revision = self.revision
+            return resp
+        self._auth.check(self._txn, inner, req.caller)
+        return self._dispatch(inner)
 
     # -- single operations ---------------------------------------------------------------------
 

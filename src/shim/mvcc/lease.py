@@ -15,6 +15,7 @@ import logging
 import random
 import time
 
+from shim.auth.state import Caller
 from shim.mvcc.errors import LeaseNotFoundError, StoreClosedError
 from shim.mvcc.store import Store
 from shim.pb.rpc_pb2 import (
@@ -76,9 +77,11 @@ class Lessor:
             if candidate not in self._ttl:
                 return candidate
 
-    async def revoke(self, lease_id: int) -> LeaseRevokeResponse:
-        resp: LeaseRevokeResponse = await self._store.write(  # type: ignore[assignment]
-            LeaseRevokeRequest(ID=lease_id)
+    async def revoke(self, lease_id: int, caller: Caller | None = None) -> LeaseRevokeResponse:
+        """Revoke a lease and delete its keys; on behalf of ``caller`` (None: expiry), who
+        must be able to write every one of them."""
+        resp: LeaseRevokeResponse = await self._store.write_as(  # type: ignore[assignment]
+            LeaseRevokeRequest(ID=lease_id), caller
         )
         self._forget(lease_id)
         return resp

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from shim import metrics
+from shim.auth.apply import Authorized
+from shim.auth.cache import AuthCache
+from shim.auth.state import AuthState, Caller
 from shim.backend.base import Backend, ReadView
 from shim.mvcc.alarms import DEFAULT_QUOTA_BYTES
 from shim.mvcc.apply import (
@@ -87,6 +90,8 @@ class Store:
         self._make_write_path = write_path or self._local_writer
         self._writer: WritePath | None = None
         self._listeners: list[CommitListener] = []
+        # The auth state of the snapshots this process reads (the writer keeps its own).
+        self.auth = AuthCache()
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -136,10 +141,7 @@ class Store:
         return dict(self._writer.leases)
 
     async def lease_keys(self, lease_id: int) -> list[bytes]:
-        try:
-            return await self.backend.read_async(lambda view: view.lease_keys(lease_id))
-        except self.backend.errors as exc:
-            raise StorageUnavailableError(f"storage read failed: {exc}") from exc
+        return await self.read(lambda view: view.lease_keys(lease_id))
 
     @property
     def revision(self) -> int:
@@ -153,13 +155,26 @@ class Store:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    async def range(self, req: RangeRequest) -> RangeResponse:
+    async def read(self, fn: Callable[[ReadView], T]) -> T:
+        """Run ``fn`` on one read snapshot."""
         try:
-            return await self.backend.read_async(
-                lambda view: execute_range(view, req, view.revision(), view.compact_revision())
-            )
+            return await self.backend.read_async(fn)
         except self.backend.errors as exc:
             raise StorageUnavailableError(f"storage read failed: {exc}") from exc
+
+    async def read_auth(self, fn: Callable[[AuthState, ReadView], T]) -> T:
+        """Run ``fn`` on one read snapshot and the auth state it holds."""
+        return await self.read(lambda view: fn(self.auth.state(view), view))
+
+    async def range(self, req: RangeRequest, caller: Caller | None = None) -> RangeResponse:
+        """A Range; with ``caller``, first etcd's permission check, on the same snapshot."""
+
+        def run(view: ReadView) -> RangeResponse:
+            if caller is not None:
+                self.auth.state(view).check_range(caller, req.key, req.range_end)
+            return execute_range(view, req, view.revision(), view.compact_revision())
+
+        return await self.read(run)
 
     def read_watch_entries(
         self, key: bytes, end: bytes | None, after_revision: int, limit: int
@@ -213,21 +228,29 @@ class Store:
             raise StoreClosedError()
         return await self._writer.write(req)
 
-    async def put(self, req: PutRequest) -> PutResponse:
-        return await self.write(req)  # type: ignore[return-value]
+    async def write_as(self, req: WriteRequest, caller: Caller | None) -> WriteResponse:
+        """A write sent on behalf of ``caller``: the writer checks its permissions against
+        the auth state of the transaction that applies it (None: no check)."""
+        return await self.write(req if caller is None else Authorized(req, caller))
 
-    async def delete_range(self, req: DeleteRangeRequest) -> DeleteRangeResponse:
-        return await self.write(req)  # type: ignore[return-value]
+    async def put(self, req: PutRequest, caller: Caller | None = None) -> PutResponse:
+        return await self.write_as(req, caller)  # type: ignore[return-value]
 
-    async def txn(self, req: TxnRequest) -> TxnResponse:
+    async def delete_range(
+        self, req: DeleteRangeRequest, caller: Caller | None = None
+    ) -> DeleteRangeResponse:
+        return await self.write_as(req, caller)  # type: ignore[return-value]
+
+    async def txn(self, req: TxnRequest, caller: Caller | None = None) -> TxnResponse:
         if is_write(req):
-            return await self.write(req)  # type: ignore[return-value]
-        try:
-            return await self.backend.read_async(
-                lambda view: execute_read_txn(view, req, view.revision(), view.compact_revision())
-            )
-        except self.backend.errors as exc:
-            raise StorageUnavailableError(f"storage read failed: {exc}") from exc
+            return await self.write_as(req, caller)  # type: ignore[return-value]
+
+        def run(view: ReadView) -> TxnResponse:
+            if caller is not None:
+                self.auth.state(view).check_txn(caller, req)
+            return execute_read_txn(view, req, view.revision(), view.compact_revision())
+
+        return await self.read(run)
 
     async def compact(self, req: CompactionRequest) -> CompactionResponse:
         return await self.write(req)  # type: ignore[return-value]

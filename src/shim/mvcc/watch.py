@@ -192,11 +192,11 @@ class WatchHub:
             end = req.range_end
         # Refusals carry watch_id -1 and use up no id.
         if end is not None and end != b"" and end <= key:
-            self._refuse(stream, EMPTY_RANGE)
+            self.refuse(stream, EMPTY_RANGE)
             return
         watch_id = stream.allocate_id(req.watch_id)
         if watch_id is None:
-            self._refuse(stream, DUPLICATE_ID)
+            self.refuse(stream, DUPLICATE_ID)
             return
         start = req.start_revision
         now = self.revision
@@ -240,7 +240,8 @@ class WatchHub:
         stream.progress_requested = True
         self._maybe_send_progress(stream)
 
-    def _refuse(self, stream: WatchStream, reason: str) -> None:
+    def refuse(self, stream: WatchStream, reason: str) -> None:
+        """Answer a create request with a refusal (watch_id -1, created and canceled)."""
         resp = WatchResponse(
             watch_id=REFUSED_WATCH_ID, created=True, canceled=True, cancel_reason=reason
         )

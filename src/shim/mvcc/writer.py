@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shim import metrics
+from shim.auth.apply import Authorized, AuthWriter
 from shim.backend.base import Backend, WriteTxn, kv_from_row
 from shim.mvcc.alarms import CORRUPT, DEFAULT_QUOTA_BYTES, AlarmState, member_id_of
 from shim.mvcc.apply import Applier, CommitListener, Revision, WriteRequest, WriteResponse
@@ -51,6 +52,12 @@ _INLINE_YIELDS = 2
 # concurrency a momentarily lone write would otherwise block the loop for a whole fsync while
 # the others' requests wait unread.
 _CROWD_MEMORY_SECONDS = 0.05
+
+
+def _inline_kind(request: WriteRequest) -> bool:
+    if isinstance(request, Authorized):
+        request = request.request
+    return isinstance(request, _INLINE_REQUESTS)
 
 
 @dataclass(slots=True)
@@ -99,6 +106,7 @@ class Writer:
         # A shared database's transactions wait on other servers: never on the event loop.
         self._inline = not backend.shared
         self.replica: Replica | None = None
+        self.auth = AuthWriter(backend.node_id)
         with backend.read() as view:
             self.revision = view.revision()
             self.compact_revision = view.compact_revision()
@@ -145,7 +153,7 @@ class Writer:
         elif (
             self._inline
             and now >= self._crowded_until
-            and isinstance(request, _INLINE_REQUESTS)
+            and _inline_kind(request)
         ):
             # Let requests that have already arrived reach this point first: if one does,
             # both go to the writer thread and commit together.
@@ -256,7 +264,7 @@ class Writer:
                     self._refresh(txn)
                 applier = Applier(
                     txn, self.revision, self.compact_revision, self._clock, self.leases,
-                    self.replica, self.alarms,
+                    self.replica, self.alarms, self.auth,
                 )
                 for item in batch:
                     txn.savepoint()

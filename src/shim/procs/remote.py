@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from shim.auth.state import Caller
 from shim.backend.base import Backend
 from shim.mvcc.apply import CommitListener, Revision, WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError
@@ -158,8 +159,8 @@ class RemoteLessor:
         response: LeaseGrantResponse = await self._link.call(LEASE_GRANT, req)
         return response
 
-    async def revoke(self, lease_id: int) -> LeaseRevokeResponse:
-        response: LeaseRevokeResponse = await self._link.call(LEASE_REVOKE, lease_id)
+    async def revoke(self, lease_id: int, caller: Caller | None = None) -> LeaseRevokeResponse:
+        response: LeaseRevokeResponse = await self._link.call(LEASE_REVOKE, (lease_id, caller))
         return response
 
     async def renew(self, lease_id: int) -> int:

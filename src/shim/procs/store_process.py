@@ -150,7 +150,8 @@ class StoreProcess:
         if name == remote.LEASE_GRANT:
             return await self.lessor.grant(argument)
         if name == remote.LEASE_REVOKE:
-            return await self.lessor.revoke(argument)
+            lease_id, caller = argument
+            return await self.lessor.revoke(lease_id, caller)
         if name == remote.LEASE_RENEW:
             return await self.lessor.renew(argument)
         if name == remote.LEASE_TTL:
