@@ -300,7 +300,7 @@ def test_fresh_store_is_at_revision_1(shim: ShimServer) -> None:
 @pytest.mark.parametrize(
     "method",
     [
-        "/etcdserverpb.Auth/AuthEnable",
+        "/etcdserverpb.Auth/AuthEnableNow",
         "/etcdserverpb.KV/RangeStream",
         "/etcdserverpb.NoSuchService/Anything",
     ],

@@ -119,6 +119,14 @@ def test_service_names_and_methods() -> None:
         "Lease": "etcdserverpb.Lease",
         "Cluster": "etcdserverpb.Cluster",
         "Maintenance": "etcdserverpb.Maintenance",
+        "Auth": "etcdserverpb.Auth",
+    }
+    assert set(services["Auth"].methods_by_name) == {
+        "AuthEnable", "AuthDisable", "AuthStatus", "Authenticate",
+        "UserAdd", "UserGet", "UserList", "UserDelete", "UserChangePassword",
+        "UserGrantRole", "UserRevokeRole",
+        "RoleAdd", "RoleGet", "RoleList", "RoleDelete",
+        "RoleGrantPermission", "RoleRevokePermission",
     }
     watch = services["Watch"].methods_by_name["Watch"]
     assert watch.client_streaming and watch.server_streaming
@@ -165,3 +173,25 @@ def test_lock_and_election_wire_facts() -> None:
     assert election.full_name == "v3electionpb.Election"
     assert set(election.methods_by_name) == {"Campaign", "Proclaim", "Leader", "Observe", "Resign"}
     assert election.methods_by_name["Observe"].server_streaming
+
+
+def test_auth_wire_facts() -> None:
+    from shim.pb import auth_pb2, rpc_pb2
+
+    # Numbers checked against etcd v3.5 api/authpb/auth.proto and api/etcdserverpb/rpc.proto.
+    assert [(f.name, f.number) for f in auth_pb2.Permission.DESCRIPTOR.fields] == [
+        ("permType", 1), ("key", 2), ("range_end", 3),
+    ]
+    assert auth_pb2.Permission.Type.Value("READWRITE") == 2
+    assert auth_pb2.Permission.DESCRIPTOR.full_name == "authpb.Permission"
+    assert _number(auth_pb2.UserAddOptions, "no_password") == 1
+    add = rpc_pb2.AuthUserAddRequest
+    assert [_number(add, f) for f in ("name", "password", "options", "hashedPassword")] == [
+        1, 2, 3, 4,
+    ]
+    assert _number(rpc_pb2.AuthUserChangePasswordRequest, "hashedPassword") == 3
+    assert _number(rpc_pb2.AuthStatusResponse, "authRevision") == 3
+    assert _number(rpc_pb2.AuthenticateResponse, "token") == 2
+    assert _number(rpc_pb2.AuthRoleGrantPermissionRequest, "perm") == 2
+    assert _number(rpc_pb2.AuthRoleRevokePermissionRequest, "range_end") == 3
+    assert _number(rpc_pb2.AuthUserGrantRoleRequest, "role") == 2

@@ -1,7 +1,9 @@
 """``shim status`` and ``shim sql``: look inside a node's database while it runs.
 
 Both open the SQLite file read-only in WAL mode, so they see a consistent snapshot and never
-block the server's writer (nor take its lock).
+block the server's writer (nor take its lock). Secrets never show: in ``shim sql`` password
+hashes and the token key read as NULL (an authorizer on the connection) and the file's raw
+pages cannot be read; ``shim status`` prints none of them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,22 @@ def open_read_only(endpoint: str) -> apsw.Connection:
     return conn
 
 
+# Columns that read as NULL here: password hashes, and the token key (with the other settings).
+SECRET_COLUMNS = frozenset({("auth_user", "password"), ("auth_setting", "value")})
+# Tables that would show the file's raw pages, secrets included.
+RAW_TABLES = frozenset({"sqlite_dbpage"})
+
+
+def _hide_secrets(
+    action: int, first: str | None, second: str | None, _db: str | None, _source: str | None
+) -> int:
+    if action == apsw.SQLITE_READ and (first, second) in SECRET_COLUMNS:
+        return apsw.SQLITE_IGNORE
+    if first in RAW_TABLES or second in RAW_TABLES:
+        return apsw.SQLITE_DENY
+    return apsw.SQLITE_OK
+
+
 def status(conn: apsw.Connection) -> dict[str, Any]:
     meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
     node_id = str(meta.get("node_id", ""))
@@ -46,6 +64,16 @@ def status(conn: apsw.Connection) -> dict[str, Any]:
         "compact_revision": int(meta.get("compact_revision", -1)),
         "keys": conn.execute("SELECT COUNT(*) FROM current").fetchone()[0],
     }
+    if _has_table(conn, "auth_user"):
+        enabled = conn.execute(
+            "SELECT 1 FROM auth_setting WHERE name = 'enabled' AND value = '1'"
+        ).fetchone()
+        report["auth"] = {
+            "enabled": enabled is not None,
+            "revision": int(meta.get("auth_revision", 1)),
+            "users": conn.execute("SELECT COUNT(*) FROM auth_user WHERE deleted = 0").fetchone()[0],
+            "roles": conn.execute("SELECT COUNT(*) FROM auth_role WHERE deleted = 0").fetchone()[0],
+        }
     if not _has_table(conn, "repl_entry"):
         return report
     counts = conn.execute(
@@ -80,6 +108,10 @@ def print_status(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
     print(f"revision   {report['revision']} (compacted to {report['compact_revision']})",
           file=out)
     print(f"keys       {report['keys']}", file=out)
+    auth = report.get("auth")
+    if auth is not None:
+        print(f"auth       {'enabled' if auth['enabled'] else 'disabled'}, revision "
+              f"{auth['revision']}, {auth['users']} users, {auth['roles']} roles", file=out)
     entries = report.get("entries")
     if entries is None:
         return
@@ -96,6 +128,7 @@ def print_status(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
 
 
 def run_sql(conn: apsw.Connection, sql: str) -> tuple[list[str], list[list[Any]]]:
+    conn.authorizer = _hide_secrets
     cursor = conn.cursor()
     try:
         cursor.execute(sql)
@@ -104,6 +137,10 @@ def run_sql(conn: apsw.Connection, sql: str) -> tuple[list[str], list[list[Any]]
         rows = [list(row) for row in cursor]
     except apsw.ReadOnlyError:
         raise ConfigError("shim sql is read-only: only queries are allowed") from None
+    except apsw.AuthError:
+        raise ConfigError(
+            "shim sql does not show the database's raw pages (they hold password hashes)"
+        ) from None
     except apsw.Error as exc:
         raise ConfigError(f"SQL error: {exc}") from None
     return columns, rows

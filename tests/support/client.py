@@ -30,6 +30,7 @@ class Client:
         self.maintenance = rpc_pb2_grpc.MaintenanceStub(self.channel)
         self.lock = v3lock_pb2_grpc.LockStub(self.channel)
         self.election = v3election_pb2_grpc.ElectionStub(self.channel)
+        self.auth = rpc_pb2_grpc.AuthStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
