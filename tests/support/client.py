@@ -18,9 +18,10 @@ class Client:
     `--processes N` different Clients can land on different serving processes.
     """
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, channel: grpc.Channel | None = None) -> None:
+        """``channel``: one already made (a TLS one); by default an insecure one."""
         self.endpoint = endpoint
-        self.channel = grpc.insecure_channel(
+        self.channel = channel or grpc.insecure_channel(
             endpoint, options=[("grpc.use_local_subchannel_pool", 1)]
         )
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
