@@ -7,6 +7,7 @@ a Python client (aetcd), and in what `shim sql`, `shim status` and the log show.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -17,9 +18,10 @@ import grpc
 import pytest
 
 from shim.pb import rpc_pb2 as pb
-from tests.support import Client, EtcdServer, ShimServer, etcdctl
+from tests.support import REPO_ROOT, Client, EtcdServer, ShimServer, etcdctl
 from tests.support.certs import CertificateAuthority
 from tests.support.postgres import PostgresServer
+from tests.support.process import child_env
 from tests.test_auth import ALICE, ROOT, configure, md, outcome, token_of
 from tests.test_cli import run_shim
 from tests.test_processes import children, client_connections, wait_until
@@ -301,3 +303,42 @@ def test_auth_token_flags(tmp_path: Path) -> None:
         assert read(client, b"/p/x", token) == BAD_TOKEN
         assert read(client, b"/p/x", token_of(client, ALICE))[0] == "ok"
 
+
+
+def readme_auth_commands() -> list[tuple[str, str | None]]:
+    """The commands of the README's Authentication section, each with what its comment says
+    it prints ("-> OUTPUT": its last line; "Error: ...": it fails with that message)."""
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split("\n## Authentication\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = []
+    for line in block.strip().splitlines():
+        command, _, comment = line.partition("    #")
+        commands.append((command.strip(), comment.strip() or None))
+    return commands
+
+
+def test_readme_authentication_commands(tmp_path: Path) -> None:
+    """The README's commands, as a user types them, from the directory the server runs in
+    (its data in ./shim-data/state.db, the default); only the port differs."""
+    workdir = tmp_path / "readme"
+    workdir.mkdir()
+    datastore = f"sqlite://{workdir / 'shim-data' / 'state.db'}"
+    with ShimServer(workdir, datastore_endpoint=datastore) as shim:
+        bin_dir = Path(sys.executable).parent
+        for command, expected in readme_auth_commands():
+            argv = shlex.split(command.replace("127.0.0.1:2379", shim.endpoint))
+            argv[0] = str(bin_dir / argv[0])  # etcdctl and shim from this environment
+            result = subprocess.run(argv, capture_output=True, text=True, cwd=workdir,
+                                    timeout=60, env=child_env({"ETCDCTL_API": "3"}))
+            if expected is not None and expected.startswith("Error: "):
+                assert result.returncode != 0, command
+                assert expected in result.stderr, (command, result.stderr)
+                continue
+            assert result.returncode == 0, (command, result.stdout, result.stderr)
+            if expected is not None and expected.startswith("-> "):
+                assert result.stdout.strip().splitlines()[-1] == expected[3:], (
+                    command, result.stdout)
+            if argv[1:3] == ["sql", "SELECT * FROM auth_users"]:
+                assert "alice" in result.stdout and '["app"]' in result.stdout
+                assert "scrypt" not in result.stdout
