@@ -323,7 +323,9 @@ def test_database_is_created_when_missing(postgres: PostgresServer, tmp_path: Pa
     )}
     assert {"meta", "log", "current", "lease", "schema_version", "kv", "history"} <= tables
     assert postgres.execute("SELECT version, name FROM schema_version ORDER BY version",
-                            database=name) == [(1, "log"), (2, "leases"), (3, "long_keys")]
+                            database=name) == [
+        (1, "log"), (2, "leases"), (3, "long_keys"), (4, "auth"),
+    ]
     rows = postgres.execute("SELECT key, value, mod_revision FROM kv", database=name)
     assert rows == [("k", "v", 2)]
     # A second start finds everything in place and keeps the data.

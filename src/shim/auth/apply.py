@@ -20,7 +20,7 @@ from typing import Any, TypeGuard
 from shim.auth import errors
 from shim.auth.cache import ENABLED, TOKEN_KEY, AuthCache
 from shim.auth.perms import is_valid_range
-from shim.auth.state import ROOT_ROLE, ROOT_USER, AuthState, Caller
+from shim.auth.state import ROOT_ROLE, ROOT_USER, AuthState, Caller, User
 from shim.auth.tokens import new_token_key
 from shim.backend.auth_tables import AuthTables, RoleRow, SettingRow, UserRow
 from shim.mvcc.gosort import go_sort
@@ -119,8 +119,15 @@ class _Change:
         self.changed = False
         self.bump = False
 
+    def user(self, name: str) -> User:
+        """The user ``name``, or etcd's "user name not found"."""
+        user = self.state.users.get(name)
+        if user is None:
+            raise errors.UserNotFound()
+        return user
+
     def user_row(self, name: str) -> UserRow:
-        user = self.state.users[name]
+        user = self.user(name)
         return UserRow(name, user.password, user.no_password, user.roles, user.epoch, False,
                        self.hlc, self.origin)
 
@@ -181,8 +188,7 @@ def _user_add(change: _Change, req: pb.AuthUserAddRequest) -> pb.AuthUserAddResp
 def _user_delete(change: _Change, req: pb.AuthUserDeleteRequest) -> pb.AuthUserDeleteResponse:
     if change.state.enabled and req.name == ROOT_USER:
         raise errors.InvalidAuthMgmt()
-    if req.name not in change.state.users:
-        raise errors.UserNotFound()
+    change.user(req.name)
     change.put_user(UserRow(req.name, "", False, (), new_epoch(), True, 0, ""))
     return pb.AuthUserDeleteResponse()
 
@@ -190,9 +196,7 @@ def _user_delete(change: _Change, req: pb.AuthUserDeleteRequest) -> pb.AuthUserD
 def _user_change_password(
     change: _Change, req: pb.AuthUserChangePasswordRequest
 ) -> pb.AuthUserChangePasswordResponse:
-    user = change.state.users.get(req.name)
-    if user is None:
-        raise errors.UserNotFound()
+    user = change.user(req.name)
     # A user without password keeps none; the others get the new hash (an empty one, when
     # the new password was empty, lets nobody in, as in etcd).
     password = "" if user.no_password else req.hashedPassword
@@ -203,9 +207,7 @@ def _user_change_password(
 def _user_grant_role(
     change: _Change, req: pb.AuthUserGrantRoleRequest
 ) -> pb.AuthUserGrantRoleResponse:
-    user = change.state.users.get(req.user)
-    if user is None:
-        raise errors.UserNotFound()
+    user = change.user(req.user)
     if req.role != ROOT_ROLE and req.role not in change.state.roles:
         raise errors.RoleNotFound()
     if req.role not in user.roles:  # granting a role again changes nothing, as in etcd
@@ -219,9 +221,7 @@ def _user_revoke_role(
 ) -> pb.AuthUserRevokeRoleResponse:
     if change.state.enabled and req.name == ROOT_USER and req.role == ROOT_ROLE:
         raise errors.InvalidAuthMgmt()
-    user = change.state.users.get(req.name)
-    if user is None:
-        raise errors.UserNotFound()
+    user = change.user(req.name)
     if req.role not in user.roles:
         raise errors.RoleNotGranted()
     roles = tuple(r for r in user.roles if r != req.role)
