@@ -61,6 +61,8 @@ def outcome(call: Callable[[], Any]) -> tuple[Any, ...]:
         return ("ok", resp.succeeded)
     if isinstance(resp, pb.DeleteRangeResponse):
         return ("ok", resp.deleted)
+    if isinstance(resp, list | int):  # what a test's own call picked out of an answer
+        return ("ok", resp)
     return ("ok",)
 
 

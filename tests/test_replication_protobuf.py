@@ -16,6 +16,7 @@ import pytest
 from shim.pb import replication_pb2 as repl_pb
 from shim.pb import replication_pb2_grpc
 from shim.replication.policy import Policy
+from shim.replication.wire import PROTOCOL
 from tests.support import ShimServer, k8s_pb
 from tests.support.k8s_pb import condition, edited
 from tests.support.replication import (
@@ -100,16 +101,17 @@ def test_a_protobuf_deployment_edited_at_two_sites_keeps_all_three_edits(
         ("metadata", "labels", "site"), ("status", "conditions")}
 
 
-def test_a_node_of_protocol_1_is_refused(shim_factory: Factory) -> None:
-    """Protocol 1 nodes kept protobuf objects whole: linked with them, nodes would not
-    converge, so a link says why it is refused."""
+@pytest.mark.parametrize("old", [1, 2])
+def test_a_node_of_an_older_protocol_is_refused(shim_factory: Factory, old: int) -> None:
+    """Protocol 1 nodes kept protobuf objects whole, protocol 2 nodes would take auth entries
+    for keys: linked with them, nodes would not converge, so a link says why it is refused."""
     node = shim_factory(extra_args=node_args("n1"))
     hello = repl_pb.Hello(node_id="an-old-node", name="old", token=TOKEN, send=True,
-                          receive=True, policy_digest=Policy.load().digest, protocol=1)
+                          receive=True, policy_digest=Policy.load().digest, protocol=old)
     with grpc.insecure_channel(node.endpoint) as channel:
         call = replication_pb2_grpc.ReplicationStub(channel).Link(
             iter([repl_pb.LinkMessage(hello=hello)]), timeout=10)
         with pytest.raises(grpc.RpcError) as refused:
             next(call)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert refused.value.details() == "protocol 1 is not 2"
+    assert refused.value.details() == f"protocol {old} is not {PROTOCOL}"

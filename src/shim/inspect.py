@@ -39,8 +39,11 @@ def open_read_only(endpoint: str) -> apsw.Connection:
     return conn
 
 
-# Columns that read as NULL here: password hashes, and the token key (with the other settings).
-SECRET_COLUMNS = frozenset({("auth_user", "password"), ("auth_setting", "value")})
+# Columns that read as NULL here: password hashes (in the users and in the replication entries
+# that carry them), and the token key (with the other settings).
+SECRET_COLUMNS = frozenset({
+    ("auth_user", "password"), ("repl_entry", "secret"), ("auth_setting", "value"),
+})
 # Tables that would show the file's raw pages, secrets included.
 RAW_TABLES = frozenset({"sqlite_dbpage"})
 

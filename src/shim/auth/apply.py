@@ -11,19 +11,28 @@ refused with etcd's "revision of auth store is old", and etcd's clients retry.
 
 from __future__ import annotations
 
+import json
 import secrets
-from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeGuard
 
 from shim.auth import errors
 from shim.auth.cache import ENABLED, TOKEN_KEY, AuthCache
+from shim.auth.objects import (
+    RoleObject,
+    Setting,
+    Stamp,
+    UserObject,
+    role_from_row,
+    role_row,
+    user_from_row,
+    user_row,
+)
 from shim.auth.perms import is_valid_range
-from shim.auth.state import ROOT_ROLE, ROOT_USER, AuthState, Caller, User
+from shim.auth.state import ROOT_ROLE, ROOT_USER, AuthState, Caller
 from shim.auth.tokens import new_token_key
-from shim.backend.auth_tables import AuthTables, RoleRow, SettingRow, UserRow
-from shim.mvcc.gosort import go_sort
+from shim.backend.auth_tables import AuthTables, SettingRow
 from shim.pb import rpc_pb2 as pb
 
 AuthWriteRequest = (
@@ -47,6 +56,12 @@ class Authorized:
 
     request: Any  # a WriteRequest of shim.mvcc.apply, or an AuthWriteRequest
     caller: Caller
+
+
+# An auth object's replication entry: its key names it ("user/alice"), its value is its
+# state (JSON), its secret the password hash (kept out of the entry's value, which people see).
+Record = Callable[[bytes, bytes, "str | None"], None]
+USER, ROLE, SETTING = b"user", b"role", b"setting"
 
 
 def new_epoch() -> str:
@@ -95,53 +110,122 @@ class AuthWriter:
     # -- the auth store's writes ---------------------------------------------------------------
 
     def apply(
-        self, txn: Any, request: AuthWriteRequest, caller: Caller, hlc: int
+        self, txn: Any, request: AuthWriteRequest, caller: Caller, hlc: int,
+        record: Record | None = None,
     ) -> AuthWriteResponse:
         """Apply an auth write for ``caller`` (the root role is needed once auth is on); its
-        response, without the header's revision."""
+        response, without the header's revision. ``record`` is told of every object the
+        write changed (replication records it as an entry)."""
         state = self.state(txn)
         state.check_admin(caller)
-        change = _Change(txn.auth, state, hlc, self._node_id)
+        change = _Change(txn.auth, state, (hlc, self._node_id))
         handler = _HANDLERS[type(request)]
         response: AuthWriteResponse = handler(change, request)
         change.finish()
+        if record is not None:
+            for key, value, secret in change.written:
+                record(key, value, secret)
         return response
+
+    # -- objects from peers ----------------------------------------------------------------------
+
+    def merge(self, txn: Any, key: bytes, value: bytes, secret: str | None) -> bool:
+        """Merge a peer's version of an auth object (a replication entry) into ours; whether
+        that changed anything (then the auth revision moves, as with any change)."""
+        tables: AuthTables = txn.auth
+        kind, _, raw_name = key.partition(b"/")
+        merge = _MERGES.get(kind)
+        if merge is None:
+            raise ValueError(f"not an auth object: {key!r}")
+        if not merge(tables, raw_name.decode("utf-8"), value.decode("utf-8"), secret):
+            return False
+        tables.set_revision(tables.revision() + 1)
+        tables.set_version(new_version())
+        return True
+
+
+def _merge_user(tables: AuthTables, name: str, state: str, secret: str | None) -> bool:
+    theirs = UserObject.from_state(name, state, secret or "")
+    row = tables.user(name)
+    ours = user_from_row(row) if row is not None else None
+    merged = theirs if ours is None else ours.merge(theirs)
+    if merged == ours:
+        return False
+    tables.put_user(user_row(merged))
+    return True
+
+
+def _merge_role(tables: AuthTables, name: str, state: str, _secret: str | None) -> bool:
+    theirs = RoleObject.from_state(name, state)
+    row = tables.role(name)
+    ours = role_from_row(row) if row is not None else None
+    merged = theirs if ours is None else ours.merge(theirs)
+    if merged == ours:
+        return False
+    tables.put_role(role_row(merged))
+    return True
+
+
+def _merge_setting(tables: AuthTables, name: str, state: str, _secret: str | None) -> bool:
+    value, at = json.loads(state)
+    theirs = Setting(name, str(value), (int(at[0]), str(at[1])))
+    row = tables.setting(name)
+    ours = Setting(name, row.value, (row.hlc, row.origin)) if row is not None else None
+    merged = theirs if ours is None else ours.merge(theirs)
+    if merged == ours:
+        return False
+    tables.put_setting(SettingRow(name, merged.value, *merged.at))
+    if name == ENABLED and merged.value == "1" and (ours is None or ours.value != "1"):
+        # Enabled by a peer: this node's own token key is new too, as when enabled here.
+        tables.put_setting(SettingRow(TOKEN_KEY, new_token_key().hex(), *merged.at))
+    return True
+
+
+_MERGES: dict[bytes, Callable[[AuthTables, str, str, str | None], bool]] = {
+    USER: _merge_user, ROLE: _merge_role, SETTING: _merge_setting,
+}
 
 
 class _Change:
-    """One auth write in progress: rows to write, and whether the revision moves."""
+    """One auth write in progress: the objects it writes, and whether the revision moves."""
 
-    def __init__(self, tables: AuthTables, state: AuthState, hlc: int, origin: str) -> None:
+    def __init__(self, tables: AuthTables, state: AuthState, at: Stamp) -> None:
         self.tables = tables
         self.state = state
-        self.hlc = hlc
-        self.origin = origin
+        self.at = at
         self.changed = False
         self.bump = False
+        self.written: list[tuple[bytes, bytes, str | None]] = []
 
-    def user(self, name: str) -> User:
+    def user(self, name: str) -> UserObject:
         """The user ``name``, or etcd's "user name not found"."""
         user = self.state.users.get(name)
         if user is None:
             raise errors.UserNotFound()
         return user
 
-    def user_row(self, name: str) -> UserRow:
-        user = self.user(name)
-        return UserRow(name, user.password, user.no_password, user.roles, user.epoch, False,
-                       self.hlc, self.origin)
+    def role(self, name: str) -> RoleObject:
+        role = self.state.roles.get(name)
+        if role is None:
+            raise errors.RoleNotFound()
+        return role
 
-    def put_user(self, row: UserRow) -> None:
-        self.tables.put_user(replace(row, hlc=self.hlc, origin=self.origin))
+    def put_user(self, user: UserObject) -> None:
+        self.tables.put_user(user_row(user))
+        self.written.append((USER + b"/" + user.name.encode(), user.state().encode(),
+                             user.password))
         self.changed = self.bump = True
 
-    def put_role(self, name: str, permissions: tuple[tuple[int, bytes, bytes], ...],
-                 deleted: bool = False) -> None:
-        self.tables.put_role(RoleRow(name, permissions, deleted, self.hlc, self.origin))
+    def put_role(self, role: RoleObject) -> None:
+        self.tables.put_role(role_row(role))
+        self.written.append((ROLE + b"/" + role.name.encode(), role.state().encode(), None))
         self.changed = self.bump = True
 
-    def put_setting(self, name: str, value: str) -> None:
-        self.tables.put_setting(SettingRow(name, value, self.hlc, self.origin))
+    def put_setting(self, name: str, value: str, replicated: bool = True) -> None:
+        self.tables.put_setting(SettingRow(name, value, *self.at))
+        if replicated:
+            self.written.append((SETTING + b"/" + name.encode(),
+                                 json.dumps([value, list(self.at)]).encode(), None))
         self.changed = True
 
     def finish(self) -> None:
@@ -160,8 +244,8 @@ def _auth_enable(change: _Change, req: pb.AuthEnableRequest) -> pb.AuthEnableRes
         if not state.is_root(root):
             raise errors.RootRoleNotExist()
         change.put_setting(ENABLED, "1")
-        # A new key: tokens from an earlier time auth was on are worthless from now on.
-        change.put_setting(TOKEN_KEY, new_token_key().hex())
+        # A new key (this node's own): tokens from an earlier time auth was on are worthless.
+        change.put_setting(TOKEN_KEY, new_token_key().hex(), replicated=False)
     return pb.AuthEnableResponse()
 
 
@@ -181,15 +265,16 @@ def _user_add(change: _Change, req: pb.AuthUserAddRequest) -> pb.AuthUserAddResp
     if not no_password and not req.hashedPassword:
         raise errors.HashedPasswordUnsupported()  # the edge hashes every password it gets
     password = "" if no_password else req.hashedPassword
-    change.put_user(UserRow(req.name, password, no_password, (), new_epoch(), False, 0, ""))
+    # A new incarnation: a user added again after its deletion starts without roles.
+    change.put_user(UserObject(req.name, change.at, None, password, no_password, new_epoch(),
+                               change.at))
     return pb.AuthUserAddResponse()
 
 
 def _user_delete(change: _Change, req: pb.AuthUserDeleteRequest) -> pb.AuthUserDeleteResponse:
     if change.state.enabled and req.name == ROOT_USER:
         raise errors.InvalidAuthMgmt()
-    change.user(req.name)
-    change.put_user(UserRow(req.name, "", False, (), new_epoch(), True, 0, ""))
+    change.put_user(replace(change.user(req.name), deleted=change.at))
     return pb.AuthUserDeleteResponse()
 
 
@@ -200,7 +285,7 @@ def _user_change_password(
     # A user without password keeps none; the others get the new hash (an empty one, when
     # the new password was empty, lets nobody in, as in etcd).
     password = "" if user.no_password else req.hashedPassword
-    change.put_user(replace(change.user_row(req.name), password=password, epoch=new_epoch()))
+    change.put_user(replace(user, password=password, epoch=new_epoch(), password_set=change.at))
     return pb.AuthUserChangePasswordResponse()
 
 
@@ -208,11 +293,10 @@ def _user_grant_role(
     change: _Change, req: pb.AuthUserGrantRoleRequest
 ) -> pb.AuthUserGrantRoleResponse:
     user = change.user(req.user)
-    if req.role != ROOT_ROLE and req.role not in change.state.roles:
-        raise errors.RoleNotFound()
+    if req.role != ROOT_ROLE:
+        change.role(req.role)
     if req.role not in user.roles:  # granting a role again changes nothing, as in etcd
-        roles = tuple(sorted((*user.roles, req.role)))
-        change.put_user(replace(change.user_row(req.user), roles=roles))
+        change.put_user(user.with_grant(req.role, True, change.at))
     return pb.AuthUserGrantRoleResponse()
 
 
@@ -224,8 +308,7 @@ def _user_revoke_role(
     user = change.user(req.name)
     if req.role not in user.roles:
         raise errors.RoleNotGranted()
-    roles = tuple(r for r in user.roles if r != req.role)
-    change.put_user(replace(change.user_row(req.name), roles=roles))
+    change.put_user(user.with_grant(req.role, False, change.at))
     return pb.AuthUserRevokeRoleResponse()
 
 
@@ -234,28 +317,18 @@ def _role_add(change: _Change, req: pb.AuthRoleAddRequest) -> pb.AuthRoleAddResp
         raise errors.RoleEmpty()
     if req.name in change.state.roles:
         raise errors.RoleAlreadyExist()
-    change.put_role(req.name, ())
+    change.put_role(RoleObject(req.name, change.at, None))
     return pb.AuthRoleAddResponse()
 
 
 def _role_delete(change: _Change, req: pb.AuthRoleDeleteRequest) -> pb.AuthRoleDeleteResponse:
     if change.state.enabled and req.role == ROOT_ROLE:
         raise errors.InvalidAuthMgmt()
-    if req.role not in change.state.roles:
-        raise errors.RoleNotFound()
-    change.put_role(req.role, (), deleted=True)
-    for name, user in change.state.users.items():
+    change.put_role(replace(change.role(req.role), deleted=change.at))
+    for user in change.state.users.values():  # as etcd: the role leaves every user
         if req.role in user.roles:
-            roles = tuple(r for r in user.roles if r != req.role)
-            change.put_user(replace(change.user_row(name), roles=roles))
+            change.put_user(user.with_grant(req.role, False, change.at))
     return pb.AuthRoleDeleteResponse()
-
-
-def _permissions(change: _Change, name: str) -> list[tuple[int, bytes, bytes]]:
-    role = change.state.roles.get(name)
-    if role is None:
-        raise errors.RoleNotFound()
-    return [(p.permType, p.key, p.range_end) for p in role.permissions]
 
 
 def _role_grant_permission(
@@ -266,26 +339,19 @@ def _role_grant_permission(
     perm = req.perm
     if not is_valid_range(perm.key, perm.range_end):
         raise errors.InvalidAuthMgmt()
-    permissions = _permissions(change, req.name)
-    at = bisect_left([p[1] for p in permissions], perm.key)
-    if at < len(permissions) and permissions[at][1:] == (perm.key, perm.range_end):
-        permissions[at] = (perm.permType, perm.key, perm.range_end)
-    else:
-        permissions.append((perm.permType, perm.key, perm.range_end))
-        # etcd sorts by key alone with Go's (unstable) sort.Sort.
-        go_sort(permissions, lambda a, b: a[1] < b[1])
-    change.put_role(req.name, tuple(permissions))
+    role = change.role(req.name)
+    change.put_role(role.with_grant(perm.key, perm.range_end, perm.permType, change.at))
     return pb.AuthRoleGrantPermissionResponse()
 
 
 def _role_revoke_permission(
     change: _Change, req: pb.AuthRoleRevokePermissionRequest
 ) -> pb.AuthRoleRevokePermissionResponse:
-    permissions = _permissions(change, req.role)
-    kept = [p for p in permissions if p[1:] != (req.key, req.range_end)]
-    if len(kept) == len(permissions):
+    role = change.role(req.role)
+    granted = role.grants.get((req.key, req.range_end))
+    if granted is None or granted.type is None:
         raise errors.PermissionNotGranted()
-    change.put_role(req.role, tuple(kept))
+    change.put_role(role.with_grant(req.key, req.range_end, None, change.at))
     return pb.AuthRoleRevokePermissionResponse()
 
 

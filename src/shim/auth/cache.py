@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from shim.auth.state import AuthState, Role, User
+from shim.auth.objects import role_from_row, user_from_row
+from shim.auth.state import AuthState
 from shim.backend.auth_tables import AuthRows, AuthTables
-from shim.pb.auth_pb2 import Permission
 
 ENABLED = "enabled"
 TOKEN_KEY = "token_key"
@@ -24,17 +24,8 @@ class HasAuthTables(Protocol):
 
 
 def state_from_rows(rows: AuthRows) -> AuthState:
-    users = {
-        row.name: User(row.name, row.password, row.no_password, row.roles, row.epoch)
-        for row in rows.users if not row.deleted
-    }
-    roles = {
-        row.name: Role(row.name, tuple(
-            Permission(permType=t, key=k, range_end=e)  # type: ignore[arg-type]
-            for t, k, e in row.permissions
-        ))
-        for row in rows.roles if not row.deleted
-    }
+    users = {row.name: user_from_row(row) for row in rows.users if not row.deleted}
+    roles = {row.name: role_from_row(row) for row in rows.roles if not row.deleted}
     enabled = rows.settings.get(ENABLED)
     key = rows.settings.get(TOKEN_KEY)
     return AuthState(

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from shim.auth import errors
+from shim.auth.objects import RoleObject, UserObject
 from shim.auth.perms import KeyPermissions
-from shim.pb.auth_pb2 import Permission
 from shim.pb.rpc_pb2 import RequestOp, TxnRequest
 
 ROOT_USER = "root"
@@ -32,39 +32,22 @@ class Caller:
 NOBODY = Caller()
 
 
-@dataclass(frozen=True, slots=True)
-class User:
-    name: str
-    password: str  # the scrypt hash ("" for a user without password)
-    no_password: bool
-    roles: tuple[str, ...]  # sorted, as etcd keeps them
-    # Changes when the user is created again or its password changes: the tokens issued
-    # before name another epoch and stop working, as etcd drops them.
-    epoch: str
-
-
-@dataclass(frozen=True, slots=True)
-class Role:
-    name: str
-    permissions: tuple[Permission, ...]  # etcd's order (sorted by key)
-
-
 @dataclass(slots=True)
 class AuthState:
     version: int = 0  # identifies this state (changes with every change of the auth tables)
     enabled: bool = False
     revision: int = 1  # etcd's auth revision
-    users: dict[str, User] = field(default_factory=dict)
-    roles: dict[str, Role] = field(default_factory=dict)
+    users: dict[str, UserObject] = field(default_factory=dict)  # the live ones
+    roles: dict[str, RoleObject] = field(default_factory=dict)
     token_key: bytes = b""
     _merged: dict[str, KeyPermissions] = field(default_factory=dict)
 
     # -- identity ------------------------------------------------------------------------------
 
-    def is_root(self, user: User) -> bool:
+    def is_root(self, user: UserObject) -> bool:
         return ROOT_ROLE in user.roles
 
-    def permissions_of(self, user: User) -> KeyPermissions:
+    def permissions_of(self, user: UserObject) -> KeyPermissions:
         merged = self._merged.get(user.name)
         if merged is None:
             granted = [p for name in user.roles if name in self.roles

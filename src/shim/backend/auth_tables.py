@@ -20,22 +20,22 @@ Param = Callable[[int], str]
 class UserRow:
     name: str
     password: str
-    no_password: bool
     roles: tuple[str, ...]
-    epoch: str
+    no_password: bool
     deleted: bool
     hlc: int
     origin: str
+    state: str  # JSON the auth store merges by (shim.auth.objects)
 
 
 @dataclass(frozen=True, slots=True)
 class RoleRow:
     name: str
-    # Each permission as (type, key, range_end), in etcd's order.
-    permissions: tuple[tuple[int, bytes, bytes], ...]
+    permissions: tuple[str, ...]  # for people ("READ /k"); the grants themselves are in state
     deleted: bool
     hlc: int
     origin: str
+    state: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,18 +57,23 @@ class AuthRows:
     settings: dict[str, SettingRow]
 
 
-def _encode_permissions(permissions: Sequence[tuple[int, bytes, bytes]]) -> str:
-    return json.dumps(
-        [{"type": t, "key": k.hex(), "range_end": e.hex()} for t, k, e in permissions],
-        separators=(",", ":"),
-    )
+_USER_COLUMNS = "name, password, roles, no_password, deleted, hlc, origin, state"
+_ROLE_COLUMNS = "name, permissions, deleted, hlc, origin, state"
+_SETTING_COLUMNS = "name, value, hlc, origin"
 
 
-def _decode_permissions(text: str) -> tuple[tuple[int, bytes, bytes], ...]:
-    return tuple(
-        (int(p["type"]), bytes.fromhex(p["key"]), bytes.fromhex(p["range_end"]))
-        for p in json.loads(text)
-    )
+def _user(r: Sequence[Any]) -> UserRow:
+    return UserRow(str(r[0]), str(r[1]), tuple(json.loads(r[2])), bool(r[3]), bool(r[4]),
+                   int(r[5]), str(r[6]), str(r[7]))
+
+
+def _role(r: Sequence[Any]) -> RoleRow:
+    return RoleRow(str(r[0]), tuple(json.loads(r[1])), bool(r[2]), int(r[3]), str(r[4]),
+                   str(r[5]))
+
+
+def _setting(r: Sequence[Any]) -> SettingRow:
+    return SettingRow(str(r[0]), str(r[1]), int(r[2]), str(r[3]))
 
 
 class AuthTables:
@@ -98,55 +103,58 @@ class AuthTables:
         return self._meta("auth_revision")
 
     def load(self) -> AuthRows:
-        users = [
-            UserRow(str(r[0]), str(r[1]), bool(r[2]), tuple(json.loads(r[3])), str(r[4]),
-                    bool(r[5]), int(r[6]), str(r[7]))
-            for r in self._fetch(
-                "SELECT name, password, no_password, roles, epoch, deleted, hlc, origin "
-                "FROM auth_user ORDER BY name", ()
-            )
-        ]
-        roles = [
-            RoleRow(str(r[0]), _decode_permissions(str(r[1])), bool(r[2]), int(r[3]), str(r[4]))
-            for r in self._fetch(
-                "SELECT name, permissions, deleted, hlc, origin FROM auth_role ORDER BY name", ()
-            )
-        ]
+        users = [_user(r) for r in self._fetch(f"SELECT {_USER_COLUMNS} FROM auth_user", ())]
+        roles = [_role(r) for r in self._fetch(f"SELECT {_ROLE_COLUMNS} FROM auth_role", ())]
         settings = {
-            str(r[0]): SettingRow(str(r[0]), str(r[1]), int(r[2]), str(r[3]))
-            for r in self._fetch("SELECT name, value, hlc, origin FROM auth_setting", ())
+            str(r[0]): _setting(r)
+            for r in self._fetch(f"SELECT {_SETTING_COLUMNS} FROM auth_setting", ())
         }
         return AuthRows(self.version(), self.revision(), users, roles, settings)
 
+    def user(self, name: str) -> UserRow | None:
+        """One user's row, a tombstone too."""
+        rows = self._fetch(
+            f"SELECT {_USER_COLUMNS} FROM auth_user WHERE name = {self._param(1)}", (name,)
+        )
+        return _user(rows[0]) if rows else None
+
+    def role(self, name: str) -> RoleRow | None:
+        rows = self._fetch(
+            f"SELECT {_ROLE_COLUMNS} FROM auth_role WHERE name = {self._param(1)}", (name,)
+        )
+        return _role(rows[0]) if rows else None
+
+    def setting(self, name: str) -> SettingRow | None:
+        rows = self._fetch(
+            f"SELECT {_SETTING_COLUMNS} FROM auth_setting WHERE name = {self._param(1)}", (name,)
+        )
+        return _setting(rows[0]) if rows else None
+
     # -- writes (in the write transaction) -----------------------------------------------------
 
-    def put_user(self, row: UserRow) -> None:
+    def _upsert(self, table: str, columns: str, values: Sequence[object]) -> None:
+        names = [c.strip() for c in columns.split(",")]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in names[1:])
         self._fetch(
-            "INSERT INTO auth_user (name, password, no_password, roles, epoch, deleted, hlc, "
-            f"origin) VALUES ({self._params(8)}) ON CONFLICT (name) DO UPDATE SET "
-            "password = excluded.password, no_password = excluded.no_password, "
-            "roles = excluded.roles, epoch = excluded.epoch, deleted = excluded.deleted, "
-            "hlc = excluded.hlc, origin = excluded.origin",
-            (row.name, row.password, row.no_password, json.dumps(list(row.roles)), row.epoch,
-             row.deleted, row.hlc, row.origin),
+            f"INSERT INTO {table} ({columns}) VALUES ({self._params(len(names))}) "
+            f"ON CONFLICT ({names[0]}) DO UPDATE SET {updates}",
+            values,
         )
+
+    def put_user(self, row: UserRow) -> None:
+        self._upsert("auth_user", _USER_COLUMNS, (
+            row.name, row.password, json.dumps(list(row.roles)), row.no_password, row.deleted,
+            row.hlc, row.origin, row.state,
+        ))
 
     def put_role(self, row: RoleRow) -> None:
-        self._fetch(
-            "INSERT INTO auth_role (name, permissions, deleted, hlc, origin) "
-            f"VALUES ({self._params(5)}) ON CONFLICT (name) DO UPDATE SET "
-            "permissions = excluded.permissions, deleted = excluded.deleted, "
-            "hlc = excluded.hlc, origin = excluded.origin",
-            (row.name, _encode_permissions(row.permissions), row.deleted, row.hlc, row.origin),
-        )
+        self._upsert("auth_role", _ROLE_COLUMNS, (
+            row.name, json.dumps(list(row.permissions)), row.deleted, row.hlc, row.origin,
+            row.state,
+        ))
 
     def put_setting(self, row: SettingRow) -> None:
-        self._fetch(
-            f"INSERT INTO auth_setting (name, value, hlc, origin) VALUES ({self._params(4)}) "
-            "ON CONFLICT (name) DO UPDATE SET value = excluded.value, hlc = excluded.hlc, "
-            "origin = excluded.origin",
-            (row.name, row.value, row.hlc, row.origin),
-        )
+        self._upsert("auth_setting", _SETTING_COLUMNS, (row.name, row.value, row.hlc, row.origin))
 
     def set_revision(self, revision: int) -> None:
         self._write_meta("auth_revision", revision)

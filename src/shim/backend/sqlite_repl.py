@@ -20,12 +20,12 @@ ENTRY_VALUE_SQL = (
 )
 _ENTRY_COLUMNS = (
     f"e.origin, e.seq, e.hlc, e.key, e.deleted, {ENTRY_VALUE_SQL}, e.lease, e.ops, e.base_uid, "
-    "e.uid"
+    "e.uid, e.kind, e.secret"
 )
 
 
 def _entry(row: tuple[object, ...]) -> Entry:
-    origin, seq, hlc, key, deleted, value, lease, ops, base_uid, uid = row
+    origin, seq, hlc, key, deleted, value, lease, ops, base_uid, uid, kind, secret = row
     return Entry(
         origin=str(origin),
         seq=int(seq),
@@ -37,6 +37,8 @@ def _entry(row: tuple[object, ...]) -> Entry:
         ops=None if ops is None else field_ops.loads(str(ops)),
         base_uid=None if base_uid is None else str(base_uid),
         uid=None if uid is None else str(uid),
+        kind=str(kind),
+        secret=None if secret is None else str(secret),
     )
 
 
@@ -95,8 +97,8 @@ class ReplicationTables:
             )
         self._conn.execute(
             "INSERT OR IGNORE INTO repl_entry (origin, seq, hlc, key, deleted, value, lease, ops, "
-            "base_uid, uid, received_from, received_ms, skewed, outcome, value_in_log) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "base_uid, uid, received_from, received_ms, skewed, outcome, value_in_log, kind, "
+            "secret) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 e.origin,
                 e.seq,
@@ -113,6 +115,8 @@ class ReplicationTables:
                 int(skewed),
                 outcome,
                 int(value_in_log),
+                e.kind,
+                e.secret,
             ),
         )
         if self._conn.changes() == 0:
@@ -135,7 +139,8 @@ class ReplicationTables:
     def newest_stamp(self, key: bytes, excluding: int = 0) -> Stamp | None:
         """The largest stamp among the key's entries, leaving out the one at ``excluding``."""
         row = self._conn.execute(
-            "SELECT hlc, origin, seq FROM repl_entry WHERE key = ? AND ingest != ? "
+            "SELECT hlc, origin, seq FROM repl_entry "
+            "WHERE key = ? AND kind = '' AND ingest != ? "
             "ORDER BY hlc DESC, origin DESC, seq DESC LIMIT 1",
             (key, excluding),
         ).fetchone()
@@ -143,7 +148,7 @@ class ReplicationTables:
 
     def key_entries(self, key: bytes) -> list[Entry]:
         rows = self._conn.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM repl_entry e WHERE e.key = ? "
+            f"SELECT {_ENTRY_COLUMNS} FROM repl_entry e WHERE e.key = ? AND e.kind = '' "
             "ORDER BY e.hlc, e.origin, e.seq",
             (key,),
         )
@@ -194,15 +199,16 @@ class ReplicationTables:
         whose entries carry no object identity, followed (in stamp order) by a whole-value
         write or a delete of that key, which makes the key's state independent of everything
         before it. Only entries stored before ``written_before_ms`` go, so recent ones still
-        reach peers as they are."""
+        reach peers as they are. Auth objects' entries are kept: they are few, and a later
+        version of an object supersedes an earlier one only if its writer had seen it."""
         self._conn.execute(
             "DELETE FROM repl_entry WHERE ingest IN ("
             " SELECT e.ingest FROM repl_entry e"
-            " WHERE e.received_ms < ?1 AND e.uid IS NULL AND e.base_uid IS NULL"
-            " AND EXISTS (SELECT 1 FROM repl_entry w WHERE w.key = e.key"
+            " WHERE e.received_ms < ?1 AND e.uid IS NULL AND e.base_uid IS NULL AND e.kind = ''"
+            " AND EXISTS (SELECT 1 FROM repl_entry w WHERE w.key = e.key AND w.kind = ''"
             "   AND (w.hlc, w.origin, w.seq) > (e.hlc, e.origin, e.seq)"
             "   AND w.uid IS NULL AND w.base_uid IS NULL AND (w.deleted = 1 OR w.ops IS NULL))"
-            " AND NOT EXISTS (SELECT 1 FROM repl_entry u WHERE u.key = e.key"
+            " AND NOT EXISTS (SELECT 1 FROM repl_entry u WHERE u.key = e.key AND u.kind = ''"
             "   AND (u.uid IS NOT NULL OR u.base_uid IS NOT NULL))"
             " LIMIT ?2)",
             (written_before_ms, limit),

@@ -56,6 +56,7 @@ from shim.pb.rpc_pb2 import (
     TxnRequest,
     TxnResponse,
 )
+from shim.replication.merge import AUTH
 from shim.replication.resolve import (
     MergeRequest,
     MergeResult,
@@ -205,7 +206,15 @@ class Applier:
         assert self._auth is not None, "the write path has no auth store"
         inner = req.request
         if is_auth_write(inner):
-            resp = self._auth.apply(self._txn, inner, req.caller, self._clock.now())
+            hlc = self._clock.now()
+            record = None
+            if self._replica is not None:
+                replica, repl = self._replica, self._txn.replication  # type: ignore[attr-defined]
+
+                def record(key: bytes, state: bytes, secret: str | None) -> None:
+                    replica.local_auth(repl, key, state, secret, hlc)
+
+            resp = self._auth.apply(self._txn, inner, req.caller, hlc, record)
             resp.header.revision = self.revision
             return resp
         self._auth.check(self._txn, inner, req.caller)
@@ -325,6 +334,14 @@ class Applier:
                 result.duplicates += 1
                 continue
             newest_hlc = max(newest_hlc, entry.hlc)
+            if entry.kind == AUTH:
+                # A user, role or setting: the auth store merges it (no key, no revision).
+                assert self._auth is not None, "the write path has no auth store"
+                changed = self._auth.merge(self._txn, entry.key, entry.value, entry.secret)
+                repl.set_outcome(ingest, "applied" if changed else "unchanged")
+                result.applied += changed
+                result.unchanged += not changed
+                continue
             if not replica.policy.replicates(entry.key):
                 repl.set_outcome(ingest, "unchanged")  # kept and forwarded, never applied
                 continue

@@ -35,7 +35,7 @@ class Start(_message.Message):
     def __init__(self, cursor: _Optional[int] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("origin", "seq", "hlc", "key", "deleted", "value", "lease", "has_ops", "ops", "base_uid", "uid")
+    __slots__ = ("origin", "seq", "hlc", "key", "deleted", "value", "lease", "has_ops", "ops", "base_uid", "uid", "kind", "secret")
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     HLC_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,8 @@ class Entry(_message.Message):
     OPS_FIELD_NUMBER: _ClassVar[int]
     BASE_UID_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
     origin: str
     seq: int
     hlc: int
@@ -58,7 +60,9 @@ class Entry(_message.Message):
     ops: bytes
     base_uid: str
     uid: str
-    def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ..., hlc: _Optional[int] = ..., key: _Optional[bytes] = ..., deleted: _Optional[bool] = ..., value: _Optional[bytes] = ..., lease: _Optional[int] = ..., has_ops: _Optional[bool] = ..., ops: _Optional[bytes] = ..., base_uid: _Optional[str] = ..., uid: _Optional[str] = ...) -> None: ...
+    kind: str
+    secret: str
+    def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ..., hlc: _Optional[int] = ..., key: _Optional[bytes] = ..., deleted: _Optional[bool] = ..., value: _Optional[bytes] = ..., lease: _Optional[int] = ..., has_ops: _Optional[bool] = ..., ops: _Optional[bytes] = ..., base_uid: _Optional[str] = ..., uid: _Optional[str] = ..., kind: _Optional[str] = ..., secret: _Optional[str] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("entries", "cursor", "high", "hlc")

@@ -48,6 +48,9 @@ _MISSING: Any = object()
 _JSON_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")
 
 
+AUTH = "auth"  # the kind of the entries that carry auth objects
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One replicated change of one key, immutable, identified by (origin, seq)."""
@@ -62,6 +65,10 @@ class Entry:
     ops: list[Op] | None  # field operations against the writer's base; None: whole value
     base_uid: str | None  # incarnation the writer saw (None: absent or no identity)
     uid: str | None  # incarnation written (None for deletes and values without identity)
+    # "" for a key-value write; AUTH for an auth object (user, role, setting: shim.auth),
+    # whose key names the object and whose value is its state, merged by the auth store.
+    kind: str = ""
+    secret: str | None = None  # an auth user's password hash (never in ``value``)
 
     @property
     def stamp(self) -> Stamp:

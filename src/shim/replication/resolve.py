@@ -15,6 +15,7 @@ from shim.backend.sqlite_repl import ReplicationTables
 from shim.mvcc.hlc import HybridClock, wall_ms
 from shim.pb.kv_pb2 import KeyValue
 from shim.replication.merge import (
+    AUTH,
     Entry,
     KeyState,
     Op,
@@ -195,6 +196,15 @@ class Replica:
     def _insert_local(repl: ReplicationTables, entry: Entry, value_in_log: bool = False) -> None:
         ingest = repl.insert(entry, None, wall_ms(entry.hlc), False, "local", value_in_log)
         assert ingest is not None, "a local sequence number was reused"
+
+    def local_auth(
+        self, repl: ReplicationTables, key: bytes, state: bytes, secret: str | None, hlc: int
+    ) -> None:
+        """Record a local write of an auth object (its whole new state) as an entry."""
+        self.seq += 1
+        entry = Entry(self.node_id, self.seq, hlc, key, False, state, 0, None, None, None,
+                      kind=AUTH, secret=secret)
+        self._insert_local(repl, entry)
 
     # -- merged entries --------------------------------------------------------------------------
 

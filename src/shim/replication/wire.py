@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from shim.pb import replication_pb2 as pb
 from shim.replication import ops as field_ops
-from shim.replication.merge import Entry
+from shim.replication.merge import AUTH, Entry
 
 # 2: Kubernetes objects stored as protobuf merge field by field (protocol 1 kept them whole, so
 # nodes of both would not converge). The entry and its operations travel as in protocol 1.
-PROTOCOL = 2
+# 3: entries also carry auth objects (kind, secret); a node speaking 2 would take them for keys.
+PROTOCOL = 3
+KINDS = ("", AUTH)
 
 
 def to_wire(entry: Entry) -> pb.Entry:
     msg = pb.Entry(
         origin=entry.origin, seq=entry.seq, hlc=entry.hlc, key=entry.key, deleted=entry.deleted,
         value=entry.value, lease=entry.lease, base_uid=entry.base_uid or "", uid=entry.uid or "",
+        kind=entry.kind, secret=entry.secret or "",
     )
     if entry.ops is not None:
         msg.has_ops = True
@@ -29,6 +32,8 @@ class BadEntry(ValueError):
 def from_wire(msg: pb.Entry) -> Entry:
     if not msg.origin or msg.seq <= 0 or not msg.key:
         raise BadEntry("an entry needs an origin, a positive seq and a key")
+    if msg.kind not in KINDS:
+        raise BadEntry(f"entry {msg.origin}/{msg.seq}: unknown kind {msg.kind!r}")
     ops = None
     if msg.has_ops:
         try:
@@ -38,5 +43,5 @@ def from_wire(msg: pb.Entry) -> Entry:
     return Entry(
         origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=msg.key, deleted=msg.deleted,
         value=msg.value, lease=msg.lease, ops=ops, base_uid=msg.base_uid or None,
-        uid=msg.uid or None,
+        uid=msg.uid or None, kind=msg.kind, secret=msg.secret or None,
     )

@@ -3,12 +3,12 @@
 CREATE TABLE auth_user (
     name        text    PRIMARY KEY,
     password    text    NOT NULL,
-    no_password boolean NOT NULL,
     roles       text    NOT NULL,
-    epoch       text    NOT NULL,
+    no_password boolean NOT NULL,
     deleted     boolean NOT NULL,
     hlc         bigint  NOT NULL,
-    origin      text    NOT NULL
+    origin      text    NOT NULL,
+    state       text    NOT NULL
 );
 
 CREATE TABLE auth_role (
@@ -16,7 +16,8 @@ CREATE TABLE auth_role (
     permissions text    NOT NULL,
     deleted     boolean NOT NULL,
     hlc         bigint  NOT NULL,
-    origin      text    NOT NULL
+    origin      text    NOT NULL,
+    state       text    NOT NULL
 );
 
 CREATE TABLE auth_setting (
