@@ -7,6 +7,9 @@ transaction that applies it, so a permission revoked by an earlier write of the 
 is already gone, and a lease's keys are the ones the revoke will delete. A caller whose auth
 revision is older than the store's (auth changed while the request was on its way) is
 refused with etcd's "revision of auth store is old", and etcd's clients retry.
+
+With replication, every object an auth write changes is also recorded as an entry, and the
+entries of peers are merged here into the local objects (``shim.auth.objects``).
 """
 
 from __future__ import annotations
