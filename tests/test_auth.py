@@ -688,3 +688,21 @@ def test_a_write_checked_at_an_older_auth_revision_is_refused(tmp_path: Path) ->
             backend.close()
 
     asyncio.run(main())
+
+
+def test_a_password_hashed_by_the_client_is_refused_plainly(pair: tuple[Side, Side]) -> None:
+    """etcd 3.5 stores a bcrypt hash a client sends in hashedPassword (only when it sends no
+    password); shim keeps scrypt hashes it made itself, and says so."""
+    _, shim = pair
+    change = pb.AuthUserChangePasswordRequest(name="bob", hashedPassword="JDJhJDEwJA==")
+    assert outcome(lambda: shim.client.auth.UserChangePassword(
+        change, metadata=md(shim.token(ROOT)))) == (
+        grpc.StatusCode.UNIMPLEMENTED,
+        "shim: a password hashed by the client (hashedPassword) is not supported; "
+        "send the password itself",
+    )
+    # Beside a password it is ignored, as etcd ignores it (the server hashes the password).
+    add = pb.AuthUserAddRequest(name="erin", password="pw", hashedPassword="JDJhJDEwJA==")
+    assert outcome(lambda: shim.client.auth.UserAdd(add, metadata=md(shim.token(ROOT)))) == (
+        "ok",)
+    assert token_of(shim.client, "erin:pw")
