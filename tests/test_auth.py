@@ -313,6 +313,8 @@ def test_errors_answer_as_etcd(pair: tuple[Side, Side]) -> None:
             pb.AuthUserAddRequest(name=""), metadata=root(s))),
         ("user add, exists", lambda s: s.client.auth.UserAdd(
             pb.AuthUserAddRequest(name="alice", password="x"), metadata=root(s))),
+        ("user add, too large", lambda s: s.client.auth.UserAdd(
+            pb.AuthUserAddRequest(name="x" * 1_600_000, password="x"), metadata=root(s))),
         ("role add, empty name", lambda s: s.client.auth.RoleAdd(
             pb.AuthRoleAddRequest(name=""), metadata=root(s))),
         ("grant, no permission", lambda s: s.client.auth.RoleGrantPermission(

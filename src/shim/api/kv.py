@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf.message import Message
 
-from shim.api import errors, validate
+from shim.api import validate
 from shim.api.errors import grpc_errors
 from shim.api.header import Identity
 from shim.auth.guard import Guard, Rule, current_caller, permission
@@ -13,8 +13,6 @@ from shim.mvcc.store import Store
 from shim.pb import rpc_pb2, rpc_pb2_grpc
 
 MAX_TXN_OPS = 128
-# etcd measures the request wrapped in its raft entry, which adds about this many bytes.
-RAFT_WRAPPER_BYTES = 17
 
 
 def _check_txn(request: rpc_pb2.TxnRequest) -> None:
@@ -33,9 +31,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         self.guard = guard
 
     def _check_size(self, request: Message) -> None:
-        # etcd refuses a write whose raft entry would exceed --max-request-bytes.
-        if request.ByteSize() + RAFT_WRAPPER_BYTES > self._max_request_bytes:
-            raise errors.REQUEST_TOO_LARGE()
+        validate.check_size(request, self._max_request_bytes)
 
     @grpc_errors
     @permission(Rule.CALLER, validate=validate.check_range)

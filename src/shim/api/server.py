@@ -364,7 +364,9 @@ class ShimServer:
                 self.store, self.identity, self.config.name, lambda: [self.client_url], guard,
                 self._linked_replicas,
             ),
-            "etcdserverpb.Auth": AuthService(self.store, self.identity, guard, Hasher()),
+            "etcdserverpb.Auth": AuthService(
+                self.store, self.identity, guard, Hasher(), self.config.max_request_bytes
+            ),
             "v3lockpb.Lock": LockService(recipes, self.identity),
             "v3electionpb.Election": ElectionService(recipes, self.identity),
         }

@@ -7,6 +7,8 @@ nested Txn may name the same key because only one branch runs.
 
 from __future__ import annotations
 
+from google.protobuf.message import Message
+
 from shim.api import errors
 from shim.pb.rpc_pb2 import (
     DeleteRangeRequest,
@@ -17,6 +19,14 @@ from shim.pb.rpc_pb2 import (
 )
 
 _SORT_TARGETS = frozenset(RangeRequest.SortTarget.values())
+# etcd measures a write wrapped in its raft entry, which adds about this many bytes.
+RAFT_WRAPPER_BYTES = 17
+
+
+def check_size(request: Message, max_request_bytes: int) -> None:
+    """etcd refuses a write whose raft entry would exceed --max-request-bytes."""
+    if request.ByteSize() + RAFT_WRAPPER_BYTES > max_request_bytes:
+        raise errors.REQUEST_TOO_LARGE()
 
 
 def check_range(req: RangeRequest) -> None:

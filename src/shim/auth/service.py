@@ -15,6 +15,7 @@ import grpc
 
 from shim.api.errors import grpc_errors
 from shim.api.header import Identity
+from shim.api.validate import check_size
 from shim.auth import errors
 from shim.auth.apply import Authorized
 from shim.auth.guard import Guard, Rule, current_caller, permission
@@ -33,11 +34,15 @@ def _snapshot(state: AuthState, _view: ReadView) -> AuthState:
 
 
 class AuthService(rpc_pb2_grpc.AuthServicer):
-    def __init__(self, store: Store, identity: Identity, guard: Guard, hasher: Hasher) -> None:
+    def __init__(
+        self, store: Store, identity: Identity, guard: Guard, hasher: Hasher,
+        max_request_bytes: int,
+    ) -> None:
         self._store = store
         self._identity = identity
         self.guard = guard
         self._hasher = hasher
+        self._max_request_bytes = max_request_bytes
 
     async def _state(self) -> AuthState:
         state: AuthState = await self._store.read_auth(_snapshot)
@@ -50,6 +55,8 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
         return resp
 
     async def _write(self, request: Any) -> Any:
+        # Every change goes through raft in etcd, which limits its size like a key's write.
+        check_size(request, self._max_request_bytes)
         return self._answer(await self._store.write(Authorized(request, current_caller())))
 
     async def _admin_first(self) -> None:
