@@ -18,7 +18,7 @@ import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeGuard
+from typing import Any, Protocol, TypeGuard, TypeVar
 
 from shim.auth import errors
 from shim.auth.cache import ENABLED, TOKEN_KEY, AuthCache
@@ -147,41 +147,50 @@ class AuthWriter:
         return True
 
 
-def _merge_user(tables: AuthTables, name: str, state: str, secret: str | None) -> bool:
-    theirs = UserObject.from_state(name, state, secret or "")
-    row = tables.user(name)
-    ours = user_from_row(row) if row is not None else None
+class _Mergeable(Protocol):
+    def merge(self, other: Any) -> Any: ...
+
+
+M = TypeVar("M", bound=_Mergeable)
+
+
+def _join(theirs: M, ours: M | None, put: Callable[[M], None]) -> bool:
+    """Store ``ours`` merged with ``theirs``; whether that changed it."""
     merged = theirs if ours is None else ours.merge(theirs)
     if merged == ours:
         return False
-    tables.put_user(user_row(merged))
+    put(merged)
     return True
+
+
+def _merge_user(tables: AuthTables, name: str, state: str, secret: str | None) -> bool:
+    row = tables.user(name)
+    return _join(UserObject.from_state(name, state, secret or ""),
+                 user_from_row(row) if row is not None else None,
+                 lambda user: tables.put_user(user_row(user)))
 
 
 def _merge_role(tables: AuthTables, name: str, state: str, _secret: str | None) -> bool:
-    theirs = RoleObject.from_state(name, state)
     row = tables.role(name)
-    ours = role_from_row(row) if row is not None else None
-    merged = theirs if ours is None else ours.merge(theirs)
-    if merged == ours:
-        return False
-    tables.put_role(role_row(merged))
-    return True
+    return _join(RoleObject.from_state(name, state),
+                 role_from_row(row) if row is not None else None,
+                 lambda role: tables.put_role(role_row(role)))
 
 
 def _merge_setting(tables: AuthTables, name: str, state: str, _secret: str | None) -> bool:
     value, at = json.loads(state)
-    theirs = Setting(name, str(value), (int(at[0]), str(at[1])))
     row = tables.setting(name)
-    ours = Setting(name, row.value, (row.hlc, row.origin)) if row is not None else None
-    merged = theirs if ours is None else ours.merge(theirs)
-    if merged == ours:
-        return False
-    tables.put_setting(SettingRow(name, merged.value, *merged.at))
-    if name == ENABLED and merged.value == "1" and (ours is None or ours.value != "1"):
-        # Enabled by a peer: this node's own token key is new too, as when enabled here.
-        tables.put_setting(SettingRow(TOKEN_KEY, new_token_key().hex(), *merged.at))
-    return True
+    was_on = row is not None and row.value == "1"
+
+    def put(setting: Setting) -> None:
+        tables.put_setting(SettingRow(name, setting.value, *setting.at))
+        if name == ENABLED and setting.value == "1" and not was_on:
+            # Enabled by a peer: this node's own token key is new too, as when enabled here.
+            tables.put_setting(SettingRow(TOKEN_KEY, new_token_key().hex(), *setting.at))
+
+    return _join(Setting(name, str(value), (int(at[0]), str(at[1]))),
+                 Setting(name, row.value, (row.hlc, row.origin)) if row is not None else None,
+                 put)
 
 
 _MERGES: dict[bytes, Callable[[AuthTables, str, str, str | None], bool]] = {
