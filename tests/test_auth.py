@@ -708,3 +708,34 @@ def test_a_password_hashed_by_the_client_is_refused_plainly(pair: tuple[Side, Si
     assert outcome(lambda: shim.client.auth.UserAdd(add, metadata=md(shim.token(ROOT)))) == (
         "ok",)
     assert token_of(shim.client, "erin:pw")
+
+
+def test_lock_and_election_act_as_their_caller(pair: tuple[Side, Side]) -> None:
+    """etcd runs Lock and Election through a client inside the server that carries the
+    caller's token: the lock's keys need the caller's permissions."""
+    results = [
+        [run_ctl(side.server, user, command) for user, command in (
+            (ALICE, "lock /p/lock echo held"),
+            (ALICE, "lock /q/lock echo held"),
+            (None, "lock /p/lock echo held"),
+            ("alice:wrong", "lock /p/lock echo held"),
+        )]
+        for side in pair
+    ]
+    assert results[0] == results[1]
+    assert [r[1] for r in results[1]][:1] == ["held"]
+    assert results[1][1][2] == "Error: etcdserver: permission denied"
+    from shim.pb import v3election_pb2, v3election_pb2_grpc
+
+    def leader(s: Side, name: bytes, token: str | None) -> Any:
+        stub = v3election_pb2_grpc.ElectionStub(s.client.channel)
+        return stub.Leader(v3election_pb2.LeaderRequest(name=name), metadata=md(token),
+                           timeout=10)
+
+    outcomes = assert_same(pair, [
+        ("leader, nobody campaigns", lambda s: leader(s, b"/p/e", s.token(ALICE))),
+        ("leader of an unreadable election", lambda s: leader(s, b"/q/e", s.token(ALICE))),
+        ("leader without a token", lambda s: leader(s, b"/p/e", None)),
+        ("leader with a bad token", lambda s: leader(s, b"/p/e", "forged")),
+    ])
+    assert outcomes[1] == (grpc.StatusCode.UNKNOWN, "etcdserver: permission denied")

@@ -1,5 +1,9 @@
 """The building blocks of etcd's Lock and Election services.
 
+As in etcd, whose recipes run through a client inside the server with the caller's token,
+every key-value operation here is the caller's (``current_caller()``): with auth enabled the
+caller needs read and write permission on the lock's or election's keys.
+
 etcd serves both with its client-side concurrency recipes run inside the server: a session is
 a lease; each contender puts a key "<name>/<lease in hex>" with that lease; contenders are
 ordered by the keys' create revisions, and a contender waits for the deletion of every key
@@ -18,6 +22,7 @@ from typing import Any
 
 from shim.api import errors
 from shim.api.lease import LeaseKeeper
+from shim.auth.guard import current_caller
 from shim.mvcc.errors import CompactedError, StoreClosedError
 from shim.mvcc.store import Store
 from shim.mvcc.watch import WatchHub
@@ -106,7 +111,7 @@ class Recipes:
         # The same size limit as a client's own Txn (a lock name can be as long as a key).
         if request.ByteSize() + RAFT_WRAPPER_BYTES > self._max_request_bytes:
             raise errors.REQUEST_TOO_LARGE()
-        return await self.store.txn(request)
+        return await self.store.txn(request, current_caller())
 
     async def put_if_absent(
         self, key: bytes, value: bytes, lease: int, *extra: RequestOp
@@ -123,7 +128,7 @@ class Recipes:
         """Wait until no key under ``prefix`` created at or before ``max_create_revision``
         exists: each time, wait for the newest of them to be deleted, then look again."""
         while True:
-            resp = await self.store.range(RangeRequest(
+            resp = await self.range(RangeRequest(
                 key=prefix, range_end=prefix_end(prefix), limit=1,
                 sort_order=RangeRequest.DESCEND, sort_target=RangeRequest.CREATE,
                 max_create_revision=max_create_revision,
@@ -168,10 +173,18 @@ class Recipes:
             self._hub.close_stream(stream)
 
     async def delete(self, key: bytes) -> rpc_pb2.DeleteRangeResponse:
-        return await self.store.delete_range(rpc_pb2.DeleteRangeRequest(key=key))
+        return await self.delete_range(rpc_pb2.DeleteRangeRequest(key=key))
+
+    async def delete_range(
+        self, request: rpc_pb2.DeleteRangeRequest
+    ) -> rpc_pb2.DeleteRangeResponse:
+        return await self.store.delete_range(request, current_caller())
+
+    async def range(self, request: RangeRequest) -> rpc_pb2.RangeResponse:
+        return await self.store.range(request, current_caller())
 
     async def get(self, key: bytes) -> rpc_pb2.RangeResponse:
-        return await self.store.range(RangeRequest(key=key))
+        return await self.range(RangeRequest(key=key))
 
 
 def kv_or_none(resp: rpc_pb2.RangeResponse) -> KeyValue | None:

@@ -27,6 +27,7 @@ from shim.api.errors import (
     from_store_error,
 )
 from shim.api.header import Identity
+from shim.auth.guard import Guard, Rule, acting_as, permission
 from shim.mvcc.errors import StoreError
 from shim.pb import rpc_pb2, v3election_pb2, v3election_pb2_grpc
 from shim.pb.kv_pb2 import Event, KeyValue
@@ -42,15 +43,17 @@ def _unknown(message: str) -> RequestError:
 
 
 class ElectionService(v3election_pb2_grpc.ElectionServicer):
-    def __init__(self, recipes: Recipes, identity: Identity) -> None:
+    def __init__(self, recipes: Recipes, identity: Identity, guard: Guard) -> None:
         self._recipes = recipes
         self._identity = identity
+        self.guard = guard
 
     def _header(self, target: ResponseHeader, source: ResponseHeader) -> None:
         target.CopyFrom(source)
         self._identity.fill(target)
 
     @client_errors
+    @permission(Rule.CALLER)  # and the election's keys, checked as the caller's operations
     async def Campaign(
         self, request: v3election_pb2.CampaignRequest, context: grpc.aio.ServicerContext
     ) -> v3election_pb2.CampaignResponse:
@@ -109,6 +112,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         return resumed
 
     @client_errors
+    @permission(Rule.CALLER)  # and the election's keys, checked as the caller's operations
     async def Proclaim(
         self, request: v3election_pb2.ProclaimRequest, context: grpc.aio.ServicerContext
     ) -> v3election_pb2.ProclaimResponse:
@@ -120,6 +124,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         return out
 
     @client_errors
+    @permission(Rule.CALLER)  # and the election's keys, checked as the caller's operations
     async def Resign(
         self, request: v3election_pb2.ResignRequest, context: grpc.aio.ServicerContext
     ) -> v3election_pb2.ResignResponse:
@@ -131,16 +136,18 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         return out
 
     @client_errors
+    @permission(Rule.CALLER)  # and the election's keys, checked as the caller's operations
     async def Leader(
         self, request: v3election_pb2.LeaderRequest, context: grpc.aio.ServicerContext
     ) -> v3election_pb2.LeaderResponse:
-        resp = await self._recipes.store.range(first_created(request.name + b"/"))
+        resp = await self._recipes.range(first_created(request.name + b"/"))
         if not resp.kvs:
             raise _unknown(NO_LEADER)
         out = v3election_pb2.LeaderResponse(kv=resp.kvs[0])
         self._header(out.header, resp.header)
         return out
 
+    @permission(Rule.OPEN)  # the caller is looked at below, where its errors are etcd's
     async def Observe(
         self, request: v3election_pb2.LeaderRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[v3election_pb2.LeaderResponse]:
@@ -149,8 +156,10 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         prefix = request.name + b"/"
         recipes = self._recipes
         try:
+            caller = await self.guard.caller(context)
             while True:
-                resp = await recipes.store.range(first_created(prefix))
+                with acting_as(caller):
+                    resp = await recipes.range(first_created(prefix))
                 if resp.kvs:
                     header, kv = resp.header, resp.kvs[0]
                 else:

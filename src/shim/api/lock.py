@@ -15,6 +15,7 @@ from shim.api import validate
 from shim.api.concurrency import Recipes, contender_key, first_created, run_detached
 from shim.api.errors import RequestError, client_errors
 from shim.api.header import Identity
+from shim.auth.guard import Guard, Rule, permission
 from shim.pb import rpc_pb2, v3lock_pb2, v3lock_pb2_grpc
 from shim.pb.rpc_pb2 import RequestOp
 
@@ -22,11 +23,13 @@ SESSION_EXPIRED = "mutex: session is expired"
 
 
 class LockService(v3lock_pb2_grpc.LockServicer):
-    def __init__(self, recipes: Recipes, identity: Identity) -> None:
+    def __init__(self, recipes: Recipes, identity: Identity, guard: Guard) -> None:
         self._recipes = recipes
         self._identity = identity
+        self.guard = guard
 
     @client_errors
+    @permission(Rule.CALLER)  # and the lock's keys, checked as the caller's operations
     async def Lock(
         self, request: v3lock_pb2.LockRequest, context: grpc.aio.ServicerContext
     ) -> v3lock_pb2.LockResponse:
@@ -58,12 +61,13 @@ class LockService(v3lock_pb2_grpc.LockServicer):
         return out
 
     @client_errors
+    @permission(Rule.CALLER)
     async def Unlock(
         self, request: v3lock_pb2.UnlockRequest, context: grpc.aio.ServicerContext
     ) -> v3lock_pb2.UnlockResponse:
         delete = rpc_pb2.DeleteRangeRequest(key=request.key)
         validate.check_delete_range(delete)
-        resp = await self._recipes.store.delete_range(delete)
+        resp = await self._recipes.delete_range(delete)
         out = v3lock_pb2.UnlockResponse()
         out.header.CopyFrom(resp.header)
         self._identity.fill(out.header)

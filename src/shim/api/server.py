@@ -367,8 +367,8 @@ class ShimServer:
             "etcdserverpb.Auth": AuthService(
                 self.store, self.identity, guard, Hasher(), self.config.max_request_bytes
             ),
-            "v3lockpb.Lock": LockService(recipes, self.identity),
-            "v3electionpb.Election": ElectionService(recipes, self.identity),
+            "v3lockpb.Lock": LockService(recipes, self.identity, guard),
+            "v3electionpb.Election": ElectionService(recipes, self.identity, guard),
         }
 
     def _database_revision(self) -> int:

@@ -19,11 +19,12 @@ its client certificate, as in etcd.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from shim.api.errors import from_store_error
@@ -53,6 +54,17 @@ _current: contextvars.ContextVar[Caller] = contextvars.ContextVar("shim_caller",
 def current_caller() -> Caller:
     """The caller of the RPC being served (nobody outside a ``@permission`` method)."""
     return _current.get()
+
+
+@contextlib.contextmanager
+def acting_as(caller: Caller) -> Iterator[None]:
+    """Make ``caller`` the ``current_caller()`` of what runs inside (tasks started inside
+    keep it: they copy the context)."""
+    token = _current.set(caller)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 class AuthReader(Protocol):
@@ -189,11 +201,8 @@ def permission(
             if validate is not None:
                 validate(request)
             caller = await self.guard.require(rule, context)
-            token = _current.set(caller)
-            try:
+            with acting_as(caller):
                 return await method(self, request, context)
-            finally:
-                _current.reset(token)
 
         checked.permission_rule = rule  # type: ignore[attr-defined]
         return checked  # type: ignore[return-value]
