@@ -237,11 +237,41 @@ def test_lock_and_election_match_etcd(pair: Pair) -> None:
     pair.same("/v3/lease/revoke", json.dumps({"ID": "77"}))
 
 
-def test_unserved_services_answer_as_grpc_does(pair: Pair) -> None:
-    # Auth is not built in shim yet: the gateway says so as gRPC does (UNIMPLEMENTED).
-    answer = curl(pair.shim + "/v3/auth/status", "{}")
-    assert answer.status == 501
-    assert json.loads(answer.body)["code"] == 12
+def test_auth_over_the_gateway_matches_etcd(
+    etcd_factory: Any, tmp_path: Path
+) -> None:
+    """Users, roles and enabling through JSON, then requests with the Authorization header
+    as the token, as etcd's gateway passes it on (fresh servers: auth stays on)."""
+    port = free_port()
+    with ShimServer(tmp_path / "shim", extra_args=[
+        "--listen-client-http-urls", f"http://127.0.0.1:{port}",
+    ]):
+        pair = Pair(f"http://{etcd_factory().endpoint}", f"http://127.0.0.1:{port}")
+        pair.same("/v3/auth/status", "{}")
+        pair.same("/v3/auth/enable", "{}")  # no root user yet: an error
+        pair.same("/v3/auth/user/add", json.dumps({"name": "root", "password": "pw"}))
+        pair.same("/v3/auth/role/add", json.dumps({"name": "root"}))
+        pair.same("/v3/auth/user/grant", json.dumps({"user": "root", "role": "root"}))
+        pair.same("/v3/auth/enable", "{}")
+        put = json.dumps({"key": b64("k"), "value": b64("v")})
+        refused = pair.same("/v3/kv/put", put)  # no token: "user name is empty"
+        assert json.loads(refused.body)["message"] == "etcdserver: user name is empty"
+        pair.same("/v3/auth/authenticate", json.dumps({"name": "root", "password": "no"}))
+        tokens = [
+            json.loads(answer.body)["token"]
+            for answer in pair.both("/v3/auth/authenticate",
+                                    json.dumps({"name": "root", "password": "pw"}))
+        ]
+        answers = [
+            curl(url + "/v3/kv/put", put, "POST", (f"Authorization: {token}",))
+            for url, token in zip((pair.etcd, pair.shim), tokens, strict=True)
+        ]
+        assert [a.status for a in answers] == [200, 200]
+        assert normalized(answers[1].body) == normalized(answers[0].body)
+        forged = pair.both("/v3/kv/put", put, headers=("Authorization: forged",))
+        assert forged[1].status == forged[0].status
+        assert normalized(forged[1].body) == normalized(forged[0].body)
+        assert json.loads(forged[1].body)["message"] == "etcdserver: invalid auth token"
 
 
 # --- streams ----------------------------------------------------------------------------------
