@@ -17,11 +17,12 @@ from typing import Any
 
 import grpc
 
-from bench import etcd_tool, procfs, report
+from bench import etcd_tool, report
 from bench.model import KNOWN_TARGETS, TARGETS
 from bench.servers import ETCD_VERSION, REPO_ROOT, etcd_binary
 from bench.suite import Options, Results, Suite
 from bench.workloads import FULL, QUICK
+from tests.support import procfs
 
 RESULTS_ROOT = REPO_ROOT / "bench" / "results"
 

@@ -15,8 +15,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from bench import procfs
 from bench.servers import ShimServer
+from tests.support import procfs
 from tests.support.postgres import PostgresServer
 
 # PostgreSQL 15's defaults, written out because the test helper overrides them.

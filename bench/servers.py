@@ -15,8 +15,8 @@ from pathlib import Path
 
 import grpc
 
-from bench import procfs
 from shim.pb import rpc_pb2, rpc_pb2_grpc
+from tests.support import procfs
 from tests.support.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

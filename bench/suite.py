@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from bench import etcd_tool, kube_mix, loadgen, procfs
+from bench import etcd_tool, kube_mix, loadgen
 from bench.model import Footprint, Measurement, summarize
 from bench.servers import BareServer, EtcdServer, Server, ShimServer
 from bench.workloads import (
@@ -24,6 +24,7 @@ from bench.workloads import (
     tool_workloads,
 )
 from shim.pb import rpc_pb2, rpc_pb2_grpc
+from tests.support import procfs
 
 LIST_PREFIX = b"/registry/benchlist/"
 LIST_PAGE = 500

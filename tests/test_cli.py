@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -25,38 +24,20 @@ import pytest
 
 from shim.pb import rpc_pb2 as pb
 from tests.support import (
-    OUTSIDE_CHECKOUT,
     Client,
     ShimServer,
     free_port,
     health_status,
     sqlite_endpoint,
 )
+from tests.support.cli import run_shim
 from tests.support.client import SERVING
 from tests.support.files import immutable
-from tests.support.process import child_env
 
-START_FAILURE_TIMEOUT = 20.0
 REFUSED_AT_STOP = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def run_shim(
-    *args: str, program: Sequence[str] | None = None, timeout: float = START_FAILURE_TIMEOUT
-) -> subprocess.CompletedProcess[str]:
-    """Run shim to completion; a server that starts instead of failing hits the timeout."""
-    argv = [*(program or (sys.executable, "-m", "shim")), *args]
-    return subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        cwd=OUTSIDE_CHECKOUT,
-        env=child_env({"PYTHONUNBUFFERED": "1"}),
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-    )
 
 
 def serve_expecting_failure(

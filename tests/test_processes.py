@@ -19,11 +19,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bench.procfs import process_tree
 from shim.pb import rpc_pb2 as pb
 from tests.support import Client, ShimServer
+from tests.support.cli import run_shim
 from tests.support.net import free_port
-from tests.test_cli import run_shim
+from tests.support.procfs import process_tree
 
 PROCESSES = 2
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import etcd_tool, procfs
+from bench import etcd_tool
 from bench.replication import client
 from bench.replication.common import Context, say, stats_ms
 from bench.replication.nodes import (
@@ -33,6 +33,7 @@ from bench.replication.nodes import (
 )
 from bench.servers import EtcdServer, Server, ShimServer
 from bench.workloads import KEYS
+from tests.support import procfs
 
 # clients -> (conns, clients). The tool gives each connection one endpoint, round robin, so
 # connections in multiples of 3 spread the clients evenly over the 3 nodes (1 client: node 1).

@@ -22,10 +22,10 @@ import tarfile
 import time
 from typing import Any
 
-from bench import procfs
 from bench.replication import client
 from bench.replication.common import Context, say, stats_ms
 from bench.replication.nodes import GroupCpu, ShimNode, stop_all, wait_linked
+from tests.support import procfs
 
 
 def _start_leaves(leaves: list[ShimNode], window: int, timeout: float = 120.0) -> None:

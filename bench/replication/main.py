@@ -24,11 +24,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import etcd_tool, procfs
+from bench import etcd_tool
 from bench.main import add_run_arguments, environment
 from bench.replication import cluster, gaia, netlab, report
 from bench.replication.common import FULL, QUICK, Context, say
 from bench.servers import REPO_ROOT
+from tests.support import procfs
 
 RESULTS_ROOT = REPO_ROOT / "bench" / "results"
 SCENARIOS = "ABCDE"

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import procfs
 from bench.replication.common import Context, say
 from bench.replication.nodes import (
     NetnsShimNode,
@@ -36,6 +35,7 @@ from bench.replication.nodes import (
 from bench.servers import REPO_ROOT
 from shim.backend.sqlite_repl import ENTRY_VALUE_SQL
 from shim.pb import replication_pb2
+from tests.support import procfs
 
 PAIRS = [(1, 2), (2, 1), (1, 3), (3, 1), (2, 3), (3, 2)]
 LINKS = [(1, 2), (1, 3), (2, 3)]

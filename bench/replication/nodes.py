@@ -25,9 +25,9 @@ from typing import Any
 
 import grpc
 
-from bench import procfs
 from bench.servers import REPO_ROOT, EtcdServer, Server, ShimServer, etcd_binary, free_port
 from shim.pb import rpc_pb2, rpc_pb2_grpc
+from tests.support import procfs
 
 TOKEN = "bench-replication-token"  # a throwaway bootstrap token; every node in a run shares it
 
