@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from tests.support import Client, EtcdServer, ServerProcess, ShimServer
 from tests.support.installed import installed_copy_problem
@@ -19,6 +20,14 @@ from tests.support.postgres import (
     shared_postgres,
     stop_shared_postgres,
 )
+
+# Property tests run the same examples on every run ("every test can fail; none depends on
+# luck"): hypothesis derives its seed from each test, and no example database replays earlier
+# runs' failures. `--hypothesis-profile explore` draws new examples each run (the seed is
+# printed with a failure; `--hypothesis-seed N` repeats it).
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
+settings.load_profile("deterministic")
 
 # Datastores shim can run on; "sqlite-processes" is SQLite served by `--processes 2` (a store
 # process and two serving processes on one port). The modules below run their `shim`,
