@@ -41,18 +41,16 @@ from tests.support.differential import (
     send,
 )
 from tests.support.proto_diff import first_difference
+from tests.support.watch import PROGRESS_WATCH_ID, WatchStream, wait_quiet
 from tests.support.watch_diff import (
-    PROGRESS_WATCH_ID,
     ServerPair,
     WatchStats,
-    WatchStream,
     compare_watch_responses,
     describe,
     problems_report,
     run_watch_sequence,
     start_both,
     stream_guarantees,
-    wait_quiet,
 )
 
 NOPUT = pb.WatchCreateRequest.NOPUT

@@ -220,10 +220,14 @@ def test_etcdctl_watch_key_and_prefix(servers: Servers) -> None:
         assert txn[1] == "SUCCESS\n\nOK\n\nOK\n", txn
         servers.same("del", "w/k")
         servers.same("del", "--prefix", "w/")
-        for process in prefix_watches:
-            process.wait_for(lambda lines: without_progress(lines)[-2:] == ["w/t2", ""]
-                             and without_progress(lines).count("DELETE") == 4)
-        time.sleep(0.3)  # anything else on its way would arrive now
+        # A progress notification at the last revision comes after every event up to it:
+        # once each watch has printed one, all it was sent is in its output.
+        _, out, _ = servers.same("get", "other", "-w", "json")
+        final = json.loads(out)["header"]["revision"]
+        for process in everyone:
+            process.wait_for(lambda lines: any(
+                int(m.group(1)) >= final for line in lines if (m := PROGRESS_LINE.match(line))
+            ))
     finally:
         outputs = stop_all(*everyone)
     key_etcd, key_shim, prefix_etcd, prefix_shim = map(without_progress, outputs)
@@ -254,14 +258,17 @@ def test_etcdctl_watch_history_with_prev_kv_as_json(servers: Servers) -> None:
             process.wait_for(lambda lines: len(lines) >= 1)
         _, out, _ = servers.same("put", "h/a", "4", "-w", "json")
         revisions.append(json.loads(out)["header"]["revision"])
+        # One more write: once it is out, so is everything sent before it.
+        _, out, _ = servers.same("put", "h/z", "last", "-w", "json")
+        revisions.append(json.loads(out)["header"]["revision"])
         for process in watches:
-            process.wait_for(lambda lines: len(lines) >= 2)
-        time.sleep(0.3)
+            process.wait_for(lambda lines: len(lines) >= 3)
     finally:
         outputs = stop_all(*watches)
     parsed = [[normalise_json(json.loads(line)) for line in output] for output in outputs]
     assert parsed[1] == parsed[0], f"etcd: {outputs[0]}\nshim: {outputs[1]}"
-    history, live = parsed[0]
+    history, live, last = parsed[0]
+    assert [e["kv"]["mod_revision"] for e in last["Events"]] == [revisions[5]]
     assert [e["kv"]["mod_revision"] for e in history["Events"]] == revisions[:4]
     assert history["Header"]["revision"] == revisions[3]
     assert [e["kv"]["mod_revision"] for e in live["Events"]] == [revisions[4]]

@@ -14,7 +14,6 @@ only).
 
 from __future__ import annotations
 
-import queue
 import re
 import threading
 import time
@@ -29,6 +28,7 @@ from shim.pb import kv_pb2
 from shim.pb import rpc_pb2 as pb
 from tests.support import Client, EtcdServer, ServerProcess, ShimServer
 from tests.support.postgres import postgres_endpoint
+from tests.support.watch import WatchStream
 
 COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 FUTURE_REV = "etcdserver: mvcc: required revision is a future revision"
@@ -165,78 +165,12 @@ def rpc_error(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
 # --- watch streams ---------------------------------------------------------------------------
 
 
-class WatchSession:
-    """One bidirectional Watch stream: requests are queued in, a thread collects responses."""
-
-    def __init__(self, client: Client) -> None:
-        self._requests: queue.Queue[pb.WatchRequest | None] = queue.Queue()
-        self._cond = threading.Condition()
-        self.responses: list[pb.WatchResponse] = []
-        self.error: grpc.RpcError | None = None
-        self._call = client.watch.Watch(self._outgoing(), metadata=WATCH_METADATA)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _outgoing(self) -> Iterator[pb.WatchRequest]:
-        while (request := self._requests.get()) is not None:
-            yield request
-
-    def _read(self) -> None:
-        try:
-            for response in self._call:
-                with self._cond:
-                    self.responses.append(response)
-                    self._cond.notify_all()
-        except grpc.RpcError as error:
-            with self._cond:
-                self.error = error
-                self._cond.notify_all()
-
-    def send(self, request: pb.WatchRequest) -> None:
-        self._requests.put(request)
-
-    def request_progress(self) -> None:
-        self.send(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
-
-    def wait_for(
-        self, predicate: Callable[[list[pb.WatchResponse]], bool], timeout: float, what: str
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self.responses):
-                left = deadline - time.monotonic()
-                if left <= 0 or self.error is not None:
-                    raise AssertionError(
-                        f"timed out waiting for {what}; stream error {self.error}; "
-                        f"responses: {self.responses}"
-                    )
-                self._cond.wait(left)
-
-    def create(self, **fields: object) -> pb.WatchResponse:
-        """Create a watcher and return its `created` response."""
-        with self._cond:
-            seen = sum(r.created for r in self.responses)
-        self.send(pb.WatchRequest(create_request=pb.WatchCreateRequest(**fields)))  # type: ignore[arg-type]
-        self.wait_for(lambda rs: sum(r.created for r in rs) > seen, 10, "a created response")
-        with self._cond:
-            return [r for r in self.responses if r.created][seen]
-
-    def snapshot(self) -> list[pb.WatchResponse]:
-        with self._cond:
-            return list(self.responses)
-
-    def close(self) -> None:
-        self._requests.put(None)
-        self._call.cancel()
-        self._reader.join(5)
-
-
 @pytest.fixture
-def watch(client: Client) -> Iterator[Callable[[], WatchSession]]:
-    sessions: list[WatchSession] = []
+def watch(client: Client) -> Iterator[Callable[[], WatchStream]]:
+    sessions: list[WatchStream] = []
 
-    def open_session() -> WatchSession:
-        sessions.append(WatchSession(client))
+    def open_session() -> WatchStream:
+        sessions.append(WatchStream(client, metadata=WATCH_METADATA))
         return sessions[-1]
 
     yield open_session
@@ -498,7 +432,7 @@ def compact_rev_key_txn(client: Client, version: int, rev: int) -> pb.TxnRespons
     )
 
 
-def test_compaction(client: Client, prefix: bytes, watch: Callable[[], WatchSession]) -> None:
+def test_compaction(client: Client, prefix: bytes, watch: Callable[[], WatchStream]) -> None:
     key = prefix + b"obj"
     revs = [create(client, key, b"v0").header.revision]
     for i in range(1, 4):
@@ -543,7 +477,7 @@ def test_compaction(client: Client, prefix: bytes, watch: Callable[[], WatchSess
         "a compaction response for the watcher (other than its created response)",
     )
     compacted = [
-        r for r in session.snapshot()
+        r for r in session.responses
         if r.watch_id == watch_id and r.compact_revision and not r.created
     ]
     assert compacted[0].compact_revision == target
@@ -558,7 +492,7 @@ def test_compaction(client: Client, prefix: bytes, watch: Callable[[], WatchSess
     session.wait_for(
         lambda rs: len(events_of(rs, live.watch_id)) == 2, 10, "events from the compact revision"
     )
-    got = events_of(session.snapshot(), live.watch_id)
+    got = events_of(session.responses, live.watch_id)
     assert [(e.kv.mod_revision, e.kv.value, e.prev_kv.value) for e in got] == [
         (revs[2], b"v2", b""),  # its previous version is compacted away: no prev_kv
         (revs[3], b"v3", b"v2"),
@@ -712,14 +646,14 @@ class ProgressTicker:
     """Sends WatchRequest.progress_request on a stream every 100 ms, as the apiserver's
     cacher does while a consistent read waits for its cache."""
 
-    def __init__(self, session: WatchSession, interval: float = 0.1) -> None:
+    def __init__(self, session: WatchStream, interval: float = 0.1) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(session, interval), daemon=True
         )
         self._thread.start()
 
-    def _run(self, session: WatchSession, interval: float) -> None:
+    def _run(self, session: WatchStream, interval: float) -> None:
         while not self._stop.wait(interval):
             session.request_progress()
 
@@ -731,7 +665,7 @@ class ProgressTicker:
 def run_list_then_watch(
     client: Client,
     prefix: bytes,
-    watch: Callable[[], WatchSession],
+    watch: Callable[[], WatchStream],
     writes_before_watch: int,
     writes_after_watch: int,
     progress_from_start: bool,
@@ -790,11 +724,11 @@ def run_list_then_watch(
         )
     finally:
         ticker.stop()
-    return check_watch_stream(session.snapshot(), created.watch_id, writer, history)
+    return check_watch_stream(session.responses, created.watch_id, writer, history)
 
 
 def test_watch_after_list_with_requested_progress(
-    client: Client, prefix: bytes, watch: Callable[[], WatchSession]
+    client: Client, prefix: bytes, watch: Callable[[], WatchStream]
 ) -> None:
     progress_during = run_list_then_watch(
         client, prefix, watch, writes_before_watch=20, writes_after_watch=250,
@@ -812,10 +746,10 @@ def test_requested_progress_during_catch_up(shim: ShimServer) -> None:
     watcher is catching up (etcd#15220), and fails this test: so it runs on shim only.
     """
     with Client(shim.endpoint) as c:
-        sessions: list[WatchSession] = []
+        sessions: list[WatchStream] = []
 
-        def open_session() -> WatchSession:
-            sessions.append(WatchSession(c))
+        def open_session() -> WatchStream:
+            sessions.append(WatchStream(c, metadata=WATCH_METADATA))
             return sessions[-1]
 
         try:
@@ -829,7 +763,7 @@ def test_requested_progress_during_catch_up(shim: ShimServer) -> None:
 
 
 def test_periodic_progress_notify(
-    client: Client, prefix: bytes, watch: Callable[[], WatchSession]
+    client: Client, prefix: bytes, watch: Callable[[], WatchStream]
 ) -> None:
     """Bookmarks: an idle watcher with progress_notify gets event-less responses with its own
     watch_id at the current revision (servers run with a 1 s progress interval)."""
@@ -845,7 +779,7 @@ def test_periodic_progress_notify(
         5, "a progress notification",
     )
     time.sleep(0.2)
-    mine = [r for r in session.snapshot() if not r.created]
+    mine = [r for r in session.responses if not r.created]
     assert mine, "no progress notification"
     for response in mine:
         assert response.watch_id == notified.watch_id, f"unexpected {response}"
@@ -855,7 +789,7 @@ def test_periodic_progress_notify(
 
 
 def test_lease_expiry_deletes_and_notifies(
-    client: Client, prefix: bytes, watch: Callable[[], WatchSession]
+    client: Client, prefix: bytes, watch: Callable[[], WatchStream]
 ) -> None:
     lease = client.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=2), timeout=10)
     assert lease.TTL == 2
@@ -870,7 +804,7 @@ def test_lease_expiry_deletes_and_notifies(
     session.wait_for(
         lambda rs: len(events_of(rs, created.watch_id)) >= 2, 10, "the expiry's DELETE event"
     )
-    put_event, delete_event = events_of(session.snapshot(), created.watch_id)
+    put_event, delete_event = events_of(session.responses, created.watch_id)
     assert put_event.type == PUT and put_event.kv.lease == lease.ID
     assert delete_event.type == DELETE
     assert delete_event.kv.key == key

@@ -8,14 +8,12 @@ test_kube_apiserver_contract, which run on every datastore.
 
 from __future__ import annotations
 
-import queue
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -27,6 +25,7 @@ from shim.pb import kv_pb2
 from shim.pb import rpc_pb2 as pb
 from tests.support import OUTSIDE_CHECKOUT, Client, ShimServer, free_port
 from tests.support.postgres import PostgresServer
+from tests.support.watch import WatchStream
 
 # A password that is easy to grep for, with characters that need quoting in a URL.
 PASSWORD = "Sekr1t:Dist1nct/Pa55@word"
@@ -45,62 +44,19 @@ def get_all(client: Client, key: bytes, end: bytes, revision: int = 0) -> list[k
     return list(resp.kvs)
 
 
+def watch_from(client: Client, request: pb.WatchCreateRequest) -> WatchStream:
+    """A Watch stream with one watcher, created."""
+    stream = WatchStream(client)
+    stream.create(request)
+    return stream
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """etcd's range end for a prefix (clientv3.GetPrefixRangeEnd)."""
     for i in range(len(prefix) - 1, -1, -1):
         if prefix[i] < 0xFF:
             return prefix[:i] + bytes([prefix[i] + 1])
     return b"\x00"
-
-
-@dataclass
-class Watch:
-    """One Watch stream; a thread records each event with the time it arrived."""
-
-    client: Client
-    request: pb.WatchCreateRequest
-    events: list[tuple[float, kv_pb2.Event]] = field(default_factory=list)
-    created: threading.Event = field(default_factory=threading.Event)
-    error: grpc.RpcError | None = None
-
-    def __post_init__(self) -> None:
-        self._requests: queue.Queue[pb.WatchRequest | None] = queue.Queue()
-        self._requests.put(pb.WatchRequest(create_request=self.request))
-        self._cond = threading.Condition()
-        self._call = self.client.watch.Watch(iter(self._requests.get, None))
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-        assert self.created.wait(10), "watch not created"
-
-    def _read(self) -> None:
-        try:
-            for resp in self._call:
-                now = time.monotonic()
-                if resp.created:
-                    self.created.set()
-                with self._cond:
-                    self.events.extend((now, event) for event in resp.events)
-                    self._cond.notify_all()
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:
-                self.error = exc
-            with self._cond:
-                self._cond.notify_all()
-
-    def wait_for_count(self, count: int, timeout: float) -> list[tuple[float, kv_pb2.Event]]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.events) < count and self.error is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            return list(self.events)
-
-    def close(self) -> None:
-        self._requests.put(None)
-        self._call.cancel()
-        self._thread.join(5)
 
 
 @pytest.fixture
@@ -182,8 +138,8 @@ def test_watcher_on_one_server_sees_every_write_through_the_other(
     first, second = two_shims
     with Client(first.endpoint) as a, Client(second.endpoint) as b:
         start = put(a, b"/w/start", b"x").header.revision
-        watch = Watch(a, pb.WatchCreateRequest(key=b"/w/", range_end=prefix_end(b"/w/"),
-                                               start_revision=start + 1))
+        watch = watch_from(a, pb.WatchCreateRequest(key=b"/w/", range_end=prefix_end(b"/w/"),
+                                                    start_revision=start + 1))
         try:
             acked: dict[int, float] = {}
             count = 200
@@ -193,7 +149,7 @@ def test_watcher_on_one_server_sees_every_write_through_the_other(
                 acked[resp.header.revision] = time.monotonic()
                 if i % 20 == 0:
                     time.sleep(0.02)  # let some writes arrive on an idle watcher
-            events = watch.wait_for_count(count, timeout=30)
+            events = watch.wait_for_events(count, timeout=30)
         finally:
             watch.close()
     assert watch.error is None
@@ -232,11 +188,11 @@ def test_revisions_from_two_servers_have_no_holes(
         assert sorted(revisions) == list(range(base + 1, base + 1 + len(revisions)))
         # Every revision is in the history as seen from either server, in order.
         for client in (a, b):
-            watch = Watch(client, pb.WatchCreateRequest(
+            watch = watch_from(client, pb.WatchCreateRequest(
                 key=b"/h/", range_end=prefix_end(b"/h/"), start_revision=base + 1
             ))
             try:
-                events = watch.wait_for_count(len(revisions), timeout=20)
+                events = watch.wait_for_events(len(revisions), timeout=20)
             finally:
                 watch.close()
             assert [e.kv.mod_revision for _, e in events] == sorted(revisions)
@@ -273,7 +229,7 @@ def test_keys_and_values_are_bytes(postgres: PostgresServer, tmp_path: Path) -> 
     endpoint = postgres.url(postgres.new_database_name("bytes"))
     with ShimServer(tmp_path / "shim", datastore_endpoint=endpoint) as server, \
             Client(server.endpoint) as client:
-        watch = Watch(client, pb.WatchCreateRequest(key=b"\x7f", range_end=b"\x81"))
+        watch = watch_from(client, pb.WatchCreateRequest(key=b"\x7f", range_end=b"\x81"))
         try:
             for key in BYTE_KEYS:
                 put(client, key, b"\xff\xfe" + key + b"\x80\x00")
@@ -281,7 +237,7 @@ def test_keys_and_values_are_bytes(postgres: PostgresServer, tmp_path: Path) -> 
             for key in BYTE_KEYS:
                 put(client, key, b"later")  # history now differs from the current state
             in_watch = [k for k in BYTE_KEYS if b"\x7f" <= k < b"\x81"]
-            events = watch.wait_for_count(2 * len(in_watch), timeout=10)
+            events = watch.wait_for_events(2 * len(in_watch), timeout=10)
         finally:
             watch.close()
         assert [e.kv.key for _, e in events[: len(in_watch)]] == in_watch
@@ -451,7 +407,7 @@ def test_postgres_restart_under_write_load(
     try:
         with Client(watcher_shim.endpoint) as watch_client:
             base = put(watch_client, b"/base", b"x").header.revision
-            watch = Watch(watch_client, pb.WatchCreateRequest(
+            watch = watch_from(watch_client, pb.WatchCreateRequest(
                 key=b"/load/", range_end=prefix_end(b"/load/"), start_revision=base + 1
             ))
             threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
@@ -490,7 +446,7 @@ def test_postgres_restart_under_write_load(
                 head = client.kv.Range(pb.RangeRequest(key=b"/load/", range_end=prefix_end(
                     b"/load/"), count_only=True)).header.revision
             expected = sorted(kv.mod_revision for kv in stored.values())
-            events = watch.wait_for_count(len(expected), timeout=30)
+            events = watch.wait_for_events(len(expected), timeout=30)
             watch.close()
             revisions = [e.kv.mod_revision for _, e in events]
             assert revisions == expected

@@ -48,7 +48,7 @@ from tests.support.replication import (
     write_topology,
 )
 from tests.support.shim_server import OUTSIDE_CHECKOUT, sqlite_endpoint
-from tests.support.watch_diff import WatchStream
+from tests.support.watch import WatchStream
 
 Factory = Callable[..., ShimServer]
 # How long something that must not replicate is watched for: longer than a heartbeat (1 s),

@@ -144,13 +144,19 @@ def test_replication_links_run_over_mutual_tls(tmp_path: Path, ca: CertificateAu
             else:
                 pytest.fail(f"no convergence over TLS: parent {on_parent}, child {on_child}")
 
-        # A node without a peer certificate cannot link to a parent that requires one.
+        # A node without a peer certificate cannot link to a parent that requires one: its
+        # attempt ends (the "link to ... down" line) without a link, and nothing crossed.
         with TlsShim(tmp_path / "lone", ca, join_args) as lone:
             lone.etcdctl("put", "/tls/lonely", "3")
-            time.sleep(1.5)
+            attempt = f"link to https://{parent.endpoint} down"
+            deadline = time.monotonic() + 20
+            while attempt not in lone.log_tail(200) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            log = lone.log_tail(200)
+            assert attempt in log, log
+            assert "linked to" not in log, log
             keys = parent.etcdctl("get", "/tls/lonely", "--keys-only").stdout.split()
             assert keys == []
-            assert "link to https://" in lone.log_tail()
 
 
 @pytest.mark.parametrize(

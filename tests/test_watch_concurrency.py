@@ -15,7 +15,7 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import pytest
 from shim.pb import kv_pb2, rpc_pb2_grpc
 from shim.pb import rpc_pb2 as pb
 from tests.support import Client, EtcdServer, ServerProcess, ShimServer
+from tests.support.watch import WatchStream
 
 PUT, DELETE = kv_pb2.Event.PUT, kv_pb2.Event.DELETE
 GROUPS = "abcde"
@@ -61,82 +62,6 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerPro
         process.stop()
 
 
-# --- watch streams ---------------------------------------------------------------------------
-
-
-class Stream:
-    """A Watch stream whose responses a thread collects as they come."""
-
-    def __init__(self, client: Client) -> None:
-        self._requests: list[pb.WatchRequest | None] = []
-        self._request_ready = threading.Condition()
-        self._cond = threading.Condition()
-        self.responses: list[pb.WatchResponse] = []
-        self.event_counts: dict[int, int] = {}  # watch id -> events received
-        self.error: grpc.RpcError | None = None
-        self._call = client.watch.Watch(self._outgoing())
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _outgoing(self) -> Iterator[pb.WatchRequest]:
-        while True:
-            with self._request_ready:
-                while not self._requests:
-                    self._request_ready.wait()
-                request = self._requests.pop(0)
-            if request is None:
-                return
-            yield request
-
-    def _send(self, request: pb.WatchRequest | None) -> None:
-        with self._request_ready:
-            self._requests.append(request)
-            self._request_ready.notify()
-
-    def _read(self) -> None:
-        try:
-            for response in self._call:
-                with self._cond:
-                    self.responses.append(response)
-                    counts = self.event_counts
-                    counts[response.watch_id] = (
-                        counts.get(response.watch_id, 0) + len(response.events)
-                    )
-                    self._cond.notify_all()
-        except grpc.RpcError as error:
-            with self._cond:
-                self.error = error
-                self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out waiting for {what} (error {self.error})")
-                self._cond.wait(left)
-
-    def create(self, request: pb.WatchCreateRequest) -> pb.WatchResponse:
-        with self._cond:
-            seen = sum(r.created for r in self.responses)
-        self._send(pb.WatchRequest(create_request=request))
-        self.wait_for(lambda: sum(r.created for r in self.responses) > seen, 10, "created")
-        with self._cond:
-            created = [r for r in self.responses if r.created][seen]
-        assert not created.canceled, created
-        return created
-
-    def of(self, watch_id: int) -> list[pb.WatchResponse]:
-        with self._cond:
-            return [r for r in self.responses if r.watch_id == watch_id and not r.created]
-
-    def close(self) -> None:
-        self._send(None)
-        self._call.cancel()
-        self._reader.join(5)
-
-
 @dataclass
 class WatcherSpec:
     key: bytes
@@ -148,7 +73,7 @@ class WatcherSpec:
 @dataclass
 class Watcher:
     spec: WatcherSpec
-    stream: Stream
+    stream: WatchStream
     watch_id: int
     start_revision: int  # the first revision it must see
 
@@ -239,14 +164,14 @@ def writer(endpoint: str, seed: int, stop: threading.Event, log: WriterLog) -> N
 
 def read_reference(client: Client, final: int) -> list[pb.WatchResponse]:
     """Every event from revision 1 to `final` over all keys, with prev_kv."""
-    stream = Stream(client)
+    stream = WatchStream(client)
     try:
         created = stream.create(
             pb.WatchCreateRequest(key=b"\x00", range_end=b"\x00", start_revision=1, prev_kv=True)
         )
 
-        def complete() -> bool:  # the last revision comes last
-            last = stream.responses[-1] if stream.responses else None
+        def complete(responses: list[pb.WatchResponse]) -> bool:  # the last revision comes last
+            last = responses[-1] if responses else None
             return bool(last and last.events and last.events[-1].kv.mod_revision == final)
 
         stream.wait_for(complete, 30, f"the reference log up to revision {final}")
@@ -324,10 +249,10 @@ def test_many_writers_many_watchers(server: ServerProcess) -> None:
     with Client(endpoint) as client:
         for key in KEYS[::2]:
             client.kv.Put(pb.PutRequest(key=key, value=b"seed"), timeout=10)
-        streams = [Stream(client) for _ in range(4)]
+        streams = [WatchStream(client) for _ in range(4)]
         watchers: list[Watcher] = []
 
-        def add_watcher(spec: WatcherSpec, stream: Stream) -> None:
+        def add_watcher(spec: WatcherSpec, stream: WatchStream) -> None:
             current = client.kv.Range(pb.RangeRequest(key=b"/c/"), timeout=10).header.revision
             start = {"now": 0, "first": 1, "past": max(1, current - rng.randint(0, 300))}[
                 spec.start
@@ -338,6 +263,7 @@ def test_many_writers_many_watchers(server: ServerProcess) -> None:
                     prev_kv=spec.prev_kv,
                 )
             )
+            assert not created.canceled, created
             first = start if start else created.header.revision + 1
             watchers.append(Watcher(spec, stream, created.watch_id, first))
 
@@ -366,24 +292,22 @@ def test_many_writers_many_watchers(server: ServerProcess) -> None:
             assert not thread.is_alive(), "a writer is stuck"
         assert len(watchers) >= 20
 
-        final = client.kv.Range(pb.RangeRequest(key=b"/c/"), timeout=10).header.revision
+        # The last revision puts every key at once: each watcher's range holds some of them,
+        # so once a watcher has this revision's events, everything before it has arrived too
+        # (a stream is in revision order), duplicates included.
+        final = client.kv.Txn(pb.TxnRequest(success=[
+            pb.RequestOp(request_put=pb.PutRequest(key=key, value=b"last")) for key in KEYS
+        ]), timeout=10).header.revision
         assert final > 300, f"only {final} revisions were written"
         reference = [e for r in read_reference(client, final) for e in r.events]
         check_reference(reference, final, logs, client)
 
         for watcher in watchers:
-            due = sum(
-                1
-                for e in reference
-                if e.kv.mod_revision >= watcher.start_revision
-                and in_range(e.kv.key, watcher.spec.key, watcher.spec.range_end)
-            )
             watcher.stream.wait_for(
-                lambda w=watcher, n=due: w.stream.event_counts.get(w.watch_id, 0) >= n,
+                lambda _, w=watcher: any(e.kv.mod_revision == final for e in w.events()),
                 30,
-                f"{due} events",
+                f"revision {final} on watcher {watcher.spec}",
             )
-        time.sleep(0.3)  # anything extra (a duplicate) would show up by now
         try:
             for watcher in watchers:
                 check_watcher(watcher, reference)
@@ -425,7 +349,7 @@ def test_stalled_watcher_does_not_slow_writers_and_catches_up(shim: ShimServer) 
     prefix = b"/stall/"
     with Client(shim.endpoint) as client:
         # A watcher that keeps reading is there throughout, in both measurements.
-        reader = Stream(client)
+        reader = WatchStream(client)
         active = reader.create(
             pb.WatchCreateRequest(key=prefix, range_end=prefix_end(prefix))
         )
@@ -463,9 +387,9 @@ def test_stalled_watcher_does_not_slow_writers_and_catches_up(shim: ShimServer) 
             )
             # Nor was the other watcher.
             reader.wait_for(
-                lambda: bool(
-                    reader.responses and reader.responses[-1].events
-                    and reader.responses[-1].events[-1].kv.mod_revision == final
+                lambda responses: bool(
+                    responses and responses[-1].events
+                    and responses[-1].events[-1].kv.mod_revision == final
                 ),
                 10, "the active watcher's last event",
             )
@@ -477,31 +401,40 @@ def test_stalled_watcher_does_not_slow_writers_and_catches_up(shim: ShimServer) 
             # The stalled client reads again: every event once, in order, from the log.
             got: list[kv_pb2.Event] = []
             problems: list[object] = []
-            caught_up = threading.Event()
+            arrived = threading.Condition()
 
             def resume() -> None:
                 try:
                     for response in stalled:
-                        if response.canceled or response.watch_id != created.watch_id:
-                            problems.append(response)
-                        got.extend(response.events)
-                        if got and got[-1].kv.mod_revision >= final:
-                            caught_up.set()
+                        with arrived:
+                            if response.canceled or response.watch_id != created.watch_id:
+                                problems.append(response)
+                            got.extend(response.events)
+                            arrived.notify_all()
                 except grpc.RpcError as error:
                     if error.code() != grpc.StatusCode.CANCELLED:
-                        problems.append(error)
+                        with arrived:
+                            problems.append(error)
+                            arrived.notify_all()
+
+            def reached(revision: int) -> bool:
+                with arrived:
+                    return arrived.wait_for(
+                        lambda: bool(problems or (got and got[-1].kv.mod_revision >= revision)),
+                        30,
+                    ) and not problems
 
             resumed = threading.Thread(target=resume, daemon=True)
             resumed.start()
-            deadline, seen, quiet_since = time.monotonic() + 30, -1, time.monotonic()
-            while not caught_up.wait(0.25) and time.monotonic() < deadline:
-                if len(got) != seen:
-                    seen, quiet_since = len(got), time.monotonic()
-                elif time.monotonic() - quiet_since > 5:
-                    break  # nothing more is coming
-            reached = got[-1].kv.mod_revision if got else None
-            assert caught_up.is_set(), f"caught up only to revision {reached} of {final}"
-            time.sleep(0.3)  # a duplicate after the last event would show up by now
+            assert reached(final), (
+                f"caught up only to revision {got[-1].kv.mod_revision if got else None} "
+                f"of {final}; {problems}"
+            )
+            # One write more, after the catch-up: once it has arrived, so has anything the
+            # catch-up sent after revision `final` (a duplicate would come before it).
+            final = client.kv.Put(pb.PutRequest(key=prefix + b"last", value=b"L" * 1020),
+                                  timeout=10).header.revision
+            assert reached(final), f"the write after the catch-up did not arrive; {problems}"
             assert not problems, problems
             assert [e.kv.mod_revision for e in got] == list(range(start, final + 1))
             assert all(e.type == PUT and len(e.kv.value) == 1020 for e in got)

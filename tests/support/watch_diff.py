@@ -1,6 +1,5 @@
 """Differential testing of the Watch service: the same watches and writes, two servers.
 
-`WatchStream` is one gRPC Watch stream whose responses a background thread records.
 `ServerPair` sends the same KV requests and watch requests to a reference server (a real
 etcd) and a candidate (shim), then compares every WatchResponse the two sent.
 
@@ -27,16 +26,12 @@ Only header cluster_id, member_id and raft_term are ignored, as in the KV suite.
 
 from __future__ import annotations
 
-import queue
 import random
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import grpc
 from google.protobuf import text_format
 
 from shim.pb import kv_pb2
@@ -57,92 +52,7 @@ from .differential import (
 from .etcd import EtcdServer
 from .proto_diff import first_difference
 from .shim_server import ShimServer
-
-PROGRESS_WATCH_ID = -1
-# etcd syncs catching-up watchers every 100 ms; quiet this long means nothing is pending.
-QUIET_SECONDS = 0.3
-
-
-# --- one recorded stream ----------------------------------------------------------
-
-
-class WatchStream:
-    """A Watch stream: requests go out in call order, responses are recorded as they come."""
-
-    def __init__(self, client: Client, label: str = "") -> None:
-        self.label = label
-        self._requests: queue.Queue[pb.WatchRequest | None] = queue.Queue()
-        self._lock = threading.Lock()
-        self._responses: list[pb.WatchResponse] = []
-        self.last_activity = time.monotonic()
-        self.error: grpc.RpcError | None = None
-        self._call = client.watch.Watch(self._request_iterator())
-        self._reader = threading.Thread(target=self._read, name=f"watch {label}", daemon=True)
-        self._reader.start()
-
-    def _request_iterator(self) -> Iterator[pb.WatchRequest]:
-        while (request := self._requests.get()) is not None:
-            yield request
-
-    def _read(self) -> None:
-        try:
-            for response in self._call:
-                with self._lock:
-                    self._responses.append(response)
-                    self.last_activity = time.monotonic()
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.CANCELLED:
-                self.error = error
-
-    def send(self, request: pb.WatchRequest) -> None:
-        with self._lock:
-            self.last_activity = time.monotonic()
-        self._requests.put(request)
-
-    def create(self, request: pb.WatchCreateRequest | None = None, **fields: object) -> None:
-        create = request if request is not None else pb.WatchCreateRequest(**fields)
-        self.send(pb.WatchRequest(create_request=create))
-
-    def cancel(self, watch_id: int) -> None:
-        self.send(pb.WatchRequest(cancel_request=pb.WatchCancelRequest(watch_id=watch_id)))
-
-    def request_progress(self) -> None:
-        self.send(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
-
-    @property
-    def responses(self) -> list[pb.WatchResponse]:
-        with self._lock:
-            return list(self._responses)
-
-    def close(self) -> None:
-        self._requests.put(None)
-        self._call.cancel()
-        self._reader.join(5)
-
-    def check_open(self) -> None:
-        if self.error is not None:
-            raise AssertionError(
-                f"watch stream {self.label} failed: {self.error.code()} {self.error.details()}"
-            )
-
-
-def wait_quiet(
-    streams: Iterable[WatchStream], quiet: float = QUIET_SECONDS, timeout: float = 20.0
-) -> None:
-    """Wait until no stream has sent or received anything for `quiet` seconds."""
-    streams = list(streams)
-    deadline = time.monotonic() + timeout
-    while True:
-        latest = max((s.last_activity for s in streams), default=0.0)
-        idle = time.monotonic() - latest
-        if idle >= quiet:
-            for stream in streams:
-                stream.check_open()
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"watch streams still busy after {timeout:.0f}s")
-        time.sleep(min(quiet - idle, 0.05) + 0.001)
-
+from .watch import WatchStream, wait_quiet
 
 # --- describing and comparing responses ------------------------------------------
 
@@ -347,9 +257,9 @@ class StreamPair:
     candidate: WatchStream
 
     def create(self, request: pb.WatchCreateRequest | None = None, **fields: object) -> None:
-        create = request if request is not None else pb.WatchCreateRequest(**fields)
-        self.reference.create(create)
-        self.candidate.create(create)
+        create = request if request is not None else pb.WatchCreateRequest(**fields)  # type: ignore[arg-type]
+        self.reference.send_create(create)
+        self.candidate.send_create(create)
 
     def cancel(self, watch_id: int) -> None:
         self.reference.cancel(watch_id)
@@ -383,8 +293,8 @@ class ServerPair:
     def all_streams(self) -> list[WatchStream]:
         return [s for pair in self.streams for s in (pair.reference, pair.candidate)]
 
-    def quiet(self, seconds: float = QUIET_SECONDS) -> None:
-        wait_quiet(self.all_streams(), seconds)
+    def quiet(self) -> None:
+        wait_quiet(self.all_streams())
 
     def kv(self, request: KvRequest) -> Outcome:
         """Send to both; the outcomes must be equal. Returns the reference's."""
