@@ -1,4 +1,4 @@
-"""Self-test of tests/support/netns.py: reachability, partition, heal and cleanup.
+"""Self-test of tests/support/netns.py: reachability, partition, heal, delay and cleanup.
 
 Plain TCP echo servers run in the lab's namespaces; the test process talks to them
 through sockets made inside host namespaces (NetLab.connect). Not skipped when
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -134,6 +135,32 @@ def test_isolate_cuts_one_host_off(lab: NetLab) -> None:
     assert reaches(lab, 3, 3), "a host still reaches itself"
     lab.heal()
     assert reaches(lab, 1, 3) and reaches(lab, 3, 2)
+
+
+def test_delay_holds_each_hosts_ingress_and_probe_measures_it(lab: NetLab) -> None:
+    """A delay holds what a host receives: a round trip crosses the two hosts' ingresses, so
+    it takes at least the sum of their delays (the probe is what the edge bench checks before
+    each run). Removing a delay gives the plain lab back."""
+    reason = NetLab.delay_available()
+    if reason is not None:
+        pytest.fail(reason, pytrace=False)
+    try:
+        lab.delay(2, 20)
+        one_way = lab.probe(1, 2, count=10)
+        assert one_way[0] >= 20, one_way  # h1 -> h2 held at h2; the echo back is not
+        lab.delay(1, 15)
+        both = lab.probe(1, 2, count=10)
+        assert both[0] >= 35, both
+        assert lab.probe(3, 1, count=5)[0] >= 15  # h3 is not delayed: only h1's 15 ms
+        assert lab.delays() == {1: 15, 2: 20}
+        # Delayed, not blocked: the typical round trip stays near the delays.
+        assert statistics.median(both) < 35 + 100, both
+    finally:
+        lab.delay(1, 0)
+        lab.delay(2, 0)
+    assert lab.delays() == {}
+    assert lab.probe(1, 2, count=10)[0] < 15
+    assert reaches(lab, 1, 2) and reaches(lab, 2, 1)
 
 
 def test_down_is_idempotent_and_safe_on_partial_labs() -> None:

@@ -12,6 +12,14 @@ matching IPv4/IPv6 frames are dropped silently, so open TCP connections stall an
 retransmit exactly as in a real partition, and resume after `heal()`. ARP still passes.
 `tc netem` is not used: the CI kernel is built without it.
 
+Delay (`delay(i, ms)`) holds every packet host i receives for a fixed time: an iptables
+NFQUEUE rule on its eth0 ingress hands packets to a small user-space process
+(nfqueue_delay.py) that lets each go `ms` later. Ingress, not egress: a packet held on egress
+still counts against the sender's TCP small-queue budget, and TCP then crawls (netem avoids
+that by orphaning the packet; user space cannot). With every host delayed by d, a round trip
+between two hosts takes 2d. `probe(a, b)` measures it with TCP echoes. Delay also needs
+iptables (Debian package iptables), which `delay_available()` checks.
+
 Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN), iproute2 and nftables (Debian packages).
 `NetLab.available()` tells whether all of that works here, and why not otherwise.
 
@@ -34,6 +42,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -41,6 +50,7 @@ Socket = socket.socket  # the annotations below sit next to a method named `sock
 
 _CLONE_NEWNET = 0x40000000
 _SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
+_NFQUEUE_DELAY = Path(__file__).with_name("nfqueue_delay.py")
 _TABLE = "shimlab"  # nft table (bridge family) in the switch namespace
 _CHAIN = "faults"  # note: "fwd" is an nft keyword and cannot name a chain
 
@@ -94,9 +104,11 @@ class NetLab:
         self.subnet = subnet
         self.switch = f"{prefix}-sw"
         self._procs: list[subprocess.Popen[Any]] = []
+        self._delays: dict[int, tuple[float, subprocess.Popen[str]]] = {}  # host -> (ms, proc)
         self._is_up = False
         self._ip = _tool("ip") or "ip"
         self._nft = _tool("nft") or "nft"
+        self._iptables = _tool("iptables") or "iptables"
 
     # --- availability ---------------------------------------------------------------
 
@@ -135,6 +147,13 @@ class NetLab:
             return f"cannot build a network-namespace lab here: {exc}"
         finally:
             lab.down()
+        return None
+
+    @staticmethod
+    def delay_available() -> str | None:
+        """None if `delay()` can work here (given `available()`), else why not."""
+        if _tool("iptables") is None:
+            return "not installed: `iptables` (Debian package iptables), needed for delays"
         return None
 
     # --- names and commands -----------------------------------------------------------
@@ -261,6 +280,7 @@ class NetLab:
         namespace is killed too.
         """
         self._stop_procs(timeout)
+        self._delays.clear()
         for ns in sorted(self._existing_namespaces()):
             with contextlib.suppress(NetLabError, subprocess.TimeoutExpired):
                 for pid in _run([self._ip, "netns", "pids", ns]).split():
@@ -354,3 +374,88 @@ class NetLab:
                     "bridge", _TABLE, _CHAIN])
         rules = [line.strip() for line in out.splitlines() if line.strip().endswith("drop")]
         return "\n".join(rules) or "(none)"
+
+    # --- delay ----------------------------------------------------------------------------
+
+    def delay(self, i: int, ms: float) -> None:
+        """Hold every packet host i receives for `ms` milliseconds (0: no delay). Replaces
+        the host's earlier delay; packets already held are let go first."""
+        self._check(i)
+        if not self._is_up:
+            raise NetLabError(f"lab {self.prefix} is not up")
+        self._undelay(i)
+        if ms <= 0:
+            return
+        consumer = self.popen(
+            i, [sys.executable, str(_NFQUEUE_DELAY), "--queue", "0", "--delay-ms", f"{ms:g}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert consumer.stdout is not None
+        line = consumer.stdout.readline().strip()
+        if not line.startswith("ready"):
+            consumer.kill()
+            rest = consumer.communicate(timeout=5)[0]
+            raise NetLabError(f"the delay on host {i} did not start: {line}\n{rest}")
+        self._delays[i] = (ms, consumer)
+        # --queue-bypass: should the consumer ever be gone, packets pass undelayed (never lost).
+        _run(self.command(i, [self._iptables, "-t", "mangle", "-A", "PREROUTING", "-i", "eth0",
+                              "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"]))
+
+    def delays(self) -> dict[int, float]:
+        """The delay in ms of each delayed host."""
+        return {i: ms for i, (ms, _) in self._delays.items()}
+
+    def _undelay(self, i: int) -> None:
+        held = self._delays.pop(i, None)
+        if held is None:
+            return
+        _run(self.command(i, [self._iptables, "-t", "mangle", "-F", "PREROUTING"]))
+        consumer = held[1]
+        consumer.terminate()  # lets what it still holds go, then exits
+        try:
+            consumer.wait(10)
+        except subprocess.TimeoutExpired:
+            consumer.kill()
+            consumer.wait()
+        if consumer.stdout is not None:
+            consumer.stdout.close()
+
+    def probe(self, a: int, b: int, count: int = 20, timeout: float = 10.0) -> list[float]:
+        """Round trips in ms of `count` small TCP echoes from host a to host b, sorted (a
+        ping: the lab has no ICMP tool to rely on). The echo server is a thread of this
+        process listening inside host b."""
+        self._check(a)
+        self._check(b)
+        listener = self.socket(b)
+        listener.settimeout(timeout)
+        listener.bind((self.addr(b), 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def echo() -> None:
+            with contextlib.suppress(OSError), listener:
+                conn, _ = listener.accept()
+                with conn:
+                    while data := conn.recv(64):
+                        conn.sendall(data)
+
+        server = threading.Thread(target=echo, name=f"probe-h{b}", daemon=True)
+        server.start()
+        rtts = []
+        with self.connect(a, (self.addr(b), port), timeout) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for n in range(count):
+                message = b"%015d\n" % n
+                started = time.perf_counter()
+                sock.sendall(message)
+                got = b""
+                while len(got) < len(message):
+                    chunk = sock.recv(64)
+                    if not chunk:
+                        raise NetLabError(f"probe h{a} -> h{b}: the echo closed the connection")
+                    got += chunk
+                rtts.append((time.perf_counter() - started) * 1000)
+        server.join(timeout)
+        return sorted(rtts)
+
