@@ -10,10 +10,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.servers import REPO_ROOT
+from tests.support.shim_server import REPO_ROOT
 
 TOOL_DIR = REPO_ROOT / "bench" / ".tools"
-BUILD_SCRIPT = REPO_ROOT.parent / "shared" / "tools" / "build-etcd-benchmark.sh"
+# The project's shared tools sit beside the checkout (or beside the folder of worktrees).
+BUILD_SCRIPT = next(
+    (path for path in (root / "shared" / "tools" / "build-etcd-benchmark.sh"
+                       for root in (REPO_ROOT.parent, REPO_ROOT.parent.parent)) if path.is_file()),
+    REPO_ROOT.parent / "shared" / "tools" / "build-etcd-benchmark.sh",
+)
 TOOL_ENV = "BENCH_ETCD_TOOL"
 
 _NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"

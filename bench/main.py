@@ -19,10 +19,11 @@ import grpc
 
 from bench import etcd_tool, report
 from bench.model import KNOWN_TARGETS, TARGETS
-from bench.servers import ETCD_VERSION, REPO_ROOT, etcd_binary
 from bench.suite import Options, Results, Suite
+from bench.targets import ETCD_VERSION, etcd_binary
 from bench.workloads import FULL, QUICK
 from tests.support import procfs
+from tests.support.shim_server import REPO_ROOT
 
 RESULTS_ROOT = REPO_ROOT / "bench" / "results"
 

@@ -15,9 +15,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from bench.servers import ShimServer
+from bench.targets import START_SECONDS
 from tests.support import procfs
 from tests.support.postgres import PostgresServer
+from tests.support.shim_server import ShimServer
 
 # PostgreSQL 15's defaults, written out because the test helper overrides them.
 DURABLE_SETTINGS: dict[str, str] = {
@@ -99,23 +100,22 @@ class ShimPostgresServer(ShimServer):
     name = "shim-pg"
 
     def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir)
+        super().__init__(workdir, datastore_endpoint="postgres://unset",
+                         extra_args=["--log-level", "warning"], startup_timeout=START_SECONDS)
         if importlib.util.find_spec("asyncpg") is None:
             raise SystemExit("shim-pg needs asyncpg: pip install -e '.[postgres]'")
         self.postgres: BenchPostgres | None = None
 
-    def start(self, timeout: float = 60.0) -> ShimPostgresServer:
+    def start(self) -> ShimPostgresServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.postgres = BenchPostgres(self.workdir).start()
-        super().start(timeout)
+        self.datastore_endpoint = self.postgres.url(DATABASE)
+        super().start()
         return self
 
     def _pg(self) -> BenchPostgres:
         assert self.postgres is not None, "shim-pg's PostgreSQL is not started"
         return self.postgres
-
-    def datastore_args(self) -> list[str]:
-        return [f"--datastore-endpoint={self._pg().url(DATABASE)}"]
 
     def describe(self) -> str:
         pg = self._pg()

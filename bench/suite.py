@@ -12,9 +12,8 @@ from typing import Any
 
 import grpc
 
-from bench import etcd_tool, kube_mix, loadgen
+from bench import etcd_tool, kube_mix, loadgen, targets
 from bench.model import Footprint, Measurement, summarize
-from bench.servers import BareServer, EtcdServer, Server, ShimServer
 from bench.workloads import (
     RANGE_KEY,
     RANGE_VALUE_SIZE,
@@ -25,6 +24,7 @@ from bench.workloads import (
 )
 from shim.pb import rpc_pb2, rpc_pb2_grpc
 from tests.support import procfs
+from tests.support.process import ServerProcess as Server
 
 LIST_PREFIX = b"/registry/benchlist/"
 LIST_PAGE = 500
@@ -124,14 +124,14 @@ class Suite:
     def _make(self, target: str, tag: str) -> Server:
         workdir = self.opt.work_dir / f"{target}-{tag}"
         if target == "etcd":
-            return EtcdServer(workdir)
+            return targets.etcd(workdir)
         if target == "shim":
-            return ShimServer(workdir, "FULL", self.opt.processes)
+            return targets.shim(workdir, self.opt.processes)
         if target == "shim-pg":
-            from bench.pg_server import ShimPostgresServer  # imports tests/support
+            from bench.pg_server import ShimPostgresServer  # needs asyncpg
 
             return ShimPostgresServer(workdir)
-        return BareServer(workdir, self.opt.processes)
+        return targets.BareServer(workdir, self.opt.processes)
 
     # ------------------------------------------------------------ the main suite
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import etcd_tool
+from bench import etcd_tool, targets
 from bench.replication import client
 from bench.replication.common import Context, say, stats_ms
 from bench.replication.nodes import (
@@ -26,14 +26,12 @@ from bench.replication.nodes import (
     ShimNode,
     etcd_cluster,
     etcd_leader,
-    register,
-    stop_all,
     wait_all_entries,
     wait_linked,
 )
-from bench.servers import EtcdServer, Server, ShimServer
 from bench.workloads import KEYS
 from tests.support import procfs
+from tests.support.process import ServerProcess, stop_all
 
 # clients -> (conns, clients). The tool gives each connection one endpoint, round robin, so
 # connections in multiples of 3 spread the clients evenly over the 3 nodes (1 client: node 1).
@@ -43,18 +41,18 @@ CONNS = {1: (1, 1), 16: (3, 16), 100: (9, 100)}
 def start_mesh(work_dir: Path) -> list[ShimNode]:
     """node1 admits; node2 joins node1; node3 joins node1 and node2: a full mesh."""
     n1 = ShimNode(work_dir / "shim-n1", "n1")
-    n1.start(60)
+    n1.start()
     n2 = ShimNode(work_dir / "shim-n2", "n2", joins=[n1.url])
-    n2.start(60)
+    n2.start()
     n3 = ShimNode(work_dir / "shim-n3", "n3", joins=[n1.url, n2.url])
-    n3.start(60)
+    n3.start()
     nodes = [n1, n2, n3]
     wait_linked(nodes, 60)
     return nodes
 
 
 def _tool_run(ctx: Context, name: str, endpoints: list[str], clients: int, total: int,
-              servers: list[Server]) -> dict[str, Any]:
+              servers: list[ServerProcess]) -> dict[str, Any]:
     conns, n = CONNS[clients]
     args = [f"--conns={conns}", f"--clients={n}", "put", *KEYS, f"--total={total}"]
     waited = procfs.wait_quiet(ctx.wait_quiet)
@@ -91,12 +89,12 @@ def scenario_a(ctx: Context, members: list[EtcdMember], mesh: list[ShimNode]) ->
     etcd_eps = [m.endpoint for m in members]
     shim_eps = [n.endpoint for n in mesh]
     dbs = [NodeDb(n) for n in mesh]
-    singles: list[Server] = []
+    singles: list[ServerProcess] = []
     try:
         say("A: single-node references (fresh etcd, fresh shim)")
-        single_etcd = register(EtcdServer(ctx.work_dir / "etcd-single")).start()
+        single_etcd = targets.etcd(ctx.work_dir / "etcd-single").start()
         singles.append(single_etcd)
-        single_shim = register(ShimServer(ctx.work_dir / "shim-single", "FULL")).start()
+        single_shim = targets.shim(ctx.work_dir / "shim-single").start()
         singles.append(single_shim)
         runs = result["runs"]
         # One client: single etcd, single shim, then the 3-member/3-node versions (the one
@@ -221,7 +219,7 @@ def scenario_b(ctx: Context, members: list[EtcdMember], mesh: list[ShimNode]) ->
 # ------------------------------------------------------------------ both, on one pair of clusters
 
 
-def _keep_log(ctx: Context, server: Server, tag: str) -> None:
+def _keep_log(ctx: Context, server: ServerProcess, tag: str) -> None:
     if server.log_path.exists():
         shutil.copyfile(server.log_path, ctx.raw / f"server-{tag}.log")
         ctx.scan_logs(f"raw/server-{tag}.log", [server.log_path], etcd=tag.startswith("etcd"))

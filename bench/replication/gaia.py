@@ -24,8 +24,9 @@ from typing import Any
 
 from bench.replication import client
 from bench.replication.common import Context, say, stats_ms
-from bench.replication.nodes import GroupCpu, ShimNode, stop_all, wait_linked
+from bench.replication.nodes import GroupCpu, ShimNode, wait_linked
 from tests.support import procfs
+from tests.support.process import stop_all
 
 
 def _start_leaves(leaves: list[ShimNode], window: int, timeout: float = 120.0) -> None:
@@ -131,13 +132,13 @@ def run(ctx: Context) -> None:
         t_start = time.monotonic()
         root = ShimNode(work / "root", "root")
         nodes.append(root)
-        root.start(60)
+        root.start()
         middles = [ShimNode(work / f"mid{m}", f"mid{m}", joins=[root.url]) for m in (1, 2)]
         nodes += middles
         for m in middles:
             m.spawn()
         for m in middles:
-            m.wait_ready(60)
+            m.wait_ready()
         wait_linked(middles, 60)
         leaves = [ShimNode(work / f"leaf{m}-{i:02d}", f"leaf{m}-{i:02d}",
                            joins=[middles[m - 1].url], admit=False)

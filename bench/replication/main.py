@@ -28,8 +28,8 @@ from bench import etcd_tool
 from bench.main import add_run_arguments, environment
 from bench.replication import cluster, gaia, netlab, report
 from bench.replication.common import FULL, QUICK, Context, say
-from bench.servers import REPO_ROOT
 from tests.support import procfs
+from tests.support.shim_server import REPO_ROOT
 
 RESULTS_ROOT = REPO_ROOT / "bench" / "results"
 SCENARIOS = "ABCDE"

@@ -28,14 +28,14 @@ from bench.replication.common import Context, say
 from bench.replication.nodes import (
     NetnsShimNode,
     NodeDb,
-    stop_all,
     wait_all_entries,
     wait_linked,
 )
-from bench.servers import REPO_ROOT
 from shim.backend.sqlite_repl import ENTRY_VALUE_SQL
 from shim.pb import replication_pb2
 from tests.support import procfs
+from tests.support.process import stop_all
+from tests.support.shim_server import REPO_ROOT
 
 PAIRS = [(1, 2), (2, 1), (1, 3), (3, 1), (2, 3), (3, 2)]
 LINKS = [(1, 2), (1, 3), (2, 3)]
@@ -354,11 +354,11 @@ def run(ctx: Context, want_c: bool, want_d: bool) -> None:
         counters = WireCounters(lab)
         say("starting 3 shim nodes, one per network namespace, full mesh")
         n1 = NetnsShimNode(work / "h1", "h1", lab, 1)
-        n1.start(60)
+        n1.start()
         n2 = NetnsShimNode(work / "h2", "h2", lab, 2, joins=[n1.url])
-        n2.start(60)
+        n2.start()
         n3 = NetnsShimNode(work / "h3", "h3", lab, 3, joins=[n1.url, n2.url])
-        n3.start(60)
+        n3.start()
         nodes = [n1, n2, n3]
         wait_linked(nodes, 60)
         dbs = [NodeDb(n) for n in nodes]

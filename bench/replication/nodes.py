@@ -8,76 +8,27 @@ the outside through their logs (INFO lines with millisecond timestamps) and thei
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import datetime as dt
 import hashlib
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench.servers import REPO_ROOT, EtcdServer, Server, ShimServer, etcd_binary, free_port
+from bench.targets import START_SECONDS
 from shim.pb import rpc_pb2, rpc_pb2_grpc
 from tests.support import procfs
+from tests.support.etcd import EtcdServer
+from tests.support.net import free_ports
+from tests.support.process import ServerProcess
+from tests.support.shim_server import ShimServer, sqlite_endpoint
 
 TOKEN = "bench-replication-token"  # a throwaway bootstrap token; every node in a run shares it
-
-# ------------------------------------------------------------------ cleanup, whatever happens
-
-_LIVE: list[Server] = []
-
-
-def _kill_all_left() -> None:
-    """Last resort (atexit, or a signal): SIGKILL the process group of every node still up."""
-    for server in list(_LIVE):
-        proc = server._proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                proc.wait(5)
-
-
-atexit.register(_kill_all_left)
-
-
-def register(server: Server) -> Server:
-    _LIVE.append(server)
-    return server
-
-
-def stop_all(servers: Iterable[Server], timeout: float = 20.0) -> None:
-    """SIGTERM every server at once, wait for them together, then SIGKILL what is left (each
-    by its own process group: the servers run in their own sessions)."""
-    servers = [s for s in servers if s._proc is not None]
-    for server in servers:
-        proc = server._proc
-        assert proc is not None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for server in servers:
-        proc = server._proc
-        assert proc is not None
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    for server in servers:
-        with contextlib.suppress(ValueError):
-            _LIVE.remove(server)
 
 
 # ------------------------------------------------------------------ logs
@@ -119,52 +70,32 @@ def first(lines: Sequence[LogLine], text: str, after: float = 0.0) -> float | No
 
 class ShimNode(ShimServer):
     """``python -m shim serve`` with replication flags, INFO logs, ``--sqlite-synchronous
-    FULL`` (every acknowledged write fsynced), its database on disk in ``workdir``."""
+    FULL`` (every acknowledged write fsynced), its database on disk in ``workdir/data``.
+    ``launcher`` runs it elsewhere (``ip netns exec HOST``)."""
 
     def __init__(
         self, workdir: Path, node_name: str, joins: Sequence[str] = (), admit: bool = True,
         host: str = "127.0.0.1", port: int | None = None, log_level: str = "info",
+        launcher: Sequence[str] = (),
     ) -> None:
-        super().__init__(workdir, "FULL")
+        args = ["--sqlite-synchronous", "FULL", f"--log-level={log_level}", f"--name={node_name}"]
+        if admit:
+            args.append(f"--bootstrap-token={TOKEN}")
+        for url in joins:
+            args += ["--join", url]
+        if joins:
+            args.append(f"--token={TOKEN}")
+        super().__init__(
+            workdir, datastore_endpoint=sqlite_endpoint(workdir / "data" / "state.db"),
+            extra_args=args, startup_timeout=START_SECONDS, host=host, port=port or 0,
+            launcher=launcher,
+        )
         self.node_name = node_name
         self.joins = list(joins)
-        self.admit = admit
-        self.host = host
-        self.port = port or free_port()
-        self.log_level = log_level
-        self.spawned_at = 0.0  # time.time() just before the process was started
-
-    @property
-    def endpoint(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.endpoint}"
 
     @property
     def db_endpoint(self) -> str:
-        return f"sqlite://{self.data_dir / 'state.db'}"
-
-    def argv(self) -> list[str]:
-        argv = [
-            sys.executable, "-m", "shim", "serve", f"--listen-address={self.endpoint}",
-            *self.datastore_args(), f"--log-level={self.log_level}", f"--name={self.node_name}",
-        ]
-        if self.admit:
-            argv.append(f"--bootstrap-token={TOKEN}")
-        for url in self.joins:
-            argv += ["--join", url]
-        if self.joins:
-            argv.append(f"--token={TOKEN}")
-        return argv
-
-    def spawn(self) -> ShimNode:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.spawned_at = time.time()
-        super().spawn()
-        register(self)
-        return self
+        return self.datastore_endpoint
 
     def lines(self) -> list[LogLine]:
         return log_lines(self.log_path)
@@ -204,34 +135,13 @@ class NetnsShimNode(ShimNode):
 
     def __init__(self, workdir: Path, node_name: str, lab: Any, host_index: int,
                  joins: Sequence[str] = (), admit: bool = True) -> None:
-        super().__init__(workdir, node_name, joins, admit, host=lab.addr(host_index), port=2379)
+        super().__init__(workdir, node_name, joins, admit, host=lab.addr(host_index), port=2379,
+                         launcher=lab.command(host_index, []))
         self.lab = lab
         self.host_index = host_index
 
-    def spawn(self) -> NetnsShimNode:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        argv = self.argv()
-        self.spawned_at = time.time()
-        with self.log_path.open("ab") as log:
-            ns = self.lab.namespace(self.host_index)
-            log.write(f"=== {time.strftime('%H:%M:%S')} (netns {ns}) {' '.join(argv)}\n".encode())
-            log.flush()
-            self._proc = self.lab.popen(
-                self.host_index, argv, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-            )
-        register(self)
-        return self
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.serving_at() is None:
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.node_name} not serving after {timeout:.0f}s:\n"
-                                   f"{self.log_tail()}")
-            time.sleep(0.05)
+    def is_ready(self) -> bool:
+        return self.serving_at() is not None
 
 
 def wait_linked(nodes: Sequence[ShimNode], timeout: float = 60.0, after: float = 0.0) -> None:
@@ -252,41 +162,26 @@ def wait_linked(nodes: Sequence[ShimNode], timeout: float = 60.0, after: float =
 class EtcdMember(EtcdServer):
     """One member of a static etcd 3.5.1 cluster (default durability, data on disk)."""
 
-    def __init__(self, workdir: Path, member: str) -> None:
-        super().__init__(workdir)
-        self.member = member
-        self.initial_cluster = ""
-
-    @property
-    def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
-
-    def argv(self) -> list[str]:
-        client = f"http://127.0.0.1:{self.port}"
-        return [
-            etcd_binary(), f"--name={self.member}", f"--data-dir={self.data_dir}",
-            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={self.peer_url}",
-            f"--initial-advertise-peer-urls={self.peer_url}",
-            f"--initial-cluster={self.initial_cluster}", "--initial-cluster-state=new",
-            "--initial-cluster-token=bench-replication", "--log-level=warn",
-        ]
-
-    def spawn(self) -> EtcdMember:
-        super().spawn()
-        register(self)
-        return self
+    def __init__(self, workdir: Path, member: str, client_port: int, peer_port: int,
+                 initial_cluster: str = "") -> None:
+        super().__init__(
+            workdir, ["--initial-cluster-token=bench-replication"], START_SECONDS, fsync=True,
+            member=member, client_port=client_port, peer_port=peer_port,
+            initial_cluster=initial_cluster,
+        )
 
 
 def etcd_cluster(work_dir: Path, size: int = 3) -> list[EtcdMember]:
     """Start ``size`` members together (a member only serves once a quorum is up)."""
-    members = [EtcdMember(work_dir / f"etcd-m{i}", f"m{i}") for i in range(1, size + 1)]
+    ports = free_ports(2 * size)
+    members = [EtcdMember(work_dir / f"etcd-m{i}", f"m{i}", ports[2 * i - 2], ports[2 * i - 1])
+               for i in range(1, size + 1)]
     cluster = ",".join(f"{m.member}={m.peer_url}" for m in members)
     for m in members:
         m.initial_cluster = cluster
         m.spawn()
     for m in members:
-        m.wait_ready(60)
+        m.wait_ready()
     return members
 
 
@@ -386,7 +281,7 @@ class GroupCpu:
     """CPU used between start() and stop() by a group of servers, and by everything else on
     the machine apart from them and the client (the noise gauge of the main suite)."""
 
-    def __init__(self, servers: Sequence[Server]) -> None:
+    def __init__(self, servers: Sequence[ServerProcess]) -> None:
         self.servers = list(servers)
         self.server_cpu = 0.0
         self.foreign_pct: float | None = None
@@ -400,7 +295,7 @@ class GroupCpu:
     def _each_cpu(self) -> list[float]:
         # One /proc/PID/stat read per server (shim and etcd run no child processes): walking
         # the whole process table per server would cost the bench itself a lot with 123 nodes.
-        return [_pid_cpu(s.pid) if s.running else 0.0 for s in self.servers]
+        return [_pid_cpu(s.pid) if s.running and s.pid else 0.0 for s in self.servers]
 
     def start(self) -> GroupCpu:
         self._self0 = time.process_time()

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
+from . import procfs
 from .net import free_ports
 from .process import ServerProcess, ServerStartError, child_env
 
@@ -42,10 +43,23 @@ def find_etcd_binary(name: str = "etcd") -> str:
     return found
 
 
-class EtcdServer(ServerProcess):
-    """A single-member etcd on free loopback ports with its own data dir.
+def etcd_version(binary: str) -> str:
+    """The version an etcd binary reports (`etcd --version`: "etcd Version: 3.5.1")."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("etcd Version:"):
+            return line.split(":", 1)[1].strip()
+    raise RuntimeError(f"{binary} --version says no version:\n{out.stdout}")
 
-    The data dir is removed on stop/kill; the log file (workdir/etcd.log) stays.
+
+class EtcdServer(ServerProcess):
+    """One etcd member with its own data dir: alone on free loopback ports by default, or one
+    member of a static cluster (`initial_cluster`, fixed ports, any `host` address).
+
+    `fsync=False` (the tests' default) runs etcd with --unsafe-no-fsync: tests never need
+    durability across a machine crash, and fsync only slows them; benchmarks keep etcd's
+    default (fsync on). Ready once /health says true (a leader exists and a read went through
+    raft). The data dir is removed on stop/kill; the log file (workdir/etcd.log) stays.
     """
 
     name = "etcd"
@@ -56,71 +70,94 @@ class EtcdServer(ServerProcess):
         workdir: Path | None = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 20.0,
+        *,
+        fsync: bool = False,
+        member: str = "test",
+        host: str = "127.0.0.1",
+        client_port: int = 0,
+        peer_port: int = 0,
+        initial_cluster: str | None = None,
+        launcher: Sequence[str] = (),
     ) -> None:
-        super().__init__(workdir, "etcd.log")
+        super().__init__(workdir, "etcd.log", launcher)
         self.data_dir = self.workdir / "data"
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
-        self.client_port = 0
-        self.peer_port = 0
+        self.fsync = fsync
+        self.member = member
+        self.host = host
+        self.client_port = client_port
+        self.peer_port = peer_port
+        self.initial_cluster = initial_cluster
+        self._picks_ports = not (client_port and peer_port)
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
 
     def start(self) -> Self:
-        # Ports are picked free but may be taken before etcd binds them: retry.
+        # Ports picked here are free when picked but may be taken before etcd binds them.
         for attempt in range(1, self.start_attempts + 1):
-            self.client_port, self.peer_port = free_ports(2)
             shutil.rmtree(self.data_dir, ignore_errors=True)
-            self._spawn(self._argv())
             try:
-                self._wait_ready(self._healthy, self.startup_timeout)
-                return self
+                return self.spawn().wait_ready()
             except ServerStartError:
-                if attempt == self.start_attempts or "address already in use" not in (
-                    self.log_tail(20)
+                if not self._picks_ports or attempt == self.start_attempts or (
+                    "address already in use" not in self.log_tail(20)
                 ):
                     raise
         raise AssertionError("unreachable")
 
-    def _argv(self) -> list[str]:
-        client_url = f"http://127.0.0.1:{self.client_port}"
-        peer_url = f"http://127.0.0.1:{self.peer_port}"
+    def spawn(self) -> Self:
+        if self._picks_ports:
+            self.client_port, self.peer_port = free_ports(2)
+        return super().spawn()
+
+    def argv(self) -> list[str]:
         return [
             find_etcd_binary("etcd"),
-            "--name=test",
+            f"--name={self.member}",
             f"--data-dir={self.data_dir}",
-            f"--listen-client-urls={client_url}",
-            f"--advertise-client-urls={client_url}",
-            f"--listen-peer-urls={peer_url}",
-            f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=test={peer_url}",
+            f"--listen-client-urls={self.client_url}",
+            f"--advertise-client-urls={self.client_url}",
+            f"--listen-peer-urls={self.peer_url}",
+            f"--initial-advertise-peer-urls={self.peer_url}",
+            f"--initial-cluster={self.initial_cluster or f'{self.member}={self.peer_url}'}",
             "--initial-cluster-state=new",
             "--log-level=warn",
-            # Tests never need durability across a machine crash; fsync only slows them.
-            "--unsafe-no-fsync",
+            *([] if self.fsync else ["--unsafe-no-fsync"]),
             *self.extra_args,
         ]
 
-    def _healthy(self) -> bool:
+    def is_ready(self) -> bool:
         # /health is true only once a leader exists and a read went through raft,
         # unlike the gRPC health service, which says SERVING earlier.
-        url = f"http://{self.endpoint}/health"
+        url = f"{self.client_url}/health"
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 return b'"health":"true"' in response.read()
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
+    def wal_bytes(self) -> int | None:
+        return procfs.dir_bytes(self.data_dir / "member" / "wal")
+
     def stop(self, timeout: float = 10.0) -> int | None:
         code = super().stop(timeout)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.remove_data()
         return code
 
     def kill(self) -> int | None:
         code = super().kill()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.remove_data()
         return code
 
 
