@@ -18,8 +18,8 @@ MIX_WEIGHTS = {"range": 52, "txn_range": 16, "txn_put": 29, "watch": 2}
 MIX_PREFIX = b"/registry/benchmix/"
 MIX_NAMESPACES = 8
 CREATE_SHARE = 0.1  # of the txn puts, this share creates a new key (compare mod_revision = 0)
-def mix_key(worker: int, n: int) -> bytes:
-    return MIX_PREFIX + f"ns-{n % MIX_NAMESPACES}/w{worker}-obj-{n:06d}".encode()
+def mix_key(worker: int, n: int, prefix: bytes = MIX_PREFIX) -> bytes:
+    return prefix + f"ns-{n % MIX_NAMESPACES}/w{worker}-obj-{n:06d}".encode()
 
 
 class MixWorker:
@@ -31,20 +31,29 @@ class MixWorker:
         self.objects: int = params["objects_per_worker"]
         self.concurrency: int = params["concurrency"]
         self.duration: float = params["duration"]
+        # where its keys go (a server that outlives one run needs a fresh prefix per run)
+        self.prefix: bytes = params.get("prefix", MIX_PREFIX)
         self.rng = random.Random(params["seed"] * 1000 + index)
         self.values = json_values(self.rng, 64)
         self.revisions: dict[bytes, int] = {}  # owned key -> last known mod_revision
         self.created = 0
         self.out = WorkerOutput()
 
-    async def setup(self, kv: rpc_pb2_grpc.KVStub) -> None:
-        for n in range(self.objects):
-            key = mix_key(self.index, n)
-            resp = await kv.Txn(self._create(key))
+    async def setup(self, kv: rpc_pb2_grpc.KVStub, parallel: int = 1) -> None:
+        """Create this worker's objects, ``parallel`` at a time (many where a write costs a
+        round trip between sites)."""
+        slots = asyncio.Semaphore(parallel)
+
+        async def one(key: bytes) -> None:
+            async with slots:
+                resp = await kv.Txn(self._create(key))
             if resp.succeeded:
                 self.revisions[key] = resp.header.revision
             else:  # left over from an earlier run on the same server
                 self.revisions[key] = resp.responses[0].response_range.kvs[0].mod_revision
+
+        keys = [mix_key(self.index, n, self.prefix) for n in range(self.objects)]
+        await asyncio.gather(*(one(key) for key in keys))
 
     def _create(self, key: bytes) -> rpc_pb2.TxnRequest:
         return rpc_pb2.TxnRequest(
@@ -70,7 +79,8 @@ class MixWorker:
         )
 
     def _any_key(self) -> bytes:
-        return mix_key(self.rng.randrange(self.workers), self.rng.randrange(self.objects))
+        return mix_key(self.rng.randrange(self.workers), self.rng.randrange(self.objects),
+                       self.prefix)
 
     async def run(self, channel: grpc.aio.Channel) -> None:
         kv = rpc_pb2_grpc.KVStub(channel)
@@ -99,7 +109,7 @@ class MixWorker:
     async def _txn_put(self, kv: rpc_pb2_grpc.KVStub, owned: list[bytes]) -> None:
         if not owned or self.rng.random() < CREATE_SHARE:
             self.created += 1
-            key = mix_key(self.index, self.objects + self.created)
+            key = mix_key(self.index, self.objects + self.created, self.prefix)
             request, op = self._create(key), "txn_put(create)"
             owned.append(key)
         else:
@@ -117,7 +127,7 @@ class MixWorker:
 
     async def _watch(self, watch: rpc_pb2_grpc.WatchStub) -> None:
         """A short-lived prefix watch, as a reflector's: create, wait for "created", cancel."""
-        prefix = MIX_PREFIX + f"ns-{self.rng.randrange(MIX_NAMESPACES)}/".encode()
+        prefix = self.prefix + f"ns-{self.rng.randrange(MIX_NAMESPACES)}/".encode()
         started = time.perf_counter()
         call = watch.Watch()
         try:

@@ -79,9 +79,9 @@ def _git_rev() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
                              capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "shim"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "src/shim"], cwd=REPO_ROOT,
                                capture_output=True, text=True, check=True).stdout.strip()
-        return out.stdout.strip() + (" (shim/ has uncommitted changes)" if dirty else "")
+        return out.stdout.strip() + (" (src/shim has uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "?"
 

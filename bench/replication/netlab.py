@@ -244,7 +244,7 @@ def scenario_c(ctx: Context, lab: Any, nodes: list[NetnsShimNode],
 # ------------------------------------------------------------------ D: bytes on the wire
 
 
-def _entry_sizes(db: NodeDb, prefix: bytes, newest: int) -> dict[str, float]:
+def entry_sizes(db: NodeDb, prefix: bytes, newest: int) -> dict[str, float]:
     """Mean protobuf size of the newest ``newest`` local entries under ``prefix`` as they go on
     the wire (replication_pb2.Entry), and of their value and field operations."""
     end = prefix[:-1] + bytes([prefix[-1] + 1])
@@ -295,7 +295,7 @@ def _phase(ctx: Context, lab: Any, counters: WireCounters, dbs: list[NodeDb], na
         out["packets_per_put_total"] = sum(link_bytes(d, a, b, "packets") for a, b in LINKS) / puts
         out["port_bytes_per_put"] = {
             p: (v["rx_bytes"] + v["tx_bytes"]) / puts for p, v in d["ports"].items()}
-        out.update(_entry_sizes(dbs[0], prefix, puts))
+        out.update(entry_sizes(dbs[0], prefix, puts))
         if out.get("entry_pb_bytes"):
             out["entry_copies"] = out["per_put_total"] / out["entry_pb_bytes"]
     say(f"  {name}: {puts} puts, {out.get('per_put_total', 0):,.0f} wire bytes per put over the "

@@ -134,8 +134,8 @@ class NetnsShimNode(ShimNode):
     database file (the file system is shared)."""
 
     def __init__(self, workdir: Path, node_name: str, lab: Any, host_index: int,
-                 joins: Sequence[str] = (), admit: bool = True) -> None:
-        super().__init__(workdir, node_name, joins, admit, host=lab.addr(host_index), port=2379,
+                 joins: Sequence[str] = (), admit: bool = True, port: int = 2379) -> None:
+        super().__init__(workdir, node_name, joins, admit, host=lab.addr(host_index), port=port,
                          launcher=lab.command(host_index, []))
         self.lab = lab
         self.host_index = host_index
