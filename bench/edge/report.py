@@ -78,6 +78,73 @@ def headline(results: dict[str, Any]) -> list[str]:
             *(f"| {a} | {b} | {c} |" for a, b, c in rows)]
 
 
+def targets(results: dict[str, Any]) -> list[str]:
+    """Issue 14's targets, each with what was measured and whether it was met."""
+    rows: list[tuple[str, str, str]] = []
+
+    def met(ok: bool | None) -> str:
+        return "-" if ok is None else "yes" if ok else "no"
+
+    s1 = results.get("1", {}).get("rtts", {})
+    if "50" in s1 and "0" in s1:
+        e50 = s1["50"]["cells"].get("put_c1.etcd", {}).get("p50")
+        s50 = s1["50"]["cells"].get("put_c1.shim-mesh", {}).get("p50")
+        s0 = s1["0"]["cells"].get("put_c1.shim-mesh", {}).get("p50")
+        if e50 and s50 and s0:
+            rows.append(("at 50 ms RTT, shim write p50 <= 1/10 of etcd's",
+                         f"{fmt_ms(s50)} vs {fmt_ms(e50)} ms ({_ratio(s50, e50)})",
+                         met(s50 <= e50 / 10)))
+            rows.append(("... and within 20 % of shim's own figure at RTT 0",
+                         f"{fmt_ms(s50)} vs {fmt_ms(s0)} ms ({_ratio(s50, s0)})",
+                         met(s50 <= s0 * 1.2)))
+    sizes = results.get("2", {}).get("sizes", {})
+    if len(sizes) > 1:
+        ns = sorted(sizes, key=int)
+        for rtt in sizes[ns[-1]]:
+            for label in ("shim-mesh", "shim-star"):
+                values = [sizes[n].get(rtt, {}).get("cells", {}).get(
+                    f"put_c1.{label if n != '1' else 'shim-mesh'}", {}).get("p50") for n in ns]
+                if all(v is not None for v in values):
+                    flat = max(values) <= min(values) * 1.2  # type: ignore[type-var,operator]
+                    rows.append((f"{label} write p50 flat as hosts are added (RTT {rtt} ms, "
+                                 "within 20 %)",
+                                 " -> ".join(fmt_ms(v) for v in values) + f" ms ({'/'.join(ns)}"
+                                 " hosts)", met(flat)))
+    s3 = results.get("3", {}).get("shim-mesh", {})
+    if "sides" in s3:
+        pcts = [s.get("accepted_pct") for s in s3["sides"].values()]
+        rows.append(("100 % of writes accepted on both sides of a partition",
+                     " / ".join(f"{p:.1f} %" for p in pcts if p is not None),
+                     met(all(p == 100 for p in pcts))))
+        heal = s3.get("identical_after_heal_s")
+        rows.append((f"identical data <= 2 s after the heal of a {s3.get('cut_s', 0):.0f} s cut",
+                     f"{fmt_num(heal, 2)} s", met(heal is not None and heal <= 2)))
+    s4 = results.get("4", {}).get("rtts", {})
+    faster = [(rtt, (per.get("etcd") or {}).get("p50"), (per.get("shim-mesh") or {}).get("p50"))
+              for rtt, per in s4.items() if float(rtt) > 0]
+    if faster:
+        rows.append(("the Kubernetes flow faster than etcd's at every RTT above 0",
+                     ", ".join(f"{rtt} ms: {fmt_ms(s)} vs {fmt_ms(e)}" for rtt, e, s in faster),
+                     met(all(e is not None and s is not None and s < e for _, e, s in faster))))
+    s5 = results.get("5", {}).get("rtts", {}).get("100", {}).get("shim-mesh", {})
+    if s5.get("entries_per_s"):
+        rows.append(("catch-up >= 5,000 entries/s at 100 ms RTT",
+                     f"{fmt_num(s5['entries_per_s'])} entries/s (from the link up: "
+                     f"{fmt_num(s5.get('entries_per_s_from_link_up'))})",
+                     met(s5["entries_per_s"] >= 5000)))
+    wire = results.get("W", {}).get("shim-mesh", {})
+    for phase, title in (("256B", "256 B values"), ("pod", "~2 KB Pod")):
+        r = wire.get(phase, {})
+        if r.get("entry_pb_bytes") and r.get("total_less_idle"):
+            per_link = r["total_less_idle"] / 2 / r["entry_pb_bytes"]
+            rows.append((f"bytes per link crossed <= 1.5x the entry ({title})",
+                         f"{per_link:.2f}x", met(per_link <= 1.5)))
+    if not rows:
+        return []
+    return ["## The targets of issue 14", "", "| target | measured | met? |", "|---|---|---|",
+            *(f"| {a} | {b} | {c} |" for a, b, c in rows), ""]
+
+
 def markdown(meta: dict[str, Any], results: dict[str, Any], charts: list[str]) -> str:
     md = ["# bench/run-edge: etcd and shim across sites", "",
           f"`{meta['command']}` on {meta['date']}, {meta['mode']} mode, shim at "
@@ -94,6 +161,7 @@ def markdown(meta: dict[str, Any], results: dict[str, Any], charts: list[str]) -
     table = headline(results)
     if table:
         md += ["## At the edge (headline)", "", *table, ""]
+    md += targets(results)
     md += _latency(results.get("1"))
     md += _sizes(results.get("2"))
     md += _partition(results.get("3"))
