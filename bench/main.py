@@ -4,6 +4,7 @@ command, one results folder."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,18 @@ def environment(work_dir: Path, command: str) -> dict[str, Any]:
         "etcd": f"{ETCD_VERSION} ({etcd_binary()})",
         "shim_commit": _git_rev(),
     }
+
+
+def write_results(out_dir: Path, meta: dict[str, Any], data: dict[str, Any],
+                  markdown: Callable[[], str]) -> None:
+    """The end of a run of bench/run-replication or bench/run-edge: the load average now,
+    ``data`` (meta included) as results.json, then ``markdown()`` as results.md, printed."""
+    meta["load_average_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    (out_dir / "results.json").write_text(json.dumps(data, indent=1, default=str))
+    text = markdown()
+    (out_dir / "results.md").write_text(text)
+    print("\n" + text)
+    print(f"written: {out_dir / 'results.md'}")
 
 
 def parse_targets(args: argparse.Namespace) -> tuple[str, ...]:

@@ -13,8 +13,6 @@ Scenarios (``--only`` takes their ids):
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shlex
 import shutil
 import signal
@@ -40,7 +38,7 @@ from bench.edge.scenarios import (
     partition,
     wire_bytes,
 )
-from bench.main import environment
+from bench.main import environment, write_results
 from tests.support import procfs
 from tests.support.netns import NetLab
 from tests.support.shim_server import REPO_ROOT
@@ -132,14 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         lab.close()
         shutil.rmtree(work_dir, ignore_errors=True)
         meta["duration_s"] = round(time.monotonic() - started, 1)
-        meta["load_average_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        (out_dir / "results.json").write_text(json.dumps(
-            {"meta": meta, "results": ctx.results}, indent=1, default=str))
         charts = report.charts(ctx.results, out_dir)
-        text = report.markdown(meta, ctx.results, charts)
-        (out_dir / "results.md").write_text(text)
-        print("\n" + text)
-        print(f"written: {out_dir / 'results.md'}")
+        write_results(out_dir, meta, {"meta": meta, "results": ctx.results},
+                      lambda: report.markdown(meta, ctx.results, charts))
     return 1 if failed else 0
 
 

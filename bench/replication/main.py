@@ -12,8 +12,6 @@ Scenarios (``--only`` takes their letters):
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shlex
 import shutil
 import signal
@@ -25,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import etcd_tool
-from bench.main import add_run_arguments, environment
+from bench.main import add_run_arguments, environment, write_results
 from bench.replication import cluster, gaia, netlab, report
 from bench.replication.common import FULL, QUICK, Context, say
 from tests.support import procfs
@@ -109,14 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
         meta["duration_s"] = round(time.monotonic() - started, 1)
-        meta["load_average_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        (out_dir / "results.json").write_text(json.dumps(
+        write_results(
+            out_dir, meta,
             {"meta": meta, "results": ctx.results, "log_findings": ctx.log_findings},
-            indent=1, default=str))
-        text = report.markdown(meta, ctx.results, sizes, ctx.log_findings)
-        (out_dir / "results.md").write_text(text)
-        print("\n" + text)
-        print(f"written: {out_dir / 'results.md'}")
+            lambda: report.markdown(meta, ctx.results, sizes, ctx.log_findings),
+        )
     return 1 if failed else 0
 
 
