@@ -26,7 +26,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -176,6 +176,13 @@ async def paced(args: argparse.Namespace) -> dict[str, Any]:
         await until(args.start_at)
         started = time.monotonic()
         tasks = []
+        # One site edits one Pod at a time (as one controller would): its last acknowledged
+        # edit is then the last it made.
+        pod_locks = [asyncio.Lock() for _ in range(args.pods)]
+
+        async def edit(n: int, seq: int) -> None:
+            async with pod_locks[n]:
+                await edit_pod(kv, n, site, seq, args.timeout)
 
         async def one(record: list[Any], call: Awaitable[Any]) -> None:
             t0 = time.monotonic()
@@ -191,7 +198,7 @@ async def paced(args: argparse.Namespace) -> dict[str, Any]:
             call: Awaitable[Any]
             if args.pod_every and i % args.pod_every == 0:
                 record[2], record[4] = "pod", rng.randrange(args.pods)
-                call = edit_pod(kv, record[4], site, i, args.timeout)
+                call = edit(record[4], i)
             else:
                 if args.shared_every and i % args.shared_every == 1:
                     record[2] = "shared"
@@ -378,8 +385,16 @@ async def leader(args: argparse.Namespace) -> dict[str, Any]:
             return await rpc_pb2_grpc.MaintenanceStub(chan).Status(
                 rpc_pb2.StatusRequest(), timeout=RPC_TIMEOUT)
 
-    states = {e: await status(e) for e in endpoints}
-    ids = {s.header.member_id: e for e, s in states.items()}
+    # Until every member names the same leader (after a partition, a returning member may
+    # force an election first).
+    deadline = time.monotonic() + args.timeout
+    while True:
+        states = {e: await status(e) for e in endpoints}
+        ids = {s.header.member_id: e for e, s in states.items()}
+        views = {ids.get(s.leader, "") for s in states.values()}
+        if (len(views) == 1 and "" not in views) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
     current = ids.get(next(iter(states.values())).leader, "")
     if args.move_to and current and current != args.move_to:
         async with channel(current) as chan:
@@ -387,7 +402,7 @@ async def leader(args: argparse.Namespace) -> dict[str, Any]:
                 targetID=states[args.move_to].header.member_id), timeout=RPC_TIMEOUT)
         states = {e: await status(e) for e in endpoints}
         current = ids.get(next(iter(states.values())).leader, "")
-    return {"leader": current}
+    return {"leader": current, "agreed": len(views) == 1 and "" not in views}
 
 
 # ------------------------------------------------------------------ the program
@@ -448,10 +463,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     c = command("leader")
     c.add_argument("--endpoints", required=True)
     c.add_argument("--move-to", default="")
+    c.add_argument("--timeout", type=float, default=60.0)
     return p.parse_args(argv)
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[dict[str, Any]]]] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]]] = {
     "load": load, "paced": paced, "poll": poll, "actor": actor, "flow": flow, "dump": dump,
     "leader": leader,
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -102,8 +103,8 @@ class EdgeLab:
             if program.poll() is None:
                 program.kill()
                 program.wait()
-        for cluster in self.clusters:
-            stop_all(cluster.servers.values())
+        for cluster in list(self.clusters):
+            self.stop(cluster)
         self.net.down()
 
     def set_rtt(self, rtt_ms: float, pairs: Sequence[tuple[int, int]] = ((1, 2),),
@@ -150,8 +151,12 @@ class EdgeLab:
         return cluster
 
     def stop(self, cluster: Cluster) -> None:
+        """Stop a cluster's servers; their logs are kept in raw/."""
         stop_all(cluster.servers.values())
         self.clusters.remove(cluster)
+        for server in cluster.servers.values():
+            if server.log_path.exists():
+                shutil.copyfile(server.log_path, self.raw / f"server-{server.workdir.name}.log")
 
     # -- client programs -------------------------------------------------------------------
 

@@ -239,10 +239,15 @@ def _partition(s3: dict[str, Any] | None) -> list[str]:
                       f"{'-' if pct is None else f'{pct:.0f}'} | {fmt_ms(s['p50'])} | "
                       f"{fmt_ms(s['p99'])} | {s['acked_later']} | "
                       f"{', '.join(f'{k} {v}' for k, v in s['errors'].items()) or '-'} |")
+        ups = r.get("links_up_s")
         md += ["", "p50/p99: every acknowledged write of the side, also those answered later "
                "(a write waiting for the heal counts its wait).",
                f"- identical on every host {fmt_num(r.get('identical_after_heal_s'), 2)} s "
-               "after the heal",
+               "after the heal"
+               + (f"; host 3's links back up {', '.join(f'{u:.2f}' for u in ups)} s after it"
+                  if ups else "")
+               + (f"; etcd's leader after the heal: {r['etcd_leader_after']}"
+                  if r.get("etcd_leader_after") else ""),
                f"- shared Pods edited on both sides during the cut: "
                f"{merge.get('both_edited')}, with both sides' last edits kept after the heal: "
                f"{merge.get('both_kept')}; Pods missing an acknowledged edit (any time): "

@@ -246,7 +246,7 @@ def partition(ctx: Context, cluster: Cluster) -> dict[str, Any]:
         pollers.wait_started()
     time.sleep(max(0.0, cut + sizes.partition_seconds - time.monotonic()))
     lab.net.heal()
-    healed = time.monotonic()
+    healed, healed_wall = time.monotonic(), time.time()
     say(f"  healed after {healed - cut:.1f} s")
     outs = {h: w.result(duration + 60) for h, w in writers.items()}
     failures = [o["failure"] for o in outs.values() if "failure" in o]
@@ -289,10 +289,11 @@ def partition(ctx: Context, cluster: Cluster) -> dict[str, Any]:
         converged = _shim_identical(dbs, [prefix.encode(), POD_PREFIX], outs, healed,
                                     sizes.converge_timeout)
     result["identical_after_heal_s"] = converged
-    if cluster.system == "shim":
-        links = [n.linked_to_at(cluster.servers[1].url, 0) for n in
-                 (cluster.servers[3],) if isinstance(n, NetnsShimNode)]
-        result["links"] = links
+    node3 = cluster.servers[3]
+    if isinstance(node3, NetnsShimNode):  # when host 3's links (it dials 1 and 2) came back
+        result["links_up_s"] = sorted(t - healed_wall for t in node3.linked_at(healed_wall))
+    else:
+        result["etcd_leader_after"] = etcd_leader(ctx, cluster, None, f"s3.{label}.after")
     for db in dbs:
         db.close()
     result["merge"] = _merged_pods(ctx, cluster, label, outs, pods, cut, healed)
@@ -340,9 +341,10 @@ def _shim_identical(dbs: list[NodeDb], prefixes: list[bytes], outs: dict[int, di
 
 def _merged_pods(ctx: Context, cluster: Cluster, label: str, outs: dict[int, dict[str, Any]],
                  pods: int, cut: float, healed: float) -> dict[str, Any]:
-    """Whether each shared Pod ends with every site's last acknowledged edit (its
-    annotation), read on host 1 once the data is identical; and how many Pods both sides
-    edited while the cut lasted (acknowledged on host 3 and on host 1 or 2)."""
+    """Whether each shared Pod ends with every site's last acknowledged edit (its annotation,
+    or a later one of the same site), read on host 1 once the data is identical; and how
+    many Pods both sides edited while the cut lasted (acknowledged on host 3 and on host 1
+    or 2)."""
     last: dict[int, dict[str, int]] = {}  # pod -> site -> highest acknowledged edit
     in_cut: dict[int, set[str]] = {}  # pod -> sides with an acknowledged edit during the cut
     for h, o in outs.items():
@@ -363,7 +365,9 @@ def _merged_pods(ctx: Context, cluster: Cluster, label: str, outs: dict[int, dic
     for n, sites in last.items():
         doc = docs.get(f"{POD_PREFIX.decode()}shared-{n:03d}")
         notes = (doc or {}).get("metadata", {}).get("annotations", {})
-        have = all(notes.get(f"edge/{site}") == str(seq) for site, seq in sites.items())
+        # A later edit than the last acknowledged one may be there: a write whose client
+        # gave up (deadline) can still commit. An older one means an acknowledged edit lost.
+        have = all(int(notes.get(f"edge/{site}", -1)) >= seq for site, seq in sites.items())
         if len(in_cut.get(n, ())) == 2:
             both += 1
             kept += have
