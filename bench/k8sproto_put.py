@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,8 +32,7 @@ from google.protobuf import json_format
 
 from shim.pb import rpc_pb2, rpc_pb2_grpc
 from tests.support import k8s_pb
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from tests.support.shim_server import ShimServer
 
 
 def pod_updates(objects: int, updates: int) -> tuple[list[Any], list[tuple[int, Any]]]:
@@ -76,43 +73,15 @@ def key(i: int) -> bytes:
 # -- a shim server ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
 @contextmanager
-def shim_server(python: str, workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    endpoint = f"127.0.0.1:{free_port()}"
+def shim_server(python: str, workdir: Path) -> Iterator[ShimServer]:
     # A node that admits links records an entry for every write (one that never replicates
     # need not), so this is the cost a replicating node pays.
-    argv = [os.path.abspath(python), "-m", "shim", "serve", f"--listen-address={endpoint}",
-            f"--datastore-endpoint=sqlite://{workdir / 'state.db'}", "--log-level=warning",
-            "--name=bench", "--bootstrap-token=bench-token"]
-    with (workdir / "shim.log").open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
-    try:
-        with grpc.insecure_channel(endpoint) as channel:
-            stub = rpc_pb2_grpc.KVStub(channel)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    stub.Range(rpc_pb2.RangeRequest(key=b"ready"), timeout=1)
-                    break
-                except grpc.RpcError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError((workdir / "shim.log").read_text()) from None
-                    time.sleep(0.1)
-        yield proc, endpoint
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    server = ShimServer(workdir, extra_args=["--log-level=warning", "--name=bench",
+                                             "--bootstrap-token=bench-token"],
+                        startup_timeout=60, python=os.path.abspath(python))
+    with server:
+        yield server
 
 
 def measure_server(python: str, encoding: str, objects: int, updates: int) -> dict[str, float]:
@@ -122,16 +91,16 @@ def measure_server(python: str, encoding: str, objects: int, updates: int) -> di
     update_values = [(key(i), encode(p)) for i, p in changes]
     with (
         tempfile.TemporaryDirectory(prefix="k8sproto-bench-") as tmp,
-        shim_server(python, Path(tmp)) as (proc, endpoint),
-        grpc.insecure_channel(endpoint) as channel,
+        shim_server(python, Path(tmp)) as server,
+        grpc.insecure_channel(server.endpoint) as channel,
     ):
         stub = rpc_pb2_grpc.KVStub(channel)
         for k, v in create_values:
             stub.Put(rpc_pb2.PutRequest(key=k, value=v))
-        cpu0, wall0 = cpu_seconds(proc.pid), time.perf_counter()
+        cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
         for k, v in update_values:
             stub.Put(rpc_pb2.PutRequest(key=k, value=v))
-        cpu1, wall1 = cpu_seconds(proc.pid), time.perf_counter()
+        cpu1, wall1 = server.cpu_seconds(), time.perf_counter()
     size = sum(len(v) for _, v in update_values) / len(update_values)
     return {"bytes": size, "cpu_us_per_put": (cpu1 - cpu0) / updates * 1e6,
             "puts_per_s": updates / (wall1 - wall0)}

@@ -46,8 +46,10 @@ class ShimServer(ServerProcess):
         host: str = "127.0.0.1",
         port: int = 0,
         launcher: Sequence[str] = (),
+        python: str = sys.executable,
     ) -> None:
         super().__init__(workdir, "shim.log", launcher)
+        self.python = python  # another install's interpreter runs that install's shim
         self.datastore_endpoint = datastore_endpoint or sqlite_endpoint(self.workdir / "state.db")
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
@@ -76,7 +78,7 @@ class ShimServer(ServerProcess):
 
     def argv(self) -> list[str]:
         return [
-            sys.executable,
+            self.python,
             "-m",
             "shim",
             "serve",
