@@ -371,9 +371,10 @@ def test_etcdctl_lease_expiry_and_keep_alive(servers: Servers) -> None:
     try:
         wait_until_gone("e/c", servers, timeout=6)
         assert time.monotonic() - stopped <= 4.0
+        # One more write: once the watches print it, they printed all that came before.
+        servers.same("put", "e/z", "last")
         for process in watches:
-            process.wait_for(lambda lines: lines.count("DELETE") == 3)
-        time.sleep(0.3)
+            process.wait_for(lambda lines: lines[-3:] == ["PUT", "e/z", "last"])
     finally:
         outputs = stop_all(*watches)
     for side, lines in enumerate(kept_alive):
@@ -382,7 +383,7 @@ def test_etcdctl_lease_expiry_and_keep_alive(servers: Servers) -> None:
             "lease <lease-2> keepalived with TTL(2)"}, lines
     assert outputs[0] == [
         "PUT", "e/a", "1", "PUT", "e/b", "2", "PUT", "e/c", "3",
-        "DELETE", "e/a", "", "DELETE", "e/b", "", "DELETE", "e/c", "",
+        "DELETE", "e/a", "", "DELETE", "e/b", "", "DELETE", "e/c", "", "PUT", "e/z", "last",
     ], outputs[0]
     assert outputs[1] == outputs[0]
     servers.same("lease", "list")
