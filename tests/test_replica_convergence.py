@@ -165,7 +165,7 @@ async def scenario(data: st.DataObject, directory: Path) -> None:
     rng = random.Random(draw(st.integers(0, 2**32 - 1)))
     count = draw(st.integers(2, 4))
     # Node ids (they break ties between equal stamps) come from the data, in any order.
-    ranks = draw(st.permutations(range(count)))
+    ranks: list[int] = data.draw(st.permutations(list(range(count))))
     nodes = await open_nodes(directory, count, [node_id_for(r) for r in ranks])
     try:
         uids = Uids()
@@ -183,7 +183,8 @@ async def scenario(data: st.DataObject, directory: Path) -> None:
                     note(f"{name}: delete {key!r}")
                     await node.store.delete_range(DeleteRangeRequest(key=key))
                 else:
-                    lease = node.leases[-1] if node.leases and draw(st.booleans()) else 0
+                    attach = bool(node.leases) and draw(st.booleans())
+                    lease = node.leases[-1] if attach else 0
                     note(f"{name}: put {key!r} lease={lease} {new[:60]!r}")
                     await node.store.put(PutRequest(key=key, value=new, lease=lease))
             elif action == 5:

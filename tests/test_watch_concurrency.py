@@ -15,7 +15,7 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +82,10 @@ class Watcher:
 
     def events(self) -> list[kv_pb2.Event]:
         return [e for r in self.responses() for e in r.events]
+
+    def has_revision(self, revision: int) -> Callable[[list[pb.WatchResponse]], bool]:
+        """A wait_for predicate: this watcher has received an event of ``revision``."""
+        return lambda _: any(e.kv.mod_revision == revision for e in self.events())
 
 
 SPECS = [
@@ -303,11 +307,8 @@ def test_many_writers_many_watchers(server: ServerProcess) -> None:
         check_reference(reference, final, logs, client)
 
         for watcher in watchers:
-            watcher.stream.wait_for(
-                lambda _, w=watcher: any(e.kv.mod_revision == final for e in w.events()),
-                30,
-                f"revision {final} on watcher {watcher.spec}",
-            )
+            watcher.stream.wait_for(watcher.has_revision(final), 30,
+                                    f"revision {final} on watcher {watcher.spec}")
         try:
             for watcher in watchers:
                 check_watcher(watcher, reference)
