@@ -312,14 +312,16 @@ ACCEPTED_WITHIN_S = 1.0
 
 def _timeline(outs: dict[int, dict[str, Any]], cut: float, healed: float,
               start_at: float) -> dict[str, Any]:
-    """Writes accepted per second per host (by when they were due), from the writers' start."""
-    seconds = int(max(o["ended"] for o in outs.values()) - start_at) + 1
+    """Writes acknowledged per second per host, by when they were acknowledged (a write that
+    waited for the heal counts when it got through), from the writers' start."""
+    acks = {h: [o["started"] + r[0] + r[1] - start_at for r in o["records"] if r[1] is not None]
+            for h, o in outs.items()}
+    seconds = int(max((max(a, default=0.0) for a in acks.values()), default=0.0)) + 1
     per_host = {}
-    for h, o in outs.items():
+    for h, times in acks.items():
         counts = [0] * seconds
-        for r in o["records"]:
-            if r[1] is not None:
-                counts[min(seconds - 1, int(o["started"] + r[0] - start_at))] += 1
+        for at in times:
+            counts[max(0, int(at))] += 1
         per_host[f"h{h}"] = counts
     return {"accepted_per_s": per_host, "cut_from_s": cut - start_at,
             "cut_until_s": healed - start_at}
