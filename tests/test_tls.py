@@ -53,7 +53,7 @@ class TlsShim(ShimServer):
         creds = _credentials(self.ca.cert_path, client or self.client_files)
         return grpc.secure_channel(self.endpoint, creds)
 
-    def _serving(self) -> bool:
+    def is_ready(self) -> bool:
         with self.channel() as channel:
             try:
                 health_pb2_grpc.HealthStub(channel).Check(
