@@ -19,13 +19,14 @@ import pytest
 
 from shim.pb import rpc_pb2 as pb
 from tests.support import REPO_ROOT, Client, EtcdServer, ShimServer, etcdctl
+from tests.support.auth import ALICE, ROOT, configure, md, outcome, token_of
 from tests.support.certs import CertificateAuthority
+from tests.support.cli import run_shim
 from tests.support.postgres import PostgresServer
 from tests.support.process import child_env
-from tests.test_auth import ALICE, ROOT, configure, md, outcome, token_of
-from tests.test_cli import run_shim
-from tests.test_processes import children, client_connections, wait_until
-from tests.test_tls import TlsShim
+from tests.support.procfs import children, client_connections
+from tests.support.tls_shim import TlsShim
+from tests.support.waits import wait_until
 
 DENIED = (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")
 BAD_TOKEN = (grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token")

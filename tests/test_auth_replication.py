@@ -15,8 +15,8 @@ import grpc
 from shim.pb import auth_pb2
 from shim.pb import rpc_pb2 as pb
 from tests.support import Client, ShimServer
+from tests.support.auth import ALICE, ROOT, configure, md, outcome, token_of
 from tests.support.replication import node_args, shim_command, wait_for
-from tests.test_auth import ALICE, ROOT, configure, md, outcome, token_of
 
 Factory = Callable[..., ShimServer]
 WRITE = auth_pb2.Permission.WRITE

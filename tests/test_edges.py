@@ -13,9 +13,7 @@ comparing), and the IDs of leases granted without one (random on both).
 
 from __future__ import annotations
 
-import queue
 import random
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +24,7 @@ from google.protobuf.message import Message
 
 from shim.pb import rpc_pb2 as pb
 from tests.support import Client, EtcdServer, ShimServer
+from tests.support.watch import WatchStream
 
 F = FieldDescriptor
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -180,49 +179,20 @@ def test_range_limit_int64_max_alone_and_in_a_txn(clients: tuple[Client, Client]
     assert len(response.kvs) >= 3 and not response.more
 
 
-class Watch:
-    """One Watch stream: requests go out in order; responses are read as they arrive."""
+def progress(stream: WatchStream) -> pb.WatchResponse:
+    """The answer to a progress request; any other response before it is an error."""
+    stream.request_progress()
+    [response] = take(stream, 1)
+    assert response.watch_id == -1 and not response.created, response
+    return response
 
-    def __init__(self, client: Client) -> None:
-        self._requests: queue.Queue[pb.WatchRequest | None] = queue.Queue()
-        self._responses: queue.Queue[pb.WatchResponse | None] = queue.Queue()
-        self._call = client.watch.Watch(iter(self._requests.get, None))
-        threading.Thread(target=self._read, daemon=True).start()
 
-    def _read(self) -> None:
-        try:
-            for response in self._call:
-                clear_identity(response)
-                self._responses.put(response)
-        except grpc.RpcError:
-            pass
-        self._responses.put(None)
-
-    def send(self, *requests: pb.WatchRequest) -> None:
-        for request in requests:
-            self._requests.put(request)
-
-    def read(self, count: int) -> list[pb.WatchResponse]:
-        found = []
-        for _ in range(count):
-            try:
-                response = self._responses.get(timeout=15)
-            except queue.Empty:
-                raise AssertionError(short(f"no response after {found}", 2000)) from None
-            assert response is not None, short(f"the watch stream ended after {found}")
-            found.append(response)
-        return found
-
-    def progress(self) -> pb.WatchResponse:
-        """The answer to a progress request; any other response before it is an error."""
-        self.send(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
-        [response] = self.read(1)
-        assert response.watch_id == -1 and not response.created, response
-        return response
-
-    def close(self) -> None:
-        self._requests.put(None)
-        self._call.cancel()
+def take(stream: WatchStream, count: int) -> list[pb.WatchResponse]:
+    """The next ``count`` responses, identity fields cleared (they differ by server)."""
+    responses = stream.take(count, 15)
+    for response in responses:
+        clear_identity(response)
+    return responses
 
 
 def compare_watches(
@@ -230,15 +200,16 @@ def compare_watches(
 ) -> list[pb.WatchResponse]:
     """Send ``requests`` on a new stream to each server; the first ``count`` responses must
     be the same, and then nothing else may be waiting before a progress request's answer."""
-    watches = [Watch(client) for client in clients]
+    watches = [WatchStream(client) for client in clients]
     try:
         for w in watches:
-            w.send(*requests)
-        on_etcd, on_shim = (w.read(count) for w in watches)
+            for request in requests:
+                w.send(request)
+        on_etcd, on_shim = (take(w, count) for w in watches)
         assert on_shim == on_etcd, short((requests, on_etcd, on_shim), 2000)
         if all(not r.canceled or r.compact_revision == 0 for r in on_etcd):
             # No catch-up in flight: the progress answer comes next on both.
-            assert watches[1].progress() == watches[0].progress()
+            assert progress(watches[1]) == progress(watches[0])
         return on_etcd
     finally:
         for w in watches:

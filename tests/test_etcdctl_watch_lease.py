@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,69 +20,13 @@ from typing import Any
 import pytest
 
 from shim.pb import rpc_pb2 as pb
-from tests.support import Client, EtcdServer, ShimServer, etcdctl, find_etcd_binary
-from tests.support.process import child_env
+from tests.support import Client, EtcdServer, ShimServer, etcdctl
+from tests.support.etcd import Etcdctl
 from tests.support.watch_diff import start_both
 
 IDENTITY = frozenset({"cluster_id", "member_id", "raft_term"})
 PROGRESS_LINE = re.compile(r"^progress notify: (\d+)$")
 LEASE_HEX = re.compile(r"\b[0-9a-f]{16}\b")
-
-
-class Etcdctl:
-    """A long-running etcdctl (watch, lease keep-alive) whose stdout lines are collected."""
-
-    def __init__(self, endpoint: str, *args: str) -> None:
-        self.argv = [find_etcd_binary("etcdctl"), f"--endpoints={endpoint}", *args]
-        self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=child_env({"ETCDCTL_API": "3"}),
-        )
-        self._lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.stderr = ""
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._changed:
-                self._lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-
-    @property
-    def lines(self) -> list[str]:
-        with self._changed:
-            return list(self._lines)
-
-    def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate(self._lines):
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(
-                        f"{' '.join(self.argv[2:])}: expected output did not come; "
-                        f"stdout so far {self._lines!r}; stderr {self._stderr_now()!r}"
-                    )
-                self._changed.wait(min(left, 0.1))
-
-    def _stderr_now(self) -> str:
-        if self.proc.poll() is None:
-            return "(still running)"
-        return self.proc.stderr.read() if self.proc.stderr else ""
-
-    def stop(self) -> list[str]:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            _, self.stderr = self.proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, self.stderr = self.proc.communicate()
-        self._reader.join(5)
-        return self.lines
 
 
 def without_progress(lines: list[str]) -> list[str]:

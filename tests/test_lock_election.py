@@ -23,7 +23,7 @@ from shim.pb import rpc_pb2 as pb
 from shim.pb import v3election_pb2 as epb
 from shim.pb import v3lock_pb2 as lpb
 from tests.support import Client, EtcdServer, ShimServer
-from tests.test_etcdctl_watch_lease import Etcdctl
+from tests.support.etcd import Etcdctl
 
 WAIT = 10.0  # seconds a call that should finish at once may take on a loaded machine
 

@@ -12,7 +12,6 @@ import os
 import queue
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,8 @@ from shim.pb import rpc_pb2 as pb
 from tests.support import Client, ShimServer
 from tests.support.cli import run_shim
 from tests.support.net import free_port
-from tests.support.procfs import process_tree
+from tests.support.procfs import children, client_connections
+from tests.support.waits import wait_until
 
 PROCESSES = 2
 
@@ -35,42 +35,6 @@ def server(tmp_path: Path) -> Iterator[ShimServer]:
         wait_until(lambda: f"from {PROCESSES} processes" in server.log_tail(20), 20,
                    "every serving process")
         yield server
-
-
-def children(pid: int) -> list[int]:
-    """The serving processes of the server ``pid`` (they start no processes of their own)."""
-    return process_tree(pid)[1:]
-
-
-def client_connections(pid: int, port: int) -> int:
-    """Established TCP connections on local ``port`` whose socket ``pid`` holds."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    count = 0
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):  # gRPC listens dual-stack
-        with open(name) as table:
-            next(table)
-            for line in table:
-                fields = line.split()
-                local_port = int(fields[1].rsplit(":", 1)[1], 16)
-                if local_port == port and fields[3] == "01" and fields[9] in inodes:
-                    count += 1
-    return count
-
-
-def wait_until(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_connections_spread_over_serving_processes_that_share_one_store(

@@ -6,9 +6,11 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -190,3 +192,60 @@ def etcdctl(
     if check and result.returncode != 0:
         raise EtcdctlError(result.returncode, argv, result.stdout, result.stderr)
     return result
+
+
+class Etcdctl:
+    """A long-running etcdctl (watch, lease keep-alive, lock, elect) whose stdout lines are
+    collected as they come."""
+
+    def __init__(self, endpoint: str, *args: str) -> None:
+        self.argv = [find_etcd_binary("etcdctl"), f"--endpoints={endpoint}", *args]
+        self.proc = subprocess.Popen(
+            self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=child_env({"ETCDCTL_API": "3"}),
+        )
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.stderr = ""
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self._lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    @property
+    def lines(self) -> list[str]:
+        with self._changed:
+            return list(self._lines)
+
+    def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self._lines):
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"{' '.join(self.argv[2:])}: expected output did not come; "
+                        f"stdout so far {self._lines!r}; stderr {self._stderr_now()!r}"
+                    )
+                self._changed.wait(min(left, 0.1))
+
+    def _stderr_now(self) -> str:
+        if self.proc.poll() is None:
+            return "(still running)"
+        return self.proc.stderr.read() if self.proc.stderr else ""
+
+    def stop(self) -> list[str]:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            _, self.stderr = self.proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, self.stderr = self.proc.communicate()
+        self._reader.join(5)
+        return self.lines

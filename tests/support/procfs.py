@@ -146,3 +146,30 @@ def wait_quiet(max_seconds: float, idle_pct: float = 85.0, window: float = 2.0) 
         if total > 0 and (1 - (after.busy - before.busy) / total) * 100 >= idle_pct:
             break
     return time.monotonic() - started
+
+
+def children(pid: int) -> list[int]:
+    """The serving processes of the server ``pid`` (they start no processes of their own)."""
+    return process_tree(pid)[1:]
+
+
+def client_connections(pid: int, port: int) -> int:
+    """Established TCP connections on local ``port`` whose socket ``pid`` holds."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):  # gRPC listens dual-stack
+        with open(name) as table:
+            next(table)
+            for line in table:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == "01" and fields[9] in inodes:
+                    count += 1
+    return count

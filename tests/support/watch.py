@@ -46,6 +46,8 @@ class WatchStream:
         self._arrivals: list[float] = []  # time.monotonic() when each response came
         self._event_counts: dict[int, int] = {}  # watch id -> events received
         self._closing = False
+        self._ended = False  # the server ended the stream (or it failed: see error)
+        self._taken = 0  # responses handed out by take()
         self.last_activity = time.monotonic()  # last request sent or response received
         self.error: grpc.RpcError | None = None
         self._call = client.watch.Watch(self._outgoing(), metadata=metadata)
@@ -76,7 +78,9 @@ class WatchStream:
                 # Our own close() cancels the call; anything else is the stream failing.
                 if not (self._closing and error.code() == grpc.StatusCode.CANCELLED):
                     self.error = error
-                self._cond.notify_all()
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
 
     def close(self) -> None:
         self._closing = True
@@ -168,13 +172,24 @@ class WatchStream:
         with self._cond:
             while not predicate(self._responses):
                 left = deadline - time.monotonic()
-                if left <= 0 or self.error is not None:
+                if left <= 0 or self._ended:
+                    how = "timed out" if left <= 0 else "the stream ended"
                     raise AssertionError(
-                        f"watch {self.label}: {'timed out' if left <= 0 else 'failed'} "
-                        f"waiting for {what}; stream error {self.error}; "
-                        f"{len(self._responses)} responses, the last: {self._responses[-3:]}"
+                        f"watch {self.label}: {how} waiting for {what}; stream error "
+                        f"{self.error}; {len(self._responses)} responses, the last: "
+                        f"{self._responses[-3:]}"
                     )
                 self._cond.wait(left)
+
+    def take(self, count: int, timeout: float = CREATE_TIMEOUT) -> list[pb.WatchResponse]:
+        """The next ``count`` responses that no earlier take() returned, in arrival order
+        (waiting for them)."""
+        with self._cond:
+            start = self._taken
+        self.wait_for(lambda rs: len(rs) >= start + count, timeout, f"{count} more responses")
+        with self._cond:
+            self._taken = start + count
+            return self._responses[start:start + count]
 
     def wait_for_events(self, count: int, timeout: float) -> list[tuple[float, kv_pb2.Event]]:
         """Until ``count`` events have arrived; returns them with their arrival times."""
