@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import apsw
 
+from shim.backend.sqlite_rows import one
 from shim.config import ConfigError, PostgresEndpoint, parse_datastore_endpoint
 
 
@@ -59,13 +60,13 @@ def _hide_secrets(
 
 
 def status(conn: apsw.Connection) -> dict[str, Any]:
-    meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+    meta: dict[str, Any] = dict(conn.execute("SELECT name, value FROM meta"))
     node_id = str(meta.get("node_id", ""))
     report: dict[str, Any] = {
         "node_id": node_id,
         "revision": int(meta.get("revision", 0)),
         "compact_revision": int(meta.get("compact_revision", -1)),
-        "keys": conn.execute("SELECT COUNT(*) FROM current").fetchone()[0],
+        "keys": one(conn.execute("SELECT COUNT(*) FROM current"))[0],
     }
     if _has_table(conn, "auth_user"):
         enabled = conn.execute(
@@ -74,15 +75,15 @@ def status(conn: apsw.Connection) -> dict[str, Any]:
         report["auth"] = {
             "enabled": enabled is not None,
             "revision": int(meta.get("auth_revision", 1)),
-            "users": conn.execute("SELECT COUNT(*) FROM auth_user WHERE deleted = 0").fetchone()[0],
-            "roles": conn.execute("SELECT COUNT(*) FROM auth_role WHERE deleted = 0").fetchone()[0],
+            "users": one(conn.execute("SELECT COUNT(*) FROM auth_user WHERE deleted = 0"))[0],
+            "roles": one(conn.execute("SELECT COUNT(*) FROM auth_role WHERE deleted = 0"))[0],
         }
     if not _has_table(conn, "repl_entry"):
         return report
-    counts = conn.execute(
+    counts = one(conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(received_from IS NULL), 0), COALESCE(SUM(skewed), 0), "
         "COALESCE(SUM(outcome = 'superseded'), 0), COALESCE(MAX(ingest), 0) FROM repl_entry"
-    ).fetchone()
+    ))
     report["entries"] = {
         "total": counts[0], "local": counts[1], "skewed": counts[2],
         "superseded": counts[3], "log_position": counts[4],

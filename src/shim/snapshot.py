@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 import apsw
 
+from shim.backend.sqlite_rows import one
 from shim.config import ConfigError, PostgresEndpoint, parse_datastore_endpoint
 
 TRAILER_BYTES = 32  # a SHA-256
@@ -105,7 +106,7 @@ def _inspect(conn: apsw.Connection, path: Path) -> tuple[int, int, int, str]:
         meta: dict[str, object] = {
             str(row[0]): row[1] for row in conn.execute("SELECT name, value FROM meta")
         }
-        keys = int(conn.execute("SELECT COUNT(*) FROM current").fetchall()[0][0])  # type: ignore[arg-type]
+        keys = int(one(conn.execute("SELECT COUNT(*) FROM current"))[0])
     except apsw.SQLError as exc:
         raise SnapshotError(f"{path} is not a shim database ({exc})") from None
     except apsw.Error as exc:

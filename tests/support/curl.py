@@ -94,7 +94,7 @@ class CurlStream:
             raise AssertionError(f"no line from the stream in {timeout} s") from None
 
     def lines(self, count: int, timeout: float = 10.0) -> list[bytes]:
-        found = []
+        found: list[bytes] = []
         for _ in range(count):
             line = self.next_line(timeout)
             assert line is not None, f"the stream ended after {found}"
@@ -103,7 +103,7 @@ class CurlStream:
 
     def rest(self, timeout: float = 10.0) -> list[bytes]:
         """Every line until the response ends."""
-        found = []
+        found: list[bytes] = []
         while (line := self.next_line(timeout)) is not None:
             found.append(line)
         return found

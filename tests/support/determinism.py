@@ -41,7 +41,7 @@ def set_node_id(backend: SqliteBackend, node_id: str) -> None:
 def frozen_wall_clock(wall_ns: int = FROZEN_WALL_NS) -> Iterator[None]:
     """While inside, every HybridClock reads ``wall_ns`` as the wall clock."""
     real = hlc.time
-    hlc.time = types.SimpleNamespace(time_ns=lambda: wall_ns)  # type: ignore[assignment]
+    hlc.time = types.SimpleNamespace(time_ns=lambda: wall_ns)  # type: ignore[assignment]  # a stand-in module
     try:
         yield
     finally:

@@ -304,7 +304,7 @@ class RequestGenerator:
         elif self.chance(0.03):
             # An unknown sort order is accepted (and sorts nothing). An unknown
             # sort *target* is not generated: etcd 3.5 panics on it and exits.
-            request.sort_order = self.rng.choice((3, 7, 100))
+            request.sort_order = self.rng.choice((3, 7, 100))  # type: ignore[assignment]  # unknown on purpose
             request.sort_target = self.rng.choice(pb.RangeRequest.SortTarget.values())
         for name in (
             "min_mod_revision",
@@ -383,9 +383,9 @@ class RequestGenerator:
         if union != "unset":
             self.set_compare_operand(compare, target, seen)
         if self.chance(0.01):
-            compare.result = 9  # unknown result: etcd treats the compare as true
+            compare.result = 9  # type: ignore[assignment]  # unknown: etcd treats it as true
         if self.chance(0.01):
-            compare.target = 9  # unknown target: compares as equal
+            compare.target = 9  # type: ignore[assignment]  # unknown: compares as equal
         return compare
 
     def set_compare_operand(
@@ -397,11 +397,12 @@ class RequestGenerator:
         elif target == pb.Compare.LEASE:
             compare.lease = 0 if self.chance(0.8) else self.rng.randint(1, 2**40)
         else:
-            name = {
+            names: dict[int, str] = {
                 pb.Compare.VERSION: "version",
                 pb.Compare.CREATE: "create_revision",
                 pb.Compare.MOD: "mod_revision",
-            }[target]
+            }
+            name = names[target]
             if seen is not None and self.chance(0.6):
                 operand = max(0, getattr(seen, name) + nudge)
             elif name == "version":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -55,7 +57,9 @@ class TlsShim(ShimServer):
                 return False
             return True
 
-    def etcdctl(self, *args: str, client: CertFiles | None = None, check: bool = True):  # type: ignore[no-untyped-def]
+    def etcdctl(
+        self, *args: str, client: CertFiles | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[Any]:
         files = client or self.client_files
         return etcdctl(
             f"https://{self.endpoint}",

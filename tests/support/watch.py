@@ -108,7 +108,7 @@ class WatchStream:
 
     def send_create(self, request: pb.WatchCreateRequest | None = None, **fields: object) -> None:
         """Ask for a watcher without waiting for the answer."""
-        create = request if request is not None else pb.WatchCreateRequest(**fields)  # type: ignore[arg-type]
+        create = request if request is not None else pb.WatchCreateRequest(**fields)  # type: ignore[arg-type]  # fields: any of its own
         self.send(pb.WatchRequest(create_request=create))
 
     def create(

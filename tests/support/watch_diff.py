@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf import text_format
 
@@ -257,7 +258,7 @@ class StreamPair:
     candidate: WatchStream
 
     def create(self, request: pb.WatchCreateRequest | None = None, **fields: object) -> None:
-        create = request if request is not None else pb.WatchCreateRequest(**fields)  # type: ignore[arg-type]
+        create = request if request is not None else pb.WatchCreateRequest(**fields)  # type: ignore[arg-type]  # fields: any of its own
         self.reference.send_create(create)
         self.candidate.send_create(create)
 
@@ -310,7 +311,7 @@ class ServerPair:
             )
         return outcomes[0]
 
-    def put(self, key: bytes, value: bytes = b"v", **fields: object) -> int:
+    def put(self, key: bytes, value: bytes = b"v", **fields: Any) -> int:
         response = self.kv(pb.PutRequest(key=key, value=value, **fields)).response
         assert response is not None
         return response.header.revision

@@ -105,7 +105,7 @@ def _status_errors(
                 err = translate(from_store_error(exc))
                 await context.abort(err.code, err.message)
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]  # F: same signature
 
     return decorate
 

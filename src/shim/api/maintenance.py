@@ -85,7 +85,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         resp = rpc_pb2.AlarmResponse()
         for member_id, alarm in await self._store.alarms():
             if request.alarm in (rpc_pb2.NONE, alarm):  # NONE: every type, as etcd
-                resp.alarms.add(memberID=member_id, alarm=alarm)  # type: ignore[arg-type]
+                resp.alarms.add(memberID=member_id, alarm=alarm)
         self._header(resp.header)
         return resp
 

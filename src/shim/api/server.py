@@ -273,9 +273,11 @@ class ShimServer:
         # Commits of other servers on a shared database (PostgreSQL) reach the hub as
         # revisions to read from the log, in order with this server's own.
         loop = asyncio.get_running_loop()
-        self.backend.set_commit_listener(
-            lambda revision: loop.call_soon_threadsafe(hub.on_external_commit, revision)
-        )
+
+        def on_external_commit(revision: int) -> None:
+            loop.call_soon_threadsafe(hub.on_external_commit, revision)
+
+        self.backend.set_commit_listener(on_external_commit)
         hub.start(self.config.watch_progress_notify_interval)
         self.hub = hub
         if self._replicates:

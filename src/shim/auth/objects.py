@@ -129,8 +129,10 @@ class RoleObject:
         """The granted permissions in etcd's order: by key, equal keys as they were added."""
         held = sorted((g for g in self.grants.values() if g.type is not None),
                       key=lambda g: (g.key, g.added))
-        return tuple(Permission(permType=g.type, key=g.key, range_end=g.range_end)  # type: ignore[arg-type]
-                     for g in held)
+        return tuple(
+            Permission(permType=g.type, key=g.key, range_end=g.range_end)  # type: ignore[arg-type]  # type is not None (filtered above)
+            for g in held
+        )
 
     @property
     def live(self) -> bool:

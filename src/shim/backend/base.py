@@ -8,10 +8,10 @@ Versions are returned as ``mvccpb.KeyValue`` messages, the record type etcd itse
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from shim.backend.auth_tables import AuthTables
 from shim.pb.kv_pb2 import KeyValue
@@ -25,7 +25,7 @@ def kv_row(kv: KeyValue) -> KvRow:
     return (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
 
 
-def kv_from_row(row: KvRow) -> KeyValue:
+def kv_from_row(row: KvRow | Sequence[Any]) -> KeyValue:
     return KeyValue(
         key=row[0], value=row[1], create_revision=row[2], mod_revision=row[3], version=row[4],
         lease=row[5],

@@ -162,7 +162,7 @@ class PostgresView:
         if limit > 0:
             params.append(limit)
             sql += f" LIMIT ${len(params)}"
-        return self._fetch(sql, *params)  # type: ignore[no-any-return]
+        return self._fetch(sql, *params)
 
     def count(self, key: bytes, end: bytes, revision: int) -> int:
         source, params, _ = live_versions(key, end, revision, False, _pg_param, KEYS)

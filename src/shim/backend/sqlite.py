@@ -40,6 +40,7 @@ from shim.backend.rows import (
     parse_alarm_meta_name,
 )
 from shim.backend.sqlite_repl import ReplicationTables
+from shim.backend.sqlite_rows import one
 from shim.pb.kv_pb2 import KeyValue
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
@@ -81,7 +82,7 @@ class SqliteView:
         return self._meta("compact_revision")
 
     def node_id(self) -> str:
-        row = self._conn.execute("SELECT value FROM meta WHERE name = 'node_id'").fetchone()
+        row = one(self._conn.execute("SELECT value FROM meta WHERE name = 'node_id'"))
         return str(row[0])
 
     def max_hlc(self) -> int:
@@ -111,15 +112,16 @@ class SqliteView:
         if limit > 0:
             sql += " LIMIT ?"
             params.append(limit)
-        return self._conn.execute(sql, params).fetchall()  # type: ignore[return-value]
+        return self._conn.execute(sql, params).fetchall()  # type: ignore[return-value]  # KvRow columns
 
     def count(self, key: bytes, end: bytes, revision: int) -> int:
         source, params, _ = live_versions(key, end, revision, False, _sqlite_param)
-        row = self._conn.execute(f"SELECT COUNT(*) {source}", params).fetchone()
+        row = one(self._conn.execute(f"SELECT COUNT(*) {source}", params))
         return int(row[0])
 
     def leases(self) -> dict[int, int]:
-        return dict(self._conn.execute("SELECT id, ttl FROM lease").fetchall())
+        rows = self._conn.execute("SELECT id, ttl FROM lease")
+        return {int(lease): int(ttl) for lease, ttl in rows}
 
     def lease_keys(self, lease_id: int) -> list[bytes]:
         """Keys whose current version is attached to the lease, in key order."""
@@ -158,7 +160,7 @@ class SqliteView:
     def hash_rows(
         self, after: int, upto: int, compact_revision: int, revision: int
     ) -> list[HashRow]:
-        return self._conn.execute(  # type: ignore[return-value]
+        return self._conn.execute(  # type: ignore[return-value]  # KvRow columns
             _HASH_ROWS_SQL, (after, upto, compact_revision, revision)
         ).fetchall()
 
@@ -212,8 +214,8 @@ class SqliteWriteTxn(SqliteView):
     def database_size(self) -> int:
         # Pages the database holds (free ones included, like etcd's file size), whether they
         # are still in the WAL or already in the main file.
-        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
-        size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = one(self._conn.execute("PRAGMA page_count"))[0]
+        size = one(self._conn.execute("PRAGMA page_size"))[0]
         return int(pages * size)
 
     def set_revision(self, revision: int) -> None:
@@ -356,7 +358,7 @@ class SqliteBackend:
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
             "name TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT (datetime('now')))"
         )
-        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        row = one(conn.execute("SELECT MAX(version) FROM schema_version"))
         applied = int(row[0] or 0)
         for migration in pending(applied, load_migrations(self.dialect)):
             with conn:
@@ -458,9 +460,9 @@ class SqliteBackend:
     def size_in_use_bytes(self) -> int:
         with self.read() as view:
             conn = view._conn
-            pages = conn.execute("PRAGMA page_count").fetchone()[0]
-            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-            size = conn.execute("PRAGMA page_size").fetchone()[0]
+            pages = one(conn.execute("PRAGMA page_count"))[0]
+            free = one(conn.execute("PRAGMA freelist_count"))[0]
+            size = one(conn.execute("PRAGMA page_size"))[0]
         return int((pages - free) * size)
 
 

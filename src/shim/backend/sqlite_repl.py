@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import apsw
 
+from shim.backend.sqlite_rows import one
 from shim.replication import ops as field_ops
 from shim.replication.merge import Entry, Stamp
 
@@ -24,16 +27,16 @@ _ENTRY_COLUMNS = (
 )
 
 
-def _entry(row: tuple[object, ...]) -> Entry:
+def _entry(row: Sequence[Any]) -> Entry:
     origin, seq, hlc, key, deleted, value, lease, ops, base_uid, uid, kind, secret = row
     return Entry(
         origin=str(origin),
         seq=int(seq),
         hlc=int(hlc),
-        key=bytes(key),  # type: ignore[arg-type]
+        key=bytes(key),
         deleted=bool(deleted),
         value=bytes(value),
-        lease=int(lease),  # type: ignore[arg-type]
+        lease=int(lease),
         ops=None if ops is None else field_ops.loads(str(ops)),
         base_uid=None if base_uid is None else str(base_uid),
         uid=None if uid is None else str(uid),
@@ -161,7 +164,7 @@ class ReplicationTables:
         not have already (its own, or ones it sent us), the position they cover up to, and
         the newest position."""
         high = self.max_ingest()
-        rows = self._conn.execute(
+        rows: Sequence[Sequence[Any]] = self._conn.execute(
             f"SELECT e.ingest, {_ENTRY_COLUMNS} FROM repl_entry e "
             "WHERE e.ingest > ? AND e.ingest <= ? "
             "AND e.origin != ? AND (e.received_from IS NULL OR e.received_from != ?) "
@@ -173,15 +176,15 @@ class ReplicationTables:
         return out, covered, high
 
     def max_ingest(self) -> int:
-        row = self._conn.execute("SELECT MAX(ingest) FROM repl_entry").fetchone()
+        row = one(self._conn.execute("SELECT MAX(ingest) FROM repl_entry"))
         return int(row[0] or 0)
 
     def max_seq(self, origin: str) -> int:
-        row = self._conn.execute(
+        row = one(self._conn.execute(
             "SELECT MAX(m) FROM (SELECT MAX(seq) AS m FROM repl_entry WHERE origin = ?1 "
             "UNION ALL SELECT max_seq FROM repl_origin WHERE origin = ?1)",
             (origin,),
-        ).fetchone()
+        ))
         return int(row[0] or 0)
 
     def set_local(self, origin: str, seq: int, hlc: int) -> None:
@@ -217,11 +220,11 @@ class ReplicationTables:
 
     def max_hlc(self) -> int:
         """The largest clock stamp issued here or received unflagged."""
-        row = self._conn.execute("SELECT MAX(max_hlc) FROM repl_origin").fetchone()
+        row = one(self._conn.execute("SELECT MAX(max_hlc) FROM repl_origin"))
         return int(row[0] or 0)
 
     def max_skewed_hlc(self) -> int:
-        row = self._conn.execute("SELECT MAX(max_skewed_hlc) FROM repl_origin").fetchone()
+        row = one(self._conn.execute("SELECT MAX(max_skewed_hlc) FROM repl_origin"))
         return int(row[0] or 0)
 
     def is_empty(self) -> bool:
@@ -251,7 +254,7 @@ class ReplicationTables:
         return None if row is None else PeerRow(*row)
 
     def peers(self) -> list[PeerRow]:
-        rows = self._conn.execute(
+        rows: Sequence[Sequence[Any]] = self._conn.execute(
             "SELECT node_id, name, address, role, cursor, peer_high, entries_received, "
             "entries_applied, conflicts, last_lag_ms, first_seen_ms, last_seen_ms "
             "FROM peer ORDER BY first_seen_ms, node_id"
@@ -284,3 +287,12 @@ class ReplicationTables:
             "last_lag_ms = COALESCE(?, last_lag_ms), last_seen_ms = ? WHERE node_id = ?",
             (cursor, peer_high, received, applied, conflicts, lag_ms, now_ms, node_id),
         )
+
+
+def tables(view: object) -> ReplicationTables:
+    """The replication tables of a read view or write transaction of a backend that
+    replicates (``Backend.replicates``)."""
+    found = getattr(view, "replication", None)
+    if not isinstance(found, ReplicationTables):
+        raise TypeError(f"{type(view).__name__} keeps no replication tables")
+    return found

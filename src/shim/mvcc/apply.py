@@ -10,8 +10,6 @@ before the first write, so a failed request leaves nothing behind.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from shim.auth.apply import (
     Authorized,
@@ -20,7 +18,8 @@ from shim.auth.apply import (
     AuthWriteResponse,
     is_auth_write,
 )
-from shim.backend.base import NewVersion, ReadView, WriteTxn, kv_from_row
+from shim.backend.base import NewVersion, WriteTxn, kv_from_row
+from shim.backend.sqlite_repl import tables as repl_tables
 from shim.mvcc.alarms import AlarmState
 from shim.mvcc.errors import (
     CompactedError,
@@ -30,9 +29,11 @@ from shim.mvcc.errors import (
     LeaseNotFoundError,
     LeaseTTLTooLargeError,
 )
+from shim.mvcc.events import Change, Revision
 from shim.mvcc.hlc import HybridClock, wall_ms
 from shim.mvcc.keys import range_end
 from shim.mvcc.range import execute_range
+from shim.mvcc.txn import TxnPath
 from shim.pb.kv_pb2 import KeyValue
 from shim.pb.rpc_pb2 import (
     AlarmRequest,
@@ -40,7 +41,6 @@ from shim.pb.rpc_pb2 import (
     AlarmType,
     CompactionRequest,
     CompactionResponse,
-    Compare,
     DefragmentRequest,
     DefragmentResponse,
     DeleteRangeRequest,
@@ -81,37 +81,6 @@ WriteResponse = (
 # timeout (1.5 s, rounded up), its maximum is lease.MaxLeaseTTL.
 MIN_LEASE_TTL = 2
 MAX_LEASE_TTL = 9_000_000_000
-
-
-@dataclass(slots=True)
-class Change:
-    """One event of a committed revision: a new version (or tombstone) and what it replaced."""
-
-    kv: KeyValue
-    prev: KeyValue | None
-    deleted: bool
-
-
-@dataclass(slots=True)
-class Revision:
-    """Everything one revision changed, in the order it happened."""
-
-    revision: int
-    changes: list[Change] = field(default_factory=list)
-
-
-CommitListener = Callable[[list[Revision]], None]
-
-
-def is_write(req: TxnRequest) -> bool:
-    """Whether any branch of the Txn, at any depth, writes (etcd decides this statically)."""
-    for op in (*req.success, *req.failure):
-        kind = op.WhichOneof("request")
-        if kind in ("request_put", "request_delete_range"):
-            return True
-        if kind == "request_txn" and is_write(op.request_txn):
-            return True
-    return False
 
 
 class Applier:
@@ -197,7 +166,7 @@ class Applier:
         if isinstance(req, AlarmRequest):
             return self._alarm(req)
         if isinstance(req, PruneEntries):
-            return self._txn.replication.prune(req.written_before_ms, req.limit)  # type: ignore[attr-defined,no-any-return]
+            return repl_tables(self._txn).prune(req.written_before_ms, req.limit)
         raise TypeError(f"not a write request: {type(req).__name__}")
 
     def _authorized(self, req: Authorized) -> WriteResponse:
@@ -209,7 +178,7 @@ class Applier:
             hlc = self._clock.now()
             record = None
             if self._replica is not None:
-                replica, repl = self._replica, self._txn.replication  # type: ignore[attr-defined]
+                replica, repl = self._replica, repl_tables(self._txn)
 
                 def record(key: bytes, state: bytes, secret: str | None) -> None:
                     replica.local_auth(repl, key, state, secret, hlc)
@@ -245,8 +214,8 @@ class Applier:
             if old is not None:
                 self._write(KeyValue(key=req.key, mod_revision=revision), old, True, hlc)
         else:
-            if resolved is not None:
-                value, lease = resolved.value, resolved.lease  # type: ignore[assignment]
+            if resolved is not None and resolved.value is not None:
+                value, lease = resolved.value, resolved.lease
             self._write(_new_version(req.key, value, lease, old, revision), old, False, hlc)
         resp = PutResponse()
         resp.header.revision = self._visible_revision
@@ -286,7 +255,7 @@ class Applier:
         """Record a local write as a replication entry; what the merge rules make of it."""
         if self._replica is None:
             return None
-        return self._replica.local_write(self._txn.replication, key, old, value, lease, hlc)  # type: ignore[attr-defined]
+        return self._replica.local_write(repl_tables(self._txn), key, old, value, lease, hlc)
 
     def _write(self, kv: KeyValue, prev: KeyValue | None, deleted: bool, hlc: int) -> None:
         self._txn.append([
@@ -310,11 +279,11 @@ class Applier:
             if req.alarm != AlarmType.Value("NONE") and alarm not in active:
                 active.add(alarm)
                 self._txn.add_alarm(alarm)
-                resp.alarms.add(memberID=alarm[0], alarm=alarm[1])  # type: ignore[arg-type]
+                resp.alarms.add(memberID=alarm[0], alarm=alarm[1])
         elif req.action == AlarmRequest.DEACTIVATE and alarm in active:
             active.discard(alarm)
             self._txn.remove_alarm(alarm)
-            resp.alarms.add(memberID=alarm[0], alarm=alarm[1])  # type: ignore[arg-type]
+            resp.alarms.add(memberID=alarm[0], alarm=alarm[1])
         return resp
 
     # -- merged entries --------------------------------------------------------------------------
@@ -323,7 +292,7 @@ class Applier:
         """Store a peer's entries; each one that changes a key becomes a local revision (two
         when an object incarnation replaces another: a DELETE, then a PUT)."""
         assert self._replica is not None, "merge on a backend without replication"
-        replica, repl = self._replica, self._txn.replication  # type: ignore[attr-defined]
+        replica, repl = self._replica, repl_tables(self._txn)
         result = MergeResult(len(req.entries), 0, 0, 0)
         newest_hlc = 0
         now = time.time_ns() // 1_000_000
@@ -370,7 +339,7 @@ class Applier:
         return result
 
     def _register_peer(self, req: PeerRegistration) -> int:
-        repl = self._txn.replication  # type: ignore[attr-defined]
+        repl = repl_tables(self._txn)
         repl.upsert_peer(req.peer, req.name, req.address, req.role, time.time_ns() // 1_000_000)
         row = repl.peer(req.peer)
         return row.cursor if row is not None else 0
@@ -439,7 +408,7 @@ class Applier:
     # -- transactions --------------------------------------------------------------------------
 
     def _txn_request(self, req: TxnRequest) -> TxnResponse:
-        path = _Path.evaluate(self._txn, req)
+        path = TxnPath.evaluate(self._txn, req)
         path.check(
             self._txn, self._leases.__contains__, self.revision, self.compact_revision
         )
@@ -447,14 +416,14 @@ class Applier:
         resp.header.revision = self._visible_revision
         return resp
 
-    def _run_path(self, path: _Path) -> TxnResponse:
+    def _run_path(self, path: TxnPath) -> TxnResponse:
         resp = TxnResponse(succeeded=path.succeeded)
         for op, nested in zip(path.ops, path.nested, strict=True):
             out = resp.responses.add()
             self._run_op(op, nested, out)
         return resp
 
-    def _run_op(self, op: RequestOp, nested: _Path | None, out: ResponseOp) -> None:
+    def _run_op(self, op: RequestOp, nested: TxnPath | None, out: ResponseOp) -> None:
         kind = op.WhichOneof("request")
         if kind == "request_range":
             out.response_range.CopyFrom(
@@ -484,127 +453,3 @@ def _new_version(
         version=old.version + 1 if old is not None else 1,
         lease=lease,
     )
-
-
-def execute_read_txn(
-    view: ReadView, req: TxnRequest, current: int, compacted: int
-) -> TxnResponse:
-    """A Txn that cannot write runs on a read snapshot, without the writer."""
-    path = _Path.evaluate(view, req)
-    path.check(view, lambda _lease: True, current, compacted)
-    resp = _read_path(view, path, current, compacted)
-    resp.header.revision = current
-    return resp
-
-
-def _read_path(view: ReadView, path: _Path, current: int, compacted: int) -> TxnResponse:
-    resp = TxnResponse(succeeded=path.succeeded)
-    for op, nested in zip(path.ops, path.nested, strict=True):
-        out = resp.responses.add()
-        kind = op.WhichOneof("request")
-        if kind == "request_range":
-            out.response_range.CopyFrom(execute_range(view, op.request_range, current, compacted))
-        elif kind == "request_txn" and nested is not None:
-            inner = _read_path(view, nested, current, compacted)
-            inner.header.SetInParent()
-            out.response_txn.CopyFrom(inner)
-    return resp
-
-
-@dataclass(slots=True)
-class _Path:
-    """The branch a Txn takes, decided before anything is written, with its nested paths."""
-
-    succeeded: bool
-    ops: list[RequestOp]
-    nested: list[_Path | None]
-
-    @classmethod
-    def evaluate(cls, view: ReadView, req: TxnRequest) -> _Path:
-        succeeded = all(_compare_holds(view, c) for c in req.compare)
-        ops = list(req.success if succeeded else req.failure)
-        nested = [
-            cls.evaluate(view, op.request_txn) if op.WhichOneof("request") == "request_txn"
-            else None
-            for op in ops
-        ]
-        return cls(succeeded, ops, nested)
-
-    def walk(self) -> list[RequestOp]:
-        """Every non-Txn operation on the path, depth first."""
-        out: list[RequestOp] = []
-        for op, nested in zip(self.ops, self.nested, strict=True):
-            if nested is not None:
-                out.extend(nested.walk())
-            else:
-                out.append(op)
-        return out
-
-    def check(
-        self, view: ReadView, lease_exists: Callable[[int], bool], current: int, compacted: int
-    ) -> None:
-        """The checks etcd makes before applying a Txn: leases and keys for puts, then the
-        revisions of ranges."""
-        ops = self.walk()
-        for op in ops:
-            if op.WhichOneof("request") != "request_put":
-                continue
-            put = op.request_put
-            if (put.ignore_value or put.ignore_lease) and view.get(put.key, 0) is None:
-                raise KeyNotFoundError()
-            if put.lease and not lease_exists(put.lease):
-                raise LeaseNotFoundError()
-        for op in ops:
-            if op.WhichOneof("request") != "request_range":
-                continue
-            revision = op.request_range.revision
-            if revision == 0:
-                continue
-            if revision > current:
-                raise FutureRevisionError()
-            if revision < compacted:  # negative revisions land here too, as in etcd
-                raise CompactedError()
-
-
-def _compare_holds(view: ReadView, cmp: Compare) -> bool:
-    end = range_end(cmp.range_end)
-    if end is None:
-        kv = view.get(cmp.key, 0)
-        kvs = [] if kv is None else [kv]
-    else:
-        kvs = [kv_from_row(row) for row in view.range_rows(cmp.key, end, 0, 0)]
-    if not kvs:
-        # A missing key has no value to compare with; its revisions and version are 0.
-        if cmp.target == Compare.VALUE:
-            return False
-        return _compare_one(cmp, KeyValue())
-    return all(_compare_one(cmp, kv) for kv in kvs)
-
-
-def _compare_one(cmp: Compare, kv: KeyValue) -> bool:
-    target = cmp.target
-    union = cmp.WhichOneof("target_union")
-    ours: int | bytes
-    theirs: int | bytes
-    if target == Compare.VALUE:
-        ours, theirs = kv.value, cmp.value if union == "value" else b""
-    elif target == Compare.CREATE:
-        ours, theirs = kv.create_revision, cmp.create_revision if union == "create_revision" else 0
-    elif target == Compare.MOD:
-        ours, theirs = kv.mod_revision, cmp.mod_revision if union == "mod_revision" else 0
-    elif target == Compare.VERSION:
-        ours, theirs = kv.version, cmp.version if union == "version" else 0
-    elif target == Compare.LEASE:
-        ours, theirs = kv.lease, cmp.lease if union == "lease" else 0
-    else:
-        ours = theirs = 0
-    result = (ours > theirs) - (ours < theirs)  # type: ignore[operator]
-    if cmp.result == Compare.EQUAL:
-        return result == 0
-    if cmp.result == Compare.NOT_EQUAL:
-        return result != 0
-    if cmp.result == Compare.GREATER:
-        return result > 0
-    if cmp.result == Compare.LESS:
-        return result < 0
-    return True

@@ -92,9 +92,9 @@ class Janitor:
         cutoff = time.time_ns() // 1_000_000 - int(self._settings.replication_retention * 1000)
         total = 0
         while True:
-            pruned = await self._store.write(PruneEntries(cutoff, PRUNE_CHUNK))
-            total += int(pruned)  # type: ignore[call-overload]
-            if pruned < PRUNE_CHUNK:  # type: ignore[operator]
+            pruned = await self._store.prune_entries(PruneEntries(cutoff, PRUNE_CHUNK))
+            total += pruned
+            if pruned < PRUNE_CHUNK:
                 break
         if total:
             log.info("replication retention pruned %d superseded entries", total)

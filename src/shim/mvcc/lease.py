@@ -67,7 +67,7 @@ class Lessor:
     async def grant(self, req: LeaseGrantRequest) -> LeaseGrantResponse:
         if req.ID == 0:
             req = LeaseGrantRequest(TTL=req.TTL, ID=self._new_id())
-        resp: LeaseGrantResponse = await self._store.write(req)  # type: ignore[assignment]
+        resp = await self._store.write_expecting(LeaseGrantResponse, req)
         self._schedule(resp.ID, resp.TTL, time.monotonic() + resp.TTL)
         return resp
 
@@ -80,8 +80,8 @@ class Lessor:
     async def revoke(self, lease_id: int, caller: Caller | None = None) -> LeaseRevokeResponse:
         """Revoke a lease and delete its keys; on behalf of ``caller`` (None: expiry), who
         must be able to write every one of them."""
-        resp: LeaseRevokeResponse = await self._store.write_as(  # type: ignore[assignment]
-            LeaseRevokeRequest(ID=lease_id), caller
+        resp = await self._store.write_expecting(
+            LeaseRevokeResponse, LeaseRevokeRequest(ID=lease_id), caller
         )
         self._forget(lease_id)
         return resp

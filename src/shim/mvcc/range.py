@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from shim.backend.base import KvRow, ReadView, kv_row
 from shim.mvcc.errors import CompactedError, FutureRevisionError
 from shim.mvcc.gosort import go_sort, go_sort_reverse
@@ -11,7 +13,11 @@ from shim.pb.rpc_pb2 import RangeRequest, RangeResponse
 INT64_MAX = 2**63 - 1
 
 # Where each sort target sits in a KvRow (key, value, create, mod, version, lease).
-_KEY, _VALUE, _CREATE, _MOD, _VERSION = 0, 1, 2, 3, 4
+_KEY: Final = 0
+_VALUE: Final = 1
+_CREATE: Final = 2
+_MOD: Final = 3
+_VERSION: Final = 4
 _SORT_FIELDS: dict[int, int] = {
     RangeRequest.KEY: _KEY,
     RangeRequest.VERSION: _VERSION,
@@ -80,7 +86,7 @@ def execute_range(
         field = _SORT_FIELDS.get(req.sort_target, _KEY)
         # etcd's Go sort is unstable: go_sort reproduces its exact order of ties.
         sort = go_sort_reverse if sort_order == RangeRequest.DESCEND else go_sort
-        sort(rows, lambda x, y: x[field] < y[field])  # type: ignore[operator]
+        sort(rows, lambda x, y: x[field] < y[field])  # type: ignore[operator]  # one column: one type
     if limit and len(rows) > limit:
         del rows[limit:]
         resp.more = True

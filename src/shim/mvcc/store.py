@@ -19,18 +19,13 @@ from shim.auth.cache import AuthCache
 from shim.auth.state import AuthState, Caller
 from shim.backend.base import Backend, ReadView
 from shim.mvcc.alarms import DEFAULT_QUOTA_BYTES
-from shim.mvcc.apply import (
-    CommitListener,
-    Revision,
-    WriteRequest,
-    WriteResponse,
-    execute_read_txn,
-    is_write,
-)
+from shim.mvcc.apply import WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError
+from shim.mvcc.events import CommitListener, Revision
 from shim.mvcc.hash import KVHash, hash_all, hash_kv
+from shim.mvcc.log_reads import EntriesRead
 from shim.mvcc.range import execute_range
-from shim.mvcc.watch import EntriesRead
+from shim.mvcc.txn import execute_read_txn, is_write
 from shim.mvcc.writer import ReplicationSettings, Writer
 from shim.pb.rpc_pb2 import (
     AlarmRequest,
@@ -48,11 +43,18 @@ from shim.pb.rpc_pb2 import (
     TxnRequest,
     TxnResponse,
 )
-from shim.replication.resolve import MergeRequest, MergeResult, Replica
+from shim.replication.resolve import (
+    MergeRequest,
+    MergeResult,
+    PeerRegistration,
+    PruneEntries,
+    Replica,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class WritePath(Protocol):
@@ -127,7 +129,7 @@ class Store:
 
     async def merge(self, req: MergeRequest) -> MergeResult:
         """Apply a peer's batch of entries in one transaction with its cursor."""
-        result: MergeResult = await self.write(req)  # type: ignore[assignment]
+        result = _answer(MergeResult, await self.write(req))
         # Counted once committed: a batch that rolls back is received again later.
         metrics.record_merge(
             req.peer, result.applied, result.unchanged, result.duplicates,
@@ -216,10 +218,10 @@ class Store:
 
     async def alarm(self, req: AlarmRequest) -> AlarmResponse:
         """Activate or deactivate an alarm (through the write path, which enforces them)."""
-        return await self.write(req)  # type: ignore[return-value]
+        return _answer(AlarmResponse, await self.write(req))
 
     async def defragment(self) -> DefragmentResponse:
-        return await self.write(DefragmentRequest())  # type: ignore[return-value]
+        return _answer(DefragmentResponse, await self.write(DefragmentRequest()))
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -233,17 +235,23 @@ class Store:
         the auth state of the transaction that applies it (None: no check)."""
         return await self.write(req if caller is None else Authorized(req, caller))
 
+    async def write_expecting(
+        self, kind: type[R], req: WriteRequest, caller: Caller | None = None
+    ) -> R:
+        """A write whose kind of answer is known (checked, so it is typed)."""
+        return _answer(kind, await self.write_as(req, caller))
+
     async def put(self, req: PutRequest, caller: Caller | None = None) -> PutResponse:
-        return await self.write_as(req, caller)  # type: ignore[return-value]
+        return _answer(PutResponse, await self.write_as(req, caller))
 
     async def delete_range(
         self, req: DeleteRangeRequest, caller: Caller | None = None
     ) -> DeleteRangeResponse:
-        return await self.write_as(req, caller)  # type: ignore[return-value]
+        return _answer(DeleteRangeResponse, await self.write_as(req, caller))
 
     async def txn(self, req: TxnRequest, caller: Caller | None = None) -> TxnResponse:
         if is_write(req):
-            return await self.write_as(req, caller)  # type: ignore[return-value]
+            return _answer(TxnResponse, await self.write_as(req, caller))
 
         def run(view: ReadView) -> TxnResponse:
             if caller is not None:
@@ -253,4 +261,20 @@ class Store:
         return await self.read(run)
 
     async def compact(self, req: CompactionRequest) -> CompactionResponse:
-        return await self.write(req)  # type: ignore[return-value]
+        return _answer(CompactionResponse, await self.write(req))
+
+    async def register_peer(self, req: PeerRegistration) -> int:
+        """Record a linked peer; answers this node's cursor into the peer's log."""
+        return _answer(int, await self.write(req))
+
+    async def prune_entries(self, req: PruneEntries) -> int:
+        """Delete replication entries no merge needs any more; answers how many went."""
+        return _answer(int, await self.write(req))
+
+
+
+def _answer(kind: type[R], resp: WriteResponse) -> R:
+    """The answer to a request whose kind of answer is known (checked, so it is typed)."""
+    if not isinstance(resp, kind):
+        raise TypeError(f"expected {kind.__name__}, the write path answered {resp!r}")
+    return resp

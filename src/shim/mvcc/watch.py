@@ -1,7 +1,8 @@
 """The watch hub: turns committed revisions into per-watcher event streams.
 
 Every committed revision reaches the hub from the store's commit path (``Store`` commit
-listeners), on the event loop thread, in revision order. A watcher is either
+listeners), on the event loop thread; ``shim.mvcc.sequencer`` puts them in revision order when
+other writers share the database. A watcher is either
 
 * **synced**: it has been sent everything up to the hub's revision and receives new revisions
   as they are published, or
@@ -23,10 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shim import metrics
-from shim.backend.base import LogEntry
 from shim.mvcc import watch_wire as wire
-from shim.mvcc.apply import Change, Revision
+from shim.mvcc.events import Revision
 from shim.mvcc.keys import in_range
+from shim.mvcc.log_reads import CATCH_UP_ROWS, ReadEntries
+from shim.mvcc.sequencer import RevisionSequencer
 from shim.mvcc.watch_wire import EncodedEvent
 from shim.pb.rpc_pb2 import WatchCreateRequest, WatchResponse
 from shim.tasks import cancel_and_wait
@@ -35,10 +37,6 @@ log = logging.getLogger(__name__)
 
 # How many responses a stream may hold before its watchers fall back to catching up.
 STREAM_QUEUE_LIMIT = 1024
-# How many log rows one catch-up read fetches at most.
-CATCH_UP_ROWS = 1000
-# First pause before reading the log again after a failed read (doubling up to 2 s).
-FILL_RETRY_SECONDS = 0.05
 
 EMPTY_RANGE = "mvcc: watcher range is empty"
 DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
@@ -100,22 +98,13 @@ class WatchStream:
         return chosen
 
 
-@dataclass(slots=True)
-class EntriesRead:
-    """One catch-up read: log rows after a revision, and the snapshot they were read at."""
-
-    entries: list[LogEntry]
-    revision: int
-    compact_revision: int
-
-
 class WatchHub:
     """Fan-out of committed revisions to watchers, and catch-up from the log."""
 
     def __init__(
         self,
         revision: int,
-        read_entries: Callable[[bytes, bytes | None, int, int], EntriesRead],
+        read_entries: ReadEntries,
         fill_header: Callable[[WatchResponse, int], None],
         max_response_bytes: int,
         current_revision: Callable[[], int] | None = None,
@@ -133,10 +122,8 @@ class WatchHub:
         self._unsynced: set[Watcher] = set()
         self._progress_waiting: set[WatchStream] = set()
         self._streams: set[WatchStream] = set()
-        # Local commits waiting for earlier revisions that another writer made.
-        self._held: list[Revision] = []
-        self._fill_target = revision
-        self._fill_task: asyncio.Task[None] | None = None
+        # Puts commits in revision order when other writers share the database.
+        self._sequencer = RevisionSequencer(self._publish, lambda: self.revision, read_entries)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -269,63 +256,11 @@ class WatchHub:
 
     def on_commit(self, revisions: list[Revision]) -> None:
         """Committed revisions from this process's write path (event loop thread)."""
-        if not revisions:
-            return
-        if self._held or revisions[0].revision > self.revision + 1:
-            # Another writer on the same database committed in between: the hub publishes
-            # strictly in revision order, so it reads the missing revisions from the log first.
-            self._held.extend(revisions)
-            self._request_fill(revisions[-1].revision - 1)
-            return
-        self._publish(revisions)
+        self._sequencer.on_commit(revisions)
 
     def on_external_commit(self, revision: int) -> None:
         """Another writer on the same database committed up to ``revision``."""
-        if revision > self.revision:
-            self._request_fill(revision)
-
-    def _request_fill(self, revision: int) -> None:
-        self._fill_target = max(self._fill_target, revision)
-        if self._fill_task is None or self._fill_task.done():
-            self._fill_task = asyncio.get_running_loop().create_task(self._fill())
-
-    async def _fill(self) -> None:
-        """Publish, from the log, every revision up to the fill target that this process did
-        not commit itself, then the held local ones, all in order."""
-        retry_delay = FILL_RETRY_SECONDS
-        while True:
-            while self.revision < self._fill_target:
-                try:
-                    read = await asyncio.to_thread(
-                        self._read_entries, b"\x00", b"", self.revision, CATCH_UP_ROWS
-                    )
-                except Exception as exc:
-                    # The database is unreachable for now: keep the place and try again, or
-                    # the held revisions would wait for the next commit to come along.
-                    log.warning("reading committed revisions failed (%s); retrying", exc)
-                    await asyncio.sleep(retry_delay)
-                    retry_delay = min(retry_delay * 2, 2.0)
-                    continue
-                retry_delay = FILL_RETRY_SECONDS
-                revisions = _group_by_revision(read.entries, up_to=self._fill_target)
-                if not revisions:
-                    if read.revision <= self.revision:
-                        # The notified revision is not visible yet; look again shortly.
-                        await asyncio.sleep(0.005)
-                        continue
-                    self.revision = min(read.revision, self._fill_target)
-                    continue
-                self._publish(revisions)
-            held, self._held = self._held, []
-            fresh = [r for r in held if r.revision > self.revision]
-            if fresh and fresh[0].revision > self.revision + 1:
-                self._held = fresh
-                self._fill_target = max(self._fill_target, fresh[0].revision - 1)
-                continue
-            if fresh:
-                self._publish(fresh)
-            if not self._held and self.revision >= self._fill_target:
-                return
+        self._sequencer.on_external_commit(revision)
 
     def _publish(self, revisions: list[Revision]) -> None:
         """Fan committed revisions out to synced watchers (strictly in order). Like etcd, a
@@ -486,15 +421,3 @@ class WatchHub:
         stream.send(resp)
         self._maybe_send_progress(stream)
 
-
-def _group_by_revision(entries: list[LogEntry], up_to: int) -> list[Revision]:
-    """Log rows (whole revisions) as committed revisions, none above ``up_to``."""
-    revisions: list[Revision] = []
-    for entry in entries:
-        revision = entry.kv.mod_revision
-        if revision > up_to:
-            break
-        if not revisions or revisions[-1].revision != revision:
-            revisions.append(Revision(revision))
-        revisions[-1].changes.append(Change(entry.kv, entry.prev, entry.deleted))
-    return revisions

@@ -9,7 +9,7 @@ which is exactly the protobuf wire format of a WatchResponse carrying those fiel
 from __future__ import annotations
 
 from shim.backend.base import LogEntry
-from shim.mvcc.apply import Change
+from shim.mvcc.events import Change
 from shim.pb.kv_pb2 import KeyValue
 
 # Field tags of etcdserverpb.WatchResponse and mvccpb.Event (field number << 3 | wire type).

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from shim import metrics
 from shim.auth.apply import Authorized, AuthWriter
 from shim.backend.base import Backend, WriteTxn, kv_from_row
+from shim.backend.sqlite_repl import tables as repl_tables
 from shim.mvcc.alarms import CORRUPT, DEFAULT_QUOTA_BYTES, AlarmState, member_id_of
-from shim.mvcc.apply import Applier, CommitListener, Revision, WriteRequest, WriteResponse
+from shim.mvcc.apply import Applier, WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
+from shim.mvcc.events import CommitListener, Revision
 from shim.mvcc.hlc import HybridClock
 from shim.pb.rpc_pb2 import (
     DefragmentRequest,
@@ -66,7 +68,6 @@ class _Pending:
     future: asyncio.Future[WriteResponse]
 
 
-_STOP = object()
 
 _Deliver = Callable[
     [list[_Pending], list[WriteResponse | BaseException], list[Revision] | None], None
@@ -96,7 +97,8 @@ class Writer:
         # Told after every committed batch, with its revisions (none when it changed no key:
         # replication senders still wake up for the entries it stored).
         self._on_commit = on_commit
-        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        # None: stop once everything before it is done.
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._closed = False
         # Held while a batch is applied and committed, by the writer thread or the loop.
         self._committing = threading.Lock()
@@ -112,7 +114,7 @@ class Writer:
             self.compact_revision = view.compact_revision()
             max_hlc = view.max_hlc()
             if backend.replicates:
-                max_hlc = max(max_hlc, view.replication.max_hlc())  # type: ignore[attr-defined]
+                max_hlc = max(max_hlc, repl_tables(view).max_hlc())
             self._clock = HybridClock(max_hlc)
             # Lease ids and TTLs, changed only while a batch commits (under _committing).
             self.leases = view.leases()
@@ -130,7 +132,7 @@ class Writer:
 
     def _start_replica(self, replica: Replica) -> None:
         with self._backend.write() as txn:
-            repl = txn.replication  # type: ignore[attr-defined]
+            repl = repl_tables(txn)
             replica.load(repl)
             if repl.is_empty():
                 # A database from before replication: every live key gets its first entry.
@@ -182,7 +184,7 @@ class Writer:
     def stop(self) -> None:
         """Finish everything already queued, then stop the thread."""
         self._closed = True
-        self._queue.put(_STOP)
+        self._queue.put(None)
         self._thread.join()
 
     # -- writer thread -------------------------------------------------------------------------
@@ -191,18 +193,18 @@ class Writer:
         stopping = False
         while not stopping:
             first = self._queue.get()
-            if first is _STOP:
+            if first is None:
                 break
-            batch: list[_Pending] = [first]  # type: ignore[list-item]
+            batch: list[_Pending] = [first]
             while len(batch) < MAX_BATCH:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
+                if item is None:
                     stopping = True
                     break
-                batch.append(item)  # type: ignore[arg-type]
+                batch.append(item)
             deliver = self._deliver_on_loop
             with self._committing:
                 # The outcomes are handed to the event loop, which delivers them. A request
@@ -295,7 +297,7 @@ class Writer:
                     txn.set_revision(applier.revision)
                 if self.replica is not None and self.replica.seq != seq_before:
                     # Persisted apart from the entries: retention may prune the newest one.
-                    txn.replication.set_local(  # type: ignore[attr-defined]
+                    repl_tables(txn).set_local(
                         self.replica.node_id, self.replica.seq, self._clock.last
                     )
         except self._backend.errors as exc:

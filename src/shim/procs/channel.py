@@ -109,7 +109,7 @@ class Channel(asyncio.Protocol):
         return self._held.popleft()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport  # type: ignore[assignment]  # a pipe: always a Transport
 
     def data_received(self, data: bytes) -> None:
         buffer = self._incoming

@@ -17,8 +17,9 @@ from typing import Any
 
 from shim.auth.state import Caller
 from shim.backend.base import Backend
-from shim.mvcc.apply import CommitListener, Revision, WriteRequest, WriteResponse
+from shim.mvcc.apply import WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError
+from shim.mvcc.events import CommitListener, Revision
 from shim.pb.rpc_pb2 import LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeResponse
 from shim.procs.channel import Channel, ChannelClosed
 

@@ -36,8 +36,8 @@ from shim.api.server import (
 )
 from shim.backend.base import Backend
 from shim.config import ConfigError, ServerConfig
-from shim.mvcc.apply import Revision
 from shim.mvcc.errors import StoreError
+from shim.mvcc.events import Revision
 from shim.procs import remote
 from shim.procs.channel import Channel, ChannelClosed, encode
 from shim.tasks import cancel_and_wait

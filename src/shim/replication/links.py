@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import time
@@ -21,10 +22,12 @@ from typing import Any
 
 import grpc
 
+from shim.backend.sqlite_repl import tables as repl_tables
 from shim.mvcc.errors import StoreError
 from shim.mvcc.store import Store
 from shim.pb import replication_pb2 as pb
 from shim.pb import replication_pb2_grpc as pb_grpc
+from shim.replication.merge import Entry
 from shim.replication.resolve import MergeRequest, PeerRegistration
 from shim.replication.wire import PROTOCOL, BadEntry, from_wire, to_wire
 from shim.tasks import cancel_and_wait
@@ -213,7 +216,7 @@ class Replicator:
                     raise LinkRefused("the peer did not answer the handshake")
                 hello = reply.hello
                 self._check_peer(hello)
-                cursor = await self._store.write(
+                cursor = await self._store.register_peer(
                     PeerRegistration(hello.node_id, hello.name, spec.url, "parent")
                 )
                 await stream.send(pb.LinkMessage(start=pb.Start(cursor=cursor)))
@@ -281,7 +284,7 @@ class Replicator:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             return
         address = context.peer()
-        cursor = await self._store.write(
+        cursor = await self._store.register_peer(
             PeerRegistration(hello.node_id, hello.name, address, "child")
         )
         await stream.send(pb.LinkMessage(hello=pb.Hello(
@@ -328,7 +331,7 @@ class Replicator:
         self._wakers.add(wake)
         backend = self._store.backend
         try:
-            high = await backend.read_async(lambda v: v.replication.max_ingest())  # type: ignore[attr-defined]
+            high = await backend.read_async(lambda view: repl_tables(view).max_ingest())
             if cursor > high:
                 # The peer knows a longer history of this node than it has (a restored
                 # database): send everything again; duplicates are dropped over there.
@@ -339,9 +342,7 @@ class Replicator:
                 start = cursor
 
                 rows, covered, high = await backend.read_async(
-                    lambda view, start=start: view.replication.entries_after(
-                        start, state.peer, BATCH_ENTRIES
-                    )
+                    functools.partial(_entries_after, after=start, peer=state.peer)
                 )
                 entries: list[pb.Entry] = []
                 size = 0
@@ -428,3 +429,10 @@ class ReplicationService(pb_grpc.ReplicationServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
             log.info("link from %s ended: %s", context.peer(), exc)
+
+
+def _entries_after(
+    view: object, after: int, peer: str
+) -> tuple[list[tuple[int, Entry]], int, int]:
+    """A batch of entries to send to ``peer`` after position ``after`` (see entries_after)."""
+    return repl_tables(view).entries_after(after, peer, BATCH_ENTRIES)

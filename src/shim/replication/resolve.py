@@ -188,7 +188,7 @@ class Replica:
             # incarnation needs remembering.
             switch = base_uid is not None and uid is not None and base_uid != uid
             if switch:
-                repl.add_tombstones(entry.key, {base_uid})  # type: ignore[arg-type]
+                repl.add_tombstones(entry.key, {base_uid})  # type: ignore[arg-type]  # switch: not None
             return Resolution(value, lease, True, switch)
         return None
 
