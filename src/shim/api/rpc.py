@@ -9,7 +9,9 @@ handle themselves:
   statuses, with the reason in the words of etcd's Go decoder where ``wire.py`` can tell it;
   one over the size limit: RESOURCE_EXHAUSTED "grpc: received message larger than max ...";
 - any unexpected exception: logged here once with its traceback, and answered with UNKNOWN
-  and a short message, never a Python class name or traceback text.
+  and a short message, never a Python class name or traceback text;
+- a call arriving once the server is stopping: UNAVAILABLE "etcdserver: server stopped" (the
+  ``Gate``, which also counts the calls a stop waits for).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from shim.api.gate import SERVER_STOPPED, Gate
 from shim.api.wire import decode_error_reason, refusal
 
 log = logging.getLogger(__name__)
@@ -95,11 +98,12 @@ def _serialize(resp: Message | bytes) -> bytes:
 
 
 def service_methods(
-    services: Mapping[str, object], max_request_bytes: int
+    services: Mapping[str, object], max_request_bytes: int, gate: Gate | None = None
 ) -> dict[str, Method]:
     """Every method of ``services`` (full service name -> servicer), by gRPC path
     ("/etcdserverpb.KV/Range"); requests of more than ``max_request_bytes`` are refused as
-    etcd refuses them."""
+    etcd refuses them, and calls ``gate`` does not admit as a stopped etcd refuses them."""
+    gate = gate if gate is not None else Gate()
     pool = descriptor_pool.Default()
     methods: dict[str, Method] = {}
     for service_name, servicer in services.items():
@@ -112,7 +116,7 @@ def service_methods(
                 request_type=request_type,
                 client_streaming=md.client_streaming,
                 server_streaming=md.server_streaming,
-                call=_guarded(md, getattr(servicer, md.name)),
+                call=_guarded(md, getattr(servicer, md.name), gate),
                 max_request_bytes=max_request_bytes,
             )
     return methods
@@ -146,25 +150,36 @@ def _grpc_handler(method: Method) -> grpc.RpcMethodHandler:
     )
 
 
-def _guarded(md: MethodDescriptor, call: Callable[..., Any]) -> Callable[[Any, Any], Any]:
-    """``call`` with refused requests answered and unexpected errors contained."""
+def _guarded(
+    md: MethodDescriptor, call: Callable[..., Any], gate: Gate
+) -> Callable[[Any, Any], Any]:
+    """``call`` admitted by ``gate``, with refused requests answered and unexpected errors
+    contained."""
     name = f"{md.containing_service.full_name}/{md.name}"
     if not md.client_streaming and not md.server_streaming:
         # The common case, kept lean: it is on the path of every unary request.
         async def unary(request: Any, context: Any) -> Any:
-            if isinstance(request, Refused):
-                await context.abort(request.code, request.single)
+            if not gate.enter():
+                await context.abort(grpc.StatusCode.UNAVAILABLE, SERVER_STOPPED)
             try:
+                if isinstance(request, Refused):
+                    await context.abort(request.code, request.single)
                 return await call(request, context)
             except grpc.aio.AbortError:
                 raise
             except Exception:
                 await _internal_error(name, context)
+            finally:
+                gate.leave()
 
         return unary
 
+    # Streams are refused once the gate is closed, but not waited for: a stop ends them
+    # (watch streams, election observers) or gRPC's grace does.
     if md.server_streaming:
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            if not gate.admits():
+                await context.abort(grpc.StatusCode.UNAVAILABLE, SERVER_STOPPED)
             refused: list[Refused] = []
             request = await _checked_request(md, request, context, refused)
             async with _contained(name, context, refused):
@@ -174,6 +189,8 @@ def _guarded(md: MethodDescriptor, call: Callable[..., Any]) -> Callable[[Any, A
         return stream
 
     async def stream_in(request: Any, context: Any) -> Any:
+        if not gate.admits():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SERVER_STOPPED)
         refused: list[Refused] = []
         request = await _checked_request(md, request, context, refused)
         response = None

@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 
 import apsw
@@ -21,6 +22,7 @@ from shim.api.cluster import ClusterService, Replica
 from shim.api.concurrency import Recipes
 from shim.api.election import ElectionService
 from shim.api.errors import from_store_error
+from shim.api.gate import Gate
 from shim.api.header import Identity
 from shim.api.kv import KVService
 from shim.api.lease import LeaseKeeper, LeaseService
@@ -39,6 +41,7 @@ from shim.config import (
     HttpListen,
     PostgresEndpoint,
     ServerConfig,
+    check_addresses,
     grpc_listen_target,
     parse_datastore_endpoint,
     parse_http_urls,
@@ -245,6 +248,7 @@ class ShimServer:
             client_cert_auth=config.tls is not None and config.tls.client_cert_auth,
         )
         self.health = health.aio.HealthServicer()
+        self.gate = Gate()
         self.hub: WatchHub | None = None
         self._server: grpc.aio.Server | None = None
         self.client_url = ""
@@ -306,7 +310,8 @@ class ShimServer:
         scheme = "https" if tls is not None else "http"
         self.client_url = f"{scheme}://{target}"
         self.methods = rpc.service_methods(
-            self._client_services(hub), self.config.max_request_bytes + GRPC_OVERHEAD_BYTES
+            self._client_services(hub), self.config.max_request_bytes + GRPC_OVERHEAD_BYTES,
+            self.gate,
         )
         rpc.add_to_server(server, self.methods)
         if self._replicates:
@@ -326,7 +331,8 @@ class ShimServer:
             await self._close_store()
             raise ConfigError(f"cannot listen on {target}")
         host = target.rsplit(":", 1)[0]
-        self.client_url = f"{scheme}://{host}:{port}"
+        bound = f"{host}:{port}"  # the real port when the address asked for port 0
+        self.client_url = f"{scheme}://{bound}"
         await server.start()
         self._server = server
         if self._owned is not None and (self.config.metrics_address or http_listens):
@@ -337,7 +343,7 @@ class ShimServer:
             await self._start_gateway(http_listens, reuse_port=shares_port)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "serving etcd v3 API on %s (%s, datastore %s)", target,
+            "serving etcd v3 API on %s (%s, datastore %s)", bound,
             "TLS" + (", client certificates required" if tls and tls.client_cert_auth else "")
             if tls else "plaintext", self.backend.location,
         )
@@ -390,10 +396,10 @@ class ShimServer:
 
     def _serve_metrics(self, address: str) -> None:
         try:
-            metrics.serve(address)
+            bound = metrics.serve(address)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot serve metrics on {address}: {exc}") from exc
-        log.info("serving Prometheus metrics on http://%s/metrics", address)
+        log.info("serving Prometheus metrics on http://%s/metrics", bound)
 
     async def _start_gateway(self, listens: list[HttpListen], reuse_port: bool) -> None:
         gateway = GatewayServer(Gateway(
@@ -448,21 +454,26 @@ class ShimServer:
         self.identity.fill(resp.header)
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish, then drain the write path."""
+        """Refuse new calls, let the ones received finish, then drain the write path."""
         self._stopping = True
         if self._server is not None:
+            deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+            self.gate.close()
             await self.health.enter_graceful_shutdown()
-            stopping = asyncio.gather(
-                self._server.stop(SHUTDOWN_GRACE_SECONDS),
-                *([self.gateway.close(SHUTDOWN_GRACE_SECONDS)] if self.gateway else []),
-            )
-            # Watch streams never finish by themselves: end them once no new ones can start.
-            await asyncio.sleep(0)
+            # Watch streams and links never finish by themselves: end them now that no new
+            # ones can start.
             if self.hub is not None:
                 self.hub.end_all_streams()
             if self.replicator is not None:
-                await self.replicator.close()  # links never end by themselves either
-            await stopping
+                await self.replicator.close()
+            await self.gate.drain(deadline)
+            if self.hub is not None:
+                self.hub.end_all_streams()  # one that was starting as the gate closed
+            grace = max(deadline - time.monotonic(), 0.0)
+            await asyncio.gather(
+                self._server.stop(grace),
+                *([self.gateway.close(grace)] if self.gateway else []),
+            )
             self._server = None
             self.gateway = None
         self.backend.set_commit_listener(None)
@@ -495,6 +506,7 @@ def check_processes(config: ServerConfig) -> None:
 
 
 async def serve(config: ServerConfig) -> None:
+    check_addresses(config)
     check_processes(config)
     backend = open_backend(config)
     try:

@@ -53,12 +53,14 @@ class StoreLink:
         self._listener: CommitListener | None = None
         self.revision = revision  # the newest revision this process has been told of
         self.lost = False
+        self._closing = False
 
     def start(self, listener: CommitListener) -> None:
         self._listener = listener
         self._channel.set_handler(self._received, self._closed)
 
     def close(self) -> None:
+        self._closing = True  # the channel closing now is this process's own stop
         self._channel.close()
 
     async def call(self, name: str, argument: Any) -> Any:
@@ -91,7 +93,7 @@ class StoreLink:
             log.error("unexpected message from the store process: %r", message[0])
 
     def _closed(self) -> None:
-        if self.lost:
+        if self.lost or self._closing:
             return
         log.error("the store process is gone; this serving process stops")
         self.lost = True

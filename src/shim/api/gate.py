@@ -1,0 +1,68 @@
+"""Admission of client calls, and the drain that lets a stop finish every call it received.
+
+grpc-core cancels (CANCELLED, which etcd clients do not retry) every call it has received but
+not yet handed to the server when the server's shutdown starts, and a busy asyncio server
+always has some waiting. So a stop first closes this gate, while gRPC keeps handing calls
+over: each new one is refused at once with etcd's UNAVAILABLE "etcdserver: server stopped",
+each admitted one finishes. Only once none is in flight and none has arrived for a moment
+(the ones gRPC still held have come through) does the gRPC server itself stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+SERVER_STOPPED = "etcdserver: server stopped"  # etcd's ErrGRPCStopped (UNAVAILABLE)
+# How long no call may have arrived before the gRPC server stops: long enough for a call a
+# client had already sent to reach the server on a loaded machine.
+QUIET_SECONDS = 0.25
+
+
+class Gate:
+    """Counts the calls in flight; once closed, admits no more."""
+
+    def __init__(self) -> None:
+        self.is_open = True
+        self._in_flight = 0
+        self._last_arrival = 0.0
+        self._idle: asyncio.Event | None = None  # made when a drain waits for it
+
+    def enter(self) -> bool:
+        """A call arrives: True to serve it (then ``leave()`` when done), False to refuse it."""
+        self._last_arrival = time.monotonic()
+        if not self.is_open:
+            return False
+        self._in_flight += 1
+        return True
+
+    def admits(self) -> bool:
+        """A call the stop does not wait for (a stream) arrives: True to serve it."""
+        self._last_arrival = time.monotonic()
+        return self.is_open
+
+    def leave(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    def close(self) -> None:
+        self.is_open = False
+
+    async def drain(self, deadline: float) -> bool:
+        """After ``close()``: wait until no admitted call is in flight and no call arrived for
+        QUIET_SECONDS, or until ``deadline`` (``time.monotonic()``). True if drained."""
+        self._idle = asyncio.Event()
+        while True:
+            if self._in_flight:
+                self._idle.clear()
+                try:
+                    await asyncio.wait_for(self._idle.wait(), deadline - time.monotonic())
+                except TimeoutError:
+                    return False
+            quiet_for = time.monotonic() - self._last_arrival
+            if quiet_for >= QUIET_SECONDS and not self._in_flight:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(min(QUIET_SECONDS - quiet_for, deadline - time.monotonic()))

@@ -1,0 +1,148 @@
+"""Stopping a server under write load (SIGTERM, or Ctrl-C's SIGINT to the process group).
+
+A stop refuses every call it has not started with etcd's UNAVAILABLE "etcdserver: server
+stopped" and finishes every call it has: each Put is either acknowledged (and then there after
+a restart) or refused (and then not applied). None may end CANCELLED (etcd clients do not
+retry that); the database is closed cleanly (WAL folded back) and nothing is logged as an
+error. Also with ``--processes 2``, whose serving processes forward writes to a store process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+
+from shim.api.gate import SERVER_STOPPED
+from shim.pb import rpc_pb2 as pb
+from shim.pb import v3lock_pb2
+from tests.support import Client, ShimServer
+from tests.support.waits import wait_until
+
+WRITERS = 16
+
+
+class PutBurst:
+    """Writer threads doing Puts of distinct keys, each until its first failure."""
+
+    def __init__(self, endpoint: str, threads: int = WRITERS) -> None:
+        self.endpoint = endpoint
+        self.acked: dict[bytes, tuple[bytes, int]] = {}
+        self.failures: list[tuple[bytes, grpc.StatusCode, str]] = []
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)
+        ]
+
+    def start(self) -> PutBurst:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def _run(self, n: int) -> None:
+        with Client(self.endpoint) as client:
+            i = 0
+            while True:
+                key, value = b"burst/%02d/%06d" % (n, i), b"value-%d-%d" % (n, i)
+                try:
+                    resp = client.kv.Put(pb.PutRequest(key=key, value=value), timeout=30)
+                except grpc.RpcError as exc:
+                    with self._lock:
+                        self.failures.append((key, exc.code(), exc.details() or ""))
+                    return  # the server is stopping: this thread is done
+                with self._lock:
+                    self.acked[key] = (value, resp.header.revision)
+                i += 1
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in self._threads)
+
+
+def wal_size(db: Path) -> int:
+    wal = db.with_name(db.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+@pytest.mark.parametrize(
+    ("processes", "how"),
+    [(1, "SIGTERM"), (1, "Ctrl-C"), (2, "SIGTERM"), (2, "Ctrl-C")],
+    ids=["alone-SIGTERM", "alone-Ctrl-C", "processes-SIGTERM", "processes-Ctrl-C"],
+)
+def test_stop_under_writes_finishes_or_refuses_every_put(
+    tmp_path: Path, processes: int, how: str
+) -> None:
+    server = ShimServer(tmp_path / "shim", extra_args=["--processes", str(processes)]).start()
+    db = tmp_path / "shim" / "state.db"
+    try:
+        if processes > 1:
+            wait_until(lambda: f"from {processes} processes" in server.log_tail(20), 20,
+                       "every serving process")
+        burst = PutBurst(server.endpoint).start()
+        wait_until(lambda: len(burst.acked) >= 300, 30, "300 acknowledged Puts")
+        assert server.pid is not None
+        if how == "SIGTERM":
+            os.kill(server.pid, signal.SIGTERM)
+        else:  # a terminal's Ctrl-C: SIGINT to every process of the group at once
+            os.killpg(server.pid, signal.SIGINT)
+        burst.join()  # every thread ends on its first refused Put
+        wait_until(lambda: not server.running, 20, "the server to stop")
+        log = server.log_tail(200)
+        assert server.stop() == 0, log
+        assert len(burst.failures) == WRITERS
+        unexpected = [f for f in burst.failures if f[1] != grpc.StatusCode.UNAVAILABLE]
+        assert not unexpected, f"Puts refused otherwise than UNAVAILABLE: {unexpected}"
+        # Refused by the stopping server, or (sent after it stopped) by a closed port.
+        assert any(details == SERVER_STOPPED for _, _, details in burst.failures)
+        assert "Traceback" not in log and " ERROR " not in log, log
+        assert "stopped; database closed cleanly" in log, log
+        assert wal_size(db) == 0
+
+        server.start()
+        with Client(server.endpoint) as client:
+            resp = client.kv.Range(
+                pb.RangeRequest(key=b"burst/", range_end=b"burst0"), timeout=30
+            )
+        stored = {kv.key: (kv.value, kv.mod_revision) for kv in resp.kvs}
+        missing = {k: v for k, v in burst.acked.items() if stored.get(k) != v}
+        assert not missing, f"{len(missing)} acknowledged Puts lost or changed: {missing}"
+        applied = [key for key, _, _ in burst.failures if key in stored]
+        assert not applied, f"refused Puts were applied anyway: {applied}"
+    finally:
+        server.stop()
+
+
+def test_streams_and_waits_open_at_the_stop_end_cleanly(tmp_path: Path) -> None:
+    """A watch stream open at the stop ends with status OK, and a Lock call waiting for its
+    turn ends with etcd's UNAVAILABLE "server stopped": neither is left to be CANCELLED."""
+    with ShimServer(tmp_path / "shim") as server, Client(server.endpoint) as client:
+        first, second = (
+            client.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=60), timeout=10).ID
+            for _ in range(2)
+        )
+        client.lock.Lock(v3lock_pb2.LockRequest(name=b"l", lease=first), timeout=10)
+        waiting = client.lock.Lock.future(
+            v3lock_pb2.LockRequest(name=b"l", lease=second), timeout=30
+        )
+        stream = client.watch.Watch(iter([pb.WatchRequest(
+            create_request=pb.WatchCreateRequest(key=b"w"))]), timeout=30)
+        assert next(stream).created
+
+        def both_in_line() -> bool:  # the waiting Lock has put its key: it is being served
+            got = client.kv.Range(pb.RangeRequest(key=b"l/", range_end=b"l0"), timeout=10)
+            return got.count == 2
+
+        wait_until(both_in_line, 10, "the second Lock call to wait")
+        assert server.pid is not None and not waiting.done()
+        os.kill(server.pid, signal.SIGTERM)
+        assert list(stream) == []  # ended by the server ...
+        assert stream.code() == grpc.StatusCode.OK  # ... cleanly
+        assert waiting.code() == grpc.StatusCode.UNAVAILABLE
+        assert waiting.details() == SERVER_STOPPED
+        wait_until(lambda: not server.running, 20, "the server to stop")
+        assert server.stop() == 0
