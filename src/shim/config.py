@@ -104,7 +104,11 @@ def parse_datastore_endpoint(endpoint: str) -> SqliteEndpoint | PostgresEndpoint
         if not path_text:
             raise ConfigError("datastore endpoint sqlite:// needs a file path")
         path = Path(path_text)
-        if path_text.endswith("/") or (path.exists() and path.is_dir()):
+        try:
+            is_dir = path.is_dir()
+        except OSError as exc:  # a directory on the way that this user cannot enter
+            raise ConfigError(f"cannot reach datastore path {path_text}: {exc.strerror}") from None
+        if path_text.endswith("/") or is_dir:
             raise ConfigError(f"datastore path {path_text} is a directory, not a database file")
         return SqliteEndpoint(path=path)
     if scheme in ("postgres", "postgresql"):
@@ -180,9 +184,33 @@ def grpc_listen_target(address: str, tls: bool = False) -> str:
     for prefix in ("http://", "grpc://"):
         if address.startswith(prefix):
             address = address[len(prefix):]
-    if ":" not in address:
-        raise ConfigError(f"listen address {address!r} must be host:port")
+    split_host_port(address, "listen address")
     return address
+
+
+MAX_PORT = 65535
+
+
+def split_host_port(address: str, what: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) with a port from 0 to 65535; 0 binds a free port.
+    Anything else is refused here, before gRPC or a socket wraps it into another port."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(f"{what} {address!r} must be host:port")
+    port = int(port_text)
+    if port > MAX_PORT:
+        raise ConfigError(f"{what} {address!r}: port {port} is out of range (0-{MAX_PORT})")
+    return host.strip("[]"), port
+
+
+def check_addresses(config: ServerConfig) -> None:
+    """Every address the server is to listen on or dial is host:port with a real port."""
+    grpc_listen_target(config.listen_address, tls=config.tls is not None)
+    parse_http_urls(config.client_http_urls, tls=config.tls is not None)
+    if config.metrics_address is not None:
+        split_host_port(config.metrics_address, "--metrics-address")
+    for url in config.joins:
+        split_host_port(url.split("://", 1)[-1].rstrip("/"), "--join")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +244,9 @@ def parse_http_urls(urls: tuple[str, ...], tls: bool) -> list[HttpListen]:
         try:
             port = parts.port
         except ValueError:
-            port = None
+            raise ConfigError(
+                f"--listen-client-http-urls {url!r}: the port is out of range (0-{MAX_PORT})"
+            ) from None
         if port is None or parts.hostname is None or parts.path not in ("", "/"):
             raise ConfigError(f"--listen-client-http-urls {url!r} must be {scheme}://HOST:PORT")
         found.append(HttpListen(parts.hostname, port, scheme == "https"))

@@ -82,10 +82,12 @@ def record_merge(
         REPLICATION_LAG_SECONDS.labels(peer).observe(max(lag_ms, 0) / 1000)
 
 
-def serve(address: str) -> None:
-    """Start the HTTP exporter thread on ``host:port``."""
+def serve(address: str) -> str:
+    """Start the HTTP exporter thread on ``host:port``; returns the address bound (the real
+    port for port 0)."""
     host, _, port = address.rpartition(":")
-    start_http_server(int(port), addr=host or "0.0.0.0")
+    httpd, _ = start_http_server(int(port), addr=host or "0.0.0.0")
+    return f"{host}:{httpd.server_port}"
 
 
 def exposition() -> tuple[bytes, str]:

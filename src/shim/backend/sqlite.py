@@ -283,6 +283,7 @@ class SqliteBackend:
         self._take_file_lock()
         try:
             self._writer = self._connect()
+            _refuse_foreign(self._writer)  # before anything is written to the file
             self._writer.execute("PRAGMA journal_mode = WAL").fetchall()
             self._migrate(self._writer)
             self.node_id = SqliteView(self._writer).node_id()
@@ -464,6 +465,24 @@ class SqliteBackend:
             free = one(conn.execute("PRAGMA freelist_count"))[0]
             size = one(conn.execute("PRAGMA page_size"))[0]
         return int((pages - free) * size)
+
+
+def _refuse_foreign(conn: apsw.Connection) -> None:
+    """A database with tables but no ``schema_version`` belongs to another program: taking it
+    over would bury its data under shim's tables. An empty file (or a new one) is shim's to
+    fill, and every database shim made records its schema version first."""
+    tables = [
+        name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "ORDER BY name"
+        )
+    ]
+    if tables and "schema_version" not in tables:
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise SchemaError(
+            f"not a shim database (it holds another program's tables: {shown}); "
+            "use a new file"
+        )
 
 
 def _describe(exc: apsw.Error) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shim.config import ConfigError, ServerConfig
+from shim.config import ConfigError, ServerConfig, split_host_port
 from shim.replication.links import LinkSpec
 
 MODES = {"both": (True, True), "receive": (False, True), "send": (True, False)}
@@ -55,6 +55,5 @@ def _spec(url: str, token: str, mode: str, where: str) -> LinkSpec:
         raise ConfigError(f"{where}: mode must be one of {', '.join(MODES)}, not {mode!r}")
     send, receive = MODES[mode]
     spec = LinkSpec(url=url, token=token, send=send, receive=receive)
-    if ":" not in spec.target:
-        raise ConfigError(f"{where}: {url!r} must be host:port or http://host:port")
+    split_host_port(spec.target, where)
     return spec
