@@ -414,8 +414,7 @@ def run_serve(args: argparse.Namespace) -> int:
         auth_token_ttl=float(args.auth_token_ttl),
     )
     # Imported late: grpc start-up cost only when serving.
-    from shim.api.server import serve
-    from shim.procs.store_process import ServingProcessFailed
+    from shim.app import ServingProcessFailed, serve
 
     try:
         asyncio.run(serve(config))

@@ -209,6 +209,10 @@ class Backend(Protocol):
 
     def size_bytes(self) -> int: ...
 
+    def describe_error(self, exc: BaseException) -> str:
+        """One line for the operator about one of ``errors``."""
+        ...
+
     def size_in_use_bytes(self) -> int: ...
 
     def snapshot(self, target: str) -> int:

@@ -421,6 +421,9 @@ class SqliteBackend:
     def set_commit_listener(self, listener: ExternalCommitListener | None) -> None:
         """Nothing to listen to: no other server writes this file."""
 
+    def describe_error(self, exc: BaseException) -> str:
+        return _describe(exc) if isinstance(exc, apsw.Error) else str(exc)
+
     def size_bytes(self) -> int:
         """Bytes the database uses on disk, WAL included."""
         total = 0

@@ -17,7 +17,8 @@ import signal
 import socket
 import sys
 
-from shim.api.server import ShimServer, database_errors_reported, stop_on_signals
+from shim.api.server import ShimServer
+from shim.app import database_errors_reported, stop_on_signals
 from shim.backend.base import BackendOpenError
 from shim.backend.sqlite import SqliteBackend
 from shim.config import ConfigError, SqliteEndpoint, parse_datastore_endpoint
