@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import ssl
@@ -31,9 +32,11 @@ from shim.mvcc.janitor import Janitor, JanitorSettings
 from shim.mvcc.lease import Lessor
 from shim.mvcc.owned import OwnedStore
 from shim.mvcc.store import Store
-from shim.mvcc.writer import ReplicationSettings
 from shim.procs.store_process import ServingProcessFailed, StoreProcess
+from shim.replication import retention
 from shim.replication.policy import Policy, PolicyError
+from shim.replication.resolve import Replica
+from shim.replication.tables import tables
 from shim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -95,7 +98,11 @@ def datastore_ssl(config: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
-def replication_settings(config: ServerConfig, backend: Backend) -> ReplicationSettings | None:
+def make_replica(config: ServerConfig, backend: Backend) -> Replica | None:
+    """This node's part in replication, or None when it has none to play: it links to no
+    node, admits no links, and its database keeps no entries from earlier links. Such a node
+    pays nothing for replication on its writes; when it is first linked, the live keys are
+    recorded as entries at start (``Replica.start``)."""
     if not backend.replicates:
         if wants_replication(config):
             raise ConfigError(REPLICATION_NEEDS_SQLITE)
@@ -104,18 +111,29 @@ def replication_settings(config: ServerConfig, backend: Backend) -> ReplicationS
         policy = Policy.load(config.merge_policy_file)
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None
-    return ReplicationSettings(policy, config.max_clock_skew_ms)
+    if not wants_replication(config) and not _has_replicated(backend):
+        return None
+    return Replica(backend.node_id, policy, config.max_clock_skew_ms)
 
 
-def own_store(config: ServerConfig, backend: Backend) -> OwnedStore:
+def _has_replicated(backend: Backend) -> bool:
+    """Whether the database keeps replication entries or peers (it was linked before)."""
+    with backend.read() as view:
+        repl = tables(view)
+        return not repl.is_empty() or bool(repl.peers())
+
+
+def own_store(config: ServerConfig, backend: Backend, replica: Replica | None) -> OwnedStore:
     """The write path's store, lessor and janitor, as the settings say."""
-    store = Store(
-        backend, replication_settings(config, backend), quota_bytes=config.quota_backend_bytes
+    store = Store(backend, replica, quota_bytes=config.quota_backend_bytes)
+    prune = (
+        functools.partial(retention.prune, store, config.replication_retention)
+        if replica is not None else None
     )
     return OwnedStore(store, Lessor(store), Janitor(store, JanitorSettings(
         config.auto_compaction_mode, config.auto_compaction_retention,
-        config.maintenance_interval, config.replication_retention,
-    )))
+        config.maintenance_interval,
+    ), prune))
 
 
 def check_processes(config: ServerConfig) -> None:
@@ -167,7 +185,10 @@ def database_errors_reported(backend: Backend) -> Iterator[None]:
 
 
 async def _serve_alone(config: ServerConfig, backend: Backend) -> None:
-    server = ShimServer(config, backend, owned=own_store(config, backend))
+    replica = make_replica(config, backend)
+    server = ShimServer(
+        config, backend, owned=own_store(config, backend, replica), replica=replica
+    )
     check_listen_addresses(config)
     with database_errors_reported(backend):
         await server.start()
@@ -180,7 +201,8 @@ async def _serve_alone(config: ServerConfig, backend: Backend) -> None:
 
 async def serve_processes(config: ServerConfig, backend: Backend) -> None:
     """Run the store process until SIGTERM/SIGINT, or until a serving process dies."""
-    server = StoreProcess(config, backend, own_store(config, backend))
+    owned = own_store(config, backend, make_replica(config, backend))
+    server = StoreProcess(config, backend, owned)
     check_listen_addresses(config)  # before the serving processes start on them
     stop = stop_on_signals()
     with database_errors_reported(backend):

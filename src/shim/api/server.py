@@ -42,6 +42,7 @@ from shim.mvcc.store import Store
 from shim.mvcc.watch import WatchHub
 from shim.pb import replication_pb2_grpc, rpc_pb2
 from shim.procs.remote import RemoteLessor, RemoteWritePath, StoreLink
+from shim.replication import resolve
 from shim.replication.links import ReplicationService, Replicator
 from shim.replication.topology import link_specs, load_topology
 
@@ -110,6 +111,7 @@ class ShimServer:
         backend: Backend,
         owned: OwnedStore | None = None,
         store_link: StoreLink | None = None,
+        replica: resolve.Replica | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
@@ -125,8 +127,12 @@ class ShimServer:
                 write_path=lambda on_commit: RemoteWritePath(store_link, on_commit, backend),
             )
             self.lessor = RemoteLessor(store_link)
-        self._replicates = backend.replicates and store_link is None
-        self._links = link_specs(config) if self._replicates else []
+        # This node's part in replication (None: it neither links nor admits links).
+        self._replica = replica
+        # The link service answers on every SQLite node that owns its store (refusing links
+        # where there is no replication).
+        self._link_service = backend.replicates and store_link is None
+        self._links = link_specs(config) if replica is not None else []
         self.replicator: Replicator | None = None
         self.identity = Identity.from_node_id(backend.node_id)
         self.guard = Guard(
@@ -167,10 +173,10 @@ class ShimServer:
         self.backend.set_commit_listener(on_external_commit)
         hub.start(self.config.watch_progress_notify_interval)
         self.hub = hub
-        if self._replicates:
+        if self._replica is not None:
             self.replicator = Replicator(
-                self.store, self.config.name, self.config.bootstrap_token, self._links,
-                self.config.peer_tls,
+                self.store, self._replica, self.config.name, self.config.bootstrap_token,
+                self._links, self.config.peer_tls,
             )
         interceptors = []
         if self.config.metrics_address:
@@ -196,7 +202,7 @@ class ShimServer:
             self._client_services(hub), self.config.max_request_bytes + GRPC_OVERHEAD_BYTES
         )
         rpc.add_to_server(server, self.methods)
-        if self._replicates:
+        if self._link_service:
             replication_pb2_grpc.add_ReplicationServicer_to_server(
                 ReplicationService(lambda: self.replicator), server
             )
