@@ -83,6 +83,11 @@ def test_no_module_imports_the_cli() -> None:
     assert _importers("shim.cli") <= {"shim.__main__"}
 
 
+def test_the_mvcc_core_does_not_import_replication() -> None:
+    # Replication plugs into the write path through shim.mvcc.replica, which mvcc owns.
+    assert not {m for m in _importers("shim.replication") if _inside(m, "shim.mvcc")}
+
+
 def test_database_drivers_only_inside_the_backend() -> None:
     for driver in ("apsw", "asyncpg"):
         outside = {m for m in _importers(driver) if not _inside(m, "shim.backend")}
