@@ -30,9 +30,11 @@ from shim.pb.rpc_pb2 import (
     RequestOp,
     TxnRequest,
 )
+from shim.replication.ingest import merge
 from shim.replication.merge import Entry, decode, fold, identity
 from shim.replication.policy import KeyRules, Policy
-from shim.replication.resolve import MergeRequest
+from shim.replication.requests import MergeRequest
+from shim.replication.resolve import Replica
 from tests.support.determinism import frozen_wall_clock, node_id_for, set_node_id
 from tests.support.merge_values import KEYS, Uids, next_value
 
@@ -76,7 +78,7 @@ async def open_nodes(
         backend.open()
         if node_ids is not None:
             set_node_id(backend, node_ids[i])
-        store = Store(backend)
+        store = Store(backend, Replica(backend.node_id))
         await store.start()
         nodes.append(Node(backend, store))
     return nodes
@@ -113,7 +115,8 @@ async def deliver(src: Node, dst: Node, entries: list[Entry], covered: int) -> N
     """Hand ``entries`` from ``src`` to ``dst``; a merge that applies nothing makes no
     revision."""
     before = dst.store.revision
-    result = await dst.store.merge(
+    result = await merge(
+        dst.store,
         MergeRequest(peer=src.node_id, entries=entries, cursor=covered, peer_high=covered)
     )
     assert result.received == len(entries)

@@ -13,7 +13,8 @@ from shim.mvcc.hlc import LOGICAL_BITS
 from shim.mvcc.store import Store
 from shim.pb.rpc_pb2 import PutRequest
 from shim.replication.merge import Entry
-from shim.replication.resolve import MergeRequest, PeerRegistration
+from shim.replication.requests import MergeRequest, PeerRegistration
+from shim.replication.resolve import Replica
 
 
 def _hlcs(db: Path) -> list[tuple[str, int, int, str]]:
@@ -32,7 +33,7 @@ def _hlcs(db: Path) -> list[tuple[str, int, int, str]]:
 async def _session(db: Path, work: list[object]) -> list[object]:
     backend = SqliteBackend(db)
     backend.open()
-    store = Store(backend)
+    store = Store(backend, Replica(backend.node_id))
     await store.start()
     try:
         return [await store.write(item) for item in work]  # type: ignore[arg-type]

@@ -206,7 +206,9 @@ class NodeDb:
     """A node's SQLite file, opened read-only (WAL: never blocks the node's writer)."""
 
     def __init__(self, node: ShimNode) -> None:
-        from shim import inspect  # shim's own read-only opener (`shim status`, `shim sql`)
+        from shim.backend import (
+            sqlite_inspect as inspect,  # shim's own read-only opener (`shim status`, `shim sql`)
+        )
 
         self.node = node
         self._conn = inspect.open_read_only(node.db_endpoint)
@@ -247,7 +249,7 @@ class NodeDb:
         return [tuple(r) for r in self._conn.execute(sql, tuple(args))]
 
     def status(self) -> dict[str, Any]:
-        from shim import inspect
+        from shim.backend import sqlite_inspect as inspect
 
         return inspect.status(self._conn)
 

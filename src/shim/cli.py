@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 from shim import __version__
@@ -20,6 +18,7 @@ from shim.config import (
     ConfigError,
     ServerConfig,
 )
+from shim.logs import configure_logging
 from shim.mvcc.alarms import DEFAULT_QUOTA_BYTES, MAX_SUGGESTED_QUOTA_BYTES
 
 EXIT_USAGE = 2
@@ -309,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from shim import inspect
+    from shim.backend import sqlite_inspect as inspect
 
     try:
         conn = inspect.open_read_only(args.datastore_endpoint)
@@ -335,7 +334,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_snapshot(args: argparse.Namespace) -> int:
-    from shim import inspect, snapshot
+    from shim.backend import sqlite_inspect as inspect
+    from shim.backend import sqlite_snapshot as snapshot
 
     try:
         if args.snapshot_command == "status":
@@ -360,32 +360,6 @@ def run_snapshot(args: argparse.Namespace) -> int:
     for name, value in fields.items():
         print(f"{name}: {value}")
     return 0
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the error, if any)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def configure_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        formatter: logging.Formatter = JsonFormatter()
-        formatter.converter = time.gmtime
-    else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handler.setFormatter(formatter)
-    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -440,8 +414,7 @@ def run_serve(args: argparse.Namespace) -> int:
         auth_token_ttl=float(args.auth_token_ttl),
     )
     # Imported late: grpc start-up cost only when serving.
-    from shim.api.server import serve
-    from shim.procs.store_process import ServingProcessFailed
+    from shim.app import ServingProcessFailed, serve
 
     try:
         asyncio.run(serve(config))

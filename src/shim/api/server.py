@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
-import signal
 import socket
-import ssl
 import time
-from collections.abc import Iterator
 
-import apsw
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -33,31 +28,24 @@ from shim.auth.guard import Guard
 from shim.auth.passwords import Hasher
 from shim.auth.service import AuthService
 from shim.auth.tokens import TokenIssuer
-from shim.backend.base import Backend, BackendOpenError
-from shim.backend.sqlite import SqliteBackend
-from shim.backend.sqlite import _describe as describe_sqlite_error
+from shim.backend.base import Backend
 from shim.config import (
     ConfigError,
     HttpListen,
-    PostgresEndpoint,
     ServerConfig,
-    check_addresses,
     grpc_listen_target,
-    parse_datastore_endpoint,
     parse_http_urls,
 )
 from shim.gateway.gateway import Gateway
 from shim.gateway.serve import GatewayServer
 from shim.mvcc.errors import StoreError
-from shim.mvcc.janitor import Janitor, JanitorSettings
-from shim.mvcc.lease import Lessor
+from shim.mvcc.owned import OwnedStore
 from shim.mvcc.store import Store
 from shim.mvcc.watch import WatchHub
-from shim.mvcc.writer import ReplicationSettings
 from shim.pb import replication_pb2_grpc, rpc_pb2
 from shim.procs.remote import RemoteLessor, RemoteWritePath, StoreLink
+from shim.replication import resolve
 from shim.replication.links import ReplicationService, Replicator
-from shim.replication.policy import Policy, PolicyError
 from shim.replication.topology import link_specs, load_topology
 
 log = logging.getLogger(__name__)
@@ -65,72 +53,6 @@ log = logging.getLogger(__name__)
 GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd lets gRPC frames exceed the request limit by this much
 SHUTDOWN_GRACE_SECONDS = 10.0
 GRPC_RECEIVE_FACTOR = 4
-
-
-def open_backend(config: ServerConfig) -> Backend:
-    endpoint = parse_datastore_endpoint(config.datastore_endpoint)
-    backend: Backend
-    if isinstance(endpoint, PostgresEndpoint) and wants_replication(config):
-        raise ConfigError(REPLICATION_NEEDS_SQLITE)  # before connecting or migrating anything
-    if isinstance(endpoint, PostgresEndpoint):
-        try:
-            from shim.backend.postgres import PostgresBackend
-        except ImportError as exc:
-            raise ConfigError(
-                f"postgres:// needs asyncpg ({exc.name} is missing): pip install asyncpg, "
-                "or install shim with its postgres extra (pip install '.[postgres]')"
-            ) from None
-        backend = PostgresBackend(endpoint, ssl=datastore_ssl(config))
-    else:
-        if config.datastore_cafile or config.datastore_certfile or config.datastore_keyfile:
-            raise ConfigError("--datastore-cafile/-certfile/-keyfile apply to postgres:// only")
-        backend = SqliteBackend(endpoint.path, synchronous=config.sqlite_synchronous)
-    backend.open()
-    return backend
-
-
-REPLICATION_NEEDS_SQLITE = (
-    "replication (--join, --bootstrap-token, --topology) needs the SQLite datastore; "
-    "servers sharing one PostgreSQL database already share their data"
-)
-
-
-def wants_replication(config: ServerConfig) -> bool:
-    return bool(config.joins or config.bootstrap_token or config.topology_file)
-
-
-def datastore_ssl(config: ServerConfig) -> ssl.SSLContext | None:
-    """TLS to PostgreSQL from --datastore-cafile/--datastore-certfile/--datastore-keyfile:
-    the server is verified against the CA (and its host name); the client certificate, if
-    given, is presented."""
-    cafile, certfile, keyfile = (
-        config.datastore_cafile, config.datastore_certfile, config.datastore_keyfile
-    )
-    if cafile is None and certfile is None and keyfile is None:
-        return None
-    if (certfile is None) != (keyfile is None):
-        raise ConfigError("--datastore-certfile and --datastore-keyfile go together")
-    try:
-        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
-        if certfile is not None and keyfile is not None:
-            context.load_cert_chain(str(certfile), str(keyfile))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"datastore TLS: {exc.filename}: {exc.strerror}") from None
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"datastore TLS: cannot load certificates: {exc}") from None
-    return context
-
-
-def replication_settings(config: ServerConfig, backend: Backend) -> ReplicationSettings | None:
-    if not backend.replicates:
-        if wants_replication(config):
-            raise ConfigError(REPLICATION_NEEDS_SQLITE)
-        return None
-    try:
-        policy = Policy.load(config.merge_policy_file)
-    except PolicyError as exc:
-        raise ConfigError(str(exc)) from None
-    return ReplicationSettings(policy, config.max_clock_skew_ms)
 
 
 def check_can_listen(target: str) -> None:
@@ -176,43 +98,6 @@ def check_listen_addresses(config: ServerConfig) -> None:
         check_can_listen(listen.target)
 
 
-class OwnedStore:
-    """The store and what keeps it, in the process that owns the write path (a lone server,
-    or the store process of --processes N): the Store with its Writer, the lessor (lease
-    deadlines and expiry) and the janitor (automatic compaction, replication retention)."""
-
-    def __init__(self, config: ServerConfig, backend: Backend) -> None:
-        self.store = Store(
-            backend, replication_settings(config, backend),
-            quota_bytes=config.quota_backend_bytes,
-        )
-        self.lessor = Lessor(self.store)
-        self.janitor = Janitor(self.store, JanitorSettings(
-            config.auto_compaction_mode, config.auto_compaction_retention,
-            config.maintenance_interval, config.replication_retention,
-        ))
-
-    async def start(self) -> None:
-        await self.store.start()
-        self.lessor.start(self.store.leases())
-        self.janitor.start()
-
-    async def stop(self) -> None:
-        """Stop the lessor and the janitor, then drain and stop the write path."""
-        await self.lessor.close()
-        await self.janitor.close()
-        await self.store.close()
-
-
-def stop_on_signals() -> asyncio.Event:
-    """An event that SIGTERM or SIGINT sets: how every shim process is asked to stop."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
 class ShimServer:
     """One serving process: a store on a backend, behind a gRPC server.
 
@@ -223,24 +108,33 @@ class ShimServer:
     """
 
     def __init__(
-        self, config: ServerConfig, backend: Backend, store_link: StoreLink | None = None
+        self,
+        config: ServerConfig,
+        backend: Backend,
+        owned: OwnedStore | None = None,
+        store_link: StoreLink | None = None,
+        replica: resolve.Replica | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
         self._store_link = store_link
-        self._owned: OwnedStore | None = None
+        self._owned = owned
         self.lessor: LeaseKeeper
-        if store_link is None:
-            self._owned = OwnedStore(config, backend)
-            self.store, self.lessor = self._owned.store, self._owned.lessor
+        if owned is not None:
+            self.store, self.lessor = owned.store, owned.lessor
         else:
+            assert store_link is not None, "a serving process needs the store or a link to it"
             self.store = Store(
                 backend,
                 write_path=lambda on_commit: RemoteWritePath(store_link, on_commit, backend),
             )
             self.lessor = RemoteLessor(store_link)
-        self._replicates = backend.replicates and store_link is None
-        self._links = link_specs(config) if self._replicates else []
+        # This node's part in replication (None: it neither links nor admits links).
+        self._replica = replica
+        # The link service answers on every SQLite node that owns its store (refusing links
+        # where there is no replication).
+        self._link_service = backend.replicates and store_link is None
+        self._links = link_specs(config) if replica is not None else []
         self.replicator: Replicator | None = None
         self.identity = Identity.from_node_id(backend.node_id)
         self.guard = Guard(
@@ -262,8 +156,6 @@ class ShimServer:
         target = grpc_listen_target(self.config.listen_address, tls=tls is not None)
         shares_port = self._store_link is not None
         http_listens = parse_http_urls(self.config.client_http_urls, tls=tls is not None)
-        if not shares_port:  # the store process checked them before starting its siblings
-            check_listen_addresses(self.config)
         await (self._owned.start() if self._owned is not None else self.store.start())
         hub = WatchHub(
             revision=self.store.revision,
@@ -284,10 +176,10 @@ class ShimServer:
         self.backend.set_commit_listener(on_external_commit)
         hub.start(self.config.watch_progress_notify_interval)
         self.hub = hub
-        if self._replicates:
+        if self._replica is not None:
             self.replicator = Replicator(
-                self.store, self.config.name, self.config.bootstrap_token, self._links,
-                self.config.peer_tls,
+                self.store, self._replica, self.config.name, self.config.bootstrap_token,
+                self._links, self.config.peer_tls,
             )
         interceptors = []
         if self.config.metrics_address:
@@ -314,7 +206,7 @@ class ShimServer:
             self.gate,
         )
         rpc.add_to_server(server, self.methods)
-        if self._replicates:
+        if self._link_service:
             replication_pb2_grpc.add_ReplicationServicer_to_server(
                 ReplicationService(lambda: self.replicator), server
             )
@@ -480,67 +372,3 @@ class ShimServer:
         if self.hub is not None:
             await self.hub.close()
         await self._close_store()
-
-
-def check_processes(config: ServerConfig) -> None:
-    """What --processes N > 1 cannot be combined with (yet), refused before anything opens."""
-    if config.processes == 1:
-        return
-    if isinstance(parse_datastore_endpoint(config.datastore_endpoint), PostgresEndpoint):
-        raise ConfigError(
-            "--processes needs the SQLite datastore; with PostgreSQL, run several shim "
-            "servers on the same database instead"
-        )
-    if wants_replication(config):
-        raise ConfigError(
-            "--processes cannot be combined with replication (--join, --bootstrap-token, "
-            "--topology) yet"
-        )
-    if config.metrics_address:
-        raise ConfigError("--processes cannot be combined with --metrics-address yet")
-    target = grpc_listen_target(config.listen_address, tls=config.tls is not None)
-    if target.rsplit(":", 1)[-1] == "0":
-        raise ConfigError("--processes needs a fixed port in --listen-address (not 0)")
-    if any(listen.port == 0 for listen in parse_http_urls(config.client_http_urls, tls=True)):
-        raise ConfigError("--processes needs fixed ports in --listen-client-http-urls (not 0)")
-
-
-async def serve(config: ServerConfig) -> None:
-    check_addresses(config)
-    check_processes(config)
-    backend = open_backend(config)
-    try:
-        if config.processes > 1:
-            from shim.procs.store_process import serve_processes
-
-            await serve_processes(config, backend)
-        else:
-            await _serve_alone(config, backend)
-    finally:
-        backend.close()
-    log.info("stopped; database closed cleanly")
-
-
-@contextlib.contextmanager
-def database_errors_reported(backend: Backend) -> Iterator[None]:
-    """Damage the open checks do not reach (a corrupted table) shows on the first read, while
-    the server starts: one line for the operator, not a traceback."""
-    try:
-        yield
-    except apsw.Error as exc:
-        raise BackendOpenError(
-            f"cannot use database {backend.location}: {describe_sqlite_error(exc)}"
-        ) from exc
-    except backend.errors as exc:
-        raise BackendOpenError(f"cannot use database {backend.location}: {exc}") from exc
-
-
-async def _serve_alone(config: ServerConfig, backend: Backend) -> None:
-    server = ShimServer(config, backend)
-    with database_errors_reported(backend):
-        await server.start()
-    stop = stop_on_signals()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_topology)
-    await stop.wait()
-    log.info("shutting down")
-    await server.stop()

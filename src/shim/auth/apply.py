@@ -130,6 +130,25 @@ class AuthWriter:
                 record(key, value, secret)
         return response
 
+    def objects(self, txn: Any) -> list[tuple[bytes, bytes, str | None]]:
+        """Every live user and role and the replicated setting, as the (key, state, secret)
+        an auth write records: what a node first linked shares of its auth store."""
+        state = self.state(txn)
+        found: list[tuple[bytes, bytes, str | None]] = [
+            (USER + b"/" + user.name.encode(), user.state().encode(), user.password)
+            for user in state.users.values()
+        ]
+        found.extend(
+            (ROLE + b"/" + role.name.encode(), role.state().encode(), None)
+            for role in state.roles.values()
+        )
+        enabled = txn.auth.setting(ENABLED)
+        if enabled is not None:
+            at = [enabled.hlc, enabled.origin]
+            found.append((SETTING + b"/" + ENABLED.encode(),
+                          json.dumps([enabled.value, at]).encode(), None))
+        return found
+
     # -- objects from peers ----------------------------------------------------------------------
 
     def merge(self, txn: Any, key: bytes, value: bytes, secret: str | None) -> bool:

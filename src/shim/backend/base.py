@@ -177,7 +177,7 @@ class Backend(Protocol):
     dialect: str
     node_id: str
     # True when the database keeps replication entries (write transactions and views then
-    # have a ``replication`` attribute: shim.backend.sqlite_repl.ReplicationTables).
+    # have a ``replication`` attribute: shim.replication.tables.ReplicationTables).
     replicates: bool
     # Where the data lives, for messages: a file path, or a URL without its password.
     location: str
@@ -208,6 +208,10 @@ class Backend(Protocol):
         ...
 
     def size_bytes(self) -> int: ...
+
+    def describe_error(self, exc: BaseException) -> str:
+        """One line for the operator about one of ``errors``."""
+        ...
 
     def size_in_use_bytes(self) -> int: ...
 

@@ -548,6 +548,9 @@ class PostgresBackend:
 
     # -- sizes ----------------------------------------------------------------------------------
 
+    def describe_error(self, exc: BaseException) -> str:
+        return str(exc)
+
     def size_bytes(self) -> int:
         async def query() -> int:
             async with self._pool_or_fail().acquire(timeout=CONNECT_TIMEOUT) as conn:

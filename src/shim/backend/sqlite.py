@@ -39,7 +39,7 @@ from shim.backend.rows import (
     live_versions,
     parse_alarm_meta_name,
 )
-from shim.backend.sqlite_repl import ReplicationTables
+from shim.backend.sqlite_repl import SqliteReplicationTables
 from shim.backend.sqlite_rows import one
 from shim.pb.kv_pb2 import KeyValue
 
@@ -61,7 +61,7 @@ class SqliteView:
 
     def __init__(self, conn: apsw.Connection) -> None:
         self._conn = conn
-        self.replication = ReplicationTables(conn)
+        self.replication = SqliteReplicationTables(conn)
         self.auth = AuthTables(self._query, _sqlite_param, self._meta, self._set_meta)
 
     def _query(self, sql: str, args: Sequence[object]) -> list[Any]:
@@ -421,6 +421,9 @@ class SqliteBackend:
 
     def set_commit_listener(self, listener: ExternalCommitListener | None) -> None:
         """Nothing to listen to: no other server writes this file."""
+
+    def describe_error(self, exc: BaseException) -> str:
+        return _describe(exc) if isinstance(exc, apsw.Error) else str(exc)
 
     def size_bytes(self) -> int:
         """Bytes the database uses on disk, WAL included."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import apsw
@@ -12,6 +11,7 @@ import apsw
 from shim.backend.sqlite_rows import one
 from shim.replication import ops as field_ops
 from shim.replication.merge import Entry, Stamp
+from shim.replication.tables import PeerRow
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +45,9 @@ def _entry(row: Sequence[Any]) -> Entry:
     )
 
 
-@dataclass(slots=True)
-class PeerRow:
-    node_id: str
-    name: str
-    address: str
-    role: str
-    cursor: int
-    peer_high: int
-    entries_received: int
-    entries_applied: int
-    conflicts: int
-    last_lag_ms: int
-    first_seen_ms: int
-    last_seen_ms: int
-
-
-class ReplicationTables:
-    """Queries on one connection; the caller holds the transaction."""
+class SqliteReplicationTables:
+    """``shim.replication.tables.ReplicationTables`` on one SQLite connection; the caller
+    holds the transaction."""
 
     def __init__(self, conn: apsw.Connection) -> None:
         self._conn = conn
@@ -288,11 +273,3 @@ class ReplicationTables:
             (cursor, peer_high, received, applied, conflicts, lag_ms, now_ms, node_id),
         )
 
-
-def tables(view: object) -> ReplicationTables:
-    """The replication tables of a read view or write transaction of a backend that
-    replicates (``Backend.replicates``)."""
-    found = getattr(view, "replication", None)
-    if not isinstance(found, ReplicationTables):
-        raise TypeError(f"{type(view).__name__} keeps no replication tables")
-    return found

@@ -9,8 +9,6 @@ before the first write, so a failed request leaves nothing behind.
 
 from __future__ import annotations
 
-import time
-
 from shim.auth.apply import (
     Authorized,
     AuthWriter,
@@ -19,7 +17,6 @@ from shim.auth.apply import (
     is_auth_write,
 )
 from shim.backend.base import NewVersion, WriteTxn, kv_from_row
-from shim.backend.sqlite_repl import tables as repl_tables
 from shim.mvcc.alarms import AlarmState
 from shim.mvcc.errors import (
     CompactedError,
@@ -33,6 +30,7 @@ from shim.mvcc.events import Change, Revision
 from shim.mvcc.hlc import HybridClock, wall_ms
 from shim.mvcc.keys import range_end
 from shim.mvcc.range import execute_range
+from shim.mvcc.replica import ReplicaAnswer, ReplicaHook, ReplicaRequest, Resolved
 from shim.mvcc.txn import TxnPath
 from shim.pb.kv_pb2 import KeyValue
 from shim.pb.rpc_pb2 import (
@@ -56,24 +54,15 @@ from shim.pb.rpc_pb2 import (
     TxnRequest,
     TxnResponse,
 )
-from shim.replication.merge import AUTH
-from shim.replication.resolve import (
-    MergeRequest,
-    MergeResult,
-    PeerRegistration,
-    PruneEntries,
-    Replica,
-    Resolution,
-)
 
 WriteRequest = (
     PutRequest | DeleteRangeRequest | TxnRequest | CompactionRequest
-    | LeaseGrantRequest | LeaseRevokeRequest | MergeRequest | PeerRegistration | PruneEntries
+    | LeaseGrantRequest | LeaseRevokeRequest | ReplicaRequest
     | AlarmRequest | DefragmentRequest | Authorized | AuthWriteRequest
 )
 WriteResponse = (
     PutResponse | DeleteRangeResponse | TxnResponse | CompactionResponse
-    | LeaseGrantResponse | LeaseRevokeResponse | MergeResult | int
+    | LeaseGrantResponse | LeaseRevokeResponse | ReplicaAnswer | int
     | AlarmResponse | DefragmentResponse | AuthWriteResponse
 )
 
@@ -93,7 +82,7 @@ class Applier:
         compact_revision: int,
         clock: HybridClock,
         leases: dict[int, int],
-        replica: Replica | None = None,
+        replica: ReplicaHook | None = None,
         alarms: AlarmState | None = None,
         auth: AuthWriter | None = None,
     ) -> None:
@@ -159,14 +148,11 @@ class Applier:
             return self._lease_revoke(req)
         if isinstance(req, Authorized):
             return self._authorized(req)
-        if isinstance(req, MergeRequest):
-            return self._merge(req)
-        if isinstance(req, PeerRegistration):
-            return self._register_peer(req)
+        if isinstance(req, ReplicaRequest):
+            assert self._replica is not None, "a replication request on a node without it"
+            return self._replica.apply(self._txn, req, self)
         if isinstance(req, AlarmRequest):
             return self._alarm(req)
-        if isinstance(req, PruneEntries):
-            return repl_tables(self._txn).prune(req.written_before_ms, req.limit)
         raise TypeError(f"not a write request: {type(req).__name__}")
 
     def _authorized(self, req: Authorized) -> WriteResponse:
@@ -178,10 +164,10 @@ class Applier:
             hlc = self._clock.now()
             record = None
             if self._replica is not None:
-                replica, repl = self._replica, repl_tables(self._txn)
+                replica, txn = self._replica, self._txn
 
                 def record(key: bytes, state: bytes, secret: str | None) -> None:
-                    replica.local_auth(repl, key, state, secret, hlc)
+                    replica.local_auth(txn, key, state, secret, hlc)
 
             resp = self._auth.apply(self._txn, inner, req.caller, hlc, record)
             resp.header.revision = self.revision
@@ -251,11 +237,11 @@ class Applier:
 
     def _record(
         self, key: bytes, old: KeyValue | None, value: bytes | None, lease: int, hlc: int
-    ) -> Resolution | None:
+    ) -> Resolved | None:
         """Record a local write as a replication entry; what the merge rules make of it."""
         if self._replica is None:
             return None
-        return self._replica.local_write(repl_tables(self._txn), key, old, value, lease, hlc)
+        return self._replica.local_write(self._txn, key, old, value, lease, hlc)
 
     def _write(self, kv: KeyValue, prev: KeyValue | None, deleted: bool, hlc: int) -> None:
         self._txn.append([
@@ -286,78 +272,31 @@ class Applier:
             resp.alarms.add(memberID=alarm[0], alarm=alarm[1])
         return resp
 
-    # -- merged entries --------------------------------------------------------------------------
+    # -- replication ---------------------------------------------------------------------------
 
-    def _merge(self, req: MergeRequest) -> MergeResult:
-        """Store a peer's entries; each one that changes a key becomes a local revision (two
-        when an object incarnation replaces another: a DELETE, then a PUT)."""
-        assert self._replica is not None, "merge on a backend without replication"
-        replica, repl = self._replica, repl_tables(self._txn)
-        result = MergeResult(len(req.entries), 0, 0, 0)
-        newest_hlc = 0
-        now = time.time_ns() // 1_000_000
-        for entry in req.entries:
-            skewed = not replica.observe(entry)
-            ingest = repl.insert(entry, req.peer, now, skewed, "applied")
-            if ingest is None:
-                result.duplicates += 1
-                continue
-            newest_hlc = max(newest_hlc, entry.hlc)
-            if entry.kind == AUTH:
-                # A user, role or setting: the auth store merges it (no key, no revision).
-                assert self._auth is not None, "the write path has no auth store"
-                changed = self._auth.merge(self._txn, entry.key, entry.value, entry.secret)
-                repl.set_outcome(ingest, "applied" if changed else "unchanged")
-                result.applied += changed
-                result.unchanged += not changed
-                continue
-            if not replica.policy.replicates(entry.key):
-                repl.set_outcome(ingest, "unchanged")  # kept and forwarded, never applied
-                continue
-            old = self._txn.get(entry.key, 0)
-            resolved = replica.merge(repl, entry, ingest, old)
-            if resolved.conflict:
-                result.conflicts += 1
-                result.conflict_rules.append(resolved.rule)
-            if not resolved.changed:
-                repl.set_outcome(ingest, "superseded" if resolved.conflict else "unchanged")
-                result.unchanged += 1
-                continue
-            result.applied += 1
-            self._apply_resolution(entry.key, old, resolved)
-        if req.entries and result.duplicates == len(req.entries):
-            # Nothing new (entries another path delivered first): leave the peer's row alone,
-            # so this transaction writes nothing and costs no fsync. The cursor moves with
-            # the next batch that brings something, or the next recorded heartbeat.
-            return result
-        lag = now - wall_ms(newest_hlc) if newest_hlc else None
-        result.lag_ms = lag
-        repl.record_batch(
-            req.peer, req.cursor, req.peer_high, result.received - result.duplicates,
-            result.applied, result.conflicts, lag, now,
-        )
-        return result
-
-    def _register_peer(self, req: PeerRegistration) -> int:
-        repl = repl_tables(self._txn)
-        repl.upsert_peer(req.peer, req.name, req.address, req.role, time.time_ns() // 1_000_000)
-        row = repl.peer(req.peer)
-        return row.cursor if row is not None else 0
-
-    def _apply_resolution(self, key: bytes, old: KeyValue | None, resolved: Resolution) -> None:
-        # The log row is this node's write: it carries this node's clock (the entry keeps the
+    def emit(
+        self, key: bytes, old: KeyValue | None, value: bytes | None, lease: int,
+        new_incarnation: bool,
+    ) -> None:
+        """Replication's one primitive (``RevisionSink``): what the merge rules decided for
+        ``key`` becomes local revisions, each closed at once."""
+        # The log row is this node's write: it carries this node's clock (an entry keeps its
         # origin's), so a skewed peer can never pull this node's clock forward across a restart.
         hlc = self._clock.now()
-        if old is not None and (resolved.value is None or resolved.new_incarnation):
+        if old is not None and (value is None or new_incarnation):
             self._pending = []
             self._write(KeyValue(key=key, mod_revision=self._next), old, True, hlc)
             self._close_revision()
             old = None
-        if resolved.value is not None:
+        if value is not None:
             self._pending = []
-            new = _new_version(key, resolved.value, resolved.lease, old, self._next)
-            self._write(new, old, False, hlc)
+            self._write(_new_version(key, value, lease, old, self._next), old, False, hlc)
             self._close_revision()
+
+    def merge_auth(self, key: bytes, value: bytes, secret: str | None) -> bool:
+        """A user, role or setting from a peer: the auth store merges it (no revision)."""
+        assert self._auth is not None, "the write path has no auth store"
+        return self._auth.merge(self._txn, key, value, secret)
 
     def _close_revision(self) -> None:
         self.revision += 1

@@ -1,8 +1,9 @@
-"""Long-running hygiene: automatic compaction of the MVCC history and retention of
-replication entries, so the database stays near the size of the live data.
+"""Long-running hygiene: automatic compaction of the MVCC history and, on a node that takes
+part in replication, retention of replication entries (``shim.replication.retention``), so the
+database stays near the size of the live data.
 
 Both go through the single write path as ordinary requests (a CompactionRequest, as
-kube-apiserver would send; ``PruneEntries`` in chunks), so they never race with writes.
+kube-apiserver would send), so they never race with writes.
 """
 
 from __future__ import annotations
@@ -11,17 +12,15 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from shim.mvcc.errors import StoreError
 from shim.mvcc.store import Store
 from shim.pb.rpc_pb2 import CompactionRequest
-from shim.replication.resolve import PruneEntries
 from shim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
-
-PRUNE_CHUNK = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +31,19 @@ class JanitorSettings:
     compaction_retention: float = 0.0
     # How often to look (etcd checks revision mode every 5 minutes).
     interval: float = 300.0
-    # Replication entries stay at least this long before retention may prune them.
-    replication_retention: float = 600.0
 
 
 class Janitor:
-    def __init__(self, store: Store, settings: JanitorSettings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: JanitorSettings,
+        prune: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._store = store
         self._settings = settings
+        # Replication retention, every interval (None: no replication entries are kept).
+        self._prune = prune
         self._task: asyncio.Task[None] | None = None
         # (monotonic time, revision) samples for periodic compaction.
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
@@ -62,7 +66,7 @@ class Janitor:
             await asyncio.sleep(tick)
             try:
                 await self._compact()
-                if self._store.replica is not None and (
+                if self._prune is not None and (
                     time.monotonic() - last_prune >= settings.interval
                 ):
                     last_prune = time.monotonic()
@@ -87,14 +91,3 @@ class Janitor:
             return
         await self._store.write(CompactionRequest(revision=target))
         log.info("auto-compacted history up to revision %d", target)
-
-    async def _prune(self) -> None:
-        cutoff = time.time_ns() // 1_000_000 - int(self._settings.replication_retention * 1000)
-        total = 0
-        while True:
-            pruned = await self._store.prune_entries(PruneEntries(cutoff, PRUNE_CHUNK))
-            total += pruned
-            if pruned < PRUNE_CHUNK:
-                break
-        if total:
-            log.info("replication retention pruned %d superseded entries", total)

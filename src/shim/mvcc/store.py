@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-from shim import metrics
 from shim.auth.apply import Authorized
 from shim.auth.cache import AuthCache
 from shim.auth.state import AuthState, Caller
@@ -25,8 +24,9 @@ from shim.mvcc.events import CommitListener, Revision
 from shim.mvcc.hash import KVHash, hash_all, hash_kv
 from shim.mvcc.log_reads import EntriesRead
 from shim.mvcc.range import execute_range
+from shim.mvcc.replica import ReplicaHook
 from shim.mvcc.txn import execute_read_txn, is_write
-from shim.mvcc.writer import ReplicationSettings, Writer
+from shim.mvcc.writer import Writer
 from shim.pb.rpc_pb2 import (
     AlarmRequest,
     AlarmResponse,
@@ -42,13 +42,6 @@ from shim.pb.rpc_pb2 import (
     RangeResponse,
     TxnRequest,
     TxnResponse,
-)
-from shim.replication.resolve import (
-    MergeRequest,
-    MergeResult,
-    PeerRegistration,
-    PruneEntries,
-    Replica,
 )
 
 log = logging.getLogger(__name__)
@@ -66,7 +59,7 @@ class WritePath(Protocol):
     @property
     def compact_revision(self) -> int: ...
     @property
-    def replica(self) -> Replica | None: ...
+    def replica(self) -> ReplicaHook | None: ...
     leases: dict[int, int]
 
     def start(self) -> None: ...
@@ -82,12 +75,12 @@ class Store:
     def __init__(
         self,
         backend: Backend,
-        replication: ReplicationSettings | None = None,
+        replica: ReplicaHook | None = None,
         write_path: WritePathFactory | None = None,
         quota_bytes: int = DEFAULT_QUOTA_BYTES,
     ) -> None:
         self.backend = backend
-        self._replication = replication
+        self._replica = replica
         self._quota_bytes = quota_bytes
         self._make_write_path = write_path or self._local_writer
         self._writer: WritePath | None = None
@@ -99,7 +92,7 @@ class Store:
 
     def _local_writer(self, on_commit: CommitListener) -> WritePath:
         return Writer(
-            self.backend, asyncio.get_running_loop(), on_commit, self._replication,
+            self.backend, asyncio.get_running_loop(), on_commit, self._replica,
             self._quota_bytes,
         )
 
@@ -123,19 +116,9 @@ class Store:
             listener(committed)
 
     @property
-    def replica(self) -> Replica | None:
-        """The write path's replication state (None: the backend does not replicate)."""
+    def replica(self) -> ReplicaHook | None:
+        """The write path's replication hook (None: this node takes no part in replication)."""
         return self._writer.replica if self._writer is not None else None
-
-    async def merge(self, req: MergeRequest) -> MergeResult:
-        """Apply a peer's batch of entries in one transaction with its cursor."""
-        result = _answer(MergeResult, await self.write(req))
-        # Counted once committed: a batch that rolls back is received again later.
-        metrics.record_merge(
-            req.peer, result.applied, result.unchanged, result.duplicates,
-            result.conflict_rules, result.lag_ms,
-        )
-        return result
 
     def leases(self) -> dict[int, int]:
         """Lease id -> granted TTL as the write path knew them at start."""
@@ -262,15 +245,6 @@ class Store:
 
     async def compact(self, req: CompactionRequest) -> CompactionResponse:
         return _answer(CompactionResponse, await self.write(req))
-
-    async def register_peer(self, req: PeerRegistration) -> int:
-        """Record a linked peer; answers this node's cursor into the peer's log."""
-        return _answer(int, await self.write(req))
-
-    async def prune_entries(self, req: PruneEntries) -> int:
-        """Delete replication entries no merge needs any more; answers how many went."""
-        return _answer(int, await self.write(req))
-
 
 
 def _answer(kind: type[R], resp: WriteResponse) -> R:

@@ -21,17 +21,17 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shim import metrics
 from shim.auth.apply import Authorized, AuthWriter
-from shim.backend.base import Backend, WriteTxn, kv_from_row
-from shim.backend.sqlite_repl import tables as repl_tables
+from shim.backend.base import Backend, WriteTxn
 from shim.mvcc.alarms import CORRUPT, DEFAULT_QUOTA_BYTES, AlarmState, member_id_of
 from shim.mvcc.apply import Applier, WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
 from shim.mvcc.events import CommitListener, Revision
 from shim.mvcc.hlc import HybridClock
+from shim.mvcc.replica import ReplicaHook
 from shim.pb.rpc_pb2 import (
     DefragmentRequest,
     DefragmentResponse,
@@ -39,8 +39,6 @@ from shim.pb.rpc_pb2 import (
     PutRequest,
     TxnRequest,
 )
-from shim.replication.policy import Policy
-from shim.replication.resolve import Replica
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +72,6 @@ _Deliver = Callable[
 ]
 
 
-@dataclass(slots=True)
-class ReplicationSettings:
-    policy: Policy = field(default_factory=Policy.load)
-    # How far ahead of this node's wall clock a peer's clock may pull it (milliseconds).
-    max_clock_skew_ms: int = 500
-
-
 class Writer:
     """Owns the backend's write connection; runs in its own thread."""
 
@@ -89,7 +80,7 @@ class Writer:
         backend: Backend,
         loop: asyncio.AbstractEventLoop,
         on_commit: CommitListener,
-        replication: ReplicationSettings | None = None,
+        replica: ReplicaHook | None = None,
         quota_bytes: int = DEFAULT_QUOTA_BYTES,
     ) -> None:
         self._backend = backend
@@ -107,40 +98,27 @@ class Writer:
         self._crowded_until = 0.0  # loop time before which writes go to the writer thread
         # A shared database's transactions wait on other servers: never on the event loop.
         self._inline = not backend.shared
-        self.replica: Replica | None = None
+        # Replication's part of every write (None: this node takes no part in replication).
+        self.replica = replica
         self.auth = AuthWriter(backend.node_id)
         with backend.read() as view:
             self.revision = view.revision()
             self.compact_revision = view.compact_revision()
             max_hlc = view.max_hlc()
-            if backend.replicates:
-                max_hlc = max(max_hlc, repl_tables(view).max_hlc())
+            if replica is not None:
+                max_hlc = max(max_hlc, replica.newest_stamp(view))
             self._clock = HybridClock(max_hlc)
             # Lease ids and TTLs, changed only while a batch commits (under _committing).
             self.leases = view.leases()
             # Active alarms and the quota; alarms change only while a batch commits.
             self.alarms = AlarmState(member_id_of(backend.node_id), view.alarms(), quota_bytes)
-        if backend.replicates:
-            settings = replication or ReplicationSettings()
-            self.replica = Replica(backend.node_id, settings.policy, self._clock,
-                                   settings.max_clock_skew_ms)
-            self._start_replica(self.replica)
+        if replica is not None:
+            with backend.write() as txn:
+                replica.start(txn, self._clock, lambda: self.auth.objects(txn))
         self._thread = threading.Thread(target=self._run, name="shim-writer", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
-
-    def _start_replica(self, replica: Replica) -> None:
-        with self._backend.write() as txn:
-            repl = repl_tables(txn)
-            replica.load(repl)
-            if repl.is_empty():
-                # A database from before replication: every live key gets its first entry.
-                current = [kv_from_row(row) for row in txn.range_rows(b"\0", b"", 0, 0)]
-                added = replica.backfill(repl, [(kv, self._clock.now()) for kv in current])
-                repl.set_local(replica.node_id, replica.seq, self._clock.last)
-                if added:
-                    log.info("recorded %d existing keys as replication entries", added)
 
     async def write(self, request: WriteRequest) -> WriteResponse:
         """Apply ``request``; returns once it is durably committed (or raises its error)."""
@@ -257,8 +235,8 @@ class Writer:
     def _commit(self, batch: list[_Pending], deliver: _Deliver) -> None:
         """Apply ``batch`` in one transaction and commit it; then ``deliver`` the outcomes."""
         outcomes: list[WriteResponse | BaseException] = []
-        # A rolled-back batch gives its sequence numbers back.
-        seq_before = self.replica.seq if self.replica is not None else 0
+        # A rolled-back batch gives back what replication counted for it.
+        mark = self.replica.checkpoint() if self.replica is not None else 0
         started = time.perf_counter()
         try:
             with self._backend.write() as txn:
@@ -270,24 +248,24 @@ class Writer:
                 )
                 for item in batch:
                     txn.savepoint()
-                    seq_request = self.replica.seq if self.replica is not None else 0
+                    request_mark = self.replica.checkpoint() if self.replica is not None else 0
                     try:
                         outcomes.append(applier.apply(item.request))
                         txn.release()
                     except StoreError as exc:
                         txn.rollback_savepoint()
-                        self._restore_seq(seq_request)
+                        self._rollback_replica(request_mark)
                         outcomes.append(exc)
                     except self._backend.errors as exc:
                         txn.rollback_savepoint()
-                        self._restore_seq(seq_request)
+                        self._rollback_replica(request_mark)
                         log.error("storage error applying a request: %s", exc)
                         self._check_damage(exc)
                         outcomes.append(StorageUnavailableError(f"storage error: {exc}"))
                     except Exception as exc:
                         # A bug must cost one request, never the writer or the batch.
                         txn.rollback_savepoint()
-                        self._restore_seq(seq_request)
+                        self._rollback_replica(request_mark)
                         log.exception("internal error applying a request")
                         self._check_damage(exc)
                         outcomes.append(exc)
@@ -295,11 +273,8 @@ class Writer:
                     txn.add_alarm(alarm)
                 if applier.revision != self.revision:
                     txn.set_revision(applier.revision)
-                if self.replica is not None and self.replica.seq != seq_before:
-                    # Persisted apart from the entries: retention may prune the newest one.
-                    repl_tables(txn).set_local(
-                        self.replica.node_id, self.replica.seq, self._clock.last
-                    )
+                if self.replica is not None:
+                    self.replica.finish_batch(txn, mark)
         except self._backend.errors as exc:
             # Nothing of this batch is committed: every caller gets a retryable error.
             log.error("write batch of %d failed, rolled back: %s", len(batch), exc)
@@ -308,8 +283,7 @@ class Writer:
                 self._reload_alarms()
             self._check_damage(exc)
             self._store_raised_alarms()
-            if self.replica is not None:
-                self.replica.seq = seq_before
+            self._rollback_replica(mark)
             failure = StorageUnavailableError(f"storage write failed: {exc}")
             deliver(batch, [failure] * len(batch), None)
             return
@@ -322,8 +296,7 @@ class Writer:
                 self._reload_alarms()
             self._check_damage(exc)
             self._store_raised_alarms()
-            if self.replica is not None:
-                self.replica.seq = seq_before
+            self._rollback_replica(mark)
             deliver(batch, [exc] * len(batch), None)
             return
         self.alarms.raised = []
@@ -333,11 +306,11 @@ class Writer:
         self.compact_revision = applier.compact_revision
         deliver(batch, outcomes, applier.committed)
 
-    def _restore_seq(self, seq: int) -> None:
+    def _rollback_replica(self, mark: int) -> None:
         """A rolled-back request gives its sequence numbers back: an origin's entries stay
         gap-free, so a gap seen by a peer means something was lost (it is logged)."""
         if self.replica is not None:
-            self.replica.seq = seq
+            self.replica.rollback(mark)
 
     def _refresh(self, txn: WriteTxn) -> None:
         """Other servers write to a shared database: start each batch from what the database

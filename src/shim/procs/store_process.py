@@ -28,16 +28,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from shim.api.server import (
-    OwnedStore,
-    check_listen_addresses,
-    database_errors_reported,
-    stop_on_signals,
-)
 from shim.backend.base import Backend
 from shim.config import ConfigError, ServerConfig
 from shim.mvcc.errors import StoreError
 from shim.mvcc.events import Revision
+from shim.mvcc.owned import OwnedStore
 from shim.procs import remote
 from shim.procs.channel import Channel, ChannelClosed, encode
 from shim.tasks import cancel_and_wait
@@ -64,17 +59,16 @@ class _Serving:
 
 
 class StoreProcess:
-    def __init__(self, config: ServerConfig, backend: Backend) -> None:
+    def __init__(self, config: ServerConfig, backend: Backend, owned: OwnedStore) -> None:
         self.config = config
         self.backend = backend
-        self._owned = OwnedStore(config, backend)
+        self._owned = owned
         self.store, self.lessor = self._owned.store, self._owned.lessor
         self._serving: list[_Serving] = []
         self._stopping = False
         self.failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def start(self) -> None:
-        check_listen_addresses(self.config)
         await self._owned.start()
         self.store.add_commit_listener(self._broadcast)
         try:
@@ -194,22 +188,3 @@ def _portable(exc: Exception) -> Exception:
     except Exception:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
     return exc
-
-
-async def serve_processes(config: ServerConfig, backend: Backend) -> None:
-    """Run the store process until SIGTERM/SIGINT, or until a serving process dies."""
-    server = StoreProcess(config, backend)
-    stop = stop_on_signals()
-    with database_errors_reported(backend):
-        await server.start()
-    stopped = asyncio.get_running_loop().create_task(stop.wait())
-    await asyncio.wait((stopped, server.failed), return_when=asyncio.FIRST_COMPLETED)
-    failure = server.failed.result() if server.failed.done() else None
-    if failure is not None:
-        log.error("%s; stopping the server", failure)
-    else:
-        log.info("shutting down")
-    await cancel_and_wait(stopped)
-    await server.stop()
-    if failure is not None:
-        raise ServingProcessFailed(failure)

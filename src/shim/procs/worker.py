@@ -17,10 +17,12 @@ import signal
 import socket
 import sys
 
-from shim.api.server import ShimServer, database_errors_reported, stop_on_signals
+from shim.api.server import ShimServer
+from shim.app import database_errors_reported, stop_on_signals
 from shim.backend.base import BackendOpenError
 from shim.backend.sqlite import SqliteBackend
 from shim.config import ConfigError, SqliteEndpoint, parse_datastore_endpoint
+from shim.logs import configure_logging
 from shim.procs import remote
 from shim.procs.channel import Channel
 
@@ -44,8 +46,6 @@ async def run(sock: socket.socket) -> int:
     channel = await Channel.open(sock)
     kind, config, index = await channel.first_message()
     assert kind == remote.START
-    from shim.cli import configure_logging
-
     configure_logging(config.log_level, config.log_format)
     stop = stop_on_signals()
     endpoint = parse_datastore_endpoint(config.datastore_endpoint)

@@ -22,13 +22,15 @@ from typing import Any
 
 import grpc
 
-from shim.backend.sqlite_repl import tables as repl_tables
 from shim.mvcc.errors import StoreError
 from shim.mvcc.store import Store
 from shim.pb import replication_pb2 as pb
 from shim.pb import replication_pb2_grpc as pb_grpc
+from shim.replication.ingest import merge
 from shim.replication.merge import Entry
-from shim.replication.resolve import MergeRequest, PeerRegistration
+from shim.replication.requests import MergeRequest, PeerRegistration
+from shim.replication.resolve import Replica
+from shim.replication.tables import tables
 from shim.replication.wire import PROTOCOL, BadEntry, from_wire, to_wire
 from shim.tasks import cancel_and_wait
 from shim.tls import PeerTls
@@ -36,6 +38,7 @@ from shim.tls import PeerTls
 log = logging.getLogger(__name__)
 
 BATCH_ENTRIES = 500
+ADMITS_NO_LINKS = "this node admits no links (start it with --bootstrap-token)"
 BATCH_BYTES = 4 * 1024 * 1024
 HEARTBEAT_SECONDS = 1.0
 # An idle link still records "last seen" (shim status) this often.
@@ -108,15 +111,14 @@ class Replicator:
     def __init__(
         self,
         store: Store,
+        replica: Replica,
         name: str,
         bootstrap_token: str | None,
         links: list[LinkSpec],
         peer_tls: PeerTls | None = None,
     ) -> None:
-        replica = store.replica
-        if replica is None:
-            raise ValueError("the store's backend does not replicate")
         self._store = store
+        self._replica = replica
         self.node_id = replica.node_id
         self.policy_digest = replica.policy.digest
         self._name = name
@@ -216,8 +218,8 @@ class Replicator:
                     raise LinkRefused("the peer did not answer the handshake")
                 hello = reply.hello
                 self._check_peer(hello)
-                cursor = await self._store.register_peer(
-                    PeerRegistration(hello.node_id, hello.name, spec.url, "parent")
+                cursor = await self._store.write_expecting(
+                    int, PeerRegistration(hello.node_id, hello.name, spec.url, "parent")
                 )
                 await stream.send(pb.LinkMessage(start=pb.Start(cursor=cursor)))
                 state = LinkState(hello.node_id, spec.url, hello.name, spec.url)
@@ -230,8 +232,7 @@ class Replicator:
                 call.cancel()
 
     def _clock(self) -> int:
-        replica = self._store.replica
-        return replica.clock.last if replica is not None else 0
+        return self._replica.clock.last
 
     def _check_peer(self, hello: pb.Hello) -> None:
         if hello.protocol != PROTOCOL:
@@ -268,10 +269,7 @@ class Replicator:
             return
         hello = first.hello
         if self._token is None:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "this node admits no links (start it with --bootstrap-token)",
-            )
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, ADMITS_NO_LINKS)
             return
         # Constant time, so the token cannot be guessed byte by byte; never logged.
         if not hmac.compare_digest(hello.token.encode(), self._token.encode()):
@@ -284,8 +282,8 @@ class Replicator:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             return
         address = context.peer()
-        cursor = await self._store.register_peer(
-            PeerRegistration(hello.node_id, hello.name, address, "child")
+        cursor = await self._store.write_expecting(
+            int, PeerRegistration(hello.node_id, hello.name, address, "child")
         )
         await stream.send(pb.LinkMessage(hello=pb.Hello(
             node_id=self.node_id, name=self._name, policy_digest=self.policy_digest,
@@ -329,9 +327,8 @@ class Replicator:
     async def _send(self, stream: _Stream, state: LinkState, cursor: int) -> None:
         wake = asyncio.Event()
         self._wakers.add(wake)
-        backend = self._store.backend
         try:
-            high = await backend.read_async(lambda view: repl_tables(view).max_ingest())
+            high = await self._store.read(lambda view: tables(view).max_ingest())
             if cursor > high:
                 # The peer knows a longer history of this node than it has (a restored
                 # database): send everything again; duplicates are dropped over there.
@@ -341,7 +338,7 @@ class Replicator:
                 wake.clear()
                 start = cursor
 
-                rows, covered, high = await backend.read_async(
+                rows, covered, high = await self._store.read(
                     functools.partial(_entries_after, after=start, peer=state.peer)
                 )
                 entries: list[pb.Entry] = []
@@ -404,7 +401,7 @@ class Replicator:
                 entries = [from_wire(e) for e in batch.entries]
             except BadEntry as exc:
                 raise LinkRefused(f"node {state.peer} sent a bad entry: {exc}") from exc
-            await self._store.merge(MergeRequest(state.peer, entries, batch.cursor, batch.high))
+            await merge(self._store, MergeRequest(state.peer, entries, batch.cursor, batch.high))
             cursor = batch.cursor
             recorded = time.monotonic()
 
@@ -415,8 +412,8 @@ class ReplicationService(pb_grpc.ReplicationServicer):
 
     async def Link(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         replicator = self._replicator()
-        if replicator is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "replication is not running")
+        if replicator is None:  # a node that takes no part in replication
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, ADMITS_NO_LINKS)
             return
         try:
             await replicator.admit(context)
@@ -435,4 +432,4 @@ def _entries_after(
     view: object, after: int, peer: str
 ) -> tuple[list[tuple[int, Entry]], int, int]:
     """A batch of entries to send to ``peer`` after position ``after`` (see entries_after)."""
-    return repl_tables(view).entries_after(after, peer, BATCH_ENTRIES)
+    return tables(view).entries_after(after, peer, BATCH_ENTRIES)

@@ -1,19 +1,24 @@
 """Inside the write transaction: record local writes as entries, resolve entries into values.
 
-``Replica`` is the writer thread's replication state (node id, policy, sequence, clock). The
-MVCC applier asks it what value a key ends up with after a local write or a merged entry, and
-turns the answer into ordinary local revisions.
+``Replica`` is this node's part in replication inside the write path (node id, policy,
+sequence, clock): the writer's ``shim.mvcc.replica.ReplicaHook``. The applier asks it what
+value a key ends up with after a local write; a peer's batch is ingested by
+``shim.replication.ingest``, which hands each key's new value back to the applier's one
+primitive (``RevisionSink.emit``).
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from shim.backend.sqlite_repl import ReplicationTables
+from shim.backend.base import ReadView, WriteTxn, kv_from_row
 from shim.mvcc.hlc import HybridClock, wall_ms
+from shim.mvcc.replica import AuthObjects, ReplicaAnswer, ReplicaRequest, RevisionSink
 from shim.pb.kv_pb2 import KeyValue
+from shim.replication.ingest import apply_request
 from shim.replication.merge import (
     AUTH,
     Entry,
@@ -27,6 +32,9 @@ from shim.replication.merge import (
     step,
 )
 from shim.replication.policy import KeyRules, Policy
+from shim.replication.tables import ReplicationTables, tables
+
+log = logging.getLogger(__name__)
 
 
 class MergeRule(enum.StrEnum):
@@ -54,56 +62,55 @@ class Resolution:
         return self.rule is not MergeRule.NONE
 
 
-@dataclass(slots=True)
-class MergeRequest:
-    """A batch of entries from a peer, applied in one transaction with the peer's cursor."""
-
-    peer: str
-    entries: list[Entry]
-    cursor: int  # the peer's ingest position this batch covers
-    peer_high: int  # the peer's newest ingest position
-
-
-@dataclass(slots=True)
-class PruneEntries:
-    """Retention: delete up to ``limit`` entries older than ``written_before_ms`` that no
-    merge needs any more; answers how many went."""
-
-    written_before_ms: int
-    limit: int
-
-
-@dataclass(slots=True)
-class PeerRegistration:
-    """A link came up: record the peer; answers with our cursor into its log."""
-
-    peer: str
-    name: str
-    address: str
-    role: str
-
-
-@dataclass(slots=True)
-class MergeResult:
-    received: int
-    duplicates: int
-    applied: int
-    conflicts: int
-    unchanged: int = 0
-    conflict_rules: list[str] = field(default_factory=list)  # the rule of each conflict
-    lag_ms: int | None = None  # origin write (newest entry) to applied here
-
-
 class Replica:
-    def __init__(self, node_id: str, policy: Policy, clock: HybridClock, max_skew_ms: int) -> None:
+    def __init__(
+        self, node_id: str, policy: Policy | None = None, max_skew_ms: int = 500
+    ) -> None:
         self.node_id = node_id
-        self.policy = policy
-        self.clock = clock
+        self.policy = policy if policy is not None else Policy.load()
+        self.clock = HybridClock()  # the writer's, from start()
+        # How far ahead of this node's wall clock a peer's clock may pull it (milliseconds).
         self.max_skew_ms = max_skew_ms
         self.seq = 0
         # The largest stamp of an entry flagged as skewed: a local write at or below it may not
         # be the newest entry of its key.
         self.max_skewed_hlc = 0
+
+    # -- the writer's hook (shim.mvcc.replica.ReplicaHook) ---------------------------------------
+
+    def newest_stamp(self, view: ReadView) -> int:
+        return tables(view).max_hlc()
+
+    def start(self, txn: WriteTxn, clock: HybridClock, auth_objects: AuthObjects) -> None:
+        self.clock = clock
+        repl = tables(txn)
+        self.load(repl)
+        if repl.is_empty():
+            # Never linked before (or a database from before replication): every live key and
+            # auth object gets its first entry, so the first link shares them.
+            current = [kv_from_row(row) for row in txn.range_rows(b"\0", b"", 0, 0)]
+            added = self.backfill(repl, [(kv, clock.now()) for kv in current])
+            for key, state, secret in auth_objects():
+                self.local_auth(txn, key, state, secret, clock.now())
+            repl.set_local(self.node_id, self.seq, clock.last)
+            if added:
+                log.info("recorded %d existing keys as replication entries", added)
+
+    def apply(
+        self, txn: WriteTxn, request: ReplicaRequest, sink: RevisionSink
+    ) -> int | ReplicaAnswer:
+        return apply_request(self, txn, request, sink)
+
+    def checkpoint(self) -> int:
+        return self.seq
+
+    def rollback(self, mark: int) -> None:
+        self.seq = mark
+
+    def finish_batch(self, txn: WriteTxn, mark: int) -> None:
+        if self.seq != mark:
+            # Persisted apart from the entries: retention may prune the newest one.
+            tables(txn).set_local(self.node_id, self.seq, self.clock.last)
 
     def load(self, repl: ReplicationTables) -> None:
         self.seq = repl.max_seq(self.node_id)
@@ -129,7 +136,7 @@ class Replica:
 
     def local_write(
         self,
-        repl: ReplicationTables,
+        txn: WriteTxn,
         key: bytes,
         old: KeyValue | None,
         value: bytes | None,
@@ -139,6 +146,7 @@ class Replica:
         """Record a local put (``value``) or delete (None). None: the key is node-local."""
         if not self.policy.replicates(key):
             return None
+        repl = tables(txn)
         rules = self.policy.rules_for(key)
         ops, base_uid, uid = describe_write(old.value if old is not None else None, value, rules)
         self.seq += 1
@@ -198,13 +206,13 @@ class Replica:
         assert ingest is not None, "a local sequence number was reused"
 
     def local_auth(
-        self, repl: ReplicationTables, key: bytes, state: bytes, secret: str | None, hlc: int
+        self, txn: WriteTxn, key: bytes, state: bytes, secret: str | None, hlc: int
     ) -> None:
         """Record a local write of an auth object (its whole new state) as an entry."""
         self.seq += 1
         entry = Entry(self.node_id, self.seq, hlc, key, False, state, 0, None, None, None,
                       kind=AUTH, secret=secret)
-        self._insert_local(repl, entry)
+        self._insert_local(tables(txn), entry)
 
     # -- merged entries --------------------------------------------------------------------------
 

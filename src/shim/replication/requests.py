@@ -1,0 +1,52 @@
+"""The write requests replication sends through the store's write path, and their answers.
+
+The writer hands each one to the replica hook (``shim.replication.replica.Replica``) inside
+its write transaction; ``shim.replication.ingest`` applies a peer's batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shim.mvcc.replica import ReplicaAnswer, ReplicaRequest
+from shim.replication.merge import Entry
+
+
+@dataclass(slots=True)
+class MergeRequest(ReplicaRequest):
+    """A batch of entries from a peer, applied in one transaction with the peer's cursor."""
+
+    peer: str
+    entries: list[Entry]
+    cursor: int  # the peer's ingest position this batch covers
+    peer_high: int  # the peer's newest ingest position
+
+
+@dataclass(slots=True)
+class PruneEntries(ReplicaRequest):
+    """Retention: delete up to ``limit`` entries older than ``written_before_ms`` that no
+    merge needs any more; answers how many went."""
+
+    written_before_ms: int
+    limit: int
+
+
+@dataclass(slots=True)
+class PeerRegistration(ReplicaRequest):
+    """A link came up: record the peer; answers with our cursor into its log."""
+
+    peer: str
+    name: str
+    address: str
+    role: str
+
+
+@dataclass(slots=True)
+class MergeResult(ReplicaAnswer):
+    received: int
+    duplicates: int
+    applied: int
+    conflicts: int
+    unchanged: int = 0
+    conflict_rules: list[str] = field(default_factory=list)  # the rule of each conflict
+    lag_ms: int | None = None  # origin write (newest entry) to applied here

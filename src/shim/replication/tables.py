@@ -1,0 +1,111 @@
+"""The replication tables' protocol: what replication stores and asks, owned here and
+implemented by a backend that replicates (``shim.backend.sqlite_repl``).
+
+Entries (every write of every origin, with its stamp), tombstones of replaced object
+incarnations, this node's own sequence and clock, and the peers with their cursors. The caller
+holds the transaction (the writer's, or a read snapshot's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+from shim.replication.merge import Entry, Stamp
+
+
+@dataclass(slots=True)
+class PeerRow:
+    node_id: str
+    name: str
+    address: str
+    role: str
+    cursor: int
+    peer_high: int
+    entries_received: int
+    entries_applied: int
+    conflicts: int
+    last_lag_ms: int
+    first_seen_ms: int
+    last_seen_ms: int
+
+
+class ReplicationTables(Protocol):
+    # -- entries ---------------------------------------------------------------------------------
+
+    def insert(
+        self, e: Entry, received_from: str | None, received_ms: int, skewed: bool, outcome: str,
+        value_in_log: bool = False,
+    ) -> int | None:
+        """Store an entry; its ingest position, or None when (origin, seq) is already here."""
+        ...
+
+    def set_outcome(self, ingest: int, outcome: str) -> None: ...
+
+    def newest_stamp(self, key: bytes, excluding: int = 0) -> Stamp | None:
+        """The largest stamp among the key's entries, leaving out the one at ``excluding``."""
+        ...
+
+    def key_entries(self, key: bytes) -> list[Entry]: ...
+
+    def entries_after(
+        self, cursor: int, exclude_node: str, limit: int
+    ) -> tuple[list[tuple[int, Entry]], int, int]:
+        """Up to ``limit`` entries after ``cursor`` that ``exclude_node`` lacks, the position
+        they cover up to, and the newest position."""
+        ...
+
+    def max_ingest(self) -> int: ...
+
+    def is_empty(self) -> bool: ...
+
+    def prune(self, written_before_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` entries no merge can need any more; how many went."""
+        ...
+
+    # -- this node's sequence and clock ------------------------------------------------------------
+
+    def max_seq(self, origin: str) -> int: ...
+
+    def set_local(self, origin: str, seq: int, hlc: int) -> None: ...
+
+    def max_hlc(self) -> int: ...
+
+    def max_skewed_hlc(self) -> int: ...
+
+    # -- tombstones --------------------------------------------------------------------------------
+
+    def tombstones(self, key: bytes) -> set[str]: ...
+
+    def add_tombstones(self, key: bytes, uids: set[str]) -> None: ...
+
+    # -- peers -------------------------------------------------------------------------------------
+
+    def peer(self, node_id: str) -> PeerRow | None: ...
+
+    def peers(self) -> list[PeerRow]: ...
+
+    def upsert_peer(
+        self, node_id: str, name: str, address: str, role: str, now_ms: int
+    ) -> None: ...
+
+    def record_batch(
+        self,
+        node_id: str,
+        cursor: int,
+        peer_high: int,
+        received: int,
+        applied: int,
+        conflicts: int,
+        lag_ms: int | None,
+        now_ms: int,
+    ) -> None: ...
+
+
+def tables(view: object) -> ReplicationTables:
+    """The replication tables of a read view or write transaction of a backend that
+    replicates (``Backend.replicates``)."""
+    found = getattr(view, "replication", None)
+    if found is None:
+        raise TypeError(f"{type(view).__name__} keeps no replication tables")
+    return cast(ReplicationTables, found)
