@@ -300,7 +300,7 @@ def test_refused_links_say_why_and_replicate_nothing(shim_factory: Factory) -> N
     )
     wait_log(joiner, f"link to {url(admits)} down (PERMISSION_DENIED: bootstrap token rejected)")
     wait_log(joiner, "this node admits no links (start it with --bootstrap-token)")
-    wait_log(admits, "refused: wrong bootstrap token")
+    wait_log(admits, "refused: bootstrap token rejected")
     for node, secret in ((admits, TOKEN), (joiner, "wrong")):
         logged = [  # shim's own lines, not the harness's "=== starting: argv" line
             line for line in node.log_path.read_text().splitlines()

@@ -56,6 +56,7 @@ from shim.pb.rpc_pb2 import (
     TxnRequest,
     TxnResponse,
 )
+from shim.replication.link_state import LinkStatus
 from shim.replication.merge import AUTH
 from shim.replication.resolve import (
     MergeRequest,
@@ -69,6 +70,7 @@ from shim.replication.resolve import (
 WriteRequest = (
     PutRequest | DeleteRangeRequest | TxnRequest | CompactionRequest
     | LeaseGrantRequest | LeaseRevokeRequest | MergeRequest | PeerRegistration | PruneEntries
+    | LinkStatus
     | AlarmRequest | DefragmentRequest | Authorized | AuthWriteRequest
 )
 WriteResponse = (
@@ -163,6 +165,8 @@ class Applier:
             return self._merge(req)
         if isinstance(req, PeerRegistration):
             return self._register_peer(req)
+        if isinstance(req, LinkStatus):
+            return req.record(repl_tables(self._txn))
         if isinstance(req, AlarmRequest):
             return self._alarm(req)
         if isinstance(req, PruneEntries):
@@ -334,7 +338,7 @@ class Applier:
         result.lag_ms = lag
         repl.record_batch(
             req.peer, req.cursor, req.peer_high, result.received - result.duplicates,
-            result.applied, result.conflicts, lag, now,
+            result.applied, result.conflicts, lag, now, req.acked,
         )
         return result
 
