@@ -8,16 +8,21 @@ Link protocol (tests/support/link_peer.py) plays the misbehaving peer.
 from __future__ import annotations
 
 import json
+import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from shim.pb import rpc_pb2 as pb
 from tests.support import ShimServer
 from tests.support.client import Client
+from tests.support.lab_shim import LabNode, lab_converged
 from tests.support.link_peer import LinkPeer, batch, entry
+from tests.support.netns import NetLab
 from tests.support.replication import (
     TOKEN,
     node_args,
@@ -197,3 +202,37 @@ def test_status_shows_a_failing_link_and_lag_counted_when_asked(shim_factory: Fa
         "n1's status to show n2's link down", 15)
     down = link_named(report, peer_row(report, "n2")["node_id"])
     assert down is not None and down["role"] == "admit" and down["last_error"], down
+
+
+@pytest.fixture
+def lab() -> Iterator[NetLab]:
+    reason = NetLab.available()
+    if reason is not None:
+        pytest.fail(f"network-namespace lab unavailable: {reason}", pytrace=False)
+    with NetLab(2, prefix=f"shimlinks{os.getpid()}", subnet="10.214.8") as lab:
+        yield lab
+
+
+def test_a_peer_cut_off_by_the_network_is_dialed_again_about_once_a_second(
+    lab: NetLab, tmp_path: Path
+) -> None:
+    """Once the link is lost to a partition, each dial waits for the peer's answer a bounded
+    time (1 s here, not TCP's connect timeout) and the next follows at once, so the link is
+    back about a second after the heal; it then carries what both sides wrote meanwhile."""
+    h1 = LabNode(lab, 1, tmp_path / "h1", joins=[])
+    h2 = LabNode(lab, 2, tmp_path / "h2", joins=[1])
+    h1.wait_ready()
+    h2.wait_ready()
+    h1.put("/cut/a", "1")
+    lab_converged([h1, h2], "/cut/", {"/cut/a": "1"}, 20, lab)
+
+    lab.partition(1, 2)
+    h1.put("/cut/b", "2")
+    h2.put("/cut/c", "3")
+    # The 1st failure (the lost link) and the 10th are logged: the 10th is an unanswered
+    # dial, after eight more, each bounded (at 6 s or TCP's timeout each it would take 50 s+).
+    log = h2.log_path.read_text
+    wait_for(lambda: log().count("(no answer within 1.0s)"), lambda n: n >= 1,
+             "h2 to log its 10th failed dial", 40)
+    lab.heal()
+    lab_converged([h1, h2], "/cut/", {"/cut/a": "1", "/cut/b": "2", "/cut/c": "3"}, 20, lab)

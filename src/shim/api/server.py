@@ -300,6 +300,7 @@ class ShimServer:
                 ("grpc.so_reuseport", 1 if shares_port else 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                *links.TRANSPORT_OPTIONS,  # replication links across slow networks
             ]
         )
         scheme = "https" if tls is not None else "http"

@@ -37,6 +37,7 @@ from shim.replication.framing import (
 )
 from shim.replication.link_state import LinkStatus, LinkTracker
 from shim.replication.merge import Entry
+from shim.replication.redial import STABLE_SECONDS, Redial
 from shim.replication.resolve import MergeRequest, PeerRegistration
 from shim.replication.wire import PROTOCOL, BadEntry, from_wire, to_wire
 from shim.tasks import cancel_and_wait
@@ -49,27 +50,74 @@ BATCH_ENTRIES = 500
 # A batch's encoded size, unless one entry alone is larger (up to what the peer accepts).
 BATCH_BYTES = 4 * 1024 * 1024
 HEARTBEAT_SECONDS = 1.0
+# Batches read ahead while a merge commits (each at most what this node accepts in a message).
+INBOX_BATCHES = 8
+# Entries merged in one transaction at most, when several batches are waiting.
+MERGE_ENTRIES = 5000
 # An idle link still records "last seen" (shim status) this often.
 PEER_RECORD_SECONDS = 10.0
 # A link that hears nothing (not even a heartbeat) for this long is dropped and redialed.
 SILENCE_SECONDS = 6.0
-RETRY_MIN_SECONDS = 0.1
-RETRY_MAX_SECONDS = 3.0
 
+
+
+# HTTP/2 flow control for links on slow networks: a stream may have this much in flight from
+# the start (HTTP/2's default window of 64 KiB would cap a link at 64 KiB per round trip, 640
+# KiB/s at 100 ms), and gRPC's bandwidth-delay probing widens the windows beyond it as the
+# link needs; large frames cut the per-frame work. Both ends set them: the server's options
+# govern what a dialer may send it.
+TRANSPORT_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.http2.lookahead_bytes", 8 * 1024 * 1024),
+    ("grpc.http2.bdp_probe", 1),
+    ("grpc.http2.max_frame_size", 1024 * 1024),
+]
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """The dialer's gRPC channel: keepalive to notice a dead peer, and it receives messages
-    as large as this node states in its Hello."""
+    """The dialer's gRPC channel: keepalive to notice a dead peer, it receives messages as
+    large as this node states in its Hello, and a connection of its own (not a subchannel
+    shared with an earlier attempt, which may sit in gRPC's reconnect backoff)."""
     return [
         ("grpc.keepalive_time_ms", 2000),
         ("grpc.keepalive_timeout_ms", 3000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 3000),
+        ("grpc.use_local_subchannel_pool", 1),
+        *TRANSPORT_OPTIONS,
     ]
+
+
+class NoAnswer(TimeoutError):
+    """The peer did not answer a dial in time (unreachable, or its network cut)."""
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One dial attempt: whether the handshake completed."""
+
+    linked: bool = False
+
+
+async def _handshake(
+    call: grpc.aio.StreamStreamCall, stream: _Stream, hello: pb.LinkMessage, timeout: float
+) -> pb.LinkMessage | None:
+    """Send Hello and read the answer, within ``timeout``. gRPC does not give up a write that
+    waits for a connection when cancelled (it ends when the connection attempt does, up to
+    TCP's timeout), so on time out the call itself is cancelled and the attempt abandoned."""
+
+    async def exchange() -> pb.LinkMessage | None:
+        await stream.send(hello)
+        return await stream.recv()
+
+    task = asyncio.ensure_future(exchange())
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if task in done:
+        return task.result()
+    call.cancel()
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+    raise NoAnswer(f"no answer within {timeout:.1f}s")
 
 
 def _check_numbers(what: str, **numbers: int) -> None:
@@ -97,6 +145,8 @@ EXPECTED_FAILURES = (
 
 def describe_failure(exc: BaseException) -> str:
     """Why a link ended, in one line (for the log and `shim status`)."""
+    if isinstance(exc, NoAnswer):
+        return str(exc)
     if isinstance(exc, LinkRefused | EntryTooLarge):
         return f"refused: {exc}"
     if isinstance(exc, TimeoutError):
@@ -236,30 +286,35 @@ class Replicator:
                 await self._store.write(status)
 
     async def _dial_forever(self, spec: LinkSpec) -> None:
-        delay = RETRY_MIN_SECONDS
         failures = 0
         tracker = LinkTracker(spec.url, "dial")
+        redial = Redial()
         while True:
             started = time.monotonic()
+            attempt = _Attempt()
             try:
-                await self._dial_once(spec, tracker)
+                await self._dial_once(spec, tracker, redial, attempt)
+                exc: BaseException = LinkRefused("closed by the peer")
                 reason = "closed by the peer"
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a bug in one link must not end the others
-                reason = describe_failure(exc)
-                if not isinstance(exc, EXPECTED_FAILURES):
+            except Exception as failure:  # a bug in one link must not end the others
+                exc, reason = failure, describe_failure(failure)
+                if not isinstance(failure, EXPECTED_FAILURES):
                     log.exception("link to %s failed", spec.url)
-            if time.monotonic() - started > 10 * RETRY_MAX_SECONDS:
-                delay, failures = RETRY_MIN_SECONDS, 0  # it worked for a while: retry quickly
+            lasted = time.monotonic() - started
+            if attempt.linked and lasted >= STABLE_SECONDS:
+                failures = 0
             failures += 1
+            delay = redial.failed(exc, attempt.linked, lasted)
             level = logging.WARNING if failures in (1, 10) or failures % 100 == 0 else logging.DEBUG
             log.log(level, "link to %s down (%s); retrying in %.1fs", spec.url, reason, delay)
             await self._record(tracker.down(reason))
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
-    async def _dial_once(self, spec: LinkSpec, tracker: LinkTracker) -> None:
+    async def _dial_once(
+        self, spec: LinkSpec, tracker: LinkTracker, redial: Redial, attempt: _Attempt
+    ) -> None:
         target = spec.target
         options = channel_options(self.max_message_bytes)
         if spec.url.startswith("https://"):
@@ -274,13 +329,17 @@ class Replicator:
             )()
             stream = _Stream(call)
             try:
-                await stream.send(pb.LinkMessage(hello=pb.Hello(
+                hello_msg = pb.LinkMessage(hello=pb.Hello(
                     node_id=self.node_id, name=self._name, token=spec.token,
                     policy_digest=self.policy_digest, send=spec.send, receive=spec.receive,
                     hlc=self._clock(), protocol=PROTOCOL,
                     max_message_bytes=self.max_message_bytes,
-                )))
-                reply = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
+                ))
+                started = time.monotonic()
+                # Bounded: a peer cut off by the network is tried again soon, not after
+                # TCP's connect timeout, so the link is back within a second of the heal.
+                reply = await _handshake(call, stream, hello_msg, redial.connect_timeout())
+                redial.linked(time.monotonic() - started)
                 if reply is None or reply.WhichOneof("kind") != "hello":
                     raise LinkRefused("the peer did not answer the handshake")
                 hello = reply.hello
@@ -292,6 +351,7 @@ class Replicator:
                 state = LinkState(hello.node_id, spec.url, hello.name, spec.url,
                                   hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor)
                 log.info("linked to %s (node %s, %s)", spec.url, hello.node_id, hello.name)
+                attempt.linked = True
                 await self._record(tracker.up(hello.node_id))
                 await self._run(
                     stream, state, send_from=hello.cursor if spec.send else None,
@@ -462,36 +522,84 @@ class Replicator:
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _receive(self, stream: _Stream, state: LinkState, receive: bool) -> None:
+        """Read the peer's messages and apply them, reading ahead while a merge commits: the
+        batches that arrived meanwhile are merged together, in one transaction (bigger
+        batches under load, one fsync for all). The inbox is bounded, so a receiver that
+        cannot keep up holds the sender back through gRPC's flow control."""
+        inbox: asyncio.Queue[pb.Batch | Exception | None] = asyncio.Queue(INBOX_BATCHES)
+        reader = asyncio.ensure_future(self._read(stream, state, inbox))
+        try:
+            await self._apply(state, inbox, receive)
+        finally:
+            await cancel_and_wait(reader, timeout=1.0, log_errors=False)
+
+    async def _read(
+        self, stream: _Stream, state: LinkState, inbox: asyncio.Queue[pb.Batch | Exception | None]
+    ) -> None:
+        try:
+            while True:
+                msg = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
+                if msg is None:
+                    break
+                if msg.WhichOneof("kind") != "batch":
+                    continue
+                batch = msg.batch
+                _check_numbers(f"a batch from node {state.peer}", cursor=batch.cursor,
+                               high=batch.high, hlc=batch.hlc, acked=batch.acked)
+                await inbox.put(batch)
+        except Exception as exc:  # raised by the applier, after what arrived before it
+            await inbox.put(exc)
+            return
+        await inbox.put(None)
+
+    async def _apply(
+        self, state: LinkState, inbox: asyncio.Queue[pb.Batch | Exception | None], receive: bool
+    ) -> None:
         """Apply the peer's batches, and record what it says (its cursor and newest position,
         and how far it applied ours) in its peer row: with every batch of entries, and for
         heartbeats when something changed (at most once a heartbeat) or every
         PEER_RECORD_SECONDS (last seen)."""
         last: tuple[int, int, int] | None = None
         recorded = 0.0  # when the peer's row was last written
-        while True:
-            msg = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
-            if msg is None:
+        ended = False
+        while not ended:
+            item = await inbox.get()
+            batches: list[pb.Batch] = []
+            entries = 0
+            while True:
+                if isinstance(item, Exception):
+                    if not batches:
+                        raise item
+                    inbox.put_nowait(item)  # after merging what came before it (room: taken)
+                    break
+                if item is None:
+                    ended = True
+                    break
+                batches.append(item)
+                entries += len(item.entries)
+                if entries >= MERGE_ENTRIES or inbox.empty():
+                    break
+                item = inbox.get_nowait()
+            if not batches:
                 return
-            if msg.WhichOneof("kind") != "batch":
-                continue
-            batch = msg.batch
-            _check_numbers(f"a batch from node {state.peer}", cursor=batch.cursor,
-                           high=batch.high, hlc=batch.hlc, acked=batch.acked)
+            newest = batches[-1]
+            acked = max(b.acked for b in batches)
             if receive:
-                cursor, high, wire = batch.cursor, batch.high, batch.entries
+                cursor, high = newest.cursor, newest.high
+                wire = [e for b in batches for e in b.entries]
             else:  # the link's other direction only: heartbeats of a receive-only peer
                 cursor, high, wire = state.applied, state.peer_high, []
-            known = (cursor, high, batch.acked)
+            known = (cursor, high, acked)
             since = time.monotonic() - recorded
             if not wire and since < PEER_RECORD_SECONDS and (
                 known == last or since < HEARTBEAT_SECONDS
             ):
-                continue  # a heartbeat with nothing new to record yet
+                continue  # heartbeats with nothing new to record yet
             try:
-                entries = [from_wire(e) for e in wire]
+                merged = [from_wire(e) for e in wire]
             except BadEntry as exc:
                 raise LinkRefused(f"node {state.peer} sent a bad entry: {exc}") from exc
-            await self._store.merge(MergeRequest(state.peer, entries, cursor, high, batch.acked))
+            await self._store.merge(MergeRequest(state.peer, merged, cursor, high, acked))
             state.applied, state.peer_high = cursor, high
             last, recorded = known, time.monotonic()
 
