@@ -130,7 +130,7 @@ def _unacked(conn: apsw.Connection, node_id: str) -> int:
         "AND e.origin != ?1 AND (e.received_from IS NULL OR e.received_from != ?1)",
         (node_id,),
     ).fetchone()
-    return int(row[0])
+    return int(row[0]) if row is not None else 0
 
 
 def print_status(report: dict[str, Any], out: TextIO = sys.stdout) -> None:

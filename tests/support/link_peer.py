@@ -77,7 +77,7 @@ class LinkPeer:
         self._outbox.put(data)
 
     def recv(self) -> pb.LinkMessage:
-        return next(self._call)  # type: ignore[no-any-return]
+        return next(self._call)
 
     def error(self) -> grpc.RpcError:
         """Read until the node ends the link; its error (fails if it ends it cleanly)."""

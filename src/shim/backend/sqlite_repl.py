@@ -293,7 +293,7 @@ class ReplicationTables:
     def record_link(
         self, key: str, role: str, node_id: str, state: str, since_ms: int, failures: int,
         error: str, error_ms: int,
-    ) -> None:
+    ) -> int:
         self._conn.execute(
             "INSERT INTO link (link_key, role, node_id, state, since_ms, failures, last_error, "
             "last_error_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (link_key) DO UPDATE SET "
@@ -303,6 +303,7 @@ class ReplicationTables:
             "last_error_ms = excluded.last_error_ms",
             (key, role, node_id, state, since_ms, failures, error, error_ms),
         )
+        return self._conn.changes()
 
 
 def tables(view: object) -> ReplicationTables:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shim.backend.sqlite_repl import ReplicationTables
 
 # A link that stayed up this long ends a streak of failures: the next failure starts a new one.
 STABLE_SECONDS = 30.0
@@ -32,9 +35,10 @@ class LinkStatus:
     error: str
     error_ms: int
 
-    def record(self, repl: Any) -> None:
-        repl.record_link(self.key, self.role, self.node_id, self.state, self.since_ms,
-                         self.failures, self.error, self.error_ms)
+    def record(self, repl: ReplicationTables) -> int:
+        """Write the row; answers the rows written (1)."""
+        return repl.record_link(self.key, self.role, self.node_id, self.state, self.since_ms,
+                                self.failures, self.error, self.error_ms)
 
 
 class LinkTracker:
