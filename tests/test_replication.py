@@ -9,11 +9,8 @@ Every wait polls with a timeout; nothing sleeps for a fixed long time.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,9 +21,9 @@ import pytest
 
 from shim.pb import rpc_pb2 as pb
 from shim.replication.links import SILENCE_SECONDS
-from tests.support import Client, ShimServer, find_etcd_binary, free_port
+from tests.support import Client, ShimServer, free_port
+from tests.support.lab_shim import LabNode, lab_converged
 from tests.support.netns import NetLab
-from tests.support.process import child_env, tail
 from tests.support.replication import (
     TOKEN,
     delete,
@@ -47,7 +44,7 @@ from tests.support.replication import (
     wait_for,
     write_topology,
 )
-from tests.support.shim_server import OUTSIDE_CHECKOUT, sqlite_endpoint
+from tests.support.shim_server import sqlite_endpoint
 from tests.support.watch import WatchStream
 
 Factory = Callable[..., ShimServer]
@@ -300,7 +297,7 @@ def test_refused_links_say_why_and_replicate_nothing(shim_factory: Factory) -> N
     )
     wait_log(joiner, f"link to {url(admits)} down (PERMISSION_DENIED: bootstrap token rejected)")
     wait_log(joiner, "this node admits no links (start it with --bootstrap-token)")
-    wait_log(admits, "refused: wrong bootstrap token")
+    wait_log(admits, "refused: bootstrap token rejected")
     for node, secret in ((admits, TOKEN), (joiner, "wrong")):
         logged = [  # shim's own lines, not the harness's "=== starting: argv" line
             line for line in node.log_path.read_text().splitlines()
@@ -479,62 +476,6 @@ def test_deployment_edits_on_both_sides_merge_per_field(
 
 # --- 8. a real partition in network namespaces -----------------------------------------------
 
-LAB_PORT = 2379
-
-
-class LabNode:
-    """shim serving on lab.addr(i):2379 inside host i; its clients run in the namespace."""
-
-    def __init__(self, lab: NetLab, i: int, workdir: Path, joins: list[int]) -> None:
-        self.lab, self.i = lab, i
-        self.endpoint = f"{lab.addr(i)}:{LAB_PORT}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / "shim.log"
-        argv = [
-            sys.executable, "-m", "shim", "serve", "--listen-address", self.endpoint,
-            "--datastore-endpoint", sqlite_endpoint(workdir / "state.db"),
-            *node_args(f"h{i}", joins=[f"http://{lab.addr(j)}:{LAB_PORT}" for j in joins]),
-        ]
-        with self.log_path.open("ab") as log:
-            self.proc = lab.popen(
-                i, argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=OUTSIDE_CHECKOUT, env=child_env({"PYTHONUNBUFFERED": "1"}),
-            )
-
-    def etcdctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = self.lab.command(self.i, [
-            find_etcd_binary("etcdctl"), f"--endpoints={self.endpoint}",
-            "--dial-timeout=2s", "--command-timeout=5s", *args,
-        ])
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                                env=child_env({"ETCDCTL_API": "3"}), check=False)
-        if check:
-            assert result.returncode == 0, (
-                f"etcdctl {' '.join(args)} on h{self.i}: {result.stderr}\n{self.log_tail()}"
-            )
-        return result
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.etcdctl("get", "/ready", check=False).returncode != 0:
-            assert self.proc.poll() is None, f"shim on h{self.i} exited\n{self.log_tail()}"
-            assert time.monotonic() < deadline, f"shim on h{self.i} not ready\n{self.log_tail()}"
-            time.sleep(0.1)
-
-    def put(self, key: str, value: str) -> None:
-        self.etcdctl("put", key, value)
-
-    def snapshot(self, prefix: str) -> dict[str, str]:
-        out = json.loads(self.etcdctl("get", "--prefix", prefix, "-w", "json").stdout)
-        return {
-            base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
-            for kv in out.get("kvs", [])
-        }
-
-    def log_tail(self) -> str:
-        return f"--- h{self.i} log {self.log_path} ---\n{tail(self.log_path, 30)}"
-
-
 @pytest.fixture
 def lab() -> Iterator[NetLab]:
     reason = NetLab.available()
@@ -542,24 +483,6 @@ def lab() -> Iterator[NetLab]:
         pytest.fail(f"network-namespace lab unavailable: {reason}", pytrace=False)
     with NetLab(3, prefix=f"shimrepl{os.getpid()}", subnet="10.214.7") as lab:
         yield lab
-
-
-def lab_converged(
-    nodes: list[LabNode], prefix: str, expected: dict[str, str], timeout: float, lab: NetLab
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = [node.snapshot(prefix) for node in nodes]
-        if all(s == expected for s in seen):
-            return
-        if time.monotonic() > deadline:
-            lines = [f"h{node.i}: {sorted(s.items())}" for node, s in zip(nodes, seen, strict=True)]
-            raise AssertionError(
-                f"no convergence within {timeout:.0f}s; expected {sorted(expected.items())}\n"
-                + "\n".join(lines) + f"\nfaults: {lab.faults()}\n"
-                + "\n".join(node.log_tail() for node in nodes)
-            )
-        time.sleep(0.1)
 
 
 def test_partition_and_heal_in_network_namespaces(lab: NetLab, tmp_path: Path) -> None:

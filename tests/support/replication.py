@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
+
 from shim.pb import rpc_pb2 as pb
 
 from .client import Client
@@ -72,7 +74,10 @@ def snapshot(endpoint: str, prefix: bytes = b"") -> Snapshot:
         request = pb.RangeRequest(key=prefix, range_end=prefix_end(prefix))
     else:
         request = pb.RangeRequest(key=b"\0", range_end=b"\0")
-    with Client(endpoint) as client:
+    # A node may hold more than gRPC's default 4 MiB receive limit: take any size.
+    channel = grpc.insecure_channel(endpoint, options=[
+        ("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1)])
+    with Client(endpoint, channel) as client:
         response = client.kv.Range(request, timeout=5)
     return {kv.key: (kv.value, kv.lease) for kv in response.kvs}
 

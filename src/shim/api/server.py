@@ -42,10 +42,9 @@ from shim.mvcc.errors import StoreError
 from shim.mvcc.owned import OwnedStore
 from shim.mvcc.store import Store
 from shim.mvcc.watch import WatchHub
-from shim.pb import replication_pb2_grpc, rpc_pb2
+from shim.pb import rpc_pb2
 from shim.procs.remote import RemoteLessor, RemoteWritePath, StoreLink
-from shim.replication import resolve
-from shim.replication.links import ReplicationService, Replicator
+from shim.replication import links, resolve
 from shim.replication.topology import link_specs, load_topology
 
 log = logging.getLogger(__name__)
@@ -135,7 +134,7 @@ class ShimServer:
         # where there is no replication).
         self._link_service = backend.replicates and store_link is None
         self._links = link_specs(config) if replica is not None else []
-        self.replicator: Replicator | None = None
+        self.replicator: links.Replicator | None = None
         self.identity = Identity.from_node_id(backend.node_id)
         self.guard = Guard(
             self.store, TokenIssuer(config.auth_token_ttl),
@@ -177,9 +176,9 @@ class ShimServer:
         hub.start(self.config.watch_progress_notify_interval)
         self.hub = hub
         if self._replica is not None:
-            self.replicator = Replicator(
+            self.replicator = links.Replicator(
                 self.store, self._replica, self.config.name, self.config.bootstrap_token,
-                self._links, self.config.peer_tls,
+                self._links, self.config.peer_tls, max_message_bytes=self._grpc_receive_limit,
             )
         interceptors = []
         if self.config.metrics_address:
@@ -189,14 +188,14 @@ class ShimServer:
             options=[
                 # shim.api.rpc refuses messages over the limit with etcd's words; gRPC
                 # itself refuses those far over it, before they take any more memory.
-                ("grpc.max_receive_message_length",
-                 GRPC_RECEIVE_FACTOR * (self.config.max_request_bytes + GRPC_OVERHEAD_BYTES)),
+                ("grpc.max_receive_message_length", self._grpc_receive_limit),
                 ("grpc.max_send_message_length", 2**31 - 1),
                 # One server per port: a second one must fail to bind, not share the port
                 # (the serving processes of one server share it on purpose).
                 ("grpc.so_reuseport", 1 if shares_port else 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                *links.TRANSPORT_OPTIONS,  # replication links across slow networks
             ]
         )
         scheme = "https" if tls is not None else "http"
@@ -207,9 +206,7 @@ class ShimServer:
         )
         rpc.add_to_server(server, self.methods)
         if self._link_service:
-            replication_pb2_grpc.add_ReplicationServicer_to_server(
-                ReplicationService(lambda: self.replicator), server
-            )
+            links.add_to_server(server, lambda: self.replicator)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
             if tls is not None:
@@ -239,6 +236,13 @@ class ShimServer:
             "TLS" + (", client certificates required" if tls and tls.client_cert_auth else "")
             if tls else "plaintext", self.backend.location,
         )
+
+    @property
+    def _grpc_receive_limit(self) -> int:
+        """gRPC's own limit on a received message: also what a replication link accepts, which
+        holds the largest entry a client can cause (a value of --max-request-bytes and its
+        field operations) with room to spare."""
+        return GRPC_RECEIVE_FACTOR * (self.config.max_request_bytes + GRPC_OVERHEAD_BYTES)
 
     def _linked_replicas(self) -> list[Replica]:
         if self.replicator is None:

@@ -103,8 +103,34 @@ def status(conn: apsw.Connection) -> dict[str, Any]:
             "ORDER BY first_seen_ms, node_id"
         )
     ]
+    if _has_table(conn, "link"):
+        for peer in report["peers"]:
+            peer["unacked_entries"] = _unacked(conn, peer["node_id"])
+        report["links"] = [
+            {
+                "link": row[0], "role": row[1], "node_id": row[2], "state": row[3],
+                "since_s_ago": round((now_ms - row[4]) / 1000, 1), "failures": row[5],
+                "last_error": row[6],
+                "last_error_s_ago": round((now_ms - row[7]) / 1000, 1) if row[7] else None,
+            }
+            for row in conn.execute(
+                "SELECT link_key, role, node_id, state, since_ms, failures, last_error, "
+                "last_error_ms FROM link ORDER BY role, link_key"
+            )
+        ]
     report["conflicts_merged"] = sum(p["conflicts_merged"] for p in report["peers"])
     return report
+
+
+def _unacked(conn: apsw.Connection, node_id: str) -> int:
+    """Entries of this node's log the peer has not confirmed, counted now (the peer's own
+    entries, and those it sent us, it has already)."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM repl_entry e, peer p WHERE p.node_id = ?1 AND e.ingest > p.acked "
+        "AND e.origin != ?1 AND (e.received_from IS NULL OR e.received_from != ?1)",
+        (node_id,),
+    ).fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def print_status(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
@@ -124,11 +150,17 @@ def print_status(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
           f"log position {entries['log_position']}", file=out)
     print(f"conflicts  {report['conflicts_merged']} merged", file=out)
     columns = ["node_id", "name", "role", "address", "cursor", "peer_high", "lag_entries",
-               "last_lag_ms", "entries_received", "entries_applied", "conflicts_merged",
-               "last_seen_s_ago"]
+               "unacked_entries", "last_lag_ms", "entries_received", "entries_applied",
+               "conflicts_merged", "last_seen_s_ago"]
     print(f"peers      {len(report['peers'])}", file=out)
     if report["peers"]:
-        print_table(columns, [[p[c] for c in columns] for p in report["peers"]], out)
+        print_table(columns, [[p.get(c) for c in columns] for p in report["peers"]], out)
+    links = report.get("links", [])
+    print(f"links      {len(links)} ({sum(link['state'] == 'up' for link in links)} up)", file=out)
+    if links:
+        columns = ["link", "role", "state", "since_s_ago", "failures", "last_error",
+                   "last_error_s_ago"]
+        print_table(columns, [[link[c] for c in columns] for link in links], out)
 
 
 def run_sql(conn: apsw.Connection, sql: str) -> tuple[list[str], list[list[Any]]]:

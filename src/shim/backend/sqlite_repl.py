@@ -265,11 +265,28 @@ class SqliteReplicationTables:
         conflicts: int,
         lag_ms: int | None,
         now_ms: int,
+        acked: int = 0,
     ) -> None:
         self._conn.execute(
             "UPDATE peer SET cursor = ?, peer_high = ?, entries_received = entries_received + ?, "
             "entries_applied = entries_applied + ?, conflicts = conflicts + ?, "
-            "last_lag_ms = COALESCE(?, last_lag_ms), last_seen_ms = ? WHERE node_id = ?",
-            (cursor, peer_high, received, applied, conflicts, lag_ms, now_ms, node_id),
+            "last_lag_ms = COALESCE(?, last_lag_ms), last_seen_ms = ?, acked = MAX(acked, ?) "
+            "WHERE node_id = ?",
+            (cursor, peer_high, received, applied, conflicts, lag_ms, now_ms, acked, node_id),
         )
+
+    def record_link(
+        self, key: str, role: str, node_id: str, state: str, since_ms: int, failures: int,
+        error: str, error_ms: int,
+    ) -> int:
+        self._conn.execute(
+            "INSERT INTO link (link_key, role, node_id, state, since_ms, failures, last_error, "
+            "last_error_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (link_key) DO UPDATE SET "
+            "role = excluded.role, node_id = CASE excluded.node_id WHEN '' THEN node_id "
+            "ELSE excluded.node_id END, state = excluded.state, since_ms = excluded.since_ms, "
+            "failures = excluded.failures, last_error = excluded.last_error, "
+            "last_error_ms = excluded.last_error_ms",
+            (key, role, node_id, state, since_ms, failures, error, error_ms),
+        )
+        return self._conn.changes()
 

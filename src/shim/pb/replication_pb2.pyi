@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Hello(_message.Message):
-    __slots__ = ("node_id", "name", "token", "policy_digest", "send", "receive", "cursor", "hlc", "protocol")
+    __slots__ = ("node_id", "name", "token", "policy_digest", "send", "receive", "cursor", "hlc", "protocol", "max_message_bytes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class Hello(_message.Message):
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     HLC_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     token: str
@@ -26,7 +27,8 @@ class Hello(_message.Message):
     cursor: int
     hlc: int
     protocol: int
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., token: _Optional[str] = ..., policy_digest: _Optional[str] = ..., send: _Optional[bool] = ..., receive: _Optional[bool] = ..., cursor: _Optional[int] = ..., hlc: _Optional[int] = ..., protocol: _Optional[int] = ...) -> None: ...
+    max_message_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., token: _Optional[str] = ..., policy_digest: _Optional[str] = ..., send: _Optional[bool] = ..., receive: _Optional[bool] = ..., cursor: _Optional[int] = ..., hlc: _Optional[int] = ..., protocol: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class Start(_message.Message):
     __slots__ = ("cursor",)
@@ -65,16 +67,18 @@ class Entry(_message.Message):
     def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ..., hlc: _Optional[int] = ..., key: _Optional[bytes] = ..., deleted: _Optional[bool] = ..., value: _Optional[bytes] = ..., lease: _Optional[int] = ..., has_ops: _Optional[bool] = ..., ops: _Optional[bytes] = ..., base_uid: _Optional[str] = ..., uid: _Optional[str] = ..., kind: _Optional[str] = ..., secret: _Optional[str] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("entries", "cursor", "high", "hlc")
+    __slots__ = ("entries", "cursor", "high", "hlc", "acked")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     HIGH_FIELD_NUMBER: _ClassVar[int]
     HLC_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[Entry]
     cursor: int
     high: int
     hlc: int
-    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., cursor: _Optional[int] = ..., high: _Optional[int] = ..., hlc: _Optional[int] = ...) -> None: ...
+    acked: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., cursor: _Optional[int] = ..., high: _Optional[int] = ..., hlc: _Optional[int] = ..., acked: _Optional[int] = ...) -> None: ...
 
 class LinkMessage(_message.Message):
     __slots__ = ("hello", "start", "batch")

@@ -16,6 +16,7 @@ from shim.backend.base import WriteTxn
 from shim.mvcc.hlc import wall_ms
 from shim.mvcc.replica import ReplicaAnswer, ReplicaRequest, RevisionSink
 from shim.mvcc.store import Store
+from shim.replication.link_state import LinkStatus
 from shim.replication.merge import AUTH
 from shim.replication.requests import MergeRequest, MergeResult, PeerRegistration, PruneEntries
 from shim.replication.tables import ReplicationTables, tables
@@ -38,6 +39,8 @@ def apply_request(
         return row.cursor if row is not None else 0
     if isinstance(request, PruneEntries):
         return repl.prune(request.written_before_ms, request.limit)
+    if isinstance(request, LinkStatus):
+        return request.record(repl)
     raise TypeError(f"not a replication request: {type(request).__name__}")
 
 
@@ -87,7 +90,7 @@ def ingest(
     result.lag_ms = lag
     repl.record_batch(
         req.peer, req.cursor, req.peer_high, result.received - result.duplicates,
-        result.applied, result.conflicts, lag, now,
+        result.applied, result.conflicts, lag, now, req.acked,
     )
     return result
 

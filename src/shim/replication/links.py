@@ -21,13 +21,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from shim.mvcc.errors import StoreError
 from shim.mvcc.store import Store
 from shim.pb import replication_pb2 as pb
-from shim.pb import replication_pb2_grpc as pb_grpc
+from shim.replication.framing import (
+    GRPC_DEFAULT_MESSAGE_BYTES,
+    EntryTooLarge,
+    OutOfRange,
+    check_numbers,
+    cut_batch,
+    message_limit,
+)
 from shim.replication.ingest import merge
+from shim.replication.link_state import LinkStatus, LinkTracker
 from shim.replication.merge import Entry
+from shim.replication.redial import STABLE_SECONDS, Redial
 from shim.replication.requests import MergeRequest, PeerRegistration
 from shim.replication.resolve import Replica
 from shim.replication.tables import tables
@@ -37,30 +47,126 @@ from shim.tls import PeerTls
 
 log = logging.getLogger(__name__)
 
+LINK_METHOD = "/shim.replication.v1.Replication/Link"
 BATCH_ENTRIES = 500
 ADMITS_NO_LINKS = "this node admits no links (start it with --bootstrap-token)"
+# A batch's encoded size, unless one entry alone is larger (up to what the peer accepts).
 BATCH_BYTES = 4 * 1024 * 1024
 HEARTBEAT_SECONDS = 1.0
+# Batches read ahead while a merge commits (each at most what this node accepts in a message).
+INBOX_BATCHES = 8
+# Entries merged in one transaction at most, when several batches are waiting.
+MERGE_ENTRIES = 5000
 # An idle link still records "last seen" (shim status) this often.
 PEER_RECORD_SECONDS = 10.0
 # A link that hears nothing (not even a heartbeat) for this long is dropped and redialed.
 SILENCE_SECONDS = 6.0
-RETRY_MIN_SECONDS = 0.1
-RETRY_MAX_SECONDS = 3.0
 
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 2000),
-    ("grpc.keepalive_timeout_ms", 3000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 3000),
+
+
+# HTTP/2 flow control for links on slow networks: a stream may have this much in flight from
+# the start (HTTP/2's default window of 64 KiB would cap a link at 64 KiB per round trip, 640
+# KiB/s at 100 ms), and gRPC's bandwidth-delay probing widens the windows beyond it as the
+# link needs; large frames cut the per-frame work. Both ends set them: the server's options
+# govern what a dialer may send it.
+TRANSPORT_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.http2.lookahead_bytes", 8 * 1024 * 1024),
+    ("grpc.http2.bdp_probe", 1),
+    ("grpc.http2.max_frame_size", 1024 * 1024),
 ]
 
 
+# Every message of a link is compressed (gRPC's per-message gzip): half the bytes of a 256 B
+# value's entry, a tenth of a batch of Pod edits, for 7-20 us of CPU per entry
+# (bench/link_compression.py).
+COMPRESSION = grpc.Compression.Gzip
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """The dialer's gRPC channel: keepalive to notice a dead peer, it receives messages as
+    large as this node states in its Hello, and a connection of its own (not a subchannel
+    shared with an earlier attempt, which may sit in gRPC's reconnect backoff)."""
+    return [
+        ("grpc.keepalive_time_ms", 2000),
+        ("grpc.keepalive_timeout_ms", 3000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.use_local_subchannel_pool", 1),
+        *TRANSPORT_OPTIONS,
+    ]
+
+
+class NoAnswer(TimeoutError):
+    """The peer did not answer a dial in time (unreachable, or its network cut)."""
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One dial attempt: whether the handshake completed."""
+
+    linked: bool = False
+
+
+async def _handshake(
+    call: grpc.aio.StreamStreamCall, stream: _Stream, hello: pb.LinkMessage, timeout: float
+) -> pb.LinkMessage | None:
+    """Send Hello and read the answer, within ``timeout``. gRPC does not give up a write that
+    waits for a connection when cancelled (it ends when the connection attempt does, up to
+    TCP's timeout), so on time out the call itself is cancelled and the attempt abandoned."""
+
+    async def exchange() -> pb.LinkMessage | None:
+        await stream.send(hello)
+        return await stream.recv()
+
+    task = asyncio.ensure_future(exchange())
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if task in done:
+        return task.result()
+    call.cancel()
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+    raise NoAnswer(f"no answer within {timeout:.1f}s")
+
+
+def _check_numbers(what: str, **numbers: int) -> None:
+    try:
+        check_numbers(what, **numbers)
+    except OutOfRange as exc:
+        raise LinkRefused(str(exc)) from None
+
+
 class LinkRefused(Exception):
-    """The other side will not link with us; the message says why."""
+    """The other side will not link with us (or broke the protocol); the message says why,
+    the code is what the acceptor answers."""
+
+    def __init__(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT):
+        super().__init__(reason)
+        self.code = code
+
+
+# How a link ends without a bug: each has a one-line reason (describe_failure).
+EXPECTED_FAILURES = (
+    LinkRefused, EntryTooLarge, TimeoutError, grpc.aio.AioRpcError, StoreError,
+    grpc.aio.UsageError, asyncio.InvalidStateError,
+)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """Why a link ended, in one line (for the log and `shim status`)."""
+    if isinstance(exc, NoAnswer):
+        return str(exc)
+    if isinstance(exc, LinkRefused | EntryTooLarge):
+        return f"refused: {exc}"
+    if isinstance(exc, TimeoutError):
+        return f"silent for {SILENCE_SECONDS:.0f}s"
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, StoreError):
+        return f"local store: {exc}"
+    if isinstance(exc, grpc.aio.UsageError | asyncio.InvalidStateError):
+        return f"stream ended: {exc}"  # e.g. a write racing the stream's end
+    return repr(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +187,8 @@ class LinkSpec:
 
 class _Stream:
     """One side of a Link: the dialer's call or the acceptor's servicer context, which read
-    and write messages the same way."""
+    and write messages the same way. Messages arrive as bytes and are decoded here, so bytes
+    that are not a LinkMessage end the link with a reason instead of a traceback."""
 
     def __init__(self, call: grpc.aio.StreamStreamCall | grpc.aio.ServicerContext) -> None:
         self._call = call
@@ -90,8 +197,13 @@ class _Stream:
         await self._call.write(msg)
 
     async def recv(self) -> pb.LinkMessage | None:
-        msg = await self._call.read()
-        return None if msg is grpc.aio.EOF else msg
+        data = await self._call.read()
+        if data is grpc.aio.EOF:
+            return None
+        try:
+            return pb.LinkMessage.FromString(data)
+        except DecodeError:
+            raise LinkRefused(f"not a Link message ({len(data)} undecodable bytes)") from None
 
 
 @dataclass(slots=True)
@@ -103,6 +215,11 @@ class LinkState:
     address: str
     name: str = ""
     client_url: str = ""
+    # The largest message the peer accepts (stated in its Hello).
+    peer_max_message: int = GRPC_DEFAULT_MESSAGE_BYTES
+    # The peer's position in its log that this node has durably applied: sent back as `acked`.
+    applied: int = 0
+    peer_high: int = 0  # the peer's newest log position it told us
 
 
 class Replicator:
@@ -116,6 +233,7 @@ class Replicator:
         bootstrap_token: str | None,
         links: list[LinkSpec],
         peer_tls: PeerTls | None = None,
+        max_message_bytes: int = GRPC_DEFAULT_MESSAGE_BYTES,
     ) -> None:
         self._store = store
         self._replica = replica
@@ -124,11 +242,15 @@ class Replicator:
         self._name = name
         self._token = bootstrap_token
         self._peer_tls = peer_tls
+        # The largest Link message this node receives (its gRPC receive limit), and so sends.
+        self.max_message_bytes = max_message_bytes
         self._specs: dict[str, LinkSpec] = {}
         self._dialers: dict[str, asyncio.Task[None]] = {}
         self._wakers: set[asyncio.Event] = set()
         self.live: dict[int, LinkState] = {}
         self._admitted: set[asyncio.Task[Any]] = set()
+        self._admitted_trackers: dict[str, LinkTracker] = {}
+        self._recording: set[asyncio.Future[None]] = set()
         self._closed = False
         store.add_commit_listener(self._wake_senders)
         self.set_links(links)
@@ -166,54 +288,66 @@ class Replicator:
 
     # -- dialing ---------------------------------------------------------------------------------
 
+    async def _record(self, status: LinkStatus | None) -> None:
+        if status is not None:
+            with contextlib.suppress(StoreError):  # status only: the link goes on without it
+                await self._store.write(status)
+
     async def _dial_forever(self, spec: LinkSpec) -> None:
-        delay = RETRY_MIN_SECONDS
         failures = 0
+        tracker = LinkTracker(spec.url, "dial")
+        redial = Redial()
         while True:
             started = time.monotonic()
+            attempt = _Attempt()
             try:
-                await self._dial_once(spec)
+                await self._dial_once(spec, tracker, redial, attempt)
+                exc: BaseException = LinkRefused("closed by the peer")
                 reason = "closed by the peer"
             except asyncio.CancelledError:
                 raise
-            except LinkRefused as exc:
-                reason = f"refused: {exc}"
-            except TimeoutError:
-                reason = f"silent for {SILENCE_SECONDS:.0f}s"
-            except grpc.aio.AioRpcError as exc:
-                reason = f"{exc.code().name}: {exc.details()}"
-            except StoreError as exc:
-                reason = f"local store: {exc}"
-            except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
-                reason = f"stream ended: {exc}"  # e.g. a write racing the stream's end
-            except Exception as exc:  # a bug in one link must not end the others
-                log.exception("link to %s failed", spec.url)
-                reason = repr(exc)
-            if time.monotonic() - started > 10 * RETRY_MAX_SECONDS:
-                delay, failures = RETRY_MIN_SECONDS, 0  # it worked for a while: retry quickly
+            except Exception as failure:  # a bug in one link must not end the others
+                exc, reason = failure, describe_failure(failure)
+                if not isinstance(failure, EXPECTED_FAILURES):
+                    log.exception("link to %s failed", spec.url)
+            lasted = time.monotonic() - started
+            if attempt.linked and lasted >= STABLE_SECONDS:
+                failures = 0
             failures += 1
+            delay = redial.failed(exc, attempt.linked, lasted)
             level = logging.WARNING if failures in (1, 10) or failures % 100 == 0 else logging.DEBUG
             log.log(level, "link to %s down (%s); retrying in %.1fs", spec.url, reason, delay)
+            await self._record(tracker.down(reason))
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
-    async def _dial_once(self, spec: LinkSpec) -> None:
+    async def _dial_once(
+        self, spec: LinkSpec, tracker: LinkTracker, redial: Redial, attempt: _Attempt
+    ) -> None:
         target = spec.target
+        options = channel_options(self.max_message_bytes)
         if spec.url.startswith("https://"):
             credentials = (self._peer_tls or PeerTls()).credentials()
-            channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+            channel = grpc.aio.secure_channel(target, credentials, options=options)
         else:
-            channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(target, options=options)
         async with channel:
-            call = pb_grpc.ReplicationStub(channel).Link()
+            # Replies arrive as bytes: _Stream decodes them.
+            call = channel.stream_stream(
+                LINK_METHOD, request_serializer=pb.LinkMessage.SerializeToString
+            )(compression=COMPRESSION)
             stream = _Stream(call)
             try:
-                await stream.send(pb.LinkMessage(hello=pb.Hello(
+                hello_msg = pb.LinkMessage(hello=pb.Hello(
                     node_id=self.node_id, name=self._name, token=spec.token,
                     policy_digest=self.policy_digest, send=spec.send, receive=spec.receive,
                     hlc=self._clock(), protocol=PROTOCOL,
-                )))
-                reply = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
+                    max_message_bytes=self.max_message_bytes,
+                ))
+                started = time.monotonic()
+                # Bounded: a peer cut off by the network is tried again soon, not after
+                # TCP's connect timeout, so the link is back within a second of the heal.
+                reply = await _handshake(call, stream, hello_msg, redial.connect_timeout())
+                redial.linked(time.monotonic() - started)
                 if reply is None or reply.WhichOneof("kind") != "hello":
                     raise LinkRefused("the peer did not answer the handshake")
                 hello = reply.hello
@@ -222,8 +356,11 @@ class Replicator:
                     int, PeerRegistration(hello.node_id, hello.name, spec.url, "parent")
                 )
                 await stream.send(pb.LinkMessage(start=pb.Start(cursor=cursor)))
-                state = LinkState(hello.node_id, spec.url, hello.name, spec.url)
+                state = LinkState(hello.node_id, spec.url, hello.name, spec.url,
+                                  hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor)
                 log.info("linked to %s (node %s, %s)", spec.url, hello.node_id, hello.name)
+                attempt.linked = True
+                await self._record(tracker.up(hello.node_id))
                 await self._run(
                     stream, state, send_from=hello.cursor if spec.send else None,
                     receive=spec.receive,
@@ -235,17 +372,19 @@ class Replicator:
         return self._replica.clock.last
 
     def _check_peer(self, hello: pb.Hello) -> None:
+        refused = grpc.StatusCode.FAILED_PRECONDITION
         if hello.protocol != PROTOCOL:
-            raise LinkRefused(f"protocol {hello.protocol} is not {PROTOCOL}")
+            raise LinkRefused(f"protocol {hello.protocol} is not {PROTOCOL}", refused)
         if hello.node_id == self.node_id:
-            raise LinkRefused("the peer is this node itself")
+            raise LinkRefused("the peer is this node itself", refused)
         if not hello.node_id:
-            raise LinkRefused("the peer sent no node id")
+            raise LinkRefused("the peer sent no node id", refused)
         if hello.policy_digest != self.policy_digest:
             raise LinkRefused(
                 f"merge policies differ (ours {self.policy_digest}, "
-                f"theirs {hello.policy_digest}): every node must run the same policy"
+                f"theirs {hello.policy_digest}): every node must run the same policy", refused,
             )
+        _check_numbers("Hello", cursor=hello.cursor, hlc=hello.hlc)
 
     # -- admitting -------------------------------------------------------------------------------
 
@@ -262,25 +401,19 @@ class Replicator:
             self._admitted.discard(task)
 
     async def _admit(self, context: grpc.aio.ServicerContext) -> None:
+        """Refusals raise LinkRefused: ReplicationService logs one line and answers it."""
         stream = _Stream(context)
+        context.set_compression(COMPRESSION)
         first = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
         if first is None or first.WhichOneof("kind") != "hello":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a link starts with Hello")
-            return
+            raise LinkRefused("a link starts with Hello")
         hello = first.hello
         if self._token is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, ADMITS_NO_LINKS)
-            return
+            raise LinkRefused(ADMITS_NO_LINKS, grpc.StatusCode.PERMISSION_DENIED)
         # Constant time, so the token cannot be guessed byte by byte; never logged.
         if not hmac.compare_digest(hello.token.encode(), self._token.encode()):
-            log.warning("link from %s refused: wrong bootstrap token", context.peer())
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "bootstrap token rejected")
-            return
-        try:
-            self._check_peer(hello)
-        except LinkRefused as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            return
+            raise LinkRefused("bootstrap token rejected", grpc.StatusCode.PERMISSION_DENIED)
+        self._check_peer(hello)
         address = context.peer()
         cursor = await self._store.write_expecting(
             int, PeerRegistration(hello.node_id, hello.name, address, "child")
@@ -288,17 +421,34 @@ class Replicator:
         await stream.send(pb.LinkMessage(hello=pb.Hello(
             node_id=self.node_id, name=self._name, policy_digest=self.policy_digest,
             send=hello.receive, receive=hello.send, cursor=cursor, hlc=self._clock(),
-            protocol=PROTOCOL,
+            protocol=PROTOCOL, max_message_bytes=self.max_message_bytes,
         )))
         start = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
         if start is None or start.WhichOneof("kind") != "start":
             return
-        state = LinkState(hello.node_id, address, hello.name)
+        _check_numbers("Start", cursor=start.start.cursor)
+        state = LinkState(hello.node_id, address, hello.name, "",
+                          hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor)
         log.info("admitted link from %s (node %s, %s)", address, hello.node_id, hello.name)
-        await self._run(
-            stream, state, send_from=start.start.cursor if hello.receive else None,
-            receive=hello.send,
-        )
+        tracker = self._admitted_trackers.setdefault(
+            hello.node_id, LinkTracker(hello.node_id, "admit"))
+        await self._record(tracker.up(hello.node_id))
+        reason = "the connection ended"  # gRPC cancels the call when the peer goes away
+        try:
+            await self._run(
+                stream, state, send_from=start.start.cursor if hello.receive else None,
+                receive=hello.send,
+            )
+            reason = "closed by the peer"
+        except Exception as exc:
+            reason = describe_failure(exc)
+            raise
+        finally:
+            if not self._closed:
+                # Its own task: this one may be cancelled already.
+                record = asyncio.ensure_future(self._record(tracker.down(reason)))
+                self._recording.add(record)
+                record.add_done_callback(self._recording.discard)
 
     # -- a live link -----------------------------------------------------------------------------
 
@@ -312,7 +462,7 @@ class Replicator:
             tasks.append(asyncio.ensure_future(self._send(stream, state, send_from)))
         else:
             # Entries flow the other way only; heartbeats still tell the other side we live.
-            tasks.append(asyncio.ensure_future(self._heartbeats(stream)))
+            tasks.append(asyncio.ensure_future(self._heartbeats(stream, state)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -334,6 +484,7 @@ class Replicator:
                 # database): send everything again; duplicates are dropped over there.
                 cursor = 0
             last_sent = time.monotonic()
+            limit = message_limit(self.max_message_bytes, state.peer_max_message)
             while True:
                 wake.clear()
                 start = cursor
@@ -341,22 +492,17 @@ class Replicator:
                 rows, covered, high = await self._store.read(
                     functools.partial(_entries_after, after=start, peer=state.peer)
                 )
-                entries: list[pb.Entry] = []
-                size = 0
-                cut: int | None = None
-                for ingest, entry in rows:
-                    entries.append(to_wire(entry))
-                    size += len(entry.value) + len(entry.key)
-                    if size > BATCH_BYTES:
-                        cut = ingest  # bounded message size: the rest goes in the next batch
-                        break
+                # Cut by encoded size to what both sides accept: the rest goes next.
+                entries, cut = cut_batch(
+                    ((ingest, to_wire(entry)) for ingest, entry in rows), BATCH_BYTES, limit
+                )
                 # Entries the peer has already (its own, or ones it sent) move the cursor
                 # too; with nothing else to send, the next heartbeat carries it rather than
                 # a batch of its own (each batch costs the peer a durable commit).
                 cursor = cut if cut is not None else covered
                 if entries:
                     batch = pb.Batch(entries=entries, cursor=cursor, high=high,
-                                     hlc=self._clock())
+                                     hlc=self._clock(), acked=state.applied)
                     await stream.send(pb.LinkMessage(batch=batch))
                     last_sent = time.monotonic()
                     if cut is not None or len(rows) == BATCH_ENTRIES:
@@ -369,63 +515,138 @@ class Replicator:
                 # must still tell every peer it is alive.
                 if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
                     await stream.send(pb.LinkMessage(batch=pb.Batch(
-                        cursor=cursor, high=high, hlc=self._clock()
+                        cursor=cursor, high=high, hlc=self._clock(), acked=state.applied,
                     )))
                     last_sent = time.monotonic()
         finally:
             self._wakers.discard(wake)
 
-    async def _heartbeats(self, stream: _Stream) -> None:
+    async def _heartbeats(self, stream: _Stream, state: LinkState) -> None:
         while True:
-            await stream.send(pb.LinkMessage(batch=pb.Batch(hlc=self._clock())))
+            await stream.send(pb.LinkMessage(batch=pb.Batch(
+                hlc=self._clock(), acked=state.applied)))
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _receive(self, stream: _Stream, state: LinkState, receive: bool) -> None:
-        cursor: int | None = None
-        recorded = 0.0  # when the peer's row (cursor, last seen) was last written
-        while True:
-            msg = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
-            if msg is None:
+        """Read the peer's messages and apply them, reading ahead while a merge commits: the
+        batches that arrived meanwhile are merged together, in one transaction (bigger
+        batches under load, one fsync for all). The inbox is bounded, so a receiver that
+        cannot keep up holds the sender back through gRPC's flow control."""
+        inbox: asyncio.Queue[pb.Batch | Exception | None] = asyncio.Queue(INBOX_BATCHES)
+        reader = asyncio.ensure_future(self._read(stream, state, inbox))
+        try:
+            await self._apply(state, inbox, receive)
+        finally:
+            await cancel_and_wait(reader, timeout=1.0, log_errors=False)
+
+    async def _read(
+        self, stream: _Stream, state: LinkState, inbox: asyncio.Queue[pb.Batch | Exception | None]
+    ) -> None:
+        try:
+            while True:
+                msg = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
+                if msg is None:
+                    break
+                if msg.WhichOneof("kind") != "batch":
+                    continue
+                batch = msg.batch
+                _check_numbers(f"a batch from node {state.peer}", cursor=batch.cursor,
+                               high=batch.high, hlc=batch.hlc, acked=batch.acked)
+                await inbox.put(batch)
+        except Exception as exc:  # raised by the applier, after what arrived before it
+            await inbox.put(exc)
+            return
+        await inbox.put(None)
+
+    async def _apply(
+        self, state: LinkState, inbox: asyncio.Queue[pb.Batch | Exception | None], receive: bool
+    ) -> None:
+        """Apply the peer's batches, and record what it says (its cursor and newest position,
+        and how far it applied ours) in its peer row: with every batch of entries, and for
+        heartbeats when something changed (at most once a heartbeat) or every
+        PEER_RECORD_SECONDS (last seen)."""
+        last: tuple[int, int, int] | None = None
+        recorded = 0.0  # when the peer's row was last written
+        ended = False
+        while not ended:
+            item = await inbox.get()
+            batches: list[pb.Batch] = []
+            entries = 0
+            while True:
+                if isinstance(item, Exception):
+                    if not batches:
+                        raise item
+                    inbox.put_nowait(item)  # after merging what came before it (room: taken)
+                    break
+                if item is None:
+                    ended = True
+                    break
+                batches.append(item)
+                entries += len(item.entries)
+                if entries >= MERGE_ENTRIES or inbox.empty():
+                    break
+                item = inbox.get_nowait()
+            if not batches:
                 return
-            if msg.WhichOneof("kind") != "batch":
-                continue
-            batch = msg.batch
-            if not receive:
-                continue  # the link's other direction only: a heartbeat of a receive-only peer
-            if (
-                not batch.entries and batch.cursor == cursor
-                and time.monotonic() - recorded < PEER_RECORD_SECONDS
+            newest = batches[-1]
+            acked = max(b.acked for b in batches)
+            if receive:
+                cursor, high = newest.cursor, newest.high
+                wire = [e for b in batches for e in b.entries]
+            else:  # the link's other direction only: heartbeats of a receive-only peer
+                cursor, high, wire = state.applied, state.peer_high, []
+            known = (cursor, high, acked)
+            since = time.monotonic() - recorded
+            if not wire and since < PEER_RECORD_SECONDS and (
+                known == last or since < HEARTBEAT_SECONDS
             ):
-                continue  # a heartbeat with nothing new: no write needed yet
+                continue  # heartbeats with nothing new to record yet
             try:
-                entries = [from_wire(e) for e in batch.entries]
+                merged = [from_wire(e) for e in wire]
             except BadEntry as exc:
                 raise LinkRefused(f"node {state.peer} sent a bad entry: {exc}") from exc
-            await merge(self._store, MergeRequest(state.peer, entries, batch.cursor, batch.high))
-            cursor = batch.cursor
-            recorded = time.monotonic()
+            await merge(self._store, MergeRequest(state.peer, merged, cursor, high, acked))
+            state.applied, state.peer_high = cursor, high
+            last, recorded = known, time.monotonic()
 
 
-class ReplicationService(pb_grpc.ReplicationServicer):
+def add_to_server(server: grpc.aio.Server, replicator: Callable[[], Replicator | None]) -> None:
+    """Serve Link on ``server``. Requests arrive as bytes (decoded by _Stream), so bytes that
+    are not a LinkMessage refuse the link with one log line, not a traceback from gRPC."""
+    service = ReplicationService(replicator)
+    handler = grpc.stream_stream_rpc_method_handler(
+        service.Link, response_serializer=pb.LinkMessage.SerializeToString
+    )
+    service_name, method = LINK_METHOD.strip("/").split("/")
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service_name, {method: handler}),)
+    )
+
+
+class ReplicationService:
     def __init__(self, replicator: Callable[[], Replicator | None]) -> None:
         self._replicator = replicator
 
     async def Link(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        """Admit one link. However it ends, the log gets at most one line for it, naming the
+        peer's address and the reason."""
         replicator = self._replicator()
         if replicator is None:  # a node that takes no part in replication
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, ADMITS_NO_LINKS)
             return
+        address = context.peer()
         try:
             await replicator.admit(context)
         except asyncio.CancelledError:
             return  # this node is stopping
-        except TimeoutError:
-            log.info("link from %s went silent; closing it", context.peer())
         except LinkRefused as exc:
-            log.warning("link from %s closed: %s", context.peer(), exc)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
-            log.info("link from %s ended: %s", context.peer(), exc)
+            log.warning("link from %s refused: %s", address, exc)
+            await context.abort(exc.code, str(exc))
+        except EXPECTED_FAILURES as exc:
+            log.info("link from %s ended: %s", address, describe_failure(exc))
+        except Exception:  # a bug: its traceback, once; the peer gets no Python detail
+            log.exception("link from %s failed", address)
+            await context.abort(grpc.StatusCode.UNKNOWN, "shim: internal error (logged)")
 
 
 def _entries_after(

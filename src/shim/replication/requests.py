@@ -20,6 +20,7 @@ class MergeRequest(ReplicaRequest):
     entries: list[Entry]
     cursor: int  # the peer's ingest position this batch covers
     peer_high: int  # the peer's newest ingest position
+    acked: int = 0  # the peer's confirmed position in our log (it applied up to there)
 
 
 @dataclass(slots=True)

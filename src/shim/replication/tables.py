@@ -99,7 +99,13 @@ class ReplicationTables(Protocol):
         conflicts: int,
         lag_ms: int | None,
         now_ms: int,
+        acked: int = 0,
     ) -> None: ...
+
+    def record_link(
+        self, key: str, role: str, node_id: str, state: str, since_ms: int, failures: int,
+        error: str, error_ms: int,
+    ) -> int: ...
 
 
 def tables(view: object) -> ReplicationTables:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shim.pb import replication_pb2 as pb
 from shim.replication import ops as field_ops
+from shim.replication.framing import MAX_NUMBER
 from shim.replication.merge import AUTH, Entry
 
 # 2: Kubernetes objects stored as protobuf merge field by field (protocol 1 kept them whole, so
@@ -32,6 +33,9 @@ class BadEntry(ValueError):
 def from_wire(msg: pb.Entry) -> Entry:
     if not msg.origin or msg.seq <= 0 or not msg.key:
         raise BadEntry("an entry needs an origin, a positive seq and a key")
+    if msg.seq > MAX_NUMBER or msg.hlc > MAX_NUMBER:
+        raise BadEntry(f"entry {msg.origin}: seq {msg.seq} or hlc {msg.hlc} is out of range "
+                       "(at most 2^63-1)")
     if msg.kind not in KINDS:
         raise BadEntry(f"entry {msg.origin}/{msg.seq}: unknown kind {msg.kind!r}")
     ops = None
