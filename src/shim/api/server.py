@@ -53,6 +53,7 @@ from shim.mvcc.watch import WatchHub
 from shim.mvcc.writer import ReplicationSettings
 from shim.pb import replication_pb2_grpc, rpc_pb2
 from shim.procs.remote import RemoteLessor, RemoteWritePath, StoreLink
+from shim.replication.ingest import IngestLimits
 from shim.replication.links import ReplicationService, Replicator
 from shim.replication.policy import Policy, PolicyError
 from shim.replication.topology import link_specs, load_topology
@@ -283,7 +284,7 @@ class ShimServer:
         if self._replicates:
             self.replicator = Replicator(
                 self.store, self.config.name, self.config.bootstrap_token, self._links,
-                self.config.peer_tls,
+                self.config.peer_tls, IngestLimits(self.config.max_request_bytes),
             )
         interceptors = []
         if self.config.metrics_address:

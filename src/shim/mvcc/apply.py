@@ -30,7 +30,7 @@ from shim.mvcc.errors import (
     LeaseTTLTooLargeError,
 )
 from shim.mvcc.events import Change, Revision
-from shim.mvcc.hlc import HybridClock, wall_ms
+from shim.mvcc.hlc import LOGICAL_BITS, HybridClock, wall_ms
 from shim.mvcc.keys import range_end
 from shim.mvcc.range import execute_range
 from shim.mvcc.txn import TxnPath
@@ -56,12 +56,14 @@ from shim.pb.rpc_pb2 import (
     TxnRequest,
     TxnResponse,
 )
-from shim.replication.merge import AUTH
+from shim.replication.merge import AUTH, Entry
+from shim.replication.quarantine import quarantine
 from shim.replication.resolve import (
     MergeRequest,
     MergeResult,
     PeerRegistration,
     PruneEntries,
+    ReleaseHeld,
     Replica,
     Resolution,
 )
@@ -69,7 +71,7 @@ from shim.replication.resolve import (
 WriteRequest = (
     PutRequest | DeleteRangeRequest | TxnRequest | CompactionRequest
     | LeaseGrantRequest | LeaseRevokeRequest | MergeRequest | PeerRegistration | PruneEntries
-    | AlarmRequest | DefragmentRequest | Authorized | AuthWriteRequest
+    | ReleaseHeld | AlarmRequest | DefragmentRequest | Authorized | AuthWriteRequest
 )
 WriteResponse = (
     PutResponse | DeleteRangeResponse | TxnResponse | CompactionResponse
@@ -163,6 +165,8 @@ class Applier:
             return self._merge(req)
         if isinstance(req, PeerRegistration):
             return self._register_peer(req)
+        if isinstance(req, ReleaseHeld):
+            return self._release_held(req)
         if isinstance(req, AlarmRequest):
             return self._alarm(req)
         if isinstance(req, PruneEntries):
@@ -293,39 +297,29 @@ class Applier:
         when an object incarnation replaces another: a DELETE, then a PUT)."""
         assert self._replica is not None, "merge on a backend without replication"
         replica, repl = self._replica, repl_tables(self._txn)
-        result = MergeResult(len(req.entries), 0, 0, 0)
+        result = MergeResult(len(req.entries) + len(req.refused), 0, 0, 0)
+        for refusal in req.refused:
+            quarantine(repl, refusal, refusal.reason, peer=req.peer)
+            result.quarantined += 1
         newest_hlc = 0
         now = time.time_ns() // 1_000_000
         for entry in req.entries:
-            skewed = not replica.observe(entry)
-            ingest = repl.insert(entry, req.peer, now, skewed, "applied")
+            due = replica.observe(entry)
+            held = not due and entry.kind == ""
+            ingest = repl.insert(entry, req.peer, now, not due, "held" if held else "applied")
             if ingest is None:
                 result.duplicates += 1
                 continue
+            if held:
+                # Stamped beyond the clock-skew bound: stored and forwarded, applied once the
+                # clock reaches it (a far-future stamp must not hide the writes made meanwhile).
+                replica.hold(entry)
+                result.held += 1
+                continue
             newest_hlc = max(newest_hlc, entry.hlc)
-            if entry.kind == AUTH:
-                # A user, role or setting: the auth store merges it (no key, no revision).
-                assert self._auth is not None, "the write path has no auth store"
-                changed = self._auth.merge(self._txn, entry.key, entry.value, entry.secret)
-                repl.set_outcome(ingest, "applied" if changed else "unchanged")
-                result.applied += changed
-                result.unchanged += not changed
-                continue
-            if not replica.policy.replicates(entry.key):
-                repl.set_outcome(ingest, "unchanged")  # kept and forwarded, never applied
-                continue
-            old = self._txn.get(entry.key, 0)
-            resolved = replica.merge(repl, entry, ingest, old)
-            if resolved.conflict:
-                result.conflicts += 1
-                result.conflict_rules.append(resolved.rule)
-            if not resolved.changed:
-                repl.set_outcome(ingest, "superseded" if resolved.conflict else "unchanged")
-                result.unchanged += 1
-                continue
-            result.applied += 1
-            self._apply_resolution(entry.key, old, resolved)
-        if req.entries and result.duplicates == len(req.entries):
+            self._merge_guarded(entry, ingest, result)
+        result.quarantined += replica.take_quarantined()
+        if req.entries and result.duplicates == len(req.entries) and not req.refused:
             # Nothing new (entries another path delivered first): leave the peer's row alone,
             # so this transaction writes nothing and costs no fsync. The cursor moves with
             # the next batch that brings something, or the next recorded heartbeat.
@@ -336,6 +330,65 @@ class Applier:
             req.peer, req.cursor, req.peer_high, result.received - result.duplicates,
             result.applied, result.conflicts, lag, now,
         )
+        return result
+
+    def _merge_guarded(self, entry: Entry, ingest: int, result: MergeResult) -> None:
+        """``_merge_one`` of a stored entry, but one that cannot be applied is set apart,
+        never the end of its batch (which would come again, and fail again, for ever)."""
+        repl = repl_tables(self._txn)
+        revision, committed = self.revision, len(self.committed)
+        self._txn.savepoint()
+        try:
+            self._merge_one(entry, ingest, result)
+            self._txn.release()
+        except Exception as exc:
+            self._txn.rollback_savepoint()
+            self.revision, self._pending = revision, []
+            del self.committed[committed:]
+            reason = f"applying it failed ({type(exc).__name__}: {exc})"
+            quarantine(repl, entry, reason, stored=True)
+            result.quarantined += 1
+
+    def _merge_one(self, entry: Entry, ingest: int, result: MergeResult) -> None:
+        assert self._replica is not None
+        replica, repl = self._replica, repl_tables(self._txn)
+        if entry.kind == AUTH:
+            # A user, role or setting: the auth store merges it (no key, no revision).
+            assert self._auth is not None, "the write path has no auth store"
+            changed = self._auth.merge(self._txn, entry.key, entry.value, entry.secret)
+            repl.set_outcome(ingest, "applied" if changed else "unchanged")
+            result.applied += changed
+            result.unchanged += not changed
+            return
+        if not replica.policy.replicates(entry.key):
+            repl.set_outcome(ingest, "unchanged")  # kept and forwarded, never applied
+            return
+        old = self._txn.get(entry.key, 0)
+        resolved = replica.merge(repl, entry, ingest, old)
+        if resolved.conflict:
+            result.conflicts += 1
+            result.conflict_rules.append(resolved.rule)
+        if not resolved.changed:
+            repl.set_outcome(ingest, "superseded" if resolved.conflict else "unchanged")
+            result.unchanged += 1
+            return
+        result.applied += 1
+        self._apply_resolution(entry.key, old, resolved)
+
+    def _release_held(self, req: ReleaseHeld) -> MergeResult:
+        """Apply held entries the clock has reached, as if they arrived now."""
+        assert self._replica is not None
+        replica, repl = self._replica, repl_tables(self._txn)
+        now_ms = time.time_ns() // 1_000_000
+        horizon = ((now_ms + replica.max_skew_ms + 1) << LOGICAL_BITS) - 1
+        due = repl.held_due(horizon, req.limit)
+        result = MergeResult(len(due), 0, 0, 0)
+        for ingest, entry in due:
+            replica.observe(entry)
+            repl.set_outcome(ingest, "applied")
+            self._merge_guarded(entry, ingest, result)
+        replica.min_held_hlc = repl.min_held_hlc()
+        result.quarantined += replica.take_quarantined()
         return result
 
     def _register_peer(self, req: PeerRegistration) -> int:

@@ -133,7 +133,7 @@ class Store:
         # Counted once committed: a batch that rolls back is received again later.
         metrics.record_merge(
             req.peer, result.applied, result.unchanged, result.duplicates,
-            result.conflict_rules, result.lag_ms,
+            result.conflict_rules, result.lag_ms, result.held, result.quarantined,
         )
         return result
 

@@ -23,13 +23,17 @@ from typing import Any
 import grpc
 
 from shim.backend.sqlite_repl import tables as repl_tables
+from shim.config import DEFAULT_MAX_REQUEST_BYTES
 from shim.mvcc.errors import StoreError
 from shim.mvcc.store import Store
 from shim.pb import replication_pb2 as pb
 from shim.pb import replication_pb2_grpc as pb_grpc
+from shim.replication.held import release_held_forever
+from shim.replication.ingest import BadBatch, IngestLimits, admit, check_batch
 from shim.replication.merge import Entry
+from shim.replication.quarantine import Refusal
 from shim.replication.resolve import MergeRequest, PeerRegistration
-from shim.replication.wire import PROTOCOL, BadEntry, from_wire, to_wire
+from shim.replication.wire import PROTOCOL, to_wire
 from shim.tasks import cancel_and_wait
 from shim.tls import PeerTls
 
@@ -112,6 +116,7 @@ class Replicator:
         bootstrap_token: str | None,
         links: list[LinkSpec],
         peer_tls: PeerTls | None = None,
+        limits: IngestLimits | None = None,
     ) -> None:
         replica = store.replica
         if replica is None:
@@ -128,7 +133,12 @@ class Replicator:
         self.live: dict[int, LinkState] = {}
         self._admitted: set[asyncio.Task[Any]] = set()
         self._closed = False
+        # Entries from peers respect the client API's limits (None: etcd's defaults).
+        self._limits = limits or IngestLimits(DEFAULT_MAX_REQUEST_BYTES)
         store.add_commit_listener(self._wake_senders)
+        self._release = asyncio.get_running_loop().create_task(
+            release_held_forever(store), name="release held entries"
+        )
         self.set_links(links)
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -156,6 +166,7 @@ class Replicator:
         tasks = list(self._dialers.values())
         self._dialers.clear()
         await cancel_and_wait(*tasks, log_errors=False)  # each dialer logs its own failures
+        await cancel_and_wait(self._release)
 
     def _wake_senders(self, _revisions: object) -> None:
         """After every committed batch: it may have stored entries to send."""
@@ -390,7 +401,13 @@ class Replicator:
             msg = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
             if msg is None:
                 return
-            if msg.WhichOneof("kind") != "batch":
+            kind = msg.WhichOneof("kind")
+            if kind == "refused":
+                notice = msg.refused
+                log.warning("node %s refused entry %s/%d: %s",
+                            state.peer, notice.origin, notice.seq, notice.reason)
+                continue
+            if kind != "batch":
                 continue
             batch = msg.batch
             if not receive:
@@ -401,12 +418,32 @@ class Replicator:
             ):
                 continue  # a heartbeat with nothing new: no write needed yet
             try:
-                entries = [from_wire(e) for e in batch.entries]
-            except BadEntry as exc:
-                raise LinkRefused(f"node {state.peer} sent a bad entry: {exc}") from exc
-            await self._store.merge(MergeRequest(state.peer, entries, batch.cursor, batch.high))
+                check_batch(batch)
+            except BadBatch as exc:
+                raise LinkRefused(f"node {state.peer} sent a bad batch: {exc}") from exc
+            entries, refused = self._admit_entries(batch)
+            await self._store.merge(
+                MergeRequest(state.peer, entries, batch.cursor, batch.high, refused)
+            )
+            for refusal in refused:  # recorded and logged here; the sender logs it too
+                await stream.send(pb.LinkMessage(refused=pb.Refused(
+                    origin=refusal.origin, seq=refusal.seq, reason=refusal.reason
+                )))
             cursor = batch.cursor
             recorded = time.monotonic()
+
+
+    def _admit_entries(self, batch: pb.Batch) -> tuple[list[Entry], list[Refusal]]:
+        policy = self._store.replica.policy  # type: ignore[union-attr]
+        entries: list[Entry] = []
+        refused: list[Refusal] = []
+        for msg in batch.entries:
+            admitted = admit(msg, policy, self._limits)
+            if isinstance(admitted, Refusal):
+                refused.append(admitted)
+            else:
+                entries.append(admitted)
+        return entries, refused
 
 
 class ReplicationService(pb_grpc.ReplicationServicer):
