@@ -116,9 +116,9 @@ QUARANTINE_SHOWN = 5
 
 def _quarantine(conn: apsw.Connection) -> dict[str, Any]:
     """Entries set apart (shim.replication.quarantine): how many, and the latest reasons."""
-    total, refused = conn.execute(
+    total, refused = one(conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(stage = 'ingest'), 0) FROM repl_quarantine"
-    ).fetchone()
+    ))
     latest = [
         {"origin": row[0], "seq": row[1], "key": row[2], "stage": row[3], "reason": row[4],
          "from": row[5], "at_ms": row[6]}

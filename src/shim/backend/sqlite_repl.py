@@ -191,12 +191,10 @@ class ReplicationTables:
             f"WHERE e.outcome = '{HELD}' AND e.hlc <= ? ORDER BY e.hlc LIMIT ?",
             (hlc_limit, limit),
         ).fetchall()
-        return [(int(row[0]), _entry(row[1:])) for row in rows]
+        return [(int(row[0]), _entry(row[1:])) for row in rows]  # type: ignore[arg-type]
 
     def min_held_hlc(self) -> int | None:
-        row = self._conn.execute(
-            f"SELECT MIN(hlc) FROM repl_entry WHERE outcome = '{HELD}'"
-        ).fetchone()
+        row = one(self._conn.execute(f"SELECT MIN(hlc) FROM repl_entry WHERE outcome = '{HELD}'"))
         return None if row[0] is None else int(row[0])
 
     def add_quarantined(

@@ -449,7 +449,7 @@ def fold(
         except Exception as exc:  # whatever it is, this entry must not stop the key
             state.doc, state.lease, state.raw, state.last = before
             if new_tombstone:
-                state.tombstones.discard(ended)  # type: ignore[arg-type]
+                state.tombstones.discard(ended)
             failed.append((entry, f"applying it failed ({type(exc).__name__}: {exc})"))
     return state
 
