@@ -173,9 +173,14 @@ def test_an_entry_that_cannot_be_folded_is_set_apart_and_the_key_goes_on(
         wait_for(lambda: read(node)["spec"].get("paused"), lambda p: p is True,
                  "the late edit to apply")
         assert again.status() is None
+        # An auth object no auth store can read passes the ingest checks (its kind and key
+        # are right) and fails when applied: set apart too.
+        again.send(again.entry(b"user/mallory", b"not an object", kind="auth"))
+        wait_for(lambda: status(node)["quarantine"]["set_apart"], lambda n: n == 2,
+                 "the auth entry to be set apart")
+        assert again.status() is None
     assert read(node)["spec"]["replicas"] == 1  # without the set-apart edit
     put(node.endpoint, KEY, pod(replicas=4))
     assert read(node)["spec"]["replicas"] == 4
-    quarantine = status(node)["quarantine"]
-    assert quarantine["set_apart"] == 1
-    assert "stored operations" in quarantine["latest"][0]["reason"]
+    reasons = [q["reason"] for q in status(node)["quarantine"]["latest"]]
+    assert "stored operations" in reasons[1] and "applying it failed" in reasons[0], reasons

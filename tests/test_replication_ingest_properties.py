@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from shim.pb import replication_pb2 as pb
-from tests.support import ShimServer
+from tests.support import ShimServer, k8s_pb
 from tests.support.link_peer import LinkPeer, hlc_now
 from tests.support.replication import get, node_args, put, wait_converged, wait_for
 
 Factory = Callable[..., ShimServer]
 KEYS = [b"/registry/pods/default/a", b"/registry/configmaps/default/b",
-        b"/registry/leases/default/c", b"/plain/d"]
+        b"/registry/leases/default/c", b"/plain/d", b"/registry/deployments/default/e"]
 MARKER = b"/marker"
 NAMES = ["set", "del", "fww", "add", "sadd", "srem", "kset", "kdel", "order", "del-empty", "x"]
 FIELDS = ["metadata", "spec", "status", "uid", "name", "generation", "finalizers", "labels",
@@ -50,7 +50,13 @@ def document(uid: str, spec: Any) -> bytes:
     return json.dumps({"metadata": meta, "spec": spec}).encode()
 
 
-value = st.one_of(st.builds(document, st.sampled_from(UIDS), json_value),
+# Kubernetes objects as kube-apiserver stores them (protobuf), and bytes that only look so.
+protobuf = st.one_of(
+    st.builds(lambda uid, n: k8s_pb.stored(k8s_pb.deployment(uid=uid or "u1", replicas=n)),
+              st.sampled_from(UIDS), st.integers(0, 9)),
+    st.builds(lambda tail: b"k8s\x00" + tail, st.binary(max_size=24)),
+)
+value = st.one_of(st.builds(document, st.sampled_from(UIDS), json_value), protobuf,
                   st.binary(max_size=16), st.builds(lambda v: json.dumps(v).encode(), json_value))
 # Stamps now (None), in the past, held for good, or beyond what a table holds; never just
 # ahead, which would be released and win over the honest writes by the rules.

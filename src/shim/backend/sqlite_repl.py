@@ -260,7 +260,8 @@ class ReplicationTables:
             " WHERE e.received_ms < ?1 AND e.uid IS NULL AND e.base_uid IS NULL AND e.kind = ''"
             " AND EXISTS (SELECT 1 FROM repl_entry w WHERE w.key = e.key AND w.kind = ''"
             "   AND (w.hlc, w.origin, w.seq) > (e.hlc, e.origin, e.seq)"
-            "   AND w.uid IS NULL AND w.base_uid IS NULL AND (w.deleted = 1 OR w.ops IS NULL))"
+            "   AND w.uid IS NULL AND w.base_uid IS NULL AND (w.deleted = 1 OR w.ops IS NULL)"
+            f"   AND w.outcome NOT IN ('{HELD}', '{QUARANTINED}'))"
             " AND NOT EXISTS (SELECT 1 FROM repl_entry u WHERE u.key = e.key AND u.kind = ''"
             "   AND (u.uid IS NOT NULL OR u.base_uid IS NOT NULL))"
             " LIMIT ?2)",

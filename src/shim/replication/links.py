@@ -86,9 +86,12 @@ class _Stream:
 
     def __init__(self, call: grpc.aio.StreamStreamCall | grpc.aio.ServicerContext) -> None:
         self._call = call
+        # The sender and the receiver (answering refused entries) both write: one at a time.
+        self._writing = asyncio.Lock()
 
     async def send(self, msg: pb.LinkMessage) -> None:
-        await self._call.write(msg)
+        async with self._writing:
+            await self._call.write(msg)
 
     async def recv(self) -> pb.LinkMessage | None:
         msg = await self._call.read()
