@@ -9,6 +9,7 @@ import pytest
 
 from shim.pb import replication_pb2 as pb
 from shim.replication import ops as field_ops
+from shim.replication.ingest import IngestLimits, admit
 from shim.replication.merge import Entry, describe_write
 from shim.replication.ops import (
     AddDelta,
@@ -25,7 +26,8 @@ from shim.replication.ops import (
     SetRemove,
 )
 from shim.replication.policy import Policy
-from shim.replication.wire import BadEntry, from_wire, to_wire
+from shim.replication.quarantine import Refusal
+from shim.replication.wire import to_wire
 
 EVERY_OP: list[Op] = [
     SetField(("spec", "replicas"), 3),
@@ -144,15 +146,21 @@ def entry_message(ops: bytes) -> pb.Entry:
     return message
 
 
+LIMITS = IngestLimits(1536 * 1024)
+
+
 def test_an_entry_from_a_peer_travels_with_its_typed_operations() -> None:
     message = entry_message(field_ops.dumps(EVERY_OP).encode())
-    assert from_wire(message).ops == EVERY_OP
+    admitted = admit(message, Policy.load(), LIMITS)
+    assert isinstance(admitted, Entry), admitted
+    assert admitted.ops == EVERY_OP
 
 
 def test_an_entry_with_malformed_operations_is_refused_naming_entry_and_reason() -> None:
-    with pytest.raises(BadEntry) as refused:
-        from_wire(entry_message(b'[["set", ["a"]]]'))
-    assert str(refused.value) == "entry peer-a/7: operation 0 (set): 1 arguments, wants 2"
-    with pytest.raises(BadEntry) as refused:
-        from_wire(entry_message(b"not json"))
-    assert str(refused.value).startswith("entry peer-a/7: operations are not JSON")
+    refused = admit(entry_message(b'[["set", ["a"]]]'), Policy.load(), LIMITS)
+    assert isinstance(refused, Refusal)
+    assert (refused.origin, refused.seq) == ("peer-a", 7)
+    assert refused.reason == "operation 0 (set): 1 arguments, wants 2"
+    refused = admit(entry_message(b"not json"), Policy.load(), LIMITS)
+    assert isinstance(refused, Refusal)
+    assert refused.reason.startswith("operations are not JSON")

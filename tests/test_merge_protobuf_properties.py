@@ -164,7 +164,7 @@ class Site:
         self.clock = max(self.clock + 1, now + self.skew)
         entry = Entry(self.name, self.seq, self.clock, KEY, new is None, new or b"", 0, ops,
                       base_uid, uid)
-        if new is not None and ops is not None and reproduces_write(ops):
+        if new is not None and ops is not None and reproduces_write(ops, RULES):
             # resolve.Replica's fast path stores the written bytes without folding: they must
             # be exactly what the fold keeps.
             state = KeyState.from_stored(self.value, self.lease, self.tombstones, RULES)

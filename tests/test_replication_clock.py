@@ -47,8 +47,8 @@ def test_clock_never_goes_back_across_restarts_and_skewed_peers_are_flagged(tmp_
     asyncio.run(_session(db, [PutRequest(key=b"/a", value=b"1")]))
     first = _hlcs(db)[0][1]
 
-    # A peer whose clock is an hour ahead: its entry is kept, applied and flagged, and does not
-    # drag this node's clock an hour forward.
+    # A peer whose clock is an hour ahead: its entry is kept and flagged but held apart (not
+    # applied until the clock gets there), and does not drag this node's clock forward.
     ahead = (time.time_ns() // 1_000_000 + 3_600_000) << LOGICAL_BITS
     skewed = Entry("peer-ahead", 1, ahead, b"/b", False, b"from the future", 0, None, None, None)
     # A peer 100 ms ahead is within the bound: it pulls the clock forward.
@@ -61,9 +61,9 @@ def test_clock_never_goes_back_across_restarts_and_skewed_peers_are_flagged(tmp_
         MergeRequest("peer-near", [close], 1, 1),
         PutRequest(key=b"/d", value=b"after"),
     ]))
-    assert results[2].applied == 1 and results[3].applied == 1  # type: ignore[attr-defined]
+    assert results[2].held == 1 and results[3].applied == 1  # type: ignore[attr-defined]
     rows = {key: (hlc, flag, outcome) for key, hlc, flag, outcome in _hlcs(db)}
-    assert rows["/b"][1:] == (1, "applied")
+    assert rows["/b"][1:] == (1, "held")
     assert rows["/c"][1:] == (0, "applied")
     assert rows["/d"][0] > near  # pulled past the close peer...
     assert rows["/d"][0] < ahead  # ...but not to the skewed one

@@ -45,7 +45,8 @@ COMMIT_SECONDS = Histogram(
 WATCH_EVENTS_SENT = Counter("shim_watch_events_sent_total", "Watch events queued to clients.")
 REPLICATION_ENTRIES = Counter(
     "shim_replication_entries_total",
-    "Entries received from a peer, by outcome (applied, unchanged, duplicate).",
+    "Entries received from a peer, by outcome (applied, unchanged, duplicate, held, "
+    "quarantined).",
     ["peer", "outcome"],
 )
 REPLICATION_CONFLICTS = Counter(
@@ -60,6 +61,11 @@ REPLICATION_LAG_SECONDS = Histogram(
     ["peer"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+REPLICATION_QUARANTINED = Counter(
+    "shim_replication_quarantined_total",
+    "Entries set apart: refused on arrival (malformed, against the merge policy, over the "
+    "size limits) or impossible to fold (shim status lists the latest reasons).",
+)
 WATCHERS = Gauge("shim_watchers", "Open watchers.")
 LEASES = Gauge("shim_leases", "Leases granted by this node and not yet expired or revoked.")
 DB_SIZE = Gauge("shim_db_size_bytes", "Database size on disk, WAL included.")
@@ -69,11 +75,14 @@ LINKS = Gauge("shim_replication_links", "Replication links currently up.")
 
 def record_merge(
     peer: str, applied: int, unchanged: int, duplicates: int, conflict_rules: list[str],
-    lag_ms: int | None,
+    lag_ms: int | None, held: int = 0, quarantined: int = 0,
 ) -> None:
     """Count a committed batch of a peer's entries."""
+    if quarantined:
+        REPLICATION_QUARANTINED.inc(quarantined)
     for outcome, count in (("applied", applied), ("unchanged", unchanged),
-                           ("duplicate", duplicates)):
+                           ("duplicate", duplicates), ("held", held),
+                           ("quarantined", quarantined)):
         if count:
             REPLICATION_ENTRIES.labels(peer, outcome).inc(count)
     for rule in conflict_rules:

@@ -45,6 +45,7 @@ from shim.mvcc.watch import WatchHub
 from shim.pb import rpc_pb2
 from shim.procs.remote import RemoteLessor, RemoteWritePath, StoreLink
 from shim.replication import links, resolve
+from shim.replication.admission import IngestLimits
 from shim.replication.topology import link_specs, load_topology
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ class ShimServer:
             self.replicator = links.Replicator(
                 self.store, self._replica, self.config.name, self.config.bootstrap_token,
                 self._links, self.config.peer_tls, max_message_bytes=self._grpc_receive_limit,
+                limits=IngestLimits(self.config.max_request_bytes),
             )
         interceptors = []
         if self.config.metrics_address:

@@ -82,12 +82,15 @@ def status(conn: apsw.Connection) -> dict[str, Any]:
         return report
     counts = one(conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(received_from IS NULL), 0), COALESCE(SUM(skewed), 0), "
-        "COALESCE(SUM(outcome = 'superseded'), 0), COALESCE(MAX(ingest), 0) FROM repl_entry"
+        "COALESCE(SUM(outcome = 'superseded'), 0), COALESCE(MAX(ingest), 0), "
+        "COALESCE(SUM(outcome = 'held'), 0) FROM repl_entry"
     ))
     report["entries"] = {
         "total": counts[0], "local": counts[1], "skewed": counts[2],
-        "superseded": counts[3], "log_position": counts[4],
+        "superseded": counts[3], "log_position": counts[4], "held": counts[5],
     }
+    if _has_table(conn, "repl_quarantine"):
+        report["quarantine"] = _quarantine(conn)
     now_ms = time.time_ns() // 1_000_000
     report["peers"] = [
         {
@@ -133,6 +136,26 @@ def _unacked(conn: apsw.Connection, node_id: str) -> int:
     return int(row[0]) if row is not None else 0
 
 
+# How many of the latest quarantined entries `shim status` shows.
+QUARANTINE_SHOWN = 5
+
+
+def _quarantine(conn: apsw.Connection) -> dict[str, Any]:
+    """Entries set apart (shim.replication.quarantine): how many, and the latest reasons."""
+    total, refused = one(conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(stage = 'ingest'), 0) FROM repl_quarantine"
+    ))
+    latest = [
+        {"origin": row[0], "seq": row[1], "key": row[2], "stage": row[3], "reason": row[4],
+         "from": row[5], "at_ms": row[6]}
+        for row in conn.execute(
+            "SELECT origin, seq, key, stage, reason, received_from, received_ms "
+            "FROM repl_quarantine ORDER BY id DESC LIMIT ?", (QUARANTINE_SHOWN,)
+        )
+    ]
+    return {"total": total, "refused": refused, "set_apart": total - refused, "latest": latest}
+
+
 def print_status(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
     print(f"node       {report['node_id']}", file=out)
     print(f"revision   {report['revision']} (compacted to {report['compact_revision']})",
@@ -146,8 +169,16 @@ def print_status(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
     if entries is None:
         return
     print(f"entries    {entries['total']} ({entries['local']} written here, "
-          f"{entries['skewed']} from skewed clocks, {entries['superseded']} superseded); "
+          f"{entries['skewed']} from skewed clocks, {entries['held']} held until the clock "
+          f"reaches them, {entries['superseded']} superseded); "
           f"log position {entries['log_position']}", file=out)
+    quarantine = report.get("quarantine")
+    if quarantine is not None:
+        print(f"quarantine {quarantine['total']} ({quarantine['refused']} refused on arrival, "
+              f"{quarantine['set_apart']} set apart by a fold)", file=out)
+        for q in quarantine["latest"]:
+            key = _cell(q["key"])
+            print(f"  {q['origin']}/{q['seq']} {key[:60]}: {q['reason']}", file=out)
     print(f"conflicts  {report['conflicts_merged']} merged", file=out)
     columns = ["node_id", "name", "role", "address", "cursor", "peer_high", "lag_entries",
                "unacked_entries", "last_lag_ms", "entries_received", "entries_applied",

@@ -11,7 +11,14 @@ import apsw
 from shim.backend.sqlite_rows import one
 from shim.replication import ops as field_ops
 from shim.replication.merge import Entry, Stamp
+from shim.replication.quarantine import OUTCOME as QUARANTINED
 from shim.replication.tables import PeerRow
+
+# Stored entries no fold reads: held apart (stamped beyond the clock-skew bound, until the
+# clock reaches them) or quarantined (they cannot be folded).
+HELD = "held"
+_FOLDED = f"e.outcome NOT IN ('{HELD}', '{QUARANTINED}')"
+_MAX_INT64 = 2**63 - 1
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,10 @@ def _entry(row: Sequence[Any]) -> Entry:
         kind=str(kind),
         secret=None if secret is None else str(secret),
     )
+
+
+def _int64(value: int) -> int | None:
+    return value if -_MAX_INT64 - 1 <= value <= _MAX_INT64 else None
 
 
 class SqliteReplicationTables:
@@ -124,23 +135,62 @@ class SqliteReplicationTables:
     def set_outcome(self, ingest: int, outcome: str) -> None:
         self._conn.execute("UPDATE repl_entry SET outcome = ? WHERE ingest = ?", (outcome, ingest))
 
+    def set_outcome_of(self, origin: str, seq: int, outcome: str) -> None:
+        self._conn.execute(
+            "UPDATE repl_entry SET outcome = ? WHERE origin = ? AND seq = ?", (outcome, origin, seq)
+        )
+
     def newest_stamp(self, key: bytes, excluding: int = 0) -> Stamp | None:
-        """The largest stamp among the key's entries, leaving out the one at ``excluding``."""
+        """The largest stamp among the key's folded entries, leaving out the one at
+        ``excluding``."""
         row = self._conn.execute(
-            "SELECT hlc, origin, seq FROM repl_entry "
-            "WHERE key = ? AND kind = '' AND ingest != ? "
+            "SELECT hlc, origin, seq FROM repl_entry e "
+            f"WHERE key = ? AND kind = '' AND ingest != ? AND {_FOLDED} "
             "ORDER BY hlc DESC, origin DESC, seq DESC LIMIT 1",
             (key, excluding),
         ).fetchone()
         return None if row is None else (int(row[0]), str(row[1]), int(row[2]))
 
-    def key_entries(self, key: bytes) -> list[Entry]:
+    def key_entries(self, key: bytes) -> tuple[list[Entry], list[tuple[Entry, str]]]:
+        """The key's entries a fold reads, in stamp order; and those whose stored operations
+        cannot be read (each with the reason), which the fold must leave out."""
         rows = self._conn.execute(
             f"SELECT {_ENTRY_COLUMNS} FROM repl_entry e WHERE e.key = ? AND e.kind = '' "
-            "ORDER BY e.hlc, e.origin, e.seq",
+            f"AND {_FOLDED} ORDER BY e.hlc, e.origin, e.seq",
             (key,),
         )
-        return [_entry(row) for row in rows]
+        entries: list[Entry] = []
+        unreadable: list[tuple[Entry, str]] = []
+        for row in rows:
+            try:
+                entries.append(_entry(row))
+            except field_ops.BadOps as exc:
+                bare = _entry((*row[:7], None, *row[8:]))
+                unreadable.append((bare, f"stored operations: {exc}"))
+        return entries, unreadable
+
+    def held_due(self, hlc_limit: int, limit: int) -> list[tuple[int, Entry]]:
+        """Held entries stamped at or below ``hlc_limit`` (oldest stamp first)."""
+        rows = self._conn.execute(
+            f"SELECT e.ingest, {_ENTRY_COLUMNS} FROM repl_entry e "
+            f"WHERE e.outcome = '{HELD}' AND e.hlc <= ? ORDER BY e.hlc LIMIT ?",
+            (hlc_limit, limit),
+        ).fetchall()
+        return [(int(row[0]), _entry(row[1:])) for row in rows]  # type: ignore[arg-type]
+
+    def min_held_hlc(self) -> int | None:
+        row = one(self._conn.execute(f"SELECT MIN(hlc) FROM repl_entry WHERE outcome = '{HELD}'"))
+        return None if row[0] is None else int(row[0])
+
+    def add_quarantined(
+        self, origin: str, seq: int, hlc: int, key: bytes, stage: str, reason: str,
+        received_from: str | None, received_ms: int,
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO repl_quarantine (origin, seq, hlc, key, stage, reason, received_from, "
+            "received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (origin, _int64(seq), _int64(hlc), key, stage, reason, received_from, received_ms),
+        )
 
     def entries_after(
         self, cursor: int, exclude_node: str, limit: int
@@ -195,7 +245,8 @@ class SqliteReplicationTables:
             " WHERE e.received_ms < ?1 AND e.uid IS NULL AND e.base_uid IS NULL AND e.kind = ''"
             " AND EXISTS (SELECT 1 FROM repl_entry w WHERE w.key = e.key AND w.kind = ''"
             "   AND (w.hlc, w.origin, w.seq) > (e.hlc, e.origin, e.seq)"
-            "   AND w.uid IS NULL AND w.base_uid IS NULL AND (w.deleted = 1 OR w.ops IS NULL))"
+            "   AND w.uid IS NULL AND w.base_uid IS NULL AND (w.deleted = 1 OR w.ops IS NULL)"
+            f"   AND w.outcome NOT IN ('{HELD}', '{QUARANTINED}'))"
             " AND NOT EXISTS (SELECT 1 FROM repl_entry u WHERE u.key = e.key AND u.kind = ''"
             "   AND (u.uid IS NOT NULL OR u.base_uid IS NOT NULL))"
             " LIMIT ?2)",

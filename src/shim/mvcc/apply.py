@@ -9,6 +9,8 @@ before the first write, so a failed request leaves nothing behind.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from shim.auth.apply import (
     Authorized,
     AuthWriter,
@@ -297,6 +299,21 @@ class Applier:
         """A user, role or setting from a peer: the auth store merges it (no revision)."""
         assert self._auth is not None, "the write path has no auth store"
         return self._auth.merge(self._txn, key, value, secret)
+
+    def guarded(self, action: Callable[[], None]) -> Exception | None:
+        """Run ``action`` inside a savepoint; if it raises, undo its rows and revisions and
+        answer the exception (the batch goes on)."""
+        revision, committed = self.revision, len(self.committed)
+        self._txn.savepoint()
+        try:
+            action()
+        except Exception as exc:
+            self._txn.rollback_savepoint()
+            self.revision, self._pending = revision, []
+            del self.committed[committed:]
+            return exc
+        self._txn.release()
+        return None
 
     def _close_revision(self) -> None:
         self.revision += 1

@@ -59,6 +59,11 @@ class RevisionSink(Protocol):
         """Merge a user, role or setting into the auth store; whether it changed."""
         ...
 
+    def guarded(self, action: Callable[[], None]) -> Exception | None:
+        """Run ``action`` so that, if it raises, nothing it wrote stays (rows and revisions);
+        answers the exception, or None."""
+        ...
+
 
 class ReplicaHook(Protocol):
     @property

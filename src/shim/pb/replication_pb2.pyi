@@ -80,12 +80,24 @@ class Batch(_message.Message):
     acked: int
     def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., cursor: _Optional[int] = ..., high: _Optional[int] = ..., hlc: _Optional[int] = ..., acked: _Optional[int] = ...) -> None: ...
 
+class Refused(_message.Message):
+    __slots__ = ("origin", "seq", "reason")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    seq: int
+    reason: str
+    def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class LinkMessage(_message.Message):
-    __slots__ = ("hello", "start", "batch")
+    __slots__ = ("hello", "start", "batch", "refused")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     start: Start
     batch: Batch
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., start: _Optional[_Union[Start, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
+    refused: Refused
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., start: _Optional[_Union[Start, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ...) -> None: ...

@@ -1,9 +1,11 @@
 """Replication's write requests, inside the writer's transaction: a peer's batch of entries
-(dedupe, policy, fold, outcome, the peer's cursor), a peer registration, retention.
+(dedupe, policy, fold, outcome, the peer's cursor), held entries the clock has reached, a
+peer registration, a link's state, retention.
 
 Each entry that changes a key is handed to the applier's one primitive
 (``RevisionSink.emit``), which turns it into local revisions; nothing else of the write path
-is touched here.
+is touched here. An entry whose application raises is set apart (quarantined, inside a
+savepoint the sink offers) and the batch goes on: no stored entry may stop its key or its link.
 """
 
 from __future__ import annotations
@@ -13,12 +15,19 @@ from typing import TYPE_CHECKING
 
 from shim import metrics
 from shim.backend.base import WriteTxn
-from shim.mvcc.hlc import wall_ms
+from shim.mvcc.hlc import LOGICAL_BITS, wall_ms
 from shim.mvcc.replica import ReplicaAnswer, ReplicaRequest, RevisionSink
 from shim.mvcc.store import Store
 from shim.replication.link_state import LinkStatus
-from shim.replication.merge import AUTH
-from shim.replication.requests import MergeRequest, MergeResult, PeerRegistration, PruneEntries
+from shim.replication.merge import AUTH, Entry
+from shim.replication.quarantine import quarantine
+from shim.replication.requests import (
+    MergeRequest,
+    MergeResult,
+    PeerRegistration,
+    PruneEntries,
+    ReleaseHeld,
+)
 from shim.replication.tables import ReplicationTables, tables
 
 if TYPE_CHECKING:
@@ -31,6 +40,8 @@ def apply_request(
     repl = tables(txn)
     if isinstance(request, MergeRequest):
         return ingest(replica, repl, txn, request, sink)
+    if isinstance(request, ReleaseHeld):
+        return release_held(replica, repl, txn, request, sink)
     if isinstance(request, PeerRegistration):
         repl.upsert_peer(
             request.peer, request.name, request.address, request.role, _now_ms()
@@ -49,39 +60,31 @@ def ingest(
     sink: RevisionSink,
 ) -> MergeResult:
     """Store a peer's entries; each one that changes a key becomes a local revision (two
-    when an object incarnation replaces another: a DELETE, then a PUT)."""
-    result = MergeResult(len(req.entries), 0, 0, 0)
+    when an object incarnation replaces another: a DELETE, then a PUT). Entries the ingest
+    checks refused are recorded; entries stamped beyond the clock-skew bound are stored and
+    held until the clock reaches them."""
+    result = MergeResult(len(req.entries) + len(req.refused), 0, 0, 0)
+    for refusal in req.refused:
+        quarantine(repl, refusal, refusal.reason, peer=req.peer)
+        result.quarantined += 1
     newest_hlc = 0
     now = _now_ms()
     for entry in req.entries:
-        skewed = not replica.observe(entry)
-        position = repl.insert(entry, req.peer, now, skewed, "applied")
+        due = replica.observe(entry)
+        held = not due and entry.kind == ""
+        position = repl.insert(entry, req.peer, now, not due, "held" if held else "applied")
         if position is None:
             result.duplicates += 1
             continue
+        if held:
+            # A far-future stamp applied now would hide every write made meanwhile.
+            replica.hold(entry)
+            result.held += 1
+            continue
         newest_hlc = max(newest_hlc, entry.hlc)
-        if entry.kind == AUTH:
-            # A user, role or setting: the auth store merges it (no key, no revision).
-            changed = sink.merge_auth(entry.key, entry.value, entry.secret)
-            repl.set_outcome(position, "applied" if changed else "unchanged")
-            result.applied += changed
-            result.unchanged += not changed
-            continue
-        if not replica.policy.replicates(entry.key):
-            repl.set_outcome(position, "unchanged")  # kept and forwarded, never applied
-            continue
-        old = txn.get(entry.key, 0)
-        resolved = replica.merge(repl, entry, position, old)
-        if resolved.conflict:
-            result.conflicts += 1
-            result.conflict_rules.append(resolved.rule)
-        if not resolved.changed:
-            repl.set_outcome(position, "superseded" if resolved.conflict else "unchanged")
-            result.unchanged += 1
-            continue
-        result.applied += 1
-        sink.emit(entry.key, old, resolved.value, resolved.lease, resolved.new_incarnation)
-    if req.entries and result.duplicates == len(req.entries):
+        _apply_guarded(replica, repl, txn, entry, position, sink, result)
+    result.quarantined += replica.take_quarantined()
+    if req.entries and result.duplicates == len(req.entries) and not req.refused:
         # Nothing new (entries another path delivered first): leave the peer's row alone,
         # so this transaction writes nothing and costs no fsync. The cursor moves with
         # the next batch that brings something, or the next recorded heartbeat.
@@ -95,13 +98,70 @@ def ingest(
     return result
 
 
+def release_held(
+    replica: Replica, repl: ReplicationTables, txn: WriteTxn, req: ReleaseHeld,
+    sink: RevisionSink,
+) -> MergeResult:
+    """Apply held entries the clock has reached, as if they arrived now."""
+    horizon = ((_now_ms() + replica.max_skew_ms + 1) << LOGICAL_BITS) - 1
+    due = repl.held_due(horizon, req.limit)
+    result = MergeResult(len(due), 0, 0, 0)
+    for position, entry in due:
+        replica.observe(entry)
+        repl.set_outcome(position, "applied")
+        _apply_guarded(replica, repl, txn, entry, position, sink, result)
+    replica.min_held_hlc = repl.min_held_hlc()
+    result.quarantined += replica.take_quarantined()
+    return result
+
+
+def _apply_guarded(
+    replica: Replica, repl: ReplicationTables, txn: WriteTxn, entry: Entry, position: int,
+    sink: RevisionSink, result: MergeResult,
+) -> None:
+    """``_apply_one``, but an entry that cannot be applied is set apart, never the end of its
+    batch (which would come again, and fail again, for ever)."""
+    failure = sink.guarded(lambda: _apply_one(replica, repl, txn, entry, position, sink, result))
+    if failure is not None:
+        reason = f"applying it failed ({type(failure).__name__}: {failure})"
+        quarantine(repl, entry, reason, stored=True)
+        result.quarantined += 1
+
+
+def _apply_one(
+    replica: Replica, repl: ReplicationTables, txn: WriteTxn, entry: Entry, position: int,
+    sink: RevisionSink, result: MergeResult,
+) -> None:
+    if entry.kind == AUTH:
+        # A user, role or setting: the auth store merges it (no key, no revision).
+        changed = sink.merge_auth(entry.key, entry.value, entry.secret)
+        repl.set_outcome(position, "applied" if changed else "unchanged")
+        result.applied += changed
+        result.unchanged += not changed
+        return
+    if not replica.policy.replicates(entry.key):
+        repl.set_outcome(position, "unchanged")  # kept and forwarded, never applied
+        return
+    old = txn.get(entry.key, 0)
+    resolved = replica.merge(repl, entry, position, old)
+    if resolved.conflict:
+        result.conflicts += 1
+        result.conflict_rules.append(resolved.rule)
+    if not resolved.changed:
+        repl.set_outcome(position, "superseded" if resolved.conflict else "unchanged")
+        result.unchanged += 1
+        return
+    result.applied += 1
+    sink.emit(entry.key, old, resolved.value, resolved.lease, resolved.new_incarnation)
+
+
 async def merge(store: Store, req: MergeRequest) -> MergeResult:
     """Apply a peer's batch through the store's write path (one transaction with its cursor)
     and count it once committed (a batch that rolls back is received again later)."""
     result = await store.write_expecting(MergeResult, req)
     metrics.record_merge(
         req.peer, result.applied, result.unchanged, result.duplicates,
-        result.conflict_rules, result.lag_ms,
+        result.conflict_rules, result.lag_ms, result.held, result.quarantined,
     )
     return result
 

@@ -23,9 +23,11 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from shim.config import DEFAULT_MAX_REQUEST_BYTES
 from shim.mvcc.errors import StoreError
 from shim.mvcc.store import Store
 from shim.pb import replication_pb2 as pb
+from shim.replication.admission import BadBatch, IngestLimits, admit, check_batch
 from shim.replication.framing import (
     GRPC_DEFAULT_MESSAGE_BYTES,
     EntryTooLarge,
@@ -34,14 +36,16 @@ from shim.replication.framing import (
     cut_batch,
     message_limit,
 )
+from shim.replication.held import release_held_forever
 from shim.replication.ingest import merge
 from shim.replication.link_state import LinkStatus, LinkTracker
 from shim.replication.merge import Entry
+from shim.replication.quarantine import Refusal
 from shim.replication.redial import STABLE_SECONDS, Redial
 from shim.replication.requests import MergeRequest, PeerRegistration
 from shim.replication.resolve import Replica
 from shim.replication.tables import tables
-from shim.replication.wire import PROTOCOL, BadEntry, from_wire, to_wire
+from shim.replication.wire import PROTOCOL, to_wire
 from shim.tasks import cancel_and_wait
 from shim.tls import PeerTls
 
@@ -192,9 +196,12 @@ class _Stream:
 
     def __init__(self, call: grpc.aio.StreamStreamCall | grpc.aio.ServicerContext) -> None:
         self._call = call
+        # The sender and the receiver (answering refused entries) both write: one at a time.
+        self._writing = asyncio.Lock()
 
     async def send(self, msg: pb.LinkMessage) -> None:
-        await self._call.write(msg)
+        async with self._writing:
+            await self._call.write(msg)
 
     async def recv(self) -> pb.LinkMessage | None:
         data = await self._call.read()
@@ -234,6 +241,7 @@ class Replicator:
         links: list[LinkSpec],
         peer_tls: PeerTls | None = None,
         max_message_bytes: int = GRPC_DEFAULT_MESSAGE_BYTES,
+        limits: IngestLimits | None = None,
     ) -> None:
         self._store = store
         self._replica = replica
@@ -252,7 +260,12 @@ class Replicator:
         self._admitted_trackers: dict[str, LinkTracker] = {}
         self._recording: set[asyncio.Future[None]] = set()
         self._closed = False
+        # Entries from peers respect the client API's limits (None: etcd's defaults).
+        self._limits = limits or IngestLimits(DEFAULT_MAX_REQUEST_BYTES)
         store.add_commit_listener(self._wake_senders)
+        self._release = asyncio.get_running_loop().create_task(
+            release_held_forever(store, replica), name="release held entries"
+        )
         self.set_links(links)
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -280,6 +293,7 @@ class Replicator:
         tasks = list(self._dialers.values())
         self._dialers.clear()
         await cancel_and_wait(*tasks, log_errors=False)  # each dialer logs its own failures
+        await cancel_and_wait(self._release)
 
     def _wake_senders(self, _revisions: object) -> None:
         """After every committed batch: it may have stored entries to send."""
@@ -535,7 +549,7 @@ class Replicator:
         inbox: asyncio.Queue[pb.Batch | Exception | None] = asyncio.Queue(INBOX_BATCHES)
         reader = asyncio.ensure_future(self._read(stream, state, inbox))
         try:
-            await self._apply(state, inbox, receive)
+            await self._apply(stream, state, inbox, receive)
         finally:
             await cancel_and_wait(reader, timeout=1.0, log_errors=False)
 
@@ -547,11 +561,21 @@ class Replicator:
                 msg = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
                 if msg is None:
                     break
-                if msg.WhichOneof("kind") != "batch":
+                kind = msg.WhichOneof("kind")
+                if kind == "refused":
+                    notice = msg.refused
+                    log.warning("node %s refused entry %s/%d: %s",
+                                state.peer, notice.origin, notice.seq, notice.reason)
+                    continue
+                if kind != "batch":
                     continue
                 batch = msg.batch
                 _check_numbers(f"a batch from node {state.peer}", cursor=batch.cursor,
                                high=batch.high, hlc=batch.hlc, acked=batch.acked)
+                try:
+                    check_batch(batch)
+                except BadBatch as exc:
+                    raise LinkRefused(f"node {state.peer} sent a bad batch: {exc}") from exc
                 await inbox.put(batch)
         except Exception as exc:  # raised by the applier, after what arrived before it
             await inbox.put(exc)
@@ -559,7 +583,8 @@ class Replicator:
         await inbox.put(None)
 
     async def _apply(
-        self, state: LinkState, inbox: asyncio.Queue[pb.Batch | Exception | None], receive: bool
+        self, stream: _Stream, state: LinkState,
+        inbox: asyncio.Queue[pb.Batch | Exception | None], receive: bool,
     ) -> None:
         """Apply the peer's batches, and record what it says (its cursor and newest position,
         and how far it applied ours) in its peer row: with every batch of entries, and for
@@ -601,13 +626,27 @@ class Replicator:
                 known == last or since < HEARTBEAT_SECONDS
             ):
                 continue  # heartbeats with nothing new to record yet
-            try:
-                merged = [from_wire(e) for e in wire]
-            except BadEntry as exc:
-                raise LinkRefused(f"node {state.peer} sent a bad entry: {exc}") from exc
-            await merge(self._store, MergeRequest(state.peer, merged, cursor, high, acked))
+            merged, refused = self._admit_entries(wire)
+            await merge(
+                self._store, MergeRequest(state.peer, merged, cursor, high, acked, refused)
+            )
+            for refusal in refused:  # recorded and logged here; the sender logs it too
+                await stream.send(pb.LinkMessage(refused=pb.Refused(
+                    origin=refusal.origin, seq=refusal.seq, reason=refusal.reason
+                )))
             state.applied, state.peer_high = cursor, high
             last, recorded = known, time.monotonic()
+
+    def _admit_entries(self, wire: list[pb.Entry]) -> tuple[list[Entry], list[Refusal]]:
+        entries: list[Entry] = []
+        refused: list[Refusal] = []
+        for msg in wire:
+            admitted = admit(msg, self._replica.policy, self._limits)
+            if isinstance(admitted, Refusal):
+                refused.append(admitted)
+            else:
+                entries.append(admitted)
+        return entries, refused
 
 
 def add_to_server(server: grpc.aio.Server, replicator: Callable[[], Replicator | None]) -> None:

@@ -215,11 +215,18 @@ def _same_form_as_value(doc: dict[str, Json], value: bytes) -> bool:
 _EXACT_OPS = (SetField, DeleteField, SetRemove, KeyedSet, KeyedDelete, Reorder, DropIfEmpty)
 
 
-def reproduces_write(ops: list[Op]) -> bool:
+def reproduces_write(ops: list[Op], rules: KeyRules | None = None) -> bool:
     """Whether applying ``ops`` to the base they came from yields the written value itself
-    (no rule of the policy changed anything): then a write that sorts last keeps its bytes."""
+    (no rule of the policy changed anything): then a write that sorts last keeps its bytes.
+    Not so either: replacing or deleting an object that may hold a protected field (the
+    fold keeps that field), which only ``rules`` tell."""
     return all(
-        isinstance(op, _EXACT_OPS) or (isinstance(op, AddDelta) and isinstance(op.delta, int))
+        (isinstance(op, _EXACT_OPS) or (isinstance(op, AddDelta) and isinstance(op.delta, int)))
+        and not (
+            rules is not None
+            and isinstance(op, (SetField, DeleteField))
+            and rules.protected_under(op.path)
+        )
         for op in ops
     )
 
@@ -422,13 +429,28 @@ def _set_doc(state: KeyState, doc: Json | bytes | None, entry: Entry) -> None:
     state.last = entry
 
 
-def fold(entries: Iterable[Entry], rules: KeyRules) -> KeyState:
+def fold(
+    entries: Iterable[Entry], rules: KeyRules, failed: list[tuple[Entry, str]] | None = None
+) -> KeyState:
     """The state the set of ``entries`` of one key resolves to (an entry given twice counts
-    once: entries are identified by origin and seq)."""
+    once: entries are identified by origin and seq). With ``failed``, an entry whose step
+    raises is left out (the state stays as before it) and listed there with the reason."""
     unique = {(e.origin, e.seq): e for e in entries}
     state = KeyState()
     for entry in sorted(unique.values(), key=lambda e: e.stamp):
-        step(state, entry, rules)
+        if failed is None:
+            step(state, entry, rules)
+            continue
+        before = (state.doc, state.lease, state.raw, state.last)
+        ended = _ended(entry)
+        new_tombstone = ended is not None and ended not in state.tombstones
+        try:
+            step(state, entry, rules)
+        except Exception as exc:  # whatever it is, this entry must not stop the key
+            state.doc, state.lease, state.raw, state.last = before
+            if new_tombstone:
+                state.tombstones.discard(ended)
+            failed.append((entry, f"applying it failed ({type(exc).__name__}: {exc})"))
     return state
 
 
@@ -446,6 +468,8 @@ def apply_ops(doc: dict[str, Json], ops: list[Op], rules: KeyRules) -> None:
     for op in ops:
         path = op.path
         match op:
+            case SetField() | DeleteField() if rules.protected_under(path):
+                _replace_keeping(doc, op, rules.protected_under(path))
             case SetField(value=value):
                 _put(doc, path, copy.deepcopy(value))
             case DeleteField():
@@ -469,6 +493,21 @@ def apply_ops(doc: dict[str, Json], ops: list[Op], rules: KeyRules) -> None:
             case DropIfEmpty():
                 if _get(doc, path) in ([], {}):
                     _delete(doc, path)
+
+
+def _replace_keeping(
+    doc: dict[str, Json], op: SetField | DeleteField, kept: tuple[Path_, ...]
+) -> None:
+    """Replace (or delete) an object but not the protected fields it holds: first-write-wins
+    and identity fields are never changed by a later write, whatever path it names."""
+    held = [(path, _get(doc, path)) for path in kept]
+    if isinstance(op, SetField):
+        _put(doc, op.path, copy.deepcopy(op.value))
+    else:
+        _delete(doc, op.path)
+    for path, value in held:
+        if value is not _MISSING:
+            _put(doc, path, value)
 
 
 def _apply_set(

@@ -55,6 +55,9 @@ class KeyRules:
     # Derived from ``fields`` once: every write of the key asks for them.
     identity: Path_ | None = field(init=False)
     local_paths: tuple[Path_, ...] = field(init=False)
+    # Fields no later write changes (first-write-wins, identity): replacing or deleting an
+    # object that holds one keeps it (``merge.apply_ops``).
+    protected: tuple[Path_, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         by_policy = [(rule.policy, path) for path, rule in self.fields.items()]
@@ -63,6 +66,14 @@ class KeyRules:
         object.__setattr__(
             self, "local_paths", tuple(path for policy, path in by_policy if policy == "local")
         )
+        object.__setattr__(self, "protected", tuple(
+            path for policy, path in by_policy if policy in ("first-write-wins", "identity")
+        ))
+
+    def protected_under(self, path: Path_) -> tuple[Path_, ...]:
+        """The protected fields strictly inside ``path``."""
+        depth = len(path)
+        return tuple(p for p in self.protected if len(p) > depth and p[:depth] == path)
 
     def rule(self, path: Path_) -> FieldRule | None:
         return self.fields.get(path)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from shim.mvcc.replica import ReplicaAnswer, ReplicaRequest
 from shim.replication.merge import Entry
+from shim.replication.quarantine import Refusal
 
 
 @dataclass(slots=True)
@@ -21,6 +22,8 @@ class MergeRequest(ReplicaRequest):
     cursor: int  # the peer's ingest position this batch covers
     peer_high: int  # the peer's newest ingest position
     acked: int = 0  # the peer's confirmed position in our log (it applied up to there)
+    # Entries of the batch the ingest checks refused (``admission.admit``), recorded with it.
+    refused: list[Refusal] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -29,6 +32,14 @@ class PruneEntries(ReplicaRequest):
     merge needs any more; answers how many went."""
 
     written_before_ms: int
+    limit: int
+
+
+@dataclass(slots=True)
+class ReleaseHeld(ReplicaRequest):
+    """Apply the held entries (stamped beyond the clock-skew bound) that the clock now
+    reaches, up to ``limit``; answers a MergeResult (``received``: how many were released)."""
+
     limit: int
 
 
@@ -49,5 +60,7 @@ class MergeResult(ReplicaAnswer):
     applied: int
     conflicts: int
     unchanged: int = 0
+    held: int = 0  # stamped beyond the clock-skew bound: kept apart until the clock gets there
+    quarantined: int = 0  # refused on arrival, or set apart by a fold
     conflict_rules: list[str] = field(default_factory=list)  # the rule of each conflict
     lag_ms: int | None = None  # origin write (newest entry) to applied here

@@ -32,6 +32,7 @@ from shim.replication.merge import (
     step,
 )
 from shim.replication.policy import KeyRules, Policy
+from shim.replication.quarantine import quarantine
 from shim.replication.tables import ReplicationTables, tables
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,11 @@ class Replica:
         # The largest stamp of an entry flagged as skewed: a local write at or below it may not
         # be the newest entry of its key.
         self.max_skewed_hlc = 0
+        # The smallest stamp of a held entry (None: none held), so releasing them costs
+        # nothing until one is due.
+        self.min_held_hlc: int | None = None
+        # Entries set apart by folds since the writer last asked (``take_quarantined``).
+        self._quarantined = 0
 
     # -- the writer's hook (shim.mvcc.replica.ReplicaHook) ---------------------------------------
 
@@ -115,6 +121,7 @@ class Replica:
     def load(self, repl: ReplicationTables) -> None:
         self.seq = repl.max_seq(self.node_id)
         self.max_skewed_hlc = repl.max_skewed_hlc()
+        self.min_held_hlc = repl.min_held_hlc()
 
     def backfill(self, repl: ReplicationTables, current: list[tuple[KeyValue, int]]) -> int:
         """Record an entry for every key written before replication existed (an upgrade)."""
@@ -185,7 +192,8 @@ class Replica:
     ) -> Resolution | None:
         """The resolution of the newest write of a key when it keeps exactly what was
         written; None when the fold has to decide."""
-        if value is not None and ops is not None and reproduces_write(ops):
+        rules = self.policy.rules_for(entry.key)
+        if value is not None and ops is not None and reproduces_write(ops, rules):
             # Plain field changes over the state the writer saw: the fold keeps exactly
             # the written value, so skip it.
             return Resolution(value, lease, True, False)
@@ -217,20 +225,42 @@ class Replica:
     # -- merged entries --------------------------------------------------------------------------
 
     def observe(self, entry: Entry) -> bool:
-        """Advance the clock past a remote entry; False if it is too far ahead (skewed)."""
-        if wall_ms(entry.hlc) - time.time_ns() // 1_000_000 > self.max_skew_ms:
-            self.max_skewed_hlc = max(self.max_skewed_hlc, entry.hlc)
+        """Advance the clock past a remote entry; False if it is too far ahead (skewed): the
+        caller holds it apart until ``due``."""
+        if not self.due(entry.hlc):
             return False
         self.clock.observe(entry.hlc)
         return True
+
+    def due(self, hlc: int) -> bool:
+        """Whether a stamp is within the clock-skew bound of the wall clock."""
+        return wall_ms(hlc) - time.time_ns() // 1_000_000 <= self.max_skew_ms
+
+    def hold(self, entry: Entry) -> None:
+        if self.min_held_hlc is None or entry.hlc < self.min_held_hlc:
+            self.min_held_hlc = entry.hlc
 
     def merge(
         self, repl: ReplicationTables, entry: Entry, ingest: int, old: KeyValue | None
     ) -> Resolution:
         rules = self.policy.rules_for(entry.key)
         if _is_newest(repl, entry, ingest):
-            return self._step(repl, entry, old, rules)
+            try:
+                return self._step(repl, entry, old, rules)
+            except Exception as exc:  # this entry must not stop its key or its link
+                self._quarantine(repl, entry, f"applying it failed ({type(exc).__name__}: {exc})")
+                lease = old.lease if old is not None else 0
+                return Resolution(old.value if old is not None else None, lease, False, False)
         return self._replay(repl, entry, old, rules)
+
+    def _quarantine(self, repl: ReplicationTables, entry: Entry, reason: str) -> None:
+        quarantine(repl, entry, reason, stored=True)
+        self._quarantined += 1
+
+    def take_quarantined(self) -> int:
+        """How many stored entries folds set apart since the last call."""
+        count, self._quarantined = self._quarantined, 0
+        return count
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -258,7 +288,11 @@ class Replica:
         self, repl: ReplicationTables, entry: Entry, old: KeyValue | None, rules: KeyRules
     ) -> Resolution:
         before_uid = identity(None if old is None else decode(old.value, rules), rules)
-        state = fold(repl.key_entries(entry.key), rules)
+        entries, unreadable = repl.key_entries(entry.key)
+        failed: list[tuple[Entry, str]] = []
+        state = fold(entries, rules, failed)
+        for bad, reason in [*unreadable, *failed]:
+            self._quarantine(repl, bad, reason)
         repl.add_tombstones(entry.key, state.tombstones)
         return self._resolution(state, old, before_uid, rules, MergeRule.REPLAYED)
 

@@ -42,11 +42,26 @@ class ReplicationTables(Protocol):
 
     def set_outcome(self, ingest: int, outcome: str) -> None: ...
 
+    def set_outcome_of(self, origin: str, seq: int, outcome: str) -> None: ...
+
     def newest_stamp(self, key: bytes, excluding: int = 0) -> Stamp | None:
         """The largest stamp among the key's entries, leaving out the one at ``excluding``."""
         ...
 
-    def key_entries(self, key: bytes) -> list[Entry]: ...
+    def key_entries(self, key: bytes) -> tuple[list[Entry], list[tuple[Entry, str]]]:
+        """The entries a fold of ``key`` reads, and those stored but unreadable (with why)."""
+        ...
+
+    def held_due(self, hlc_limit: int, limit: int) -> list[tuple[int, Entry]]:
+        """Held entries stamped at or below ``hlc_limit``, as (ingest position, entry)."""
+        ...
+
+    def min_held_hlc(self) -> int | None: ...
+
+    def add_quarantined(
+        self, origin: str, seq: int, hlc: int, key: bytes, stage: str, reason: str,
+        received_from: str | None, received_ms: int,
+    ) -> None: ...
 
     def entries_after(
         self, cursor: int, exclude_node: str, limit: int

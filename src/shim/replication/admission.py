@@ -1,0 +1,203 @@
+"""What a peer may send: every entry is checked in full before anything stores or applies it.
+
+A link hands each received batch here. The batch's own bookkeeping (cursor, newest position)
+must fit the tables; a batch that does not is the peer's fault and ends the link. Each entry
+is checked on its own: its fields, its size (the limits the client API enforces), its
+operations (``ops.parse_ops`` already refused unknown names, wrong arity and wrong types) and
+what those operations may touch under the key's merge policy: an identity or first-write-wins
+field is never changed by an operation, a counter only takes deltas, a set only elements,
+and nothing reaches inside a field the policy keeps whole. An entry that fails is refused
+whole with its reason (``Refusal``) and the rest of the batch goes on: one bad entry never
+stops a link.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shim.api.validate import RAFT_WRAPPER_BYTES
+from shim.pb import replication_pb2 as pb
+from shim.pb.rpc_pb2 import PutRequest
+from shim.replication import ops as field_ops
+from shim.replication.framing import MAX_NUMBER
+from shim.replication.merge import AUTH, Entry
+from shim.replication.ops import (
+    AddDelta,
+    DeleteField,
+    DropIfEmpty,
+    FirstWrite,
+    KeyedDelete,
+    KeyedSet,
+    Op,
+    Reorder,
+    SetAdd,
+    SetField,
+    SetRemove,
+)
+from shim.replication.policy import KeyRules, Path_, Policy
+from shim.replication.quarantine import Refusal
+
+MAX_ORIGIN_CHARS = 256
+# An honest entry's operations restate at most the changed fields of the written value (bytes
+# as base64 text): twice the largest request leaves room for that and no more.
+OPS_SIZE_FACTOR = 2
+AUTH_PREFIXES = (b"user/", b"role/", b"setting/")
+KINDS = ("", AUTH)
+
+# Policies whose field an operation never reaches inside: the field is one value (or a
+# counter, a set, a keyed list of whole elements) and only operations on the field itself,
+# of the kinds below, apply to it.
+_WHOLE = frozenset({"first-write-wins", "identity", "local", "atomic", "counter", "set",
+                    "keyed-list"})
+# What each policy admits on the field itself (``set``/``del`` are the fallbacks the origin
+# uses when a value does not have the policy's shape, e.g. a counter that is not a number).
+_ALLOWED: dict[str, tuple[type, ...]] = {
+    "lww": (SetField, DeleteField),
+    "atomic": (SetField, DeleteField),
+    "map": (SetField, DeleteField, FirstWrite, DropIfEmpty),
+    "counter": (SetField, DeleteField, AddDelta),
+    "set": (SetField, DeleteField, FirstWrite, DropIfEmpty, SetAdd, SetRemove, Reorder),
+    "keyed-list": (SetField, DeleteField, FirstWrite, DropIfEmpty, KeyedSet, KeyedDelete,
+                   Reorder),
+    "first-write-wins": (FirstWrite,),
+    "identity": (),
+    "local": (),
+}
+
+
+class BadBatch(ValueError):
+    """A batch whose own fields cannot be right; the link ends with this reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLimits:
+    """The client API's limits, which entries from peers must respect too."""
+
+    max_request_bytes: int
+
+
+def check_batch(batch: pb.Batch) -> None:
+    if batch.cursor > MAX_NUMBER or batch.high > MAX_NUMBER:
+        raise BadBatch(f"batch cursor {batch.cursor} or high {batch.high} is beyond 2^63-1")
+    if batch.cursor > batch.high and batch.high:
+        raise BadBatch(f"batch cursor {batch.cursor} is past the peer's newest {batch.high}")
+
+
+def admit(msg: pb.Entry, policy: Policy, limits: IngestLimits) -> Entry | Refusal:
+    """The entry ``msg`` carries, or why it is refused."""
+    try:
+        return _admit(msg, policy, limits)
+    except _Refused as exc:
+        return Refusal(
+            origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=bytes(msg.key), reason=str(exc)
+        )
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _admit(msg: pb.Entry, policy: Policy, limits: IngestLimits) -> Entry:
+    if not msg.origin or len(msg.origin) > MAX_ORIGIN_CHARS:
+        raise _Refused(f"the origin must be 1 to {MAX_ORIGIN_CHARS} characters")
+    if not 0 < msg.seq <= MAX_NUMBER:
+        raise _Refused("the sequence number must be between 1 and 2^63-1")
+    if not 0 < msg.hlc <= MAX_NUMBER:
+        raise _Refused("the clock stamp must be between 1 and 2^63-1")
+    if not msg.key:
+        raise _Refused("the key is empty")
+    if msg.kind not in KINDS:
+        raise _Refused(f"unknown kind {msg.kind!r}")
+    _check_size(msg, limits)
+    ops = None
+    if msg.has_ops:
+        try:
+            ops = field_ops.loads(msg.ops)
+        except field_ops.BadOps as exc:
+            raise _Refused(str(exc)) from None
+    entry = Entry(
+        origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=msg.key, deleted=msg.deleted,
+        value=msg.value, lease=msg.lease, ops=ops, base_uid=msg.base_uid or None,
+        uid=msg.uid or None, kind=msg.kind, secret=msg.secret or None,
+    )
+    if entry.kind == AUTH:
+        _check_auth(entry)
+    else:
+        _check_write(entry, policy)
+    return entry
+
+
+def _check_size(msg: pb.Entry, limits: IngestLimits) -> None:
+    limit = limits.max_request_bytes
+    if msg.kind == "":
+        size = PutRequest(key=msg.key, value=msg.value, lease=msg.lease).ByteSize()
+        if size + RAFT_WRAPPER_BYTES > limit:
+            raise _Refused(
+                f"a write of {size + RAFT_WRAPPER_BYTES} bytes exceeds the largest request "
+                f"({limit} bytes, --max-request-bytes)"
+            )
+    elif len(msg.key) > limit:
+        raise _Refused(f"the key exceeds the largest request ({limit} bytes)")
+    if len(msg.ops) > OPS_SIZE_FACTOR * limit:
+        raise _Refused(
+            f"operations of {len(msg.ops)} bytes exceed {OPS_SIZE_FACTOR} x the largest "
+            f"request ({limit} bytes)"
+        )
+
+
+def _check_auth(entry: Entry) -> None:
+    if not entry.key.startswith(AUTH_PREFIXES):
+        raise _Refused("an auth entry's key must start with user/, role/ or setting/")
+    if entry.deleted or entry.ops is not None or entry.lease:
+        raise _Refused("an auth entry carries an object's whole state")
+    try:
+        entry.key.decode("utf-8")
+        entry.value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Refused("an auth entry's key and value must be UTF-8") from None
+
+
+def _check_write(entry: Entry, policy: Policy) -> None:
+    if entry.secret is not None:
+        raise _Refused("only auth entries carry a secret")
+    if entry.deleted:
+        if entry.value or entry.ops is not None or entry.uid is not None or entry.lease:
+            raise _Refused("a delete carries no value, operations, uid or lease")
+        return
+    if entry.ops is None:
+        return
+    rules = policy.rules_for(entry.key)
+    if rules.merge != "fields":
+        raise _Refused("operations on a key whose policy keeps values whole")
+    if entry.uid != entry.base_uid:
+        raise _Refused("an update by operations keeps the incarnation it was made on")
+    for index, op in enumerate(entry.ops):
+        reason = op_violation(op, rules)
+        if reason is not None:
+            raise _Refused(f"operation {index} ({field_ops.to_wire(op)[0]}): {reason}")
+
+
+def op_violation(op: Op, rules: KeyRules) -> str | None:
+    """Why the policy forbids ``op`` wherever it is applied; None if it may apply."""
+    path = op.path
+    for depth in range(1, len(path)):
+        outer = rules.rule(path[:depth])
+        if outer is not None and outer.policy in _WHOLE:
+            return f"{_dotted(path)} is inside {_dotted(path[:depth])} ({outer.policy})"
+    rule = rules.rule(path)
+    policy = rule.policy if rule is not None else "lww"
+    if not isinstance(op, _ALLOWED[policy]):
+        return f"{_dotted(path)} ({policy}) cannot be changed by this operation"
+    if isinstance(op, (KeyedSet, KeyedDelete, Reorder)):
+        wanted = rule.key if rule is not None and policy == "keyed-list" else None
+        if op.key != wanted:
+            return f"{_dotted(path)} is keyed by {wanted!r}, not {op.key!r}"
+    if isinstance(op, FirstWrite) and policy != "first-write-wins":
+        empty: object = {} if policy == "map" else []
+        if op.value != empty or type(op.value) is not type(empty):
+            return f"{_dotted(path)} ({policy}) can only be first written empty"
+    return None
+
+
+def _dotted(path: Path_) -> str:
+    return ".".join(path)
