@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from pathlib import Path
 
 from shim.pb import rpc_pb2
 from tests.support.client import Client
+from tests.support.metrics import scrape
 from tests.support.net import free_port
 from tests.support.shim_server import ShimServer
-
-
-def scrape(address: str) -> dict[str, float]:
-    """Samples by name with labels, e.g. 'shim_revision' or 'x_total{peer="a"}'."""
-    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
 
 
 def test_metrics_count_requests_commits_watches_and_replication(tmp_path: Path) -> None:

@@ -63,7 +63,11 @@ class Node:
 
     def entries(self, exclude: str) -> tuple[list[Entry], int]:
         with self.backend.read() as view:
-            rows, covered, _high = view.replication.entries_after(0, exclude, 1_000_000)
+            repl = view.replication
+            page = repl.positions_after(0, 1_000_000)
+            wanted = [ingest for ingest, origin, _seq in page if origin != exclude]
+            rows = repl.entries_at(wanted)
+            covered = repl.max_ingest()
         return [e for _, e in rows], covered
 
 

@@ -551,14 +551,17 @@ def test_status_and_sql_on_running_nodes(shim_factory: Factory) -> None:
     assert text.returncode == 0, text.stderr
     assert id2 in text.stdout and id1 in text.stdout and "peers      1" in text.stdout
 
-    rows = sql(n1, "SELECT origin, seq, key, event, received_from, outcome "
+    # Each node writes under an origin of its own (a new one at every start).
+    rows = sql(n1, "SELECT origin_node, seq, key, event, received_from, outcome "
                    "FROM replication_log ORDER BY ingest")
     assert rows == [
-        {"origin": id1, "seq": 1, "key": "/look/a", "event": "PUT",
+        {"origin_node": id1, "seq": 1, "key": "/look/a", "event": "PUT",
          "received_from": "local", "outcome": "local"},
-        {"origin": id2, "seq": 1, "key": "/look/b", "event": "PUT",
+        {"origin_node": id2, "seq": 1, "key": "/look/b", "event": "PUT",
          "received_from": id2, "outcome": "applied"},
     ]
+    origins = sql(n1, "SELECT DISTINCT origin FROM replication_log")
+    assert len(origins) == 2 and {id1, id2}.isdisjoint(o["origin"] for o in origins)
     peers = sql(n1, "SELECT name, role, lag_entries FROM replication_peers")
     assert peers == [{"name": "n2", "role": "child", "lag_entries": 0}]
     kv = sql(n2, "SELECT key, value, version FROM kv WHERE key LIKE '/look/%' ORDER BY key")

@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_datastore_argument(restore)
     restore.add_argument(
         "--keep-identity", action="store_true",
-        help="keep the snapshot's node id (only for a node whose peers never saw anything "
-        "newer than the snapshot: see docs/REPLICATION.md)",
+        help="keep the snapshot's node id (its etcd member id); it still writes under a new "
+        "origin: see docs/REPLICATION.md",
     )
     for command in (snapshot_status, restore):
         command.add_argument(

@@ -58,7 +58,7 @@ class LinkPeer:
         values: dict[str, Any] = {
             "node_id": self.node_id, "name": "test-peer", "token": TOKEN,
             "policy_digest": Policy.load().digest, "send": True, "receive": True,
-            "protocol": PROTOCOL,
+            "protocol": PROTOCOL, "origin": self.node_id,
         }
         return pb.LinkMessage(hello=pb.Hello(**(values | fields)))
 

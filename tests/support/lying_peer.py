@@ -57,7 +57,7 @@ class LyingPeer:
         self._status: tuple[grpc.StatusCode, str] | None = None
         self._outbox.put(pb.LinkMessage(hello=pb.Hello(
             node_id=self.node_id, name=name, token=token, policy_digest=Policy.load().digest,
-            send=True, receive=False, protocol=PROTOCOL, hlc=hlc_now(),
+            send=True, receive=False, protocol=PROTOCOL, hlc=hlc_now(), origin=self.node_id,
         )))
         reply = next(self._call)
         assert reply.WhichOneof("kind") == "hello", f"no Hello from the node: {reply}"

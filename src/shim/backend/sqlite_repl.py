@@ -17,7 +17,9 @@ from shim.replication.tables import PeerRow
 # Stored entries no fold reads: held apart (stamped beyond the clock-skew bound, until the
 # clock reaches them) or quarantined (they cannot be folded).
 HELD = "held"
-_FOLDED = f"e.outcome NOT IN ('{HELD}', '{QUARANTINED}')"
+# Retention's stubs: an entry's place in its origin's sequence, without value or operations.
+PRUNED = "pruned"
+_FOLDED = f"e.outcome NOT IN ('{HELD}', '{QUARANTINED}', '{PRUNED}')"
 _MAX_INT64 = 2**63 - 1
 
 log = logging.getLogger(__name__)
@@ -30,12 +32,17 @@ ENTRY_VALUE_SQL = (
 )
 _ENTRY_COLUMNS = (
     f"e.origin, e.seq, e.hlc, e.key, e.deleted, {ENTRY_VALUE_SQL}, e.lease, e.ops, e.base_uid, "
-    "e.uid, e.kind, e.secret"
+    f"e.uid, e.kind, e.secret, e.outcome = '{PRUNED}'"
+)
+# What an entry waiting for the entries before it keeps (repl_pending, the same names).
+_PENDING_COLUMNS = (
+    "e.origin, e.seq, e.hlc, e.key, e.deleted, e.value, e.lease, e.ops, e.base_uid, e.uid, "
+    "e.kind, e.secret, e.pruned"
 )
 
 
 def _entry(row: Sequence[Any]) -> Entry:
-    origin, seq, hlc, key, deleted, value, lease, ops, base_uid, uid, kind, secret = row
+    origin, seq, hlc, key, deleted, value, lease, ops, base_uid, uid, kind, secret, pruned = row
     return Entry(
         origin=str(origin),
         seq=int(seq),
@@ -49,6 +56,7 @@ def _entry(row: Sequence[Any]) -> Entry:
         uid=None if uid is None else str(uid),
         kind=str(kind),
         secret=None if secret is None else str(secret),
+        pruned=bool(pruned),
     )
 
 
@@ -73,26 +81,18 @@ class SqliteReplicationTables:
         was, before retention pruned it). ``value_in_log``: a local write whose log row (same
         key and stamp) holds exactly ``e.value``; the entry then stores no copy of it."""
         if received_from is not None:
-            row = self._conn.execute(
-                "SELECT max_seq FROM repl_origin WHERE origin = ?", (e.origin,)
-            ).fetchone()
-            if row is not None and e.seq <= row[0]:
+            # The caller keeps each origin's entries gapless (``high_water``): this is the
+            # next one, or a duplicate.
+            if e.seq <= self.high_water(e.origin):
                 return None
-            expected = (row[0] if row is not None else 0) + 1
-            if e.seq != expected:
-                # Each origin's entries travel in order; a gap is an entry retention pruned
-                # because a later write superseded it (or one lost): nothing a merge needs.
-                log.debug(
-                    "entry %s/%d from %s skips sequence numbers %d..%d",
-                    e.origin, e.seq, received_from, expected, e.seq - 1,
-                )
             self._conn.execute(
                 "INSERT INTO repl_origin (origin, max_seq, max_hlc, max_skewed_hlc) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (origin) DO UPDATE SET "
                 "max_seq = MAX(max_seq, excluded.max_seq), "
                 "max_hlc = MAX(max_hlc, excluded.max_hlc), "
                 "max_skewed_hlc = MAX(max_skewed_hlc, excluded.max_skewed_hlc)",
-                (e.origin, e.seq, 0 if skewed else e.hlc, e.hlc if skewed else 0),
+                (e.origin, e.seq, 0 if skewed or e.pruned else e.hlc,
+                 e.hlc if skewed and not e.pruned else 0),
             )
         self._conn.execute(
             "INSERT OR IGNORE INTO repl_entry (origin, seq, hlc, key, deleted, value, lease, ops, "
@@ -104,15 +104,15 @@ class SqliteReplicationTables:
                 e.hlc,
                 e.key,
                 int(e.deleted),
-                b"" if value_in_log else e.value,
+                b"" if value_in_log or e.pruned else e.value,
                 e.lease,
-                None if e.ops is None else field_ops.dumps(e.ops),
+                None if e.ops is None or e.pruned else field_ops.dumps(e.ops),
                 e.base_uid,
                 e.uid,
                 received_from,
                 received_ms,
                 int(skewed),
-                outcome,
+                PRUNED if e.pruned else outcome,
                 int(value_in_log),
                 e.kind,
                 e.secret,
@@ -192,23 +192,84 @@ class SqliteReplicationTables:
             (origin, _int64(seq), _int64(hlc), key, stage, reason, received_from, received_ms),
         )
 
-    def entries_after(
-        self, cursor: int, exclude_node: str, limit: int
-    ) -> tuple[list[tuple[int, Entry]], int, int]:
-        """Up to ``limit`` entries after ``cursor`` in ingest order that ``exclude_node`` does
-        not have already (its own, or ones it sent us), the position they cover up to, and
-        the newest position."""
-        high = self.max_ingest()
+    # -- version vectors -------------------------------------------------------------------------
+
+    def high_water(self, origin: str) -> int:
+        row = self._conn.execute(
+            "SELECT max_seq FROM repl_origin WHERE origin = ?", (origin,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def vector(self) -> dict[str, int]:
+        return {
+            str(origin): int(seq)
+            for origin, seq in self._conn.execute("SELECT origin, max_seq FROM repl_origin")
+        }
+
+    def hold_pending(self, e: Entry, received_from: str, received_ms: int) -> bool:
+        """Keep an entry that arrived before the ones below it; False if one is already kept
+        at its (origin, seq)."""
+        self._conn.execute(
+            "INSERT OR IGNORE INTO repl_pending (origin, seq, hlc, key, deleted, value, lease, "
+            "ops, base_uid, uid, kind, secret, pruned, received_from, received_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (e.origin, e.seq, e.hlc, e.key, int(e.deleted), e.value, e.lease,
+             None if e.ops is None else field_ops.dumps(e.ops), e.base_uid, e.uid, e.kind,
+             e.secret, int(e.pruned), received_from, received_ms),
+        )
+        return self._conn.changes() > 0
+
+    def take_pending(self, origin: str, seq: int) -> tuple[Entry, str] | None:
+        """The kept entry at (origin, seq), removed from the waiting ones, with its sender."""
+        row = self._conn.execute(
+            f"SELECT {_PENDING_COLUMNS}, e.received_from FROM repl_pending e "
+            "WHERE e.origin = ? AND e.seq = ?",
+            (origin, seq),
+        ).fetchone()
+        if row is None:
+            return None
+        self._conn.execute(
+            "DELETE FROM repl_pending WHERE origin = ? AND seq = ?", (origin, seq)
+        )
+        return _entry(row[:-1]), str(row[-1])
+
+    def drop_pending_through(self, origin: str, seq: int) -> None:
+        """Forget kept entries of ``origin`` at or below ``seq`` (held here already)."""
+        self._conn.execute(
+            "DELETE FROM repl_pending WHERE origin = ? AND seq <= ?", (origin, seq)
+        )
+
+    def pending_count(self) -> int:
+        return int(one(self._conn.execute("SELECT COUNT(*) FROM repl_pending"))[0])
+
+    def first_position(self, origin: str, after_seq: int) -> int | None:
+        """The ingest position of ``origin``'s first entry above ``after_seq`` (an origin's
+        entries are stored in sequence order)."""
+        row = self._conn.execute(
+            "SELECT ingest FROM repl_entry WHERE origin = ? AND seq > ? ORDER BY seq LIMIT 1",
+            (origin, after_seq),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def positions_after(self, cursor: int, limit: int) -> list[tuple[int, str, int]]:
+        """Up to ``limit`` (ingest, origin, seq) after ``cursor``, in ingest order."""
+        rows = self._conn.execute(
+            "SELECT ingest, origin, seq FROM repl_entry WHERE ingest > ? ORDER BY ingest LIMIT ?",
+            (cursor, limit),
+        )
+        return [(int(ingest), str(origin), int(seq)) for ingest, origin, seq in rows]
+
+    def entries_at(self, positions: list[int]) -> list[tuple[int, Entry]]:
+        """The entries at these ingest positions, in ingest order."""
+        if not positions:
+            return []
+        marks = ",".join("?" * len(positions))
         rows: Sequence[Sequence[Any]] = self._conn.execute(
-            f"SELECT e.ingest, {_ENTRY_COLUMNS} FROM repl_entry e "
-            "WHERE e.ingest > ? AND e.ingest <= ? "
-            "AND e.origin != ? AND (e.received_from IS NULL OR e.received_from != ?) "
-            "ORDER BY e.ingest LIMIT ?",
-            (cursor, high, exclude_node, exclude_node, limit),
+            f"SELECT e.ingest, {_ENTRY_COLUMNS} FROM repl_entry e WHERE e.ingest IN ({marks}) "
+            "ORDER BY e.ingest",
+            positions,
         ).fetchall()
-        out = [(int(row[0]), _entry(row[1:])) for row in rows]
-        covered = out[-1][0] if len(out) == limit else high
-        return out, covered, high
+        return [(int(row[0]), _entry(row[1:])) for row in rows]
 
     def max_ingest(self) -> int:
         row = one(self._conn.execute("SELECT MAX(ingest) FROM repl_entry"))
@@ -232,21 +293,33 @@ class SqliteReplicationTables:
             (origin, seq, hlc),
         )
 
-    def prune(self, written_before_ms: int, limit: int) -> int:
-        """Delete up to ``limit`` entries that no merge can need any more: an entry of a key
-        whose entries carry no object identity, followed (in stamp order) by a whole-value
-        write or a delete of that key, which makes the key's state independent of everything
-        before it. Only entries stored before ``written_before_ms`` go, so recent ones still
-        reach peers as they are. Auth objects' entries are kept: they are few, and a later
-        version of an object supersedes an earlier one only if its writer had seen it."""
+    def name_origin(self, origin: str, node_id: str) -> None:
         self._conn.execute(
-            "DELETE FROM repl_entry WHERE ingest IN ("
+            "INSERT INTO repl_origin (origin, max_seq, node_id) VALUES (?, 0, ?) "
+            "ON CONFLICT (origin) DO UPDATE SET node_id = excluded.node_id",
+            (origin, node_id),
+        )
+
+    def prune(self, written_before_ms: int, limit: int) -> int:
+        """Strip up to ``limit`` entries that no merge can need any more to their place in
+        their origin's sequence (outcome 'pruned': no value, no operations), so peers that
+        catch up later still get each origin's entries without gaps: an entry of a key whose
+        entries carry no object identity, followed (in stamp order) by a whole-value write or
+        a delete of that key, which makes the key's state independent of everything before
+        it. Only entries stored before ``written_before_ms`` go, so recent ones still reach
+        peers as they are. Auth objects' entries are kept: they are few, and a later version
+        of an object supersedes an earlier one only if its writer had seen it."""
+        self._conn.execute(
+            "UPDATE repl_entry SET value = x'', ops = NULL, value_in_log = 0, "
+            f"outcome = '{PRUNED}' "
+            "WHERE ingest IN ("
             " SELECT e.ingest FROM repl_entry e"
             " WHERE e.received_ms < ?1 AND e.uid IS NULL AND e.base_uid IS NULL AND e.kind = ''"
+            f" AND e.outcome != '{PRUNED}'"
             " AND EXISTS (SELECT 1 FROM repl_entry w WHERE w.key = e.key AND w.kind = ''"
             "   AND (w.hlc, w.origin, w.seq) > (e.hlc, e.origin, e.seq)"
             "   AND w.uid IS NULL AND w.base_uid IS NULL AND (w.deleted = 1 OR w.ops IS NULL)"
-            f"   AND w.outcome NOT IN ('{HELD}', '{QUARANTINED}'))"
+            f"   AND w.outcome NOT IN ('{HELD}', '{QUARANTINED}', '{PRUNED}'))"
             " AND NOT EXISTS (SELECT 1 FROM repl_entry u WHERE u.key = e.key AND u.kind = ''"
             "   AND (u.uid IS NOT NULL OR u.base_uid IS NOT NULL))"
             " LIMIT ?2)",

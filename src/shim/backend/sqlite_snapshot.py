@@ -7,12 +7,10 @@ those bytes (etcd's trailer: `etcdctl snapshot save` checks the file ends with o
 `snapshot status` / `snapshot restore` cannot read it; these commands can.
 
 Restoring makes a new database file from the snapshot. By default the restored node gets a
-new node id, so it is a new replication identity (and a new etcd member and cluster id): the
-(origin, seq) pairs it writes from now on never collide with those its old self wrote after the
-snapshot and that its peers may already hold, and its peers send it everything of theirs again
-(duplicates are recognised). ``--keep-identity`` keeps the old id, for a node whose peers have
-never seen anything newer than the snapshot (e.g. a lone node, or one restored before it ever
-linked).
+new node id (a new etcd member and cluster id); ``--keep-identity`` keeps the old one. Either
+way it writes under a new origin, as at every start (``shim.replication.origin``), so the
+(origin, seq) pairs it writes never collide with those its old self wrote after the snapshot,
+and its peers send those back (their version vectors hold more of them).
 """
 
 from __future__ import annotations

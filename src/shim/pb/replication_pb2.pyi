@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Hello(_message.Message):
-    __slots__ = ("node_id", "name", "token", "policy_digest", "send", "receive", "cursor", "hlc", "protocol", "max_message_bytes")
+    __slots__ = ("node_id", "name", "token", "policy_digest", "send", "receive", "cursor", "hlc", "protocol", "max_message_bytes", "origin", "vector", "direct")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,9 @@ class Hello(_message.Message):
     HLC_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     token: str
@@ -28,7 +31,26 @@ class Hello(_message.Message):
     hlc: int
     protocol: int
     max_message_bytes: int
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., token: _Optional[str] = ..., policy_digest: _Optional[str] = ..., send: _Optional[bool] = ..., receive: _Optional[bool] = ..., cursor: _Optional[int] = ..., hlc: _Optional[int] = ..., protocol: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    origin: str
+    vector: _containers.RepeatedCompositeFieldContainer[OriginSeq]
+    direct: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., token: _Optional[str] = ..., policy_digest: _Optional[str] = ..., send: _Optional[bool] = ..., receive: _Optional[bool] = ..., cursor: _Optional[int] = ..., hlc: _Optional[int] = ..., protocol: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., origin: _Optional[str] = ..., vector: _Optional[_Iterable[_Union[OriginSeq, _Mapping]]] = ..., direct: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class OriginSeq(_message.Message):
+    __slots__ = ("origin", "seq")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    seq: int
+    def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class Have(_message.Message):
+    __slots__ = ("vector", "direct")
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_FIELD_NUMBER: _ClassVar[int]
+    vector: _containers.RepeatedCompositeFieldContainer[OriginSeq]
+    direct: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vector: _Optional[_Iterable[_Union[OriginSeq, _Mapping]]] = ..., direct: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Start(_message.Message):
     __slots__ = ("cursor",)
@@ -37,7 +59,7 @@ class Start(_message.Message):
     def __init__(self, cursor: _Optional[int] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("origin", "seq", "hlc", "key", "deleted", "value", "lease", "has_ops", "ops", "base_uid", "uid", "kind", "secret")
+    __slots__ = ("origin", "seq", "hlc", "key", "deleted", "value", "lease", "has_ops", "ops", "base_uid", "uid", "kind", "secret", "pruned")
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     HLC_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +73,7 @@ class Entry(_message.Message):
     UID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
+    PRUNED_FIELD_NUMBER: _ClassVar[int]
     origin: str
     seq: int
     hlc: int
@@ -64,7 +87,8 @@ class Entry(_message.Message):
     uid: str
     kind: str
     secret: str
-    def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ..., hlc: _Optional[int] = ..., key: _Optional[bytes] = ..., deleted: _Optional[bool] = ..., value: _Optional[bytes] = ..., lease: _Optional[int] = ..., has_ops: _Optional[bool] = ..., ops: _Optional[bytes] = ..., base_uid: _Optional[str] = ..., uid: _Optional[str] = ..., kind: _Optional[str] = ..., secret: _Optional[str] = ...) -> None: ...
+    pruned: bool
+    def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ..., hlc: _Optional[int] = ..., key: _Optional[bytes] = ..., deleted: _Optional[bool] = ..., value: _Optional[bytes] = ..., lease: _Optional[int] = ..., has_ops: _Optional[bool] = ..., ops: _Optional[bytes] = ..., base_uid: _Optional[str] = ..., uid: _Optional[str] = ..., kind: _Optional[str] = ..., secret: _Optional[str] = ..., pruned: _Optional[bool] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("entries", "cursor", "high", "hlc", "acked")
@@ -91,13 +115,15 @@ class Refused(_message.Message):
     def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class LinkMessage(_message.Message):
-    __slots__ = ("hello", "start", "batch", "refused")
+    __slots__ = ("hello", "start", "batch", "refused", "have")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
+    HAVE_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     start: Start
     batch: Batch
     refused: Refused
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., start: _Optional[_Union[Start, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ...) -> None: ...
+    have: Have
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., start: _Optional[_Union[Start, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., have: _Optional[_Union[Have, _Mapping]] = ...) -> None: ...

@@ -118,8 +118,12 @@ def _admit(msg: pb.Entry, policy: Policy, limits: IngestLimits) -> Entry:
     entry = Entry(
         origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=msg.key, deleted=msg.deleted,
         value=msg.value, lease=msg.lease, ops=ops, base_uid=msg.base_uid or None,
-        uid=msg.uid or None, kind=msg.kind, secret=msg.secret or None,
+        uid=msg.uid or None, kind=msg.kind, secret=msg.secret or None, pruned=msg.pruned,
     )
+    if entry.pruned:
+        if entry.value or entry.ops is not None or entry.secret is not None:
+            raise _Refused("a pruned entry keeps no value, operations or secret")
+        return entry
     if entry.kind == AUTH:
         _check_auth(entry)
     else:

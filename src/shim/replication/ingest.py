@@ -18,9 +18,11 @@ from shim.backend.base import WriteTxn
 from shim.mvcc.hlc import LOGICAL_BITS, wall_ms
 from shim.mvcc.replica import ReplicaAnswer, ReplicaRequest, RevisionSink
 from shim.mvcc.store import Store
+from shim.replication.admission import MAX_ORIGIN_CHARS
+from shim.replication.framing import MAX_NUMBER
 from shim.replication.link_state import LinkStatus
 from shim.replication.merge import AUTH, Entry
-from shim.replication.quarantine import quarantine
+from shim.replication.quarantine import Refusal, quarantine
 from shim.replication.requests import (
     MergeRequest,
     MergeResult,
@@ -29,6 +31,10 @@ from shim.replication.requests import (
     ReleaseHeld,
 )
 from shim.replication.tables import ReplicationTables, tables
+
+# An entry further ahead of its origin's high-water mark than this is refused, not kept: an
+# honest sender sends each origin's entries in order, so only a liar opens such a gap.
+MAX_GAP = 100_000
 
 if TYPE_CHECKING:
     from shim.replication.resolve import Replica
@@ -46,6 +52,8 @@ def apply_request(
         repl.upsert_peer(
             request.peer, request.name, request.address, request.role, _now_ms()
         )
+        if request.origin:
+            repl.name_origin(request.origin, request.peer)
         row = repl.peer(request.peer)
         return row.cursor if row is not None else 0
     if isinstance(request, PruneEntries):
@@ -64,25 +72,20 @@ def ingest(
     checks refused are recorded; entries stamped beyond the clock-skew bound are stored and
     held until the clock reaches them."""
     result = MergeResult(len(req.entries) + len(req.refused), 0, 0, 0)
+    now = _now_ms()
+    arrivals = _Arrivals(replica, repl, txn, req.peer, now, sink, result)
     for refusal in req.refused:
         quarantine(repl, refusal, refusal.reason, peer=req.peer)
         result.quarantined += 1
-    newest_hlc = 0
-    now = _now_ms()
+        stub = _place_of(refusal)
+        if stub is not None:
+            # It keeps its place in its origin's sequence (so the origin's later entries
+            # are not kept waiting for it), without its content: never folded, and every
+            # node it is forwarded to leaves it out the same way.
+            arrivals.arrive(stub)
     for entry in req.entries:
-        due = replica.observe(entry)
-        held = not due and entry.kind == ""
-        position = repl.insert(entry, req.peer, now, not due, "held" if held else "applied")
-        if position is None:
-            result.duplicates += 1
-            continue
-        if held:
-            # A far-future stamp applied now would hide every write made meanwhile.
-            replica.hold(entry)
-            result.held += 1
-            continue
-        newest_hlc = max(newest_hlc, entry.hlc)
-        _apply_guarded(replica, repl, txn, entry, position, sink, result)
+        arrivals.arrive(entry)
+    newest_hlc = arrivals.newest_hlc
     result.quarantined += replica.take_quarantined()
     if req.entries and result.duplicates == len(req.entries) and not req.refused:
         # Nothing new (entries another path delivered first): leave the peer's row alone,
@@ -96,6 +99,77 @@ def ingest(
         result.applied, result.conflicts, lag, now, req.acked,
     )
     return result
+
+
+class _Arrivals:
+    """Entries of one batch arriving: each origin's entries are stored without gaps."""
+
+    def __init__(
+        self, replica: Replica, repl: ReplicationTables, txn: WriteTxn, peer: str, now: int,
+        sink: RevisionSink, result: MergeResult,
+    ) -> None:
+        self._replica, self._repl, self._txn, self._sink = replica, repl, txn, sink
+        self._peer, self._now, self._result = peer, now, result
+        self.newest_hlc = 0  # the newest stamp applied
+
+    def arrive(self, entry: Entry) -> None:
+        repl, result = self._repl, self._result
+        high = repl.high_water(entry.origin)
+        if entry.seq <= high:
+            result.duplicates += 1
+            return
+        if entry.origin == self._replica.origin:
+            # Only this run of this node writes under its origin: a peer cannot hold more.
+            quarantine(repl, entry, "an entry under this node's own origin", peer=self._peer)
+            result.quarantined += 1
+            return
+        if entry.seq > high + 1:
+            # Entries before it are missing: it waits until they come, so the origin's
+            # high-water mark never passes an entry this node does not hold.
+            if entry.seq - high > MAX_GAP:
+                reason = f"seq {entry.seq} is more than {MAX_GAP} ahead of {high} held here"
+                quarantine(repl, entry, reason, peer=self._peer)
+                result.quarantined += 1
+            elif repl.hold_pending(entry, self._peer, self._now):
+                result.waiting += 1
+            return
+        self._store(entry, self._peer)
+        # The entries that waited for this one follow it, in order.
+        seq = entry.seq
+        while (waiting := repl.take_pending(entry.origin, seq + 1)) is not None:
+            follower, sender = waiting
+            self._store(follower, sender)
+            seq += 1
+
+    def _store(self, entry: Entry, peer: str) -> None:
+        """Store the next entry of its origin and apply it (unless held or pruned)."""
+        replica, repl, result = self._replica, self._repl, self._result
+        if entry.pruned:
+            # Only its place in the origin's sequence: stored and forwarded, never folded.
+            repl.insert(entry, peer, self._now, False, "pruned")
+            return
+        due = replica.observe(entry)
+        held = not due and entry.kind == ""
+        position = repl.insert(entry, peer, self._now, not due, "held" if held else "applied")
+        if position is None:
+            result.duplicates += 1
+            return
+        if held:
+            # A far-future stamp applied now would hide every write made meanwhile.
+            replica.hold(entry)
+            result.held += 1
+            return
+        self.newest_hlc = max(self.newest_hlc, entry.hlc)
+        _apply_guarded(replica, repl, self._txn, entry, position, self._sink, result)
+
+
+def _place_of(refusal: Refusal) -> Entry | None:
+    """A refused entry's place in its origin's sequence (a pruned stub), if it has one."""
+    if not (0 < len(refusal.origin) <= MAX_ORIGIN_CHARS and 0 < refusal.seq <= MAX_NUMBER):
+        return None
+    hlc = refusal.hlc if 0 < refusal.hlc <= MAX_NUMBER else 1  # a stub's stamp orders nothing
+    return Entry(refusal.origin, refusal.seq, hlc, refusal.key or b"?", False, b"", 0, None,
+                 None, None, pruned=True)
 
 
 def release_held(

@@ -17,7 +17,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -45,6 +45,8 @@ from shim.replication.redial import STABLE_SECONDS, Redial
 from shim.replication.requests import MergeRequest, PeerRegistration
 from shim.replication.resolve import Replica
 from shim.replication.tables import tables
+from shim.replication.vectors import PeerHolds, Teller, from_wire
+from shim.replication.vectors import to_wire as vector_to_wire
 from shim.replication.wire import PROTOCOL, to_wire
 from shim.tasks import cancel_and_wait
 from shim.tls import PeerTls
@@ -227,6 +229,12 @@ class LinkState:
     # The peer's position in its log that this node has durably applied: sent back as `acked`.
     applied: int = 0
     peer_high: int = 0  # the peer's newest log position it told us
+    peer_origin: str = ""  # what the peer writes its entries under in this run
+    # What the peer holds (its version vector), and what we told it of ours.
+    holds: PeerHolds = field(default_factory=PeerHolds)
+    teller: Teller = field(default_factory=Teller)
+    # Set to make this link's sender look again (entries committed, or the peer's Have).
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Replicator:
@@ -246,6 +254,7 @@ class Replicator:
         self._store = store
         self._replica = replica
         self.node_id = replica.node_id
+        self.origin = replica.origin
         self.policy_digest = replica.policy.digest
         self._name = name
         self._token = bootstrap_token
@@ -256,6 +265,8 @@ class Replicator:
         self._dialers: dict[str, asyncio.Task[None]] = {}
         self._wakers: set[asyncio.Event] = set()
         self.live: dict[int, LinkState] = {}
+        # The origins of peers that send to this node over a live link (by link).
+        self._direct: dict[int, str] = {}
         self._admitted: set[asyncio.Task[Any]] = set()
         self._admitted_trackers: dict[str, LinkTracker] = {}
         self._recording: set[asyncio.Future[None]] = set()
@@ -355,7 +366,7 @@ class Replicator:
                     node_id=self.node_id, name=self._name, token=spec.token,
                     policy_digest=self.policy_digest, send=spec.send, receive=spec.receive,
                     hlc=self._clock(), protocol=PROTOCOL,
-                    max_message_bytes=self.max_message_bytes,
+                    max_message_bytes=self.max_message_bytes, **await self._holdings(),
                 ))
                 started = time.monotonic()
                 # Bounded: a peer cut off by the network is tried again soon, not after
@@ -367,23 +378,31 @@ class Replicator:
                 hello = reply.hello
                 self._check_peer(hello)
                 cursor = await self._store.write_expecting(
-                    int, PeerRegistration(hello.node_id, hello.name, spec.url, "parent")
+                    int, PeerRegistration(hello.node_id, hello.name, spec.url, "parent",
+                                          hello.origin)
                 )
                 await stream.send(pb.LinkMessage(start=pb.Start(cursor=cursor)))
                 state = LinkState(hello.node_id, spec.url, hello.name, spec.url,
-                                  hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor)
+                                  hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor,
+                                  peer_origin=hello.origin, holds=_holds(hello))
                 log.info("linked to %s (node %s, %s)", spec.url, hello.node_id, hello.name)
                 attempt.linked = True
                 await self._record(tracker.up(hello.node_id))
-                await self._run(
-                    stream, state, send_from=hello.cursor if spec.send else None,
-                    receive=spec.receive,
-                )
+                await self._run(stream, state, send=spec.send, receive=spec.receive)
             finally:
                 call.cancel()
 
     def _clock(self) -> int:
         return self._replica.clock.last
+
+    async def _holdings(self) -> dict[str, Any]:
+        """The Hello fields that say what this node holds: its origin, vector, direct peers."""
+        vector = await self._store.read(lambda view: tables(view).vector())
+        return {"origin": self.origin, "vector": vector_to_wire(vector),
+                "direct": sorted(self._direct_origins())}
+
+    def _direct_origins(self) -> frozenset[str]:
+        return frozenset(self._direct.values())
 
     def _check_peer(self, hello: pb.Hello) -> None:
         refused = grpc.StatusCode.FAILED_PRECONDITION
@@ -399,6 +418,8 @@ class Replicator:
                 f"theirs {hello.policy_digest}): every node must run the same policy", refused,
             )
         _check_numbers("Hello", cursor=hello.cursor, hlc=hello.hlc)
+        if not hello.origin or hello.origin == self.origin:
+            raise LinkRefused("the peer sent no origin, or this node's own", refused)
 
     # -- admitting -------------------------------------------------------------------------------
 
@@ -430,29 +451,27 @@ class Replicator:
         self._check_peer(hello)
         address = context.peer()
         cursor = await self._store.write_expecting(
-            int, PeerRegistration(hello.node_id, hello.name, address, "child")
+            int, PeerRegistration(hello.node_id, hello.name, address, "child", hello.origin)
         )
         await stream.send(pb.LinkMessage(hello=pb.Hello(
             node_id=self.node_id, name=self._name, policy_digest=self.policy_digest,
             send=hello.receive, receive=hello.send, cursor=cursor, hlc=self._clock(),
-            protocol=PROTOCOL, max_message_bytes=self.max_message_bytes,
+            protocol=PROTOCOL, max_message_bytes=self.max_message_bytes, **await self._holdings(),
         )))
         start = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
         if start is None or start.WhichOneof("kind") != "start":
             return
         _check_numbers("Start", cursor=start.start.cursor)
         state = LinkState(hello.node_id, address, hello.name, "",
-                          hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor)
+                          hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor,
+                          peer_origin=hello.origin, holds=_holds(hello))
         log.info("admitted link from %s (node %s, %s)", address, hello.node_id, hello.name)
         tracker = self._admitted_trackers.setdefault(
             hello.node_id, LinkTracker(hello.node_id, "admit"))
         await self._record(tracker.up(hello.node_id))
         reason = "the connection ended"  # gRPC cancels the call when the peer goes away
         try:
-            await self._run(
-                stream, state, send_from=start.start.cursor if hello.receive else None,
-                receive=hello.send,
-            )
+            await self._run(stream, state, send=hello.receive, receive=hello.send)
             reason = "closed by the peer"
         except Exception as exc:
             reason = describe_failure(exc)
@@ -466,16 +485,20 @@ class Replicator:
 
     # -- a live link -----------------------------------------------------------------------------
 
-    async def _run(
-        self, stream: _Stream, state: LinkState, send_from: int | None, receive: bool
-    ) -> None:
+    async def _run(self, stream: _Stream, state: LinkState, send: bool, receive: bool) -> None:
         key = id(state)
         self.live[key] = state
+        if receive:
+            # The peer's own entries reach this node over this link: no one else need relay
+            # them here. Every link tells its peer.
+            self._direct[key] = state.peer_origin
+            self._direct_changed()
         tasks = [asyncio.ensure_future(self._receive(stream, state, receive))]
-        if send_from is not None:
-            tasks.append(asyncio.ensure_future(self._send(stream, state, send_from)))
+        if send:
+            tasks.append(asyncio.ensure_future(self._send(stream, state)))
         else:
-            # Entries flow the other way only; heartbeats still tell the other side we live.
+            # Entries flow the other way only; heartbeats still tell the other side we live
+            # (and what we hold, so it sends nothing twice).
             tasks.append(asyncio.ensure_future(self._heartbeats(stream, state)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -486,41 +509,70 @@ class Replicator:
             # shutdown) waiting. What ended the link was re-raised above.
             await cancel_and_wait(*tasks, timeout=1.0, log_errors=False)
             self.live.pop(key, None)
+            if self._direct.pop(key, None) is not None:
+                self._direct_changed()
             log.info("link with node %s (%s) closed", state.peer, state.address)
 
-    async def _send(self, stream: _Stream, state: LinkState, cursor: int) -> None:
-        wake = asyncio.Event()
+    def _direct_changed(self) -> None:
+        for state in self.live.values():
+            state.wake.set()
+
+    async def _tell(self, stream: _Stream, state: LinkState, last_told: float) -> float:
+        """Send the peer a Have when our direct origins changed, or (at most once a
+        heartbeat) our vector advanced; when it was last told."""
+        direct = self._direct_origins()
+        now = time.monotonic()
+        if direct == state.teller.direct and now - last_told < HEARTBEAT_SECONDS:
+            return last_told
+        vector = await self._store.read(lambda view: tables(view).vector())
+        have = state.teller.have(vector, direct)
+        if have is not None:
+            await stream.send(pb.LinkMessage(have=have))
+        return now
+
+    async def _send(self, stream: _Stream, state: LinkState) -> None:
+        """Send the peer the entries it lacks (by its vector), then follow the log."""
+        wake = state.wake
         self._wakers.add(wake)
         try:
+            origin, holds = self.origin, state.holds
+            first = await self._store.read(lambda view: holds.first_lacking(tables(view), origin))
             high = await self._store.read(lambda view: tables(view).max_ingest())
-            if cursor > high:
-                # The peer knows a longer history of this node than it has (a restored
-                # database): send everything again; duplicates are dropped over there.
-                cursor = 0
-            last_sent = time.monotonic()
+            cursor = high if first is None else first - 1
+            last_sent = last_told = time.monotonic()
             limit = message_limit(self.max_message_bytes, state.peer_max_message)
             while True:
                 wake.clear()
-                start = cursor
-
+                last_told = await self._tell(stream, state, last_told)
+                if holds.rewind:
+                    # The peer no longer gets an origin directly: send what it lacks of it.
+                    holds.rewind = False
+                    first = await self._store.read(
+                        lambda view: holds.first_lacking(tables(view), origin))
+                    if first is not None:
+                        cursor = min(cursor, first - 1)
                 rows, covered, high = await self._store.read(
-                    functools.partial(_entries_after, after=start, peer=state.peer)
+                    functools.partial(_entries_after, after=cursor, holds=holds, sender=origin)
                 )
                 # Cut by encoded size to what both sides accept: the rest goes next.
                 entries, cut = cut_batch(
                     ((ingest, to_wire(entry)) for ingest, entry in rows), BATCH_BYTES, limit
                 )
-                # Entries the peer has already (its own, or ones it sent) move the cursor
-                # too; with nothing else to send, the next heartbeat carries it rather than
-                # a batch of its own (each batch costs the peer a durable commit).
+                # Entries the peer has already move the cursor too; with nothing else to
+                # send, the next heartbeat carries it rather than a batch of its own (each
+                # batch costs the peer a durable commit).
                 cursor = cut if cut is not None else covered
                 if entries:
+                    for sent in entries:
+                        holds.has(sent.origin, sent.seq)
                     batch = pb.Batch(entries=entries, cursor=cursor, high=high,
                                      hlc=self._clock(), acked=state.applied)
                     await stream.send(pb.LinkMessage(batch=batch))
                     last_sent = time.monotonic()
-                    if cut is not None or len(rows) == BATCH_ENTRIES:
+                    if cut is not None or cursor < high:
                         continue  # more to catch up on
+                elif cursor < high:
+                    continue  # a page of entries the peer has: read on
                 idle = time.monotonic() - last_sent
                 if idle < HEARTBEAT_SECONDS:
                     with contextlib.suppress(TimeoutError):
@@ -536,10 +588,14 @@ class Replicator:
             self._wakers.discard(wake)
 
     async def _heartbeats(self, stream: _Stream, state: LinkState) -> None:
+        last_told = 0.0
         while True:
+            last_told = await self._tell(stream, state, last_told)
             await stream.send(pb.LinkMessage(batch=pb.Batch(
                 hlc=self._clock(), acked=state.applied)))
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            state.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.wake.wait(), HEARTBEAT_SECONDS)
 
     async def _receive(self, stream: _Stream, state: LinkState, receive: bool) -> None:
         """Read the peer's messages and apply them, reading ahead while a merge commits: the
@@ -567,6 +623,14 @@ class Replicator:
                     log.warning("node %s refused entry %s/%d: %s",
                                 state.peer, notice.origin, notice.seq, notice.reason)
                     continue
+                if kind == "have":
+                    try:
+                        vector = from_wire(msg.have.vector)
+                    except OutOfRange as exc:
+                        raise LinkRefused(str(exc)) from None
+                    state.holds.learn(vector, frozenset(msg.have.direct))
+                    state.wake.set()
+                    continue
                 if kind != "batch":
                     continue
                 batch = msg.batch
@@ -576,6 +640,8 @@ class Replicator:
                     check_batch(batch)
                 except BadBatch as exc:
                     raise LinkRefused(f"node {state.peer} sent a bad batch: {exc}") from exc
+                for sent in batch.entries:  # the peer holds what it sends: never send it back
+                    state.holds.has(sent.origin, sent.seq)
                 await inbox.put(batch)
         except Exception as exc:  # raised by the applier, after what arrived before it
             await inbox.put(exc)
@@ -689,7 +755,22 @@ class ReplicationService:
 
 
 def _entries_after(
-    view: object, after: int, peer: str
+    view: object, after: int, holds: PeerHolds, sender: str
 ) -> tuple[list[tuple[int, Entry]], int, int]:
-    """A batch of entries to send to ``peer`` after position ``after`` (see entries_after)."""
-    return tables(view).entries_after(after, peer, BATCH_ENTRIES)
+    """Up to a page of entries after position ``after`` that the peer lacks (``holds``), the
+    position the page covers up to, and the newest position."""
+    repl = tables(view)
+    high = repl.max_ingest()
+    page = repl.positions_after(after, BATCH_ENTRIES)
+    wanted = [ingest for ingest, origin, seq in page if holds.lacks(origin, seq, sender)]
+    covered = page[-1][0] if len(page) == BATCH_ENTRIES else high
+    return repl.entries_at(wanted), covered, high
+
+
+def _holds(hello: pb.Hello) -> PeerHolds:
+    """What the peer says it holds in its Hello."""
+    try:
+        vector = from_wire(hello.vector)
+    except OutOfRange as exc:
+        raise LinkRefused(str(exc)) from None
+    return PeerHolds(vector, frozenset(hello.direct))

@@ -69,6 +69,9 @@ class Entry:
     # whose key names the object and whose value is its state, merged by the auth store.
     kind: str = ""
     secret: str | None = None  # an auth user's password hash (never in ``value``)
+    # Pruned by retention: only its place in its origin's sequence is left (no value, no
+    # operations); stored and forwarded, never folded.
+    pruned: bool = False
 
     @property
     def stamp(self) -> Stamp:

@@ -51,6 +51,7 @@ class PeerRegistration(ReplicaRequest):
     name: str
     address: str
     role: str
+    origin: str = ""  # what the peer writes under in this run
 
 
 @dataclass(slots=True)
@@ -62,5 +63,6 @@ class MergeResult(ReplicaAnswer):
     unchanged: int = 0
     held: int = 0  # stamped beyond the clock-skew bound: kept apart until the clock gets there
     quarantined: int = 0  # refused on arrival, or set apart by a fold
+    waiting: int = 0  # kept apart until the entries before them (same origin) arrive
     conflict_rules: list[str] = field(default_factory=list)  # the rule of each conflict
     lag_ms: int | None = None  # origin write (newest entry) to applied here

@@ -65,9 +65,14 @@ class Resolution:
 
 class Replica:
     def __init__(
-        self, node_id: str, policy: Policy | None = None, max_skew_ms: int = 500
+        self, node_id: str, policy: Policy | None = None, max_skew_ms: int = 500,
+        origin: str | None = None,
     ) -> None:
         self.node_id = node_id
+        # What this node's entries are written under: a new origin at every start (see
+        # shim.replication.origin), so no (origin, seq) is ever used twice, even by a node
+        # restarted on an older copy of its database. Only this run writes under it.
+        self.origin = origin or node_id
         self.policy = policy if policy is not None else Policy.load()
         self.clock = HybridClock()  # the writer's, from start()
         # How far ahead of this node's wall clock a peer's clock may pull it (milliseconds).
@@ -90,6 +95,7 @@ class Replica:
     def start(self, txn: WriteTxn, clock: HybridClock, auth_objects: AuthObjects) -> None:
         self.clock = clock
         repl = tables(txn)
+        repl.name_origin(self.origin, self.node_id)
         self.load(repl)
         if repl.is_empty():
             # Never linked before (or a database from before replication): every live key and
@@ -98,7 +104,7 @@ class Replica:
             added = self.backfill(repl, [(kv, clock.now()) for kv in current])
             for key, state, secret in auth_objects():
                 self.local_auth(txn, key, state, secret, clock.now())
-            repl.set_local(self.node_id, self.seq, clock.last)
+            repl.set_local(self.origin, self.seq, clock.last)
             if added:
                 log.info("recorded %d existing keys as replication entries", added)
 
@@ -116,10 +122,10 @@ class Replica:
     def finish_batch(self, txn: WriteTxn, mark: int) -> None:
         if self.seq != mark:
             # Persisted apart from the entries: retention may prune the newest one.
-            tables(txn).set_local(self.node_id, self.seq, self.clock.last)
+            tables(txn).set_local(self.origin, self.seq, self.clock.last)
 
     def load(self, repl: ReplicationTables) -> None:
-        self.seq = repl.max_seq(self.node_id)
+        self.seq = repl.max_seq(self.origin)
         self.max_skewed_hlc = repl.max_skewed_hlc()
         self.min_held_hlc = repl.min_held_hlc()
 
@@ -133,7 +139,7 @@ class Replica:
             _, _, uid = describe_write(None, kv.value, rules)
             self.seq += 1
             entry = Entry(
-                self.node_id, self.seq, hlc, kv.key, False, kv.value, kv.lease, None, None, uid
+                self.origin, self.seq, hlc, kv.key, False, kv.value, kv.lease, None, None, uid
             )
             repl.insert(entry, None, _now_ms(), False, "local")
             count += 1
@@ -158,7 +164,7 @@ class Replica:
         ops, base_uid, uid = describe_write(old.value if old is not None else None, value, rules)
         self.seq += 1
         entry = Entry(
-            self.node_id,
+            self.origin,
             self.seq,
             hlc,
             key,
@@ -218,7 +224,7 @@ class Replica:
     ) -> None:
         """Record a local write of an auth object (its whole new state) as an entry."""
         self.seq += 1
-        entry = Entry(self.node_id, self.seq, hlc, key, False, state, 0, None, None, None,
+        entry = Entry(self.origin, self.seq, hlc, key, False, state, 0, None, None, None,
                       kind=AUTH, secret=secret)
         self._insert_local(tables(txn), entry)
 

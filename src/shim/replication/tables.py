@@ -63,12 +63,37 @@ class ReplicationTables(Protocol):
         received_from: str | None, received_ms: int,
     ) -> None: ...
 
-    def entries_after(
-        self, cursor: int, exclude_node: str, limit: int
-    ) -> tuple[list[tuple[int, Entry]], int, int]:
-        """Up to ``limit`` entries after ``cursor`` that ``exclude_node`` lacks, the position
-        they cover up to, and the newest position."""
+    # -- version vectors (each origin's entries held without gaps) ---------------------------
+
+    def high_water(self, origin: str) -> int:
+        """The highest seq of ``origin`` held here with none missing below it."""
         ...
+
+    def vector(self) -> dict[str, int]:
+        """``high_water`` of every origin known here."""
+        ...
+
+    def hold_pending(self, e: Entry, received_from: str, received_ms: int) -> bool:
+        """Keep an entry that arrived before the ones below it (not applied, not forwarded)."""
+        ...
+
+    def take_pending(self, origin: str, seq: int) -> tuple[Entry, str] | None:
+        """The kept entry at (origin, seq), taken out of the waiting ones, and its sender."""
+        ...
+
+    def drop_pending_through(self, origin: str, seq: int) -> None: ...
+
+    def pending_count(self) -> int: ...
+
+    def first_position(self, origin: str, after_seq: int) -> int | None:
+        """The ingest position of ``origin``'s first entry above ``after_seq``."""
+        ...
+
+    def positions_after(self, cursor: int, limit: int) -> list[tuple[int, str, int]]:
+        """Up to ``limit`` (ingest, origin, seq) after ``cursor``, in ingest order."""
+        ...
+
+    def entries_at(self, positions: list[int]) -> list[tuple[int, Entry]]: ...
 
     def max_ingest(self) -> int: ...
 
@@ -83,6 +108,10 @@ class ReplicationTables(Protocol):
     def max_seq(self, origin: str) -> int: ...
 
     def set_local(self, origin: str, seq: int, hlc: int) -> None: ...
+
+    def name_origin(self, origin: str, node_id: str) -> None:
+        """Record which node writes under ``origin``."""
+        ...
 
     def max_hlc(self) -> int: ...
 

@@ -9,16 +9,18 @@ from shim.replication.merge import Entry
 # 2: Kubernetes objects stored as protobuf merge field by field (protocol 1 kept them whole, so
 # nodes of both would not converge). The entry and its operations travel as in protocol 1.
 # 3: entries also carry auth objects (kind, secret); a node speaking 2 would take them for keys.
-PROTOCOL = 3
+# 4: version vectors (Hello.vector, Have), a new origin per run, gapless origins (pruned
+# entries travel as stubs); a node speaking 3 would send duplicates and leave gaps.
+PROTOCOL = 4
 
 
 def to_wire(entry: Entry) -> pb.Entry:
     msg = pb.Entry(
         origin=entry.origin, seq=entry.seq, hlc=entry.hlc, key=entry.key, deleted=entry.deleted,
         value=entry.value, lease=entry.lease, base_uid=entry.base_uid or "", uid=entry.uid or "",
-        kind=entry.kind, secret=entry.secret or "",
+        kind=entry.kind, secret=entry.secret or "", pruned=entry.pruned,
     )
-    if entry.ops is not None:
+    if entry.ops is not None and not entry.pruned:
         msg.has_ops = True
         msg.ops = field_ops.dumps(entry.ops).encode()
     return msg

@@ -1,0 +1,91 @@
+"""Version vectors on a link: what the peer holds, so an entry crosses each link at most once.
+
+Every node holds each origin's entries without gaps (``high_water``: the highest seq held with
+none missing below it; an entry further ahead waits until the ones before it arrive). The two
+sides of a link tell each other their vectors in the handshake and as they advance (``Have``),
+and each tells which origins reach it directly over a live link. A sender then sends an entry
+only if the peer lacks it (its seq is above the peer's high-water mark for its origin) and does
+not get it from its origin directly: in a full mesh each entry goes from its origin to each node
+once, in a tree it is relayed, and when a direct link goes down the peer says so and the others
+send what it lacks of that origin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from shim.pb import replication_pb2 as pb
+from shim.replication.framing import check_numbers
+from shim.replication.tables import ReplicationTables
+
+
+def to_wire(vector: dict[str, int]) -> list[pb.OriginSeq]:
+    return [pb.OriginSeq(origin=origin, seq=seq) for origin, seq in sorted(vector.items())]
+
+
+def from_wire(items: Iterable[pb.OriginSeq]) -> dict[str, int]:
+    """A vector the peer sent; positions beyond what the tables hold refuse the link
+    (``framing.OutOfRange``)."""
+    vector: dict[str, int] = {}
+    for item in items:
+        check_numbers("a version vector", seq=item.seq)
+        vector[item.origin] = max(vector.get(item.origin, 0), item.seq)
+    return vector
+
+
+@dataclass(slots=True)
+class PeerHolds:
+    """What this node knows the peer holds: its vector (raised by what it says and by what
+    either side sends the other) and the origins that reach it directly."""
+
+    vector: dict[str, int] = field(default_factory=dict)
+    direct: frozenset[str] = frozenset()
+    # Set when the peer stopped getting an origin directly: the sender looks back for what
+    # the peer lacks of it.
+    rewind: bool = False
+
+    def lacks(self, origin: str, seq: int, sender: str) -> bool:
+        """Whether ``sender`` (this node's origin) should send entry (origin, seq)."""
+        if seq <= self.vector.get(origin, 0):
+            return False
+        return origin == sender or origin not in self.direct
+
+    def has(self, origin: str, seq: int) -> None:
+        if seq > self.vector.get(origin, 0):
+            self.vector[origin] = seq
+
+    def learn(self, vector: dict[str, int], direct: frozenset[str]) -> None:
+        for origin, seq in vector.items():
+            self.has(origin, seq)
+        if self.direct - direct:
+            self.rewind = True
+        self.direct = direct
+
+    def first_lacking(self, repl: ReplicationTables, sender: str) -> int | None:
+        """The ingest position of the first entry the peer lacks (None: none)."""
+        first: int | None = None
+        for origin, seq in repl.vector().items():
+            if not self.lacks(origin, seq, sender):
+                continue
+            position = repl.first_position(origin, self.vector.get(origin, 0))
+            if position is not None and (first is None or position < first):
+                first = position
+        return first
+
+
+@dataclass(slots=True)
+class Teller:
+    """What this node has told the peer of its own vector and direct origins."""
+
+    told: dict[str, int] = field(default_factory=dict)
+    direct: frozenset[str] | None = None
+
+    def have(self, vector: dict[str, int], direct: frozenset[str]) -> pb.Have | None:
+        """The Have to send now (what advanced, and the direct origins), or None."""
+        advanced = {o: s for o, s in vector.items() if s > self.told.get(o, 0)}
+        if not advanced and direct == self.direct:
+            return None
+        self.told.update(advanced)
+        self.direct = direct
+        return pb.Have(vector=to_wire(advanced), direct=sorted(direct))
