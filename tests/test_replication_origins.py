@@ -8,11 +8,12 @@ on an older copy of its database writes under a new origin and gets its lost wri
 
 from __future__ import annotations
 
+import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.lying_peer import LyingPeer
+from tests.support.lying_peer import LyingPeer, hlc_now
 from tests.support.metrics import scrape
 from tests.support.net import free_port
 from tests.support.replication import (
@@ -20,7 +21,9 @@ from tests.support.replication import (
     node_args,
     put,
     reload_topology,
+    shim_command,
     sql,
+    status,
     wait_converged,
     wait_for,
     write_topology,
@@ -101,31 +104,62 @@ def test_an_origin_reaches_a_node_through_another_when_its_direct_link_goes(
     assert relayed == [{"n": 20}]
 
 
-def test_entries_beyond_a_gap_wait_and_a_forged_far_seq_does_not_silence_the_origin(
+def test_entries_beyond_a_gap_wait_and_a_far_seq_does_not_silence_the_origin(
     shim_factory: Factory,
 ) -> None:
     node = shim_factory(extra_args=node_args("n1"))
     with LyingPeer(node.endpoint) as peer:
+        waiting = f"SELECT max_seq, waiting FROM replication_origins WHERE origin = '{peer.origin}'"
         # Entry 3 and 2 come before 1: they wait, nothing of them applies.
         third, second = peer.entry(b"/gap/3", b"3", seq=3), peer.entry(b"/gap/2", b"2", seq=2)
         peer.send(third, second)
-        wait_for(lambda: sql(node, "SELECT waiting FROM replication_origins "
-                                   f"WHERE origin = '{peer.node_id}'"),
-                 lambda rows: rows == [{"waiting": 2}], "two entries to wait")
+        wait_for(lambda: sql(node, waiting), lambda rows: rows == [{"max_seq": 0, "waiting": 2}],
+                 "two entries to wait")
         assert get(node.endpoint, b"/gap/3") is None and get(node.endpoint, b"/gap/2") is None
         peer.send(peer.entry(b"/gap/1", b"1", seq=1))
         wait_for(lambda: [get(node.endpoint, f"/gap/{n}".encode()) for n in (1, 2, 3)],
                  lambda values: values == [b"1", b"2", b"3"], "the three entries in order")
 
         # An entry far ahead of what the origin wrote (51 while it is at 3) waits; the
-        # origin's next real writes are not taken for duplicates.
-        peer.send(peer.entry(b"/gap/forged", b"forged", seq=51))
+        # origin's next writes are not taken for duplicates.
+        peer.send(peer.entry(b"/gap/far", b"far", seq=51))
         peer.seq = 3
         peer.send(peer.entry(b"/gap/4", b"4"), peer.entry(b"/gap/5", b"5"))
         wait_for(lambda: get(node.endpoint, b"/gap/5"), lambda v: v == b"5", "entry 5")
-        assert get(node.endpoint, b"/gap/forged") is None
-        assert sql(node, "SELECT max_seq, waiting FROM replication_origins "
-                         f"WHERE origin = '{peer.node_id}'") == [{"max_seq": 5, "waiting": 1}]
+        assert get(node.endpoint, b"/gap/far") is None
+        assert sql(node, waiting) == [{"max_seq": 5, "waiting": 1}]
+
+
+def local_origin(server: ShimServer) -> str:
+    """The origin the node writes under in this run."""
+    rows = sql(server, "SELECT origin FROM replication_log WHERE received_from = 'local' "
+                       "ORDER BY ingest DESC LIMIT 1")
+    return str(rows[0]["origin"])
+
+
+def test_an_entry_forged_under_another_nodes_origin_is_refused(shim_factory: Factory) -> None:
+    """Case 6: one entry under a real node's origin, far ahead of it or next in line, cannot
+    make that node's real writes look like duplicates: only its key signs under its origin."""
+    n1 = shim_factory(extra_args=node_args("n1"))
+    n2 = shim_factory(extra_args=node_args("n2", joins=[n1]))
+    put(n1.endpoint, b"/real/1", b"1")
+    wait_converged([n1, n2], prefix=b"/real/", expect=lambda s: len(s) == 1)
+    victim = local_origin(n1)
+    with LyingPeer(n2.endpoint) as peer:
+        for seq in (51, 2):
+            forged = peer.entry(b"/real/forged", b"forged", origin=victim, seq=seq)
+            peer.send(forged)
+            assert "forged: the signature does not verify" in peer.wait_refused(seq, victim)
+        # The same content under the victim's origin with no signature at all: refused too.
+        peer.send(peer.entry(b"/real/forged", b"forged", origin=victim, seq=3, sig=b""))
+        assert "forged" in peer.wait_refused(3, victim)
+        assert peer.status() is None
+    for n in range(2, 6):
+        put(n1.endpoint, f"/real/{n}".encode(), str(n).encode())
+    final = wait_converged([n1, n2], prefix=b"/real/", expect=lambda s: len(s) == 5)
+    assert b"/real/forged" not in final
+    reasons = [q["reason"] for q in status(n2)["quarantine"]["latest"]]
+    assert any("forged" in reason for reason in reasons), reasons
 
 
 def _database_files(server: ShimServer) -> list[Path]:
@@ -176,3 +210,58 @@ def test_a_node_restarted_on_an_older_copy_of_its_database_converges(
                       "(SELECT 1 FROM replication_log l WHERE l.origin = o.origin "
                       "AND l.key LIKE '/restore/%') ORDER BY max_seq")
     assert [o["max_seq"] for o in origins] == [20, 30, 50]
+
+
+def test_an_origin_that_signs_two_versions_of_one_entry_is_flagged_and_left_out(
+    shim_factory: Factory,
+) -> None:
+    """Case 5: one origin sends n1 and n2 different entries under the same (origin, seq). The
+    nodes find it by comparing their chains, flag the origin, leave its entries from that seq
+    out on both, and go on converging: the cluster does not split."""
+    metrics = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    n1 = shim_factory(extra_args=node_args("n1", extra=["--metrics-address", metrics[0]]))
+    n2 = shim_factory(extra_args=node_args("n2", joins=[n1],
+                                           extra=["--metrics-address", metrics[1]]))
+    wait_for(lambda: links_up(n1), lambda n: n == 1, "the link")
+    with LyingPeer(n1.endpoint) as to_n1, LyingPeer(n2.endpoint, signer=to_n1.signer) as to_n2:
+        base = to_n1.entry(b"/fork/k", b"base", seq=1)
+        to_n1.send(base)
+        to_n2.send(base)
+        to_n1.send(to_n1.entry(b"/fork/k", b"told n1", seq=2),
+                   to_n1.entry(b"/fork/n1-only", b"x", seq=3))
+        to_n2.send(to_n2.entry(b"/fork/k", b"told n2", seq=2))
+        for node in (n1, n2):
+            wait_for(lambda node=node: status(node)["origins"]["equivocating"],
+                     lambda flagged: [o["origin"] for o in flagged] == [to_n1.origin]
+                     and flagged[0]["from_seq"] == 2, f"{node.name} to flag the origin")
+        final = wait_converged([n1, n2], prefix=b"/fork/")
+        assert final == {b"/fork/k": (b"base", 0)}
+        assert to_n1.status() is None and to_n2.status() is None
+    assert [scrape(m)["shim_replication_equivocations_total"] for m in metrics] == [1.0, 1.0]
+    # The two nodes go on replicating everything else.
+    put(n1.endpoint, b"/fork/after", b"1")
+    put(n2.endpoint, b"/fork/after2", b"2")
+    wait_converged([n1, n2], prefix=b"/fork/", expect=lambda s: len(s) == 3)
+    text = shim_command("status", "--datastore-endpoint", n1.datastore_endpoint)
+    assert f"EQUIVOCATING {to_n1.origin}" in text.stdout
+
+
+def test_entries_of_origins_from_before_signatures_replicate_only_from_before(
+    shim_factory: Factory,
+) -> None:
+    """Upgrading: a database's entries from before signatures stay under their origin (the
+    old node id), unsigned, and still replicate (a node joining later gets them); an unsigned
+    entry stamped after the node started signing is refused: no one writes under an old
+    origin any more."""
+    n1 = shim_factory(extra_args=node_args("n1"))
+    with LyingPeer(n1.endpoint) as old:
+        legacy = secrets.token_hex(16)  # an origin as node ids were
+        before = hlc_now(ahead_ms=-3_600_000)
+        old.send(old.entry(b"/old/1", b"from before", origin=legacy, seq=1, hlc=before, sig=b""))
+        wait_for(lambda: get(n1.endpoint, b"/old/1"), lambda v: v == b"from before",
+                 "the old entry")
+        old.send(old.entry(b"/old/2", b"after", origin=legacy, seq=2, sig=b""))
+        assert "unsigned" in old.wait_refused(2, legacy)
+    n2 = shim_factory(extra_args=node_args("n2", joins=[n1]))
+    final = wait_converged([n1, n2], prefix=b"/old/", expect=lambda s: len(s) == 1)
+    assert final == {b"/old/1": (b"from before", 0)}

@@ -35,9 +35,9 @@ from shim.mvcc.owned import OwnedStore
 from shim.mvcc.store import Store
 from shim.procs.store_process import ServingProcessFailed, StoreProcess
 from shim.replication import retention
-from shim.replication.origin import new_origin
 from shim.replication.policy import Policy, PolicyError
 from shim.replication.resolve import Replica
+from shim.replication.signing import Signer
 from shim.replication.tables import tables
 from shim.tasks import cancel_and_wait
 
@@ -115,7 +115,7 @@ def make_replica(config: ServerConfig, backend: Backend) -> Replica | None:
         raise ConfigError(str(exc)) from None
     if not wants_replication(config) and not _has_replicated(backend):
         return None
-    return Replica(backend.node_id, policy, config.max_clock_skew_ms, origin=new_origin())
+    return Replica(backend.node_id, policy, config.max_clock_skew_ms, signer=Signer())
 
 
 def _has_replicated(backend: Backend) -> bool:

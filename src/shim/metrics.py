@@ -61,6 +61,11 @@ REPLICATION_LAG_SECONDS = Histogram(
     ["peer"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+REPLICATION_FORKS = Counter(
+    "shim_replication_equivocations_total",
+    "Entries found signed by their origin twice with different content (the origin is "
+    "flagged in shim status and its entries from there on are left out).",
+)
 REPLICATION_QUARANTINED = Counter(
     "shim_replication_quarantined_total",
     "Entries set apart: refused on arrival (malformed, against the merge policy, over the "

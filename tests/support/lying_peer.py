@@ -23,6 +23,7 @@ import grpc
 from shim.pb import replication_pb2 as pb
 from shim.pb import replication_pb2_grpc
 from shim.replication.policy import Policy
+from shim.replication.signing import Signer, body_digest, message_hash
 from shim.replication.wire import PROTOCOL
 
 from .replication import TOKEN
@@ -41,9 +42,12 @@ class LyingPeer:
 
     def __init__(
         self, endpoint: str, *, token: str = TOKEN, name: str = "lying-peer",
-        node_id: str | None = None,
+        node_id: str | None = None, signer: Signer | None = None,
     ) -> None:
         self.node_id = node_id or secrets.token_hex(16)
+        # Its own origin, as a node's: a key pair's public key; its entries are signed.
+        self.signer = signer or Signer()
+        self.origin = self.signer.origin
         self.seq = 0
         self.cursor = 0
         self._channel = grpc.insecure_channel(endpoint)
@@ -57,7 +61,7 @@ class LyingPeer:
         self._status: tuple[grpc.StatusCode, str] | None = None
         self._outbox.put(pb.LinkMessage(hello=pb.Hello(
             node_id=self.node_id, name=name, token=token, policy_digest=Policy.load().digest,
-            send=True, receive=False, protocol=PROTOCOL, hlc=hlc_now(), origin=self.node_id,
+            send=True, receive=False, protocol=PROTOCOL, hlc=hlc_now(), origin=self.origin,
         )))
         reply = next(self._call)
         assert reply.WhichOneof("kind") == "hello", f"no Hello from the node: {reply}"
@@ -91,21 +95,36 @@ class LyingPeer:
 
     def entry(
         self, key: bytes, value: bytes = b"", *, ops: Any = None, raw_ops: bytes | None = None,
-        hlc: int | None = None, seq: int | None = None, **fields: Any,
+        hlc: int | None = None, seq: int | None = None, signer: Signer | None = None,
+        **fields: Any,
     ) -> pb.Entry:
-        """The next entry of this peer's own origin (or with the fields given): ``ops`` as a
-        JSON-able list of operations, or ``raw_ops`` as bytes sent as they are."""
+        """The next entry of this peer's own origin (or with the fields given), signed with
+        its key unless ``sig`` is given: ``ops`` as a JSON-able list of operations (in the
+        form nodes send them), or ``raw_ops`` as bytes sent as they are."""
         if seq is None:
             self.seq += 1
             seq = self.seq
         msg = pb.Entry(
-            origin=self.node_id, seq=seq, hlc=hlc_now() if hlc is None else hlc, key=key,
-            value=value, **fields,
+            origin=fields.pop("origin", self.origin), seq=seq,
+            hlc=hlc_now() if hlc is None else hlc, key=key, value=value, **fields,
         )
         if ops is not None or raw_ops is not None:
             msg.has_ops = True
-            msg.ops = raw_ops if raw_ops is not None else json.dumps(ops).encode()
+            msg.ops = raw_ops if raw_ops is not None else json.dumps(
+                ops, separators=(",", ":")).encode()
+        if "sig" not in fields:
+            msg.sig = self.sign(msg, signer)
         return msg
+
+    def sign(self, msg: pb.Entry, signer: Signer | None = None) -> bytes:
+        """This peer's signature of ``msg`` (valid only under its own origin), or
+        ``signer``'s."""
+        digest = bytes(msg.digest) if msg.pruned else body_digest(
+            msg.value, msg.ops if msg.has_ops else None, msg.secret or None)
+        return (signer or self.signer).sign(message_hash(
+            msg.origin, msg.seq, msg.hlc, msg.key, msg.deleted, msg.lease,
+            msg.base_uid or None, msg.uid or None, msg.kind, digest,
+        ))
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -123,7 +142,7 @@ class LyingPeer:
 
     def wait_refused(self, seq: int, origin: str | None = None, timeout: float = 15.0) -> str:
         """The reason the node gave for refusing entry (origin, seq)."""
-        wanted = (origin or self.node_id, seq)
+        wanted = (origin or self.origin, seq)
         deadline = time.monotonic() + timeout
         while wanted not in self._refused:
             left = deadline - time.monotonic()

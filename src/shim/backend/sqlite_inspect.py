@@ -91,6 +91,8 @@ def status(conn: apsw.Connection) -> dict[str, Any]:
     }
     if _has_table(conn, "repl_quarantine"):
         report["quarantine"] = _quarantine(conn)
+    if _has_table(conn, "repl_fork"):
+        report["origins"] = _origins(conn)
     now_ms = time.time_ns() // 1_000_000
     report["peers"] = [
         {
@@ -156,6 +158,21 @@ def _quarantine(conn: apsw.Connection) -> dict[str, Any]:
     return {"total": total, "refused": refused, "set_apart": total - refused, "latest": latest}
 
 
+def _origins(conn: apsw.Connection) -> dict[str, Any]:
+    """Origins known here, entries waiting for earlier ones, and the origins caught signing
+    two different entries under one seq (shim.replication.signing)."""
+    count = one(conn.execute("SELECT COUNT(*) FROM repl_origin"))[0]
+    waiting = one(conn.execute("SELECT COUNT(*) FROM repl_pending"))[0]
+    equivocating = [
+        {"origin": row[0], "node_id": row[1], "from_seq": row[2], "since_ms": row[3]}
+        for row in conn.execute(
+            "SELECT origin, node_id, forked_seq, forked_ms FROM repl_origin "
+            "WHERE forked_seq IS NOT NULL ORDER BY forked_ms"
+        )
+    ]
+    return {"count": count, "waiting": waiting, "equivocating": equivocating}
+
+
 def print_status(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
     print(f"node       {report['node_id']}", file=out)
     print(f"revision   {report['revision']} (compacted to {report['compact_revision']})",
@@ -179,6 +196,14 @@ def print_status(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
         for q in quarantine["latest"]:
             key = _cell(q["key"])
             print(f"  {q['origin']}/{q['seq']} {key[:60]}: {q['reason']}", file=out)
+    origins = report.get("origins")
+    if origins is not None:
+        print(f"origins    {origins['count']} ({origins['waiting']} entries waiting for earlier "
+              f"ones, {len(origins['equivocating'])} equivocating)", file=out)
+        for o in origins["equivocating"]:
+            print(f"  EQUIVOCATING {o['origin']} (node {o['node_id'] or '?'}): signed two "
+                  f"different entries; its entries from seq {o['from_seq']} on are left out",
+                  file=out)
     print(f"conflicts  {report['conflicts_merged']} merged", file=out)
     columns = ["node_id", "name", "role", "address", "cursor", "peer_high", "lag_entries",
                "unacked_entries", "last_lag_ms", "entries_received", "entries_applied",

@@ -12,6 +12,7 @@ from shim.backend.sqlite_rows import one
 from shim.replication import ops as field_ops
 from shim.replication.merge import Entry, Stamp
 from shim.replication.quarantine import OUTCOME as QUARANTINED
+from shim.replication.signing import NO_CHAIN
 from shim.replication.tables import PeerRow
 
 # Stored entries no fold reads: held apart (stamped beyond the clock-skew bound, until the
@@ -32,17 +33,18 @@ ENTRY_VALUE_SQL = (
 )
 _ENTRY_COLUMNS = (
     f"e.origin, e.seq, e.hlc, e.key, e.deleted, {ENTRY_VALUE_SQL}, e.lease, e.ops, e.base_uid, "
-    f"e.uid, e.kind, e.secret, e.outcome = '{PRUNED}'"
+    f"e.uid, e.kind, e.secret, e.outcome = '{PRUNED}', e.sig, e.digest, e.chain"
 )
 # What an entry waiting for the entries before it keeps (repl_pending, the same names).
 _PENDING_COLUMNS = (
     "e.origin, e.seq, e.hlc, e.key, e.deleted, e.value, e.lease, e.ops, e.base_uid, e.uid, "
-    "e.kind, e.secret, e.pruned"
+    "e.kind, e.secret, e.pruned, e.sig, e.digest, NULL"
 )
 
 
 def _entry(row: Sequence[Any]) -> Entry:
-    origin, seq, hlc, key, deleted, value, lease, ops, base_uid, uid, kind, secret, pruned = row
+    (origin, seq, hlc, key, deleted, value, lease, ops, base_uid, uid, kind, secret, pruned,
+     sig, digest, chain) = row
     return Entry(
         origin=str(origin),
         seq=int(seq),
@@ -57,6 +59,9 @@ def _entry(row: Sequence[Any]) -> Entry:
         kind=str(kind),
         secret=None if secret is None else str(secret),
         pruned=bool(pruned),
+        sig=bytes(sig or b""),
+        digest=bytes(digest or b""),
+        chain=bytes(chain or b""),
     )
 
 
@@ -86,18 +91,20 @@ class SqliteReplicationTables:
             if e.seq <= self.high_water(e.origin):
                 return None
             self._conn.execute(
-                "INSERT INTO repl_origin (origin, max_seq, max_hlc, max_skewed_hlc) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (origin) DO UPDATE SET "
+                "INSERT INTO repl_origin (origin, max_seq, max_hlc, max_skewed_hlc, head) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (origin) DO UPDATE SET "
                 "max_seq = MAX(max_seq, excluded.max_seq), "
                 "max_hlc = MAX(max_hlc, excluded.max_hlc), "
-                "max_skewed_hlc = MAX(max_skewed_hlc, excluded.max_skewed_hlc)",
+                "max_skewed_hlc = MAX(max_skewed_hlc, excluded.max_skewed_hlc), "
+                "head = excluded.head",
                 (e.origin, e.seq, 0 if skewed or e.pruned else e.hlc,
-                 e.hlc if skewed and not e.pruned else 0),
+                 e.hlc if skewed and not e.pruned else 0, e.chain or None),
             )
         self._conn.execute(
             "INSERT OR IGNORE INTO repl_entry (origin, seq, hlc, key, deleted, value, lease, ops, "
             "base_uid, uid, received_from, received_ms, skewed, outcome, value_in_log, kind, "
-            "secret) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "secret, sig, digest, chain) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 e.origin,
                 e.seq,
@@ -116,6 +123,9 @@ class SqliteReplicationTables:
                 int(value_in_log),
                 e.kind,
                 e.secret,
+                e.sig or None,
+                e.digest or None,
+                e.chain or None,
             ),
         )
         if self._conn.changes() == 0:
@@ -209,13 +219,17 @@ class SqliteReplicationTables:
     def hold_pending(self, e: Entry, received_from: str, received_ms: int) -> bool:
         """Keep an entry that arrived before the ones below it; False if one is already kept
         at its (origin, seq)."""
+        self._conn.execute(  # the origin is known (replication_origins counts what waits)
+            "INSERT OR IGNORE INTO repl_origin (origin, max_seq) VALUES (?, 0)", (e.origin,)
+        )
         self._conn.execute(
             "INSERT OR IGNORE INTO repl_pending (origin, seq, hlc, key, deleted, value, lease, "
-            "ops, base_uid, uid, kind, secret, pruned, received_from, received_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "ops, base_uid, uid, kind, secret, pruned, received_from, received_ms, sig, digest) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (e.origin, e.seq, e.hlc, e.key, int(e.deleted), e.value, e.lease,
              None if e.ops is None else field_ops.dumps(e.ops), e.base_uid, e.uid, e.kind,
-             e.secret, int(e.pruned), received_from, received_ms),
+             e.secret, int(e.pruned), received_from, received_ms, e.sig or None,
+             e.digest or None),
         )
         return self._conn.changes() > 0
 
@@ -283,15 +297,100 @@ class SqliteReplicationTables:
         ))
         return int(row[0] or 0)
 
-    def set_local(self, origin: str, seq: int, hlc: int) -> None:
-        """This node's newest sequence number and clock stamp, kept apart from the entries
-        (retention may prune the newest one)."""
+    def set_local(self, origin: str, seq: int, hlc: int, head: bytes = b"") -> None:
+        """This node's newest sequence number, clock stamp and chain, kept apart from the
+        entries (retention may prune the newest one)."""
         self._conn.execute(
-            "INSERT INTO repl_origin (origin, max_seq, max_hlc) VALUES (?, ?, ?) "
+            "INSERT INTO repl_origin (origin, max_seq, max_hlc, head) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (origin) DO UPDATE SET max_seq = MAX(max_seq, excluded.max_seq), "
-            "max_hlc = MAX(max_hlc, excluded.max_hlc)",
-            (origin, seq, hlc),
+            "max_hlc = MAX(max_hlc, excluded.max_hlc), head = COALESCE(excluded.head, head)",
+            (origin, seq, hlc, head or None),
         )
+
+    # -- signatures, chains, forks ---------------------------------------------------------
+
+    def origin_head(self, origin: str) -> bytes:
+        row = self._conn.execute(
+            "SELECT head FROM repl_origin WHERE origin = ?", (origin,)
+        ).fetchone()
+        return bytes(row[0]) if row is not None and row[0] is not None else NO_CHAIN
+
+    def heads(self) -> dict[str, tuple[int, bytes]]:
+        """Every origin's high-water mark and the chain there (empty: none kept)."""
+        return {
+            str(origin): (int(seq), bytes(head or b""))
+            for origin, seq, head in self._conn.execute(
+                "SELECT origin, max_seq, head FROM repl_origin"
+            )
+        }
+
+    def chain_at(self, origin: str, seq: int) -> bytes:
+        row = self._conn.execute(
+            "SELECT chain FROM repl_entry WHERE origin = ? AND seq = ?", (origin, seq)
+        ).fetchone()
+        return bytes(row[0]) if row is not None and row[0] is not None else b""
+
+    def stored(self, origin: str, seq: int) -> Entry | None:
+        row = self._conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM repl_entry e WHERE e.origin = ? AND e.seq = ?",
+            (origin, seq),
+        ).fetchone()
+        return None if row is None else _entry(row)
+
+    def unsigned_before(self) -> int:
+        row = self._conn.execute("SELECT unsigned_before FROM repl_signing").fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def add_fork(self, e: Entry, found_ms: int) -> bool:
+        """Keep one version of an entry its origin equivocated on; False if known."""
+        self._conn.execute(
+            "INSERT OR IGNORE INTO repl_fork (origin, seq, hlc, key, deleted, lease, base_uid, "
+            "uid, kind, digest, sig, found_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (e.origin, e.seq, e.hlc, e.key, int(e.deleted), e.lease, e.base_uid, e.uid, e.kind,
+             e.digest, e.sig, found_ms),
+        )
+        return self._conn.changes() > 0
+
+    def forks(self) -> list[Entry]:
+        """Every kept version of an equivocated entry, as a stub."""
+        rows = self._conn.execute(
+            "SELECT origin, seq, hlc, key, deleted, lease, base_uid, uid, kind, digest, sig "
+            "FROM repl_fork ORDER BY origin, seq"
+        )
+        return [
+            Entry(str(o), int(s), int(h), bytes(k), bool(d), b"", int(lease), None,
+                  None if b is None else str(b), None if u is None else str(u), str(kind),
+                  pruned=True, digest=bytes(dg), sig=bytes(sg))
+            for o, s, h, k, d, lease, b, u, kind, dg, sg in rows
+        ]
+
+    def forked(self) -> dict[str, int]:
+        """Origins known to equivocate: the first seq left out of folds."""
+        return {
+            str(origin): int(seq) for origin, seq in self._conn.execute(
+                "SELECT origin, forked_seq FROM repl_origin WHERE forked_seq IS NOT NULL"
+            )
+        }
+
+    def mark_forked(self, origin: str, seq: int, now_ms: int) -> None:
+        self._conn.execute(
+            "UPDATE repl_origin SET forked_seq = MIN(COALESCE(forked_seq, ?1), ?1), "
+            "forked_ms = COALESCE(forked_ms, ?2) WHERE origin = ?3",
+            (seq, now_ms, origin),
+        )
+
+    def quarantine_from(self, origin: str, seq: int) -> list[bytes]:
+        """Leave ``origin``'s stored entries from ``seq`` on out of every fold; the keys of
+        those that were folded (they need folding again)."""
+        keys = [bytes(row[0]) for row in self._conn.execute(
+            f"SELECT DISTINCT e.key FROM repl_entry e WHERE e.origin = ? AND e.seq >= ? "
+            f"AND e.kind = '' AND {_FOLDED}", (origin, seq),
+        )]
+        self._conn.execute(
+            f"UPDATE repl_entry SET outcome = '{QUARANTINED}' WHERE origin = ? AND seq >= ? "
+            f"AND outcome NOT IN ('{PRUNED}', '{QUARANTINED}')", (origin, seq),
+        )
+        return keys
 
     def name_origin(self, origin: str, node_id: str) -> None:
         self._conn.execute(

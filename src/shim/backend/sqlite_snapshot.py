@@ -8,7 +8,7 @@ those bytes (etcd's trailer: `etcdctl snapshot save` checks the file ends with o
 
 Restoring makes a new database file from the snapshot. By default the restored node gets a
 new node id (a new etcd member and cluster id); ``--keep-identity`` keeps the old one. Either
-way it writes under a new origin, as at every start (``shim.replication.origin``), so the
+way it writes under a new origin, as at every start (``shim.replication.signing``), so the
 (origin, seq) pairs it writes never collide with those its old self wrote after the snapshot,
 and its peers send those back (their version vectors hold more of them).
 """

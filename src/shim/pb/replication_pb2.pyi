@@ -37,12 +37,14 @@ class Hello(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., token: _Optional[str] = ..., policy_digest: _Optional[str] = ..., send: _Optional[bool] = ..., receive: _Optional[bool] = ..., cursor: _Optional[int] = ..., hlc: _Optional[int] = ..., protocol: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., origin: _Optional[str] = ..., vector: _Optional[_Iterable[_Union[OriginSeq, _Mapping]]] = ..., direct: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OriginSeq(_message.Message):
-    __slots__ = ("origin", "seq")
+    __slots__ = ("origin", "seq", "head")
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
     origin: str
     seq: int
-    def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+    head: bytes
+    def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ..., head: _Optional[bytes] = ...) -> None: ...
 
 class Have(_message.Message):
     __slots__ = ("vector", "direct")
@@ -59,7 +61,7 @@ class Start(_message.Message):
     def __init__(self, cursor: _Optional[int] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("origin", "seq", "hlc", "key", "deleted", "value", "lease", "has_ops", "ops", "base_uid", "uid", "kind", "secret", "pruned")
+    __slots__ = ("origin", "seq", "hlc", "key", "deleted", "value", "lease", "has_ops", "ops", "base_uid", "uid", "kind", "secret", "pruned", "sig", "digest")
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     HLC_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +76,8 @@ class Entry(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
     PRUNED_FIELD_NUMBER: _ClassVar[int]
+    SIG_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     origin: str
     seq: int
     hlc: int
@@ -88,7 +92,9 @@ class Entry(_message.Message):
     kind: str
     secret: str
     pruned: bool
-    def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ..., hlc: _Optional[int] = ..., key: _Optional[bytes] = ..., deleted: _Optional[bool] = ..., value: _Optional[bytes] = ..., lease: _Optional[int] = ..., has_ops: _Optional[bool] = ..., ops: _Optional[bytes] = ..., base_uid: _Optional[str] = ..., uid: _Optional[str] = ..., kind: _Optional[str] = ..., secret: _Optional[str] = ..., pruned: _Optional[bool] = ...) -> None: ...
+    sig: bytes
+    digest: bytes
+    def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ..., hlc: _Optional[int] = ..., key: _Optional[bytes] = ..., deleted: _Optional[bool] = ..., value: _Optional[bytes] = ..., lease: _Optional[int] = ..., has_ops: _Optional[bool] = ..., ops: _Optional[bytes] = ..., base_uid: _Optional[str] = ..., uid: _Optional[str] = ..., kind: _Optional[str] = ..., secret: _Optional[str] = ..., pruned: _Optional[bool] = ..., sig: _Optional[bytes] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("entries", "cursor", "high", "hlc", "acked")

@@ -13,6 +13,7 @@ stops a link.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from shim.api.validate import RAFT_WRAPPER_BYTES
@@ -36,6 +37,13 @@ from shim.replication.ops import (
 )
 from shim.replication.policy import KeyRules, Path_, Policy
 from shim.replication.quarantine import Refusal
+from shim.replication.signing import (
+    DIGEST_BYTES,
+    body_digest,
+    is_signed_origin,
+    message_hash,
+    verifies,
+)
 
 MAX_ORIGIN_CHARS = 256
 # An honest entry's operations restate at most the changed fields of the written value (bytes
@@ -74,6 +82,9 @@ class IngestLimits:
     """The client API's limits, which entries from peers must respect too."""
 
     max_request_bytes: int
+    # Entries of origins without a key (from before signatures) are admitted only stamped
+    # before this (``repl_signing.unsigned_before``); None: any (in-process tests).
+    unsigned_before: int | None = None
 
 
 def check_batch(batch: pb.Batch) -> None:
@@ -85,11 +96,15 @@ def check_batch(batch: pb.Batch) -> None:
 
 def admit(msg: pb.Entry, policy: Policy, limits: IngestLimits) -> Entry | Refusal:
     """The entry ``msg`` carries, or why it is refused."""
+    place: Entry | None = None
     try:
-        return _admit(msg, policy, limits)
+        _check_numbers(msg)
+        place = _verified_place(msg, limits)
+        return _admit(msg, policy, limits, place)
     except _Refused as exc:
         return Refusal(
-            origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=bytes(msg.key), reason=str(exc)
+            origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=bytes(msg.key), reason=str(exc),
+            place=place,
         )
 
 
@@ -97,7 +112,7 @@ class _Refused(ValueError):
     pass
 
 
-def _admit(msg: pb.Entry, policy: Policy, limits: IngestLimits) -> Entry:
+def _check_numbers(msg: pb.Entry) -> None:
     if not msg.origin or len(msg.origin) > MAX_ORIGIN_CHARS:
         raise _Refused(f"the origin must be 1 to {MAX_ORIGIN_CHARS} characters")
     if not 0 < msg.seq <= MAX_NUMBER:
@@ -106,6 +121,40 @@ def _admit(msg: pb.Entry, policy: Policy, limits: IngestLimits) -> Entry:
         raise _Refused("the clock stamp must be between 1 and 2^63-1")
     if not msg.key:
         raise _Refused("the key is empty")
+
+
+def _verified_place(msg: pb.Entry, limits: IngestLimits) -> Entry:
+    """The entry's header as a stub (its place in its origin's sequence), once its signature
+    verifies: only the origin's key signs under its origin. An origin without a key is from
+    before signatures: its entries carry none (ingest admits them only stamped before)."""
+    if is_signed_origin(msg.origin):
+        if msg.pruned and len(msg.digest) != DIGEST_BYTES:
+            raise _Refused(f"a pruned entry carries a body digest of {DIGEST_BYTES} bytes")
+        digest = bytes(msg.digest) if msg.pruned else body_digest(
+            msg.value, msg.ops if msg.has_ops else None, msg.secret or None)
+        message = message_hash(msg.origin, msg.seq, msg.hlc, msg.key, msg.deleted, msg.lease,
+                               msg.base_uid or None, msg.uid or None, msg.kind, digest)
+        if not verifies(msg.origin, message, msg.sig):
+            raise _Refused(
+                "forged: the signature does not verify with the origin's key (only the node "
+                "that owns an origin writes under it)"
+            )
+        sig = bytes(msg.sig)
+    elif msg.sig or msg.digest:
+        raise _Refused("an origin that is not a public key signs nothing")
+    elif limits.unsigned_before is not None and msg.hlc >= limits.unsigned_before:
+        raise _Refused("unsigned: an origin without a key (from before signatures) writes "
+                       "nothing after this node started signing")
+    else:
+        digest = sig = b""
+    return Entry(
+        origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=msg.key, deleted=msg.deleted,
+        value=b"", lease=msg.lease, ops=None, base_uid=msg.base_uid or None,
+        uid=msg.uid or None, kind=msg.kind, pruned=True, sig=sig, digest=digest,
+    )
+
+
+def _admit(msg: pb.Entry, policy: Policy, limits: IngestLimits, place: Entry) -> Entry:
     if msg.kind not in KINDS:
         raise _Refused(f"unknown kind {msg.kind!r}")
     _check_size(msg, limits)
@@ -115,10 +164,11 @@ def _admit(msg: pb.Entry, policy: Policy, limits: IngestLimits) -> Entry:
             ops = field_ops.loads(msg.ops)
         except field_ops.BadOps as exc:
             raise _Refused(str(exc)) from None
-    entry = Entry(
-        origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=msg.key, deleted=msg.deleted,
-        value=msg.value, lease=msg.lease, ops=ops, base_uid=msg.base_uid or None,
-        uid=msg.uid or None, kind=msg.kind, secret=msg.secret or None, pruned=msg.pruned,
+        if field_ops.dumps(ops).encode() != msg.ops:
+            # Forwarded as this form: a signature over another would not verify further on.
+            raise _Refused("the operations are not in their canonical JSON form")
+    entry = dataclasses.replace(
+        place, value=msg.value, ops=ops, secret=msg.secret or None, pruned=msg.pruned,
     )
     if entry.pruned:
         if entry.value or entry.ops is not None or entry.secret is not None:

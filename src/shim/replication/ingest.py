@@ -10,6 +10,7 @@ savepoint the sink offers) and the batch goes on: no stored entry may stop its k
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -18,10 +19,10 @@ from shim.backend.base import WriteTxn
 from shim.mvcc.hlc import LOGICAL_BITS, wall_ms
 from shim.mvcc.replica import ReplicaAnswer, ReplicaRequest, RevisionSink
 from shim.mvcc.store import Store
-from shim.replication.admission import MAX_ORIGIN_CHARS
-from shim.replication.framing import MAX_NUMBER
+from shim.replication.entry_signing import chained, message_of
 from shim.replication.link_state import LinkStatus
 from shim.replication.merge import AUTH, Entry
+from shim.replication.quarantine import OUTCOME as QUARANTINED
 from shim.replication.quarantine import Refusal, quarantine
 from shim.replication.requests import (
     MergeRequest,
@@ -31,6 +32,8 @@ from shim.replication.requests import (
     ReleaseHeld,
 )
 from shim.replication.tables import ReplicationTables, tables
+
+log = logging.getLogger(__name__)
 
 # An entry further ahead of its origin's high-water mark than this is refused, not kept: an
 # honest sender sends each origin's entries in order, so only a liar opens such a gap.
@@ -77,7 +80,7 @@ def ingest(
     for refusal in req.refused:
         quarantine(repl, refusal, refusal.reason, peer=req.peer)
         result.quarantined += 1
-        stub = _place_of(refusal)
+        stub = refusal.place
         if stub is not None:
             # It keeps its place in its origin's sequence (so the origin's later entries
             # are not kept waiting for it), without its content: never folded, and every
@@ -111,25 +114,25 @@ class _Arrivals:
         self._replica, self._repl, self._txn, self._sink = replica, repl, txn, sink
         self._peer, self._now, self._result = peer, now, result
         self.newest_hlc = 0  # the newest stamp applied
+        self._forked = repl.forked()
 
     def arrive(self, entry: Entry) -> None:
         repl, result = self._repl, self._result
         high = repl.high_water(entry.origin)
         if entry.seq <= high:
+            self._compare(entry)
             result.duplicates += 1
             return
         if entry.origin == self._replica.origin:
             # Only this run of this node writes under its origin: a peer cannot hold more.
-            quarantine(repl, entry, "an entry under this node's own origin", peer=self._peer)
-            result.quarantined += 1
+            self._refuse(entry, "an entry under this node's own origin")
             return
         if entry.seq > high + 1:
             # Entries before it are missing: it waits until they come, so the origin's
             # high-water mark never passes an entry this node does not hold.
             if entry.seq - high > MAX_GAP:
-                reason = f"seq {entry.seq} is more than {MAX_GAP} ahead of {high} held here"
-                quarantine(repl, entry, reason, peer=self._peer)
-                result.quarantined += 1
+                self._refuse(entry, f"seq {entry.seq} is more than {MAX_GAP} ahead of {high} "
+                                    "held here")
             elif repl.hold_pending(entry, self._peer, self._now):
                 result.waiting += 1
             return
@@ -141,9 +144,64 @@ class _Arrivals:
             self._store(follower, sender)
             seq += 1
 
+    def _refuse(self, entry: Entry, reason: str) -> None:
+        """Record ``entry`` as refused, and answer the peer why."""
+        quarantine(self._repl, entry, reason, peer=self._peer)
+        self._result.quarantined += 1
+        self._result.refused.append(Refusal(entry.origin, entry.seq, entry.hlc, entry.key, reason))
+
+    def _compare(self, entry: Entry) -> None:
+        """A signed entry under an (origin, seq) held here with other content proves that its
+        origin equivocated."""
+        if not entry.sig or entry.origin == self._replica.origin:
+            return
+        held = self._repl.stored(entry.origin, entry.seq)
+        if held is None or not held.sig or message_of(held) == message_of(entry):
+            return
+        self._fork(held, entry)
+
+    def _fork(self, held: Entry, other: Entry) -> None:
+        """``other`` and ``held`` are two signed versions of one (origin, seq): keep both as
+        the proof (sent on to every peer), flag the origin, and leave its entries from that
+        seq on out of every fold, here as on every node that learns of it."""
+        repl, origin = self._repl, other.origin
+        found = repl.add_fork(other, self._now)
+        found = repl.add_fork(held, self._now) or found
+        cut = min(self._forked.get(origin, other.seq), other.seq)
+        self._forked[origin] = cut
+        repl.mark_forked(origin, cut, self._now)
+        for key in repl.quarantine_from(origin, cut):
+            self._refold(key)
+        if found:
+            self._replica.forks_found += 1
+            self._result.forks += 1
+            reason = (f"equivocation: origin {origin} signed two different entries as seq "
+                      f"{other.seq}; its entries from seq {cut} on are left out")
+            self._refuse(other, reason)
+
+    def _refold(self, key: bytes) -> None:
+        def again() -> None:
+            old = self._txn.get(key, 0)
+            resolved = self._replica.refold(self._repl, key, old)
+            if resolved.changed:
+                self._result.applied += 1
+                self._sink.emit(key, old, resolved.value, resolved.lease,
+                                resolved.new_incarnation)
+
+        failure = self._sink.guarded(again)
+        if failure is not None:
+            log.warning("folding %r again after an equivocation failed: %s", key, failure)
+
     def _store(self, entry: Entry, peer: str) -> None:
         """Store the next entry of its origin and apply it (unless held or pruned)."""
         replica, repl, result = self._replica, self._repl, self._result
+        if entry.sig:
+            entry = chained(entry, repl.origin_head(entry.origin))
+        forked = self._forked.get(entry.origin)
+        if forked is not None and entry.seq >= forked:
+            # Its origin equivocated before it: kept in the sequence, never folded.
+            repl.insert(entry, peer, self._now, False, QUARANTINED)
+            return
         if entry.pruned:
             # Only its place in the origin's sequence: stored and forwarded, never folded.
             repl.insert(entry, peer, self._now, False, "pruned")
@@ -161,15 +219,6 @@ class _Arrivals:
             return
         self.newest_hlc = max(self.newest_hlc, entry.hlc)
         _apply_guarded(replica, repl, self._txn, entry, position, self._sink, result)
-
-
-def _place_of(refusal: Refusal) -> Entry | None:
-    """A refused entry's place in its origin's sequence (a pruned stub), if it has one."""
-    if not (0 < len(refusal.origin) <= MAX_ORIGIN_CHARS and 0 < refusal.seq <= MAX_NUMBER):
-        return None
-    hlc = refusal.hlc if 0 < refusal.hlc <= MAX_NUMBER else 1  # a stub's stamp orders nothing
-    return Entry(refusal.origin, refusal.seq, hlc, refusal.key or b"?", False, b"", 0, None,
-                 None, None, pruned=True)
 
 
 def release_held(
@@ -233,6 +282,8 @@ async def merge(store: Store, req: MergeRequest) -> MergeResult:
     """Apply a peer's batch through the store's write path (one transaction with its cursor)
     and count it once committed (a batch that rolls back is received again later)."""
     result = await store.write_expecting(MergeResult, req)
+    if result.forks:
+        metrics.REPLICATION_FORKS.inc(result.forks)
     metrics.record_merge(
         req.peer, result.applied, result.unchanged, result.duplicates,
         result.conflict_rules, result.lag_ms, result.held, result.quarantined,

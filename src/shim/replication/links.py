@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hmac
 import logging
@@ -45,7 +46,7 @@ from shim.replication.redial import STABLE_SECONDS, Redial
 from shim.replication.requests import MergeRequest, PeerRegistration
 from shim.replication.resolve import Replica
 from shim.replication.tables import tables
-from shim.replication.vectors import PeerHolds, Teller, from_wire
+from shim.replication.vectors import Heads, PeerHolds, Teller, diverging, from_wire
 from shim.replication.vectors import to_wire as vector_to_wire
 from shim.replication.wire import PROTOCOL, to_wire
 from shim.tasks import cancel_and_wait
@@ -230,6 +231,7 @@ class LinkState:
     applied: int = 0
     peer_high: int = 0  # the peer's newest log position it told us
     peer_origin: str = ""  # what the peer writes its entries under in this run
+    peer_heads: Heads = field(default_factory=dict)  # the vector of its Hello, with chains
     # What the peer holds (its version vector), and what we told it of ours.
     holds: PeerHolds = field(default_factory=PeerHolds)
     teller: Teller = field(default_factory=Teller)
@@ -384,7 +386,7 @@ class Replicator:
                 await stream.send(pb.LinkMessage(start=pb.Start(cursor=cursor)))
                 state = LinkState(hello.node_id, spec.url, hello.name, spec.url,
                                   hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor,
-                                  peer_origin=hello.origin, holds=_holds(hello))
+                                  peer_origin=hello.origin, **_holds(hello))
                 log.info("linked to %s (node %s, %s)", spec.url, hello.node_id, hello.name)
                 attempt.linked = True
                 await self._record(tracker.up(hello.node_id))
@@ -397,8 +399,8 @@ class Replicator:
 
     async def _holdings(self) -> dict[str, Any]:
         """The Hello fields that say what this node holds: its origin, vector, direct peers."""
-        vector = await self._store.read(lambda view: tables(view).vector())
-        return {"origin": self.origin, "vector": vector_to_wire(vector),
+        heads = await self._store.read(lambda view: tables(view).heads())
+        return {"origin": self.origin, "vector": vector_to_wire(heads),
                 "direct": sorted(self._direct_origins())}
 
     def _direct_origins(self) -> frozenset[str]:
@@ -464,7 +466,7 @@ class Replicator:
         _check_numbers("Start", cursor=start.start.cursor)
         state = LinkState(hello.node_id, address, hello.name, "",
                           hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor,
-                          peer_origin=hello.origin, holds=_holds(hello))
+                          peer_origin=hello.origin, **_holds(hello))
         log.info("admitted link from %s (node %s, %s)", address, hello.node_id, hello.name)
         tracker = self._admitted_trackers.setdefault(
             hello.node_id, LinkTracker(hello.node_id, "admit"))
@@ -488,6 +490,7 @@ class Replicator:
     async def _run(self, stream: _Stream, state: LinkState, send: bool, receive: bool) -> None:
         key = id(state)
         self.live[key] = state
+        await self._compare_heads(state, state.peer_heads)
         if receive:
             # The peer's own entries reach this node over this link: no one else need relay
             # them here. Every link tells its peer.
@@ -513,6 +516,15 @@ class Replicator:
                 self._direct_changed()
             log.info("link with node %s (%s) closed", state.peer, state.address)
 
+    async def _compare_heads(self, state: LinkState, heads: Heads) -> None:
+        """Origins on which the peer's chain differs from ours: we send it ours again."""
+        if any(head for _, head in heads.values()):
+            found = await self._store.read(lambda view: diverging(tables(view), heads))
+            if found:
+                log.warning("node %s holds other entries than this node under origins %s: "
+                            "sending ours to compare", state.peer, ", ".join(found))
+                state.holds.diverged(found)
+
     def _direct_changed(self) -> None:
         for state in self.live.values():
             state.wake.set()
@@ -524,8 +536,8 @@ class Replicator:
         now = time.monotonic()
         if direct == state.teller.direct and now - last_told < HEARTBEAT_SECONDS:
             return last_told
-        vector = await self._store.read(lambda view: tables(view).vector())
-        have = state.teller.have(vector, direct)
+        heads = await self._store.read(lambda view: tables(view).heads())
+        have = state.teller.have(heads, direct)
         if have is not None:
             await stream.send(pb.LinkMessage(have=have))
         return now
@@ -540,10 +552,15 @@ class Replicator:
             high = await self._store.read(lambda view: tables(view).max_ingest())
             cursor = high if first is None else first - 1
             last_sent = last_told = time.monotonic()
+            forks_sent = -1
             limit = message_limit(self.max_message_bytes, state.peer_max_message)
             while True:
                 wake.clear()
                 last_told = await self._tell(stream, state, last_told)
+                if self._replica.forks_found != forks_sent:
+                    # The proof of every equivocation known here goes to every peer.
+                    forks_sent = self._replica.forks_found
+                    await self._send_forks(stream, state, cursor)
                 if holds.rewind:
                     # The peer no longer gets an origin directly: send what it lacks of it.
                     holds.rewind = False
@@ -587,6 +604,15 @@ class Replicator:
         finally:
             self._wakers.discard(wake)
 
+    async def _send_forks(self, stream: _Stream, state: LinkState, cursor: int) -> None:
+        forks, high = await self._store.read(
+            lambda view: (tables(view).forks(), tables(view).max_ingest()))
+        if forks:
+            await stream.send(pb.LinkMessage(batch=pb.Batch(
+                entries=[to_wire(fork) for fork in forks], cursor=cursor, high=high,
+                hlc=self._clock(), acked=state.applied,
+            )))
+
     async def _heartbeats(self, stream: _Stream, state: LinkState) -> None:
         last_told = 0.0
         while True:
@@ -625,10 +651,12 @@ class Replicator:
                     continue
                 if kind == "have":
                     try:
-                        vector = from_wire(msg.have.vector)
+                        heads = from_wire(msg.have.vector)
                     except OutOfRange as exc:
                         raise LinkRefused(str(exc)) from None
-                    state.holds.learn(vector, frozenset(msg.have.direct))
+                    state.holds.learn({o: h[0] for o, h in heads.items()},
+                                      frozenset(msg.have.direct))
+                    await self._compare_heads(state, heads)
                     state.wake.set()
                     continue
                 if kind != "batch":
@@ -692,11 +720,17 @@ class Replicator:
                 known == last or since < HEARTBEAT_SECONDS
             ):
                 continue  # heartbeats with nothing new to record yet
-            merged, refused = self._admit_entries(wire)
-            await merge(
+            # Checking signatures takes a core's time (about 100 us an entry, with the GIL
+            # released): in a thread, so the event loop goes on and the writer runs beside it.
+            if wire and self._limits.unsigned_before is None:
+                bound = await self._store.read(lambda view: tables(view).unsigned_before())
+                self._limits = dataclasses.replace(self._limits, unsigned_before=bound)
+            merged, refused = (await asyncio.to_thread(self._admit_entries, wire)
+                               if wire else ([], []))
+            result = await merge(
                 self._store, MergeRequest(state.peer, merged, cursor, high, acked, refused)
             )
-            for refusal in refused:  # recorded and logged here; the sender logs it too
+            for refusal in [*refused, *result.refused]:  # recorded here; the sender logs it
                 await stream.send(pb.LinkMessage(refused=pb.Refused(
                     origin=refusal.origin, seq=refusal.seq, reason=refusal.reason
                 )))
@@ -767,10 +801,12 @@ def _entries_after(
     return repl.entries_at(wanted), covered, high
 
 
-def _holds(hello: pb.Hello) -> PeerHolds:
-    """What the peer says it holds in its Hello."""
+def _holds(hello: pb.Hello) -> dict[str, Any]:
+    """What the peer says it holds in its Hello (LinkState's fields)."""
     try:
-        vector = from_wire(hello.vector)
+        heads = from_wire(hello.vector)
     except OutOfRange as exc:
         raise LinkRefused(str(exc)) from None
-    return PeerHolds(vector, frozenset(hello.direct))
+    holds = PeerHolds({origin: seq for origin, (seq, _) in heads.items()},
+                      frozenset(hello.direct))
+    return {"holds": holds, "peer_heads": heads}

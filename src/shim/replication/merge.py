@@ -72,6 +72,12 @@ class Entry:
     # Pruned by retention: only its place in its origin's sequence is left (no value, no
     # operations); stored and forwarded, never folded.
     pruned: bool = False
+    # The origin's signature (empty for origins from before signatures) and the body digest
+    # (shim.replication.signing); ``chain``: the origin's hash chain up to this entry, as
+    # the node that holds it computed it.
+    sig: bytes = b""
+    digest: bytes = b""
+    chain: bytes = b""
 
     @property
     def stamp(self) -> Stamp:

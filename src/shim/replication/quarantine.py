@@ -44,6 +44,9 @@ class Refusal:
     hlc: int
     key: bytes
     reason: str
+    # Its place in its origin's sequence (a stub) when its origin really wrote it (the
+    # signature verifies, or a legacy origin), so the origin's later entries need not wait.
+    place: Entry | None = None
 
 
 def quarantine(

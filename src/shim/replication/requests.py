@@ -64,5 +64,9 @@ class MergeResult(ReplicaAnswer):
     held: int = 0  # stamped beyond the clock-skew bound: kept apart until the clock gets there
     quarantined: int = 0  # refused on arrival, or set apart by a fold
     waiting: int = 0  # kept apart until the entries before them (same origin) arrive
+    forks: int = 0  # entries found signed twice with other content (equivocation)
+    # Entries the ingest refused in the write (beyond the checks before it): answered to the
+    # peer like those.
+    refused: list[Refusal] = field(default_factory=list)
     conflict_rules: list[str] = field(default_factory=list)  # the rule of each conflict
     lag_ms: int | None = None  # origin write (newest entry) to applied here

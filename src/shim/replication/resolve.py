@@ -18,6 +18,7 @@ from shim.backend.base import ReadView, WriteTxn, kv_from_row
 from shim.mvcc.hlc import HybridClock, wall_ms
 from shim.mvcc.replica import AuthObjects, ReplicaAnswer, ReplicaRequest, RevisionSink
 from shim.pb.kv_pb2 import KeyValue
+from shim.replication.entry_signing import signed
 from shim.replication.ingest import apply_request
 from shim.replication.merge import (
     AUTH,
@@ -33,6 +34,7 @@ from shim.replication.merge import (
 )
 from shim.replication.policy import KeyRules, Policy
 from shim.replication.quarantine import quarantine
+from shim.replication.signing import NO_CHAIN, Signer
 from shim.replication.tables import ReplicationTables, tables
 
 log = logging.getLogger(__name__)
@@ -66,13 +68,19 @@ class Resolution:
 class Replica:
     def __init__(
         self, node_id: str, policy: Policy | None = None, max_skew_ms: int = 500,
-        origin: str | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.node_id = node_id
-        # What this node's entries are written under: a new origin at every start (see
-        # shim.replication.origin), so no (origin, seq) is ever used twice, even by a node
-        # restarted on an older copy of its database. Only this run writes under it.
-        self.origin = origin or node_id
+        # What this node's entries are written under: this run's public key (a new one at
+        # every start, shim.replication.signing), so no (origin, seq) is ever used twice, even
+        # by a node restarted on an older copy of its database, and only this run can sign
+        # under it. Without a signer (in-process tests) the node id, unsigned.
+        self._signer = signer
+        self.origin = signer.origin if signer is not None else node_id
+        self.head = NO_CHAIN  # this origin's chain at ``seq``
+        self._heads: dict[int, bytes] = {}  # the chain at each checkpoint's seq
+        # Bumped when a fork (equivocation) is found, so links send the proof on.
+        self.forks_found = 0
         self.policy = policy if policy is not None else Policy.load()
         self.clock = HybridClock()  # the writer's, from start()
         # How far ahead of this node's wall clock a peer's clock may pull it (milliseconds).
@@ -114,18 +122,23 @@ class Replica:
         return apply_request(self, txn, request, sink)
 
     def checkpoint(self) -> int:
+        self._heads[self.seq] = self.head
         return self.seq
 
     def rollback(self, mark: int) -> None:
         self.seq = mark
+        self.head = self._heads.get(mark, self.head)
 
     def finish_batch(self, txn: WriteTxn, mark: int) -> None:
+        # Only the batch's own mark can still be rolled back to (a failed COMMIT).
+        self._heads = {mark: self._heads.get(mark, self.head)}
         if self.seq != mark:
             # Persisted apart from the entries: retention may prune the newest one.
-            tables(txn).set_local(self.origin, self.seq, self.clock.last)
+            tables(txn).set_local(self.origin, self.seq, self.clock.last, self.head)
 
     def load(self, repl: ReplicationTables) -> None:
         self.seq = repl.max_seq(self.origin)
+        self.head = repl.origin_head(self.origin)
         self.max_skewed_hlc = repl.max_skewed_hlc()
         self.min_held_hlc = repl.min_held_hlc()
 
@@ -141,7 +154,7 @@ class Replica:
             entry = Entry(
                 self.origin, self.seq, hlc, kv.key, False, kv.value, kv.lease, None, None, uid
             )
-            repl.insert(entry, None, _now_ms(), False, "local")
+            self._insert_local(repl, entry)
             count += 1
         return count
 
@@ -214,8 +227,12 @@ class Replica:
             return Resolution(value, lease, True, switch)
         return None
 
-    @staticmethod
-    def _insert_local(repl: ReplicationTables, entry: Entry, value_in_log: bool = False) -> None:
+    def _insert_local(
+        self, repl: ReplicationTables, entry: Entry, value_in_log: bool = False
+    ) -> None:
+        if self._signer is not None:
+            entry = signed(entry, self._signer, self.head)
+            self.head = entry.chain
         ingest = repl.insert(entry, None, wall_ms(entry.hlc), False, "local", value_in_log)
         assert ingest is not None, "a local sequence number was reused"
 
@@ -258,6 +275,12 @@ class Replica:
                 lease = old.lease if old is not None else 0
                 return Resolution(old.value if old is not None else None, lease, False, False)
         return self._replay(repl, entry, old, rules)
+
+    def refold(self, repl: ReplicationTables, key: bytes, old: KeyValue | None) -> Resolution:
+        """Fold ``key`` again from its entries (some were left out since)."""
+        rules = self.policy.rules_for(key)
+        probe = Entry(self.origin, 0, 0, key, False, b"", 0, None, None, None)
+        return self._replay(repl, probe, old, rules)
 
     def _quarantine(self, repl: ReplicationTables, entry: Entry, reason: str) -> None:
         quarantine(repl, entry, reason, stored=True)
@@ -332,6 +355,3 @@ def _is_newest(repl: ReplicationTables, entry: Entry, ingest: int = 0) -> bool:
     newest = repl.newest_stamp(entry.key, ingest)
     return newest is None or entry.stamp > newest
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000

@@ -10,7 +10,8 @@ from shim.replication.merge import Entry
 # nodes of both would not converge). The entry and its operations travel as in protocol 1.
 # 3: entries also carry auth objects (kind, secret); a node speaking 2 would take them for keys.
 # 4: version vectors (Hello.vector, Have), a new origin per run, gapless origins (pruned
-# entries travel as stubs); a node speaking 3 would send duplicates and leave gaps.
+# entries travel as stubs), signed entries; a node speaking 3 would send duplicates, leave
+# gaps and sign nothing.
 PROTOCOL = 4
 
 
@@ -18,7 +19,8 @@ def to_wire(entry: Entry) -> pb.Entry:
     msg = pb.Entry(
         origin=entry.origin, seq=entry.seq, hlc=entry.hlc, key=entry.key, deleted=entry.deleted,
         value=entry.value, lease=entry.lease, base_uid=entry.base_uid or "", uid=entry.uid or "",
-        kind=entry.kind, secret=entry.secret or "", pruned=entry.pruned,
+        kind=entry.kind, secret=entry.secret or "", pruned=entry.pruned, sig=entry.sig,
+        digest=entry.digest if entry.pruned else b"",
     )
     if entry.ops is not None and not entry.pruned:
         msg.has_ops = True

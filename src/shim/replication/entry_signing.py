@@ -1,0 +1,42 @@
+"""Signing and checking ``merge.Entry`` values (the primitives are in ``signing``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from shim.replication import ops as field_ops
+from shim.replication.merge import Entry
+from shim.replication.signing import Signer, body_digest, chain, message_hash
+
+
+def ops_bytes(entry: Entry) -> bytes | None:
+    """The entry's operations as they travel (one canonical form on every node)."""
+    return None if entry.ops is None else field_ops.dumps(entry.ops).encode()
+
+
+def digest_of(entry: Entry) -> bytes:
+    """The entry's body digest: kept by a stub, computed from the body otherwise."""
+    if entry.digest:
+        return entry.digest
+    return body_digest(entry.value, ops_bytes(entry), entry.secret)
+
+
+def message_of(entry: Entry, digest: bytes | None = None) -> bytes:
+    return message_hash(
+        entry.origin, entry.seq, entry.hlc, entry.key, entry.deleted, entry.lease,
+        entry.base_uid, entry.uid, entry.kind, digest if digest is not None else digest_of(entry),
+    )
+
+
+def signed(entry: Entry, signer: Signer, previous: bytes) -> Entry:
+    """``entry`` signed by this run's key, with its digest and its place in the chain."""
+    digest = digest_of(entry)
+    message = message_of(entry, digest)
+    return dataclasses.replace(
+        entry, sig=signer.sign(message), digest=digest, chain=chain(previous, message)
+    )
+
+
+def chained(entry: Entry, previous: bytes) -> Entry:
+    """``entry`` (signed, with its digest) with its place in its origin's chain here."""
+    return dataclasses.replace(entry, chain=chain(previous, message_of(entry)))
