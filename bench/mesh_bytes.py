@@ -10,7 +10,8 @@ what a node forwards that the receiver gets anyway shows as more.
     .venv/bin/python -m bench.mesh_bytes                        # this tree's installed shim
     .venv/bin/python -m bench.mesh_bytes --shim-python OTHER    # another install (before/after)
 
-Idle links carry heartbeats; the idle rate is measured first and reported, not subtracted.
+Idle links carry heartbeats; the idle rate (3 s, from 2 s after a warm-up write on each node)
+is measured first and reported, not subtracted.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ def measure(python: str, puts: int, writers: str, value_size: int) -> dict[str, 
             for i, stub in enumerate(stubs):
                 stub.Put(rpc_pb2.PutRequest(key=f"/warm/{i}".encode(), value=b"w"))
             wait_converged(nodes, prefix=b"/warm/", expect=lambda s: len(s) == 3)
+            time.sleep(2.0)  # what the warm-up's writes cause (vectors told) settles first
             idle0, t0 = link_sockets(nodes), time.monotonic()
-            time.sleep(2.0)
+            time.sleep(3.0)
             idle1, t1 = link_sockets(nodes), time.monotonic()
             idle_rate = (sum(idle1.values()) - sum(idle0.values())) / (t1 - t0)
             before = link_sockets(nodes)
