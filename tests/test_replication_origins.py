@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.support import etcdctl, sqlite_endpoint
 from tests.support.lying_peer import LyingPeer, hlc_now
 from tests.support.metrics import scrape
 from tests.support.net import free_port
@@ -265,3 +266,31 @@ def test_entries_of_origins_from_before_signatures_replicate_only_from_before(
     n2 = shim_factory(extra_args=node_args("n2", joins=[n1]))
     final = wait_converged([n1, n2], prefix=b"/old/", expect=lambda s: len(s) == 1)
     assert final == {b"/old/1": (b"from before", 0)}
+
+
+def test_a_snapshot_restored_with_its_identity_writes_under_a_new_origin(
+    shim_factory: Factory, tmp_path: Path,
+) -> None:
+    """Case 2 through `etcdctl snapshot save` and `shim snapshot restore --keep-identity`."""
+    n1 = shim_factory(extra_args=node_args("n1"))
+    n2 = shim_factory(extra_args=node_args("n2", joins=[n1]))
+    for n in range(20):
+        put(n2.endpoint, f"/snap/a{n:02d}".encode(), b"before the snapshot")
+    wait_converged([n1, n2], prefix=b"/snap/", expect=lambda s: len(s) == 20)
+    snapshot = tmp_path / "n2.snapshot"
+    etcdctl(n2.endpoint, "snapshot", "save", str(snapshot))
+    for n in range(50):
+        put(n2.endpoint, f"/snap/b{n:02d}".encode(), b"after the snapshot")
+    wait_converged([n1, n2], prefix=b"/snap/", expect=lambda s: len(s) == 70)
+    n2.stop()
+
+    restored = tmp_path / "restored" / "state.db"
+    result = shim_command("snapshot", "restore", str(snapshot), "--keep-identity",
+                          "--datastore-endpoint", sqlite_endpoint(restored))
+    assert result.returncode == 0, result.stderr
+    n2b = shim_factory(datastore_endpoint=sqlite_endpoint(restored),
+                       extra_args=node_args("n2", joins=[n1]))
+    assert status(n2b)["node_id"] == status(n2)["node_id"]
+    for n in range(30):
+        put(n2b.endpoint, f"/snap/c{n:02d}".encode(), b"after the restore")
+    wait_converged([n1, n2b], prefix=b"/snap/", expect=lambda s: len(s) == 100)
