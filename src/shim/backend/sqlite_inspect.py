@@ -129,10 +129,14 @@ def status(conn: apsw.Connection) -> dict[str, Any]:
 
 def _unacked(conn: apsw.Connection, node_id: str) -> int:
     """Entries of this node's log the peer has not confirmed, counted now (the peer's own
-    entries, and those it sent us, it has already)."""
+    entries, under any of its origins, and those it sent us, it has already)."""
+    # Since migration 0010 a node writes under origins of its own (repl_origin.node_id).
+    its_origins = ("AND e.origin NOT IN (SELECT origin FROM repl_origin WHERE node_id = ?1)"
+                   if _has_table(conn, "repl_pending") else "")
     row = conn.execute(
         "SELECT COUNT(*) FROM repl_entry e, peer p WHERE p.node_id = ?1 AND e.ingest > p.acked "
-        "AND e.origin != ?1 AND (e.received_from IS NULL OR e.received_from != ?1)",
+        "AND e.origin != ?1 AND (e.received_from IS NULL OR e.received_from != ?1) "
+        f"{its_origins}",
         (node_id,),
     ).fetchone()
     return int(row[0]) if row is not None else 0
