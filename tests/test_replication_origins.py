@@ -294,3 +294,25 @@ def test_a_snapshot_restored_with_its_identity_writes_under_a_new_origin(
     for n in range(30):
         put(n2b.endpoint, f"/snap/c{n:02d}".encode(), b"after the restore")
     wait_converged([n1, n2b], prefix=b"/snap/", expect=lambda s: len(s) == 100)
+
+
+def test_entries_pruned_by_retention_keep_their_place_for_a_node_that_joins_later(
+    shim_factory: Factory,
+) -> None:
+    """Retention strips superseded entries to stubs; a node that joins afterwards gets the
+    origin's whole sequence (stubs included), with nothing left waiting."""
+    n1 = shim_factory(extra_args=node_args(
+        "n1", extra=["--replication-retention", "0", "--maintenance-interval", "0.2"]))
+    for n in range(5):
+        put(n1.endpoint, b"/pruned/k", f"v{n}".encode())
+    put(n1.endpoint, b"/pruned/other", b"x")
+    wait_for(lambda: sql(n1, "SELECT COUNT(*) AS n FROM replication_log WHERE outcome = 'pruned'"),
+             lambda rows: rows == [{"n": 4}], "retention to strip the four superseded puts")
+    n2 = shim_factory(extra_args=node_args("n2", joins=[n1]))
+    final = wait_converged([n1, n2], prefix=b"/pruned/", expect=lambda s: len(s) == 2)
+    assert final[b"/pruned/k"] == (b"v4", 0)
+    origin = local_origin(n1)
+    assert sql(n2, "SELECT max_seq, waiting FROM replication_origins "
+                   f"WHERE origin = '{origin}'") == [{"max_seq": 6, "waiting": 0}]
+    assert sql(n2, "SELECT COUNT(*) AS n FROM replication_log WHERE outcome = 'pruned'") == [
+        {"n": 4}]
