@@ -316,3 +316,24 @@ def test_entries_pruned_by_retention_keep_their_place_for_a_node_that_joins_late
                    f"WHERE origin = '{origin}'") == [{"max_seq": 6, "waiting": 0}]
     assert sql(n2, "SELECT COUNT(*) AS n FROM replication_log WHERE outcome = 'pruned'") == [
         {"n": 4}]
+
+
+def test_the_proof_of_an_equivocation_reaches_a_node_that_saw_one_version(
+    shim_factory: Factory,
+) -> None:
+    """n3 is linked to n1 only and gets one version through it; n1 and n2 find the fork, and
+    the proof n1 sends on makes n3 leave the origin out too: all three hold the same."""
+    n1 = shim_factory(extra_args=node_args("n1"))
+    n2 = shim_factory(extra_args=node_args("n2", joins=[n1]))
+    n3 = shim_factory(extra_args=node_args("n3", joins=[n1]))
+    wait_for(lambda: links_up(n1), lambda n: n == 2, "n1's links")
+    with LyingPeer(n1.endpoint) as to_n1, LyingPeer(n2.endpoint, signer=to_n1.signer) as to_n2:
+        to_n1.send(to_n1.entry(b"/proof/k", b"told n1", seq=1))
+        wait_converged([n1, n3], prefix=b"/proof/", expect=lambda s: len(s) == 1)
+        to_n2.send(to_n2.entry(b"/proof/k", b"told n2", seq=1))
+        for node in (n1, n2, n3):
+            wait_for(lambda node=node: [o["origin"] for o in
+                                        status(node)["origins"]["equivocating"]],
+                     lambda flagged: flagged == [to_n1.origin], f"{node.name} to flag it")
+        final = wait_converged([n1, n2, n3], prefix=b"/proof/")
+        assert final == {}
