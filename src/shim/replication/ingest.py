@@ -115,6 +115,7 @@ class _Arrivals:
         self._peer, self._now, self._result = peer, now, result
         self.newest_hlc = 0  # the newest stamp applied
         self._forked = repl.forked()
+        self._heads: dict[str, bytes] = {}  # each origin's chain as this batch extends it
 
     def arrive(self, entry: Entry) -> None:
         repl, result = self._repl, self._result
@@ -196,7 +197,9 @@ class _Arrivals:
         """Store the next entry of its origin and apply it (unless held or pruned)."""
         replica, repl, result = self._replica, self._repl, self._result
         if entry.sig:
-            entry = chained(entry, repl.origin_head(entry.origin))
+            previous = self._heads.get(entry.origin) or repl.origin_head(entry.origin)
+            entry = chained(entry, previous)
+            self._heads[entry.origin] = entry.chain
         forked = self._forked.get(entry.origin)
         if forked is not None and entry.seq >= forked:
             # Its origin equivocated before it: kept in the sequence, never folded.

@@ -239,6 +239,15 @@ class LinkState:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+@dataclass(slots=True)
+class _Arrived:
+    """A peer's batch as the reader hands it on: its entries checked, admitted or refused."""
+
+    batch: pb.Batch
+    entries: list[Entry]
+    refused: list[Refusal]
+
+
 class Replicator:
     """Runs this node's links: the ones it dials and the ones it admits."""
 
@@ -628,15 +637,16 @@ class Replicator:
         batches that arrived meanwhile are merged together, in one transaction (bigger
         batches under load, one fsync for all). The inbox is bounded, so a receiver that
         cannot keep up holds the sender back through gRPC's flow control."""
-        inbox: asyncio.Queue[pb.Batch | Exception | None] = asyncio.Queue(INBOX_BATCHES)
-        reader = asyncio.ensure_future(self._read(stream, state, inbox))
+        inbox: asyncio.Queue[_Arrived | Exception | None] = asyncio.Queue(INBOX_BATCHES)
+        reader = asyncio.ensure_future(self._read(stream, state, inbox, receive))
         try:
             await self._apply(stream, state, inbox, receive)
         finally:
             await cancel_and_wait(reader, timeout=1.0, log_errors=False)
 
     async def _read(
-        self, stream: _Stream, state: LinkState, inbox: asyncio.Queue[pb.Batch | Exception | None]
+        self, stream: _Stream, state: LinkState,
+        inbox: asyncio.Queue[_Arrived | Exception | None], receive: bool,
     ) -> None:
         try:
             while True:
@@ -670,15 +680,27 @@ class Replicator:
                     raise LinkRefused(f"node {state.peer} sent a bad batch: {exc}") from exc
                 for sent in batch.entries:  # the peer holds what it sends: never send it back
                     state.holds.has(sent.origin, sent.seq)
-                await inbox.put(batch)
+                await inbox.put(await self._checked(batch, receive))
         except Exception as exc:  # raised by the applier, after what arrived before it
             await inbox.put(exc)
             return
         await inbox.put(None)
 
+    async def _checked(self, batch: pb.Batch, receive: bool) -> _Arrived:
+        """The batch with its entries checked (``admission.admit``). Checking signatures takes
+        CPU (about 100 us an entry, with the GIL released): in a thread, while the applier
+        merges the batches before it, so on two cores the check and the merge overlap."""
+        if not receive or not batch.entries:
+            return _Arrived(batch, [], [])
+        if self._limits.unsigned_before is None:
+            bound = await self._store.read(lambda view: tables(view).unsigned_before())
+            self._limits = dataclasses.replace(self._limits, unsigned_before=bound)
+        entries, refused = await asyncio.to_thread(self._admit_entries, list(batch.entries))
+        return _Arrived(batch, entries, refused)
+
     async def _apply(
         self, stream: _Stream, state: LinkState,
-        inbox: asyncio.Queue[pb.Batch | Exception | None], receive: bool,
+        inbox: asyncio.Queue[_Arrived | Exception | None], receive: bool,
     ) -> None:
         """Apply the peer's batches, and record what it says (its cursor and newest position,
         and how far it applied ours) in its peer row: with every batch of entries, and for
@@ -689,44 +711,38 @@ class Replicator:
         ended = False
         while not ended:
             item = await inbox.get()
-            batches: list[pb.Batch] = []
+            arrived: list[_Arrived] = []
             entries = 0
             while True:
                 if isinstance(item, Exception):
-                    if not batches:
+                    if not arrived:
                         raise item
                     inbox.put_nowait(item)  # after merging what came before it (room: taken)
                     break
                 if item is None:
                     ended = True
                     break
-                batches.append(item)
-                entries += len(item.entries)
+                arrived.append(item)
+                entries += len(item.batch.entries)
                 if entries >= MERGE_ENTRIES or inbox.empty():
                     break
                 item = inbox.get_nowait()
-            if not batches:
+            if not arrived:
                 return
-            newest = batches[-1]
-            acked = max(b.acked for b in batches)
+            newest = arrived[-1].batch
+            acked = max(a.batch.acked for a in arrived)
+            merged = [e for a in arrived for e in a.entries]
+            refused = [r for a in arrived for r in a.refused]
             if receive:
                 cursor, high = newest.cursor, newest.high
-                wire = [e for b in batches for e in b.entries]
             else:  # the link's other direction only: heartbeats of a receive-only peer
-                cursor, high, wire = state.applied, state.peer_high, []
+                cursor, high = state.applied, state.peer_high
             known = (cursor, high, acked)
             since = time.monotonic() - recorded
-            if not wire and since < PEER_RECORD_SECONDS and (
+            if not (merged or refused) and since < PEER_RECORD_SECONDS and (
                 known == last or since < HEARTBEAT_SECONDS
             ):
                 continue  # heartbeats with nothing new to record yet
-            # Checking signatures takes a core's time (about 100 us an entry, with the GIL
-            # released): in a thread, so the event loop goes on and the writer runs beside it.
-            if wire and self._limits.unsigned_before is None:
-                bound = await self._store.read(lambda view: tables(view).unsigned_before())
-                self._limits = dataclasses.replace(self._limits, unsigned_before=bound)
-            merged, refused = (await asyncio.to_thread(self._admit_entries, wire)
-                               if wire else ([], []))
             result = await merge(
                 self._store, MergeRequest(state.peer, merged, cursor, high, acked, refused)
             )
