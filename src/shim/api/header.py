@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shim.backend.kv_wire import field
 from shim.mvcc.alarms import member_id_of
 from shim.pb.rpc_pb2 import ResponseHeader
 
 RAFT_TERM = 1  # one node, one term: shim has no raft
+_HEADER = b"\x0a"  # every etcd response carries its header as field 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,3 +28,11 @@ class Identity:
         header.cluster_id = self.cluster_id
         header.member_id = self.member_id
         header.raft_term = RAFT_TERM
+
+    def header_field(self, revision: int) -> bytes:
+        """A response's header at ``revision``, encoded as its field 1."""
+        header = ResponseHeader(
+            cluster_id=self.cluster_id, member_id=self.member_id, revision=revision,
+            raft_term=RAFT_TERM,
+        )
+        return field(_HEADER, header.SerializeToString())

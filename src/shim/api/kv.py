@@ -37,10 +37,11 @@ class KVService(rpc_pb2_grpc.KVServicer):
     @permission(Rule.CALLER, validate=validate.check_range)
     async def Range(
         self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext
-    ) -> rpc_pb2.RangeResponse:
-        resp = await self._store.range(request, current_caller())
-        self._identity.fill(resp.header)
-        return resp
+    ) -> bytes:
+        # Bytes, not a message: the method's serializer passes them through (shim.api.rpc).
+        return await self._store.range_bytes(
+            request, self._identity.header_field, current_caller()
+        )
 
     @grpc_errors
     @permission(Rule.CALLER, validate=validate.check_put)

@@ -66,11 +66,17 @@ class Method:
     service: str  # full service name, e.g. "etcdserverpb.KV"
     name: str
     request_type: type[Message]
+    # What a reply decodes to: a servicer may answer pre-encoded bytes (Range, Watch).
+    response_type: type[Message]
     client_streaming: bool
     server_streaming: bool
     # (request or async iterator of requests, context) -> response or async iterator
     call: Callable[[Any, Any], Any]
     max_request_bytes: int
+
+    def reply(self, reply: Message | bytes) -> Message:
+        """A reply as a message, whether the servicer answered one or its bytes."""
+        return self.response_type.FromString(reply) if isinstance(reply, bytes) else reply
 
     def parse(self, data: bytes) -> Message | Refused:
         if len(data) > self.max_request_bytes:
@@ -93,7 +99,8 @@ class Method:
 
 
 def _serialize(resp: Message | bytes) -> bytes:
-    # Watch responses come from the hub already encoded (see shim.mvcc.watch_wire).
+    # Watch responses come from the hub already encoded (see shim.mvcc.watch_wire), Range
+    # answers from the stored rows' bytes (shim.mvcc.range).
     return resp if isinstance(resp, bytes) else resp.SerializeToString()
 
 
@@ -109,11 +116,11 @@ def service_methods(
     for service_name, servicer in services.items():
         service = pool.FindServiceByName(service_name)
         for md in service.methods:
-            request_type = message_factory.GetMessageClass(md.input_type)
             methods[f"/{service_name}/{md.name}"] = Method(
                 service=service_name,
                 name=md.name,
-                request_type=request_type,
+                request_type=message_factory.GetMessageClass(md.input_type),
+                response_type=message_factory.GetMessageClass(md.output_type),
                 client_streaming=md.client_streaming,
                 server_streaming=md.server_streaming,
                 call=_guarded(md, getattr(servicer, md.name), gate),

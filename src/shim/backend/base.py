@@ -20,6 +20,10 @@ from shim.pb.kv_pb2 import KeyValue
 # version, lease), the fields of a KeyValue in their protobuf order.
 KvRow = tuple[bytes, bytes, int, int, int, int]
 
+# A version as a Range answer carries it (``shim.backend.kv_wire``): its head (the
+# RangeResponse.kvs field's bytes up to the value's) and its value, to be laid end to end.
+EncodedKv = tuple[bytes, bytes]
+
 
 def kv_row(kv: KeyValue) -> KvRow:
     return (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
@@ -81,6 +85,12 @@ class ReadView(Protocol):
     def range_rows(self, key: bytes, end: bytes, revision: int, limit: int) -> list[KvRow]:
         """Live versions in ``[key, end)`` at ``revision`` (0 = current), by key; limit 0 = all.
         Rows, not messages: a large range goes straight into its response (``kv_row``)."""
+        ...
+
+    def range_encoded(
+        self, key: bytes, end: bytes, revision: int, limit: int
+    ) -> list[EncodedKv]:
+        """``range_rows``, each version as the bytes a Range answer carries."""
         ...
 
     def count(self, key: bytes, end: bytes, revision: int) -> int:

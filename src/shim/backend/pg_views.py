@@ -14,7 +14,8 @@ from typing import Any, Protocol
 import asyncpg
 
 from shim.backend.auth_tables import AuthTables
-from shim.backend.base import HashRow, KvRow, LogEntry, NewVersion, kv_from_row
+from shim.backend.base import EncodedKv, HashRow, KvRow, LogEntry, NewVersion, kv_from_row
+from shim.backend.kv_wire import encode_rows
 from shim.backend.rows import (
     ALARMS_SQL,
     ENTRY_COLUMNS,
@@ -163,6 +164,12 @@ class PostgresView:
             params.append(limit)
             sql += f" LIMIT ${len(params)}"
         return self._fetch(sql, *params)
+
+    def range_encoded(
+        self, key: bytes, end: bytes, revision: int, limit: int
+    ) -> list[EncodedKv]:
+        # PostgreSQL keeps no heads: each row is encoded as it is read.
+        return encode_rows(self.range_rows(key, end, revision, limit))
 
     def count(self, key: bytes, end: bytes, revision: int) -> int:
         source, params, _ = live_versions(key, end, revision, False, _pg_param, KEYS)

@@ -21,6 +21,7 @@ import apsw
 from shim.backend.auth_tables import AuthTables
 from shim.backend.base import (
     BackendOpenError,
+    EncodedKv,
     ExternalCommitListener,
     HashRow,
     KvRow,
@@ -28,6 +29,7 @@ from shim.backend.base import (
     NewVersion,
     kv_from_row,
 )
+from shim.backend.kv_wire import encode_rows, kv_head
 from shim.backend.migrations import SchemaError, load_migrations, pending
 from shim.backend.rows import (
     ALARMS_SQL,
@@ -114,6 +116,20 @@ class SqliteView:
             params.append(limit)
         return self._conn.execute(sql, params).fetchall()  # type: ignore[return-value]  # KvRow columns
 
+    def range_encoded(
+        self, key: bytes, end: bytes, revision: int, limit: int
+    ) -> list[EncodedKv]:
+        source, params, order = live_versions(key, end, revision, True, _sqlite_param)
+        sql = f"SELECT l.kv_head, l.value {source} ORDER BY {order}"
+        if limit > 0:
+            sql += " LIMIT ?"
+            params.append(limit)
+        rows = self._conn.execute(sql, params).fetchall()
+        if any(head is None for head, _ in rows):
+            # Rows written before heads were stored: encoded here, at the same snapshot.
+            return encode_rows(self.range_rows(key, end, revision, limit))
+        return rows  # type: ignore[return-value]  # (head, value) columns
+
     def count(self, key: bytes, end: bytes, revision: int) -> int:
         source, params, _ = live_versions(key, end, revision, False, _sqlite_param)
         row = one(self._conn.execute(f"SELECT COUNT(*) {source}", params))
@@ -178,11 +194,14 @@ class SqliteWriteTxn(SqliteView):
     def append(self, versions: list[NewVersion]) -> None:
         conn = self._conn
         for v in versions:
+            head = None if v.deleted else kv_head(
+                v.key, len(v.value), v.create_revision, v.revision, v.version, v.lease
+            )
             conn.execute(
                 "INSERT INTO log (revision, key, value, create_revision, version, lease, deleted, "
-                "prev_revision, node_id, hlc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "prev_revision, node_id, hlc, kv_head) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (v.revision, v.key, v.value, v.create_revision, v.version, v.lease,
-                 int(v.deleted), v.prev_revision, self._node_id, v.hlc),
+                 int(v.deleted), v.prev_revision, self._node_id, v.hlc, head),
             )
             if v.deleted:
                 conn.execute("DELETE FROM current WHERE key = ?", (v.key,))

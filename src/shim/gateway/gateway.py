@@ -25,7 +25,6 @@ from shim.gateway.gojson import JsonSyntaxError, decode_first, go_string
 from shim.gateway.http import REASONS, BodyTimeout, BodyTooLarge, Headers, Request, Response
 from shim.gateway.jsonpb import JsonpbError, from_json, to_json
 from shim.gateway.routes import ROUTES
-from shim.pb.rpc_pb2 import WatchResponse
 
 log = logging.getLogger(__name__)
 
@@ -238,13 +237,13 @@ class Gateway:
         if message is None:
             message = method.request_type()
         if method.server_streaming:
-            await self._respond_stream(method.call(message, context), response, context)
+            await self._respond_stream(method, method.call(message, context), response, context)
             return
         try:
             reply = await method.call(message, context)
         except grpc.aio.AbortError:
             raise context.error() from None
-        await response.send(200, JSON_OK, to_json(reply).encode())
+        await response.send(200, JSON_OK, to_json(method.reply(reply)).encode())
 
     async def _stream(
         self, method: Method, request: Request, response: Response, context: GatewayContext
@@ -275,20 +274,19 @@ class Gateway:
             except (JsonSyntaxError, GatewayError) as exc:
                 log.debug("gateway stream %s: request side ends: %s", method.name, exc)
 
-        await self._respond_stream(method.call(requests(), context), response, context)
+        await self._respond_stream(method, method.call(requests(), context), response, context)
 
     async def _respond_stream(
-        self, replies: AsyncIterator[Any], response: Response, context: GatewayContext
+        self, method: Method, replies: AsyncIterator[Any], response: Response,
+        context: GatewayContext,
     ) -> None:
         """One ``{"result": ...}`` line per reply; a status that ends the stream becomes an
         ``{"error": ...}`` line (or, before any reply, the response's status)."""
         try:
             async for reply in replies:
-                if isinstance(reply, bytes):  # pre-encoded watch responses
-                    reply = WatchResponse.FromString(reply)
                 if not response.started:
                     await response.start(200, JSON_OK)
-                await response.write(f'{{"result":{to_json(reply)}}}\n'.encode())
+                await response.write(f'{{"result":{to_json(method.reply(reply))}}}\n'.encode())
         except grpc.aio.AbortError:
             error = context.error()
             if not response.started:

@@ -23,7 +23,7 @@ from shim.mvcc.errors import StorageUnavailableError, StoreClosedError
 from shim.mvcc.events import CommitListener, Revision
 from shim.mvcc.hash import KVHash, hash_all, hash_kv
 from shim.mvcc.log_reads import EntriesRead
-from shim.mvcc.range import execute_range
+from shim.mvcc.range import execute_range, range_body
 from shim.mvcc.replica import ReplicaHook
 from shim.mvcc.txn import execute_read_txn, is_write
 from shim.mvcc.writer import Writer
@@ -158,6 +158,20 @@ class Store:
             if caller is not None:
                 self.auth.state(view).check_range(caller, req.key, req.range_end)
             return execute_range(view, req, view.revision(), view.compact_revision())
+
+        return await self.read(run)
+
+    async def range_bytes(
+        self, req: RangeRequest, header: Callable[[int], bytes], caller: Caller | None = None
+    ) -> bytes:
+        """``range``'s answer as bytes, ``header(revision)`` first (the response's encoded
+        header field): a large answer is its stored rows' bytes, with no message in between."""
+
+        def run(view: ReadView) -> bytes:
+            if caller is not None:
+                self.auth.state(view).check_range(caller, req.key, req.range_end)
+            current = view.revision()
+            return range_body(view, req, current, view.compact_revision(), header(current))
 
         return await self.read(run)
 

@@ -9,6 +9,7 @@ which is exactly the protobuf wire format of a WatchResponse carrying those fiel
 from __future__ import annotations
 
 from shim.backend.base import LogEntry
+from shim.backend.kv_wire import field, varint
 from shim.mvcc.events import Change
 from shim.pb.kv_pb2 import KeyValue
 
@@ -20,23 +21,6 @@ _EVENT = b"\x5a"  # 11, length-delimited
 _EVENT_DELETE = b"\x08\x01"  # Event.type = DELETE (PUT, 0, is not written)
 _EVENT_KV = b"\x12"  # Event.kv, 2
 _EVENT_PREV_KV = b"\x1a"  # Event.prev_kv, 3
-
-_UINT64 = (1 << 64) - 1
-
-
-def varint(value: int) -> bytes:
-    """Protobuf varint; negative int64 values take their two's complement, as protobuf does."""
-    value &= _UINT64
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def field(tag: bytes, payload: bytes) -> bytes:
-    return tag + varint(len(payload)) + payload
 
 
 class EncodedEvent:
