@@ -174,8 +174,7 @@ class _Arrivals:
         for key in repl.quarantine_from(origin, cut):
             self._refold(key)
         if found:
-            self._replica.forks_found += 1
-            self._result.forks += 1
+            self._result.forks += 1  # the link adds it to forks_found once committed
             reason = (f"equivocation: origin {origin} signed two different entries as seq "
                       f"{other.seq}; its entries from seq {cut} on are left out")
             self._refuse(other, reason)

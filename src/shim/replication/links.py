@@ -746,6 +746,11 @@ class Replicator:
             result = await merge(
                 self._store, MergeRequest(state.peer, merged, cursor, high, acked, refused)
             )
+            if result.forks:
+                # Counted once committed: a sender that saw the count move before the commit
+                # would read no proof, and never look again.
+                self._replica.forks_found += result.forks
+                self._wake_senders(None)
             for refusal in [*refused, *result.refused]:  # recorded here; the sender logs it
                 await stream.send(pb.LinkMessage(refused=pb.Refused(
                     origin=refusal.origin, seq=refusal.seq, reason=refusal.reason

@@ -79,7 +79,8 @@ class Replica:
         self.origin = signer.origin if signer is not None else node_id
         self.head = NO_CHAIN  # this origin's chain at ``seq``
         self._heads: dict[int, bytes] = {}  # the chain at each checkpoint's seq
-        # Bumped when a fork (equivocation) is found, so links send the proof on.
+        # Bumped (by the link, once the batch committed) when a fork (equivocation) is found,
+        # so links send the proof on.
         self.forks_found = 0
         self.policy = policy if policy is not None else Policy.load()
         self.clock = HybridClock()  # the writer's, from start()
