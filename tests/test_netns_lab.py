@@ -47,10 +47,7 @@ def lab_namespaces(prefix: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[NetLab]:
-    reason = NetLab.available()
-    if reason is not None:
-        pytest.fail(f"network-namespace lab unavailable: {reason}", pytrace=False)
-    with NetLab(3, prefix=f"shimt{os.getpid()}") as lab:
+    with NetLab.for_test(3, prefix=f"shimt{os.getpid()}") as lab:
         for i in (1, 2, 3):
             server = lab.popen(
                 i,

@@ -478,10 +478,7 @@ def test_deployment_edits_on_both_sides_merge_per_field(
 
 @pytest.fixture
 def lab() -> Iterator[NetLab]:
-    reason = NetLab.available()
-    if reason is not None:
-        pytest.fail(f"network-namespace lab unavailable: {reason}", pytrace=False)
-    with NetLab(3, prefix=f"shimrepl{os.getpid()}", subnet="10.214.7") as lab:
+    with NetLab.for_test(3, prefix=f"shimrepl{os.getpid()}", subnet="10.214.7") as lab:
         yield lab
 
 

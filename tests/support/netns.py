@@ -125,6 +125,17 @@ class NetLab:
         return cls._unavailable_reason
 
     @classmethod
+    def for_test(cls, hosts: int, prefix: str, subnet: str = "10.214.0") -> NetLab:
+        """A lab for a test that needs one: the test fails (never skips) where labs cannot be
+        built, with the reason."""
+        reason = cls.available()
+        if reason is not None:
+            import pytest  # only tests call this; bench imports this module without pytest
+
+            pytest.fail(f"network-namespace lab unavailable: {reason}", pytrace=False)
+        return cls(hosts, prefix=prefix, subnet=subnet)
+
+    @classmethod
     def _probe(cls) -> str | None:
         if not sys.platform.startswith("linux"):
             return f"network namespaces need Linux, this is {sys.platform}"

@@ -10,6 +10,7 @@ import apsw
 
 from shim.backend.sqlite_rows import one
 from shim.replication import ops as field_ops
+from shim.replication.framing import MAX_NUMBER
 from shim.replication.merge import Entry, Stamp
 from shim.replication.quarantine import OUTCOME as QUARANTINED
 from shim.replication.signing import NO_CHAIN
@@ -21,7 +22,6 @@ HELD = "held"
 # Retention's stubs: an entry's place in its origin's sequence, without value or operations.
 PRUNED = "pruned"
 _FOLDED = f"e.outcome NOT IN ('{HELD}', '{QUARANTINED}', '{PRUNED}')"
-_MAX_INT64 = 2**63 - 1
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _entry(row: Sequence[Any]) -> Entry:
 
 
 def _int64(value: int) -> int | None:
-    return value if -_MAX_INT64 - 1 <= value <= _MAX_INT64 else None
+    return value if -MAX_NUMBER - 1 <= value <= MAX_NUMBER else None
 
 
 class SqliteReplicationTables:
