@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from shim import metrics
@@ -88,6 +89,7 @@ def ingest(
             arrivals.arrive(stub)
     for entry in req.entries:
         arrivals.arrive(entry)
+    arrivals.fold_late_keys()
     newest_hlc = arrivals.newest_hlc
     result.quarantined += replica.take_quarantined()
     if req.entries and result.duplicates == len(req.entries) and not req.refused:
@@ -116,6 +118,9 @@ class _Arrivals:
         self.newest_hlc = 0  # the newest stamp applied
         self._forked = repl.forked()
         self._heads: dict[str, bytes] = {}  # each origin's chain as this batch extends it
+        # Keys with entries that arrived late (stamped before an entry the key holds), with
+        # those entries: each such key is folded again once, when the batch has arrived.
+        self._late: dict[bytes, list[tuple[Entry, int]]] = {}
 
     def arrive(self, entry: Entry) -> None:
         repl, result = self._repl, self._result
@@ -172,25 +177,57 @@ class _Arrivals:
         self._forked[origin] = cut
         repl.mark_forked(origin, cut, self._now)
         for key in repl.quarantine_from(origin, cut):
-            self._refold(key)
+            failure = self._refold(key)
+            if failure is not None:
+                log.warning("folding %r again after an equivocation failed: %s", key, failure)
         if found:
             self._result.forks += 1  # the link adds it to forks_found once committed
             reason = (f"equivocation: origin {origin} signed two different entries as seq "
                       f"{other.seq}; its entries from seq {cut} on are left out")
             self._refuse(other, reason)
 
-    def _refold(self, key: bytes) -> None:
+    def _refold(
+        self, key: bytes, late: Sequence[tuple[Entry, int]] = ()
+    ) -> BaseException | None:
+        """Fold ``key`` again from all its entries (``late``: the entries of this batch that
+        made it necessary, whose outcome it decides); the failure, if it could not be."""
+        repl, result = self._repl, self._result
+
         def again() -> None:
             old = self._txn.get(key, 0)
-            resolved = self._replica.refold(self._repl, key, old)
+            resolved = self._replica.refold(repl, key, old)
             if resolved.changed:
-                self._result.applied += 1
                 self._sink.emit(key, old, resolved.value, resolved.lease,
                                 resolved.new_incarnation)
+            # Counted once nothing above can fail (a failure redoes the entries one by one).
+            result.applied += resolved.changed
+            result.unchanged += len(late) - resolved.changed if late else 0
+            result.conflicts += len(late)
+            result.conflict_rules.extend([resolved.rule] * len(late))
+            for _, position in late:
+                repl.set_outcome(position, "applied" if resolved.changed else "superseded")
 
-        failure = self._sink.guarded(again)
-        if failure is not None:
-            log.warning("folding %r again after an equivocation failed: %s", key, failure)
+        return self._sink.guarded(again)
+
+    def fold_late_keys(self) -> None:
+        """Fold each key that received late entries once (a heal brings many late entries of
+        the same keys); if that fails, apply its late entries one by one, so only the entry
+        that fails is set apart."""
+        late_keys, self._late = self._late, {}
+        for key, late in late_keys.items():
+            if self._refold(key, late) is not None:
+                for entry, position in late:
+                    self._apply(entry, position, now=True)
+
+    def _apply(self, entry: Entry, position: int, now: bool = False) -> None:
+        """Apply a stored entry, or keep it for ``fold_late_keys`` if it is late."""
+        replica, repl = self._replica, self._repl
+        if not now and entry.kind == "" and replica.policy.replicates(entry.key) and (
+            entry.key in self._late or replica.is_late(repl, entry, position)
+        ):
+            self._late.setdefault(entry.key, []).append((entry, position))
+            return
+        _apply_guarded(replica, repl, self._txn, entry, position, self._sink, self._result)
 
     def _store(self, entry: Entry, peer: str) -> None:
         """Store the next entry of its origin and apply it (unless held or pruned)."""
@@ -220,7 +257,7 @@ class _Arrivals:
             result.held += 1
             return
         self.newest_hlc = max(self.newest_hlc, entry.hlc)
-        _apply_guarded(replica, repl, self._txn, entry, position, self._sink, result)
+        self._apply(entry, position)
 
 
 def release_held(

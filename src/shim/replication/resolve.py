@@ -264,6 +264,11 @@ class Replica:
         if self.min_held_hlc is None or entry.hlc < self.min_held_hlc:
             self.min_held_hlc = entry.hlc
 
+    def is_late(self, repl: ReplicationTables, entry: Entry, ingest: int) -> bool:
+        """Whether a stored entry sorts before another entry of its key: applying it means
+        folding the key again from all its entries."""
+        return not _is_newest(repl, entry, ingest)
+
     def merge(
         self, repl: ReplicationTables, entry: Entry, ingest: int, old: KeyValue | None
     ) -> Resolution:
