@@ -128,10 +128,20 @@ def _envelope(value: bytes) -> tuple[str, str, int, int]:
         pos = stop
     if type_meta is None or raw is None:
         raise DecodeError("the envelope lacks typeMeta or raw")
-    names = _message(value, type_meta[0], type_meta[1], _TYPE_META, None)
-    if len(names) != 2:
-        raise DecodeError("typeMeta has other fields than apiVersion and kind")
-    return names["apiVersion"], names["kind"], raw[0], raw[1]
+    type_bytes = value[type_meta[0]:type_meta[1]]
+    known = _TYPES_READ.get(type_bytes)
+    if known is None:
+        names = _message(type_bytes, 0, len(type_bytes), _TYPE_META, None)
+        if len(names) != 2:
+            raise DecodeError("typeMeta has other fields than apiVersion and kind")
+        if len(_TYPES_READ) >= 256:
+            _TYPES_READ.clear()
+        known = _TYPES_READ[type_bytes] = (names["apiVersion"], names["kind"])
+    return known[0], known[1], raw[0], raw[1]
+
+
+# typeMeta bytes already read (a cluster stores few types; bounded all the same).
+_TYPES_READ: dict[bytes, tuple[str, str]] = {}
 
 
 def _message(buf: bytes, pos: int, end: int, msg: Message, memo: Memo | None) -> dict[str, Any]:
@@ -327,6 +337,61 @@ def _zero_local(doc: dict[str, Any], msg: Message, path: Path_) -> None:
 
 
 _ZERO: dict[Kind, Any] = {Kind.STRING: "", Kind.BOOL: False, Kind.INT32: 0, Kind.INT64: 0}
+
+
+# -- reading parts of an object ----------------------------------------------------------------
+
+
+def envelope(value: bytes) -> tuple[str, str, int, int]:
+    """apiVersion, kind and the span of the object's own bytes in a stored value
+    (``DecodeError`` when the value is not one this codec reads)."""
+    if not value.startswith(PREFIX):
+        raise DecodeError("not a Kubernetes protobuf value")
+    try:
+        return _envelope(value)
+    except UnicodeDecodeError:
+        raise DecodeError("typeMeta is not UTF-8") from None
+
+
+def split(buf: bytes, pos: int, end: int) -> dict[int, bytes]:
+    """The message in ``buf[pos:end]`` cut by field number: each field's occurrences, tags
+    included, in order, keyed in the order the fields first occur (the order ``decode``
+    gives names). Only the framing is checked; ``read_fields`` checks the rest."""
+    out: dict[int, bytes] = {}
+    while pos < end:
+        start = pos
+        key, pos = _varint(buf, pos, end)
+        pos = _skip(buf, pos, end, key & 7)
+        number = key >> 3
+        known = out.get(number)
+        out[number] = buf[start:pos] if known is None else known + buf[start:pos]
+    return out
+
+
+def read_fields(chunk: bytes, msg: Message, memo: Memo | None = None) -> dict[str, Any]:
+    """The decoded fields of ``chunk``, bytes of a message of type ``msg`` (e.g. a field of
+    ``split``), exactly as ``decode`` reads them in the whole object (``memo``: as in
+    ``decode``)."""
+    try:
+        return _message(chunk, 0, len(chunk), msg, memo)
+    except UnicodeDecodeError:
+        raise DecodeError("a string is not UTF-8") from None
+
+
+def payload(chunk: bytes) -> tuple[int, int]:
+    """The span of the value in ``chunk``, one occurrence of a length-delimited field."""
+    end = len(chunk)
+    _, pos = _varint(chunk, 0, end)
+    size, pos = _varint(chunk, pos, end)
+    if pos + size != end:
+        raise DecodeError("not one length-delimited field")
+    return pos, end
+
+
+def zero_local(part: dict[str, Any], msg: Message, path: Path_) -> None:
+    """Give the node-local field at ``path`` (from ``msg``, whose fields ``part`` holds) its
+    zero value, as ``decode`` does in a whole object."""
+    _zero_local(part, msg, path)
 
 
 # -- encoding ----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shim.replication import k8sproto
+from shim.replication import k8sproto, proto_changes
 from shim.replication.k8sproto import ProtoObject
 from shim.replication.ops import (
     AddDelta,
@@ -164,7 +164,23 @@ def describe_write(
     old: bytes | None, new: bytes | None, rules: KeyRules
 ) -> tuple[list[Op] | None, str | None, str | None]:
     """(ops, base_uid, uid) of a write of ``new`` (None: a delete) over ``old``."""
+    if old is not None and new is not None and rules.merge == "fields":
+        # Two protobuf versions: compared on their bytes, decoding only what changed.
+        quick = proto_changes.compare(old, new, rules)
+        if quick is not None:
+            if quick.uid != quick.base_uid:
+                return None, quick.base_uid, quick.uid
+            ops: list[Op] = []
+            for change in quick.changes:
+                name = change.name
+                _diff_field(
+                    ops, (*change.parent, name), change.before.get(name, _MISSING),
+                    change.after.get(name, _MISSING), rules,
+                )
+            return ops, quick.base_uid, quick.uid
     base, doc = _decode_versions(old, new, rules)
+    if new is not None and isinstance(doc, ProtoObject):
+        proto_changes.remember(new)  # the next write of the key compares against it
     base_uid = identity(base, rules)
     if new is None:
         return None, base_uid, None
@@ -246,39 +262,41 @@ def diff(
     """Field operations that turn ``base`` into ``new`` under the key's rules."""
     ops: list[Op] = []
     for name in list(new) + [k for k in base if k not in new]:
-        before = base.get(name, _MISSING)
-        after = new.get(name, _MISSING)
-        if _unchanged(before, after):
-            continue
-        here = (*path, name)
-        rule = rules.rule(here)
-        policy = rule.policy if rule is not None else "lww"
-        if policy == "local":
-            continue
-        if policy in ("first-write-wins", "identity"):
-            if after is not _MISSING:
-                ops.append(FirstWrite(here, after))
-        elif policy == "counter" and _is_number(before) and _is_number(after):
-            ops.append(AddDelta(here, after - before))
-        elif policy == "set" and _is_set(before) and _is_set(after):
-            ops.extend(_diff_list(here, before, after, None))
-        elif (
-            policy == "keyed-list"
-            and rule is not None
-            and rule.key is not None
-            and _keyed(before, rule.key) is not None
-            and _keyed(after, rule.key) is not None
-        ):
-            ops.extend(_diff_list(here, before, after, rule.key))
-        elif policy == "map" and _is_map(before) and _is_map(after):
-            ops.extend(_diff_map(here, before, after, rules))
-        elif policy == "lww" and isinstance(before, dict) and isinstance(after, dict):
-            ops.extend(diff(before, after, rules, here))
-        elif after is _MISSING:
-            ops.append(DeleteField(here))
-        else:
-            ops.append(SetField(here, after))
+        _diff_field(ops, (*path, name), base.get(name, _MISSING), new.get(name, _MISSING), rules)
     return ops
+
+
+def _diff_field(ops: list[Op], here: Path_, before: Json, after: Json, rules: KeyRules) -> None:
+    """Append the operations that turn one field's ``before`` into its ``after``."""
+    if _unchanged(before, after):
+        return
+    rule = rules.rule(here)
+    policy = rule.policy if rule is not None else "lww"
+    if policy == "local":
+        return
+    if policy in ("first-write-wins", "identity"):
+        if after is not _MISSING:
+            ops.append(FirstWrite(here, after))
+    elif policy == "counter" and _is_number(before) and _is_number(after):
+        ops.append(AddDelta(here, after - before))
+    elif policy == "set" and _is_set(before) and _is_set(after):
+        ops.extend(_diff_list(here, before, after, None))
+    elif (
+        policy == "keyed-list"
+        and rule is not None
+        and rule.key is not None
+        and _keyed(before, rule.key) is not None
+        and _keyed(after, rule.key) is not None
+    ):
+        ops.extend(_diff_list(here, before, after, rule.key))
+    elif policy == "map" and _is_map(before) and _is_map(after):
+        ops.extend(_diff_map(here, before, after, rules))
+    elif policy == "lww" and isinstance(before, dict) and isinstance(after, dict):
+        ops.extend(diff(before, after, rules, here))
+    elif after is _MISSING:
+        ops.append(DeleteField(here))
+    else:
+        ops.append(SetField(here, after))
 
 
 def _is_map(value: Json) -> bool:
