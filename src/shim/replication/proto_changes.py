@@ -36,7 +36,7 @@ _GOOD: dict[tuple[int, bytes], dict[int, bytes]] = {}
 _SPLITS: dict[bytes, dict[int, bytes]] = {}
 _MEMO: k8sproto.Memo = {}
 _READS: dict[tuple[int, bytes], dict[str, Any]] = {}
-CACHE_BUDGET = 8 << 20  # bytes of versions read between two emptyings
+CACHE_BUDGET = 4 << 20  # bytes of versions read between two emptyings
 _spent = 0
 
 
