@@ -188,3 +188,26 @@ def test_an_entry_that_cannot_be_folded_is_set_apart_and_the_key_goes_on(
     assert read(node)["spec"]["replicas"] == 4
     reasons = [q["reason"] for q in status(node)["quarantine"]["latest"]]
     assert "stored operations" in reasons[1] and "applying it failed" in reasons[0], reasons
+
+
+def test_an_entry_that_fails_to_apply_is_set_apart_once_and_its_batch_applies(
+    shim_factory: Factory,
+) -> None:
+    """A batch is merged under one savepoint; when an entry of it raises as it applies, the
+    batch is done again entry by entry: the entries around it apply, it alone is set apart,
+    and it is counted and logged once."""
+    node = shim_factory(extra_args=node_args("n1"))
+    with LyingPeer(node.endpoint) as peer:
+        before = peer.entry(b"/batch/before", b"1")
+        bad = peer.entry(b"user/mallory", b"not an object", kind="auth")
+        after = peer.entry(b"/batch/after", b"2")
+        edit = peer.entry(b"/batch/before", b"3")  # the same key again, later in the batch
+        peer.send(before, bad, after, edit)
+        wait_for(lambda: status(node)["quarantine"]["set_apart"], lambda n: n >= 1,
+                 "the auth entry to be set apart")
+        assert get(node.endpoint, b"/batch/before") == b"3"
+        assert get(node.endpoint, b"/batch/after") == b"2"
+        assert peer.status() is None
+    quarantine = status(node)["quarantine"]
+    assert quarantine["set_apart"] == 1, quarantine
+    assert node.log_path.read_text().count("user/mallory") == 1

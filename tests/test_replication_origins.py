@@ -337,3 +337,69 @@ def test_the_proof_of_an_equivocation_reaches_a_node_that_saw_one_version(
                      lambda flagged: flagged == [to_n1.origin], f"{node.name} to flag it")
         final = wait_converged([n1, n2, n3], prefix=b"/proof/")
         assert final == {}
+
+
+def test_a_run_signed_once_applies_whole_and_a_forged_run_is_refused_whole(
+    shim_factory: Factory,
+) -> None:
+    """Origins sign their chain once for a run of entries: a run whose one signature verifies
+    applies whole (one entry of it refused for its content keeps its place); a run signed by
+    another key, one altered after signing, or one with no signature at its end is refused,
+    every entry of it with the same reason as a forged entry."""
+    n1 = shim_factory(extra_args=node_args("n1"))
+    put(n1.endpoint, b"/run/real", b"1")
+    victim = local_origin(n1)
+    with LyingPeer(n1.endpoint) as peer:
+        run = [peer.entry(b"/run/a", b"1"), peer.entry(b"/run/b", b"2", kind="gossip"),
+               peer.entry(b"/run/c", b"3")]
+        before = peer.sign_run(*run)
+        peer.send(*run)
+        assert "unknown kind" in peer.wait_refused(2)
+        wait_for(lambda: get(n1.endpoint, b"/run/c"), lambda v: v == b"3", "the run to apply")
+        altered = [peer.entry(b"/run/d", b"4"), peer.entry(b"/run/e", b"5")]
+        peer.sign_run(*altered, before=before)
+        altered[0].value = b"changed after signing"
+        peer.send(*altered)
+        unsigned = [peer.entry(b"/run/f", b"6", seq=6, sig=b"")]
+        unsigned[0].prev_chain = before
+        peer.send(*unsigned)
+        under_victim = [peer.entry(b"/run/g", b"7", origin=victim, seq=2)]
+        peer.sign_run(*under_victim)  # this peer's key, the victim's origin
+        peer.send(*under_victim)
+        for seq, origin in ((4, None), (5, None), (6, None), (2, victim)):
+            reason = peer.wait_refused(seq, origin)
+            assert reason.startswith("forged: the signature does not verify"), reason
+        assert peer.status() is None
+    for key in (b"/run/d", b"/run/e", b"/run/f", b"/run/g"):
+        assert get(n1.endpoint, key) is None
+    assert get(n1.endpoint, b"/run/a") == b"1"
+
+
+def test_an_equivocation_under_signed_runs_is_proven_to_a_node_that_saw_one_version(
+    shim_factory: Factory,
+) -> None:
+    """The proof of an equivocation by an origin that signs its chain: each version travels
+    with the chain before it, the messages after it and the signature that covers it, so n3
+    (linked to n1 only) checks it too and leaves the origin out like n1 and n2."""
+    n1 = shim_factory(extra_args=node_args("n1"))
+    n2 = shim_factory(extra_args=node_args("n2", joins=[n1]))
+    n3 = shim_factory(extra_args=node_args("n3", joins=[n1]))
+    wait_for(lambda: links_up(n1), lambda n: n == 2, "n1's links")
+    with LyingPeer(n1.endpoint) as to_n1, LyingPeer(n2.endpoint, signer=to_n1.signer) as to_n2:
+        told_n1 = [to_n1.entry(b"/proof/k", b"told n1", seq=1),
+                   to_n1.entry(b"/proof/j", b"same", seq=2)]
+        to_n1.sign_run(*told_n1)
+        to_n1.send(*told_n1)
+        wait_converged([n1, n3], prefix=b"/proof/", expect=lambda s: len(s) == 2)
+        told_n2 = [to_n2.entry(b"/proof/k", b"told n2", seq=1),
+                   to_n2.entry(b"/proof/j", b"same", seq=2)]
+        for msg, same in zip(told_n2, told_n1, strict=True):
+            msg.hlc = same.hlc
+        to_n2.sign_run(*told_n2)
+        to_n2.send(*told_n2)
+        for node in (n1, n2, n3):
+            wait_for(lambda node=node: [o["origin"] for o in
+                                        status(node)["origins"]["equivocating"]],
+                     lambda flagged: flagged == [to_n1.origin], f"{node.name} to flag it")
+        final = wait_converged([n1, n2, n3], prefix=b"/proof/")
+        assert final == {}

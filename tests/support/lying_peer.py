@@ -23,7 +23,14 @@ import grpc
 from shim.pb import replication_pb2 as pb
 from shim.pb import replication_pb2_grpc
 from shim.replication.policy import Policy
-from shim.replication.signing import Signer, body_digest, message_hash
+from shim.replication.signing import (
+    NO_CHAIN,
+    Signer,
+    body_digest,
+    chain,
+    head_message,
+    message_hash,
+)
 from shim.replication.wire import PROTOCOL
 
 from .replication import TOKEN
@@ -125,6 +132,27 @@ class LyingPeer:
             msg.origin, msg.seq, msg.hlc, msg.key, msg.deleted, msg.lease,
             msg.base_uid or None, msg.uid or None, msg.kind, digest,
         ))
+
+    def sign_run(
+        self, *entries: pb.Entry, before: bytes = NO_CHAIN, signer: Signer | None = None
+    ) -> bytes:
+        """Make ``entries`` (consecutive seqs of one origin) one run signed the way nodes sign
+        now: no signature of their own, the chain ``before`` the first on it, and
+        ``signer``'s (or this peer's) signature of the chain at the last on it. Answers that
+        chain."""
+        value = before
+        for msg in entries:
+            msg.sig = b""
+            digest = bytes(msg.digest) if msg.pruned else body_digest(
+                msg.value, msg.ops if msg.has_ops else None, msg.secret or None)
+            value = chain(value, message_hash(
+                msg.origin, msg.seq, msg.hlc, msg.key, msg.deleted, msg.lease,
+                msg.base_uid or None, msg.uid or None, msg.kind, digest,
+            ))
+        entries[0].prev_chain = before
+        last = entries[-1]
+        last.head_sig = (signer or self.signer).sign(head_message(last.origin, last.seq, value))
+        return value
 
     # -- sending ---------------------------------------------------------------------------
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import apsw
 
+from shim.backend.base import kv_from_row
+from shim.backend.rows import KV_COLUMNS
 from shim.backend.sqlite_rows import one
+from shim.pb.kv_pb2 import KeyValue
 from shim.replication import ops as field_ops
 from shim.replication.framing import MAX_NUMBER
 from shim.replication.merge import Entry, Stamp
 from shim.replication.quarantine import OUTCOME as QUARANTINED
-from shim.replication.signing import NO_CHAIN
+from shim.replication.signing import DIGEST_BYTES, NO_CHAIN
 from shim.replication.tables import PeerRow
 
 # Stored entries no fold reads: held apart (stamped beyond the clock-skew bound, until the
@@ -33,18 +36,18 @@ ENTRY_VALUE_SQL = (
 )
 _ENTRY_COLUMNS = (
     f"e.origin, e.seq, e.hlc, e.key, e.deleted, {ENTRY_VALUE_SQL}, e.lease, e.ops, e.base_uid, "
-    f"e.uid, e.kind, e.secret, e.outcome = '{PRUNED}', e.sig, e.digest, e.chain"
+    f"e.uid, e.kind, e.secret, e.outcome = '{PRUNED}', e.sig, e.digest, e.chain, e.head_sig"
 )
 # What an entry waiting for the entries before it keeps (repl_pending, the same names).
 _PENDING_COLUMNS = (
     "e.origin, e.seq, e.hlc, e.key, e.deleted, e.value, e.lease, e.ops, e.base_uid, e.uid, "
-    "e.kind, e.secret, e.pruned, e.sig, e.digest, NULL"
+    "e.kind, e.secret, e.pruned, e.sig, e.digest, NULL, e.head_sig"
 )
 
 
 def _entry(row: Sequence[Any]) -> Entry:
     (origin, seq, hlc, key, deleted, value, lease, ops, base_uid, uid, kind, secret, pruned,
-     sig, digest, chain) = row
+     sig, digest, chain, head_sig) = row
     return Entry(
         origin=str(origin),
         seq=int(seq),
@@ -62,7 +65,27 @@ def _entry(row: Sequence[Any]) -> Entry:
         sig=bytes(sig or b""),
         digest=bytes(digest or b""),
         chain=bytes(chain or b""),
+        head_sig=bytes(head_sig or b""),
     )
+
+
+def _chunks(items: Collection[bytes], size: int = 500) -> Iterator[list[bytes]]:
+    """``items`` in lists of at most ``size`` (the parameters of one statement)."""
+    listed = list(items)
+    for start in range(0, len(listed), size):
+        yield listed[start:start + size]
+
+
+def _fork(row: Sequence[Any]) -> Entry:
+    """A kept version of an equivocated entry, as a stub with its proof."""
+    o, s, h, k, d, lease, b, u, kind, dg, sg, proof = row
+    signed_alone = proof is None  # signed by itself; otherwise by a signed chain after it
+    proof = bytes(proof or b"")
+    return Entry(str(o), int(s), int(h), bytes(k), bool(d), b"", int(lease), None,
+                 None if b is None else str(b), None if u is None else str(u), str(kind),
+                 pruned=True, digest=bytes(dg), sig=bytes(sg) if signed_alone else b"",
+                 head_sig=b"" if signed_alone else bytes(sg), prev_chain=proof[:DIGEST_BYTES],
+                 tail=proof[DIGEST_BYTES:])
 
 
 def _int64(value: int) -> int | None:
@@ -82,29 +105,16 @@ class SqliteReplicationTables:
         self, e: Entry, received_from: str | None, received_ms: int, skewed: bool, outcome: str,
         value_in_log: bool = False,
     ) -> int | None:
-        """Store an entry; its ingest position, or None when (origin, seq) is already here (or
-        was, before retention pruned it). ``value_in_log``: a local write whose log row (same
-        key and stamp) holds exactly ``e.value``; the entry then stores no copy of it."""
-        if received_from is not None:
-            # The caller keeps each origin's entries gapless (``high_water``): this is the
-            # next one, or a duplicate.
-            if e.seq <= self.high_water(e.origin):
-                return None
-            self._conn.execute(
-                "INSERT INTO repl_origin (origin, max_seq, max_hlc, max_skewed_hlc, head) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (origin) DO UPDATE SET "
-                "max_seq = MAX(max_seq, excluded.max_seq), "
-                "max_hlc = MAX(max_hlc, excluded.max_hlc), "
-                "max_skewed_hlc = MAX(max_skewed_hlc, excluded.max_skewed_hlc), "
-                "head = excluded.head",
-                (e.origin, e.seq, 0 if skewed or e.pruned else e.hlc,
-                 e.hlc if skewed and not e.pruned else 0, e.chain or None),
-            )
+        """Store an entry; its ingest position, or None when (origin, seq) is already here.
+        ``value_in_log``: a local write whose log row (same key and stamp) holds exactly
+        ``e.value``; the entry then stores no copy of it. A peer's entry (``received_from``)
+        is the next of its origin (the caller keeps each origin gapless and tells
+        ``advance_origin`` once per batch)."""
         self._conn.execute(
             "INSERT OR IGNORE INTO repl_entry (origin, seq, hlc, key, deleted, value, lease, ops, "
             "base_uid, uid, received_from, received_ms, skewed, outcome, value_in_log, kind, "
-            "secret, sig, digest, chain) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "secret, sig, digest, chain, head_sig) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 e.origin,
                 e.seq,
@@ -126,11 +136,58 @@ class SqliteReplicationTables:
                 e.sig or None,
                 e.digest or None,
                 e.chain or None,
+                None if e.tail else e.head_sig or None,  # with a tail: a later entry's
             ),
         )
         if self._conn.changes() == 0:
             return None
         return int(self._conn.last_insert_rowid())
+
+    def advance_origin(
+        self, origin: str, seq: int, max_hlc: int, max_skewed_hlc: int, head: bytes
+    ) -> None:
+        """The origin's entries are now held up to ``seq`` (its chain there: ``head``), the
+        newest stamps among them ``max_hlc`` (applied or waiting for nothing) and
+        ``max_skewed_hlc`` (held apart)."""
+        self._conn.execute(
+            "INSERT INTO repl_origin (origin, max_seq, max_hlc, max_skewed_hlc, head) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (origin) DO UPDATE SET "
+            "max_seq = MAX(max_seq, excluded.max_seq), "
+            "max_hlc = MAX(max_hlc, excluded.max_hlc), "
+            "max_skewed_hlc = MAX(max_skewed_hlc, excluded.max_skewed_hlc), "
+            "head = COALESCE(excluded.head, head)",
+            (origin, seq, max_hlc, max_skewed_hlc, head or None),
+        )
+
+    # -- a batch's lookups: one query per batch, not one per entry -----------------------------
+
+    def current_values(self, keys: Collection[bytes]) -> dict[bytes, KeyValue]:
+        """The live version of each of ``keys`` that has one."""
+        found: dict[bytes, KeyValue] = {}
+        for part in _chunks(keys):
+            marks = ",".join("?" * len(part))
+            for row in self._conn.execute(
+                f"SELECT {KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id "
+                f"WHERE c.key IN ({marks})", part,
+            ):
+                kv = kv_from_row(row)
+                found[kv.key] = kv
+        return found
+
+    def keys_with_entries(self, keys: Collection[bytes]) -> set[bytes]:
+        """Those of ``keys`` that have a key-value entry stored here."""
+        found: set[bytes] = set()
+        for part in _chunks(keys):
+            marks = ",".join("?" * len(part))
+            found.update(bytes(key) for (key,) in self._conn.execute(
+                f"SELECT DISTINCT key FROM repl_entry WHERE key IN ({marks}) AND kind = ''",
+                part,
+            ))
+        return found
+
+    def pending_origins(self) -> set[str]:
+        """The origins with entries waiting for earlier ones."""
+        return {str(o) for (o,) in self._conn.execute("SELECT DISTINCT origin FROM repl_pending")}
 
     def keep_values_of(self, rows_sql: str, params: tuple[object, ...]) -> None:
         """Copy into the entries that read their value from the log rows ``rows_sql`` selects
@@ -224,12 +281,12 @@ class SqliteReplicationTables:
         )
         self._conn.execute(
             "INSERT OR IGNORE INTO repl_pending (origin, seq, hlc, key, deleted, value, lease, "
-            "ops, base_uid, uid, kind, secret, pruned, received_from, received_ms, sig, digest) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "ops, base_uid, uid, kind, secret, pruned, received_from, received_ms, sig, digest, "
+            "head_sig) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (e.origin, e.seq, e.hlc, e.key, int(e.deleted), e.value, e.lease,
              None if e.ops is None else field_ops.dumps(e.ops), e.base_uid, e.uid, e.kind,
              e.secret, int(e.pruned), received_from, received_ms, e.sig or None,
-             e.digest or None),
+             e.digest or None, None if e.tail else e.head_sig or None),
         )
         return self._conn.changes() > 0
 
@@ -330,6 +387,23 @@ class SqliteReplicationTables:
         ).fetchone()
         return bytes(row[0]) if row is not None and row[0] is not None else b""
 
+    def set_head_sig(self, origin: str, seq: int, sig: bytes) -> None:
+        self._conn.execute(
+            "UPDATE repl_entry SET head_sig = ? WHERE origin = ? AND seq = ?", (sig, origin, seq)
+        )
+
+    def up_to_signed(self, origin: str, after_seq: int, limit: int) -> list[tuple[int, Entry]]:
+        """``origin``'s entries after ``after_seq`` up to the first that carries its chain's
+        signature (at most ``limit``), as (ingest position, entry)."""
+        rows: Sequence[Sequence[Any]] = self._conn.execute(
+            f"SELECT e.ingest, {_ENTRY_COLUMNS} FROM repl_entry e "
+            "WHERE e.origin = ?1 AND e.seq > ?2 AND e.seq <= COALESCE((SELECT MIN(s.seq) "
+            "FROM repl_entry s WHERE s.origin = ?1 AND s.seq > ?2 AND s.head_sig IS NOT NULL), "
+            "?2) ORDER BY e.seq LIMIT ?3",
+            (origin, after_seq, limit),
+        ).fetchall()
+        return [(int(row[0]), _entry(row[1:])) for row in rows]
+
     def stored(self, origin: str, seq: int) -> Entry | None:
         row = self._conn.execute(
             f"SELECT {_ENTRY_COLUMNS} FROM repl_entry e WHERE e.origin = ? AND e.seq = ?",
@@ -345,24 +419,21 @@ class SqliteReplicationTables:
         """Keep one version of an entry its origin equivocated on; False if known."""
         self._conn.execute(
             "INSERT OR IGNORE INTO repl_fork (origin, seq, hlc, key, deleted, lease, base_uid, "
-            "uid, kind, digest, sig, found_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "uid, kind, digest, sig, found_ms, proof) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (e.origin, e.seq, e.hlc, e.key, int(e.deleted), e.lease, e.base_uid, e.uid, e.kind,
-             e.digest, e.sig, found_ms),
+             e.digest, e.sig or e.head_sig, found_ms,
+             None if e.sig else e.prev_chain + e.tail),
         )
         return self._conn.changes() > 0
 
     def forks(self) -> list[Entry]:
         """Every kept version of an equivocated entry, as a stub."""
         rows = self._conn.execute(
-            "SELECT origin, seq, hlc, key, deleted, lease, base_uid, uid, kind, digest, sig "
-            "FROM repl_fork ORDER BY origin, seq"
+            "SELECT origin, seq, hlc, key, deleted, lease, base_uid, uid, kind, digest, sig, "
+            "proof FROM repl_fork ORDER BY origin, seq"
         )
-        return [
-            Entry(str(o), int(s), int(h), bytes(k), bool(d), b"", int(lease), None,
-                  None if b is None else str(b), None if u is None else str(u), str(kind),
-                  pruned=True, digest=bytes(dg), sig=bytes(sg))
-            for o, s, h, k, d, lease, b, u, kind, dg, sg in rows
-        ]
+        return [_fork(row) for row in rows]
 
     def forked(self) -> dict[str, int]:
         """Origins known to equivocate: the first seq left out of folds."""

@@ -61,7 +61,7 @@ class Start(_message.Message):
     def __init__(self, cursor: _Optional[int] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("origin", "seq", "hlc", "key", "deleted", "value", "lease", "has_ops", "ops", "base_uid", "uid", "kind", "secret", "pruned", "sig", "digest")
+    __slots__ = ("origin", "seq", "hlc", "key", "deleted", "value", "lease", "has_ops", "ops", "base_uid", "uid", "kind", "secret", "pruned", "sig", "digest", "head_sig", "prev_chain", "tail")
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     HLC_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,9 @@ class Entry(_message.Message):
     PRUNED_FIELD_NUMBER: _ClassVar[int]
     SIG_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SIG_FIELD_NUMBER: _ClassVar[int]
+    PREV_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
     origin: str
     seq: int
     hlc: int
@@ -94,7 +97,10 @@ class Entry(_message.Message):
     pruned: bool
     sig: bytes
     digest: bytes
-    def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ..., hlc: _Optional[int] = ..., key: _Optional[bytes] = ..., deleted: _Optional[bool] = ..., value: _Optional[bytes] = ..., lease: _Optional[int] = ..., has_ops: _Optional[bool] = ..., ops: _Optional[bytes] = ..., base_uid: _Optional[str] = ..., uid: _Optional[str] = ..., kind: _Optional[str] = ..., secret: _Optional[str] = ..., pruned: _Optional[bool] = ..., sig: _Optional[bytes] = ..., digest: _Optional[bytes] = ...) -> None: ...
+    head_sig: bytes
+    prev_chain: bytes
+    tail: bytes
+    def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ..., hlc: _Optional[int] = ..., key: _Optional[bytes] = ..., deleted: _Optional[bool] = ..., value: _Optional[bytes] = ..., lease: _Optional[int] = ..., has_ops: _Optional[bool] = ..., ops: _Optional[bytes] = ..., base_uid: _Optional[str] = ..., uid: _Optional[str] = ..., kind: _Optional[str] = ..., secret: _Optional[str] = ..., pruned: _Optional[bool] = ..., sig: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., head_sig: _Optional[bytes] = ..., prev_chain: _Optional[bytes] = ..., tail: _Optional[bytes] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("entries", "cursor", "high", "hlc", "acked")

@@ -40,6 +40,8 @@ from shim.replication.quarantine import Refusal
 from shim.replication.signing import (
     DIGEST_BYTES,
     body_digest,
+    chain,
+    head_message,
     is_signed_origin,
     message_hash,
     verifies,
@@ -112,6 +114,114 @@ class _Refused(ValueError):
     pass
 
 
+FORGED = ("forged: the signature does not verify with the origin's key (only the node that "
+          "owns an origin writes under it)")
+
+
+def admit_batch(
+    wire: list[pb.Entry], policy: Policy, limits: IngestLimits
+) -> tuple[list[Entry], list[Refusal]]:
+    """The entries a batch carries, or why each is refused. Entries of an origin that signs
+    its chain rather than each entry are checked a run at a time (``runs``): chained from the
+    chain the run starts from up to the one signature at its end."""
+    results: list[Entry | Refusal | None] = [None] * len(wire)
+    runs: dict[str, _Run] = {}
+    for index, msg in enumerate(wire):
+        if msg.sig or not is_signed_origin(msg.origin):
+            results[index] = admit(msg, policy, limits)
+            continue
+        try:
+            _check_numbers(msg)
+            message, digest = _message(msg)
+        except _Refused as exc:
+            results[index] = _refusal(msg, str(exc))
+            continue
+        run = runs.get(msg.origin)
+        if run is None or msg.prev_chain or msg.seq != run.seq + 1:
+            if run is not None:
+                run.end(results, FORGED)
+            run = runs[msg.origin] = _Run(bytes(msg.prev_chain))
+        run.add(index, msg, message, digest)
+        if msg.head_sig or msg.tail:
+            run.close(results, policy, limits)
+            if msg.tail:
+                del runs[msg.origin]  # a proof alone: nothing follows it
+    for run in runs.values():
+        run.end(results, FORGED)
+    entries = [r for r in results if isinstance(r, Entry)]
+    refused = [r for r in results if isinstance(r, Refusal)]
+    return entries, refused
+
+
+class _Run:
+    """An origin's consecutive entries in a batch, chained from the chain before the first."""
+
+    def __init__(self, before: bytes) -> None:
+        self.seq = 0
+        self.broken = len(before) != DIGEST_BYTES
+        self._chain = before
+        # index in the batch, entry, its message, its digest, the chain before it
+        self._open: list[tuple[int, pb.Entry, bytes, bytes, bytes]] = []
+
+    def add(self, index: int, msg: pb.Entry, message: bytes, digest: bytes) -> None:
+        self._open.append((index, msg, message, digest, self._chain))
+        self._chain = chain(self._chain, message)
+        self.seq = msg.seq
+
+    def close(self, results: list[Entry | Refusal | None], policy: Policy,
+              limits: IngestLimits) -> None:
+        """The run's open entries up to here, checked against the signature of the last."""
+        index, last, *_ = self._open[-1]
+        head, seq = self._chain, last.seq
+        tail = bytes(last.tail)
+        if len(tail) % DIGEST_BYTES:
+            self.broken = True
+        for start in range(0, len(tail), DIGEST_BYTES):
+            head = chain(head, tail[start:start + DIGEST_BYTES])
+            seq += 1
+        if self.broken or seq > MAX_NUMBER or not verifies(
+                last.origin, head_message(last.origin, seq, head), last.head_sig):
+            self.end(results, FORGED)
+            return
+        for index, msg, message, digest, before in self._open:
+            ends = msg is last
+            place = Entry(
+                origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=msg.key, deleted=msg.deleted,
+                value=b"", lease=msg.lease, ops=None, base_uid=msg.base_uid or None,
+                uid=msg.uid or None, kind=msg.kind, pruned=True, digest=digest,
+                head_sig=bytes(msg.head_sig) if ends else b"", message=message,
+                prev_chain=before, tail=tail if ends else b"",
+            )
+            try:
+                results[index] = _admit(msg, policy, limits, place)
+            except _Refused as exc:
+                results[index] = _refusal(msg, str(exc), place)
+        self._open = []
+
+    def end(self, results: list[Entry | Refusal | None], reason: str) -> None:
+        """Refuse the run's open entries: no valid signature covers them."""
+        for index, msg, *_ in self._open:
+            results[index] = _refusal(msg, reason)
+        self._open = []
+        self.broken = True  # what follows does not chain from anything checked
+
+
+def _message(msg: pb.Entry) -> tuple[bytes, bytes]:
+    """What the origin's chain takes in for ``msg``, and its body digest."""
+    if msg.pruned and len(msg.digest) != DIGEST_BYTES:
+        raise _Refused(f"a pruned entry carries a body digest of {DIGEST_BYTES} bytes")
+    digest = bytes(msg.digest) if msg.pruned else body_digest(
+        msg.value, msg.ops if msg.has_ops else None, msg.secret or None)
+    message = message_hash(msg.origin, msg.seq, msg.hlc, msg.key, msg.deleted, msg.lease,
+                           msg.base_uid or None, msg.uid or None, msg.kind, digest)
+    return message, digest
+
+
+def _refusal(msg: pb.Entry, reason: str, place: Entry | None = None) -> Refusal:
+    return Refusal(origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=bytes(msg.key),
+                   reason=reason, place=place)
+
+
 def _check_numbers(msg: pb.Entry) -> None:
     if not msg.origin or len(msg.origin) > MAX_ORIGIN_CHARS:
         raise _Refused(f"the origin must be 1 to {MAX_ORIGIN_CHARS} characters")
@@ -135,10 +245,7 @@ def _verified_place(msg: pb.Entry, limits: IngestLimits) -> Entry:
         message = message_hash(msg.origin, msg.seq, msg.hlc, msg.key, msg.deleted, msg.lease,
                                msg.base_uid or None, msg.uid or None, msg.kind, digest)
         if not verifies(msg.origin, message, msg.sig):
-            raise _Refused(
-                "forged: the signature does not verify with the origin's key (only the node "
-                "that owns an origin writes under it)"
-            )
+            raise _Refused(FORGED)
         sig = bytes(msg.sig)
     elif msg.sig or msg.digest:
         raise _Refused("an origin that is not a public key signs nothing")
@@ -146,11 +253,12 @@ def _verified_place(msg: pb.Entry, limits: IngestLimits) -> Entry:
         raise _Refused("unsigned: an origin without a key (from before signatures) writes "
                        "nothing after this node started signing")
     else:
-        digest = sig = b""
+        digest = sig = message = b""
     return Entry(
         origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=msg.key, deleted=msg.deleted,
         value=b"", lease=msg.lease, ops=None, base_uid=msg.base_uid or None,
         uid=msg.uid or None, kind=msg.kind, pruned=True, sig=sig, digest=digest,
+        message=message,
     )
 
 

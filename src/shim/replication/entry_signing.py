@@ -6,7 +6,7 @@ import dataclasses
 
 from shim.replication import ops as field_ops
 from shim.replication.merge import Entry
-from shim.replication.signing import Signer, body_digest, chain, message_hash
+from shim.replication.signing import Signer, body_digest, chain, head_message, message_hash
 
 
 def ops_bytes(entry: Entry) -> bytes | None:
@@ -37,6 +37,21 @@ def signed(entry: Entry, signer: Signer, previous: bytes) -> Entry:
     )
 
 
+def sealed(entry: Entry, previous: bytes) -> Entry:
+    """``entry`` with its digest and its place in the chain, for an origin that signs its
+    chain (``head_signature``) rather than each entry."""
+    digest = digest_of(entry)
+    message = message_of(entry, digest)
+    return dataclasses.replace(
+        entry, digest=digest, chain=chain(previous, message), message=message
+    )
+
+
+def head_signature(signer: Signer, seq: int, chain_value: bytes) -> bytes:
+    """This run's signature of its chain at ``seq``: it covers every entry up to there."""
+    return signer.sign(head_message(signer.origin, seq, chain_value))
+
+
 def chained(entry: Entry, previous: bytes) -> Entry:
     """``entry`` (signed, with its digest) with its place in its origin's chain here."""
-    return dataclasses.replace(entry, chain=chain(previous, message_of(entry)))
+    return dataclasses.replace(entry, chain=chain(previous, entry.message or message_of(entry)))

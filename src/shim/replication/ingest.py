@@ -13,16 +13,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from shim import metrics
 from shim.backend.base import WriteTxn
 from shim.mvcc.hlc import LOGICAL_BITS, wall_ms
 from shim.mvcc.replica import ReplicaAnswer, ReplicaRequest, RevisionSink
 from shim.mvcc.store import Store
+from shim.pb.kv_pb2 import KeyValue
 from shim.replication.entry_signing import chained, message_of
 from shim.replication.link_state import LinkStatus
-from shim.replication.merge import AUTH, Entry
+from shim.replication.merge import AUTH, Entry, Stamp
 from shim.replication.quarantine import OUTCOME as QUARANTINED
 from shim.replication.quarantine import Refusal, quarantine
 from shim.replication.requests import (
@@ -32,6 +34,8 @@ from shim.replication.requests import (
     PruneEntries,
     ReleaseHeld,
 )
+from shim.replication.runs import MAX_RUN, chain_signed
+from shim.replication.signing import NO_CHAIN
 from shim.replication.tables import ReplicationTables, tables
 
 log = logging.getLogger(__name__)
@@ -74,10 +78,27 @@ def ingest(
     """Store a peer's entries; each one that changes a key becomes a local revision (two
     when an object incarnation replaces another: a DELETE, then a PUT). Entries the ingest
     checks refused are recorded; entries stamped beyond the clock-skew bound are stored and
-    held until the clock reaches them."""
+    held until the clock reaches them.
+
+    The batch is applied under one savepoint; only if applying an entry raises is it rolled
+    back and done again with a savepoint per entry, so the entry that raises is set apart
+    and the rest goes on (a savepoint per entry costs more than the rest of a small entry's
+    SQL)."""
+    done: list[MergeResult] = []
+    failure = sink.guarded(lambda: done.append(_ingest(replica, repl, txn, req, sink, False)))
+    if failure is None:
+        return done[0]
+    replica.take_quarantined()  # the redo counts them again
+    return _ingest(replica, repl, txn, req, sink, True)
+
+
+def _ingest(
+    replica: Replica, repl: ReplicationTables, txn: WriteTxn, req: MergeRequest,
+    sink: RevisionSink, each_guarded: bool,
+) -> MergeResult:
     result = MergeResult(len(req.entries) + len(req.refused), 0, 0, 0)
     now = _now_ms()
-    arrivals = _Arrivals(replica, repl, txn, req.peer, now, sink, result)
+    arrivals = _Arrivals(replica, repl, txn, req, now, sink, result, each_guarded)
     for refusal in req.refused:
         quarantine(repl, refusal, refusal.reason, peer=req.peer)
         result.quarantined += 1
@@ -90,6 +111,7 @@ def ingest(
     for entry in req.entries:
         arrivals.arrive(entry)
     arrivals.fold_late_keys()
+    arrivals.record_origins()
     newest_hlc = arrivals.newest_hlc
     result.quarantined += replica.take_quarantined()
     if req.entries and result.duplicates == len(req.entries) and not req.refused:
@@ -106,25 +128,66 @@ def ingest(
     return result
 
 
+@dataclass(slots=True)
+class _Held:
+    """How far one origin's entries are held after this batch (``advance_origin``)."""
+
+    seq: int
+    advanced: bool = False  # this batch stored one of its entries
+    max_hlc: int = 0
+    max_skewed_hlc: int = 0
+    head: bytes = b""
+
+
 class _Arrivals:
-    """Entries of one batch arriving: each origin's entries are stored without gaps."""
+    """Entries of one batch arriving: each origin's entries are stored without gaps.
+
+    What the batch needs to know of the tables is read once for the whole batch and kept up
+    to date as it goes: each origin's high-water mark and chain (written back once, by
+    ``record_origins``), which origins have entries waiting, each key's live version
+    (until an entry changes it), and which keys have no entry yet (so an entry of such a key
+    is the newest of its key without asking)."""
 
     def __init__(
-        self, replica: Replica, repl: ReplicationTables, txn: WriteTxn, peer: str, now: int,
-        sink: RevisionSink, result: MergeResult,
+        self, replica: Replica, repl: ReplicationTables, txn: WriteTxn, req: MergeRequest,
+        now: int, sink: RevisionSink, result: MergeResult, each_guarded: bool,
     ) -> None:
         self._replica, self._repl, self._txn, self._sink = replica, repl, txn, sink
-        self._peer, self._now, self._result = peer, now, result
+        self._peer, self._now, self._result = req.peer, now, result
+        self._req = req
+        self._batch: dict[tuple[str, int], Entry] | None = None  # by (origin, seq), for proofs
+        self._each_guarded = each_guarded
         self.newest_hlc = 0  # the newest stamp applied
         self._forked = repl.forked()
-        self._heads: dict[str, bytes] = {}  # each origin's chain as this batch extends it
         # Keys with entries that arrived late (stamped before an entry the key holds), with
         # those entries: each such key is folded again once, when the batch has arrived.
         self._late: dict[bytes, list[tuple[Entry, int]]] = {}
+        self._held: dict[str, _Held] = {}  # each origin as this batch extends it
+        self._waiting = repl.pending_origins()
+        keys = {e.key for e in req.entries if e.kind == ""}
+        self._old: dict[bytes, KeyValue | None] = dict.fromkeys(keys)
+        self._old.update(repl.current_values(keys))
+        # The newest stamp of each key's entries stored by this batch, for keys that had
+        # none before it (a key missing here: ask the table).
+        self._newest: dict[bytes, Stamp | None] = dict.fromkeys(
+            keys - repl.keys_with_entries(keys))
+
+    def _origin(self, origin: str) -> _Held:
+        held = self._held.get(origin)
+        if held is None:
+            held = self._held[origin] = _Held(self._repl.high_water(origin))
+        return held
+
+    def record_origins(self) -> None:
+        for origin, held in self._held.items():
+            if held.advanced:
+                self._repl.advance_origin(origin, held.seq, held.max_hlc, held.max_skewed_hlc,
+                                          held.head)
 
     def arrive(self, entry: Entry) -> None:
         repl, result = self._repl, self._result
-        high = repl.high_water(entry.origin)
+        held = self._origin(entry.origin)
+        high = held.seq
         if entry.seq <= high:
             self._compare(entry)
             result.duplicates += 1
@@ -140,14 +203,17 @@ class _Arrivals:
                 self._refuse(entry, f"seq {entry.seq} is more than {MAX_GAP} ahead of {high} "
                                     "held here")
             elif repl.hold_pending(entry, self._peer, self._now):
+                self._waiting.add(entry.origin)
                 result.waiting += 1
             return
-        self._store(entry, self._peer)
+        self._store(entry, self._peer, held)
+        if entry.origin not in self._waiting:
+            return
         # The entries that waited for this one follow it, in order.
         seq = entry.seq
         while (waiting := repl.take_pending(entry.origin, seq + 1)) is not None:
             follower, sender = waiting
-            self._store(follower, sender)
+            self._store(follower, sender, held)
             seq += 1
 
     def _refuse(self, entry: Entry, reason: str) -> None:
@@ -159,10 +225,10 @@ class _Arrivals:
     def _compare(self, entry: Entry) -> None:
         """A signed entry under an (origin, seq) held here with other content proves that its
         origin equivocated."""
-        if not entry.sig or entry.origin == self._replica.origin:
-            return
+        if not entry.digest or entry.origin == self._replica.origin:
+            return  # an origin from before signatures: no proof possible
         held = self._repl.stored(entry.origin, entry.seq)
-        if held is None or not held.sig or message_of(held) == message_of(entry):
+        if held is None or not held.digest or message_of(held) == message_of(entry):
             return
         self._fork(held, entry)
 
@@ -171,8 +237,10 @@ class _Arrivals:
         the proof (sent on to every peer), flag the origin, and leave its entries from that
         seq on out of every fold, here as on every node that learns of it."""
         repl, origin = self._repl, other.origin
-        found = repl.add_fork(other, self._now)
-        found = repl.add_fork(held, self._now) or found
+        found = False
+        for version in (self._proven(other), held_proof(repl, held)):
+            if version is not None:
+                found = repl.add_fork(version, self._now) or found
         cut = min(self._forked.get(origin, other.seq), other.seq)
         self._forked[origin] = cut
         repl.mark_forked(origin, cut, self._now)
@@ -186,12 +254,32 @@ class _Arrivals:
                       f"{other.seq}; its entries from seq {cut} on are left out")
             self._refuse(other, reason)
 
+    def _proven(self, entry: Entry) -> Entry | None:
+        """``entry`` (from this batch) with what proves its origin wrote it when it travels
+        alone: its own signature, or the chain before it and the messages after it up to the
+        signed entry that ended its run here."""
+        if not chain_signed(entry) or entry.head_sig:
+            return entry
+        batch = self._batch
+        if batch is None:
+            places = [r.place for r in self._req.refused if r.place is not None]
+            batch = self._batch = {(e.origin, e.seq): e for e in [*self._req.entries, *places]}
+        tail = []
+        seq = entry.seq
+        while (after := batch.get((entry.origin, seq + 1))) is not None:
+            tail.append(after.message or message_of(after))
+            seq += 1
+            if after.head_sig:
+                return replace(entry, head_sig=after.head_sig, tail=b"".join(tail))
+        return None
+
     def _refold(
         self, key: bytes, late: Sequence[tuple[Entry, int]] = ()
     ) -> BaseException | None:
         """Fold ``key`` again from all its entries (``late``: the entries of this batch that
         made it necessary, whose outcome it decides); the failure, if it could not be."""
         repl, result = self._repl, self._result
+        self._old.pop(key, None)  # read it from the table from now on
 
         def again() -> None:
             old = self._txn.get(key, 0)
@@ -219,45 +307,87 @@ class _Arrivals:
                 for entry, position in late:
                     self._apply(entry, position, now=True)
 
-    def _apply(self, entry: Entry, position: int, now: bool = False) -> None:
-        """Apply a stored entry, or keep it for ``fold_late_keys`` if it is late."""
+    def _apply(
+        self, entry: Entry, position: int, now: bool = False, is_newest: bool | None = None
+    ) -> None:
+        """Apply a stored entry, or keep it for ``fold_late_keys`` if it is late
+        (``is_newest``: whether it sorts after every other entry of its key, if known)."""
         replica, repl = self._replica, self._repl
-        if not now and entry.kind == "" and replica.policy.replicates(entry.key) and (
-            entry.key in self._late or replica.is_late(repl, entry, position)
-        ):
-            self._late.setdefault(entry.key, []).append((entry, position))
-            return
-        _apply_guarded(replica, repl, self._txn, entry, position, self._sink, self._result)
+        if not now and entry.kind == "" and replica.policy.replicates(entry.key):
+            if entry.key in self._late:
+                late = True
+            elif is_newest is None:
+                late = replica.is_late(repl, entry, position)
+            else:
+                late = not is_newest
+            if late:
+                self._late.setdefault(entry.key, []).append((entry, position))
+                return
+            is_newest = True
+        if entry.key in self._old:
+            old = self._old[entry.key]
+        else:  # changed by this batch already, or not a key-value entry
+            old = None if entry.kind == AUTH else self._txn.get(entry.key, 0)
+        if _apply_guarded(replica, repl, self._txn, entry, position, self._sink, self._result,
+                          old, None if now else is_newest, self._each_guarded):
+            self._old.pop(entry.key, None)  # read it from the table from now on
 
-    def _store(self, entry: Entry, peer: str) -> None:
+    def _store(self, entry: Entry, peer: str, held: _Held) -> None:
         """Store the next entry of its origin and apply it (unless held or pruned)."""
         replica, repl, result = self._replica, self._repl, self._result
-        if entry.sig:
-            previous = self._heads.get(entry.origin) or repl.origin_head(entry.origin)
-            entry = chained(entry, previous)
-            self._heads[entry.origin] = entry.chain
+        if entry.digest:  # signed, by itself or by its origin's chain
+            entry = chained(entry, held.head or repl.origin_head(entry.origin))
+            held.head = entry.chain
+        held.seq, held.advanced = entry.seq, True
+        newest = self._newest.get(entry.key, _UNKNOWN)
+        if newest is not _UNKNOWN and (newest is None or entry.stamp > newest):
+            self._newest[entry.key] = entry.stamp
         forked = self._forked.get(entry.origin)
         if forked is not None and entry.seq >= forked:
             # Its origin equivocated before it: kept in the sequence, never folded.
             repl.insert(entry, peer, self._now, False, QUARANTINED)
+            held.max_hlc = max(held.max_hlc, entry.hlc)
             return
         if entry.pruned:
             # Only its place in the origin's sequence: stored and forwarded, never folded.
             repl.insert(entry, peer, self._now, False, "pruned")
             return
         due = replica.observe(entry)
-        held = not due and entry.kind == ""
-        position = repl.insert(entry, peer, self._now, not due, "held" if held else "applied")
+        skewed = not due and entry.kind == ""
+        position = repl.insert(entry, peer, self._now, not due, "held" if skewed else "applied")
+        if not due:
+            held.max_skewed_hlc = max(held.max_skewed_hlc, entry.hlc)
+        else:
+            held.max_hlc = max(held.max_hlc, entry.hlc)
         if position is None:
             result.duplicates += 1
             return
-        if held:
+        if skewed:
             # A far-future stamp applied now would hide every write made meanwhile.
             replica.hold(entry)
             result.held += 1
             return
         self.newest_hlc = max(self.newest_hlc, entry.hlc)
-        self._apply(entry, position)
+        # The newest of its key when every other entry of the key sorts before it (None:
+        # the tables say).
+        is_newest = None if newest is _UNKNOWN else newest is None or entry.stamp > newest
+        self._apply(entry, position, is_newest=is_newest)
+
+
+_UNKNOWN: Any = object()
+
+
+def held_proof(repl: ReplicationTables, held: Entry) -> Entry | None:
+    """A stored entry with what proves its origin wrote it when it travels alone (None: its
+    run here has no signed end, which only a run stored before signatures lacks)."""
+    if not chain_signed(held):
+        return held
+    run = repl.up_to_signed(held.origin, held.seq - 1, MAX_RUN)
+    if not run or not run[-1][1].head_sig:
+        return None
+    before = repl.chain_at(held.origin, held.seq - 1) if held.seq > 1 else NO_CHAIN
+    tail = b"".join(message_of(entry) for _, entry in run[1:])
+    return replace(held, head_sig=run[-1][1].head_sig, prev_chain=before, tail=tail)
 
 
 def release_held(
@@ -271,7 +401,8 @@ def release_held(
     for position, entry in due:
         replica.observe(entry)
         repl.set_outcome(position, "applied")
-        _apply_guarded(replica, repl, txn, entry, position, sink, result)
+        _apply_guarded(replica, repl, txn, entry, position, sink, result,
+                       txn.get(entry.key, 0), None)
     replica.min_held_hlc = repl.min_held_hlc()
     result.quarantined += replica.take_quarantined()
     return result
@@ -279,42 +410,55 @@ def release_held(
 
 def _apply_guarded(
     replica: Replica, repl: ReplicationTables, txn: WriteTxn, entry: Entry, position: int,
-    sink: RevisionSink, result: MergeResult,
-) -> None:
-    """``_apply_one``, but an entry that cannot be applied is set apart, never the end of its
-    batch (which would come again, and fail again, for ever)."""
-    failure = sink.guarded(lambda: _apply_one(replica, repl, txn, entry, position, sink, result))
+    sink: RevisionSink, result: MergeResult, old: KeyValue | None, is_newest: bool | None,
+    each_guarded: bool = True,
+) -> bool:
+    """``_apply_one``; with ``each_guarded``, an entry that cannot be applied is set apart,
+    never the end of its batch (which would come again, and fail again, for ever). Whether
+    it (may have) changed its key."""
+    changed: list[bool] = []
+
+    def apply() -> None:
+        changed.append(_apply_one(replica, repl, txn, entry, position, sink, result, old,
+                                  is_newest))
+
+    if not each_guarded:
+        apply()
+        return changed[0]
+    failure = sink.guarded(apply)
     if failure is not None:
         reason = f"applying it failed ({type(failure).__name__}: {failure})"
         quarantine(repl, entry, reason, stored=True)
         result.quarantined += 1
+        return True
+    return changed[0]
 
 
 def _apply_one(
     replica: Replica, repl: ReplicationTables, txn: WriteTxn, entry: Entry, position: int,
-    sink: RevisionSink, result: MergeResult,
-) -> None:
+    sink: RevisionSink, result: MergeResult, old: KeyValue | None, is_newest: bool | None,
+) -> bool:
     if entry.kind == AUTH:
         # A user, role or setting: the auth store merges it (no key, no revision).
         changed = sink.merge_auth(entry.key, entry.value, entry.secret)
         repl.set_outcome(position, "applied" if changed else "unchanged")
         result.applied += changed
         result.unchanged += not changed
-        return
+        return False
     if not replica.policy.replicates(entry.key):
         repl.set_outcome(position, "unchanged")  # kept and forwarded, never applied
-        return
-    old = txn.get(entry.key, 0)
-    resolved = replica.merge(repl, entry, position, old)
+        return False
+    resolved = replica.merge(repl, entry, position, old, is_newest)
     if resolved.conflict:
         result.conflicts += 1
         result.conflict_rules.append(resolved.rule)
     if not resolved.changed:
         repl.set_outcome(position, "superseded" if resolved.conflict else "unchanged")
         result.unchanged += 1
-        return
+        return False
     result.applied += 1
     sink.emit(entry.key, old, resolved.value, resolved.lease, resolved.new_incarnation)
+    return True
 
 
 async def merge(store: Store, req: MergeRequest) -> MergeResult:

@@ -28,13 +28,12 @@ from shim.config import DEFAULT_MAX_REQUEST_BYTES
 from shim.mvcc.errors import StoreError
 from shim.mvcc.store import Store
 from shim.pb import replication_pb2 as pb
-from shim.replication.admission import BadBatch, IngestLimits, admit, check_batch
+from shim.replication.admission import BadBatch, IngestLimits, admit_batch, check_batch
 from shim.replication.framing import (
     GRPC_DEFAULT_MESSAGE_BYTES,
     EntryTooLarge,
     OutOfRange,
     check_numbers,
-    cut_batch,
     message_limit,
 )
 from shim.replication.held import release_held_forever
@@ -45,6 +44,7 @@ from shim.replication.quarantine import Refusal
 from shim.replication.redial import STABLE_SECONDS, Redial
 from shim.replication.requests import MergeRequest, PeerRegistration
 from shim.replication.resolve import Replica
+from shim.replication.runs import cut_runs, signed_runs
 from shim.replication.tables import tables
 from shim.replication.vectors import Heads, PeerHolds, Teller, diverging, from_wire
 from shim.replication.vectors import to_wire as vector_to_wire
@@ -577,17 +577,20 @@ class Replicator:
                         lambda view: holds.first_lacking(tables(view), origin))
                     if first is not None:
                         cursor = min(cursor, first - 1)
-                rows, covered, high = await self._store.read(
+                rows, read_on, covered, high = await self._store.read(
                     functools.partial(_entries_after, after=cursor, holds=holds, sender=origin)
                 )
-                # Cut by encoded size to what both sides accept: the rest goes next.
-                entries, cut = cut_batch(
-                    ((ingest, to_wire(entry)) for ingest, entry in rows), BATCH_BYTES, limit
-                )
+                # Cut by encoded size to what both sides accept, after signed entries
+                # (``runs``): the rest goes next.
+                taken = cut_runs([(ingest, to_wire(entry)) for ingest, entry in rows],
+                                 BATCH_BYTES, limit)
+                sent = {ingest for ingest, _ in taken}
+                left = [ingest for ingest, _ in rows if ingest not in sent | read_on]
+                entries = [msg for _, msg in taken]
                 # Entries the peer has already move the cursor too; with nothing else to
                 # send, the next heartbeat carries it rather than a batch of its own (each
                 # batch costs the peer a durable commit).
-                cursor = cut if cut is not None else covered
+                cursor = min(left) - 1 if left else covered
                 if entries:
                     for sent in entries:
                         holds.has(sent.origin, sent.seq)
@@ -595,7 +598,7 @@ class Replicator:
                                      hlc=self._clock(), acked=state.applied)
                     await stream.send(pb.LinkMessage(batch=batch))
                     last_sent = time.monotonic()
-                    if cut is not None or cursor < high:
+                    if left or cursor < high:
                         continue  # more to catch up on
                 elif cursor < high:
                     continue  # a page of entries the peer has: read on
@@ -759,15 +762,7 @@ class Replicator:
             last, recorded = known, time.monotonic()
 
     def _admit_entries(self, wire: list[pb.Entry]) -> tuple[list[Entry], list[Refusal]]:
-        entries: list[Entry] = []
-        refused: list[Refusal] = []
-        for msg in wire:
-            admitted = admit(msg, self._replica.policy, self._limits)
-            if isinstance(admitted, Refusal):
-                refused.append(admitted)
-            else:
-                entries.append(admitted)
-        return entries, refused
+        return admit_batch(wire, self._replica.policy, self._limits)
 
 
 def add_to_server(server: grpc.aio.Server, replicator: Callable[[], Replicator | None]) -> None:
@@ -811,15 +806,18 @@ class ReplicationService:
 
 def _entries_after(
     view: object, after: int, holds: PeerHolds, sender: str
-) -> tuple[list[tuple[int, Entry]], int, int]:
-    """Up to a page of entries after position ``after`` that the peer lacks (``holds``), the
-    position the page covers up to, and the newest position."""
+) -> tuple[list[tuple[int, Entry]], set[int], int, int]:
+    """Up to a page of entries after position ``after`` that the peer lacks (``holds``), with
+    each run of an origin that signs its chain read on to a signed entry (``runs``); the
+    positions read on beyond the page, the position the page covers up to, and the newest
+    position."""
     repl = tables(view)
     high = repl.max_ingest()
     page = repl.positions_after(after, BATCH_ENTRIES)
     wanted = [ingest for ingest, origin, seq in page if holds.lacks(origin, seq, sender)]
     covered = page[-1][0] if len(page) == BATCH_ENTRIES else high
-    return repl.entries_at(wanted), covered, high
+    rows, read_on = signed_runs(repl, repl.entries_at(wanted))
+    return rows, read_on, covered, high
 
 
 def _holds(hello: pb.Hello) -> dict[str, Any]:

@@ -78,6 +78,17 @@ class Entry:
     sig: bytes = b""
     digest: bytes = b""
     chain: bytes = b""
+    # Origins that sign their chain, not each entry (``sig`` empty): the origin's signature
+    # of its chain at this entry, on the entries it signed (``signing.head_message``).
+    head_sig: bytes = b""
+    # What ``sig`` signs, or what ``chain`` takes in (``signing.message_hash``), when a check
+    # computed it already; never stored or sent.
+    message: bytes = field(default=b"", compare=False, repr=False)
+    # The origin's chain before this entry as the check computed it (from what the sender
+    # sent), and the proof that the origin wrote it when it travels alone (``tail``: message
+    # hashes up to a ``head_sig``). Kept only with an equivocation's versions.
+    prev_chain: bytes = field(default=b"", compare=False, repr=False)
+    tail: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def stamp(self) -> Stamp:

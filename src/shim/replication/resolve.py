@@ -12,13 +12,13 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from shim.backend.base import ReadView, WriteTxn, kv_from_row
 from shim.mvcc.hlc import HybridClock, wall_ms
 from shim.mvcc.replica import AuthObjects, ReplicaAnswer, ReplicaRequest, RevisionSink
 from shim.pb.kv_pb2 import KeyValue
-from shim.replication.entry_signing import signed
+from shim.replication.entry_signing import head_signature, sealed
 from shim.replication.ingest import apply_request
 from shim.replication.merge import (
     AUTH,
@@ -38,6 +38,9 @@ from shim.replication.signing import NO_CHAIN, Signer
 from shim.replication.tables import ReplicationTables, tables
 
 log = logging.getLogger(__name__)
+
+# At most this many of a write batch's entries between two signatures of the chain.
+SIGN_EVERY = 64
 
 
 class MergeRule(enum.StrEnum):
@@ -78,6 +81,7 @@ class Replica:
         self._signer = signer
         self.origin = signer.origin if signer is not None else node_id
         self.head = NO_CHAIN  # this origin's chain at ``seq``
+        self.signed_seq = 0  # the newest of this origin's entries whose chain is signed
         self._heads: dict[int, bytes] = {}  # the chain at each checkpoint's seq
         # Bumped (by the link, once the batch committed) when a fork (equivocation) is found,
         # so links send the proof on.
@@ -113,7 +117,8 @@ class Replica:
             added = self.backfill(repl, [(kv, clock.now()) for kv in current])
             for key, state, secret in auth_objects():
                 self.local_auth(txn, key, state, secret, clock.now())
-            repl.set_local(self.origin, self.seq, clock.last)
+            self._sign_head(repl)
+            repl.set_local(self.origin, self.seq, clock.last, self.head)
             if added:
                 log.info("recorded %d existing keys as replication entries", added)
 
@@ -129,13 +134,22 @@ class Replica:
     def rollback(self, mark: int) -> None:
         self.seq = mark
         self.head = self._heads.get(mark, self.head)
+        self.signed_seq = min(self.signed_seq, mark)
 
     def finish_batch(self, txn: WriteTxn, mark: int) -> None:
         # Only the batch's own mark can still be rolled back to (a failed COMMIT).
         self._heads = {mark: self._heads.get(mark, self.head)}
         if self.seq != mark:
+            self._sign_head(tables(txn))
             # Persisted apart from the entries: retention may prune the newest one.
             tables(txn).set_local(self.origin, self.seq, self.clock.last, self.head)
+
+    def _sign_head(self, repl: ReplicationTables) -> None:
+        """Sign the chain at the newest entry (one signature covers the batch's entries)."""
+        if self._signer is not None and self.signed_seq != self.seq:
+            repl.set_head_sig(self.origin, self.seq,
+                              head_signature(self._signer, self.seq, self.head))
+            self.signed_seq = self.seq
 
     def load(self, repl: ReplicationTables) -> None:
         self.seq = repl.max_seq(self.origin)
@@ -232,8 +246,14 @@ class Replica:
         self, repl: ReplicationTables, entry: Entry, value_in_log: bool = False
     ) -> None:
         if self._signer is not None:
-            entry = signed(entry, self._signer, self.head)
+            entry = sealed(entry, self.head)
             self.head = entry.chain
+            if self.seq - self.signed_seq >= SIGN_EVERY:
+                # A long write batch is signed on the way too, so no run of entries that one
+                # signature covers outgrows a batch on a link.
+                entry = replace(
+                    entry, head_sig=head_signature(self._signer, self.seq, self.head))
+                self.signed_seq = self.seq
         ingest = repl.insert(entry, None, wall_ms(entry.hlc), False, "local", value_in_log)
         assert ingest is not None, "a local sequence number was reused"
 
@@ -270,10 +290,13 @@ class Replica:
         return not _is_newest(repl, entry, ingest)
 
     def merge(
-        self, repl: ReplicationTables, entry: Entry, ingest: int, old: KeyValue | None
+        self, repl: ReplicationTables, entry: Entry, ingest: int, old: KeyValue | None,
+        is_newest: bool | None = None,
     ) -> Resolution:
+        """Apply a stored entry to its key; ``is_newest``: whether every other entry of the
+        key sorts before it, when the caller knows (None: ask the table)."""
         rules = self.policy.rules_for(entry.key)
-        if _is_newest(repl, entry, ingest):
+        if is_newest if is_newest is not None else _is_newest(repl, entry, ingest):
             try:
                 return self._step(repl, entry, old, rules)
             except Exception as exc:  # this entry must not stop its key or its link

@@ -3,15 +3,21 @@
 A node makes an Ed25519 key pair every time it starts; its origin for that run is the public
 key itself (43 characters of base64url), so the origin is self-certifying: any node verifies an
 entry of any origin, relayed or not, without a key being distributed, and no other node can
-write under it (the private key never leaves the process, not even to its database). An
-entry's signature covers a hash of everything a node keeps of it (``message_hash``): the
+write under it (the private key never leaves the process, not even to its database). What is
+signed about an entry is a hash of everything a node keeps of it (``message_hash``): the
 header (origin, seq, stamp, key, delete flag, lease, incarnations, kind) and a digest of its
 body (value, operations as sent, secret). A stub (an entry pruned by retention, or refused)
 keeps the body digest, so it still verifies.
 
-Each node also keeps, per origin, a hash chain of the entries it holds (``chain``): two nodes
-whose chains differ at the same seq hold different entries there, which only an origin that
-signs two different entries under one (origin, seq) can cause (equivocation).
+Each origin's entries form a hash chain (``chain``: each link hashes the one before and the
+entry's message). The origin signs the chain (``head_message``) at the last entry of each of
+its write batches, and every ``resolve.SIGN_EVERY`` entries within one: one signature covers
+every entry up to it, so a receiver checks a run of an origin's entries with one signature
+(``admission.admit_batch``, ``runs``). Nodes from before this signed each entry's message
+(``Entry.sig``); such entries still verify one by one.
+
+Two nodes whose chains differ at the same seq hold different entries there, which only an
+origin that signs two different histories can cause (equivocation).
 
 Origins from before signatures (a node id: 32 hex characters) are legacy: their entries carry
 no signature.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import struct
 
@@ -32,6 +39,7 @@ SIGNATURE_BYTES = 64
 DIGEST_BYTES = 32
 NO_CHAIN = bytes(DIGEST_BYTES)  # the chain before an origin's first entry
 _DOMAIN = b"shim entry 1\0"
+_HEAD_DOMAIN = b"shim head 1\0"
 
 
 def _field(data: bytes) -> bytes:
@@ -56,6 +64,12 @@ def message_hash(
     return hashlib.sha256(_DOMAIN + header + _field(key) + digest).digest()
 
 
+def head_message(origin: str, seq: int, chain_value: bytes) -> bytes:
+    """What an origin signs once for many entries: its chain at ``seq``, which commits to
+    every entry of the origin up to there."""
+    return _HEAD_DOMAIN + struct.pack(">Q", seq) + _field(origin.encode()) + chain_value
+
+
 def chain(previous: bytes, message: bytes) -> bytes:
     """An origin's chain after one more entry."""
     return hashlib.sha256(previous + message).digest()
@@ -65,7 +79,10 @@ def is_signed_origin(origin: str) -> bool:
     return len(origin) == ORIGIN_CHARS and public_key(origin) is not None
 
 
+@functools.lru_cache(maxsize=4096)
 def public_key(origin: str) -> Ed25519PublicKey | None:
+    """The key an origin is (None: not a public key); kept, since every entry of a batch
+    usually has one of a few origins."""
     try:
         raw = base64.urlsafe_b64decode(origin + "=")
     except (binascii.Error, ValueError):

@@ -8,9 +8,11 @@ holds the transaction (the writer's, or a read snapshot's).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol, cast
 
+from shim.pb.kv_pb2 import KeyValue
 from shim.replication.merge import Entry, Stamp
 
 
@@ -37,7 +39,30 @@ class ReplicationTables(Protocol):
         self, e: Entry, received_from: str | None, received_ms: int, skewed: bool, outcome: str,
         value_in_log: bool = False,
     ) -> int | None:
-        """Store an entry; its ingest position, or None when (origin, seq) is already here."""
+        """Store an entry; its ingest position, or None when (origin, seq) is already here.
+        A peer's entry (``received_from``) is the next of its origin: the caller keeps each
+        origin gapless and records how far with ``advance_origin``."""
+        ...
+
+    def advance_origin(
+        self, origin: str, seq: int, max_hlc: int, max_skewed_hlc: int, head: bytes
+    ) -> None:
+        """The origin's entries are held up to ``seq`` (chain ``head``); the newest stamps
+        among them, applied (``max_hlc``) and held apart (``max_skewed_hlc``)."""
+        ...
+
+    # A batch's lookups, one query each for the whole batch.
+
+    def current_values(self, keys: Collection[bytes]) -> dict[bytes, KeyValue]:
+        """The live version of each of ``keys`` that has one."""
+        ...
+
+    def keys_with_entries(self, keys: Collection[bytes]) -> set[bytes]:
+        """Those of ``keys`` that have a key-value entry stored here."""
+        ...
+
+    def pending_origins(self) -> set[str]:
+        """The origins with entries waiting for earlier ones."""
         ...
 
     def set_outcome(self, ingest: int, outcome: str) -> None: ...
@@ -120,6 +145,15 @@ class ReplicationTables(Protocol):
         ...
 
     def chain_at(self, origin: str, seq: int) -> bytes: ...
+
+    def set_head_sig(self, origin: str, seq: int, sig: bytes) -> None:
+        """Keep the origin's signature of its chain at ``seq`` with that entry."""
+        ...
+
+    def up_to_signed(self, origin: str, after_seq: int, limit: int) -> list[tuple[int, Entry]]:
+        """``origin``'s entries after ``after_seq`` up to the first whose chain is signed
+        (at most ``limit``), as (ingest position, entry)."""
+        ...
 
     def stored(self, origin: str, seq: int) -> Entry | None: ...
 

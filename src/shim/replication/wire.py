@@ -12,7 +12,9 @@ from shim.replication.merge import Entry
 # 4: version vectors (Hello.vector, Have), a new origin per run, gapless origins (pruned
 # entries travel as stubs), signed entries; a node speaking 3 would send duplicates, leave
 # gaps and sign nothing.
-PROTOCOL = 4
+# 5: origins sign their hash chain once for many entries (Entry.head_sig, prev_chain, tail);
+# a node speaking 4 would take such entries for forged.
+PROTOCOL = 5
 
 
 def to_wire(entry: Entry) -> pb.Entry:
@@ -20,7 +22,8 @@ def to_wire(entry: Entry) -> pb.Entry:
         origin=entry.origin, seq=entry.seq, hlc=entry.hlc, key=entry.key, deleted=entry.deleted,
         value=entry.value, lease=entry.lease, base_uid=entry.base_uid or "", uid=entry.uid or "",
         kind=entry.kind, secret=entry.secret or "", pruned=entry.pruned, sig=entry.sig,
-        digest=entry.digest if entry.pruned else b"",
+        digest=entry.digest if entry.pruned else b"", head_sig=entry.head_sig,
+        prev_chain=entry.prev_chain, tail=entry.tail,
     )
     if entry.ops is not None and not entry.pruned:
         msg.has_ops = True
