@@ -1,9 +1,11 @@
-"""How fast a node that was away catches up, on loopback: entries per second over one link.
+"""How fast a node that was away catches up, on loopback: entries per second over one link,
+and the CPU each node spends per entry.
 
-Node 1 takes ``--puts`` puts of 256 B values (one client, one put at a time) while node 2 does
-not exist; then node 2 starts, joins node 1, and the clock runs from its start until it holds
-every put (its start-up included). Compare installs in one run of the machine (same load) and
-read the ratio, not the absolute figures.
+Node 1 takes ``--puts`` puts of 256 B values (one client, one put at a time); node 2 starts
+with no link (an empty topology file) and, once it serves, is told to link to node 1 (the
+file rewritten, SIGHUP). The clock and each node's CPU (from /proc) run from then until
+node 2 holds every put. Compare installs in one run of the machine (same load, ``--order``
+both ways) and read the ratios, not the absolute figures.
 
     .venv/bin/python -m bench.catchup_rate                        # this tree's installed shim
     .venv/bin/python -m bench.catchup_rate --shim-python OTHER    # another install
@@ -22,30 +24,46 @@ from pathlib import Path
 import grpc
 
 from shim.pb import rpc_pb2, rpc_pb2_grpc
-from tests.support.replication import node_args, snapshot
+from tests.support.replication import TOKEN, node_args, reload_topology, write_topology
 from tests.support.shim_server import ShimServer
 
 PREFIX = b"/catchup/"
+VALUE = b"v" * 256
+
+
+def _count(kv: rpc_pb2_grpc.KVStub) -> int:
+    request = rpc_pb2.RangeRequest(key=PREFIX, range_end=PREFIX[:-1] + b"0", count_only=True)
+    return kv.Range(request).count
 
 
 def measure(python: str, puts: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="catchup-") as tmp:
         root = Path(tmp)
         shim_python = os.path.abspath(python)
+        topology = root / "n2-topology.json"
+        write_topology(topology)
         with ShimServer(root / "n1", extra_args=[*node_args("n1"), "--log-level=warning"],
                         python=shim_python, startup_timeout=60) as n1:
             with grpc.insecure_channel(n1.endpoint) as channel:
                 kv = rpc_pb2_grpc.KVStub(channel)
                 for i in range(puts):
-                    kv.Put(rpc_pb2.PutRequest(key=PREFIX + b"%06d" % i, value=b"v" * 256))
-            started = time.monotonic()
-            with ShimServer(root / "n2", extra_args=[*node_args("n2", joins=[n1]),
-                                                     "--log-level=warning"],
-                            python=shim_python, startup_timeout=60) as n2:
-                while len(snapshot(n2.endpoint, PREFIX)) < puts:
+                    kv.Put(rpc_pb2.PutRequest(key=PREFIX + b"%06d" % i, value=VALUE))
+            args = [*node_args("n2"), "--topology", str(topology), "--log-level=info"]
+            with ShimServer(root / "n2", extra_args=args, python=shim_python,
+                            startup_timeout=60) as n2, grpc.insecure_channel(n2.endpoint) as ch:
+                kv2 = rpc_pb2_grpc.KVStub(ch)
+                cpu1, cpu2 = n1.cpu_seconds(), n2.cpu_seconds()
+                started = time.monotonic()
+                reload_topology(n2, topology, {"url": n1.url, "token": TOKEN})
+                while _count(kv2) < puts:
                     time.sleep(0.05)
                 seconds = time.monotonic() - started
-    return {"puts": puts, "seconds": round(seconds, 2), "entries_per_s": round(puts / seconds)}
+                cpu1, cpu2 = n1.cpu_seconds() - cpu1, n2.cpu_seconds() - cpu2
+    return {
+        "puts": puts, "seconds": round(seconds, 2), "entries_per_s": round(puts / seconds),
+        "sender_cpu_us_per_entry": round(cpu1 / puts * 1e6),
+        "receiver_cpu_us_per_entry": round(cpu2 / puts * 1e6),
+    }
 
 
 def main() -> None:
