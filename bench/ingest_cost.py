@@ -96,8 +96,8 @@ async def run(puts: int, root: Path) -> dict[str, float]:
 
 def _page(view: ReadView, after: int) -> list[tuple[int, Entry]]:
     repl = tables(view)
-    rows, _ = signed_runs(repl, repl.entries_at([p for p, _, _ in
-                                                 repl.positions_after(after, BATCH)]))
+    page = repl.entries_at([p for p, _, _ in repl.positions_after(after, BATCH)])
+    rows, _ = signed_runs(repl, page, {})
     return rows
 
 

@@ -119,11 +119,15 @@ FORGED = ("forged: the signature does not verify with the origin's key (only the
 
 
 def admit_batch(
-    wire: list[pb.Entry], policy: Policy, limits: IngestLimits
+    wire: list[pb.Entry], policy: Policy, limits: IngestLimits,
+    accepted: dict[str, tuple[int, bytes]] | None = None,
 ) -> tuple[list[Entry], list[Refusal]]:
     """The entries a batch carries, or why each is refused. Entries of an origin that signs
     its chain rather than each entry are checked a run at a time (``runs``): chained from the
-    chain the run starts from up to the one signature at its end."""
+    chain the run starts from up to the one signature at its end. ``accepted``: per origin,
+    the last entry accepted on this link and the chain there (kept up to date), where a run
+    sent without the chain before it goes on from."""
+    accepted = {} if accepted is None else accepted
     results: list[Entry | Refusal | None] = [None] * len(wire)
     runs: dict[str, _Run] = {}
     for index, msg in enumerate(wire):
@@ -140,10 +144,14 @@ def admit_batch(
         if run is None or msg.prev_chain or msg.seq != run.seq + 1:
             if run is not None:
                 run.end(results, FORGED)
-            run = runs[msg.origin] = _Run(bytes(msg.prev_chain))
+            before = bytes(msg.prev_chain)
+            if not before and accepted.get(msg.origin, (0, b""))[0] == msg.seq - 1:
+                before = accepted[msg.origin][1]
+            run = runs[msg.origin] = _Run(before)
         run.add(index, msg, message, digest)
         if msg.head_sig or msg.tail:
-            run.close(results, policy, limits)
+            if run.close(results, policy, limits) and not msg.tail:
+                accepted[msg.origin] = (msg.seq, run.chain)
             if msg.tail:
                 del runs[msg.origin]  # a proof alone: nothing follows it
     for run in runs.values():
@@ -168,9 +176,14 @@ class _Run:
         self._chain = chain(self._chain, message)
         self.seq = msg.seq
 
+    @property
+    def chain(self) -> bytes:
+        return self._chain
+
     def close(self, results: list[Entry | Refusal | None], policy: Policy,
-              limits: IngestLimits) -> None:
-        """The run's open entries up to here, checked against the signature of the last."""
+              limits: IngestLimits) -> bool:
+        """The run's open entries up to here, checked against the signature of the last;
+        whether it verified."""
         index, last, *_ = self._open[-1]
         head, seq = self._chain, last.seq
         tail = bytes(last.tail)
@@ -182,7 +195,7 @@ class _Run:
         if self.broken or seq > MAX_NUMBER or not verifies(
                 last.origin, head_message(last.origin, seq, head), last.head_sig):
             self.end(results, FORGED)
-            return
+            return False
         for index, msg, message, digest, before in self._open:
             ends = msg is last
             place = Entry(
@@ -197,6 +210,7 @@ class _Run:
             except _Refused as exc:
                 results[index] = _refusal(msg, str(exc), place)
         self._open = []
+        return True
 
     def end(self, results: list[Entry | Refusal | None], reason: str) -> None:
         """Refuse the run's open entries: no valid signature covers them."""

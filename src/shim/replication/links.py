@@ -237,6 +237,10 @@ class LinkState:
     teller: Teller = field(default_factory=Teller)
     # Set to make this link's sender look again (entries committed, or the peer's Have).
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Runs (``runs``): per origin, the last entry this side sent on this link, and the last
+    # one it accepted with the chain there: a run that goes on from it needs no chain sent.
+    sent_runs: dict[str, int] = field(default_factory=dict)
+    received_runs: dict[str, tuple[int, bytes]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -578,7 +582,8 @@ class Replicator:
                     if first is not None:
                         cursor = min(cursor, first - 1)
                 rows, read_on, covered, high = await self._store.read(
-                    functools.partial(_entries_after, after=cursor, holds=holds, sender=origin)
+                    functools.partial(_entries_after, after=cursor, holds=holds, sender=origin,
+                                      sent=state.sent_runs)
                 )
                 # Cut by encoded size to what both sides accept, after signed entries
                 # (``runs``): the rest goes next.
@@ -587,6 +592,8 @@ class Replicator:
                 sent = {ingest for ingest, _ in taken}
                 left = [ingest for ingest, _ in rows if ingest not in sent | read_on]
                 entries = [msg for _, msg in taken]
+                for msg in entries:
+                    state.sent_runs[msg.origin] = msg.seq
                 # Entries the peer has already move the cursor too; with nothing else to
                 # send, the next heartbeat carries it rather than a batch of its own (each
                 # batch costs the peer a durable commit).
@@ -683,13 +690,13 @@ class Replicator:
                     raise LinkRefused(f"node {state.peer} sent a bad batch: {exc}") from exc
                 for sent in batch.entries:  # the peer holds what it sends: never send it back
                     state.holds.has(sent.origin, sent.seq)
-                await inbox.put(await self._checked(batch, receive))
+                await inbox.put(await self._checked(batch, receive, state))
         except Exception as exc:  # raised by the applier, after what arrived before it
             await inbox.put(exc)
             return
         await inbox.put(None)
 
-    async def _checked(self, batch: pb.Batch, receive: bool) -> _Arrived:
+    async def _checked(self, batch: pb.Batch, receive: bool, state: LinkState) -> _Arrived:
         """The batch with its entries checked (``admission.admit``). Checking signatures takes
         CPU (about 100 us an entry, with the GIL released): in a thread, while the applier
         merges the batches before it, so on two cores the check and the merge overlap."""
@@ -698,7 +705,9 @@ class Replicator:
         if self._limits.unsigned_before is None:
             bound = await self._store.read(lambda view: tables(view).unsigned_before())
             self._limits = dataclasses.replace(self._limits, unsigned_before=bound)
-        entries, refused = await asyncio.to_thread(self._admit_entries, list(batch.entries))
+        entries, refused = await asyncio.to_thread(
+            admit_batch, list(batch.entries), self._replica.policy, self._limits,
+            state.received_runs)
         return _Arrived(batch, entries, refused)
 
     async def _apply(
@@ -761,9 +770,6 @@ class Replicator:
             state.applied, state.peer_high = cursor, high
             last, recorded = known, time.monotonic()
 
-    def _admit_entries(self, wire: list[pb.Entry]) -> tuple[list[Entry], list[Refusal]]:
-        return admit_batch(wire, self._replica.policy, self._limits)
-
 
 def add_to_server(server: grpc.aio.Server, replicator: Callable[[], Replicator | None]) -> None:
     """Serve Link on ``server``. Requests arrive as bytes (decoded by _Stream), so bytes that
@@ -805,7 +811,7 @@ class ReplicationService:
 
 
 def _entries_after(
-    view: object, after: int, holds: PeerHolds, sender: str
+    view: object, after: int, holds: PeerHolds, sender: str, sent: dict[str, int]
 ) -> tuple[list[tuple[int, Entry]], set[int], int, int]:
     """Up to a page of entries after position ``after`` that the peer lacks (``holds``), with
     each run of an origin that signs its chain read on to a signed entry (``runs``); the
@@ -816,7 +822,7 @@ def _entries_after(
     page = repl.positions_after(after, BATCH_ENTRIES)
     wanted = [ingest for ingest, origin, seq in page if holds.lacks(origin, seq, sender)]
     covered = page[-1][0] if len(page) == BATCH_ENTRIES else high
-    rows, read_on = signed_runs(repl, repl.entries_at(wanted))
+    rows, read_on = signed_runs(repl, repl.entries_at(wanted), sent)
     return rows, read_on, covered, high
 
 

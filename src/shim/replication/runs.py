@@ -38,15 +38,16 @@ def chain_signed(entry: Entry) -> bool:
 
 
 def signed_runs(
-    repl: ReplicationTables, rows: list[tuple[int, Entry]]
+    repl: ReplicationTables, rows: list[tuple[int, Entry]], sent: dict[str, int]
 ) -> tuple[list[tuple[int, Entry]], set[int]]:
-    """``rows`` (ingest position, entry) with each chain-signed run starting with the chain
-    before it and ending at a signed entry (the entries up to it read on and placed after
-    the run's end), and the positions of the entries read on."""
+    """``rows`` (ingest position, entry) with each chain-signed run ending at a signed entry
+    (the entries up to it read on and placed after the run's end) and starting with the chain
+    before it, unless it goes on from the last entry of its origin sent on this link
+    (``sent``: the receiver chains from there); and the positions of the entries read on."""
     held = {(e.origin, e.seq) for _, e in rows}
     out: list[tuple[int, Entry]] = []
     added: set[int] = set()
-    previous: dict[str, int] = {}  # each origin's last seq placed so far
+    previous = dict(sent)  # each origin's last seq placed so far
     for ingest, entry in rows:
         if not chain_signed(entry):
             out.append((ingest, entry))
