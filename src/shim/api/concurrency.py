@@ -156,16 +156,18 @@ class Recipes:
 
         async def events() -> AsyncIterator[tuple[ResponseHeader, Event]]:
             while True:
-                item = await stream.queue.get()
-                if item is None:
+                items = await stream.next_responses()
+                if items is None:
                     raise StoreClosedError()  # the server is stopping
-                resp = (
-                    rpc_pb2.WatchResponse.FromString(item) if isinstance(item, bytes) else item
-                )
-                if resp.canceled:
-                    raise CompactedError()  # the only reason the hub cancels a watcher
-                for event in resp.events:
-                    yield resp.header, event
+                for item in items:
+                    resp = (
+                        rpc_pb2.WatchResponse.FromString(item) if isinstance(item, bytes)
+                        else item
+                    )
+                    if resp.canceled:
+                        raise CompactedError()  # the only reason the hub cancels a watcher
+                    for event in resp.events:
+                        yield resp.header, event
 
         try:
             yield events()

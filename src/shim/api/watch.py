@@ -49,8 +49,9 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
             # None ends the stream: the server is shutting down, or the client sent something
             # that broke its request side. A client that only half-closes keeps receiving,
             # as with etcd.
-            while (resp := await stream.queue.get()) is not None:
-                yield resp
+            while (responses := await stream.next_responses()) is not None:
+                for resp in responses:
+                    yield resp
         finally:
             self._hub.close_stream(stream)
             await cancel_and_wait(reader)
@@ -79,7 +80,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
             raise
         except Exception as exc:
             log.debug("watch stream request side failed: %s", exc)
-            stream.queue.put_nowait(None)
+            stream.end()
 
     async def _refusal(
         self, req: rpc_pb2.WatchCreateRequest, context: grpc.aio.ServicerContext

@@ -11,9 +11,10 @@ other writers share the database. A watcher is either
   hub's revision and becomes synced again.
 
 A watcher never receives a revision below its ``next_revision``, so the seam between catch-up
-and live delivery has neither gap nor duplicate. Sending never blocks: a stream whose queue is
+and live delivery has neither gap nor duplicate. Sending never blocks: a stream whose outbox is
 full makes its watchers unsynced instead, so a stalled client costs bounded memory and never
-slows writers or other watchers. This is etcd's synced/unsynced/victim design.
+slows writers or other watchers. This is etcd's synced/unsynced/victim design. A stream that
+is merely slow sends each watcher's waiting revisions together (``watch_outbox``).
 """
 
 from __future__ import annotations
@@ -29,14 +30,19 @@ from shim.mvcc.events import Revision
 from shim.mvcc.keys import in_range
 from shim.mvcc.log_reads import CATCH_UP_ROWS, ReadEntries
 from shim.mvcc.sequencer import RevisionSequencer
+from shim.mvcc.watch_outbox import Outbox
 from shim.mvcc.watch_wire import EncodedEvent
 from shim.pb.rpc_pb2 import WatchCreateRequest, WatchResponse
 from shim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-# How many responses a stream may hold before its watchers fall back to catching up.
+# How many responses, and how many bytes of events, a stream may hold before its watchers
+# fall back to catching up from the log.
 STREAM_QUEUE_LIMIT = 1024
+STREAM_BYTES_LIMIT = 64 * 1024 * 1024
+# Encoded response headers kept (by revision) for the streams that take their batches late.
+HEADER_CACHE = 64
 
 EMPTY_RANGE = "mvcc: watcher range is empty"
 DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
@@ -68,21 +74,29 @@ class Watcher:
 
 @dataclass(eq=False)
 class WatchStream:
-    """The watchers of one gRPC Watch stream and the queue of responses it has to send."""
+    """The watchers of one gRPC Watch stream and the responses it has to send."""
 
     hub: WatchHub
-    # Responses as messages (control) or as encoded bytes (events); None ends the stream.
-    queue: asyncio.Queue[WatchResponse | bytes | None] = field(default_factory=asyncio.Queue)
+    outbox: Outbox
     watchers: dict[int, Watcher] = field(default_factory=dict)
     _next_id: int = 0
     progress_requested: bool = False
     closed: bool = False
 
     def has_room(self) -> bool:
-        return self.queue.qsize() < STREAM_QUEUE_LIMIT
+        return self.outbox.has_room()
 
-    def send(self, resp: WatchResponse | bytes) -> None:
-        self.queue.put_nowait(resp)
+    def send(self, resp: WatchResponse) -> None:
+        self.outbox.control(resp)
+
+    async def next_responses(self) -> list[WatchResponse | bytes] | None:
+        """What to send next, in order (a response, or the parts of a fragmented one);
+        None ends the stream."""
+        return await self.outbox.take()
+
+    def end(self) -> None:
+        """Finish the stream once what is queued is sent."""
+        self.outbox.end()
 
     def all_synced(self) -> bool:
         return all(w.synced or w.dead for w in self.watchers.values())
@@ -124,6 +138,7 @@ class WatchHub:
         self._streams: set[WatchStream] = set()
         # Puts commits in revision order when other writers share the database.
         self._sequencer = RevisionSequencer(self._publish, lambda: self.revision, read_entries)
+        self._headers: dict[int, bytes] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -145,7 +160,10 @@ class WatchHub:
             self.notify_progress()
 
     def open_stream(self) -> WatchStream:
-        stream = WatchStream(hub=self)
+        outbox = Outbox(
+            self._header, self._max_response_bytes, STREAM_QUEUE_LIMIT, STREAM_BYTES_LIMIT
+        )
+        stream = WatchStream(hub=self, outbox=outbox)
         self._streams.add(stream)
         return stream
 
@@ -155,7 +173,7 @@ class WatchHub:
     def end_all_streams(self) -> None:
         """Tell every open stream to finish (server shutdown)."""
         for stream in self._streams:
-            stream.queue.put_nowait(None)
+            stream.end()
 
     def close_stream(self, stream: WatchStream) -> None:
         self._streams.discard(stream)
@@ -263,33 +281,51 @@ class WatchHub:
         self._sequencer.on_external_commit(revision)
 
     def _publish(self, revisions: list[Revision]) -> None:
-        """Fan committed revisions out to synced watchers (strictly in order). Like etcd, a
-        synced watcher gets one response per revision, headed with that revision. Each event
-        is encoded once, however many watchers receive it."""
+        """Fan committed revisions out to synced watchers (strictly in order). Each event is
+        encoded once, however many watchers receive it; a watcher's events of one revision
+        go to its stream's outbox together, which joins them to that watcher's events still
+        waiting there (a stream that fell behind), or queues them as a response of their
+        own."""
+        queued = 0
         for rev in revisions:
-            self.revision = rev.revision
+            revision = rev.revision
+            self.revision = revision
             batches: dict[Watcher, list[bytes]] = {}
             for change in rev.changes:
                 encoded: EncodedEvent | None = None
+                deleted = change.deleted
                 for watcher in self._interested(change.kv.key):
-                    if not watcher.synced or rev.revision < watcher.next_revision:
+                    if not watcher.synced or revision < watcher.next_revision:
                         continue
-                    if watcher.no_delete if change.deleted else watcher.no_put:
+                    if watcher.no_delete if deleted else watcher.no_put:
                         continue
                     if encoded is None:
                         encoded = EncodedEvent.of_change(change)
-                    batches.setdefault(watcher, []).append(encoded.get(watcher.prev_kv))
-            if batches:
-                header = self._header(rev.revision)
-                for watcher, events in batches.items():
-                    self._deliver(watcher, events, header, rev.revision)
+                    event = encoded.get(watcher.prev_kv)
+                    events = batches.get(watcher)
+                    if events is None:
+                        batches[watcher] = [event]
+                    else:
+                        events.append(event)
+            for watcher, events in batches.items():
+                queued += self._deliver(watcher, events, revision)
+        if queued:
+            metrics.WATCH_EVENTS_SENT.inc(queued)
         for stream in list(self._progress_waiting):
             self._maybe_send_progress(stream)
 
     def _header(self, revision: int) -> bytes:
-        shell = WatchResponse()
-        self._fill_header(shell, revision)
-        return wire.header_field(shell.header.SerializeToString())
+        """A response header at ``revision`` as WatchResponse field 1 (the streams of one
+        fan-out share a few revisions' headers)."""
+        header = self._headers.get(revision)
+        if header is None:
+            if len(self._headers) >= HEADER_CACHE:
+                self._headers.clear()
+            shell = WatchResponse()
+            self._fill_header(shell, revision)
+            header = wire.header_field(shell.header.SerializeToString())
+            self._headers[revision] = header
+        return header
 
     def _all_synced(self) -> list[Watcher]:
         out: list[Watcher] = [w for group in self._by_key.values() for w in group if w.synced]
@@ -301,28 +337,16 @@ class WatchHub:
         found.extend(w for w in self._ranges if w.matches(key))
         return found
 
-    def _deliver(
-        self, watcher: Watcher, events: list[bytes], header: bytes, revision: int
-    ) -> None:
-        """Queue one revision's events for a synced watcher, or make it catch up from that
-        revision if its stream is full."""
-        stream = watcher.stream
-        if not stream.has_room():
-            watcher.next_revision = revision
-            self._mark_unsynced(watcher)
-            return
-        self._send_events(watcher, events, header)
-        watcher.next_revision = revision + 1
-
-    def _send_events(self, watcher: Watcher, events: list[bytes], header: bytes) -> None:
-        metrics.WATCH_EVENTS_SENT.inc(len(events))
-        if watcher.fragment:
-            parts = wire.split_fragments(header, watcher.id, events, self._max_response_bytes)
-        else:
-            parts = [wire.response(header, watcher.id, events)]
-        for part in parts:
-            watcher.stream.send(part)
-        watcher.sent_since_progress = True
+    def _deliver(self, watcher: Watcher, events: list[bytes], revision: int) -> int:
+        """Queue one revision's events for a synced watcher (how many were queued), or make
+        it catch up from that revision if its stream is full."""
+        if watcher.stream.outbox.events(watcher.id, watcher.fragment, events, revision):
+            watcher.next_revision = revision + 1
+            watcher.sent_since_progress = True
+            return len(events)
+        watcher.next_revision = revision
+        self._mark_unsynced(watcher)
+        return 0
 
     def _maybe_send_progress(self, stream: WatchStream) -> None:
         """Answer a RequestProgress once every watcher of the stream has been sent everything
@@ -404,7 +428,12 @@ class WatchHub:
             and not (watcher.no_delete if entry.deleted else watcher.no_put)
         ]
         if events:
-            self._send_events(watcher, events, self._header(max(reached, self.revision)))
+            # Headed with the hub's revision, as etcd heads a catching-up watcher's batch.
+            watcher.stream.outbox.events(
+                watcher.id, watcher.fragment, events, max(reached, self.revision), always=True
+            )
+            watcher.sent_since_progress = True
+            metrics.WATCH_EVENTS_SENT.inc(len(events))
         watcher.next_revision = max(watcher.next_revision, reached + 1)
         if watcher.next_revision > self.revision:
             # Caught up: from here on it gets revisions as they are published.
