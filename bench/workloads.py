@@ -31,6 +31,7 @@ class Sizes:
     watch_latency_total: int
     watch_latency_w100_total: int  # puts; each one is an event for 100 watchers
     watch_put_total: int
+    watch_hotkey_put_total: int  # puts; each one is an event for 1,000 watchers
     tool_timeout: float
     mix_seconds: float
     mix_objects_per_worker: int
@@ -42,13 +43,13 @@ class Sizes:
 
 FULL = Sizes(
     c1_total=20_000, many_total=50_000, watch_latency_total=5_000,
-    watch_latency_w100_total=2_000, watch_put_total=5_000,
+    watch_latency_w100_total=2_000, watch_put_total=5_000, watch_hotkey_put_total=500,
     tool_timeout=300, mix_seconds=20, mix_objects_per_worker=250, list_objects=10_000,
     list_iterations=10, list_max_seconds=60, footprint_keys=100_000,
 )
 QUICK = Sizes(
     c1_total=1_000, many_total=3_000, watch_latency_total=1_000,
-    watch_latency_w100_total=600, watch_put_total=500,
+    watch_latency_w100_total=600, watch_put_total=500, watch_hotkey_put_total=100,
     tool_timeout=90, mix_seconds=5, mix_objects_per_worker=100, list_objects=10_000,
     list_iterations=3, list_max_seconds=15, footprint_keys=10_000,
 )
@@ -88,13 +89,13 @@ def tool_workloads(sizes: Sizes) -> list[ToolWorkload]:
         "watch_latency",
         (*conns[1], "watch-latency", "--put-rate=500", f"--total={sizes.watch_latency_total}",
          "--key-size=32", "--val-size=256"),
-        NO_BARE, _one("watch_latency", "watch latency (put ack → event), 500 puts/s"),
+        ALL, _one("watch_latency", "watch latency (put ack → event), 500 puts/s"),
     ))
     work.append(ToolWorkload(
         "watch_latency_w100",
         (*conns[100], "watch-latency", "--put-rate=200",
          f"--total={sizes.watch_latency_w100_total}", "--key-size=32", "--val-size=256"),
-        NO_BARE,
+        ALL,
         _one("watch_latency_w100", "watch latency (put ack → event), 100 watchers, 200 puts/s"),
     ))
     work.append(ToolWorkload(
@@ -102,10 +103,21 @@ def tool_workloads(sizes: Sizes) -> list[ToolWorkload]:
         ("--conns=10", "--clients=10", "watch", "--streams=10", "--watch-per-stream=100",
          "--watched-key-total=100", f"--put-total={sizes.watch_put_total}", "--put-rate=100000",
          "--key-size=32", "--key-space-size=100000", "--sequential-keys"),
-        NO_BARE,
+        ALL,
         (("watch_fanout_events", "watch fan-out: events received (events/s)",
           "Watch events received"),
          ("watch_fanout_create", "watch fan-out: create 1000 watchers", "Watch creation")),
+    ))
+    # The same 1,000 watchers on one key: every put is an event for each of them, so streams
+    # fall behind and a watcher's waiting revisions travel together.
+    work.append(ToolWorkload(
+        "watch_hotkey",
+        ("--conns=10", "--clients=10", "watch", "--streams=10", "--watch-per-stream=100",
+         "--watched-key-total=1", f"--put-total={sizes.watch_hotkey_put_total}",
+         "--put-rate=100000", "--key-size=32", "--key-space-size=100000", "--sequential-keys"),
+        ALL,
+        (("watch_hotkey_events", "watch fan-out, 1000 watchers of one key: events received "
+          "(events/s)", "Watch events received"),),
     ))
     return work
 
