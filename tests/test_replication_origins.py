@@ -331,12 +331,7 @@ def test_the_proof_of_an_equivocation_reaches_a_node_that_saw_one_version(
         to_n1.send(to_n1.entry(b"/proof/k", b"told n1", seq=1))
         wait_converged([n1, n3], prefix=b"/proof/", expect=lambda s: len(s) == 1)
         to_n2.send(to_n2.entry(b"/proof/k", b"told n2", seq=1))
-        for node in (n1, n2, n3):
-            wait_for(lambda node=node: [o["origin"] for o in
-                                        status(node)["origins"]["equivocating"]],
-                     lambda flagged: flagged == [to_n1.origin], f"{node.name} to flag it")
-        final = wait_converged([n1, n2, n3], prefix=b"/proof/")
-        assert final == {}
+        _wait_all_flag([n1, n2, n3], to_n1.origin)
 
 
 def test_a_run_signed_once_applies_whole_and_a_forged_run_is_refused_whole(
@@ -397,9 +392,12 @@ def test_an_equivocation_under_signed_runs_is_proven_to_a_node_that_saw_one_vers
             msg.hlc = same.hlc
         to_n2.sign_run(*told_n2)
         to_n2.send(*told_n2)
-        for node in (n1, n2, n3):
-            wait_for(lambda node=node: [o["origin"] for o in
-                                        status(node)["origins"]["equivocating"]],
-                     lambda flagged: flagged == [to_n1.origin], f"{node.name} to flag it")
-        final = wait_converged([n1, n2, n3], prefix=b"/proof/")
-        assert final == {}
+        _wait_all_flag([n1, n2, n3], to_n1.origin)
+
+
+def _wait_all_flag(nodes: list[ShimServer], origin: str) -> None:
+    """Every node flags ``origin`` as equivocating, and they converge without its keys."""
+    for node in nodes:
+        wait_for(lambda node=node: [o["origin"] for o in status(node)["origins"]["equivocating"]],
+                 lambda flagged: flagged == [origin], f"{node.name} to flag it")
+    assert wait_converged(nodes, prefix=b"/proof/") == {}

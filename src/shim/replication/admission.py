@@ -252,12 +252,7 @@ def _verified_place(msg: pb.Entry, limits: IngestLimits) -> Entry:
     verifies: only the origin's key signs under its origin. An origin without a key is from
     before signatures: its entries carry none (ingest admits them only stamped before)."""
     if is_signed_origin(msg.origin):
-        if msg.pruned and len(msg.digest) != DIGEST_BYTES:
-            raise _Refused(f"a pruned entry carries a body digest of {DIGEST_BYTES} bytes")
-        digest = bytes(msg.digest) if msg.pruned else body_digest(
-            msg.value, msg.ops if msg.has_ops else None, msg.secret or None)
-        message = message_hash(msg.origin, msg.seq, msg.hlc, msg.key, msg.deleted, msg.lease,
-                               msg.base_uid or None, msg.uid or None, msg.kind, digest)
+        message, digest = _message(msg)
         if not verifies(msg.origin, message, msg.sig):
             raise _Refused(FORGED)
         sig = bytes(msg.sig)
