@@ -248,11 +248,22 @@ def _partition(s3: dict[str, Any] | None) -> list[str]:
                   if ups else "")
                + (f"; etcd's leader after the heal: {r['etcd_leader_after']}"
                   if r.get("etcd_leader_after") else ""),
+               *_heal_timeline(r.get("heal_timeline")),
                f"- shared Pods edited on both sides during the cut: "
                f"{merge.get('both_edited')}, with both sides' last edits kept after the heal: "
                f"{merge.get('both_kept')}; Pods missing an acknowledged edit (any time): "
                f"{merge.get('missing_an_edit') or 'none'}", ""]
     return md
+
+
+def _heal_timeline(t: dict[str, Any] | None) -> list[str]:
+    """One line: per node, the entries from across the cut and when the first and the last
+    of them were held (seconds after the heal)."""
+    if not t:
+        return []
+    parts = [f"{name} {n['entries_from_across']} entries at {fmt_num(n['first_s'], 2)}"
+             f"-{fmt_num(n['last_s'], 2)} s" for name, n in t["nodes"].items()]
+    return [f"- after the heal, entries from across the cut: {'; '.join(parts)}"]
 
 
 def _flow(s4: dict[str, Any] | None) -> list[str]:

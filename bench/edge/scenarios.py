@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.edge.client import POD_PREFIX
+from bench.edge.heal import HealWatch, node_id
 from bench.edge.lab import Cluster, EdgeLab, Pollers, say
 from bench.model import percentile
 from bench.replication.netlab import WireCounters, delta, entry_sizes, link_bytes
@@ -247,6 +248,7 @@ def partition(ctx: Context, cluster: Cluster) -> dict[str, Any]:
     time.sleep(max(0.0, cut + sizes.partition_seconds - time.monotonic()))
     lab.net.heal()
     healed, healed_wall = time.monotonic(), time.time()
+    watch = _heal_watch(dbs, [prefix.encode(), POD_PREFIX], healed) if dbs else None
     say(f"  healed after {healed - cut:.1f} s")
     outs = {h: w.result(duration + 60) for h, w in writers.items()}
     failures = [o["failure"] for o in outs.values() if "failure" in o]
@@ -255,6 +257,8 @@ def partition(ctx: Context, cluster: Cluster) -> dict[str, Any]:
         result["failure"] = "; ".join(failures)
         if pollers:
             pollers.stop()
+        if watch:
+            watch.close()
         return result
     # Per side, the writes due while the cut lasted: accepted share and latency.
     sides = {"h1+h2 (majority)": [1, 2], "h3 (cut off)": [3]}
@@ -286,8 +290,9 @@ def partition(ctx: Context, cluster: Cluster) -> dict[str, Any]:
         pollers.stop()
         converged = None if converged_at is None else converged_at - healed
     else:
-        converged = _shim_identical(dbs, [prefix.encode(), POD_PREFIX], outs, healed,
-                                    sizes.converge_timeout)
+        assert watch is not None
+        converged = watch.identical(_acked_own(outs), sizes.converge_timeout)
+        result["heal_timeline"] = watch.timeline([f"h{db.node.host_index}" for db in dbs])
     result["identical_after_heal_s"] = converged
     node3 = cluster.servers[3]
     if isinstance(node3, NetnsShimNode):  # when host 3's links (it dials 1 and 2) came back
@@ -327,18 +332,16 @@ def _timeline(outs: dict[int, dict[str, Any]], cut: float, healed: float,
             "cut_until_s": healed - start_at}
 
 
-def _shim_identical(dbs: list[NodeDb], prefixes: list[bytes], outs: dict[int, dict[str, Any]],
-                    healed: float, timeout: float) -> float | None:
-    """Seconds from the heal until the nodes' databases hold the same keys and values under
-    ``prefixes`` (read-only, every 50 ms), every acknowledged write to an own key included."""
-    acked_own = sum(1 for o in outs.values() for r in o["records"]
-                    if r[1] is not None and r[2] == "own")
-    while time.monotonic() - healed < timeout:
-        digests = [[db.kv_digest(p) for p in prefixes] for db in dbs]
-        if all(d == digests[0] for d in digests) and digests[0][0][0] >= acked_own:
-            return time.monotonic() - healed
-        time.sleep(0.05)
-    return None
+def _acked_own(outs: dict[int, dict[str, Any]]) -> int:
+    return sum(1 for o in outs.values() for r in o["records"] if r[1] is not None and r[2] == "own")
+
+
+def _heal_watch(dbs: list[NodeDb], prefixes: list[bytes], healed: float) -> HealWatch:
+    """Host 3 was cut off from the others: each node's entries from across the cut."""
+    ids = {db.node.host_index: node_id(db) for db in dbs}
+    across = [frozenset(n for h, n in ids.items() if (h == 3) != (db.node.host_index == 3))
+              for db in dbs]
+    return HealWatch(dbs, across, prefixes, healed)
 
 
 def _merged_pods(ctx: Context, cluster: Cluster, label: str, outs: dict[int, dict[str, Any]],
