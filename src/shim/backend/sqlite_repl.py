@@ -56,7 +56,7 @@ def _entry(row: Sequence[Any]) -> Entry:
         deleted=bool(deleted),
         value=bytes(value),
         lease=int(lease),
-        ops=None if ops is None else field_ops.loads(str(ops)),
+        ops=None if ops is None else field_ops.loads_stored(str(ops)),
         base_uid=None if base_uid is None else str(base_uid),
         uid=None if uid is None else str(uid),
         kind=str(kind),

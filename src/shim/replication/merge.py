@@ -16,7 +16,6 @@ incarnation, and of two incarnations created concurrently the earlier one wins.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Iterable
@@ -39,6 +38,7 @@ from shim.replication.ops import (
     SetRemove,
 )
 from shim.replication.policy import KeyRules, Path_
+from shim.replication.trees import copy_tree
 
 Json = Any
 Stamp = tuple[int, str, int]
@@ -425,7 +425,7 @@ def step(state: KeyState, entry: Entry, rules: KeyRules) -> bool:
     ):
         _set_doc(state, decode(entry.value, rules), entry)
         return True
-    doc = copy.deepcopy(state.doc)
+    doc = copy_tree(state.doc)
     apply_ops(doc, entry.ops, rules)
     if isinstance(doc, ProtoObject) and not _encodes(doc):
         return False  # operations the object's protobuf schema cannot hold: refused
@@ -509,12 +509,12 @@ def apply_ops(doc: dict[str, Json], ops: list[Op], rules: KeyRules) -> None:
             case SetField() | DeleteField() if rules.protected_under(path):
                 _replace_keeping(doc, op, rules.protected_under(path))
             case SetField(value=value):
-                _put(doc, path, copy.deepcopy(value))
+                _put(doc, path, copy_tree(value))
             case DeleteField():
                 _delete(doc, path)
             case FirstWrite(value=value):
                 if _get(doc, path) is _MISSING:
-                    _put(doc, path, copy.deepcopy(value))
+                    _put(doc, path, copy_tree(value))
             case AddDelta(delta=delta):
                 current = _get(doc, path)
                 _put(doc, path, (current if _is_number(current) else 0) + delta)
@@ -540,7 +540,7 @@ def _replace_keeping(
     and identity fields are never changed by a later write, whatever path it names."""
     held = [(path, _get(doc, path)) for path in kept]
     if isinstance(op, SetField):
-        _put(doc, op.path, copy.deepcopy(op.value))
+        _put(doc, op.path, copy_tree(op.value))
     else:
         _delete(doc, op.path)
     for path, value in held:
@@ -561,7 +561,7 @@ def _apply_set(
         if frozen:
             return  # no additions once the rule's path is set
         if not _contains(items, element):
-            items.append(copy.deepcopy(element))
+            items.append(copy_tree(element))
     _put(doc, path, items)
 
 
@@ -576,10 +576,10 @@ def _apply_keyed(doc: dict[str, Json], path: Path_, remove: bool, key: str, arg:
         ident = arg.get(key, _MISSING)
         for i, e in enumerate(items):
             if isinstance(e, dict) and same(e.get(key, _MISSING), ident):
-                items[i] = copy.deepcopy(arg)
+                items[i] = copy_tree(arg)
                 break
         else:
-            items.append(copy.deepcopy(arg))
+            items.append(copy_tree(arg))
     _put(doc, path, items)
 
 

@@ -10,6 +10,7 @@ with the reason, so nothing downstream meets a value of the wrong shape.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -159,6 +160,15 @@ def loads(text: str | bytes) -> list[Op]:
     except (ValueError, RecursionError) as exc:
         raise BadOps(f"operations are not JSON: {exc}") from None
     return parse_ops(raw)
+
+
+@functools.lru_cache(maxsize=4096)
+def loads_stored(text: str) -> list[Op]:
+    """``loads`` of operations read back from the tables, kept for the next read: a key's
+    entries are read again at every fold of the key (a heal folds each key both sides wrote
+    once per batch), and their text is the same each time. The list is shared: not to be
+    changed (nothing changes an entry's operations)."""
+    return loads(text)
 
 
 def _no_constant(name: str) -> None:
