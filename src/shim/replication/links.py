@@ -116,11 +116,15 @@ class _Attempt:
 
 
 async def _handshake(
-    call: grpc.aio.StreamStreamCall, stream: _Stream, hello: pb.LinkMessage, timeout: float
+    channel: grpc.aio.Channel, call: grpc.aio.StreamStreamCall, stream: _Stream,
+    hello: pb.LinkMessage, timeout: float,
 ) -> pb.LinkMessage | None:
-    """Send Hello and read the answer, within ``timeout``. gRPC does not give up a write that
-    waits for a connection when cancelled (it ends when the connection attempt does, up to
-    TCP's timeout), so on time out the call itself is cancelled and the attempt abandoned."""
+    """Send Hello and read the answer. Unconnected after ``timeout``, the attempt is
+    abandoned (the peer is unreachable: a new attempt sends a new SYN at once, where TCP
+    would wait a second and more before sending it again); connected, the peer is there and
+    gets as long as a live link's silence to answer (it may be busy committing). gRPC does not
+    give up a write that waits for a connection when cancelled (it ends when the connection
+    attempt does, up to TCP's timeout), so on time out the call itself is cancelled."""
 
     async def exchange() -> pb.LinkMessage | None:
         await stream.send(hello)
@@ -128,12 +132,16 @@ async def _handshake(
 
     task = asyncio.ensure_future(exchange())
     done, _ = await asyncio.wait({task}, timeout=timeout)
+    reason = f"no connection within {timeout:.2f}s"
+    if not done and channel.get_state() is grpc.ChannelConnectivity.READY:
+        done, _ = await asyncio.wait({task}, timeout=SILENCE_SECONDS)
+        reason = f"connected, no answer within {timeout + SILENCE_SECONDS:.2f}s"
     if task in done:
         return task.result()
     call.cancel()
     task.cancel()
     task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
-    raise NoAnswer(f"no answer within {timeout:.1f}s")
+    raise NoAnswer(reason)
 
 
 def _check_numbers(what: str, **numbers: int) -> None:
@@ -241,6 +249,8 @@ class LinkState:
     # one it accepted with the chain there: a run that goes on from it needs no chain sent.
     sent_runs: dict[str, int] = field(default_factory=dict)
     received_runs: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    # The peer's registration (``Replicator._register``): awaited before the first merge.
+    registered: asyncio.Future[int] | None = None
 
 
 @dataclass(slots=True)
@@ -333,6 +343,24 @@ class Replicator:
             with contextlib.suppress(StoreError):  # status only: the link goes on without it
                 await self._store.write(status)
 
+    def _record_soon(self, status: LinkStatus | None) -> None:
+        """Record a link's state behind the link's start, not in its way (the writer may be
+        busy with a large merge); the writer applies requests in order, so a later record of
+        the same link lands after it."""
+        record = asyncio.ensure_future(self._record(status))
+        self._recording.add(record)
+        record.add_done_callback(self._recording.discard)
+
+    async def _register(self, registration: PeerRegistration) -> tuple[asyncio.Future[int], int]:
+        """Record the peer (name, address, role, origin) without waiting for the commit, and
+        read the cursor its row holds. After a heal a node's writer may be busy with one
+        link's catch-up for a while: the handshakes of its other links must not wait for
+        it. The link's first merge waits for the registration (``LinkState.registered``)."""
+        registered = asyncio.ensure_future(self._store.write_expecting(int, registration))
+        registered.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
+        row = await self._store.read(lambda view: tables(view).peer(registration.peer))
+        return registered, row.cursor if row is not None else 0
+
     async def _dial_forever(self, spec: LinkSpec) -> None:
         failures = 0
         tracker = LinkTracker(spec.url, "dial")
@@ -386,23 +414,23 @@ class Replicator:
                 started = time.monotonic()
                 # Bounded: a peer cut off by the network is tried again soon, not after
                 # TCP's connect timeout, so the link is back within a second of the heal.
-                reply = await _handshake(call, stream, hello_msg, redial.connect_timeout())
+                reply = await _handshake(channel, call, stream, hello_msg,
+                                         redial.connect_timeout())
                 redial.linked(time.monotonic() - started)
                 if reply is None or reply.WhichOneof("kind") != "hello":
                     raise LinkRefused("the peer did not answer the handshake")
                 hello = reply.hello
                 self._check_peer(hello)
-                cursor = await self._store.write_expecting(
-                    int, PeerRegistration(hello.node_id, hello.name, spec.url, "parent",
-                                          hello.origin)
-                )
+                registered, cursor = await self._register(PeerRegistration(
+                    hello.node_id, hello.name, spec.url, "parent", hello.origin))
                 await stream.send(pb.LinkMessage(start=pb.Start(cursor=cursor)))
                 state = LinkState(hello.node_id, spec.url, hello.name, spec.url,
                                   hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor,
-                                  peer_origin=hello.origin, **_holds(hello))
+                                  peer_origin=hello.origin, registered=registered,
+                                  **_holds(hello))
                 log.info("linked to %s (node %s, %s)", spec.url, hello.node_id, hello.name)
                 attempt.linked = True
-                await self._record(tracker.up(hello.node_id))
+                self._record_soon(tracker.up(hello.node_id))
                 await self._run(stream, state, send=spec.send, receive=spec.receive)
             finally:
                 call.cancel()
@@ -465,9 +493,8 @@ class Replicator:
             raise LinkRefused("bootstrap token rejected", grpc.StatusCode.PERMISSION_DENIED)
         self._check_peer(hello)
         address = context.peer()
-        cursor = await self._store.write_expecting(
-            int, PeerRegistration(hello.node_id, hello.name, address, "child", hello.origin)
-        )
+        registered, cursor = await self._register(
+            PeerRegistration(hello.node_id, hello.name, address, "child", hello.origin))
         await stream.send(pb.LinkMessage(hello=pb.Hello(
             node_id=self.node_id, name=self._name, policy_digest=self.policy_digest,
             send=hello.receive, receive=hello.send, cursor=cursor, hlc=self._clock(),
@@ -479,11 +506,11 @@ class Replicator:
         _check_numbers("Start", cursor=start.start.cursor)
         state = LinkState(hello.node_id, address, hello.name, "",
                           hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor,
-                          peer_origin=hello.origin, **_holds(hello))
+                          peer_origin=hello.origin, registered=registered, **_holds(hello))
         log.info("admitted link from %s (node %s, %s)", address, hello.node_id, hello.name)
         tracker = self._admitted_trackers.setdefault(
             hello.node_id, LinkTracker(hello.node_id, "admit"))
-        await self._record(tracker.up(hello.node_id))
+        self._record_soon(tracker.up(hello.node_id))
         reason = "the connection ended"  # gRPC cancels the call when the peer goes away
         try:
             await self._run(stream, state, send=hello.receive, receive=hello.send)
@@ -493,10 +520,7 @@ class Replicator:
             raise
         finally:
             if not self._closed:
-                # Its own task: this one may be cancelled already.
-                record = asyncio.ensure_future(self._record(tracker.down(reason)))
-                self._recording.add(record)
-                record.add_done_callback(self._recording.discard)
+                self._record_soon(tracker.down(reason))  # this task may be cancelled already
 
     # -- a live link -----------------------------------------------------------------------------
 
@@ -755,6 +779,9 @@ class Replicator:
                 known == last or since < HEARTBEAT_SECONDS
             ):
                 continue  # heartbeats with nothing new to record yet
+            if state.registered is not None:
+                await state.registered  # its failure ends the link, as it did the handshake
+                state.registered = None
             result = await merge(
                 self._store, MergeRequest(state.peer, merged, cursor, high, acked, refused)
             )

@@ -1,9 +1,12 @@
 """When a link dials again, and how long it waits for the peer to answer.
 
-A peer that cannot be reached (its packets dropped during a partition, or nothing listening)
-is tried again about once a second, each attempt bounded by a connect timeout: so a link comes
-back within about a second of the network healing, and an unreachable peer costs one
-connection attempt a second. A peer that answers but refuses, or a link that breaks once up,
+A peer that cannot be reached (its packets dropped during a partition) is tried again about
+four times a second: each attempt that has no connection after the connect timeout is
+abandoned and the next sends a new SYN at once (TCP itself would send it again only a second
+later, then 3 s...). So a link comes back within about a quarter of a second of the network
+healing, for a few SYNs a second to an unreachable peer. An attempt that is connected waits
+for the peer's answer (``links._handshake``). Nothing listening (a refused connection) is
+tried again every half second. A peer that answers but refuses, or a link that breaks once up,
 is retried with a backoff (0.1 s doubling to 3 s), back to quick once a link stayed up a while.
 """
 
@@ -17,7 +20,7 @@ RETRY_MAX_SECONDS = 3.0
 UNREACHABLE_RETRY_SECONDS = 0.5
 # The connect timeout: this, or 4x the last handshake's time on this link if that is longer
 # (a link across a slow network); doubling while a link never came up, up to MAX.
-CONNECT_MIN_SECONDS = 1.0
+CONNECT_MIN_SECONDS = 0.25
 CONNECT_MAX_SECONDS = 6.0
 # A link up this long ends a streak of failures: the next one is retried quickly.
 STABLE_SECONDS = 30.0
