@@ -14,10 +14,22 @@ from pathlib import Path
 
 import pytest
 
+from shim.auth.apply import Authorized, AuthWriter
+from shim.auth.errors import AuthError
+from shim.auth.state import NOBODY, Caller
 from shim.backend.sqlite import SqliteBackend
+from shim.mvcc.apply import Applier
 from shim.mvcc.errors import KeyNotFoundError
+from shim.mvcc.hlc import HybridClock
 from shim.mvcc.store import Store
-from shim.pb.rpc_pb2 import PutRequest, RangeRequest
+from shim.pb.auth_pb2 import UserAddOptions
+from shim.pb.rpc_pb2 import (
+    AuthEnableRequest,
+    AuthUserAddRequest,
+    AuthUserGrantRoleRequest,
+    PutRequest,
+    RangeRequest,
+)
 
 
 def run(tmp_path: Path, test: Callable[[Store, list[int]], Awaitable[None]]) -> None:
@@ -124,3 +136,49 @@ def test_a_write_cancelled_before_it_commits_leaves_the_path_as_it_was(tmp_path:
         assert not missing.kvs
 
     run(tmp_path, test)
+
+
+def test_writes_after_an_auth_change_in_the_same_batch_are_checked_against_it(
+    tmp_path: Path,
+) -> None:
+    """The writer reads the auth state once per batch for its checks: an auth write inside
+    the batch (one that commits, or one that fails and is rolled back) must be seen by the
+    checks of the writes after it, as etcd's applier sees each change before the next entry."""
+    backend = SqliteBackend(tmp_path / "state.db", synchronous="NORMAL")
+    backend.open()
+    auth = AuthWriter(backend.node_id)
+    with backend.read() as view:
+        revision = view.revision()
+    nobody_put = Authorized(PutRequest(key=b"k", value=b"v"), NOBODY)
+    root = Caller("root", 100)
+    try:
+        with backend.write() as txn:
+            applier = Applier(txn, revision, -1, HybridClock(0), {}, auth=auth)
+
+            def apply(request: object) -> object:
+                # As the Writer does: each request in a savepoint of the batch's transaction.
+                txn.savepoint()
+                try:
+                    resp = applier.apply(request)  # type: ignore[arg-type]  # the test's requests
+                except Exception:
+                    txn.rollback_savepoint()
+                    raise
+                txn.release()
+                return resp
+
+            apply(nobody_put)  # auth is off: anybody may write
+            for request in (
+                AuthUserAddRequest(name="root", options=UserAddOptions(no_password=True)),
+                AuthUserGrantRoleRequest(user="root", role="root"),
+            ):
+                apply(Authorized(request, NOBODY))
+            # A failed auth write in between changes nothing: the next put still passes.
+            with pytest.raises(AuthError):
+                apply(Authorized(AuthUserAddRequest(name="root", hashedPassword="x"), NOBODY))
+            apply(nobody_put)
+            apply(Authorized(AuthEnableRequest(), NOBODY))
+            with pytest.raises(AuthError):
+                apply(nobody_put)  # now refused, in the same transaction
+            apply(Authorized(PutRequest(key=b"k", value=b"w"), root))
+    finally:
+        backend.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from shim.backend.kv_wire import field
@@ -31,8 +32,13 @@ class Identity:
 
     def header_field(self, revision: int) -> bytes:
         """A response's header at ``revision``, encoded as its field 1."""
-        header = ResponseHeader(
-            cluster_id=self.cluster_id, member_id=self.member_id, revision=revision,
-            raft_term=RAFT_TERM,
-        )
-        return field(_HEADER, header.SerializeToString())
+        return _header_field(self.cluster_id, self.member_id, revision)
+
+
+# Reads between two commits all carry the same header: encode it once.
+@functools.lru_cache(maxsize=8)
+def _header_field(cluster_id: int, member_id: int, revision: int) -> bytes:
+    header = ResponseHeader(
+        cluster_id=cluster_id, member_id=member_id, revision=revision, raft_term=RAFT_TERM
+    )
+    return field(_HEADER, header.SerializeToString())

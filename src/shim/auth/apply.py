@@ -83,14 +83,26 @@ class AuthWriter:
     def __init__(self, node_id: str) -> None:
         self._node_id = node_id
         self._cache = AuthCache()
+        # The state checks saw in this write transaction. The auth tables change only through
+        # apply() and merge() below, which forget it, so the rest of a batch's writes skip
+        # reading the auth version again (one query per write).
+        self._checked: tuple[Any, AuthState] | None = None
 
     def state(self, txn: Any) -> AuthState:
         return self._cache.state(txn)
 
+    def _state_for_check(self, txn: Any) -> AuthState:
+        checked = self._checked
+        if checked is not None and checked[0] is txn:  # the reference keeps txn's id unique
+            return checked[1]
+        state = self.state(txn)
+        self._checked = (txn, state)
+        return state
+
     # -- checks of key-value writes (etcd's authApplierV3) -------------------------------------
 
     def check(self, txn: Any, request: Any, caller: Caller) -> None:
-        state = self.state(txn)
+        state = self._state_for_check(txn)
         if not state.enabled:
             return
         if isinstance(request, pb.PutRequest):
@@ -119,16 +131,20 @@ class AuthWriter:
         """Apply an auth write for ``caller`` (the root role is needed once auth is on); its
         response, without the header's revision. ``record`` is told of every object the
         write changed (replication records it as an entry)."""
-        state = self.state(txn)
-        state.check_admin(caller)
-        change = _Change(txn.auth, state, (hlc, self._node_id))
-        handler = _HANDLERS[type(request)]
-        response: AuthWriteResponse = handler(change, request)
-        change.finish()
-        if record is not None:
-            for key, value, secret in change.written:
-                record(key, value, secret)
-        return response
+        self._checked = None  # also if it fails: its savepoint may have written some of it
+        try:
+            state = self.state(txn)
+            state.check_admin(caller)
+            change = _Change(txn.auth, state, (hlc, self._node_id))
+            handler = _HANDLERS[type(request)]
+            response: AuthWriteResponse = handler(change, request)
+            change.finish()
+            if record is not None:
+                for key, value, secret in change.written:
+                    record(key, value, secret)
+            return response
+        finally:
+            self._checked = None
 
     def objects(self, txn: Any) -> list[tuple[bytes, bytes, str | None]]:
         """Every live user and role and the replicated setting, as the (key, state, secret)
@@ -154,6 +170,7 @@ class AuthWriter:
     def merge(self, txn: Any, key: bytes, value: bytes, secret: str | None) -> bool:
         """Merge a peer's version of an auth object (a replication entry) into ours; whether
         that changed anything (then the auth revision moves, as with any change)."""
+        self._checked = None
         tables: AuthTables = txn.auth
         kind, _, raw_name = key.partition(b"/")
         merge = _MERGES.get(kind)

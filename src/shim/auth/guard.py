@@ -92,6 +92,17 @@ class Guard:
         self.tokens = tokens
         self._client_cert_auth = client_cert_auth
 
+    def unchecked(self, rule: Rule, context: Any) -> Caller | None:
+        """NOBODY where ``rule`` needs nothing read (no credentials sent to an OPEN or CALLER
+        method), else None: ``require`` finds the caller. Saves a read on most requests."""
+        if rule is Rule.OPEN:
+            return NOBODY
+        if rule is Rule.CALLER:
+            token, certificate_user = self._credentials(context)
+            if token is None and certificate_user is None:
+                return NOBODY
+        return None
+
     async def require(self, rule: Rule, context: Any) -> Caller:
         """The caller of this request, once ``rule`` is satisfied."""
         if rule is Rule.OPEN:
@@ -200,7 +211,11 @@ def permission(
         async def checked(self: Guarded, request: Any, context: Any) -> Any:
             if validate is not None:
                 validate(request)
-            caller = await self.guard.require(rule, context)
+            caller = self.guard.unchecked(rule, context)
+            if caller is None:
+                caller = await self.guard.require(rule, context)
+            if caller is _current.get():
+                return await method(self, request, context)  # nobody, as it already is
             with acting_as(caller):
                 return await method(self, request, context)
 

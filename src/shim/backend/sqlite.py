@@ -182,6 +182,28 @@ class SqliteView:
 
 
 _HASH_ROWS_SQL = hash_rows_sql(_sqlite_param)
+# What nearly every read asks of meta, in one query (a read snapshot never changes them).
+_SNAPSHOT_META = ("revision", "compact_revision", "auth_version")
+_SNAPSHOT_META_SQL = (
+    f"SELECT name, value FROM meta WHERE name IN ({', '.join(map(repr, _SNAPSHOT_META))})"
+)
+
+
+class SqliteReadView(SqliteView):
+    """A read transaction's view: meta's revisions and auth version are read once, together."""
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        super().__init__(conn)
+        self._snapshot: dict[str, int] | None = None
+
+    def _meta(self, name: str) -> int:
+        if name not in _SNAPSHOT_META:
+            return super()._meta(name)
+        snapshot = self._snapshot
+        if snapshot is None:
+            rows = self._conn.execute(_SNAPSHOT_META_SQL)
+            snapshot = self._snapshot = {row[0]: int(row[1]) for row in rows}
+        return snapshot.get(name, 0)
 
 
 class SqliteWriteTxn(SqliteView):
@@ -416,9 +438,8 @@ class SqliteBackend:
                     conn.execute("ROLLBACK")
             raise
 
-    @contextlib.contextmanager
-    def read(self) -> Iterator[SqliteView]:
-        """A consistent snapshot on this thread's read connection."""
+    def _reader(self) -> apsw.Connection:
+        """This thread's read connection."""
         conn: apsw.Connection | None = getattr(self._readers, "conn", None)
         if conn is None:
             conn = self._connect()
@@ -426,17 +447,28 @@ class SqliteBackend:
             self._readers.conn = conn
             with self._readers_lock:
                 self._all_readers.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[SqliteView]:
+        """A consistent snapshot on this thread's read connection."""
+        conn = self._reader()
         conn.execute("BEGIN")
         try:
-            yield SqliteView(conn)
+            yield SqliteReadView(conn)
         finally:
             conn.execute("COMMIT")
 
     async def read_async(self, fn: Callable[[SqliteView], T]) -> T:
         # SQLite reads are fast and local: run them on the event loop thread itself (its own
-        # read connection), which costs less than a hop to a worker thread.
-        with self.read() as view:
-            return fn(view)
+        # read connection), which costs less than a hop to a worker thread. read()'s
+        # snapshot, spelled out: this is on the path of every Range.
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            return fn(SqliteReadView(conn))
+        finally:
+            conn.execute("COMMIT")
 
     def set_commit_listener(self, listener: ExternalCommitListener | None) -> None:
         """Nothing to listen to: no other server writes this file."""
