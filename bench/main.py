@@ -37,6 +37,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--processes", type=int, default=1,
                         help="serving processes of shim (--processes N, SQLite) and of the "
                         "bare server (default 1)")
+    parser.add_argument("--server-cpus", default="",
+                        help="pin every server (each process and thread) to these CPUs, e.g. "
+                        "0 or 0,1: how a figure scales with cores (default: not pinned)")
     parser.add_argument("--loadgen-processes", type=int, default=4,
                         help="processes of the Python load generator (default 4)")
     parser.add_argument("--loadgen-concurrency", type=int, default=16,
@@ -152,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         processes=args.processes, loadgen_processes=args.loadgen_processes,
         loadgen_concurrency=args.loadgen_concurrency,
         only=tuple(o for o in args.only.split(",") if o), wait_quiet=args.wait_quiet,
+        server_cpus=frozenset(int(c) for c in args.server_cpus.split(",") if c),
     )
     try:
         results = Suite(options).run()

@@ -43,6 +43,7 @@ class Options:
     only: tuple[str, ...] = ()  # workload ids to run (empty: all)
     wait_quiet: float = 0.0  # before each run, wait up to this long for an idle machine
     footprint: bool = True
+    server_cpus: frozenset[int] = frozenset()  # pin the servers to these CPUs (empty: no pin)
 
 
 @dataclass
@@ -141,6 +142,8 @@ class Suite:
             for target in self.opt.targets:
                 _say(f"starting {target}")
                 servers[target] = self._make(target, "suite").start()
+                if self.opt.server_cpus:
+                    targets.pin_process_tree(servers[target].pid, self.opt.server_cpus)
                 note = servers[target].describe()
                 if note:
                     self.results.server_notes[target] = note

@@ -4,6 +4,8 @@ grpc.aio KV server. shim on PostgreSQL (shim-pg) is in bench/pg_server.py."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from shim.pb import rpc_pb2, rpc_pb2_grpc
 from tests.support.etcd import EtcdServer, etcd_version, find_etcd_binary
 from tests.support.net import free_port
 from tests.support.process import ServerProcess
+from tests.support.procfs import process_tree
 from tests.support.shim_server import ShimServer, sqlite_endpoint
 
 START_SECONDS = 60.0  # a loaded 2-core box starts Python servers slowly
@@ -74,3 +77,18 @@ class BareServer(ServerProcess):
 
     def disk_bytes(self) -> int | None:
         return None
+
+
+def pin_process_tree(root: int | None, cpus: frozenset[int]) -> None:
+    """Pin every thread of ``root`` and of its descendants to ``cpus`` (as ``taskset -a``).
+    Threads and processes started later inherit the mask of the thread that starts them."""
+    if root is None:
+        return
+    for pid in process_tree(root):
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            continue
+        for tid in threads:
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # gone meanwhile
+                os.sched_setaffinity(int(tid), cpus)
