@@ -128,7 +128,8 @@ class Writer:
         pending = _Pending(request, future)
         self._in_flight += 1
         now = self._loop.time()
-        if self._in_flight > 1:
+        crowded = self._in_flight > 1
+        if crowded:
             self._crowded_until = now + _CROWD_MEMORY_SECONDS
         elif (
             self._inline
@@ -157,7 +158,15 @@ class Writer:
             self._in_flight -= 1
             raise StoreClosedError()
         self._queue.put(pending)
-        return await future
+        try:
+            return await future
+        finally:
+            if crowded:
+                # The memory runs from the crowd's answers, not its arrival: its clients send
+                # their next writes once answered, however long the commit took (a slow disk).
+                self._crowded_until = max(
+                    self._crowded_until, self._loop.time() + _CROWD_MEMORY_SECONDS
+                )
 
     def stop(self) -> None:
         """Finish everything already queued, then stop the thread."""
