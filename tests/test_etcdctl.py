@@ -304,6 +304,23 @@ def test_endpoint_health(pair: Pair) -> None:
     assert [set(h) for h in on_shim] == [set(h) for h in on_etcd]
 
 
+def test_membership_changes_answer_as_etcd_for_ids_it_would_not_find(pair: Pair) -> None:
+    # An id no member has: etcd's NOT_FOUND, word for word (clients branch on it).
+    for args in (
+        ("member", "remove", "1234"),
+        ("member", "update", "1234", "--peer-urls=http://127.0.0.1:1"),
+        ("member", "promote", "1234"),
+    ):
+        outcome = pair.same(*args)
+        assert outcome.error == "Error: etcdserver: member not found", outcome
+    # Promoting the answering member itself: it is a voting member, not a learner.
+    for server in (pair.etcd, pair.shim):
+        own = format(status(server)["header"]["member_id"], "x")
+        result = etcdctl(server.endpoint, "member", "promote", own, check=False)
+        assert result.returncode == 1
+        assert error_line(result) == "Error: etcdserver: can only promote a learner member"
+
+
 def test_member_list(pair: Pair) -> None:
     member_id = status(pair.shim)["header"]["member_id"]
     out = json.loads(etcdctl(pair.shim.endpoint, "member", "list", "-w", "json").stdout)

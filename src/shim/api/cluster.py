@@ -1,8 +1,10 @@
 """etcdserverpb.Cluster: MemberList lists this node and the replicas it is linked to.
 
 Membership is not changed through this API: a node joins by dialing another (``--join``) or by
-a link in ``--topology``, and leaves by no longer being linked. MemberAdd, MemberRemove,
-MemberUpdate and MemberPromote answer FAILED_PRECONDITION saying so.
+a link in ``--topology``, and leaves by no longer being linked. MemberAdd, and MemberRemove or
+MemberUpdate of a listed member, answer FAILED_PRECONDITION saying so. An id that is not listed
+gets etcd's NOT_FOUND, and promoting a listed member etcd's answer for a member that is not a
+learner (no shim node is one), so clients that check those codes see what etcd would send.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class Replica:
     client_url: str  # "" when the peer dialed this node (its client URL is not known here)
 
 
+MEMBER_NOT_FOUND = "etcdserver: member not found"
+MEMBER_NOT_LEARNER = "etcdserver: can only promote a learner member"
+
+
 def _refuse(what: str) -> RequestError:
     return RequestError(grpc.StatusCode.FAILED_PRECONDITION, MEMBERSHIP_BY_LINKS.format(what))
 
@@ -56,11 +62,8 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         self._client_urls = client_urls
         self._replicas = replicas
 
-    @grpc_errors
-    @permission(Rule.OPEN)
-    async def MemberList(
-        self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
-    ) -> rpc_pb2.MemberListResponse:
+    def _members(self) -> dict[int, rpc_pb2.Member]:
+        """This node and the replicas it is linked to, by member id."""
         members = {
             self._identity.member_id: rpc_pb2.Member(
                 ID=self._identity.member_id, name=self._name, clientURLs=self._client_urls()
@@ -73,6 +76,18 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
                 known = members[member_id] = rpc_pb2.Member(ID=member_id, name=replica.name)
             if replica.client_url and replica.client_url not in known.clientURLs:
                 known.clientURLs.append(replica.client_url)
+        return members
+
+    def _listed(self, member_id: int) -> None:
+        if member_id not in self._members():
+            raise RequestError(grpc.StatusCode.NOT_FOUND, MEMBER_NOT_FOUND)
+
+    @grpc_errors
+    @permission(Rule.OPEN)
+    async def MemberList(
+        self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberListResponse:
+        members = self._members()
         resp = rpc_pb2.MemberListResponse()
         resp.members.extend(members[key] for key in sorted(members))  # by ID, as etcd
         self._identity.fill(resp.header)
@@ -90,6 +105,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberRemove(
         self, request: rpc_pb2.MemberRemoveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberRemoveResponse:
+        self._listed(request.ID)
         raise _refuse("removed")
 
     @grpc_errors
@@ -97,6 +113,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberUpdate(
         self, request: rpc_pb2.MemberUpdateRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberUpdateResponse:
+        self._listed(request.ID)
         raise _refuse("updated")
 
     @grpc_errors
@@ -104,4 +121,6 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberPromote(
         self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberPromoteResponse:
-        raise _refuse("promoted (every shim node already takes writes)")
+        self._listed(request.ID)
+        # Every shim node is a voting member that takes writes: none is a learner.
+        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, MEMBER_NOT_LEARNER)
