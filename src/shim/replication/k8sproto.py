@@ -358,14 +358,33 @@ def split(buf: bytes, pos: int, end: int) -> dict[int, bytes]:
     included, in order, keyed in the order the fields first occur (the order ``decode``
     gives names). Only the framing is checked; ``read_fields`` checks the rest."""
     out: dict[int, bytes] = {}
+    run_number, run_start = -1, pos  # consecutive occurrences of one field are cut once
     while pos < end:
         start = pos
-        key, pos = _varint(buf, pos, end)
-        pos = _skip(buf, pos, end, key & 7)
+        key = buf[pos]
+        if key < 0x80:  # one-byte keys and lengths: nearly every field (the hot loop)
+            pos += 1
+        else:
+            key, pos = _varint(buf, pos, end)
+        if key & 7 == 2 and pos < end and buf[pos] < 0x80:
+            pos += buf[pos] + 1
+            if pos > end:
+                raise DecodeError("truncated")
+        else:
+            pos = _skip(buf, pos, end, key & 7)
         number = key >> 3
-        known = out.get(number)
-        out[number] = buf[start:pos] if known is None else known + buf[start:pos]
+        if number != run_number:
+            if run_number >= 0:
+                _add_run(out, run_number, buf[run_start:start])
+            run_number, run_start = number, start
+    if run_number >= 0:
+        _add_run(out, run_number, buf[run_start:end])
     return out
+
+
+def _add_run(out: dict[int, bytes], number: int, chunk: bytes) -> None:
+    known = out.get(number)
+    out[number] = chunk if known is None else known + chunk
 
 
 def read_fields(chunk: bytes, msg: Message, memo: Memo | None = None) -> dict[str, Any]:
