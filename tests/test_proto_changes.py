@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from shim.replication import k8sproto, proto_changes
-from shim.replication.merge import describe_write
-from shim.replication.ops import Op, to_wire
+from shim.replication.merge import Entry, decode, describe_write, resolve_from_value
+from shim.replication.ops import DeleteField, Op, SetField, SetFromValue, to_wire
 from shim.replication.policy import Policy
 from tests.support import k8s_pb
 
@@ -37,16 +37,48 @@ SETTINGS = settings(
 )
 
 
-def as_sent(described: tuple[list[Op] | None, str | None, str | None]) -> str:
+def as_sent(
+    described: tuple[list[Op] | None, str | None, str | None], new: bytes, rules: Any
+) -> str:
+    """The operations as they travel, each field taken from the written value (``setv``)
+    followed by what a replica reads there: read along its path, which must be what decoding
+    the value whole gives."""
     ops, base_uid, uid = described
-    wire = None if ops is None else [to_wire(op) for op in ops]
+    wire: list[Any] | None = None
+    if ops is not None:
+        entry = Entry("o", 1, 1, b"k", False, new, 0, ops, base_uid, uid)
+        read = resolve_from_value(entry, rules)
+        assert read == _read_whole(ops, new, rules)
+        wire = [to_wire(op) for op in ops]
+        if read != ops:
+            wire.append(["read"] + [to_wire(op) for op in read or []])
     return json.dumps([wire, base_uid, uid])
+
+
+def _read_whole(ops: list[Op], new: bytes, rules: Any) -> list[Op] | None:
+    """``resolve_from_value`` by decoding the written value whole."""
+    doc = decode(new, rules)
+    if not isinstance(doc, dict):
+        return ops if not any(isinstance(op, SetFromValue) for op in ops) else None
+    out: list[Op] = []
+    for op in ops:
+        if not isinstance(op, SetFromValue):
+            out.append(op)
+            continue
+        node: Any = doc
+        for name in op.path:
+            node = node.get(name, _ABSENT) if isinstance(node, dict) else _ABSENT
+        out.append(DeleteField(op.path) if node is _ABSENT else SetField(op.path, node))
+    return out
+
+
+_ABSENT = object()
 
 
 def full(old: bytes, new: bytes, rules: Any) -> str:
     """describe_write decoding both versions whole."""
     proto_changes.forget()
-    return as_sent(describe_write(old, new, rules))
+    return as_sent(describe_write(old, new, rules), new, rules)
 
 
 def quick(old: bytes, new: bytes, rules: Any) -> str:
@@ -55,7 +87,7 @@ def quick(old: bytes, new: bytes, rules: Any) -> str:
     proto_changes.forget()
     if k8sproto.decode(old) is not None:
         proto_changes.remember(old)
-    return as_sent(describe_write(old, new, rules))
+    return as_sent(describe_write(old, new, rules), new, rules)
 
 
 # -- objects and edits --------------------------------------------------------------------------
@@ -301,7 +333,7 @@ def test_a_run_of_writes_compares_each_against_the_last(case: tuple[str, list[by
     seen = []
     for old, new in itertools.pairwise(values):
         base_known = proto_changes.compare(old, old, rules) is not None
-        seen.append(as_sent(describe_write(old, new, rules)))
+        seen.append(as_sent(describe_write(old, new, rules), new, rules))
         if base_known and k8sproto.decode(new) is not None and k8sproto.object_type(
                 new) == k8sproto.object_type(old):
             # A base known to decode and a new version of its type that decodes: compared
@@ -343,6 +375,8 @@ def test_a_node_local_field_inside_a_new_object_reads_as_its_zero() -> None:
     named = k8s_pb.edited(bare, lambda p: (
         setattr(p.metadata, "name", "web"), setattr(p.metadata, "resourceVersion", "17")))
     old, new = k8s_pb.stored(bare), k8s_pb.stored(named)
-    expected = [[["set", ["metadata"], {"name": "web", "resourceVersion": ""}]], None, None]
+    expected = [[["setv", ["metadata"]],
+                 ["read", ["set", ["metadata"], {"name": "web", "resourceVersion": ""}]]],
+                None, None]
     assert json.loads(full(old, new, rules)) == expected
     assert json.loads(quick(old, new, rules)) == expected

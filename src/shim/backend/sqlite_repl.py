@@ -57,6 +57,7 @@ def _entry(row: Sequence[Any]) -> Entry:
         value=bytes(value),
         lease=int(lease),
         ops=None if ops is None else field_ops.loads_stored(str(ops)),
+        ops_json=None if ops is None else str(ops),
         base_uid=None if base_uid is None else str(base_uid),
         uid=None if uid is None else str(uid),
         kind=str(kind),
@@ -123,7 +124,7 @@ class SqliteReplicationTables:
                 int(e.deleted),
                 b"" if value_in_log or e.pruned else e.value,
                 e.lease,
-                None if e.ops is None or e.pruned else field_ops.dumps(e.ops),
+                None if e.pruned else e.ops_text(),
                 e.base_uid,
                 e.uid,
                 received_from,
@@ -284,7 +285,7 @@ class SqliteReplicationTables:
             "ops, base_uid, uid, kind, secret, pruned, received_from, received_ms, sig, digest, "
             "head_sig) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (e.origin, e.seq, e.hlc, e.key, int(e.deleted), e.value, e.lease,
-             None if e.ops is None else field_ops.dumps(e.ops), e.base_uid, e.uid, e.kind,
+             e.ops_text(), e.base_uid, e.uid, e.kind,
              e.secret, int(e.pruned), received_from, received_ms, e.sig or None,
              e.digest or None, None if e.tail else e.head_sig or None),
         )

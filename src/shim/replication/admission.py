@@ -33,6 +33,7 @@ from shim.replication.ops import (
     Reorder,
     SetAdd,
     SetField,
+    SetFromValue,
     SetRemove,
 )
 from shim.replication.policy import KeyRules, Path_, Policy
@@ -61,14 +62,14 @@ _WHOLE = frozenset({"first-write-wins", "identity", "local", "atomic", "counter"
                     "keyed-list"})
 # What each policy admits on the field itself (``set``/``del`` are the fallbacks the origin
 # uses when a value does not have the policy's shape, e.g. a counter that is not a number).
+_REPLACE = (SetField, SetFromValue, DeleteField)  # a field replaced whole, or deleted
 _ALLOWED: dict[str, tuple[type, ...]] = {
-    "lww": (SetField, DeleteField),
-    "atomic": (SetField, DeleteField),
-    "map": (SetField, DeleteField, FirstWrite, DropIfEmpty),
-    "counter": (SetField, DeleteField, AddDelta),
-    "set": (SetField, DeleteField, FirstWrite, DropIfEmpty, SetAdd, SetRemove, Reorder),
-    "keyed-list": (SetField, DeleteField, FirstWrite, DropIfEmpty, KeyedSet, KeyedDelete,
-                   Reorder),
+    "lww": _REPLACE,
+    "atomic": _REPLACE,
+    "map": (*_REPLACE, FirstWrite, DropIfEmpty),
+    "counter": (*_REPLACE, AddDelta),
+    "set": (*_REPLACE, FirstWrite, DropIfEmpty, SetAdd, SetRemove, Reorder),
+    "keyed-list": (*_REPLACE, FirstWrite, DropIfEmpty, KeyedSet, KeyedDelete, Reorder),
     "first-write-wins": (FirstWrite,),
     "identity": (),
     "local": (),
@@ -275,17 +276,19 @@ def _admit(msg: pb.Entry, policy: Policy, limits: IngestLimits, place: Entry) ->
     if msg.kind not in KINDS:
         raise _Refused(f"unknown kind {msg.kind!r}")
     _check_size(msg, limits)
-    ops = None
+    ops, text = None, None
     if msg.has_ops:
         try:
             ops = field_ops.loads(msg.ops)
         except field_ops.BadOps as exc:
             raise _Refused(str(exc)) from None
-        if field_ops.dumps(ops).encode() != msg.ops:
+        text = field_ops.dumps(ops)
+        if text.encode() != msg.ops:
             # Forwarded as this form: a signature over another would not verify further on.
             raise _Refused("the operations are not in their canonical JSON form")
     entry = dataclasses.replace(
         place, value=msg.value, ops=ops, secret=msg.secret or None, pruned=msg.pruned,
+        ops_json=text,
     )
     if entry.pruned:
         if entry.value or entry.ops is not None or entry.secret is not None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from shim.replication import ops as field_ops
 from shim.replication.merge import Entry
 from shim.replication.signing import Signer, body_digest, chain, head_message, message_hash
 
 
 def ops_bytes(entry: Entry) -> bytes | None:
     """The entry's operations as they travel (one canonical form on every node)."""
-    return None if entry.ops is None else field_ops.dumps(entry.ops).encode()
+    text = entry.ops_text()
+    return None if text is None else text.encode()
 
 
 def digest_of(entry: Entry) -> bytes:

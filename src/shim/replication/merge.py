@@ -35,8 +35,10 @@ from shim.replication.ops import (
     Reorder,
     SetAdd,
     SetField,
+    SetFromValue,
     SetRemove,
 )
+from shim.replication.ops import dumps as dumps_ops
 from shim.replication.policy import KeyRules, Path_
 from shim.replication.trees import copy_tree
 
@@ -89,10 +91,19 @@ class Entry:
     # hashes up to a ``head_sig``). Kept only with an equivocation's versions.
     prev_chain: bytes = field(default=b"", compare=False, repr=False)
     tail: bytes = field(default=b"", compare=False, repr=False)
+    # ``ops`` in their one JSON form (``ops.dumps``) when the code that made or read the
+    # entry had it: signing, storing and sending it then never encode the operations again.
+    ops_json: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def stamp(self) -> Stamp:
         return (self.hlc, self.origin, self.seq)
+
+    def ops_text(self) -> str | None:
+        """``ops`` as they are signed, stored and sent (one canonical JSON form)."""
+        if self.ops is None:
+            return None
+        return self.ops_json if self.ops_json is not None else dumps_ops(self.ops)
 
 
 @dataclass(slots=True)
@@ -248,7 +259,9 @@ def _same_form_as_value(doc: dict[str, Json], value: bytes) -> bool:
 # Operations that, applied to the base they were made from, give exactly what the writer
 # wrote. Not so: a first write over a value already there, an addition to a set the rules
 # have frozen, a delta in floating point (either may be refused or rounded).
-_EXACT_OPS = (SetField, DeleteField, SetRemove, KeyedSet, KeyedDelete, Reorder, DropIfEmpty)
+_EXACT_OPS = (
+    SetField, SetFromValue, DeleteField, SetRemove, KeyedSet, KeyedDelete, Reorder, DropIfEmpty
+)
 
 
 def reproduces_write(ops: list[Op], rules: KeyRules | None = None) -> bool:
@@ -260,7 +273,7 @@ def reproduces_write(ops: list[Op], rules: KeyRules | None = None) -> bool:
         (isinstance(op, _EXACT_OPS) or (isinstance(op, AddDelta) and isinstance(op.delta, int)))
         and not (
             rules is not None
-            and isinstance(op, (SetField, DeleteField))
+            and isinstance(op, (SetField, SetFromValue, DeleteField))
             and rules.protected_under(op.path)
         )
         for op in ops
@@ -306,6 +319,8 @@ def _diff_field(ops: list[Op], here: Path_, before: Json, after: Json, rules: Ke
         ops.extend(diff(before, after, rules, here))
     elif after is _MISSING:
         ops.append(DeleteField(here))
+    elif isinstance(after, (dict, list)):
+        ops.append(SetFromValue(here))  # the entry's value holds it: not restated
     else:
         ops.append(SetField(here, after))
 
@@ -425,8 +440,11 @@ def step(state: KeyState, entry: Entry, rules: KeyRules) -> bool:
     ):
         _set_doc(state, decode(entry.value, rules), entry)
         return True
+    ops = resolve_from_value(entry, rules)
+    if ops is None:
+        return False  # fields to read from a value that is not an object: refused
     doc = copy_tree(state.doc)
-    apply_ops(doc, entry.ops, rules)
+    apply_ops(doc, ops, rules)
     if isinstance(doc, ProtoObject) and not _encodes(doc):
         return False  # operations the object's protobuf schema cannot hold: refused
     if same(doc, state.doc) and entry.lease == state.lease:
@@ -439,6 +457,33 @@ def step(state: KeyState, entry: Entry, rules: KeyRules) -> bool:
         return True
     _set_doc(state, doc, entry)
     return True
+
+
+def resolve_from_value(entry: Entry, rules: KeyRules) -> list[Op] | None:
+    """``entry.ops`` with each field the entry's value holds (``SetFromValue``) read from
+    the value, as decoding it whole gives it: ``SetField`` with it, or ``DeleteField`` where
+    the value has none. A protobuf value is read along the path only (its other fields stay
+    undecoded); None when the value is not an object of the key's merge."""
+    ops = entry.ops or []
+    if not any(isinstance(op, SetFromValue) for op in ops):
+        return ops
+    written: Json | bytes | None = None
+    out: list[Op] = []
+    for op in ops:
+        if not isinstance(op, SetFromValue):
+            out.append(op)
+            continue
+        parent = proto_changes.field_at(entry.value, op.path, rules)
+        if parent is not None:
+            found = parent.get(op.path[-1], _MISSING)
+        else:
+            if written is None:
+                written = decode(entry.value, rules)
+            if not isinstance(written, dict):
+                return None
+            found = _get(written, op.path)
+        out.append(DeleteField(op.path) if found is _MISSING else SetField(op.path, found))
+    return out
 
 
 def _encodes(doc: ProtoObject) -> bool:

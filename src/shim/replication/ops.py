@@ -40,6 +40,17 @@ class SetField:
 
 
 @dataclass(frozen=True, slots=True)
+class SetFromValue:
+    """Last writer wins: the field holds what the entry's own value holds at ``path`` (gone
+    when the value has none). A put carries its whole new value anyway, so a subtree the
+    write replaces whole (an atomic ``managedFields``, a list, an object only one side has)
+    is not restated beside it: it costs no bytes and no encoding, and a replica reads it from
+    the value only when it merges the entry (``merge.resolve_from_value``)."""
+
+    path: Path_
+
+
+@dataclass(frozen=True, slots=True)
 class DeleteField:
     """Last writer wins: the field is gone."""
 
@@ -113,18 +124,18 @@ class DropIfEmpty:
 
 
 Op: TypeAlias = (
-    SetField | DeleteField | FirstWrite | AddDelta | SetAdd | SetRemove | KeyedSet | KeyedDelete
-    | Reorder | DropIfEmpty
+    SetField | SetFromValue | DeleteField | FirstWrite | AddDelta | SetAdd | SetRemove
+    | KeyedSet | KeyedDelete | Reorder | DropIfEmpty
 )
 
 # Wire names, and the number of elements of each wire form (name included).
 _NAMES: dict[type, str] = {
-    SetField: "set", DeleteField: "del", FirstWrite: "fww", AddDelta: "add", SetAdd: "sadd",
-    SetRemove: "srem", KeyedSet: "kset", KeyedDelete: "kdel", Reorder: "order",
-    DropIfEmpty: "del-empty",
+    SetField: "set", SetFromValue: "setv", DeleteField: "del", FirstWrite: "fww",
+    AddDelta: "add", SetAdd: "sadd", SetRemove: "srem", KeyedSet: "kset", KeyedDelete: "kdel",
+    Reorder: "order", DropIfEmpty: "del-empty",
 }
 _ARITY = {
-    "set": 3, "del": 2, "fww": 3, "add": 3, "sadd": 3, "srem": 3, "kset": 4, "kdel": 4,
+    "set": 3, "setv": 2, "del": 2, "fww": 3, "add": 3, "sadd": 3, "srem": 3, "kset": 4, "kdel": 4,
     "order": 4, "del-empty": 2,
 }
 
@@ -145,7 +156,7 @@ def to_wire(op: Op) -> list[Json]:
             return [*head, k, i]
         case Reorder(key=k, order=o):
             return [*head, k, o]
-    return head  # DeleteField, DropIfEmpty
+    return head  # SetFromValue, DeleteField, DropIfEmpty
 
 
 def dumps(ops: list[Op]) -> str:
@@ -213,6 +224,8 @@ def _parse_op(index: int, raw: object) -> Op:
     match name:
         case "set":
             return SetField(path, args[0])
+        case "setv":
+            return SetFromValue(path)
         case "del":
             return DeleteField(path)
         case "fww":

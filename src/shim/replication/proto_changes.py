@@ -115,6 +115,28 @@ def compare(old: bytes, new: bytes, rules: KeyRules) -> Changes | None:
     return Changes(changes, base_uid, uid)
 
 
+def field_at(value: bytes, path: Path_, rules: KeyRules) -> dict[str, Any] | None:
+    """The decoded fields of the message holding ``path``'s last field in the protobuf
+    object ``value`` (it holds that field exactly when decoding ``value`` whole gives the
+    field, and the same), read along the path only; None when only decoding whole can tell
+    (not protobuf, a path through a map, a field the schema does not name, bad bytes).
+    The result may be shared: read it, never change it."""
+    if not value.startswith(k8sproto.PREFIX):
+        return None
+    try:
+        api_version, kind, start, end = k8sproto.envelope(value)
+        msg = object_message(api_version, kind)
+        raw = value[start:end]
+        fields = _GOOD.get((id(msg), raw))
+        if fields is None:
+            _spend(len(raw))
+            fields = k8sproto.split(raw, 0, len(raw))
+        chunk, parent = _walk(fields, msg, path)
+        return {} if chunk is None else _read(chunk, parent, path[:-1], rules)
+    except k8sproto.DecodeError:
+        return None
+
+
 def _split(chunk: bytes, field: bool) -> dict[int, bytes]:
     """``k8sproto.split`` of a message: ``chunk`` itself, or (``field``) the value of the
     one field occurrence ``chunk`` holds."""

@@ -32,6 +32,7 @@ from shim.replication.merge import (
     reproduces_write,
     step,
 )
+from shim.replication.ops import dumps as dumps_ops
 from shim.replication.policy import KeyRules, Policy
 from shim.replication.quarantine import quarantine
 from shim.replication.signing import NO_CHAIN, Signer
@@ -202,9 +203,10 @@ class Replica:
             ops,
             base_uid,
             uid,
+            ops_json=None if ops is None else dumps_ops(ops),  # signed and stored: once
         )
         if hlc > self.max_skewed_hlc or _is_newest(repl, entry):
-            fast = self._fast_path(repl, entry, value, lease, ops, base_uid, uid)
+            fast = self._fast_path(repl, entry, rules, value, lease, ops, base_uid, uid)
             if fast is not None:
                 # The log row written for this put holds exactly the entry's value.
                 self._insert_local(repl, entry, value_in_log=value is not None)
@@ -218,6 +220,7 @@ class Replica:
         self,
         repl: ReplicationTables,
         entry: Entry,
+        rules: KeyRules,
         value: bytes | None,
         lease: int,
         ops: list[Op] | None,
@@ -226,7 +229,6 @@ class Replica:
     ) -> Resolution | None:
         """The resolution of the newest write of a key when it keeps exactly what was
         written; None when the fold has to decide."""
-        rules = self.policy.rules_for(entry.key)
         if value is not None and ops is not None and reproduces_write(ops, rules):
             # Plain field changes over the state the writer saw: the fold keeps exactly
             # the written value, so skip it.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from shim.pb import replication_pb2 as pb
-from shim.replication import ops as field_ops
 from shim.replication.merge import Entry
 
 # 2: Kubernetes objects stored as protobuf merge field by field (protocol 1 kept them whole, so
@@ -14,7 +13,9 @@ from shim.replication.merge import Entry
 # gaps and sign nothing.
 # 5: origins sign their hash chain once for many entries (Entry.head_sig, prev_chain, tail);
 # a node speaking 4 would take such entries for forged.
-PROTOCOL = 5
+# 6: an operation may take a field from the entry's own value (``setv``) instead of restating
+# it; a node speaking 5 would refuse such entries as malformed.
+PROTOCOL = 6
 
 
 def to_wire(entry: Entry) -> pb.Entry:
@@ -25,7 +26,8 @@ def to_wire(entry: Entry) -> pb.Entry:
         digest=entry.digest if entry.pruned else b"", head_sig=entry.head_sig,
         prev_chain=entry.prev_chain, tail=entry.tail,
     )
-    if entry.ops is not None and not entry.pruned:
+    text = entry.ops_text()
+    if text is not None and not entry.pruned:
         msg.has_ops = True
-        msg.ops = field_ops.dumps(entry.ops).encode()
+        msg.ops = text.encode()
     return msg
