@@ -10,6 +10,7 @@ same updates are also put as JSON (which shim already merged field by field) for
     .venv/bin/python -m bench.k8sproto_put --shim-python OTHER  # another install (e.g. main's)
     .venv/bin/python -m bench.k8sproto_put --opaque             # Pods kept whole (no merging)
     .venv/bin/python -m bench.k8sproto_put --micro              # describe_write alone, in-process
+    .venv/bin/python -m bench.k8sproto_put --store [--opaque]   # the write path in-process
 
 Compare two installs in one run of the machine (same load), and read ratios, not absolutes.
 """
@@ -121,6 +122,45 @@ def measure_server(
             "puts_per_s": updates / (wall1 - wall0)}
 
 
+def measure_store(encoding: str, objects: int, updates: int, opaque: bool) -> dict[str, float]:
+    """The same puts through a Store in this process (SQLite file, signed entries, no gRPC):
+    the write path's CPU per put, without the serving stack's share (and its noise). Runs any
+    install's shim (``PYTHONPATH=. OTHER/bin/python -m bench.k8sproto_put --store``)."""
+    import asyncio
+
+    from shim.backend.sqlite import SqliteBackend
+    from shim.mvcc.store import Store
+    from shim.replication.policy import Policy
+    from shim.replication.resolve import Replica
+    from shim.replication.signing import Signer
+
+    encode = encoder(encoding)
+    creates, changes = pod_updates(objects, updates)
+    create_values = [(key(i), encode(p)) for i, p in enumerate(creates)]
+    update_values = [(key(i), encode(p)) for i, p in changes]
+
+    async def run(workdir: Path) -> float:
+        backend = SqliteBackend(workdir / "bench.db")
+        backend.open()
+        policy = Policy.load(opaque_policy(workdir) if opaque else None)
+        store = Store(backend, Replica(backend.node_id, policy=policy, signer=Signer()))
+        await store.start()
+        try:
+            for k, v in create_values:
+                await store.write(rpc_pb2.PutRequest(key=k, value=v))
+            started = time.process_time()
+            for k, v in update_values:
+                await store.write(rpc_pb2.PutRequest(key=k, value=v))
+            return time.process_time() - started
+        finally:
+            await store.close()
+            backend.close()
+
+    with tempfile.TemporaryDirectory(prefix="k8sproto-bench-") as tmp:
+        seconds = asyncio.run(run(Path(tmp)))
+    return {"cpu_us_per_put": seconds / updates * 1e6}
+
+
 def measure_describe_write(encoding: str, objects: int, updates: int) -> dict[str, float]:
     """describe_write of each update over the one before, in order, as the node records
     them (each round from a fresh process state: the creates are recorded first)."""
@@ -170,16 +210,20 @@ def main() -> None:
                         help="serve with Pods kept whole (merge policy 'whole'): the baseline")
     parser.add_argument("--micro", action="store_true",
                         help="time describe_write in this process instead of serving")
+    parser.add_argument("--store", action="store_true",
+                        help="time the puts through a Store in this process instead of serving")
     args = parser.parse_args()
     encodings = ["protobuf", "json"] if args.encoding == "both" else [args.encoding]
     for encoding in encodings:
         if args.micro:
             result = measure_describe_write(encoding, args.objects, args.puts)
+        elif args.store:
+            result = measure_store(encoding, args.objects, args.puts, args.opaque)
         else:
             result = measure_server(args.shim_python, encoding, args.objects, args.puts,
                                     args.opaque)
-        label = {"encoding": encoding, "opaque": args.opaque} if not args.micro else {
-            "encoding": encoding}
+        label = {"encoding": encoding, "opaque": args.opaque, "store": args.store} if not (
+            args.micro) else {"encoding": encoding}
         print(json.dumps({**label, **{k: round(v, 1) for k, v in result.items()}}))
 
 
