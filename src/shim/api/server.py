@@ -44,7 +44,7 @@ from shim.mvcc.store import Store
 from shim.mvcc.watch import WatchHub
 from shim.pb import rpc_pb2
 from shim.procs.remote import RemoteLessor, RemoteWritePath, StoreLink
-from shim.replication import links, resolve
+from shim.replication import links, resolve, transport
 from shim.replication.admission import IngestLimits
 from shim.replication.topology import link_specs, load_topology
 
@@ -195,9 +195,8 @@ class ShimServer:
                 # One server per port: a second one must fail to bind, not share the port
                 # (the serving processes of one server share it on purpose).
                 ("grpc.so_reuseport", 1 if shares_port else 0),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-                *links.TRANSPORT_OPTIONS,  # replication links across slow networks
+                # Keepalive and flow control for etcd clients and replication links alike.
+                *transport.server_options(),
             ]
         )
         scheme = "https" if tls is not None else "http"

@@ -17,6 +17,7 @@ import functools
 import hmac
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ from shim.replication.requests import MergeRequest, PeerRegistration
 from shim.replication.resolve import Replica
 from shim.replication.runs import cut_runs, signed_runs
 from shim.replication.tables import tables
+from shim.replication.transport import COMPRESSION, channel_options
 from shim.replication.vectors import Heads, PeerHolds, Teller, diverging, from_wire
 from shim.replication.vectors import to_wire as vector_to_wire
 from shim.replication.wire import PROTOCOL, to_wire
@@ -68,40 +70,6 @@ MERGE_ENTRIES = 5000
 PEER_RECORD_SECONDS = 10.0
 # A link that hears nothing (not even a heartbeat) for this long is dropped and redialed.
 SILENCE_SECONDS = 6.0
-
-
-
-# HTTP/2 flow control for links on slow networks: a stream may have this much in flight from
-# the start (HTTP/2's default window of 64 KiB would cap a link at 64 KiB per round trip, 640
-# KiB/s at 100 ms), and gRPC's bandwidth-delay probing widens the windows beyond it as the
-# link needs; large frames cut the per-frame work. Both ends set them: the server's options
-# govern what a dialer may send it.
-TRANSPORT_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.http2.lookahead_bytes", 8 * 1024 * 1024),
-    ("grpc.http2.bdp_probe", 1),
-    ("grpc.http2.max_frame_size", 1024 * 1024),
-]
-
-
-# Every message of a link is compressed (gRPC's per-message gzip): half the bytes of a 256 B
-# value's entry, a tenth of a batch of Pod edits, for 7-20 us of CPU per entry
-# (bench/link_compression.py).
-COMPRESSION = grpc.Compression.Gzip
-
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """The dialer's gRPC channel: keepalive to notice a dead peer, it receives messages as
-    large as this node states in its Hello, and a connection of its own (not a subchannel
-    shared with an earlier attempt, which may sit in gRPC's reconnect backoff)."""
-    return [
-        ("grpc.keepalive_time_ms", 2000),
-        ("grpc.keepalive_timeout_ms", 3000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.use_local_subchannel_pool", 1),
-        *TRANSPORT_OPTIONS,
-    ]
 
 
 class NoAnswer(TimeoutError):
@@ -149,6 +117,21 @@ def _check_numbers(what: str, **numbers: int) -> None:
         check_numbers(what, **numbers)
     except OutOfRange as exc:
         raise LinkRefused(str(exc)) from None
+
+
+def _forget_attempt(exc: BaseException) -> None:
+    """Let go of a failed dial's channel and call, which its traceback's frames hold: while
+    they are referenced, gRPC keeps the channel and goes on reconnecting it (its backoff runs
+    on after the channel is closed), a connection to the peer that no link uses."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for each in chain:
+        if each.__traceback__ is not None:
+            traceback.clear_frames(each.__traceback__)
+            each.__traceback__ = None
 
 
 class LinkRefused(Exception):
@@ -383,6 +366,7 @@ class Replicator:
                 failures = 0
             failures += 1
             delay = redial.failed(exc, attempt.linked, lasted)
+            _forget_attempt(exc)
             level = logging.WARNING if failures in (1, 10) or failures % 100 == 0 else logging.DEBUG
             log.log(level, "link to %s down (%s); retrying in %.1fs", spec.url, reason, delay)
             await self._record(tracker.down(reason))
