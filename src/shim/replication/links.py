@@ -48,7 +48,14 @@ from shim.replication.resolve import Replica
 from shim.replication.runs import cut_runs, signed_runs
 from shim.replication.tables import tables
 from shim.replication.transport import COMPRESSION, channel_options
-from shim.replication.vectors import Heads, PeerHolds, Teller, diverging, from_wire
+from shim.replication.vectors import (
+    SETTLE_SECONDS,
+    Heads,
+    PeerHolds,
+    Teller,
+    diverging,
+    from_wire,
+)
 from shim.replication.vectors import to_wire as vector_to_wire
 from shim.replication.wire import PROTOCOL, to_wire
 from shim.tasks import cancel_and_wait
@@ -234,6 +241,8 @@ class LinkState:
     received_runs: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     # The peer's registration (``Replicator._register``): awaited before the first merge.
     registered: asyncio.Future[int] | None = None
+    # Ends the link's settling (``vectors.SETTLE_SECONDS``) if the peer does not first.
+    settle_timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(slots=True)
@@ -275,6 +284,8 @@ class Replicator:
         self.live: dict[int, LinkState] = {}
         # The origins of peers that send to this node over a live link (by link).
         self._direct: dict[int, str] = {}
+        # The URLs this node dials that have a live link.
+        self._linked_urls: set[str] = set()
         self._admitted: set[asyncio.Task[Any]] = set()
         self._admitted_trackers: dict[str, LinkTracker] = {}
         self._recording: set[asyncio.Future[None]] = set()
@@ -297,6 +308,7 @@ class Replicator:
                 self._dialers.pop(url).cancel()
                 self._specs.pop(url, None)
                 log.info("link to %s removed", url)
+                self._direct_changed()  # whether this node is linking may have changed
         for url, spec in wanted.items():
             if url not in self._dialers and not self._closed:
                 self._specs[url] = spec
@@ -393,7 +405,8 @@ class Replicator:
                     node_id=self.node_id, name=self._name, token=spec.token,
                     policy_digest=self.policy_digest, send=spec.send, receive=spec.receive,
                     hlc=self._clock(), protocol=PROTOCOL,
-                    max_message_bytes=self.max_message_bytes, **await self._holdings(),
+                    max_message_bytes=self.max_message_bytes,
+                    **await self._holdings(dialing=spec.url),
                 ))
                 started = time.monotonic()
                 # Bounded: a peer cut off by the network is tried again soon, not after
@@ -415,21 +428,52 @@ class Replicator:
                 log.info("linked to %s (node %s, %s)", spec.url, hello.node_id, hello.name)
                 attempt.linked = True
                 self._record_soon(tracker.up(hello.node_id))
-                await self._run(stream, state, send=spec.send, receive=spec.receive)
+                self._linked_urls.add(spec.url)
+                try:
+                    await self._run(stream, state, send=spec.send, receive=spec.receive)
+                finally:
+                    self._linked_urls.discard(spec.url)
+                    self._direct_changed()
             finally:
                 call.cancel()
 
     def _clock(self) -> int:
         return self._replica.clock.last
 
-    async def _holdings(self) -> dict[str, Any]:
-        """The Hello fields that say what this node holds: its origin, vector, direct peers."""
+    async def _holdings(self, dialing: str = "") -> dict[str, Any]:
+        """The Hello fields that say what this node holds: its origin, vector, direct peers,
+        and whether it is linking to others than the peer it is ``dialing``."""
         heads = await self._store.read(lambda view: tables(view).heads())
         return {"origin": self.origin, "vector": vector_to_wire(heads),
-                "direct": sorted(self._direct_origins())}
+                "direct": sorted(self._direct_origins()), "linking": self._linking(dialing)}
 
     def _direct_origins(self) -> frozenset[str]:
         return frozenset(self._direct.values())
+
+    def _linking(self, dialing: str = "") -> bool:
+        """Whether a link this node dials to receive (other than ``dialing``) is not up: its
+        peer's entries may soon come directly."""
+        return any(spec.receive and url not in self._linked_urls and url != dialing
+                   for url, spec in self._specs.items())
+
+    def _waiting_origins(self) -> frozenset[str]:
+        """Origins whose entries this node holds back from relaying: peers that send to it
+        over a settling link (they are linking to the others too)."""
+        return frozenset(origin for key, origin in self._direct.items()
+                         if (state := self.live.get(key)) is not None and state.holds.settling)
+
+    def _settle(self, state: LinkState) -> None:
+        """The link settled (the peer's links are up, or the wait ended): relays to the peer,
+        and of the peer's entries to the others, go."""
+        if state.settle_timer is not None:
+            state.settle_timer.cancel()
+            state.settle_timer = None
+        if not state.holds.settling:
+            return
+        state.holds.settle()
+        for other in self.live.values():
+            other.holds.rewind = True
+            other.wake.set()
 
     def _check_peer(self, hello: pb.Hello) -> None:
         refused = grpc.StatusCode.FAILED_PRECONDITION
@@ -511,6 +555,9 @@ class Replicator:
     async def _run(self, stream: _Stream, state: LinkState, send: bool, receive: bool) -> None:
         key = id(state)
         self.live[key] = state
+        if state.holds.settling:
+            state.settle_timer = asyncio.get_running_loop().call_later(
+                SETTLE_SECONDS, self._settle, state)
         await self._compare_heads(state, state.peer_heads)
         if receive:
             # The peer's own entries reach this node over this link: no one else need relay
@@ -532,6 +579,7 @@ class Replicator:
             # Bounded: a send stuck on a dead connection must not keep the link (or a
             # shutdown) waiting. What ended the link was re-raised above.
             await cancel_and_wait(*tasks, timeout=1.0, log_errors=False)
+            self._settle(state)  # what the others held back of the peer's entries goes
             self.live.pop(key, None)
             if self._direct.pop(key, None) is not None:
                 self._direct_changed()
@@ -553,12 +601,14 @@ class Replicator:
     async def _tell(self, stream: _Stream, state: LinkState, last_told: float) -> float:
         """Send the peer a Have when our direct origins changed, or (at most once a
         heartbeat) our vector advanced; when it was last told."""
-        direct = self._direct_origins()
+        direct, linking = self._direct_origins(), self._linking()
         now = time.monotonic()
-        if direct == state.teller.direct and now - last_told < HEARTBEAT_SECONDS:
+        if (direct, linking) == (state.teller.direct, state.teller.linking) and (
+            now - last_told < HEARTBEAT_SECONDS
+        ):
             return last_told
         heads = await self._store.read(lambda view: tables(view).heads())
-        have = state.teller.have(heads, direct)
+        have = state.teller.have(heads, direct, linking)
         if have is not None:
             await stream.send(pb.LinkMessage(have=have))
         return now
@@ -569,6 +619,7 @@ class Replicator:
         self._wakers.add(wake)
         try:
             origin, holds = self.origin, state.holds
+            holds.waiting = self._waiting_origins()
             first = await self._store.read(lambda view: holds.first_lacking(tables(view), origin))
             high = await self._store.read(lambda view: tables(view).max_ingest())
             cursor = high if first is None else first - 1
@@ -578,6 +629,7 @@ class Replicator:
             while True:
                 wake.clear()
                 last_told = await self._tell(stream, state, last_told)
+                holds.waiting = self._waiting_origins()
                 if self._replica.forks_found != forks_sent:
                     # The proof of every equivocation known here goes to every peer.
                     forks_sent = self._replica.forks_found
@@ -684,6 +736,8 @@ class Replicator:
                         raise LinkRefused(str(exc)) from None
                     state.holds.learn({o: h[0] for o, h in heads.items()},
                                       frozenset(msg.have.direct))
+                    if not msg.have.linking:
+                        self._settle(state)
                     await self._compare_heads(state, heads)
                     state.wake.set()
                     continue
@@ -844,5 +898,5 @@ def _holds(hello: pb.Hello) -> dict[str, Any]:
     except OutOfRange as exc:
         raise LinkRefused(str(exc)) from None
     holds = PeerHolds({origin: seq for origin, (seq, _) in heads.items()},
-                      frozenset(hello.direct))
+                      frozenset(hello.direct), settling=hello.linking)
     return {"holds": holds, "peer_heads": heads}

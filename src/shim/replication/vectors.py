@@ -8,6 +8,14 @@ only if the peer lacks it (its seq is above the peer's high-water mark for its o
 not get it from its origin directly: in a full mesh each entry goes from its origin to each node
 once, in a tree it is relayed, and when a direct link goes down the peer says so and the others
 send what it lacks of that origin.
+
+Right after a link starts, the peer may be linking to other origins too (after a heal a node
+dials all its peers at once, and the links come up milliseconds to a second apart). While it
+says so (``linking``), relayed entries wait, at most ``SETTLE_SECONDS``: the origin itself is
+about to send them, and a relay sent meanwhile would cross the link for nothing. Likewise this
+node holds back relaying a linking peer's own entries to others. The relays go as soon as the
+peer says its links are up (or the wait ends): a peer that cannot reach an origin directly
+still gets its entries through this node.
 """
 
 from __future__ import annotations
@@ -18,6 +26,11 @@ from dataclasses import dataclass, field
 from shim.pb import replication_pb2 as pb
 from shim.replication.framing import check_numbers
 from shim.replication.tables import ReplicationTables
+
+# How long at most relays wait after a link starts while the peer is linking: its other
+# dials are retried every quarter second (``redial``), so one that takes longer is unreachable
+# or busy, and relaying beats waiting.
+SETTLE_SECONDS = 1.0
 
 # Per origin: the high-water mark and the origin's hash chain there (empty: none kept).
 Heads = dict[str, tuple[int, bytes]]
@@ -67,6 +80,10 @@ class PeerHolds:
     # Origins whose entries the peer gets all of again: it holds other entries under the
     # same seqs (it finds the equivocation by comparing them).
     resend: set[str] = field(default_factory=set)
+    # The link is young and the peer is linking to other origins: relays wait (``settle``).
+    settling: bool = False
+    # Origins whose relay waits at this node: linking peers of this node's (set by the sender).
+    waiting: frozenset[str] = frozenset()
 
     def lacks(self, origin: str, seq: int, sender: str) -> bool:
         """Whether ``sender`` (this node's origin) should send entry (origin, seq)."""
@@ -74,7 +91,14 @@ class PeerHolds:
             return True
         if seq <= self.vector.get(origin, 0):
             return False
-        return origin == sender or origin not in self.direct
+        if origin == sender:
+            return True
+        return origin not in self.direct and not self.settling and origin not in self.waiting
+
+    def settle(self) -> None:
+        """Relays go from now on: the sender looks back for what it held back."""
+        self.settling = False
+        self.rewind = True
 
     def has(self, origin: str, seq: int) -> None:
         if seq > self.vector.get(origin, 0):
@@ -111,12 +135,14 @@ class Teller:
 
     told: dict[str, int] = field(default_factory=dict)
     direct: frozenset[str] | None = None
+    linking: bool | None = None
 
-    def have(self, heads: Heads, direct: frozenset[str]) -> pb.Have | None:
-        """The Have to send now (what advanced, and the direct origins), or None."""
+    def have(self, heads: Heads, direct: frozenset[str], linking: bool) -> pb.Have | None:
+        """The Have to send now (what advanced, the direct origins, whether this node is
+        linking), or None."""
         advanced = {o: h for o, h in heads.items() if h[0] > self.told.get(o, 0)}
-        if not advanced and direct == self.direct:
+        if not advanced and direct == self.direct and linking == self.linking:
             return None
         self.told.update({o: h[0] for o, h in advanced.items()})
-        self.direct = direct
-        return pb.Have(vector=to_wire(advanced), direct=sorted(direct))
+        self.direct, self.linking = direct, linking
+        return pb.Have(vector=to_wire(advanced), direct=sorted(direct), linking=linking)
