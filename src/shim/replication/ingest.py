@@ -30,6 +30,7 @@ from shim.replication.quarantine import Refusal, quarantine
 from shim.replication.requests import (
     MergeRequest,
     MergeResult,
+    PeerRecords,
     PeerRegistration,
     PruneEntries,
     ReleaseHeld,
@@ -54,6 +55,10 @@ def apply_request(
     repl = tables(txn)
     if isinstance(request, MergeRequest):
         return ingest(replica, repl, txn, request, sink)
+    if isinstance(request, PeerRecords):
+        for record in request.records:
+            ingest(replica, repl, txn, record, sink)
+        return len(request.records)
     if isinstance(request, ReleaseHeld):
         return release_held(replica, repl, txn, request, sink)
     if isinstance(request, PeerRegistration):

@@ -37,10 +37,12 @@ from shim.replication.framing import (
     check_numbers,
     message_limit,
 )
+from shim.replication.heartbeat_records import HeartbeatRecorder
 from shim.replication.held import release_held_forever
 from shim.replication.ingest import merge
 from shim.replication.link_state import LinkStatus, LinkTracker
 from shim.replication.merge import Entry
+from shim.replication.pacing import Pacer
 from shim.replication.quarantine import Refusal
 from shim.replication.redial import STABLE_SECONDS, Redial
 from shim.replication.requests import MergeRequest, PeerRegistration
@@ -289,6 +291,8 @@ class Replicator:
         self._admitted: set[asyncio.Task[Any]] = set()
         self._admitted_trackers: dict[str, LinkTracker] = {}
         self._recording: set[asyncio.Future[None]] = set()
+        # Peers' rows as heartbeats leave them, one transaction for all links.
+        self._peer_rows = HeartbeatRecorder(store, HEARTBEAT_SECONDS)
         self._closed = False
         # Entries from peers respect the client API's limits (None: etcd's defaults).
         self._limits = limits or IngestLimits(DEFAULT_MAX_REQUEST_BYTES)
@@ -324,6 +328,7 @@ class Replicator:
         tasks = list(self._dialers.values())
         self._dialers.clear()
         await cancel_and_wait(*tasks, log_errors=False)  # each dialer logs its own failures
+        await self._peer_rows.close()
         await cancel_and_wait(self._release)
 
     def _wake_senders(self, _revisions: object) -> None:
@@ -624,6 +629,7 @@ class Replicator:
             high = await self._store.read(lambda view: tables(view).max_ingest())
             cursor = high if first is None else first - 1
             last_sent = last_told = time.monotonic()
+            pacer = Pacer()
             forks_sent = -1
             limit = message_limit(self.max_message_bytes, state.peer_max_message)
             while True:
@@ -665,6 +671,7 @@ class Replicator:
                                      hlc=self._clock(), acked=state.applied)
                     await stream.send(pb.LinkMessage(batch=batch))
                     last_sent = time.monotonic()
+                    pacer.sent()
                     if left or cursor < high:
                         continue  # more to catch up on
                 elif cursor < high:
@@ -673,6 +680,9 @@ class Replicator:
                 if idle < HEARTBEAT_SECONDS:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), HEARTBEAT_SECONDS - idle)
+                    if wake.is_set() and (delay := pacer.delay()) > 0:
+                        # What commits meanwhile goes with it, in one batch (``pacing``).
+                        await asyncio.sleep(delay)
                 # By time, not only when nothing woke us: a busy node (many links committing)
                 # must still tell every peer it is alive.
                 if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
@@ -820,9 +830,15 @@ class Replicator:
             if state.registered is not None:
                 await state.registered  # its failure ends the link, as it did the handshake
                 state.registered = None
-            result = await merge(
-                self._store, MergeRequest(state.peer, merged, cursor, high, acked, refused)
-            )
+            request = MergeRequest(state.peer, merged, cursor, high, acked, refused)
+            if not (merged or refused):
+                # Bookkeeping only: written together with the other links' rows.
+                self._peer_rows.note(request)
+                state.applied, state.peer_high = cursor, high
+                last, recorded = known, time.monotonic()
+                continue
+            self._peer_rows.forget(state.peer)
+            result = await merge(self._store, request)
             if result.forks:
                 # Counted once committed: a sender that saw the count move before the commit
                 # would read no proof, and never look again.

@@ -27,6 +27,14 @@ class MergeRequest(ReplicaRequest):
 
 
 @dataclass(slots=True)
+class PeerRecords(ReplicaRequest):
+    """Peers' rows as their heartbeats left them (``MergeRequest``s without entries), for
+    several links in one transaction; answers how many."""
+
+    records: list[MergeRequest]
+
+
+@dataclass(slots=True)
 class PruneEntries(ReplicaRequest):
     """Retention: delete up to ``limit`` entries older than ``written_before_ms`` that no
     merge needs any more; answers how many went."""
