@@ -13,6 +13,7 @@ Scenarios (``--only`` takes their ids):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import shutil
 import signal
@@ -59,6 +60,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "partition): a check that the bench works, not a measurement")
     parser.add_argument("--only", default=",".join(sorted(SCENARIOS)),
                         help="scenario ids to run, e.g. 1,3 or W (default all)")
+    parser.add_argument("--size-rtts", default=None, metavar="LIST",
+                        help="scenario 2 only at these RTTs, e.g. 0 (default: the mode's)")
+    parser.add_argument("--size-workloads", default=None, metavar="LIST",
+                        help="scenario 2 only these workloads, e.g. put_c1 (default: the mode's)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each closed-loop measurement, wait up to SECONDS for an "
                         "idle machine (default 0: do not wait)")
@@ -95,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"bench/run-edge needs network namespaces with delays: {reason}")
     signal.signal(signal.SIGTERM, _on_signal)
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
+    if args.size_rtts:
+        sizes = dataclasses.replace(
+            sizes, size_rtts=tuple(float(x) for x in args.size_rtts.split(",")))
+    if args.size_workloads:
+        sizes = dataclasses.replace(sizes, size_workloads=tuple(args.size_workloads.split(",")))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.results_dir) if args.results_dir else RESULTS_ROOT / f"edge-{stamp}"
     raw = out_dir / "raw"
