@@ -356,9 +356,9 @@ def test_fragmented_watch_responses(
         stream.create(key=b"f/", range_end=b"f0", start_revision=1)
         stream.create(key=b"f/", range_end=b"f0", prev_kv=True, fragment=True)
         stream.create(key=b"f/00", prev_kv=True, fragment=True)
-        pair.quiet()
+        stream.wait_for_events(2 * 12)  # both catching-up watchers have every put
         pair.kv(pb.DeleteRangeRequest(key=b"f/", range_end=b"f0"))
-        pair.quiet()
+        stream.wait_for_events(2 * 12 + 3 * 12 + 1)  # and every watcher the deletes
         fragments = [describe(r)[:40] for r in stream.reference.responses if r.fragment]
         assert len(fragments) == 2, f"etcd fragmented as assumed: {fragments}"
         pair.assert_same()

@@ -9,16 +9,23 @@ identity is normalised before comparing.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
 from google.protobuf.message import Message
 
+from shim.api import concurrency
+from shim.api.concurrency import Recipes
+from shim.auth.state import NOBODY
+from shim.backend.sqlite import SqliteBackend
+from shim.mvcc.store import Store
 from shim.pb import rpc_pb2 as pb
 from shim.pb import v3election_pb2 as epb
 from shim.pb import v3lock_pb2 as lpb
@@ -213,6 +220,51 @@ def test_cancelled_lock_leaves_the_queue(shim: ShimServer) -> None:
         wait_for_keys(client, b"c/", 1)
         client.lock.Unlock(lpb.UnlockRequest(key=held.key), timeout=WAIT)
         assert not client.kv.Range(pb.RangeRequest(key=b"c/", range_end=b"c0")).kvs
+
+
+class SlowStore:
+    """A real store whose transactions wait to be let through: the window in which a
+    contender's caller can go away after its key's write started (with ``--processes`` the
+    answer crosses a socket)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.started = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def txn(self, request: pb.TxnRequest, caller: Any) -> pb.TxnResponse:
+        self.started.set()
+        await self.go.wait()
+        return await self.store.txn(request, caller)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_contender_cancelled_while_its_key_is_written_removes_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        backend = SqliteBackend(tmp_path / "state.db", synchronous="FULL")
+        backend.open()
+        store = Store(backend)
+        await store.start()
+        try:
+            slow = SlowStore(store)
+            recipes = Recipes(cast(Store, slow), cast(Any, None), cast(Any, None), 1 << 20)
+            contender = asyncio.ensure_future(recipes.join_queue(b"q/1", b"", 0))
+            await slow.started.wait()
+            contender.cancel()
+            slow.go.set()
+            with pytest.raises(asyncio.CancelledError):
+                await contender
+            await asyncio.gather(*concurrency._detached)
+            left = await store.range(pb.RangeRequest(key=b"q/", range_end=b"q0"), NOBODY)
+            assert store.revision == 3  # the key was written, then removed
+            assert not left.kvs
+        finally:
+            await store.close()
+            backend.close()
+
+    asyncio.run(main())
 
 
 def wait_for_keys(client: Client, prefix: bytes, count: int) -> None:

@@ -301,6 +301,12 @@ class StreamPair:
         self.reference.request_progress()
         self.candidate.request_progress()
 
+    def wait_for_events(self, count: int, timeout: float = 20.0) -> None:
+        """Until both streams have received ``count`` events (a positive sign that a phase
+        is over, where waiting for quiet could cut a slow server's answer in two)."""
+        self.reference.wait_for_events(count, timeout)
+        self.candidate.wait_for_events(count, timeout)
+
 
 class ServerPair:
     """Two servers receiving the same requests; watch streams opened on both in pairs."""

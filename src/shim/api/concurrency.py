@@ -124,6 +124,24 @@ class Recipes:
             failure=[get_op(key), *extra],
         ))
 
+    async def join_queue(
+        self, key: bytes, value: bytes, lease: int, *extra: RequestOp
+    ) -> rpc_pb2.TxnResponse:
+        """``put_if_absent`` of a contender's key, finished even when the caller goes away
+        meanwhile: the write may already be committed (with ``--processes`` its answer
+        crosses a socket), and then the key it created is removed, as when the caller goes
+        away while waiting; otherwise the key would queue for a contender nobody waits on."""
+        write = asyncio.ensure_future(self.put_if_absent(key, value, lease, *extra))
+        try:
+            return await asyncio.shield(write)
+        except asyncio.CancelledError:
+            run_detached(self._take_back(write, key), "removing an abandoned contender key")
+            raise
+
+    async def _take_back(self, write: asyncio.Future[rpc_pb2.TxnResponse], key: bytes) -> None:
+        if (await write).succeeded:
+            await self.delete(key)
+
     async def wait_deletes(self, prefix: bytes, max_create_revision: int) -> ResponseHeader:
         """Wait until no key under ``prefix`` created at or before ``max_create_revision``
         exists: each time, wait for the newest of them to be deleted, then look again."""

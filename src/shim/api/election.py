@@ -61,7 +61,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         lease = await recipes.session_lease(request.lease)
         prefix = request.name + b"/"
         key = contender_key(prefix, lease)
-        resp = await recipes.put_if_absent(key, request.value, lease)
+        resp = await recipes.join_queue(key, request.value, lease)
         leader = v3election_pb2.LeaderKey(
             name=request.name, key=key, rev=resp.header.revision, lease=lease
         )

@@ -38,7 +38,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
         prefix = request.name + b"/"
         key = contender_key(prefix, lease)
         owner = RequestOp(request_range=first_created(prefix))
-        resp = await recipes.put_if_absent(key, b"", lease, owner)
+        resp = await recipes.join_queue(key, b"", lease, owner)
         my_revision = resp.header.revision
         if not resp.succeeded:  # this lease already queued (or holds) this lock
             my_revision = resp.responses[0].response_range.kvs[0].create_revision
