@@ -1,5 +1,5 @@
 """What signed origins cost per entry: signing on the node that writes, checking on each node
-that receives (shim/replication/signing.py, Ed25519 from `cryptography`).
+that receives (shim/replication/signing.py, Ed25519 from `pynacl`: libsodium).
 
 In-process, on this tree's install: the writer's part (``entry_signing.signed``: body digest,
 message hash, signature, chain) and the receiver's part (``admission.admit`` of a signed entry

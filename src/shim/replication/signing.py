@@ -31,8 +31,8 @@ import functools
 import hashlib
 import struct
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
 
 ORIGIN_CHARS = 43  # 32 bytes of public key in base64url without padding
 SIGNATURE_BYTES = 64
@@ -80,7 +80,7 @@ def is_signed_origin(origin: str) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def public_key(origin: str) -> Ed25519PublicKey | None:
+def public_key(origin: str) -> VerifyKey | None:
     """The key an origin is (None: not a public key); kept, since every entry of a batch
     usually has one of a few origins."""
     try:
@@ -89,10 +89,7 @@ def public_key(origin: str) -> Ed25519PublicKey | None:
         return None
     if len(raw) != 32:
         return None
-    try:
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError:
-        return None
+    return VerifyKey(raw)
 
 
 def verifies(origin: str, message: bytes, signature: bytes) -> bool:
@@ -100,8 +97,8 @@ def verifies(origin: str, message: bytes, signature: bytes) -> bool:
     if key is None or len(signature) != SIGNATURE_BYTES:
         return False
     try:
-        key.verify(signature, message)
-    except InvalidSignature:
+        key.verify(message, signature)
+    except BadSignatureError:
         return False
     return True
 
@@ -110,9 +107,9 @@ class Signer:
     """This run's key pair; its public key is the origin."""
 
     def __init__(self) -> None:
-        self._key = Ed25519PrivateKey.generate()
-        raw = self._key.public_key().public_bytes_raw()
+        self._key = SigningKey.generate()
+        raw = bytes(self._key.verify_key)
         self.origin = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
     def sign(self, message: bytes) -> bytes:
-        return self._key.sign(message)
+        return self._key.sign(message).signature
