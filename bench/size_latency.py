@@ -94,7 +94,8 @@ def spy(profile: Path | None, node: ShimServer, seconds: float, name: str) -> \
         subprocess.Popen[bytes] | None:
     if profile is None or node.pid is None:
         return None
-    tool = shutil.which("py-spy") or "/tmp/prof/bin/py-spy"
+    # On PATH, or installed beside this Python (``pip install py-spy`` into the venv).
+    tool = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     profile.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [tool, "record", "-p", str(node.pid), "-d", f"{seconds:g}", "-r", "250", "-f", "raw",
