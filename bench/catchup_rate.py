@@ -5,19 +5,25 @@ Node 1 takes ``--puts`` puts of 256 B values (one client, one put at a time); no
 with no link (an empty topology file) and, once it serves, is told to link to node 1 (the
 file rewritten, SIGHUP). The clock and each node's CPU (from /proc) run from then until
 node 2 holds every put. Compare installs in one run of the machine (same load, ``--order``
-both ways) and read the ratios, not the absolute figures.
+both ways) and read the ratios, not the absolute figures. ``--local-writes``: meanwhile one
+client puts on node 2, one put at a time, and its latencies are reported (and, for
+comparison, those of the same client just before the link): how long the merges of a
+catch-up hold up the returning node's own writes.
 
     .venv/bin/python -m bench.catchup_rate                        # this tree's installed shim
     .venv/bin/python -m bench.catchup_rate --shim-python OTHER    # another install
+    .venv/bin/python -m bench.catchup_rate --local-writes         # node 2's own writes meanwhile
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,7 +42,40 @@ def _count(kv: rpc_pb2_grpc.KVStub) -> int:
     return kv.Range(request).count
 
 
-def measure(python: str, puts: int) -> dict[str, float]:
+class LocalWriter:
+    """One client putting on a node, one put at a time, in a thread: each put's latency."""
+
+    def __init__(self, kv: rpc_pb2_grpc.KVStub) -> None:
+        self._kv = kv
+        self._stop = threading.Event()
+        self.latencies: list[float] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            self._kv.Put(rpc_pb2.PutRequest(key=b"/local/%06d" % n, value=VALUE), timeout=30)
+            self.latencies.append(time.perf_counter() - started)
+            n += 1
+
+    def __enter__(self) -> LocalWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def summary(self, name: str) -> dict[str, float]:
+        ordered = sorted(self.latencies) or [0.0]
+        def at(q: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+        return {f"{name}_puts": len(self.latencies), f"{name}_p50_ms": at(0.50),
+                f"{name}_p99_ms": at(0.99), f"{name}_max_ms": round(ordered[-1] * 1000, 2)}
+
+
+def measure(python: str, puts: int, local_writes: bool = False) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="catchup-") as tmp:
         root = Path(tmp)
         shim_python = os.path.abspath(python)
@@ -52,17 +91,27 @@ def measure(python: str, puts: int) -> dict[str, float]:
             with ShimServer(root / "n2", extra_args=args, python=shim_python,
                             startup_timeout=60) as n2, grpc.insecure_channel(n2.endpoint) as ch:
                 kv2 = rpc_pb2_grpc.KVStub(ch)
-                cpu1, cpu2 = n1.cpu_seconds(), n2.cpu_seconds()
-                started = time.monotonic()
-                reload_topology(n2, topology, {"url": n1.url, "token": TOKEN})
-                while _count(kv2) < puts:
-                    time.sleep(0.05)
-                seconds = time.monotonic() - started
-                cpu1, cpu2 = n1.cpu_seconds() - cpu1, n2.cpu_seconds() - cpu2
+                local: dict[str, float] = {}
+                if local_writes:
+                    with LocalWriter(kv2) as before:
+                        time.sleep(2.0)  # the same client's figures without a catch-up
+                    local.update(before.summary("local_alone"))
+                writer = LocalWriter(kv2) if local_writes else contextlib.nullcontext()
+                with writer:
+                    cpu1, cpu2 = n1.cpu_seconds(), n2.cpu_seconds()
+                    started = time.monotonic()
+                    reload_topology(n2, topology, {"url": n1.url, "token": TOKEN})
+                    while _count(kv2) < puts:
+                        time.sleep(0.05)
+                    seconds = time.monotonic() - started
+                    cpu1, cpu2 = n1.cpu_seconds() - cpu1, n2.cpu_seconds() - cpu2
+                if isinstance(writer, LocalWriter):
+                    local.update(writer.summary("local_during"))
     return {
         "puts": puts, "seconds": round(seconds, 2), "entries_per_s": round(puts / seconds),
         "sender_cpu_us_per_entry": round(cpu1 / puts * 1e6),
         "receiver_cpu_us_per_entry": round(cpu2 / puts * 1e6),
+        **local,
     }
 
 
@@ -71,8 +120,10 @@ def main() -> None:
     parser.add_argument("--shim-python", default=sys.executable,
                         help="the python whose installed shim serves (default: this one)")
     parser.add_argument("--puts", type=int, default=5000)
+    parser.add_argument("--local-writes", action="store_true",
+                        help="one client writing on node 2 during the catch-up: its latencies")
     args = parser.parse_args()
-    print(json.dumps(measure(args.shim_python, args.puts)))
+    print(json.dumps(measure(args.shim_python, args.puts, args.local_writes)))
 
 
 if __name__ == "__main__":

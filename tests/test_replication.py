@@ -31,6 +31,7 @@ from tests.support.replication import (
     hangup,
     log_count,
     node_args,
+    peer_named,
     prefix_end,
     put,
     reload_topology,
@@ -63,10 +64,6 @@ def log_has(server: ShimServer, text: str) -> Callable[[], bool]:
 
 def wait_log(server: ShimServer, text: str, timeout: float = 20.0) -> None:
     wait_for(log_has(server, text), bool, f"{text!r} in {server.log_path}", timeout)
-
-
-def peer_named(report: dict[str, Any], name: str) -> dict[str, Any] | None:
-    return next((p for p in report.get("peers", []) if p["name"] == name), None)
 
 
 # --- 1. full mesh -----------------------------------------------------------------------

@@ -233,6 +233,11 @@ def status(server: ShimServer) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
+def peer_named(report: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The peer called ``name`` in a ``status`` report (None: not a peer of that node)."""
+    return next((p for p in report.get("peers", []) if p["name"] == name), None)
+
+
 def sql(server: ShimServer, query: str) -> list[dict[str, Any]]:
     """`shim sql --json QUERY` on a node: its rows as dicts."""
     result = shim_command(
