@@ -73,11 +73,8 @@ BATCH_BYTES = 4 * 1024 * 1024
 HEARTBEAT_SECONDS = 1.0
 # Batches read ahead while a merge commits (each at most what this node accepts in a message).
 INBOX_BATCHES = 8
-# Entries merged in one transaction at most. The writer is this node's one ordered write
-# path, so a client's write that arrives during a merge waits for it: a catch-up (batches of
-# thousands of entries) is merged this many at a time, each a few tens of milliseconds,
-# between which local writes commit.
-MERGE_ENTRIES = 500
+# Entries merged in one transaction at most, when several batches are waiting.
+MERGE_ENTRIES = 5000
 # An idle link still records "last seen" (shim status) this often.
 PEER_RECORD_SECONDS = 10.0
 # A link that hears nothing (not even a heartbeat) for this long is dropped and redialed.
@@ -841,25 +838,16 @@ class Replicator:
                 last, recorded = known, time.monotonic()
                 continue
             self._peer_rows.forget(state.peer)
-            for start in range(0, max(len(merged), 1), MERGE_ENTRIES):
-                # Only the last part moves the peer's cursor: it covers the whole batch.
-                final = start + MERGE_ENTRIES >= len(merged)
-                part = dataclasses.replace(
-                    request, entries=merged[start:start + MERGE_ENTRIES],
-                    cursor=cursor if final else state.applied,
-                    peer_high=high if final else state.peer_high,
-                    refused=refused if start == 0 else [],
-                )
-                result = await merge(self._store, part)
-                if result.forks:
-                    # Counted once committed: a sender that saw the count move before the
-                    # commit would read no proof, and never look again.
-                    self._replica.forks_found += result.forks
-                    self._wake_senders(None)
-                for refusal in [*part.refused, *result.refused]:  # the sender logs it
-                    await stream.send(pb.LinkMessage(refused=pb.Refused(
-                        origin=refusal.origin, seq=refusal.seq, reason=refusal.reason
-                    )))
+            result = await merge(self._store, request)
+            if result.forks:
+                # Counted once committed: a sender that saw the count move before the commit
+                # would read no proof, and never look again.
+                self._replica.forks_found += result.forks
+                self._wake_senders(None)
+            for refusal in [*refused, *result.refused]:  # recorded here; the sender logs it
+                await stream.send(pb.LinkMessage(refused=pb.Refused(
+                    origin=refusal.origin, seq=refusal.seq, reason=refusal.reason
+                )))
             state.applied, state.peer_high = cursor, high
             last, recorded = known, time.monotonic()
 
