@@ -29,6 +29,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.model import summarize
 from shim.pb import rpc_pb2, rpc_pb2_grpc
 from tests.support.replication import TOKEN, node_args, reload_topology, write_topology
 from tests.support.shim_server import ShimServer
@@ -49,13 +50,18 @@ class LocalWriter:
         self._kv = kv
         self._stop = threading.Event()
         self.latencies: list[float] = []
+        self.errors = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         n = 0
         while not self._stop.is_set():
             started = time.perf_counter()
-            self._kv.Put(rpc_pb2.PutRequest(key=b"/local/%06d" % n, value=VALUE), timeout=30)
+            try:
+                self._kv.Put(rpc_pb2.PutRequest(key=b"/local/%06d" % n, value=VALUE), timeout=30)
+            except grpc.RpcError:
+                self.errors += 1  # reported: a put that failed is not a fast one
+                continue
             self.latencies.append(time.perf_counter() - started)
             n += 1
 
@@ -67,15 +73,16 @@ class LocalWriter:
         self._stop.set()
         self._thread.join(60)
 
-    def summary(self, name: str) -> dict[str, float]:
-        ordered = sorted(self.latencies) or [0.0]
-        def at(q: float) -> float:
-            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
-        return {f"{name}_puts": len(self.latencies), f"{name}_p50_ms": at(0.50),
-                f"{name}_p99_ms": at(0.99), f"{name}_max_ms": round(ordered[-1] * 1000, 2)}
+    def summary(self, name: str) -> dict[str, float | None]:
+        ms = {**summarize(self.latencies), "max": max(self.latencies, default=0.0) * 1000}
+        return {f"{name}_puts": len(self.latencies), f"{name}_errors": self.errors,
+                **{f"{name}_{share}_ms": None if ms[share] is None else round(ms[share], 2)
+                   for share in ("p50", "p99", "max")}}
 
 
-def measure(python: str, puts: int, local_writes: bool = False) -> dict[str, float]:
+def measure(
+    python: str, puts: int, local_writes: bool = False
+) -> dict[str, float | None]:
     with tempfile.TemporaryDirectory(prefix="catchup-") as tmp:
         root = Path(tmp)
         shim_python = os.path.abspath(python)
@@ -91,13 +98,13 @@ def measure(python: str, puts: int, local_writes: bool = False) -> dict[str, flo
             with ShimServer(root / "n2", extra_args=args, python=shim_python,
                             startup_timeout=60) as n2, grpc.insecure_channel(n2.endpoint) as ch:
                 kv2 = rpc_pb2_grpc.KVStub(ch)
-                local: dict[str, float] = {}
+                local: dict[str, float | None] = {}
                 if local_writes:
                     with LocalWriter(kv2) as before:
                         time.sleep(2.0)  # the same client's figures without a catch-up
                     local.update(before.summary("local_alone"))
-                writer = LocalWriter(kv2) if local_writes else contextlib.nullcontext()
-                with writer:
+                writer = LocalWriter(kv2) if local_writes else None
+                with writer or contextlib.nullcontext():
                     cpu1, cpu2 = n1.cpu_seconds(), n2.cpu_seconds()
                     started = time.monotonic()
                     reload_topology(n2, topology, {"url": n1.url, "token": TOKEN})
@@ -105,7 +112,7 @@ def measure(python: str, puts: int, local_writes: bool = False) -> dict[str, flo
                         time.sleep(0.05)
                     seconds = time.monotonic() - started
                     cpu1, cpu2 = n1.cpu_seconds() - cpu1, n2.cpu_seconds() - cpu2
-                if isinstance(writer, LocalWriter):
+                if writer is not None:
                     local.update(writer.summary("local_during"))
     return {
         "puts": puts, "seconds": round(seconds, 2), "entries_per_s": round(puts / seconds),
