@@ -1,9 +1,12 @@
 """A link's pace (shim.replication.pacing): while writes keep coming, at most one batch of new
-entries per interval; the first after a quiet spell at once. A clock the test moves."""
+entries per interval, the interval growing up to a bound; the first after a quiet spell at
+once, and the interval short again. A clock the test moves."""
 
 from __future__ import annotations
 
-from shim.replication.pacing import BATCH_INTERVAL_SECONDS, Pacer
+import itertools
+
+from shim.replication.pacing import BATCH_INTERVAL_SECONDS, MAX_BATCH_INTERVAL_SECONDS, Pacer
 
 
 class Clock:
@@ -40,5 +43,54 @@ def test_after_a_quiet_spell_a_batch_goes_at_once() -> None:
     assert abs(pacer.delay() - 0.008) < 1e-9
 
 
-def test_the_default_interval_adds_at_most_ten_milliseconds() -> None:
+def steady_batches(pacer: Pacer, clock: Clock, count: int) -> list[float]:
+    """Send ``count`` batches while a write commits every millisecond: the waits."""
+    waits = []
+    for _ in range(count):
+        clock.now += 0.001  # the next write commits and wakes the sender
+        wait = pacer.delay()
+        waits.append(wait)
+        clock.now += wait
+        pacer.sent()
+    return waits
+
+
+def test_while_writes_keep_coming_the_interval_grows_to_its_bound() -> None:
+    clock = Clock()
+    pacer = Pacer(0.01, clock, max_interval=0.05)
+    pacer.sent()
+    waits = steady_batches(pacer, clock, 12)
+    gaps = [wait + 0.001 for wait in waits]  # from one batch to the next
+    assert abs(gaps[0] - 0.01) < 1e-9
+    assert all(later >= earlier - 1e-9 for earlier, later in itertools.pairwise(gaps))
+    assert gaps[1] > gaps[0]
+    assert abs(gaps[-1] - 0.05) < 1e-9  # never longer than the bound
+    assert abs(pacer.interval - 0.05) < 1e-9
+
+
+def test_a_quiet_spell_makes_the_interval_short_again() -> None:
+    clock = Clock()
+    pacer = Pacer(0.01, clock, max_interval=0.05)
+    pacer.sent()
+    steady_batches(pacer, clock, 12)
+    assert pacer.interval > 0.04
+    clock.now += 0.06  # no write for longer than the current interval
+    assert pacer.delay() == 0.0
+    pacer.sent()
+    assert abs(pacer.interval - 0.01) < 1e-9
+    clock.now += 0.002
+    assert abs(pacer.delay() - 0.008) < 1e-9
+
+
+def test_a_write_within_the_grown_interval_still_waits_for_it() -> None:
+    clock = Clock()
+    pacer = Pacer(0.01, clock, max_interval=0.05)
+    pacer.sent()
+    steady_batches(pacer, clock, 12)
+    clock.now += 0.03  # a gap shorter than the current interval: not a quiet spell
+    assert abs(pacer.delay() - 0.02) < 1e-9
+
+
+def test_the_default_intervals_add_at_most_fifty_milliseconds() -> None:
     assert 0 < BATCH_INTERVAL_SECONDS <= 0.01
+    assert BATCH_INTERVAL_SECONDS <= MAX_BATCH_INTERVAL_SECONDS <= 0.05
