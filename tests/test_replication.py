@@ -338,6 +338,25 @@ def test_bad_replication_flags_exit_2_with_one_line(tmp_path: Path) -> None:
     broken.write_text('{"links": [{"url": "http://127.0.0.1:1", "mode": "sideways"}]}')
     line = serve_fails("--topology", str(broken), tmp_path=tmp_path)
     assert "mode" in line and "sideways" in line, line
+    line = serve_fails("--replication-batch-delay", "2s", tmp_path=tmp_path)
+    assert "--replication-batch-delay must be at most 1s" in line, line
+
+
+@pytest.mark.parametrize("delay", ["0", "1s"])
+def test_batch_delay_at_its_bounds_replicates_every_write(
+    shim_factory: Factory, delay: str,
+) -> None:
+    """--replication-batch-delay at both ends of its range, 0 (every commit sent at once) and
+    1s (the longest pace): a burst of writes and the ones after it reach the peer, all."""
+    paced = ["--replication-batch-delay", delay]
+    n1 = shim_factory(extra_args=node_args("n1", extra=paced))
+    n2 = shim_factory(extra_args=node_args("n2", joins=[n1], extra=paced))
+    prefix = b"/paced/"
+    with Client(n1.endpoint) as client:
+        for i in range(60):
+            client.kv.Put(pb.PutRequest(key=prefix + b"%02d" % i, value=b"v"), timeout=5)
+    put(n2.endpoint, prefix + b"back", b"v")
+    wait_converged([n1, n2], prefix=prefix, expect=lambda snap: len(snap) == 61)
 
 
 def test_replication_flags_refused_on_postgres(postgres: Any, tmp_path: Path) -> None:

@@ -94,3 +94,12 @@ def test_a_write_within_the_grown_interval_still_waits_for_it() -> None:
 def test_the_default_intervals_add_at_most_fifty_milliseconds() -> None:
     assert 0 < BATCH_INTERVAL_SECONDS <= 0.01
     assert BATCH_INTERVAL_SECONDS <= MAX_BATCH_INTERVAL_SECONDS <= 0.05
+
+
+def test_no_interval_sends_every_batch_at_once() -> None:
+    clock = Clock()
+    pacer = Pacer(0.0, clock, max_interval=0.0)
+    for _ in range(5):
+        assert pacer.delay() == 0.0
+        pacer.sent()
+    assert pacer.interval == 0.0

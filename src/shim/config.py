@@ -67,6 +67,9 @@ class ServerConfig:
     topology_file: Path | None = None
     merge_policy_file: Path | None = None
     max_clock_skew_ms: int = 500
+    # The longest a link holds a steady stream of new entries to send them together (seconds;
+    # shim.replication.pacing; 0: every commit goes at once).
+    replication_batch_delay: float = 0.05
     # TLS on the gRPC port (None: plaintext), and for the https:// links this node dials.
     tls: ServerTls | None = None
     peer_tls: PeerTls | None = None

@@ -181,6 +181,7 @@ class ShimServer:
                 self.store, self._replica, self.config.name, self.config.bootstrap_token,
                 self._links, self.config.peer_tls, max_message_bytes=self._grpc_receive_limit,
                 limits=IngestLimits(self.config.max_request_bytes),
+                batch_delay=self.config.replication_batch_delay,
             )
         interceptors = []
         if self.config.metrics_address:
