@@ -20,6 +20,7 @@ from shim.config import (
 )
 from shim.logs import configure_logging
 from shim.mvcc.alarms import DEFAULT_QUOTA_BYTES, MAX_SUGGESTED_QUOTA_BYTES
+from shim.replication.pacing import MAX_BATCH_INTERVAL_SECONDS
 
 EXIT_USAGE = 2
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -216,7 +217,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "entries from further ahead are kept and flagged as skewed",
     )
     repl.add_argument(
-        "--replication-batch-delay", type=_duration, default=0.05, metavar="DURATION",
+        "--replication-batch-delay", type=_duration, default=MAX_BATCH_INTERVAL_SECONDS,
+        metavar="DURATION",
         help="the longest a link holds a steady stream of writes to send them together "
         "(default 50ms; a write after a quiet spell goes at once; 0: every commit at once, "
         "at more CPU per write on both ends)",

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from shim.replication.pacing import MAX_BATCH_INTERVAL_SECONDS
+
 if TYPE_CHECKING:
     from shim.tls import PeerTls, ServerTls
 
@@ -69,7 +71,7 @@ class ServerConfig:
     max_clock_skew_ms: int = 500
     # The longest a link holds a steady stream of new entries to send them together (seconds;
     # shim.replication.pacing; 0: every commit goes at once).
-    replication_batch_delay: float = 0.05
+    replication_batch_delay: float = MAX_BATCH_INTERVAL_SECONDS
     # TLS on the gRPC port (None: plaintext), and for the https:// links this node dials.
     tls: ServerTls | None = None
     peer_tls: PeerTls | None = None
