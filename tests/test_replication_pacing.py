@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 
-from shim.replication.pacing import BATCH_INTERVAL_SECONDS, MAX_BATCH_INTERVAL_SECONDS, Pacer
+from shim.replication.pacing import Pacer
 
 
 class Clock:
@@ -57,7 +57,7 @@ def steady_batches(pacer: Pacer, clock: Clock, count: int) -> list[float]:
 
 def test_while_writes_keep_coming_the_interval_grows_to_its_bound() -> None:
     clock = Clock()
-    pacer = Pacer(0.01, clock, max_interval=0.05)
+    pacer = Pacer(0.05, clock)
     pacer.sent()
     waits = steady_batches(pacer, clock, 12)
     gaps = [wait + 0.001 for wait in waits]  # from one batch to the next
@@ -70,7 +70,7 @@ def test_while_writes_keep_coming_the_interval_grows_to_its_bound() -> None:
 
 def test_a_quiet_spell_makes_the_interval_short_again() -> None:
     clock = Clock()
-    pacer = Pacer(0.01, clock, max_interval=0.05)
+    pacer = Pacer(0.05, clock)
     pacer.sent()
     steady_batches(pacer, clock, 12)
     assert pacer.interval > 0.04
@@ -84,22 +84,25 @@ def test_a_quiet_spell_makes_the_interval_short_again() -> None:
 
 def test_a_write_within_the_grown_interval_still_waits_for_it() -> None:
     clock = Clock()
-    pacer = Pacer(0.01, clock, max_interval=0.05)
+    pacer = Pacer(0.05, clock)
     pacer.sent()
     steady_batches(pacer, clock, 12)
     clock.now += 0.03  # a gap shorter than the current interval: not a quiet spell
     assert abs(pacer.delay() - 0.02) < 1e-9
 
 
-def test_the_default_intervals_add_at_most_fifty_milliseconds() -> None:
-    assert 0 < BATCH_INTERVAL_SECONDS <= 0.01
-    assert BATCH_INTERVAL_SECONDS <= MAX_BATCH_INTERVAL_SECONDS <= 0.05
-
-
 def test_no_interval_sends_every_batch_at_once() -> None:
     clock = Clock()
-    pacer = Pacer(0.0, clock, max_interval=0.0)
+    pacer = Pacer(0.0, clock)
     for _ in range(5):
         assert pacer.delay() == 0.0
         pacer.sent()
     assert pacer.interval == 0.0
+
+
+def test_a_bound_under_ten_milliseconds_is_a_fixed_pace() -> None:
+    clock = Clock()
+    pacer = Pacer(0.004, clock)
+    pacer.sent()
+    waits = steady_batches(pacer, clock, 5)
+    assert all(abs(wait - 0.003) < 1e-9 for wait in waits)  # 4 ms from batch to batch

@@ -15,12 +15,13 @@ from shim.config import (
     DEFAULT_DATASTORE_ENDPOINT,
     DEFAULT_LISTEN_ADDRESS,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REPLICATION_BATCH_DELAY,
+    MAX_REPLICATION_BATCH_DELAY,
     ConfigError,
     ServerConfig,
 )
 from shim.logs import configure_logging
 from shim.mvcc.alarms import DEFAULT_QUOTA_BYTES, MAX_SUGGESTED_QUOTA_BYTES
-from shim.replication.pacing import MAX_BATCH_INTERVAL_SECONDS
 
 EXIT_USAGE = 2
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -217,7 +218,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "entries from further ahead are kept and flagged as skewed",
     )
     repl.add_argument(
-        "--replication-batch-delay", type=_duration, default=MAX_BATCH_INTERVAL_SECONDS,
+        "--replication-batch-delay", type=_duration, default=DEFAULT_REPLICATION_BATCH_DELAY,
         metavar="DURATION",
         help="the longest a link holds a steady stream of writes to send them together "
         "(default 50ms; a write after a quiet spell goes at once; 0: every commit at once, "
@@ -226,7 +227,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-MAX_REPLICATION_BATCH_DELAY = 1.0  # seconds
 
 
 def _compaction_retention(mode: str, text: str) -> float:
@@ -377,7 +377,6 @@ def run_serve(args: argparse.Namespace) -> int:
         print("shim: --max-request-bytes must be positive", file=sys.stderr)
         return EXIT_USAGE
     if args.replication_batch_delay > MAX_REPLICATION_BATCH_DELAY:
-        # Longer, and a link's heartbeats (every second) would wait behind its batches.
         print(f"shim: --replication-batch-delay must be at most "
               f"{MAX_REPLICATION_BATCH_DELAY:g}s", file=sys.stderr)
         return EXIT_USAGE

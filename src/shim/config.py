@@ -8,14 +8,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from shim.replication.pacing import MAX_BATCH_INTERVAL_SECONDS
-
 if TYPE_CHECKING:
     from shim.tls import PeerTls, ServerTls
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:2379"
 DEFAULT_DATASTORE_ENDPOINT = "sqlite://./shim-data/state.db"
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024  # etcd's --max-request-bytes default (1.5 MiB)
+# --replication-batch-delay (seconds, shim.replication.pacing): the longest a link holds a
+# steady stream of writes to send them together. At most a second: longer, and a link's
+# heartbeats (one a second) would wait behind its batches.
+DEFAULT_REPLICATION_BATCH_DELAY = 0.05
+MAX_REPLICATION_BATCH_DELAY = 1.0
 
 
 class ConfigError(Exception):
@@ -69,9 +72,7 @@ class ServerConfig:
     topology_file: Path | None = None
     merge_policy_file: Path | None = None
     max_clock_skew_ms: int = 500
-    # The longest a link holds a steady stream of new entries to send them together (seconds;
-    # shim.replication.pacing; 0: every commit goes at once).
-    replication_batch_delay: float = MAX_BATCH_INTERVAL_SECONDS
+    replication_batch_delay: float = DEFAULT_REPLICATION_BATCH_DELAY  # 0: every commit at once
     # TLS on the gRPC port (None: plaintext), and for the https:// links this node dials.
     tls: ServerTls | None = None
     peer_tls: PeerTls | None = None

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from shim.config import DEFAULT_MAX_REQUEST_BYTES
+from shim.config import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REPLICATION_BATCH_DELAY
 from shim.mvcc.errors import StoreError
 from shim.mvcc.store import Store
 from shim.pb import replication_pb2 as pb
@@ -42,7 +42,7 @@ from shim.replication.held import release_held_forever
 from shim.replication.ingest import merge
 from shim.replication.link_state import LinkStatus, LinkTracker
 from shim.replication.merge import Entry
-from shim.replication.pacing import BATCH_INTERVAL_SECONDS, MAX_BATCH_INTERVAL_SECONDS, Pacer
+from shim.replication.pacing import Pacer
 from shim.replication.quarantine import Refusal
 from shim.replication.redial import STABLE_SECONDS, Redial
 from shim.replication.requests import MergeRequest, PeerRegistration
@@ -269,7 +269,7 @@ class Replicator:
         peer_tls: PeerTls | None = None,
         max_message_bytes: int = GRPC_DEFAULT_MESSAGE_BYTES,
         limits: IngestLimits | None = None,
-        batch_delay: float = MAX_BATCH_INTERVAL_SECONDS,
+        batch_delay: float = DEFAULT_REPLICATION_BATCH_DELAY,
     ) -> None:
         self._store = store
         # The longest pace of a link's batches (``pacing``; 0: every commit at once).
@@ -632,8 +632,7 @@ class Replicator:
             high = await self._store.read(lambda view: tables(view).max_ingest())
             cursor = high if first is None else first - 1
             last_sent = last_told = time.monotonic()
-            pacer = Pacer(min(BATCH_INTERVAL_SECONDS, self._batch_delay),
-                          max_interval=self._batch_delay)
+            pacer = Pacer(self._batch_delay)
             forks_sent = -1
             limit = message_limit(self.max_message_bytes, state.peer_max_message)
             while True:

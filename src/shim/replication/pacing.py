@@ -1,6 +1,6 @@
 """When a link sends its next batch of new entries: the first after a quiet spell at once; while
-writes keep coming, at most one per interval, the interval growing from 10 to 50 ms as long as
-they keep coming.
+writes keep coming, at most one per interval, the interval growing from 10 ms up to the node's
+``--replication-batch-delay`` (50 ms by default) as long as they keep coming.
 
 Every batch costs both ends a fixed price whatever it carries: the sender a gRPC message (and
 its compression) on the event loop that also serves the clients, the receiver a message, a
@@ -11,7 +11,7 @@ writes wait for both (bench/runs/2026-12-05-flat.md). Sending what accumulated o
 interval makes the price per batch, not per write.
 
 A longer interval makes it cheaper still (a replica's CPU per entry at one client and seven
-nodes: 510 µs at 10 ms, 197 µs at 50 ms; bench/runs/2026-12-06-pacing.md) but delays every
+nodes: 507-556 µs at 10 ms, 196-198 µs at 50 ms; bench/runs/2026-12-06-pacing.md) but delays every
 write a peer sees by up to that interval. So the interval starts short and grows only while
 writes keep coming: a batch that had to wait for its turn makes the next interval longer, a
 write after a quiet spell (no batch for the whole current interval) goes at once and starts
@@ -26,22 +26,20 @@ from collections.abc import Callable
 
 # The shortest time between two batches of new entries on one link while writes keep coming.
 BATCH_INTERVAL_SECONDS = 0.01
-# The longest: what a steady stream of writes can be delayed on its way to a peer.
-MAX_BATCH_INTERVAL_SECONDS = 0.05
 # How much longer the next interval is after a batch that had to wait for its turn.
 GROWTH = 1.5
 
 
 class Pacer:
-    """One link's pace: ``delay()`` is how long its sender waits before reading what to send;
+    """One link's pace, its interval between ``BATCH_INTERVAL_SECONDS`` (or ``longest``, if
+    shorter; 0: every batch at once) and ``longest``. ``delay()`` is how long its sender waits
+    before reading what to send (and notes a quiet spell: the interval starts again);
     ``sent()`` marks a batch of entries gone."""
 
-    def __init__(self, interval: float = BATCH_INTERVAL_SECONDS,
-                 clock: Callable[[], float] = time.monotonic,
-                 max_interval: float = MAX_BATCH_INTERVAL_SECONDS) -> None:
-        self._shortest = interval
-        self._longest = max(interval, max_interval)
-        self.interval = interval  # the current one
+    def __init__(self, longest: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._shortest = min(BATCH_INTERVAL_SECONDS, longest)
+        self._longest = longest
+        self.interval = self._shortest  # the current one
         self._clock = clock
         self._last: float | None = None  # when the last batch of entries went
         self._waited = False  # whether the batch about to go had to wait for its turn
