@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 
@@ -70,7 +70,10 @@ def _entry(row: Sequence[Any]) -> Entry:
     )
 
 
-def _chunks(items: Collection[bytes], size: int = 500) -> Iterator[list[bytes]]:
+_T = TypeVar("_T")
+
+
+def _chunks(items: Collection[_T], size: int = 500) -> Iterator[list[_T]]:
     """``items`` in lists of at most ``size`` (the parameters of one statement)."""
     listed = list(items)
     for start in range(0, len(listed), size):
@@ -189,6 +192,27 @@ class SqliteReplicationTables:
     def pending_origins(self) -> set[str]:
         """The origins with entries waiting for earlier ones."""
         return {str(o) for (o,) in self._conn.execute("SELECT DISTINCT origin FROM repl_pending")}
+
+    def defer_folds(self, peer: str, late: dict[bytes, list[int]]) -> None:
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO repl_deferred_fold (peer, key, ingest) VALUES (?, ?, ?)",
+            [(peer, key, position) for key, positions in late.items() for position in positions],
+        )
+
+    def deferred_keys(self) -> set[bytes]:
+        return {bytes(k) for (k,) in self._conn.execute(
+            "SELECT DISTINCT key FROM repl_deferred_fold")}
+
+    def take_deferred(self, peer: str | None) -> dict[bytes, list[int]]:
+        where, params = ("", ()) if peer is None else (" WHERE peer = ?", (peer,))
+        late: dict[bytes, list[int]] = {}
+        for key, position in self._conn.execute(
+            f"SELECT key, ingest FROM repl_deferred_fold{where} ORDER BY key, ingest", params
+        ):
+            late.setdefault(bytes(key), []).append(int(position))
+        if late:
+            self._conn.execute(f"DELETE FROM repl_deferred_fold{where}", params)
+        return late
 
     def keep_values_of(self, rows_sql: str, params: tuple[object, ...]) -> None:
         """Copy into the entries that read their value from the log rows ``rows_sql`` selects
@@ -333,14 +357,14 @@ class SqliteReplicationTables:
 
     def entries_at(self, positions: list[int]) -> list[tuple[int, Entry]]:
         """The entries at these ingest positions, in ingest order."""
-        if not positions:
-            return []
-        marks = ",".join("?" * len(positions))
-        rows: Sequence[Sequence[Any]] = self._conn.execute(
-            f"SELECT e.ingest, {_ENTRY_COLUMNS} FROM repl_entry e WHERE e.ingest IN ({marks}) "
-            "ORDER BY e.ingest",
-            positions,
-        ).fetchall()
+        rows: list[Sequence[Any]] = []
+        for part in _chunks(positions):
+            marks = ",".join("?" * len(part))
+            rows += self._conn.execute(
+                f"SELECT e.ingest, {_ENTRY_COLUMNS} FROM repl_entry e WHERE e.ingest IN ({marks})",
+                part,
+            ).fetchall()
+        rows.sort(key=lambda row: int(row[0]))
         return [(int(row[0]), _entry(row[1:])) for row in rows]
 
     def max_ingest(self) -> int:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from shim import metrics
 from shim.backend.base import WriteTxn
+from shim.mvcc.errors import StoreError
 from shim.mvcc.hlc import LOGICAL_BITS, wall_ms
 from shim.mvcc.replica import ReplicaAnswer, ReplicaRequest, RevisionSink
 from shim.mvcc.store import Store
@@ -28,6 +29,7 @@ from shim.replication.merge import AUTH, Entry, Stamp
 from shim.replication.quarantine import OUTCOME as QUARANTINED
 from shim.replication.quarantine import Refusal, quarantine
 from shim.replication.requests import (
+    FoldDeferred,
     MergeRequest,
     MergeResult,
     PeerRecords,
@@ -61,6 +63,8 @@ def apply_request(
         return len(request.records)
     if isinstance(request, ReleaseHeld):
         return release_held(replica, repl, txn, request, sink)
+    if isinstance(request, FoldDeferred):
+        return fold_deferred_keys(replica, repl, txn, request, sink)
     if isinstance(request, PeerRegistration):
         repl.upsert_peer(
             request.peer, request.name, request.address, request.role, _now_ms()
@@ -115,7 +119,7 @@ def _ingest(
             arrivals.arrive(stub)
     for entry in req.entries:
         arrivals.arrive(entry)
-    arrivals.fold_late_keys()
+    arrivals.fold_late_keys(req.fold)
     arrivals.record_origins()
     newest_hlc = arrivals.newest_hlc
     result.quarantined += replica.take_quarantined()
@@ -165,8 +169,12 @@ class _Arrivals:
         self.newest_hlc = 0  # the newest stamp applied
         self._forked = repl.forked()
         # Keys with entries that arrived late (stamped before an entry the key holds), with
-        # those entries: each such key is folded again once, when the batch has arrived.
-        self._late: dict[bytes, list[tuple[Entry, int]]] = {}
+        # those entries' positions: each such key is folded again once, when the batch has
+        # arrived, or when a later part of its catch-up has (``MergeRequest.fold``).
+        self._late: dict[bytes, list[int]] = {}
+        # Keys a part of a catch-up before this batch left to fold: every entry of theirs
+        # waits for that fold too.
+        self._deferred = repl.deferred_keys()
         self._held: dict[str, _Held] = {}  # each origin as this batch extends it
         self._waiting = repl.pending_origins()
         keys = {e.key for e in req.entries if e.kind == ""}
@@ -278,11 +286,9 @@ class _Arrivals:
                 return replace(entry, head_sig=after.head_sig, tail=b"".join(tail))
         return None
 
-    def _refold(
-        self, key: bytes, late: Sequence[tuple[Entry, int]] = ()
-    ) -> BaseException | None:
-        """Fold ``key`` again from all its entries (``late``: the entries of this batch that
-        made it necessary, whose outcome it decides); the failure, if it could not be."""
+    def _refold(self, key: bytes, late: Sequence[int] = ()) -> BaseException | None:
+        """Fold ``key`` again from all its entries (``late``: the positions of the entries
+        that made it necessary, whose outcome it decides); the failure, if it could not be."""
         repl, result = self._repl, self._result
         self._old.pop(key, None)  # read it from the table from now on
 
@@ -297,19 +303,30 @@ class _Arrivals:
             result.unchanged += len(late) - resolved.changed if late else 0
             result.conflicts += len(late)
             result.conflict_rules.extend([resolved.rule] * len(late))
-            for _, position in late:
+            for position in late:
                 repl.set_outcome(position, "applied" if resolved.changed else "superseded")
 
         return self._sink.guarded(again)
 
-    def fold_late_keys(self) -> None:
+    def fold_late_keys(self, now: bool = True, every_peer: bool = False) -> None:
         """Fold each key that received late entries once (a heal brings many late entries of
-        the same keys); if that fails, apply its late entries one by one, so only the entry
-        that fails is set apart."""
+        the same keys), with those the earlier parts of this peer's catch-up deferred (of
+        every peer's: ``every_peer``); if that fails, apply its late entries one by one, so
+        only the entry that fails is set apart. ``now`` False: keep them for a later part
+        (stored, so a stop before it loses nothing)."""
         late_keys, self._late = self._late, {}
+        if not now:
+            if late_keys:
+                self._repl.defer_folds(self._peer, late_keys)
+            return
+        if self._deferred:
+            for key, positions in self._repl.take_deferred(
+                None if every_peer else self._peer
+            ).items():
+                late_keys[key] = positions + late_keys.get(key, [])
         for key, late in late_keys.items():
             if self._refold(key, late) is not None:
-                for entry, position in late:
+                for position, entry in self._repl.entries_at(late):
                     self._apply(entry, position, now=True)
 
     def _apply(
@@ -319,14 +336,14 @@ class _Arrivals:
         (``is_newest``: whether it sorts after every other entry of its key, if known)."""
         replica, repl = self._replica, self._repl
         if not now and entry.kind == "" and replica.policy.replicates(entry.key):
-            if entry.key in self._late:
+            if entry.key in self._late or entry.key in self._deferred:
                 late = True
             elif is_newest is None:
                 late = replica.is_late(repl, entry, position)
             else:
                 late = not is_newest
             if late:
-                self._late.setdefault(entry.key, []).append((entry, position))
+                self._late.setdefault(entry.key, []).append(position)
                 return
             is_newest = True
         if entry.key in self._old:
@@ -413,6 +430,20 @@ def release_held(
     return result
 
 
+def fold_deferred_keys(
+    replica: Replica, repl: ReplicationTables, txn: WriteTxn, request: FoldDeferred,
+    sink: RevisionSink,
+) -> MergeResult:
+    """Fold the keys a catch-up left to a part that never came (``FoldDeferred``)."""
+    result = MergeResult(0, 0, 0, 0)
+    peer = request.peer or ""
+    arrivals = _Arrivals(replica, repl, txn, MergeRequest(peer, [], 0, 0), _now_ms(), sink,
+                         result, True)
+    arrivals.fold_late_keys(every_peer=request.peer is None)
+    result.quarantined += replica.take_quarantined()
+    return result
+
+
 def _apply_guarded(
     replica: Replica, repl: ReplicationTables, txn: WriteTxn, entry: Entry, position: int,
     sink: RevisionSink, result: MergeResult, old: KeyValue | None, is_newest: bool | None,
@@ -477,6 +508,17 @@ async def merge(store: Store, req: MergeRequest) -> MergeResult:
         result.conflict_rules, result.lag_ms, result.held, result.quarantined,
     )
     return result
+
+
+async def fold_deferred(store: Store, peer: str | None = None) -> None:
+    """Fold the keys ``peer``'s catch-up (None: any) deferred to a part that never came: its
+    link ended, or the node stopped."""
+    try:
+        if await store.read(lambda view: bool(tables(view).deferred_keys())):
+            result = await store.write_expecting(MergeResult, FoldDeferred(peer))
+            log.info("folded the keys a catch-up left unfolded: %d changed", result.applied)
+    except StoreError as exc:  # the next merge of the peer, or a restart, folds them
+        log.warning("keys a catch-up left unfolded not folded yet: %s", exc)
 
 
 def _now_ms() -> int:

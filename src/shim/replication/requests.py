@@ -24,6 +24,17 @@ class MergeRequest(ReplicaRequest):
     acked: int = 0  # the peer's confirmed position in our log (it applied up to there)
     # Entries of the batch the ingest checks refused (``admission.admit``), recorded with it.
     refused: list[Refusal] = field(default_factory=list)
+    # Fold the keys that received late entries now (with those deferred before); False: a
+    # part of a catch-up whose later part folds them (``ingest``: each such key once).
+    fold: bool = True
+
+
+@dataclass(slots=True)
+class FoldDeferred(ReplicaRequest):
+    """Fold the keys whose fold a catch-up deferred (its link ended, or the node stopped,
+    between its parts); answers a ``MergeResult``."""
+
+    peer: str | None = None  # whose catch-up (None: every peer's)
 
 
 @dataclass(slots=True)

@@ -65,6 +65,20 @@ class ReplicationTables(Protocol):
         """The origins with entries waiting for earlier ones."""
         ...
 
+    def defer_folds(self, peer: str, late: dict[bytes, list[int]]) -> None:
+        """Keep keys' late entries (ingest positions) for a fold in a later transaction of
+        ``peer``'s catch-up."""
+        ...
+
+    def deferred_keys(self) -> set[bytes]:
+        """The keys whose fold waits for a later transaction (``defer_folds``)."""
+        ...
+
+    def take_deferred(self, peer: str | None) -> dict[bytes, list[int]]:
+        """The keys ``peer``'s catch-up deferred (None: every peer's), with their late
+        entries' positions, no longer kept."""
+        ...
+
     def set_outcome(self, ingest: int, outcome: str) -> None: ...
 
     def set_outcome_of(self, origin: str, seq: int, outcome: str) -> None: ...
