@@ -39,7 +39,7 @@ from shim.replication.framing import (
 )
 from shim.replication.heartbeat_records import HeartbeatRecorder
 from shim.replication.held import release_held_forever
-from shim.replication.ingest import merge
+from shim.replication.ingest import fold_deferred, merge
 from shim.replication.link_state import LinkStatus, LinkTracker
 from shim.replication.merge import Entry
 from shim.replication.pacing import Pacer
@@ -73,7 +73,12 @@ BATCH_BYTES = 4 * 1024 * 1024
 HEARTBEAT_SECONDS = 1.0
 # Batches read ahead while a merge commits (each at most what this node accepts in a message).
 INBOX_BATCHES = 8
-# Entries merged in one transaction at most, when several batches are waiting.
+# Entries merged in one transaction at most, when several batches are waiting: a catch-up
+# is merged in parts, so this node's own writes wait for one part at most, never all of it.
+MERGE_PART = 200
+# Keys that received late entries are folded again once the batches waiting are merged, or
+# after this many entries if more keep coming (one fold for a key's late entries of many
+# parts: folding at every part would fold a long history again and again).
 MERGE_ENTRIES = 5000
 # An idle link still records "last seen" (shim status) this often.
 PEER_RECORD_SECONDS = 10.0
@@ -300,8 +305,12 @@ class Replicator:
         # Entries from peers respect the client API's limits (None: etcd's defaults).
         self._limits = limits or IngestLimits(DEFAULT_MAX_REQUEST_BYTES)
         store.add_commit_listener(self._wake_senders)
-        self._release = asyncio.get_running_loop().create_task(
+        loop = asyncio.get_running_loop()
+        self._release = loop.create_task(
             release_held_forever(store, replica), name="release held entries"
+        )
+        self._refold = loop.create_task(
+            fold_deferred(store), name="fold what a catch-up deferred"
         )
         self.set_links(links)
 
@@ -332,7 +341,7 @@ class Replicator:
         self._dialers.clear()
         await cancel_and_wait(*tasks, log_errors=False)  # each dialer logs its own failures
         await self._peer_rows.close()
-        await cancel_and_wait(self._release)
+        await cancel_and_wait(self._release, self._refold)
 
     def _wake_senders(self, _revisions: object) -> None:
         """After every committed batch: it may have stored entries to send."""
@@ -796,25 +805,32 @@ class Replicator:
         last: tuple[int, int, int] | None = None
         recorded = 0.0  # when the peer's row was last written
         ended = False
+        unfolded = 0  # entries merged since late keys were last folded (none: no fold due)
         while not ended:
             item = await inbox.get()
             arrived: list[_Arrived] = []
             entries = 0
+            failed = False
             while True:
                 if isinstance(item, Exception):
                     if not arrived:
+                        if unfolded:
+                            await fold_deferred(self._store, state.peer)
                         raise item
                     inbox.put_nowait(item)  # after merging what came before it (room: taken)
+                    failed = True
                     break
                 if item is None:
                     ended = True
                     break
                 arrived.append(item)
                 entries += len(item.batch.entries)
-                if entries >= MERGE_ENTRIES or inbox.empty():
+                if entries >= MERGE_PART or inbox.empty():
                     break
                 item = inbox.get_nowait()
             if not arrived:
+                if unfolded:
+                    await fold_deferred(self._store, state.peer)
                 return
             newest = arrived[-1].batch
             acked = max(a.batch.acked for a in arrived)
@@ -825,16 +841,24 @@ class Replicator:
             else:  # the link's other direction only: heartbeats of a receive-only peer
                 cursor, high = state.applied, state.peer_high
             known = (cursor, high, acked)
+            # Late keys are folded once the peer has sent all it had (its catch-up's last
+            # part), or once many entries wait, or when the link ends.
+            fold = (
+                ended or failed or (cursor >= high and inbox.empty())
+                or unfolded + len(merged) >= MERGE_ENTRIES
+            )
+            due = fold and unfolded > 0  # a fold the parts merged so far left to this one
             since = time.monotonic() - recorded
-            if not (merged or refused) and since < PEER_RECORD_SECONDS and (
+            if not (merged or refused or due) and since < PEER_RECORD_SECONDS and (
                 known == last or since < HEARTBEAT_SECONDS
             ):
                 continue  # heartbeats with nothing new to record yet
             if state.registered is not None:
                 await state.registered  # its failure ends the link, as it did the handshake
                 state.registered = None
-            request = MergeRequest(state.peer, merged, cursor, high, acked, refused)
-            if not (merged or refused):
+            unfolded = 0 if fold else unfolded + len(merged)
+            request = MergeRequest(state.peer, merged, cursor, high, acked, refused, fold)
+            if not (merged or refused or due):
                 # Bookkeeping only: written together with the other links' rows.
                 self._peer_rows.note(request)
                 state.applied, state.peer_high = cursor, high
