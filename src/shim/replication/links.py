@@ -73,7 +73,7 @@ BATCH_BYTES = 4 * 1024 * 1024
 HEARTBEAT_SECONDS = 1.0
 # Batches read ahead while a merge commits (each at most what this node accepts in a message).
 INBOX_BATCHES = 8
-# Entries merged in one transaction at most, when several batches are waiting: a catch-up
+# Entries merged in one transaction at most (a larger batch is merged in parts): a catch-up
 # is merged in parts, so this node's own writes wait for one part at most, never all of it.
 MERGE_PART = 200
 # Keys that received late entries are folded again once the batches waiting are merged, or
@@ -856,6 +856,15 @@ class Replicator:
             if state.registered is not None:
                 await state.registered  # its failure ends the link, as it did the handshake
                 state.registered = None
+            # A batch larger than a part: its parts but the last are merged first, with the
+            # cursor left where it was (a stop between them resends the batch; entries this
+            # node holds are skipped) and their late keys' fold left to the last part.
+            while len(merged) > MERGE_PART:
+                part, merged = merged[:MERGE_PART], merged[MERGE_PART:]
+                await self._merge(stream, MergeRequest(
+                    state.peer, part, state.applied, state.peer_high, acked, fold=False
+                ))
+                unfolded += len(part)
             unfolded = 0 if fold else unfolded + len(merged)
             request = MergeRequest(state.peer, merged, cursor, high, acked, refused, fold)
             if not (merged or refused or due):
@@ -865,18 +874,22 @@ class Replicator:
                 last, recorded = known, time.monotonic()
                 continue
             self._peer_rows.forget(state.peer)
-            result = await merge(self._store, request)
-            if result.forks:
-                # Counted once committed: a sender that saw the count move before the commit
-                # would read no proof, and never look again.
-                self._replica.forks_found += result.forks
-                self._wake_senders(None)
-            for refusal in [*refused, *result.refused]:  # recorded here; the sender logs it
-                await stream.send(pb.LinkMessage(refused=pb.Refused(
-                    origin=refusal.origin, seq=refusal.seq, reason=refusal.reason
-                )))
+            await self._merge(stream, request)
             state.applied, state.peer_high = cursor, high
             last, recorded = known, time.monotonic()
+
+    async def _merge(self, stream: _Stream, request: MergeRequest) -> None:
+        """Merge ``request``, then tell the peer which of its entries were refused."""
+        result = await merge(self._store, request)
+        if result.forks:
+            # Counted once committed: a sender that saw the count move before the commit
+            # would read no proof, and never look again.
+            self._replica.forks_found += result.forks
+            self._wake_senders(None)
+        for refusal in [*request.refused, *result.refused]:  # recorded here; the sender logs it
+            await stream.send(pb.LinkMessage(refused=pb.Refused(
+                origin=refusal.origin, seq=refusal.seq, reason=refusal.reason
+            )))
 
 
 def add_to_server(server: grpc.aio.Server, replicator: Callable[[], Replicator | None]) -> None:
