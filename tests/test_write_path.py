@@ -22,12 +22,14 @@ from shim.mvcc import writer as writer_module
 from shim.mvcc.apply import Applier
 from shim.mvcc.errors import KeyNotFoundError
 from shim.mvcc.hlc import HybridClock
+from shim.mvcc.replica import ReplicaRequest
 from shim.mvcc.store import Store
 from shim.pb.auth_pb2 import UserAddOptions
 from shim.pb.rpc_pb2 import (
     AuthEnableRequest,
     AuthUserAddRequest,
     AuthUserGrantRoleRequest,
+    DefragmentRequest,
     PutRequest,
     RangeRequest,
 )
@@ -189,3 +191,35 @@ def test_writes_after_an_auth_change_in_the_same_batch_are_checked_against_it(
             apply(Authorized(PutRequest(key=b"k", value=b"w"), root))
     finally:
         backend.close()
+
+
+class _Carrying(ReplicaRequest):
+    """A replication request that says it carries ``n`` writes."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def writes(self) -> int:
+        return self.n
+
+
+def test_a_large_replication_request_commits_alone_after_the_writes_taken_with_it() -> None:
+    # A client's put queued beside a part of a catch-up must not wait for that part's apply.
+    loop = asyncio.new_event_loop()
+    try:
+        def pending(request: object) -> writer_module._Pending:
+            return writer_module._Pending(request, loop.create_future())  # type: ignore[arg-type]
+
+        alone = writer_module._ALONE_WRITES
+        part_1, part_2 = pending(_Carrying(alone)), pending(_Carrying(alone + 100))
+        small = pending(_Carrying(alone - 1))
+        put_1, put_2 = pending(PutRequest(key=b"a")), pending(PutRequest(key=b"b"))
+        defrag, put_3 = pending(DefragmentRequest()), pending(PutRequest(key=b"c"))
+        groups = writer_module._transactions(
+            [part_1, put_1, small, part_2, put_2, defrag, put_3]
+        )
+        assert groups == [[put_1, small, put_2], [part_1], [part_2], defrag, [put_3]]
+    finally:
+        loop.close()

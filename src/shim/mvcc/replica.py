@@ -28,6 +28,11 @@ class ReplicaRequest:
 
     __slots__ = ()
 
+    def writes(self) -> int:
+        """How many writes it carries: the writer commits a large one in a transaction of its
+        own, so the client writes queued with it do not wait for it."""
+        return 1
+
 
 class ReplicaAnswer:
     """Base of what the hook answers a ``ReplicaRequest`` with (besides plain ints)."""

@@ -31,7 +31,7 @@ from shim.mvcc.apply import Applier, WriteRequest, WriteResponse
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
 from shim.mvcc.events import CommitListener, Revision
 from shim.mvcc.hlc import HybridClock
-from shim.mvcc.replica import ReplicaHook
+from shim.mvcc.replica import ReplicaHook, ReplicaRequest
 from shim.pb.rpc_pb2 import (
     DefragmentRequest,
     DefragmentResponse,
@@ -46,6 +46,10 @@ MAX_BATCH = 512
 # Client writes that are small enough to commit on the event loop when nothing else is in
 # flight (replication merges, compactions and the like always go to the writer thread).
 _INLINE_REQUESTS = (PutRequest, DeleteRangeRequest, TxnRequest)
+# A replication request carrying at least this many writes (a part of a catch-up) commits in a
+# transaction of its own, after the other requests taken with it: a client's write then waits
+# for the part being applied when it arrived, not for the next part as well.
+_ALONE_WRITES = 64
 # Event loop turns a lone write waits for company before it commits on the loop.
 _INLINE_YIELDS = 2
 # After writes overlapped, how long every write goes to the writer thread: under steady
@@ -194,9 +198,8 @@ class Writer:
                 batch.append(item)
             deliver = self._deliver_on_loop
             with self._committing:
-                # The outcomes are handed to the event loop, which delivers them. A request
-                # that needs the database to itself (Defragment) splits the batch.
-                for group in _split_exclusive(batch):
+                # The outcomes are handed to the event loop, which delivers them.
+                for group in _transactions(batch):
                     if isinstance(group, _Pending):
                         self._run_exclusive(group, deliver)
                     else:
@@ -398,18 +401,31 @@ class Writer:
                 item.future.set_result(outcome)
 
 
-def _split_exclusive(batch: list[_Pending]) -> list[list[_Pending] | _Pending]:
-    """The batch in order, as runs of ordinary writes and single exclusive requests."""
+def _transactions(batch: list[_Pending]) -> list[list[_Pending] | _Pending]:
+    """The batch as the transactions that commit it, in order: a request that needs the
+    database to itself (Defragment) alone and outside any; between those, the ordinary
+    requests together, then each large replication request alone. Requests taken together
+    are concurrent (none is answered yet), so committing the large ones last changes nothing
+    a client could have observed."""
     groups: list[list[_Pending] | _Pending] = []
-    run: list[_Pending] = []
+    ordinary: list[_Pending] = []
+    large: list[_Pending] = []
+
+    def close_run() -> None:
+        if ordinary:
+            groups.append(ordinary.copy())
+            ordinary.clear()
+        groups.extend([item] for item in large)
+        large.clear()
+
     for item in batch:
-        if isinstance(item.request, DefragmentRequest):
-            if run:
-                groups.append(run)
-                run = []
+        request = item.request
+        if isinstance(request, DefragmentRequest):
+            close_run()
             groups.append(item)
+        elif isinstance(request, ReplicaRequest) and request.writes() >= _ALONE_WRITES:
+            large.append(item)
         else:
-            run.append(item)
-    if run:
-        groups.append(run)
+            ordinary.append(item)
+    close_run()
     return groups

@@ -28,6 +28,9 @@ class MergeRequest(ReplicaRequest):
     # part of a catch-up whose later part folds them (``ingest``: each such key once).
     fold: bool = True
 
+    def writes(self) -> int:
+        return len(self.entries)
+
 
 @dataclass(slots=True)
 class FoldDeferred(ReplicaRequest):
