@@ -378,13 +378,24 @@ def split(buf: bytes, pos: int, end: int) -> dict[int, bytes]:
     run_number, run_start = -1, pos  # consecutive occurrences of one field are cut once
     while pos < end:
         start = pos
+        # One- and two-byte keys and lengths read inline: nearly every field (the hot loop;
+        # a field numbered 16 or more, as managedFields, has a two-byte key).
         key = buf[pos]
-        if key < 0x80:  # one-byte keys and lengths: nearly every field (the hot loop)
+        if key < 0x80:
             pos += 1
+        elif pos + 1 < end and buf[pos + 1] < 0x80:
+            key = key & 0x7F | buf[pos + 1] << 7
+            pos += 2
         else:
             key, pos = _varint(buf, pos, end)
-        if key & 7 == 2 and pos < end and buf[pos] < 0x80:
-            pos += buf[pos] + 1
+        if key & 7 == 2 and pos + 1 < end:
+            size = buf[pos]
+            if size < 0x80:
+                pos += size + 1
+            elif buf[pos + 1] < 0x80:
+                pos += (size & 0x7F | buf[pos + 1] << 7) + 2
+            else:
+                pos = _skip(buf, pos, end, 2)
             if pos > end:
                 raise DecodeError("truncated")
         else:
@@ -392,7 +403,9 @@ def split(buf: bytes, pos: int, end: int) -> dict[int, bytes]:
         number = key >> 3
         if number != run_number:
             if run_number >= 0:
-                _add_run(out, run_number, buf[run_start:start])
+                chunk = buf[run_start:start]
+                known = out.get(run_number)
+                out[run_number] = chunk if known is None else known + chunk
             run_number, run_start = number, start
     if run_number >= 0:
         _add_run(out, run_number, buf[run_start:end])
