@@ -196,6 +196,37 @@ NOT_DECODED = {
 }
 
 
+def field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field of any length."""
+    size, head = len(payload), bytearray([tag])
+    while size >= 0x80:
+        head.append(size & 0x7F | 0x80)
+        size >>= 7
+    return bytes(head) + bytes([size]) + payload
+
+
+@pytest.mark.parametrize("size", [0, 100, 1000, 20000])
+def test_the_envelope_reads_the_same_in_go_s_layout_and_any_other(size: int) -> None:
+    """kube-apiserver's layout is read by a shortcut (``k8sproto._envelope``); every other
+    order of the same fields is read the same by the general loop."""
+    raw = field(0x0A, field(0x0A, b"n" * size))  # metadata.name
+    type_meta = field(0x0A, ld(0x0A, b"v1") + ld(0x12, b"Pod"))
+    layouts = [
+        type_meta + field(0x12, raw) + b"\x1a\x00\x22\x00",  # Go's
+        field(0x12, raw) + type_meta + b"\x1a\x00\x22\x00",
+        type_meta + field(0x12, raw) + b"\x22\x00\x1a\x00",
+        type_meta + field(0x12, raw),
+        type_meta + field(0x12, raw) + b"\x1a\x00\x22\x00\x1a\x00",
+    ]
+    for layout in layouts:
+        value = k8sproto.PREFIX + layout
+        for _ in range(2):  # the type not yet seen, then seen
+            api_version, kind, start, end = k8sproto.envelope(value)
+            assert (api_version, kind, value[start:end]) == ("v1", "Pod", raw)
+    with pytest.raises(k8sproto.DecodeError):
+        k8sproto.envelope(k8sproto.PREFIX + type_meta + field(0x12, raw) + b"\x1a\x01x\x22\x00")
+
+
 @pytest.mark.parametrize("value", NOT_DECODED.values(), ids=NOT_DECODED.keys())
 def test_values_the_codec_does_not_read_stay_opaque_and_resolve_whole(value: bytes) -> None:
     assert k8sproto.decode(value) is None

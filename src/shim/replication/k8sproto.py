@@ -107,6 +107,22 @@ def object_type(value: bytes) -> tuple[str, str] | None:
 def _envelope(value: bytes) -> tuple[str, str, int, int]:
     """apiVersion, kind and the span of raw in the ``runtime.Unknown`` after the prefix."""
     pos, end = len(PREFIX), len(value)
+    if end > 9 and value[4] == 0x0A and value[5] < 0x80 and value.endswith(_EMPTY_TAIL):
+        # kube-apiserver's own framing (typeMeta, raw, then an empty contentEncoding and
+        # contentType): checked without the general loop, which reads it the same.
+        at = 6 + value[5]
+        if at + 2 < end and value[at] == 0x12:
+            size = value[at + 1]
+            if size < 0x80:
+                start = at + 2
+            elif value[at + 2] < 0x80:
+                size, start = size & 0x7F | value[at + 2] << 7, at + 3
+            else:
+                size, start = _varint(value, at + 1, end)
+            if start + size + len(_EMPTY_TAIL) == end:
+                known = _TYPES_READ.get(value[6:at])
+                if known is not None:
+                    return known[0], known[1], start, start + size
     type_meta: tuple[int, int] | None = None
     raw: tuple[int, int] | None = None
     while pos < end:
@@ -142,6 +158,7 @@ def _envelope(value: bytes) -> tuple[str, str, int, int]:
 
 # typeMeta bytes already read (a cluster stores few types; bounded all the same).
 _TYPES_READ: dict[bytes, tuple[str, str]] = {}
+_EMPTY_TAIL = b"\x1a\x00\x22\x00"
 
 
 def _message(buf: bytes, pos: int, end: int, msg: Message, memo: Memo | None) -> dict[str, Any]:
@@ -361,13 +378,24 @@ def split(buf: bytes, pos: int, end: int) -> dict[int, bytes]:
     run_number, run_start = -1, pos  # consecutive occurrences of one field are cut once
     while pos < end:
         start = pos
+        # One- and two-byte keys and lengths read inline: nearly every field (the hot loop;
+        # a field numbered 16 or more, as managedFields, has a two-byte key).
         key = buf[pos]
-        if key < 0x80:  # one-byte keys and lengths: nearly every field (the hot loop)
+        if key < 0x80:
             pos += 1
+        elif pos + 1 < end and buf[pos + 1] < 0x80:
+            key = key & 0x7F | buf[pos + 1] << 7
+            pos += 2
         else:
             key, pos = _varint(buf, pos, end)
-        if key & 7 == 2 and pos < end and buf[pos] < 0x80:
-            pos += buf[pos] + 1
+        if key & 7 == 2 and pos + 1 < end:
+            size = buf[pos]
+            if size < 0x80:
+                pos += size + 1
+            elif buf[pos + 1] < 0x80:
+                pos += (size & 0x7F | buf[pos + 1] << 7) + 2
+            else:
+                pos = _skip(buf, pos, end, 2)
             if pos > end:
                 raise DecodeError("truncated")
         else:
@@ -375,7 +403,9 @@ def split(buf: bytes, pos: int, end: int) -> dict[int, bytes]:
         number = key >> 3
         if number != run_number:
             if run_number >= 0:
-                _add_run(out, run_number, buf[run_start:start])
+                chunk = buf[run_start:start]
+                known = out.get(run_number)
+                out[run_number] = chunk if known is None else known + chunk
             run_number, run_start = number, start
     if run_number >= 0:
         _add_run(out, run_number, buf[run_start:end])

@@ -364,9 +364,21 @@ def _diff_list(path: Path_, before: Json, after: Json, key: str | None) -> list[
     ops: list[Op]
     if key is None:
         old_ids, new_ids = old, new
+        old_keys, new_keys = [_ident(k) for k in old_ids], [_ident(k) for k in new_ids]
     else:
         old_ids, new_ids = [e[key] for e in old], [e[key] for e in new]
-    old_keys, new_keys = [_ident(k) for k in old_ids], [_ident(k) for k in new_ids]
+        # ``_ident`` of scalars (``_keyed`` checked the keys), inline: a list per write.
+        old_keys = [(type(k), k) for k in old_ids]
+        new_keys = [(type(k), k) for k in new_ids]
+    if key is not None and old_keys == new_keys:
+        # The same elements in the same order (a status update): only changed ones are set;
+        # nothing is deleted and the order stands.
+        ops = [KeyedSet(path, key, e) for o, e in zip(old, new, strict=True) if not same(o, e)]
+        if before is _MISSING and not new:
+            ops.append(FirstWrite(path, []))  # the writer wrote an empty list
+        elif after is _MISSING:
+            ops.append(DropIfEmpty(path))  # the writer dropped the list: drop it if empty
+        return ops
     old_set, new_set = set(old_keys), set(new_keys)
     if key is None:
         ops = [SetRemove(path, e) for e, k in zip(old, old_keys, strict=True) if k not in new_set]
@@ -692,9 +704,12 @@ def _keyed(value: Json, key: str) -> list[Json] | None:
         return None
     seen: set[tuple[Any, Any]] = set()
     for e in value:
-        if not isinstance(e, dict) or key not in e or isinstance(e[key], (dict, list)):
+        if not isinstance(e, dict):
             return None
-        seen.add(_ident(e[key]))
+        ident = e.get(key, _MISSING)
+        if ident is _MISSING or isinstance(ident, (dict, list)):
+            return None
+        seen.add((type(ident), ident))  # ``_ident`` of a scalar, inline
     return value if len(seen) == len(value) else None
 
 

@@ -161,7 +161,12 @@ def to_wire(op: Op) -> list[Json]:
 
 def dumps(ops: list[Op]) -> str:
     """The JSON text of ``ops`` (wire and ``repl_entry.ops``)."""
-    return json.dumps([to_wire(op) for op in ops], separators=(",", ":"))
+    return _encode([to_wire(op) for op in ops])
+
+
+# ``json.dumps`` with these separators, its encoder made once (``json.dumps`` makes one per
+# call whenever an option is not the default): every write encodes its operations.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def loads(text: str | bytes) -> list[Op]:

@@ -27,12 +27,13 @@ from shim.replication.k8s_schema import Kind, Message, object_message
 from shim.replication.policy import KeyRules, Path_
 
 # What was read of recent versions, by their bytes, so the version a write replaces (the
-# last one written, usually) costs nothing to read again: objects known to decode, cut by
-# field number (``_GOOD``: only these are compared on their bytes), messages inside them cut
+# last one written, usually) costs nothing to read again: objects known to decode, by their
+# whole stored value (so the old version's envelope is not read again), with their type and
+# fields cut by number (``_GOOD``: only these are compared on their bytes), messages inside them cut
 # the same way, decoded messages (``k8sproto``'s memo: identical conditions, times, ... are
 # decoded once) and decoded fields. All emptied together once the versions read since
 # exceed a budget; a version no longer known is decoded whole once more.
-_GOOD: dict[tuple[int, bytes], dict[int, bytes]] = {}
+_GOOD: dict[bytes, tuple[str, str, Message, dict[int, bytes]]] = {}
 _SPLITS: dict[bytes, dict[int, bytes]] = {}
 _MEMO: k8sproto.Memo = {}
 _READS: dict[tuple[int, bytes], dict[str, Any]] = {}
@@ -45,9 +46,10 @@ def remember(value: bytes) -> None:
     can compare against it."""
     try:
         api_version, kind, start, end = k8sproto.envelope(value)
-        raw = value[start:end]
-        _spend(len(raw))
-        _GOOD[(id(object_message(api_version, kind)), raw)] = k8sproto.split(raw, 0, len(raw))
+        _spend(end - start)
+        _GOOD[value] = (
+            api_version, kind, object_message(api_version, kind), k8sproto.split(value, start, end)
+        )
     except k8sproto.DecodeError:
         pass
 
@@ -93,17 +95,16 @@ def compare(old: bytes, new: bytes, rules: KeyRules) -> Changes | None:
     identity = rules.identity
     if identity is None or identity in rules.local_paths:
         return None
+    known = _GOOD.get(old)
+    if known is None:
+        return None  # not known to decode
+    api_version, kind, msg, old_fields = known
     try:
-        old_type, new_type = k8sproto.envelope(old), k8sproto.envelope(new)
-        if old_type[:2] != new_type[:2]:
+        new_type = k8sproto.envelope(new)
+        if new_type[0] != api_version or new_type[1] != kind:
             return None  # another type: a whole write, decided on the decoded objects
-        msg = object_message(old_type[0], old_type[1])
-        old_fields = _GOOD.get((id(msg), old[old_type[2]:old_type[3]]))
-        if old_fields is None:
-            return None  # not known to decode
-        new_raw = new[new_type[2]:new_type[3]]
-        _spend(len(new_raw))
-        new_fields = k8sproto.split(new_raw, 0, len(new_raw))
+        _spend(new_type[3] - new_type[2])
+        new_fields = k8sproto.split(new, new_type[2], new_type[3])
         changes: list[Change] = []
         _compare(old_fields, new_fields, msg, (), rules, changes)
         base_uid = _identity(old_fields, msg, identity)
@@ -111,7 +112,7 @@ def compare(old: bytes, new: bytes, rules: KeyRules) -> Changes | None:
             old_fields, new_fields, msg, identity) else base_uid
     except k8sproto.DecodeError:
         return None
-    _GOOD[(id(msg), new_raw)] = new_fields  # every field read or the same as before: good
+    _GOOD[new] = (api_version, kind, msg, new_fields)  # every field read or as before: good
     return Changes(changes, base_uid, uid)
 
 
@@ -124,13 +125,14 @@ def field_at(value: bytes, path: Path_, rules: KeyRules) -> dict[str, Any] | Non
     if not value.startswith(k8sproto.PREFIX):
         return None
     try:
-        api_version, kind, start, end = k8sproto.envelope(value)
-        msg = object_message(api_version, kind)
-        raw = value[start:end]
-        fields = _GOOD.get((id(msg), raw))
-        if fields is None:
-            _spend(len(raw))
-            fields = k8sproto.split(raw, 0, len(raw))
+        known = _GOOD.get(value)
+        if known is None:
+            api_version, kind, start, end = k8sproto.envelope(value)
+            msg = object_message(api_version, kind)
+            _spend(end - start)
+            fields = k8sproto.split(value, start, end)
+        else:
+            msg, fields = known[2], known[3]
         chunk, parent = _walk(fields, msg, path)
         return {} if chunk is None else _read(chunk, parent, path[:-1], rules)
     except k8sproto.DecodeError:
