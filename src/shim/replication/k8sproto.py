@@ -403,7 +403,7 @@ def split(buf: bytes, pos: int, end: int) -> dict[int, bytes]:
         number = key >> 3
         if number != run_number:
             if run_number >= 0:
-                chunk = buf[run_start:start]
+                chunk = buf[run_start:start]  # ``_add_run``, inline (the hot loop)
                 known = out.get(run_number)
                 out[run_number] = chunk if known is None else known + chunk
             run_number, run_start = number, start

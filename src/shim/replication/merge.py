@@ -374,33 +374,33 @@ def _diff_list(path: Path_, before: Json, after: Json, key: str | None) -> list[
         # The same elements in the same order (a status update): only changed ones are set;
         # nothing is deleted and the order stands.
         ops = [KeyedSet(path, key, e) for o, e in zip(old, new, strict=True) if not same(o, e)]
-        if before is _MISSING and not new:
-            ops.append(FirstWrite(path, []))  # the writer wrote an empty list
-        elif after is _MISSING:
-            ops.append(DropIfEmpty(path))  # the writer dropped the list: drop it if empty
-        return ops
-    old_set, new_set = set(old_keys), set(new_keys)
-    if key is None:
-        ops = [SetRemove(path, e) for e, k in zip(old, old_keys, strict=True) if k not in new_set]
-        ops += [SetAdd(path, e) for e, k in zip(new, new_keys, strict=True) if k not in old_set]
     else:
-        by_id = dict(zip(old_keys, old, strict=True))
-        ops = [
-            KeyedDelete(path, key, i)
-            for i, k in zip(old_ids, old_keys, strict=True)
-            if k not in new_set
-        ]
-        ops += [
-            KeyedSet(path, key, e)
-            for e, k in zip(new, new_keys, strict=True)
-            if not same(by_id.get(k, _MISSING), e)
-        ]
-    # Kept elements stay where they are and new ones are appended: say so when the writer's
-    # order is another, so an unconflicted write keeps its order.
-    kept = [k for k in old_keys if k in new_set]
-    added = [k for k in new_keys if k not in old_set]
-    if kept + added != new_keys:
-        ops.append(Reorder(path, key, new_ids))
+        old_set, new_set = set(old_keys), set(new_keys)
+        if key is None:
+            ops = [
+                SetRemove(path, e) for e, k in zip(old, old_keys, strict=True) if k not in new_set
+            ]
+            ops += [
+                SetAdd(path, e) for e, k in zip(new, new_keys, strict=True) if k not in old_set
+            ]
+        else:
+            by_id = dict(zip(old_keys, old, strict=True))
+            ops = [
+                KeyedDelete(path, key, i)
+                for i, k in zip(old_ids, old_keys, strict=True)
+                if k not in new_set
+            ]
+            ops += [
+                KeyedSet(path, key, e)
+                for e, k in zip(new, new_keys, strict=True)
+                if not same(by_id.get(k, _MISSING), e)
+            ]
+        # Kept elements stay where they are and new ones are appended: say so when the
+        # writer's order is another, so an unconflicted write keeps its order.
+        kept = [k for k in old_keys if k in new_set]
+        added = [k for k in new_keys if k not in old_set]
+        if kept + added != new_keys:
+            ops.append(Reorder(path, key, new_ids))
     if before is _MISSING and not new:
         ops.append(FirstWrite(path, []))  # the writer wrote an empty list
     elif after is _MISSING:
