@@ -813,12 +813,9 @@ class Replicator:
             failed = False
             while True:
                 if isinstance(item, Exception):
-                    if not arrived:
-                        if unfolded:
-                            await fold_deferred(self._store, state.peer)
-                        raise item
-                    inbox.put_nowait(item)  # after merging what came before it (room: taken)
-                    failed = True
+                    if arrived:
+                        inbox.put_nowait(item)  # after merging what came before (room: taken)
+                        failed = True
                     break
                 if item is None:
                     ended = True
@@ -828,9 +825,11 @@ class Replicator:
                 if entries >= MERGE_PART or inbox.empty():
                     break
                 item = inbox.get_nowait()
-            if not arrived:
+            if not arrived:  # the link ended or failed: fold what its catch-up deferred
                 if unfolded:
                     await fold_deferred(self._store, state.peer)
+                if isinstance(item, Exception):
+                    raise item
                 return
             newest = arrived[-1].batch
             acked = max(a.batch.acked for a in arrived)
