@@ -637,8 +637,11 @@ class Replicator:
         try:
             origin, holds = self.origin, state.holds
             holds.waiting = self._waiting_origins()
-            first = await self._store.read(lambda view: holds.first_lacking(tables(view), origin))
-            high = await self._store.read(lambda view: tables(view).max_ingest())
+            # One read: an entry committed between two would be past a cursor set to the
+            # newest position, and never sent.
+            first, high = await self._store.read(
+                lambda view: (holds.first_lacking(tables(view), origin), tables(view).max_ingest())
+            )
             cursor = high if first is None else first - 1
             last_sent = last_told = time.monotonic()
             pacer = Pacer(self._batch_delay)
