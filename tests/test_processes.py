@@ -64,6 +64,32 @@ def test_connections_spread_over_serving_processes_that_share_one_store(
             client.close()
 
 
+def test_a_write_answered_through_one_process_is_read_through_every_other(
+    server: ShimServer,
+) -> None:
+    """Each process reads the key (so one that kept answers in memory would keep this one),
+    then a write through one connection: every connection reads it once it is answered."""
+    clients = [Client(server.endpoint) for _ in range(16)]
+    try:
+        for client in clients:  # connected: counted below
+            client.kv.Range(pb.RangeRequest(key=b"seen"), timeout=10)
+        assert server.pid is not None
+        per_process = [client_connections(pid, server.port) for pid in children(server.pid)]
+        assert all(n > 0 for n in per_process), per_process  # as in the test above
+        for i in range(20):
+            for client in clients:
+                client.kv.Range(pb.RangeRequest(key=b"seen"), timeout=10)
+            writer = clients[i % len(clients)]
+            put = writer.kv.Put(pb.PutRequest(key=b"seen", value=b"%d" % i), timeout=10)
+            for client in clients:
+                got = client.kv.Range(pb.RangeRequest(key=b"seen"), timeout=10)
+                assert [kv.value for kv in got.kvs] == [b"%d" % i]
+                assert got.header.revision >= put.header.revision
+    finally:
+        for client in clients:
+            client.close()
+
+
 def test_compare_and_swap_through_every_process_has_one_winner_per_revision(
     server: ShimServer,
 ) -> None:

@@ -99,6 +99,10 @@ class AuthWriter:
         self._checked = (txn, state)
         return state
 
+    def enabled(self, txn: Any) -> bool:
+        """Whether auth is enabled in ``txn`` as it stands (free after a check in it)."""
+        return self._state_for_check(txn).enabled
+
     # -- checks of key-value writes (etcd's authApplierV3) -------------------------------------
 
     def check(self, txn: Any, request: Any, caller: Caller) -> None:

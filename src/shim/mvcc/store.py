@@ -19,6 +19,7 @@ from shim.auth.state import AuthState, Caller
 from shim.backend.base import Backend, ReadView
 from shim.mvcc.alarms import DEFAULT_QUOTA_BYTES
 from shim.mvcc.apply import WriteRequest, WriteResponse
+from shim.mvcc.current_values import CurrentValues, cacheable
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError
 from shim.mvcc.events import CommitListener, Revision
 from shim.mvcc.hash import KVHash, hash_all, hash_kv
@@ -87,6 +88,8 @@ class Store:
         self._listeners: list[CommitListener] = []
         # The auth state of the snapshots this process reads (the writer keeps its own).
         self.auth = AuthCache()
+        # Single-key Range answers kept in memory (None: this process cannot keep them exact).
+        self._current: CurrentValues | None = None
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -97,8 +100,13 @@ class Store:
         )
 
     async def start(self) -> None:
-        self._writer = self._make_write_path(self._publish)
-        self._writer.start()
+        writer = self._writer = self._make_write_path(self._publish)
+        if isinstance(writer, Writer) and not self.backend.shared:
+            # Only this process writes the database and it hears of every commit in time.
+            self._current = CurrentValues(
+                writer.revision, lambda: writer.committing_revision, lambda: writer.auth_on
+            )
+        writer.start()
 
     async def close(self) -> None:
         """Finish queued writes, then stop the writer. The backend is closed by its owner."""
@@ -112,6 +120,8 @@ class Store:
         self._listeners.append(listener)
 
     def _publish(self, committed: list[Revision]) -> None:
+        if self._current is not None:
+            self._current.published(committed)
         for listener in self._listeners:
             listener(committed)
 
@@ -165,13 +175,25 @@ class Store:
         self, req: RangeRequest, header: Callable[[int], bytes], caller: Caller | None = None
     ) -> bytes:
         """``range``'s answer as bytes, ``header(revision)`` first (the response's encoded
-        header field): a large answer is its stored rows' bytes, with no message in between."""
+        header field): a large answer is its stored rows' bytes, with no message in between.
+        A plain read of one key is answered from memory when it was read before and no
+        commit changed it since (``CurrentValues``)."""
+        # Kept answers are used only while auth is off: no caller needs a check then.
+        kept_values = self._current if cacheable(req) else None
+        if kept_values is not None:
+            kept = kept_values.get(req.key)
+            if kept is not None:
+                return header(kept_values.revision) + kept
 
         def run(view: ReadView) -> bytes:
             if caller is not None:
                 self.auth.state(view).check_range(caller, req.key, req.range_end)
             current = view.revision()
-            return range_body(view, req, current, view.compact_revision(), header(current))
+            if kept_values is None:
+                return range_body(view, req, current, view.compact_revision(), header(current))
+            answer = range_body(view, req, current, view.compact_revision(), b"")
+            kept_values.keep(req.key, answer, current)
+            return header(current) + answer
 
         return await self.read(run)
 

@@ -106,7 +106,13 @@ class Writer:
         self.replica = replica
         self.auth = AuthWriter(backend.node_id)
         with backend.read() as view:
+            # Whether auth may be enabled: True from before the COMMIT that enables it until
+            # after the one that disables it (answers kept in memory skip permission checks).
+            self.auth_on = self.auth.enabled(view)
             self.revision = view.revision()
+            # The revision of the batch being committed, set before its COMMIT can be seen
+            # (readers that keep answers in memory wait while it is ahead of what they heard).
+            self.committing_revision = self.revision
             self.compact_revision = view.compact_revision()
             max_hlc = view.max_hlc()
             if replica is not None:
@@ -285,8 +291,11 @@ class Writer:
                     txn.add_alarm(alarm)
                 if applier.revision != self.revision:
                     txn.set_revision(applier.revision)
+                    self.committing_revision = applier.revision
                 if self.replica is not None:
                     self.replica.finish_batch(txn, mark)
+                auth_on = self.auth.enabled(txn)
+                self.auth_on = self.auth_on or auth_on
         except self._backend.errors as exc:
             # Nothing of this batch is committed: every caller gets a retryable error.
             log.error("write batch of %d failed, rolled back: %s", len(batch), exc)
@@ -296,6 +305,7 @@ class Writer:
             self._check_damage(exc)
             self._store_raised_alarms()
             self._rollback_replica(mark)
+            self.committing_revision = self.revision
             failure = StorageUnavailableError(f"storage write failed: {exc}")
             deliver(batch, [failure] * len(batch), None)
             return
@@ -309,6 +319,7 @@ class Writer:
             self._check_damage(exc)
             self._store_raised_alarms()
             self._rollback_replica(mark)
+            self.committing_revision = self.revision
             deliver(batch, [exc] * len(batch), None)
             return
         self.alarms.raised = []
@@ -316,6 +327,7 @@ class Writer:
         metrics.COMMIT_BATCH_SIZE.observe(len(batch))
         self.revision = applier.revision
         self.compact_revision = applier.compact_revision
+        self.auth_on = auth_on
         deliver(batch, outcomes, applier.committed)
 
     def _rollback_replica(self, mark: int) -> None:
