@@ -328,6 +328,9 @@ def test_member_list(pair: Pair) -> None:
     [member] = out["members"]
     assert member["ID"] == member_id
     assert member["clientURLs"] == [f"http://{pair.shim.endpoint}"]
+    # Peers link to a shim node on its client port: that is its peer URL (etcd lists one for
+    # every member).
+    assert member["peerURLs"] == [f"http://{pair.shim.endpoint}"]
     assert member.get("name")
 
     line = etcdctl(pair.shim.endpoint, "member", "list").stdout.strip()
@@ -337,5 +340,6 @@ def test_member_list(pair: Pair) -> None:
     assert int(fields[0], 16) == member_id
     assert fields[1] == "started"
     assert fields[2] == member["name"]
+    assert fields[3] == f"http://{pair.shim.endpoint}"
     assert fields[4] == f"http://{pair.shim.endpoint}"
     assert fields[5] == "false"  # not a learner

@@ -206,6 +206,18 @@ def test_health_version_and_metrics(pair: Pair) -> None:
     assert b"shim_revision " in metrics.body
 
 
+def test_member_list_has_etcds_fields(pair: Pair, gateway_shim: ShimServer) -> None:
+    """The URLs differ (each server has its own); every field etcd fills, shim fills."""
+    on_etcd, on_shim = pair.both("/v3/cluster/member/list", "{}")
+    assert on_shim.status == on_etcd.status == 200
+    [etcd_member] = json.loads(on_etcd.body)["members"]
+    [shim_member] = json.loads(on_shim.body)["members"]
+    assert list(shim_member) == list(etcd_member) == ["ID", "name", "peerURLs", "clientURLs"]
+    # Links ride the gRPC client port: that is where peers reach shim.
+    grpc_url = f"http://{gateway_shim.endpoint}"
+    assert shim_member["peerURLs"] == shim_member["clientURLs"] == [grpc_url]
+
+
 def test_request_size_limits_match_etcd(pair: Pair) -> None:
     too_large = json.dumps({"key": b64("big"), "value": b64(b"x" * 1_600_000)})
     over_grpc = json.dumps({"key": b64("big"), "value": b64(b"x" * 2_200_000)})
@@ -368,7 +380,8 @@ def etcd3gw_session(client: Any) -> None:
     assert lease.revoke()
     assert client.get("gw/leased") == []
     assert client.status()["version"]
-    assert len(client.members()) == 1
+    [member] = client.members()
+    assert member["peerURLs"] and member["clientURLs"]
 
 
 def test_garbage_on_the_port_gets_400_and_nothing_breaks(pair: Pair) -> None:

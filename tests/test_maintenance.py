@@ -380,15 +380,15 @@ def test_member_list_shows_linked_replicas(shim_factory: Callable[..., ShimServe
     token = "t0ken"
     parent = shim_factory(extra_args=["--name", "parent", "--bootstrap-token", token])
     alone = json.loads(etcdctl(parent.endpoint, "member", "list", "-w", "json").stdout)
-    assert [(m["name"], m["clientURLs"]) for m in alone["members"]] == [
-        ("parent", [f"http://{parent.endpoint}"])]
+    assert [(m["name"], m["peerURLs"], m["clientURLs"]) for m in alone["members"]] == [
+        ("parent", [f"http://{parent.endpoint}"], [f"http://{parent.endpoint}"])]
     child = shim_factory(extra_args=[
         "--name", "child", "--join", f"http://{parent.endpoint}", "--token", token,
     ])
-    def members(server: ShimServer) -> list[tuple[int, str, list[str]]]:
+    def members(server: ShimServer) -> list[tuple[int, str, list[str], list[str]]]:
         out = etcdctl(server.endpoint, "member", "list", "-w", "json").stdout
         return sorted(
-            (int(m["ID"]), m["name"], m.get("clientURLs", []))
+            (int(m["ID"]), m["name"], m.get("peerURLs", []), m.get("clientURLs", []))
             for m in json.loads(out)["members"]
         )
 
@@ -398,22 +398,24 @@ def test_member_list_shows_linked_replicas(shim_factory: Callable[..., ShimServe
     for server in (parent, child):
         with Client(server.endpoint) as client:
             ids[server] = client.maintenance.Status(pb.StatusRequest()).header.member_id
-    # The child dialed the parent: it knows the parent's client URL; the parent knows the
-    # child's name and id only. IDs are each node's own member id.
+    # The child dialed the parent: it knows the parent's client URL, which is also its peer
+    # URL (links ride the client port); the parent knows the child's name and id only. IDs
+    # are each node's own member id.
+    child_url, parent_url = f"http://{child.endpoint}", f"http://{parent.endpoint}"
     expected = {
         child: sorted([
-            (ids[child], "child", [f"http://{child.endpoint}"]),
-            (ids[parent], "parent", [f"http://{parent.endpoint}"]),
+            (ids[child], "child", [child_url], [child_url]),
+            (ids[parent], "parent", [parent_url], [parent_url]),
         ]),
         parent: sorted([
-            (ids[parent], "parent", [f"http://{parent.endpoint}"]),
-            (ids[child], "child", []),
+            (ids[parent], "parent", [parent_url], [parent_url]),
+            (ids[child], "child", [], []),
         ]),
     }
     for server in (child, parent):
         assert members(server) == expected[server]
     table = etcdctl(child.endpoint, "member", "list").stdout
-    assert f", started, parent, , http://{parent.endpoint}, false" in table
+    assert f", started, parent, {parent_url}, {parent_url}, false" in table
     refused = etcdctl(child.endpoint, "member", "add", "x", "--peer-urls",
                       f"http://127.0.0.1:{free_port()}", check=False)
     assert refused.returncode != 0

@@ -5,6 +5,11 @@ a link in ``--topology``, and leaves by no longer being linked. MemberAdd, and M
 MemberUpdate of a listed member, answer FAILED_PRECONDITION saying so. An id that is not listed
 gets etcd's NOT_FOUND, and promoting a listed member etcd's answer for a member that is not a
 learner (no shim node is one), so clients that check those codes see what etcd would send.
+
+A member's peer URLs are where its peers reach it. Links ride a node's client port (the Link
+service is served beside the etcd services), so a shim node's peer URLs are its client URLs:
+this node's own, and the URL this node dialed for a replica it joined. etcd lists peer URLs for
+every member, and clients rely on the field being there (etcd3gw's ``members()`` reads it).
 """
 
 from __future__ import annotations
@@ -64,9 +69,11 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
 
     def _members(self) -> dict[int, rpc_pb2.Member]:
         """This node and the replicas it is linked to, by member id."""
+        own_urls = self._client_urls()
         members = {
             self._identity.member_id: rpc_pb2.Member(
-                ID=self._identity.member_id, name=self._name, clientURLs=self._client_urls()
+                ID=self._identity.member_id, name=self._name, peerURLs=own_urls,
+                clientURLs=own_urls,
             )
         }
         for replica in self._replicas():
@@ -76,6 +83,8 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
                 known = members[member_id] = rpc_pb2.Member(ID=member_id, name=replica.name)
             if replica.client_url and replica.client_url not in known.clientURLs:
                 known.clientURLs.append(replica.client_url)
+            if replica.client_url and replica.client_url not in known.peerURLs:
+                known.peerURLs.append(replica.client_url)
         return members
 
     def _listed(self, member_id: int) -> None:
