@@ -17,6 +17,7 @@ import apsw
 import grpc
 import pytest
 
+from shim.backend.bolt import BoltWriter
 from shim.pb import rpc_pb2 as pb
 from tests.support import (
     OUTSIDE_CHECKOUT,
@@ -24,7 +25,9 @@ from tests.support import (
     EtcdServer,
     ShimServer,
     etcdctl,
+    find_etcd_binary,
     free_port,
+    free_ports,
     sqlite_endpoint,
 )
 from tests.support.postgres import PostgresServer, postgres_endpoint
@@ -123,11 +126,14 @@ def test_snapshot_save_status_and_restore(
     data = snapshot.read_bytes()
     assert len(data) % 512 == 32  # what etcdctl checks: a database, then its SHA-256
     assert hashlib.sha256(data[:-32]).digest() == data[-32:]
-    assert data.startswith(b"SQLite format 3\0")
+    assert data[16:20] == (0xED0CDAED).to_bytes(4, "little")  # bbolt's magic, as etcd's
 
-    # etcd's own tools read bbolt files only; shim's reads this one.
-    etcd_status = etcdctl(source.endpoint, "snapshot", "status", str(snapshot), check=False)
-    assert etcd_status.returncode != 0 and "invalid database" in etcd_status.stderr
+    # etcd's own tools read it as one of etcd's (keys: the log's 13 stored versions, the
+    # consistent index, and the pieces of shim's database); shim's too.
+    etcd_status = json.loads(etcdctl(
+        source.endpoint, "snapshot", "status", str(snapshot), "-w", "json").stdout)
+    assert etcd_status["revision"] == 11
+    assert etcd_status["totalSize"] == len(data) - 32
     status = shim_cli("snapshot", "status", str(snapshot), "--json")
     assert status.returncode == 0, status.stderr
     info = json.loads(status.stdout)
@@ -153,6 +159,43 @@ def test_snapshot_save_status_and_restore(
         assert (restored_member == member) == keep
 
 
+def test_a_shim_snapshot_restores_into_etcd(
+    shim_factory: Callable[..., ShimServer], tmp_path: Path
+) -> None:
+    """A way off shim: etcdutl restores a shim snapshot into a real etcd, which then serves
+    the same keys, leases and history (the same HashKV, compaction included)."""
+    source = shim_factory()
+    with Client(source.endpoint) as client:
+        history(client)
+        lease = client.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=300)).ID
+        client.kv.Put(pb.PutRequest(key=b"leased", value=b"x", lease=lease))
+        client.kv.Compact(pb.CompactionRequest(revision=6))
+        expected = client.kv.Range(pb.RangeRequest(key=b"\0", range_end=b"\0"))
+    expected_hash = hashkv_of(source.endpoint)
+    snapshot = tmp_path / "backup.db"
+    etcdctl(source.endpoint, "snapshot", "save", str(snapshot))
+
+    client_port, peer_port = free_ports(2)
+    etcd = EtcdServer(tmp_path / "etcd", client_port=client_port, peer_port=peer_port)
+    peer = f"http://127.0.0.1:{peer_port}"
+    restored = subprocess.run(
+        [find_etcd_binary("etcdutl"), "snapshot", "restore", str(snapshot),
+         f"--data-dir={etcd.data_dir}", f"--name={etcd.member}",
+         f"--initial-cluster={etcd.member}={peer}", f"--initial-advertise-peer-urls={peer}"],
+        capture_output=True, text=True, timeout=60, cwd=OUTSIDE_CHECKOUT,
+    )
+    assert restored.returncode == 0, restored.stderr
+    with etcd.spawn().wait_ready(), Client(etcd.endpoint) as client:
+        served = client.kv.Range(pb.RangeRequest(key=b"\0", range_end=b"\0"))
+        assert served.kvs == expected.kvs and served.header.revision == expected.header.revision
+        assert hashkv_of(etcd.endpoint) == expected_hash
+        leases = client.lease.LeaseLeases(pb.LeaseLeasesRequest()).leases
+        assert [granted.ID for granted in leases] == [lease]
+        with pytest.raises(grpc.RpcError) as compacted:
+            client.kv.Range(pb.RangeRequest(key=b"k0", revision=5))
+        assert compacted.value.details() == "etcdserver: mvcc: required revision has been compacted"
+
+
 def test_snapshot_bad_input(shim: ShimServer, tmp_path: Path) -> None:
     snapshot = tmp_path / "s.db"
     etcdctl(shim.endpoint, "snapshot", "save", str(snapshot))
@@ -173,10 +216,19 @@ def test_snapshot_bad_input(shim: ShimServer, tmp_path: Path) -> None:
         "(the file is damaged or incomplete)\n"
     assert "does not end with a SHA-256 trailer" in restore(data[:-10])
     assert restore(b"\0" * 512 + hashlib.sha256(b"\0" * 512).digest()) == (
-        "shim: FILE does not hold a SQLite database (an etcd snapshot holds bbolt: restore "
-        "it with etcdutl, not shim)\n"
+        "shim: FILE is not a snapshot (neither etcd's bbolt nor a SQLite database)\n"
     )
-    assert "not a usable SQLite database" in restore(data[:4096], "--skip-hash-check")
+    assert restore(data[:4096], "--skip-hash-check").startswith("shim: FILE: page ")
+    # An etcd snapshot (bbolt without shim's database in it): a pointer to etcd's tool.
+    etcds = tmp_path / "etcd.db"
+    with open(etcds, "wb") as out:
+        bolt = BoltWriter(out)
+        bolt.bucket(b"key", [])
+        bolt.close()
+    assert restore(etcds.read_bytes(), "--skip-hash-check") == (
+        "shim: FILE is an etcd snapshot, not a shim one (no shim bucket): restore it with "
+        "etcdutl, not shim\n"
+    )
     missing = shim_cli("snapshot", "status", str(tmp_path / "nope.db"))
     assert (missing.returncode, missing.stderr) == (
         2, f"shim: cannot read {tmp_path / 'nope.db'}: No such file or directory\n")

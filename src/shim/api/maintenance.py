@@ -17,6 +17,7 @@ from shim.api.errors import RequestError, grpc_errors
 from shim.api.header import RAFT_TERM, Identity
 from shim.auth.guard import Guard, Rule, permission
 from shim.backend.base import UnsupportedError
+from shim.mvcc import snapshot_file
 from shim.mvcc.store import Store
 from shim.pb import rpc_pb2, rpc_pb2_grpc
 
@@ -121,19 +122,20 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Snapshot(
         self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
-        """The database as one consistent file, in 32 KiB pieces (each with the bytes still to
-        come), then a last piece holding the SHA-256 of the file: what `etcdctl snapshot save`
-        expects. The copy is made first, in a temporary file beside the database."""
+        """The database as one consistent file laid out as etcd's (``snapshot_file``), in
+        32 KiB pieces (each with the bytes still to come), then a last piece holding the
+        SHA-256 of the file: what `etcdctl snapshot save` expects. The file is made first, in
+        a temporary file beside the database."""
         backend = self._store.backend
         beside = os.path.dirname(os.path.abspath(backend.location))  # PostgreSQL: a URL
         fd, path = tempfile.mkstemp(
             prefix=".shim-snapshot-", dir=beside if os.path.isdir(beside) else None
         )
         os.close(fd)
-        os.unlink(path)  # the backend creates the file itself
+        os.unlink(path)  # made anew by snapshot_file
         try:
             try:
-                revision = await asyncio.to_thread(backend.snapshot, path)
+                revision = await asyncio.to_thread(snapshot_file.make, backend, path)
             except UnsupportedError as exc:
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"shim: {exc}")
             except backend.errors as exc:

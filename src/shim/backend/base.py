@@ -231,6 +231,10 @@ class Backend(Protocol):
         backend cannot."""
         ...
 
+    def read_copy(self, path: str) -> AbstractContextManager[ReadView]:
+        """A read view of a copy ``snapshot`` made (blocking; any thread)."""
+        ...
+
     def defragment(self) -> None:
         """Give free space back to the file system (the writer thread, with no write
         transaction open)."""

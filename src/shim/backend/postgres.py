@@ -19,11 +19,17 @@ import logging
 import ssl as ssl_module
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import asyncpg
 
-from shim.backend.base import BackendOpenError, ExternalCommitListener, UnsupportedError
+from shim.backend.base import (
+    BackendOpenError,
+    ExternalCommitListener,
+    ReadView,
+    UnsupportedError,
+)
 from shim.backend.migrations import SchemaError, load_migrations, pending
 from shim.backend.pg_bridge import LoopThread
 from shim.backend.pg_views import CHANNEL, META_SQL, PostgresView, PostgresWriteTxn
@@ -563,6 +569,9 @@ class PostgresBackend:
             "Snapshot of a PostgreSQL datastore is not implemented; back the database up "
             "with pg_dump (or pg_basebackup) instead"
         )
+
+    def read_copy(self, path: str) -> AbstractContextManager[ReadView]:
+        raise UnsupportedError("a PostgreSQL datastore makes no copies (see snapshot)")
 
     def defragment(self) -> None:
         """Plain VACUUM of shim's tables: it blocks neither reads nor writes; PostgreSQL

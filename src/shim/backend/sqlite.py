@@ -504,6 +504,17 @@ class SqliteBackend:
             source.close()
         return revision
 
+    @contextlib.contextmanager
+    def read_copy(self, path: str) -> Iterator[SqliteView]:
+        """A read view of a copy ``snapshot`` made, opened read-only."""
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            conn.execute("BEGIN")
+            yield SqliteReadView(conn)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
     def defragment(self) -> None:
         """VACUUM on the writer connection: the file is rebuilt without free pages. Writes
         wait for it (the writer's lock is held); readers go on from their WAL snapshots.

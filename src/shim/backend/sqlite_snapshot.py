@@ -1,10 +1,14 @@
 """``shim snapshot status`` and ``shim snapshot restore``: the files `etcdctl snapshot save`
-makes from a shim server.
+makes from a shim server (written by ``shim.mvcc.snapshot_file``).
 
-Such a file is shim's SQLite database as it was at one moment, followed by the SHA-256 of
-those bytes (etcd's trailer: `etcdctl snapshot save` checks the file ends with one, and
-`etcdutl snapshot restore` checks it matches). It is not etcd's bbolt format, so etcd's own
-`snapshot status` / `snapshot restore` cannot read it; these commands can.
+Such a file is a bbolt database laid out as etcd's (``shim.backend.bolt``), followed by the
+SHA-256 of those bytes (etcd's trailer: `etcdctl snapshot save` checks the file ends with one,
+and `etcdutl snapshot restore` checks it matches). Its ``key`` bucket holds every stored
+version as etcd stores it (the same items HashKV hashes), ``meta`` the revision as etcd's
+consistent index and the compacted revision, ``lease`` the leases; so `etcdctl snapshot status`
+reads it and reports shim's revision and keys. Bucket ``shim`` holds the node's whole SQLite
+database, in pieces: what ``restore`` brings back, replication state and all. Files from
+before bbolt (the SQLite database itself plus the trailer) are read too.
 
 Restoring makes a new database file from the snapshot. By default the restored node gets a
 new node id (a new etcd member and cluster id); ``--keep-identity`` keeps the old one. Either
@@ -26,6 +30,7 @@ from typing import BinaryIO
 
 import apsw
 
+from shim.backend.bolt import SHIM_BUCKET, BoltError, BoltReader, is_bolt
 from shim.backend.sqlite_rows import one
 from shim.config import ConfigError, PostgresEndpoint, parse_datastore_endpoint
 
@@ -43,7 +48,7 @@ class SnapshotInfo:
     revision: int
     compact_revision: int
     total_keys: int
-    total_size: int  # bytes of the database inside the file
+    total_size: int  # bytes of the snapshot's database file (its trailer aside)
     node_id: str
     checksum: str  # "sha256 ok", or "not checked"
 
@@ -86,10 +91,31 @@ def _database_bytes(path: Path, skip_hash_check: bool) -> int:
     return body
 
 
-def _copy_prefix(source: Path, target: Path, length: int) -> None:
+def _copy_database(source: Path, target: Path, length: int) -> None:
+    """The SQLite database inside the snapshot's first ``length`` bytes, into ``target``."""
     with open(source, "rb") as src, open(target, "xb") as dst:
-        for chunk in _chunks(src, length, source):
-            dst.write(chunk)
+        head = src.read(len(SQLITE_MAGIC))
+        src.seek(0)
+        if head == SQLITE_MAGIC:  # a file from before bbolt: the database itself
+            for chunk in _chunks(src, length, source):
+                dst.write(chunk)
+        elif is_bolt(src.read(64)):
+            try:
+                found = False
+                for _, piece in BoltReader(src).bucket(SHIM_BUCKET):
+                    dst.write(piece)
+                    found = True
+            except BoltError as exc:
+                raise SnapshotError(f"{source}: {exc}") from None
+            if not found:
+                raise SnapshotError(
+                    f"{source} is an etcd snapshot, not a shim one (no {SHIM_BUCKET.decode()} "
+                    "bucket): restore it with etcdutl, not shim"
+                )
+        else:
+            raise SnapshotError(
+                f"{source} is not a snapshot (neither etcd's bbolt nor a SQLite database)"
+            )
         dst.flush()
         os.fsync(dst.fileno())
 
@@ -116,22 +142,12 @@ def _inspect(conn: apsw.Connection, path: Path) -> tuple[int, int, int, str]:
     return revision, compacted, keys, str(meta["node_id"])
 
 
-def _check_magic(path: Path) -> None:
-    with open(path, "rb") as source:
-        if source.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
-            raise SnapshotError(
-                f"{path} does not hold a SQLite database (an etcd snapshot holds bbolt: "
-                "restore it with etcdutl, not shim)"
-            )
-
-
 def status(path: Path, skip_hash_check: bool = False) -> SnapshotInfo:
     """What a snapshot holds; the file itself is not changed."""
     body = _database_bytes(path, skip_hash_check)
-    _check_magic(path)
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f".shim-snapshot-status-{uuid.uuid4().hex}"
     try:
-        _copy_prefix(path, scratch, body)  # SQLite cannot open a file with a trailer
+        _copy_database(path, scratch, body)
         conn = apsw.Connection(str(scratch), flags=apsw.SQLITE_OPEN_READONLY)
         try:
             revision, compacted, keys, node_id = _inspect(conn, path)
@@ -164,14 +180,13 @@ def restore(
                 "away first)"
             )
     body = _database_bytes(path, skip_hash_check)
-    _check_magic(path)
     try:
         database.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SnapshotError(f"cannot create {database.parent}: {exc.strerror}") from None
     partial = database.with_name(f".{database.name}.restore-{uuid.uuid4().hex[:8]}")
     try:
-        _copy_prefix(path, partial, body)
+        _copy_database(path, partial, body)
         conn = apsw.Connection(str(partial))
         try:
             revision, compacted, keys, node_id = _inspect(conn, path)

@@ -18,6 +18,7 @@ shim node with that history, but no longer equal to etcd's.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import crc32c
@@ -54,17 +55,16 @@ def hash_kv(view: ReadView, revision: int) -> KVHash:
     # With no key live at the hashed revision, etcd keeps nothing back: every stored row
     # counts.
     any_live = revision > 0 and bool(view.range_rows(b"\x00", b"", revision, 1))
-    after = 0
-    while after < revision:
-        upto = min(after + WINDOW_REVISIONS, revision)
-        checksum = _hash_rows(
-            checksum, view.hash_rows(after, upto, compacted, revision), any_live
-        )
-        after = upto
+    for bolt_key, stored in bolt_items(stored_rows(view, revision), any_live):
+        checksum = crc32c.crc32c(bolt_key, checksum)
+        checksum = crc32c.crc32c(stored, checksum)
     return KVHash(checksum, compacted, current)
 
 
-def _hash_rows(checksum: int, rows: list[HashRow], any_live: bool) -> int:
+def bolt_items(rows: Iterable[HashRow], any_live: bool = False) -> Iterator[tuple[bytes, bytes]]:
+    """etcd's ``key`` bucket items for ``rows`` (whole revisions, in order): the bbolt key and
+    the stored ``mvccpb.KeyValue``. ``any_live``: leave out the rows compaction no longer keeps
+    at the hashed revision (``kept`` false)."""
     position, last_revision = 0, None
     for revision, key, value, create, version, lease, deleted, kept in rows:
         position = position + 1 if revision == last_revision else 0
@@ -80,9 +80,17 @@ def _hash_rows(checksum: int, rows: list[HashRow], any_live: bool) -> int:
                 key=key, create_revision=create, mod_revision=revision, version=version,
                 value=value, lease=lease,
             )
-        checksum = crc32c.crc32c(bolt_key, checksum)
-        checksum = crc32c.crc32c(stored.SerializeToString(), checksum)
-    return checksum
+        yield bolt_key, stored.SerializeToString()
+
+
+def stored_rows(view: ReadView, revision: int) -> Iterator[HashRow]:
+    """Every version the log stores up to ``revision``, a window of revisions at a time."""
+    compacted = view.compact_revision()
+    after = 0
+    while after < revision:
+        upto = min(after + WINDOW_REVISIONS, revision)
+        yield from view.hash_rows(after, upto, compacted, revision)
+        after = upto
 
 
 def hash_all(view: ReadView) -> tuple[int, int]:

@@ -1,0 +1,75 @@
+"""The file a Snapshot sends: a bbolt database laid out as etcd's, with shim's own database in
+it (``shim.backend.bolt`` writes it; ``shim.backend.sqlite_snapshot`` reads it back).
+
+etcd's tools read it as one of etcd's: its ``key`` bucket holds every stored version as etcd
+stores it (the items HashKV hashes), ``lease`` the leases (``leasepb.Lease``), ``meta`` the
+revision as etcd's consistent index and the compacted revision; `etcdctl snapshot status`
+reports shim's revision and keys. Bucket ``shim`` holds the copy of the node's database the
+file was made from, in pieces: what ``shim snapshot restore`` brings back, replication state
+and all. Auth users and roles are not laid out for etcd (shim's password hashes are not
+etcd's); they travel in the ``shim`` bucket.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from shim.backend.base import Backend, ReadView
+from shim.backend.bolt import SHIM_BUCKET, BoltWriter
+from shim.backend.kv_wire import varint
+from shim.mvcc.hash import bolt_items, stored_rows
+
+PIECE_BYTES = 1024 * 1024
+_U64 = struct.Struct(">Q")
+_REVISION = struct.Struct(">q")
+
+
+def make(backend: Backend, target: str) -> int:
+    """Write the snapshot file of ``backend``'s database to the new file ``target``
+    (blocking; any thread); returns the revision it holds. The database is copied first,
+    beside ``target``, and the copy removed after. ``UnsupportedError`` where the backend
+    makes no copies."""
+    copy = Path(f"{target}.db")
+    try:
+        revision = backend.snapshot(str(copy))
+        with backend.read_copy(str(copy)) as view, open(target, "xb") as out:
+            write(view, copy, out)
+            out.flush()
+    finally:
+        copy.unlink(missing_ok=True)
+    return revision
+
+
+def write(view: ReadView, database: Path, out: BinaryIO) -> int:
+    """Write the snapshot of ``database`` (a standalone copy, read through ``view``) to
+    ``out``, an empty file; returns its length in bytes (no trailer)."""
+    revision, compacted = view.revision(), view.compact_revision()
+    bolt = BoltWriter(out)  # buckets in name order: key, lease, meta, shim
+    bolt.bucket(b"key", bolt_items(stored_rows(view, revision)))
+    bolt.bucket(b"lease", [
+        (_U64.pack(lease_id), _lease(lease_id, ttl))
+        for lease_id, ttl in sorted(view.leases().items())
+    ])
+    meta = [(b"consistent_index", _U64.pack(revision))]
+    if compacted >= 0:
+        at = _REVISION.pack(compacted) + b"_" + _REVISION.pack(0)
+        meta += [(b"finishedCompactRev", at), (b"scheduledCompactRev", at)]
+    bolt.bucket(b"meta", meta)
+    bolt.bucket(SHIM_BUCKET, _pieces(database))
+    return bolt.close()
+
+
+def _pieces(database: Path) -> Iterator[tuple[bytes, bytes]]:
+    with open(database, "rb") as source:
+        for number, piece in enumerate(iter(lambda: source.read(PIECE_BYTES), b"")):
+            yield _U64.pack(number), piece
+
+
+def _lease(lease_id: int, ttl: int) -> bytes:
+    """etcd's ``leasepb.Lease`` (ID 1, TTL 2) as its bucket stores it (Go omits zeros)."""
+    return (b"\x08" + varint(lease_id) if lease_id else b"") + (
+        b"\x10" + varint(ttl) if ttl else b""
+    )
