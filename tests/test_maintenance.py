@@ -159,19 +159,25 @@ def test_snapshot_save_status_and_restore(
         assert (restored_member == member) == keep
 
 
+def moving_history(endpoint: str) -> tuple[int, pb.RangeResponse, int]:
+    """``history``, a leased key, a compaction: (the lease, every key, HashKV) to find again
+    on the other side of a move."""
+    with Client(endpoint) as client:
+        history(client)
+        lease = client.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=300)).ID
+        client.kv.Put(pb.PutRequest(key=b"leased", value=b"x", lease=lease))
+        client.kv.Compact(pb.CompactionRequest(revision=6))
+        everything = client.kv.Range(pb.RangeRequest(key=b"\0", range_end=b"\0"))
+    return lease, everything, hashkv_of(endpoint)
+
+
 def test_a_shim_snapshot_restores_into_etcd(
     shim_factory: Callable[..., ShimServer], tmp_path: Path
 ) -> None:
     """A way off shim: etcdutl restores a shim snapshot into a real etcd, which then serves
     the same keys, leases and history (the same HashKV, compaction included)."""
     source = shim_factory()
-    with Client(source.endpoint) as client:
-        history(client)
-        lease = client.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=300)).ID
-        client.kv.Put(pb.PutRequest(key=b"leased", value=b"x", lease=lease))
-        client.kv.Compact(pb.CompactionRequest(revision=6))
-        expected = client.kv.Range(pb.RangeRequest(key=b"\0", range_end=b"\0"))
-    expected_hash = hashkv_of(source.endpoint)
+    lease, expected, expected_hash = moving_history(source.endpoint)
     snapshot = tmp_path / "backup.db"
     etcdctl(source.endpoint, "snapshot", "save", str(snapshot))
 
@@ -194,6 +200,52 @@ def test_a_shim_snapshot_restores_into_etcd(
         with pytest.raises(grpc.RpcError) as compacted:
             client.kv.Range(pb.RangeRequest(key=b"k0", revision=5))
         assert compacted.value.details() == "etcdserver: mvcc: required revision has been compacted"
+
+
+def test_an_etcd_snapshot_restores_into_shim(
+    etcd_factory: Callable[..., EtcdServer], shim_factory: Callable[..., ShimServer],
+    tmp_path: Path,
+) -> None:
+    """The way onto shim: `shim snapshot restore` of a snapshot a real etcd made gives a node
+    with the same keys, leases and history (the same HashKV, compaction included); with auth
+    enabled in etcd it refuses (users cannot come across) and writes nothing."""
+    etcd = etcd_factory()
+    lease, expected, expected_hash = moving_history(etcd.endpoint)
+    snapshot = tmp_path / "etcd.db"
+    etcdctl(etcd.endpoint, "snapshot", "save", str(snapshot))
+
+    status = shim_cli("snapshot", "status", str(snapshot), "--json")
+    assert status.returncode == 0, status.stderr
+    info = json.loads(status.stdout)
+    assert (info["revision"], info["compact_revision"], info["total_keys"], info["node_id"]) == (
+        expected.header.revision, 6, len(expected.kvs), "")
+    target = tmp_path / "shim" / "state.db"
+    restored = shim_cli("snapshot", "restore", str(snapshot), "--datastore-endpoint",
+                        sqlite_endpoint(target))
+    assert restored.returncode == 0, restored.stderr
+    assert sorted(path.name for path in target.parent.iterdir()) == ["state.db"]
+    node = shim_factory(datastore_endpoint=sqlite_endpoint(target))
+    with Client(node.endpoint) as client:
+        served = client.kv.Range(pb.RangeRequest(key=b"\0", range_end=b"\0"))
+        assert served.kvs == expected.kvs and served.header.revision == expected.header.revision
+        leases = client.lease.LeaseLeases(pb.LeaseLeasesRequest()).leases
+        assert [granted.ID for granted in leases] == [lease]
+        with pytest.raises(grpc.RpcError) as compacted:
+            client.kv.Range(pb.RangeRequest(key=b"k0", revision=5))
+        assert compacted.value.details() == "etcdserver: mvcc: required revision has been compacted"
+    assert hashkv_of(node.endpoint) == expected_hash
+
+    etcdctl(etcd.endpoint, "user", "add", "root", "--new-user-password=pw")
+    etcdctl(etcd.endpoint, "user", "grant-role", "root", "root")
+    etcdctl(etcd.endpoint, "auth", "enable")
+    with_auth = tmp_path / "auth.db"
+    etcdctl(etcd.endpoint, "--user=root:pw", "snapshot", "save", str(with_auth))
+    refused_target = tmp_path / "refused" / "state.db"
+    refused = shim_cli("snapshot", "restore", str(with_auth), "--datastore-endpoint",
+                       sqlite_endpoint(refused_target))
+    assert refused.returncode == 2 and "auth enabled" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert not refused_target.exists() and not list(refused_target.parent.iterdir())
 
 
 def test_snapshot_bad_input(shim: ShimServer, tmp_path: Path) -> None:
@@ -219,16 +271,13 @@ def test_snapshot_bad_input(shim: ShimServer, tmp_path: Path) -> None:
         "shim: FILE is not a snapshot (neither etcd's bbolt nor a SQLite database)\n"
     )
     assert restore(data[:4096], "--skip-hash-check").startswith("shim: FILE: page ")
-    # An etcd snapshot (bbolt without shim's database in it): a pointer to etcd's tool.
-    etcds = tmp_path / "etcd.db"
-    with open(etcds, "wb") as out:
+    # bbolt that is not etcd's layout: a key bucket item that is no etcd revision.
+    foreign = tmp_path / "foreign.db"
+    with open(foreign, "wb") as out:
         bolt = BoltWriter(out)
-        bolt.bucket(b"key", [])
+        bolt.bucket(b"key", [(b"a", b"b")])
         bolt.close()
-    assert restore(etcds.read_bytes(), "--skip-hash-check") == (
-        "shim: FILE is an etcd snapshot, not a shim one (no shim bucket): restore it with "
-        "etcdutl, not shim\n"
-    )
+    assert restore(foreign.read_bytes(), "--skip-hash-check").startswith("shim: FILE: ")
     missing = shim_cli("snapshot", "status", str(tmp_path / "nope.db"))
     assert (missing.returncode, missing.stderr) == (
         2, f"shim: cannot read {tmp_path / 'nope.db'}: No such file or directory\n")

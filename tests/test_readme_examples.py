@@ -65,6 +65,9 @@ ELSEWHERE: dict[str, tuple[str, ...]] = {
     "--trusted-ca-file ca.crt --client-cert-auth": (
         "tests/test_tls.py::test_clients_need_a_certificate_signed_by_the_trusted_ca",
     ),
+    "etcdctl --endpoints 127.0.0.1:2379 snapshot save etcd-backup.db": (
+        "tests/test_maintenance.py::test_an_etcd_snapshot_restores_into_shim",
+    ),
     "etcdutl snapshot restore backup.db --data-dir /var/lib/etcd/restored": (
         "tests/test_maintenance.py::test_a_shim_snapshot_restores_into_etcd",
     ),

@@ -193,11 +193,20 @@ class BoltReader:
         for key, value, flags in self._items(self._root):
             if key == name and flags & _BUCKET_LEAF:
                 root, _ = _BUCKET.unpack_from(value)
-                if root == 0:
-                    raise BoltError(f"bucket {name!r} is inline, which this reader does not read")
-                for item_key, item_value, _ in self._items(root):
+                # Root 0: a small bucket whose one leaf page is inline, after the header.
+                items = self._items(root) if root else self._inline(value[_BUCKET.size:])
+                for item_key, item_value, _ in items:
                     yield item_key, item_value
                 return
+
+    @staticmethod
+    def _inline(page: bytes) -> Iterator[tuple[bytes, bytes, int]]:
+        if len(page) < _HEADER.size:
+            raise BoltError("an inline bucket is cut short")
+        _, flags, count, _ = _HEADER.unpack_from(page)
+        if not flags & _LEAF_FLAG:
+            raise BoltError("an inline bucket is not a leaf page")
+        return _leaf_items(page[_HEADER.size:], count)
 
     def _page(self, page: int) -> tuple[int, int, bytes]:
         self._source.seek(page * self._page_size)
@@ -211,15 +220,22 @@ class BoltReader:
     def _items(self, page: int) -> Iterator[tuple[bytes, bytes, int]]:
         flags, count, body = self._page(page)
         if flags & _LEAF_FLAG:
-            for i in range(count):
-                at = i * _LEAF.size
-                element_flags, pos, key_size, value_size = _LEAF.unpack_from(body, at)
-                start = at + pos
-                yield (body[start:start + key_size],
-                       body[start + key_size:start + key_size + value_size], element_flags)
+            yield from _leaf_items(body, count)
         elif flags & _BRANCH_FLAG:
             for i in range(count):
                 _, _, child = _BRANCH.unpack_from(body, i * _BRANCH.size)
                 yield from self._items(child)
         else:
             raise BoltError(f"page {page} is neither a branch nor a leaf")
+
+
+def _leaf_items(body: bytes, count: int) -> Iterator[tuple[bytes, bytes, int]]:
+    """A leaf page's (key, value, flags), ``body`` being the page after its header."""
+    for i in range(count):
+        at = i * _LEAF.size
+        flags, pos, key_size, value_size = _LEAF.unpack_from(body, at)
+        start = at + pos
+        end = start + key_size + value_size
+        if end > len(body):
+            raise BoltError("a leaf element points past its page")
+        yield body[start:start + key_size], body[start + key_size:end], flags

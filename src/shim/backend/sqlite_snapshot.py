@@ -8,7 +8,9 @@ version as etcd stores it (the same items HashKV hashes), ``meta`` the revision 
 consistent index and the compacted revision, ``lease`` the leases; so `etcdctl snapshot status`
 reads it and reports shim's revision and keys. Bucket ``shim`` holds the node's whole SQLite
 database, in pieces: what ``restore`` brings back, replication state and all. Files from
-before bbolt (the SQLite database itself plus the trailer) are read too.
+before bbolt (the SQLite database itself plus the trailer) are read too, and so are etcd's
+own snapshots (no ``shim`` bucket): ``shim.backend.etcd_import`` rebuilds a database from
+their buckets.
 
 Restoring makes a new database file from the snapshot. By default the restored node gets a
 new node id (a new etcd member and cluster id); ``--keep-identity`` keeps the old one. Either
@@ -31,6 +33,7 @@ from typing import BinaryIO
 import apsw
 
 from shim.backend.bolt import SHIM_BUCKET, BoltError, BoltReader, is_bolt
+from shim.backend.etcd_import import ImportRefused, import_etcd
 from shim.backend.sqlite_rows import one
 from shim.config import ConfigError, PostgresEndpoint, parse_datastore_endpoint
 
@@ -91,31 +94,36 @@ def _database_bytes(path: Path, skip_hash_check: bool) -> int:
     return body
 
 
-def _copy_database(source: Path, target: Path, length: int) -> None:
-    """The SQLite database inside the snapshot's first ``length`` bytes, into ``target``."""
-    with open(source, "rb") as src, open(target, "xb") as dst:
-        head = src.read(len(SQLITE_MAGIC))
+def _copy_database(source: Path, target: Path, length: int) -> bool:
+    """The database the snapshot's first ``length`` bytes hold, into ``target`` (new): shim's
+    own, or one rebuilt from an etcd snapshot (then True)."""
+    with open(source, "rb") as src:
+        head = src.read(64)
         src.seek(0)
-        if head == SQLITE_MAGIC:  # a file from before bbolt: the database itself
-            for chunk in _chunks(src, length, source):
-                dst.write(chunk)
-        elif is_bolt(src.read(64)):
-            try:
-                found = False
-                for _, piece in BoltReader(src).bucket(SHIM_BUCKET):
-                    dst.write(piece)
-                    found = True
-            except BoltError as exc:
-                raise SnapshotError(f"{source}: {exc}") from None
-            if not found:
-                raise SnapshotError(
-                    f"{source} is an etcd snapshot, not a shim one (no {SHIM_BUCKET.decode()} "
-                    "bucket): restore it with etcdutl, not shim"
-                )
-        else:
+        if head.startswith(SQLITE_MAGIC):  # a file from before bbolt: the database itself
+            _write_file(target, _chunks(src, length, source))
+            return False
+        if not is_bolt(head):
             raise SnapshotError(
                 f"{source} is not a snapshot (neither etcd's bbolt nor a SQLite database)"
             )
+        try:
+            reader = BoltReader(src)
+            if SHIM_BUCKET in reader.buckets():
+                _write_file(target, (piece for _, piece in reader.bucket(SHIM_BUCKET)))
+                return False
+            import_etcd(reader, target)
+            return True
+        except BoltError as exc:
+            raise SnapshotError(f"{source}: {exc}") from None
+        except ImportRefused as exc:
+            raise SnapshotError(f"{source}: {exc}") from None
+
+
+def _write_file(target: Path, pieces: Iterator[bytes]) -> None:
+    with open(target, "xb") as dst:
+        for piece in pieces:
+            dst.write(piece)
         dst.flush()
         os.fsync(dst.fileno())
 
@@ -147,15 +155,18 @@ def status(path: Path, skip_hash_check: bool = False) -> SnapshotInfo:
     body = _database_bytes(path, skip_hash_check)
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f".shim-snapshot-status-{uuid.uuid4().hex}"
     try:
-        _copy_database(path, scratch, body)
+        from_etcd = _copy_database(path, scratch, body)
         conn = apsw.Connection(str(scratch), flags=apsw.SQLITE_OPEN_READONLY)
         try:
             revision, compacted, keys, node_id = _inspect(conn, path)
         finally:
             conn.close()
+        if from_etcd:
+            node_id = ""  # etcd's: no shim node yet
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            scratch.unlink()
+        for leftover in (scratch, Path(f"{scratch}-wal"), Path(f"{scratch}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
     return SnapshotInfo(
         revision, compacted, keys, body, node_id,
         "not checked" if skip_hash_check else "sha256 ok",
@@ -186,7 +197,8 @@ def restore(
         raise SnapshotError(f"cannot create {database.parent}: {exc.strerror}") from None
     partial = database.with_name(f".{database.name}.restore-{uuid.uuid4().hex[:8]}")
     try:
-        _copy_database(path, partial, body)
+        if _copy_database(path, partial, body) and keep_identity:
+            raise SnapshotError(f"{path} is etcd's: there is no shim node identity to keep")
         conn = apsw.Connection(str(partial))
         try:
             revision, compacted, keys, node_id = _inspect(conn, path)
@@ -208,7 +220,8 @@ def restore(
     except OSError as exc:
         raise SnapshotError(f"cannot write {database}: {exc.strerror}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
+        for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
     checksum = "not checked" if skip_hash_check else "sha256 ok"
     return SnapshotInfo(revision, compacted, keys, body, node_id, checksum)
