@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 
 from shim.api.gate import SERVER_STOPPED
+from shim.api.server import SHUTDOWN_GRACE_SECONDS
 from shim.pb import rpc_pb2 as pb
 from shim.pb import v3lock_pb2
 from tests.support import Client, ShimServer
@@ -146,3 +148,42 @@ def test_streams_and_waits_open_at_the_stop_end_cleanly(tmp_path: Path) -> None:
         assert waiting.details() == SERVER_STOPPED
         wait_until(lambda: not server.running, 20, "the server to stop")
         assert server.stop() == 0
+
+
+def test_clients_retrying_refused_calls_do_not_hold_the_stop(tmp_path: Path) -> None:
+    """etcd clients retry UNAVAILABLE, and some at once (etcd3 for Node.js every 100 ms, on a
+    new connection each time): calls go on arriving, each refused, as long as the server is
+    up. The stop waits a moment for the calls gRPC held at the close, not for that stream of
+    retries to cease (it used to, until the end of its 10 s grace)."""
+    with ShimServer(tmp_path / "shim") as server:
+        refusals: list[str] = []
+        served = threading.Event()
+        done = threading.Event()
+
+        def retry_until_gone() -> None:
+            while not done.is_set():
+                with Client(server.endpoint) as client:
+                    try:
+                        client.kv.Range(pb.RangeRequest(key=b"k"), timeout=5)
+                        served.set()
+                    except grpc.RpcError as exc:
+                        refusals.append(exc.details() or "")  # type: ignore[attr-defined]
+                done.wait(0.05)  # the client's pace between its retries
+
+        retrier = threading.Thread(target=retry_until_gone, daemon=True)
+        retrier.start()
+        try:
+            assert served.wait(10)
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGTERM)
+            stopping = time.monotonic()
+            wait_until(lambda: not server.running, 20, "the server to stop")
+            assert time.monotonic() - stopping < SHUTDOWN_GRACE_SECONDS / 2
+            assert SERVER_STOPPED in refusals
+        finally:
+            done.set()
+            retrier.join(10)
+        log = server.log_tail(50)
+        assert server.stop() == 0, log
+        assert "Traceback" not in log and " ERROR " not in log, log
+
