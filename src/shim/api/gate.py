@@ -8,12 +8,20 @@ each admitted one finishes. Only once none is in flight and none has arrived for
 (the ones gRPC still held have come through) does the gRPC server itself stop. Calls that
 still arrive a while after that (SETTLE_SECONDS) are clients retrying what was refused, and
 they go on as long as the server is up: the stop does not wait for them to cease.
+
+A stream whose client sends as long as it lives (a lease's keep-alives) would hold the stop
+for its whole grace and keep renewing: its requests end at the close (``unless_closed``), as
+a stopping etcd ends every stream at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 SERVER_STOPPED = "etcdserver: server stopped"  # etcd's ErrGRPCStopped (UNAVAILABLE)
 # How long no call may have arrived before the gRPC server stops: long enough for a call a
@@ -25,6 +33,10 @@ QUIET_SECONDS = 0.25
 SETTLE_SECONDS = 1.0
 
 
+class Stopping(Exception):
+    """A stream's next request is not awaited any more: the server is stopping."""
+
+
 class Gate:
     """Counts the calls in flight; once closed, admits no more."""
 
@@ -33,6 +45,7 @@ class Gate:
         self._in_flight = 0
         self._last_arrival = 0.0
         self._idle: asyncio.Event | None = None  # made when a drain waits for it
+        self._closed: asyncio.Future[None] | None = None  # made when a stream waits on it
 
     def enter(self) -> bool:
         """A call arrives: True to serve it (then ``leave()`` when done), False to refuse it."""
@@ -54,6 +67,28 @@ class Gate:
 
     def close(self) -> None:
         self.is_open = False
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    async def unless_closed(self, step: Awaitable[T]) -> T:
+        """What ``step`` gives (a stream's next request), unless the gate is or gets closed
+        first: then ``Stopping``, and ``step`` is cancelled."""
+        task = asyncio.ensure_future(step)
+        try:
+            if self.is_open:
+                if self._closed is None:
+                    self._closed = asyncio.get_running_loop().create_future()
+                await asyncio.wait((task, self._closed), return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+        finally:
+            # The gate closed first, or the call ended while waiting (cancelled): the step
+            # is not wanted, and a step that failed at the same moment is not worth a warning.
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()
+        raise Stopping()
 
     async def drain(self, deadline: float) -> bool:
         """After ``close()``: wait until no admitted call is in flight and no call arrived for
