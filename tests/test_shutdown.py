@@ -10,14 +10,18 @@ error. Also with ``--processes 2``, whose serving processes forward writes to a 
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from shim.api.gate import SERVER_STOPPED
+from shim.api.server import SHUTDOWN_GRACE_SECONDS
 from shim.pb import rpc_pb2 as pb
 from shim.pb import v3lock_pb2
 from tests.support import Client, ShimServer
@@ -146,3 +150,76 @@ def test_streams_and_waits_open_at_the_stop_end_cleanly(tmp_path: Path) -> None:
         assert waiting.details() == SERVER_STOPPED
         wait_until(lambda: not server.running, 20, "the server to stop")
         assert server.stop() == 0
+
+
+def test_clients_retrying_refused_calls_do_not_hold_the_stop(tmp_path: Path) -> None:
+    """etcd clients retry UNAVAILABLE, and some at once (etcd3 for Node.js every 100 ms, on a
+    new connection each time): calls go on arriving, each refused, as long as the server is
+    up. The stop waits a moment for the calls gRPC held at the close, not for that stream of
+    retries to cease (it used to, until the end of its 10 s grace)."""
+    with ShimServer(tmp_path / "shim") as server:
+        refusals: list[str] = []
+        served = threading.Event()
+        done = threading.Event()
+
+        def retry_until_gone() -> None:
+            while not done.is_set():
+                with Client(server.endpoint) as client:
+                    try:
+                        client.kv.Range(pb.RangeRequest(key=b"k"), timeout=5)
+                        served.set()
+                    except grpc.RpcError as exc:
+                        refusals.append(exc.details() or "")  # type: ignore[attr-defined]
+                done.wait(0.05)  # the client's pace between its retries
+
+        retrier = threading.Thread(target=retry_until_gone, daemon=True)
+        retrier.start()
+        try:
+            assert served.wait(10)
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGTERM)
+            stopping = time.monotonic()
+            wait_until(lambda: not server.running, 20, "the server to stop")
+            assert time.monotonic() - stopping < SHUTDOWN_GRACE_SECONDS / 2
+            assert SERVER_STOPPED in refusals
+        finally:
+            done.set()
+            retrier.join(10)
+        log = server.log_tail(50)
+        assert server.stop() == 0, log
+        assert "Traceback" not in log and " ERROR " not in log, log
+
+
+def test_a_lease_keep_alive_stream_open_at_the_stop_ends_at_once(tmp_path: Path) -> None:
+    """A client holding a lease keeps its keep-alive stream open as long as it runs (every
+    etcd client with a lease: kube-apiserver, etcd3 for Node.js, ...). The stop ends it at once
+    with etcd's UNAVAILABLE "server stopped", as a stopping etcd ends every stream, and the
+    server exits without waiting for it. It used to be left to gRPC's grace: any client with
+    a lease made every stop take the whole 10 s (as long as `docker stop` waits before its
+    SIGKILL), renewing the lease all along, while the watchers could not come back."""
+    with ShimServer(tmp_path / "shim") as server, Client(server.endpoint) as client:
+        lease = client.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=60), timeout=10).ID
+        requests: queue.Queue[pb.LeaseKeepAliveRequest | None] = queue.Queue()
+
+        def keep_alives() -> Iterator[pb.LeaseKeepAliveRequest]:  # the stream stays open
+            while (request := requests.get()) is not None:
+                yield request
+
+        stream = client.lease.LeaseKeepAlive(keep_alives(), timeout=60)
+        try:
+            requests.put(pb.LeaseKeepAliveRequest(ID=lease))
+            assert next(stream).TTL == 60
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGTERM)
+            stopping = time.monotonic()
+            with pytest.raises(grpc.RpcError) as ended:
+                next(stream)
+            assert (ended.value.code(), ended.value.details()) == (  # type: ignore[attr-defined]
+                grpc.StatusCode.UNAVAILABLE, SERVER_STOPPED)
+            wait_until(lambda: not server.running, 20, "the server to stop")
+            assert time.monotonic() - stopping < SHUTDOWN_GRACE_SECONDS / 2
+        finally:
+            requests.put(None)
+        log = server.log_tail(50)
+        assert server.stop() == 0, log
+        assert "Traceback" not in log and " ERROR " not in log, log

@@ -152,6 +152,12 @@ class EtcdServer(ServerProcess):
     def wal_bytes(self) -> int | None:
         return procfs.dir_bytes(self.data_dir / "member" / "wal")
 
+    def restart(self) -> Self:
+        """Stop (SIGTERM) and start again on the same data and ports."""
+        super().stop()  # keeps the data dir, unlike self.stop()
+        super().spawn()  # keeps the ports, unlike self.spawn()
+        return self.wait_ready()
+
     def stop(self, timeout: float = 10.0) -> int | None:
         code = super().stop(timeout)
         self.remove_data()

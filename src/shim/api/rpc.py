@@ -11,7 +11,8 @@ handle themselves:
 - any unexpected exception: logged here once with its traceback, and answered with UNKNOWN
   and a short message, never a Python class name or traceback text;
 - a call arriving once the server is stopping: UNAVAILABLE "etcdserver: server stopped" (the
-  ``Gate``, which also counts the calls a stop waits for).
+  ``Gate``, which also counts the calls a stop waits for); so is a stream whose requests are
+  still coming when the stop starts (a lease's keep-alives), since its requests end there.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from shim.api.gate import SERVER_STOPPED, Gate
+from shim.api.gate import SERVER_STOPPED, Gate, Stopping
 from shim.api.wire import decode_error_reason, refusal
 
 log = logging.getLogger(__name__)
@@ -182,13 +183,14 @@ def _guarded(
         return unary
 
     # Streams are refused once the gate is closed, but not waited for: a stop ends them
-    # (watch streams, election observers) or gRPC's grace does.
+    # (watch streams, election observers; the requests of every client stream end, see
+    # _checked_stream) or gRPC's grace does.
     if md.server_streaming:
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             if not gate.admits():
                 await context.abort(grpc.StatusCode.UNAVAILABLE, SERVER_STOPPED)
             refused: list[Refused] = []
-            request = await _checked_request(md, request, context, refused)
+            request = await _checked_request(md, request, context, refused, gate)
             async with _contained(name, context, refused):
                 async for resp in call(request, context):
                     yield resp
@@ -199,7 +201,7 @@ def _guarded(
         if not gate.admits():
             await context.abort(grpc.StatusCode.UNAVAILABLE, SERVER_STOPPED)
         refused: list[Refused] = []
-        request = await _checked_request(md, request, context, refused)
+        request = await _checked_request(md, request, context, refused, gate)
         response = None
         async with _contained(name, context, refused):
             response = await call(request, context)
@@ -218,6 +220,8 @@ async def _contained(name: str, context: Any, refused: list[Refused]) -> AsyncIt
         raise
     except RefusedMessage:
         pass
+    except Stopping:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, SERVER_STOPPED)
     except Exception:
         await _internal_error(name, context)
     if refused:
@@ -225,10 +229,10 @@ async def _contained(name: str, context: Any, refused: list[Refused]) -> AsyncIt
 
 
 async def _checked_request(
-    md: MethodDescriptor, request: Any, context: Any, refused: list[Refused]
+    md: MethodDescriptor, request: Any, context: Any, refused: list[Refused], gate: Gate
 ) -> Any:
     if md.client_streaming:
-        return _checked_stream(request, refused)
+        return _checked_stream(request, refused, gate)
     if isinstance(request, Refused):
         await context.abort(request.code, request.single)
     return request
@@ -239,9 +243,16 @@ class RefusedMessage(Exception):
 
 
 async def _checked_stream(
-    requests: AsyncIterator[Any], refused: list[Refused]
+    requests: AsyncIterator[Any], refused: list[Refused], gate: Gate
 ) -> AsyncIterator[Any]:
-    async for request in requests:
+    """A stream's requests, up to a refused one, or until the server stops: then the
+    servicer reading them gets ``Stopping`` (and the call UNAVAILABLE, see _contained)."""
+    pending = aiter(requests)
+    while True:
+        try:
+            request = await gate.unless_closed(anext(pending))
+        except StopAsyncIteration:
+            return
         if isinstance(request, Refused):
             # The servicer may read requests in a task of its own, which cannot end the call
             # with a status: the handler does, once the servicer is done (see _contained).
