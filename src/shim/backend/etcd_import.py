@@ -43,6 +43,8 @@ def import_etcd(reader: BoltReader, target: Path) -> None:
         )
     meta = dict(reader.bucket(b"meta"))
     finished = meta.get(b"finishedCompactRev")
+    if finished is not None and len(finished) < _MAIN.size:
+        raise ImportRefused("the meta bucket's finishedCompactRev is no etcd revision")
     compacted = _MAIN.unpack_from(finished)[0] if finished else -1
     backend = SqliteBackend(target)
     backend.open()
