@@ -39,6 +39,7 @@ _BUCKET = struct.Struct("<QQ")  # root page id, sequence
 _BRANCH_FLAG, _LEAF_FLAG, _META_FLAG, _FREELIST_FLAG = 0x01, 0x02, 0x04, 0x10
 _BUCKET_LEAF = 0x01
 _FIRST_DATA_PAGE = 3  # after the two metas and the (empty) freelist
+_MAX_DEPTH = 64  # far more levels than any real tree (each level multiplies by ~100)
 
 
 class BoltError(Exception):
@@ -178,6 +179,8 @@ class BoltReader:
             (checksum,) = struct.unpack_from("<Q", raw, _HEADER.size + _META.size)
             if magic != MAGIC or version != VERSION or checksum != _fnv64a(fields):
                 continue
+            if size < 512 or size & (size - 1):
+                continue  # no page size bbolt uses
             page_size = size
             if best is None or txid > best[0]:
                 best = (txid, size, root)
@@ -192,6 +195,8 @@ class BoltReader:
         """The items of the top-level bucket ``name`` in key order (none if it is absent)."""
         for key, value, flags in self._items(self._root):
             if key == name and flags & _BUCKET_LEAF:
+                if len(value) < _BUCKET.size:
+                    raise BoltError(f"bucket {name!r} has no header")
                 root, _ = _BUCKET.unpack_from(value)
                 # Root 0: a small bucket whose one leaf page is inline, after the header.
                 items = self._items(root) if root else self._inline(value[_BUCKET.size:])
@@ -217,20 +222,26 @@ class BoltReader:
         body = self._source.read((overflow + 1) * self._page_size - _HEADER.size)
         return flags, count, body
 
-    def _items(self, page: int) -> Iterator[tuple[bytes, bytes, int]]:
+    def _items(self, page: int, depth: int = 0) -> Iterator[tuple[bytes, bytes, int]]:
+        if depth > _MAX_DEPTH:
+            raise BoltError(f"page {page} is deeper than any tree bbolt writes (a cycle?)")
         flags, count, body = self._page(page)
         if flags & _LEAF_FLAG:
             yield from _leaf_items(body, count)
         elif flags & _BRANCH_FLAG:
+            if count * _BRANCH.size > len(body):
+                raise BoltError(f"page {page} holds more elements than fit in it")
             for i in range(count):
                 _, _, child = _BRANCH.unpack_from(body, i * _BRANCH.size)
-                yield from self._items(child)
+                yield from self._items(child, depth + 1)
         else:
             raise BoltError(f"page {page} is neither a branch nor a leaf")
 
 
 def _leaf_items(body: bytes, count: int) -> Iterator[tuple[bytes, bytes, int]]:
     """A leaf page's (key, value, flags), ``body`` being the page after its header."""
+    if count * _LEAF.size > len(body):
+        raise BoltError("a leaf page holds more elements than fit in it")
     for i in range(count):
         at = i * _LEAF.size
         flags, pos, key_size, value_size = _LEAF.unpack_from(body, at)

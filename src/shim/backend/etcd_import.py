@@ -18,7 +18,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from shim.backend.base import NewVersion
+from shim.backend.base import BackendOpenError, NewVersion
 from shim.backend.bolt import BoltReader
 from shim.backend.sqlite import SqliteBackend
 from shim.mvcc.hlc import HybridClock
@@ -47,7 +47,10 @@ def import_etcd(reader: BoltReader, target: Path) -> None:
         raise ImportRefused("the meta bucket's finishedCompactRev is no etcd revision")
     compacted = _MAIN.unpack_from(finished)[0] if finished else -1
     backend = SqliteBackend(target)
-    backend.open()
+    try:
+        backend.open()
+    except BackendOpenError as exc:
+        raise ImportRefused(str(exc)) from None
     try:
         clock = HybridClock()
         newest: dict[bytes, int] = {}

@@ -134,7 +134,8 @@ def _inspect(conn: apsw.Connection, path: Path) -> tuple[int, int, int, str]:
     try:
         check = conn.execute("PRAGMA quick_check").fetchall()
         if check != [("ok",)]:
-            raise SnapshotError(f"{path}: the database is damaged ({check[0][0]})")
+            first = " ".join(str(check[0][0]).split())  # SQLite's report spans lines
+            raise SnapshotError(f"{path}: the database is damaged ({first})")
         meta: dict[str, object] = {
             str(row[0]): row[1] for row in conn.execute("SELECT name, value FROM meta")
         }
@@ -143,10 +144,15 @@ def _inspect(conn: apsw.Connection, path: Path) -> tuple[int, int, int, str]:
         raise SnapshotError(f"{path} is not a shim database ({exc})") from None
     except apsw.Error as exc:
         raise SnapshotError(f"{path} is not a usable SQLite database ({exc})") from None
+    except UnicodeDecodeError:  # text SQLite hands back that is not UTF-8: damage
+        raise SnapshotError(f"{path}: the database is damaged (text that is not UTF-8)") from None
     if "node_id" not in meta or "revision" not in meta:
         raise SnapshotError(f"{path} is not a shim database (no node id or revision)")
-    revision = int(str(meta["revision"]))
-    compacted = int(str(meta.get("compact_revision", -1)))
+    try:
+        revision = int(str(meta["revision"]))
+        compacted = int(str(meta.get("compact_revision", -1)))
+    except ValueError:
+        raise SnapshotError(f"{path}: the database is damaged (a revision is no number)") from None
     return revision, compacted, keys, str(meta["node_id"])
 
 
