@@ -477,3 +477,18 @@ def test_config_parses_both_schemes_and_hides_the_password() -> None:
     assert isinstance(query, PostgresEndpoint)
     _assert_no_password(query.redacted)
     _assert_no_password(query.mask(f"{PASSWORD} {encoded}"))
+
+
+def test_what_asyncpg_reports_during_an_outage_is_unavailable() -> None:
+    """A stop of PostgreSQL under load made asyncpg refuse the next operation on a connection
+    the server was closing (seen once in CI): that is an outage (UNAVAILABLE, retried), while
+    the same classes reporting misuse stay visible as errors."""
+    import asyncpg
+
+    from shim.backend.postgres import _is_unavailable
+
+    assert _is_unavailable(asyncpg.InternalClientError(
+        "cannot switch to state 11; another operation (2) is in progress"))
+    assert not _is_unavailable(asyncpg.InternalClientError("unexpected protocol state"))
+    assert _is_unavailable(asyncpg.InterfaceError("connection is closed"))
+    assert not _is_unavailable(asyncpg.InterfaceError("the number of arguments does not match"))
