@@ -499,9 +499,9 @@ def test_member_list_shows_linked_replicas(shim_factory: Callable[..., ShimServe
     for server in (parent, child):
         with Client(server.endpoint) as client:
             ids[server] = client.maintenance.Status(pb.StatusRequest()).header.member_id
-    # The child dialed the parent: it knows the parent's client URL, which is also its peer
-    # URL (links ride the client port); the parent knows the child's name and id only. IDs
-    # are each node's own member id.
+    # Each knows the other's client URL, which is also its peer URL (links ride the client
+    # port): the child dialed it, the parent was told it in the child's Hello. IDs are each
+    # node's own member id.
     child_url, parent_url = f"http://{child.endpoint}", f"http://{parent.endpoint}"
     expected = {
         child: sorted([
@@ -510,7 +510,7 @@ def test_member_list_shows_linked_replicas(shim_factory: Callable[..., ShimServe
         ]),
         parent: sorted([
             (ids[parent], "parent", [parent_url], [parent_url]),
-            (ids[child], "child", [], []),
+            (ids[child], "child", [child_url], [child_url]),
         ]),
     }
     for server in (child, parent):

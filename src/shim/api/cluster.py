@@ -8,8 +8,9 @@ learner (no shim node is one), so clients that check those codes see what etcd w
 
 A member's peer URLs are where its peers reach it. Links ride a node's client port (the Link
 service is served beside the etcd services), so a shim node's peer URLs are its client URLs:
-this node's own, and the URL this node dialed for a replica it joined. etcd lists peer URLs for
-every member, and clients rely on the field being there (etcd3gw's ``members()`` reads it).
+this node's own, and for a replica the URL this node dialed, or the one a replica that dialed
+this node told in its Hello. etcd lists peer URLs for every member, and clients rely on the
+field being there (etcd3gw's ``members()`` reads it).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Replica:
 
     node_id: str
     name: str
-    client_url: str  # "" when the peer dialed this node (its client URL is not known here)
+    client_url: str  # the URL this node dialed, or the one the peer told ("" if neither)
 
 
 MEMBER_NOT_FOUND = "etcdserver: member not found"

@@ -224,6 +224,8 @@ class ShimServer:
         host = target.rsplit(":", 1)[0]
         bound = f"{host}:{port}"  # the real port when the address asked for port 0
         self.client_url = f"{scheme}://{bound}"
+        if self.replicator is not None:
+            self.replicator.client_url = self.client_url  # before any dial runs: no await yet
         await server.start()
         self._server = server
         if self._owned is not None and (self.config.metrics_address or http_listens):

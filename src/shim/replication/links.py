@@ -224,7 +224,8 @@ class _Stream:
 @dataclass(slots=True)
 class LinkState:
     """A live link: the peer's node id and where it is (for logs; counted by metrics; listed
-    by MemberList with the peer's name, and its client URL where this node dialed it)."""
+    by MemberList with the peer's name and client URL: the one this node dialed, or the one
+    the peer told in its Hello)."""
 
     peer: str
     address: str
@@ -284,6 +285,9 @@ class Replicator:
         self.origin = replica.origin
         self.policy_digest = replica.policy.digest
         self._name = name
+        # Where this node serves clients and links (set by the server once it has bound its
+        # port): told to peers in the Hello, which list it in MemberList.
+        self.client_url = ""
         self._token = bootstrap_token
         self._peer_tls = peer_tls
         # The largest Link message this node receives (its gRPC receive limit), and so sends.
@@ -422,7 +426,7 @@ class Replicator:
                     node_id=self.node_id, name=self._name, token=spec.token,
                     policy_digest=self.policy_digest, send=spec.send, receive=spec.receive,
                     hlc=self._clock(), protocol=PROTOCOL,
-                    max_message_bytes=self.max_message_bytes,
+                    max_message_bytes=self.max_message_bytes, client_url=self.client_url,
                     **await self._holdings(dialing=spec.url),
                 ))
                 started = time.monotonic()
@@ -543,13 +547,14 @@ class Replicator:
         await stream.send(pb.LinkMessage(hello=pb.Hello(
             node_id=self.node_id, name=self._name, policy_digest=self.policy_digest,
             send=hello.receive, receive=hello.send, cursor=cursor, hlc=self._clock(),
-            protocol=PROTOCOL, max_message_bytes=self.max_message_bytes, **await self._holdings(),
+            protocol=PROTOCOL, max_message_bytes=self.max_message_bytes,
+            client_url=self.client_url, **await self._holdings(),
         )))
         start = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
         if start is None or start.WhichOneof("kind") != "start":
             return
         _check_numbers("Start", cursor=start.start.cursor)
-        state = LinkState(hello.node_id, address, hello.name, "",
+        state = LinkState(hello.node_id, address, hello.name, hello.client_url,
                           hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor,
                           peer_origin=hello.origin, registered=registered, **_holds(hello))
         log.info("admitted link from %s (node %s, %s)", address, hello.node_id, hello.name)
