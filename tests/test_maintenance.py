@@ -477,6 +477,35 @@ def test_move_leader_and_downgrade_as_a_single_etcd_member(
     assert "a downgrade cannot be enabled" in refused.value.details()
 
 
+def test_member_list_gives_the_urls_each_node_advertises(
+    shim_factory: Callable[..., ShimServer],
+) -> None:
+    """--advertise-client-urls, as etcd's: what MemberList lists for the node, and what a
+    linked node lists for it (told in the link's Hello), whichever side dialed."""
+    token = "t0ken"
+    hub_urls = ["http://hub.example:2379", "https://10.0.0.9:2379"]
+    hub = shim_factory(extra_args=[
+        "--name", "hub", "--bootstrap-token", token,
+        "--advertise-client-urls", ",".join(hub_urls) + "/",  # a trailing slash is dropped
+    ])
+    leaf = shim_factory(extra_args=[
+        "--name", "leaf", "--join", f"http://{hub.endpoint}", "--token", token,
+        "--advertise-client-urls", "http://leaf.example:2379",
+    ])
+
+    def urls(server: ShimServer) -> dict[str, tuple[list[str], list[str]]]:
+        out = json.loads(etcdctl(server.endpoint, "member", "list", "-w", "json").stdout)
+        return {m["name"]: (m.get("peerURLs", []), m.get("clientURLs", []))
+                for m in out["members"]}
+
+    for server in (hub, leaf):
+        wait_for(lambda s=server: len(urls(s)) == 2)
+        assert urls(server) == {
+            "hub": (hub_urls, hub_urls),
+            "leaf": (["http://leaf.example:2379"], ["http://leaf.example:2379"]),
+        }
+
+
 def test_member_list_shows_linked_replicas(shim_factory: Callable[..., ShimServer]) -> None:
     token = "t0ken"
     parent = shim_factory(extra_args=["--name", "parent", "--bootstrap-token", token])

@@ -44,8 +44,11 @@ def assert_one_line(result: subprocess.CompletedProcess[str], code: int, *fragme
         (["--metrics-address", "127.0.0.1:99999"], "--metrics-address '127.0.0.1:99999'"),
         (["--listen-client-http-urls", "http://127.0.0.1:99999"], "port is out of range"),
         (["--join", "http://127.0.0.1:99999", "--token", "t"], "--join '127.0.0.1:99999'"),
+        (["--advertise-client-urls", "http://node:99999"], "--advertise-client-urls"),
+        (["--advertise-client-urls", "node.example:2379"], "use http://HOST:PORT"),
     ],
-    ids=["listen", "listen-url", "listen-name", "metrics", "gateway", "join"],
+    ids=["listen", "listen-url", "listen-name", "metrics", "gateway", "join", "advertise",
+         "advertise-no-scheme"],
 )
 def test_a_port_out_of_range_is_refused(tmp_path: Path, args: list[str], fragment: str) -> None:
     db = tmp_path / "state.db"

@@ -96,6 +96,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="plain text lines (default) or one JSON object per line",
     )
     parser.add_argument(
+        "--advertise-client-urls", default="", metavar="URLS",
+        help="as etcd: comma-separated URLs clients and linked peers reach this node at, "
+        "listed by MemberList (default: the --listen-address it binds)",
+    )
+    parser.add_argument(
         "--listen-client-http-urls", default="", metavar="URLS",
         help="as etcd: comma-separated http:// or https:// URLs to serve the HTTP/JSON "
         "gateway on (POST /v3/kv/range, /v3/watch, ...; /health, /version, /metrics). "
@@ -417,6 +422,9 @@ def run_serve(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_address,
         client_http_urls=tuple(u.strip() for u in args.listen_client_http_urls.split(",")
                                if u.strip()),
+        advertise_client_urls=tuple(
+            u.strip().rstrip("/") for u in args.advertise_client_urls.split(",") if u.strip()
+        ),
         datastore_cafile=args.datastore_cafile,
         datastore_certfile=args.datastore_certfile,
         datastore_keyfile=args.datastore_keyfile,

@@ -77,6 +77,9 @@ class ServerConfig:
     tls: ServerTls | None = None
     peer_tls: PeerTls | None = None
     metrics_address: str | None = None  # host:port for Prometheus text (None: not served)
+    # etcd's --advertise-client-urls: what MemberList lists for this node and linked peers are
+    # told (empty: the gRPC address as bound).
+    advertise_client_urls: tuple[str, ...] = ()
     # etcd's --listen-client-http-urls: where the HTTP/JSON gateway, /health, /version and
     # /metrics are served (none: not served).
     client_http_urls: tuple[str, ...] = ()
@@ -213,10 +216,28 @@ def check_addresses(config: ServerConfig) -> None:
     """Every address the server is to listen on or dial is host:port with a real port."""
     grpc_listen_target(config.listen_address, tls=config.tls is not None)
     parse_http_urls(config.client_http_urls, tls=config.tls is not None)
+    check_advertised_urls(config.advertise_client_urls)
     if config.metrics_address is not None:
         split_host_port(config.metrics_address, "--metrics-address")
     for url in config.joins:
         split_host_port(url.split("://", 1)[-1].rstrip("/"), "--join")
+
+
+def check_advertised_urls(urls: tuple[str, ...]) -> None:
+    """--advertise-client-urls: http:// or https:// URLs with a host and a port, as etcd's."""
+    for url in urls:
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if (
+            parts.scheme not in ("http", "https") or not parts.hostname or port is None
+            or parts.path not in ("", "/") or parts.query or parts.fragment
+        ):
+            raise ConfigError(
+                f"--advertise-client-urls {url!r}: use http://HOST:PORT or https://HOST:PORT"
+            )
 
 
 @dataclass(frozen=True, slots=True)

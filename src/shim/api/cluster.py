@@ -8,9 +8,9 @@ learner (no shim node is one), so clients that check those codes see what etcd w
 
 A member's peer URLs are where its peers reach it. Links ride a node's client port (the Link
 service is served beside the etcd services), so a shim node's peer URLs are its client URLs:
-this node's own, and for a replica the URL this node dialed, or the one a replica that dialed
-this node told in its Hello. etcd lists peer URLs for every member, and clients rely on the
-field being there (etcd3gw's ``members()`` reads it).
+this node's own (``--advertise-client-urls``, else the address it bound), and a replica's as
+it told them in its Hello (else the URL this node dialed). etcd lists peer URLs for every
+member, and clients rely on the field being there (etcd3gw's ``members()`` reads it).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Replica:
 
     node_id: str
     name: str
-    client_url: str  # the URL this node dialed, or the one the peer told ("" if neither)
+    client_urls: tuple[str, ...]  # the ones the peer told, else the URL this node dialed
 
 
 MEMBER_NOT_FOUND = "etcdserver: member not found"
@@ -82,10 +82,11 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
             known = members.get(member_id)
             if known is None:
                 known = members[member_id] = rpc_pb2.Member(ID=member_id, name=replica.name)
-            if replica.client_url and replica.client_url not in known.clientURLs:
-                known.clientURLs.append(replica.client_url)
-            if replica.client_url and replica.client_url not in known.peerURLs:
-                known.peerURLs.append(replica.client_url)
+            for url in replica.client_urls:
+                if url not in known.clientURLs:
+                    known.clientURLs.append(url)
+                if url not in known.peerURLs:
+                    known.peerURLs.append(url)
         return members
 
     def _listed(self, member_id: int) -> None:

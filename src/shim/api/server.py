@@ -146,6 +146,7 @@ class ShimServer:
         self.hub: WatchHub | None = None
         self._server: grpc.aio.Server | None = None
         self.client_url = ""
+        self.client_urls: list[str] = []  # MemberList's URLs of this node (set once bound)
         self.methods: dict[str, rpc.Method] = {}
         self.gateway: GatewayServer | None = None
         self.http_urls: list[str] = []
@@ -224,8 +225,9 @@ class ShimServer:
         host = target.rsplit(":", 1)[0]
         bound = f"{host}:{port}"  # the real port when the address asked for port 0
         self.client_url = f"{scheme}://{bound}"
+        self.client_urls = list(self.config.advertise_client_urls) or [self.client_url]
         if self.replicator is not None:
-            self.replicator.client_url = self.client_url  # before any dial runs: no await yet
+            self.replicator.client_urls = self.client_urls  # before any dial runs: no await yet
         await server.start()
         self._server = server
         if self._owned is not None and (self.config.metrics_address or http_listens):
@@ -252,7 +254,7 @@ class ShimServer:
         if self.replicator is None:
             return []
         return [
-            Replica(link.peer, link.name, link.client_url)
+            Replica(link.peer, link.name, tuple(link.client_urls))
             for link in self.replicator.live.values()
         ]
 
@@ -269,7 +271,7 @@ class ShimServer:
             "etcdserverpb.Lease": LeaseService(self.lessor, self.store, self.identity, guard),
             "etcdserverpb.Maintenance": MaintenanceService(self.store, self.identity, guard),
             "etcdserverpb.Cluster": ClusterService(
-                self.store, self.identity, self.config.name, lambda: [self.client_url], guard,
+                self.store, self.identity, self.config.name, lambda: self.client_urls, guard,
                 self._linked_replicas,
             ),
             "etcdserverpb.Auth": AuthService(

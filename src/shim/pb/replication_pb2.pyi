@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Hello(_message.Message):
-    __slots__ = ("node_id", "name", "token", "policy_digest", "send", "receive", "cursor", "hlc", "protocol", "max_message_bytes", "origin", "vector", "direct", "linking", "client_url")
+    __slots__ = ("node_id", "name", "token", "policy_digest", "send", "receive", "cursor", "hlc", "protocol", "max_message_bytes", "origin", "vector", "direct", "linking", "client_urls")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -22,7 +22,7 @@ class Hello(_message.Message):
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     DIRECT_FIELD_NUMBER: _ClassVar[int]
     LINKING_FIELD_NUMBER: _ClassVar[int]
-    CLIENT_URL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_URLS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     token: str
@@ -37,8 +37,8 @@ class Hello(_message.Message):
     vector: _containers.RepeatedCompositeFieldContainer[OriginSeq]
     direct: _containers.RepeatedScalarFieldContainer[str]
     linking: bool
-    client_url: str
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., token: _Optional[str] = ..., policy_digest: _Optional[str] = ..., send: _Optional[bool] = ..., receive: _Optional[bool] = ..., cursor: _Optional[int] = ..., hlc: _Optional[int] = ..., protocol: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., origin: _Optional[str] = ..., vector: _Optional[_Iterable[_Union[OriginSeq, _Mapping]]] = ..., direct: _Optional[_Iterable[str]] = ..., linking: _Optional[bool] = ..., client_url: _Optional[str] = ...) -> None: ...
+    client_urls: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., token: _Optional[str] = ..., policy_digest: _Optional[str] = ..., send: _Optional[bool] = ..., receive: _Optional[bool] = ..., cursor: _Optional[int] = ..., hlc: _Optional[int] = ..., protocol: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., origin: _Optional[str] = ..., vector: _Optional[_Iterable[_Union[OriginSeq, _Mapping]]] = ..., direct: _Optional[_Iterable[str]] = ..., linking: _Optional[bool] = ..., client_urls: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OriginSeq(_message.Message):
     __slots__ = ("origin", "seq", "head")

@@ -224,13 +224,13 @@ class _Stream:
 @dataclass(slots=True)
 class LinkState:
     """A live link: the peer's node id and where it is (for logs; counted by metrics; listed
-    by MemberList with the peer's name and client URL: the one this node dialed, or the one
-    the peer told in its Hello)."""
+    by MemberList with the peer's name and client URLs: the ones the peer told in its Hello,
+    else the one this node dialed)."""
 
     peer: str
     address: str
     name: str = ""
-    client_url: str = ""
+    client_urls: list[str] = field(default_factory=list)
     # The largest message the peer accepts (stated in its Hello).
     peer_max_message: int = GRPC_DEFAULT_MESSAGE_BYTES
     # The peer's position in its log that this node has durably applied: sent back as `acked`.
@@ -286,8 +286,8 @@ class Replicator:
         self.policy_digest = replica.policy.digest
         self._name = name
         # Where this node serves clients and links (set by the server once it has bound its
-        # port): told to peers in the Hello, which list it in MemberList.
-        self.client_url = ""
+        # port): told to peers in the Hello, which list them in MemberList.
+        self.client_urls: list[str] = []
         self._token = bootstrap_token
         self._peer_tls = peer_tls
         # The largest Link message this node receives (its gRPC receive limit), and so sends.
@@ -426,7 +426,7 @@ class Replicator:
                     node_id=self.node_id, name=self._name, token=spec.token,
                     policy_digest=self.policy_digest, send=spec.send, receive=spec.receive,
                     hlc=self._clock(), protocol=PROTOCOL,
-                    max_message_bytes=self.max_message_bytes, client_url=self.client_url,
+                    max_message_bytes=self.max_message_bytes, client_urls=self.client_urls,
                     **await self._holdings(dialing=spec.url),
                 ))
                 started = time.monotonic()
@@ -442,7 +442,9 @@ class Replicator:
                 registered, cursor = await self._register(PeerRegistration(
                     hello.node_id, hello.name, spec.url, "parent", hello.origin))
                 await stream.send(pb.LinkMessage(start=pb.Start(cursor=cursor)))
-                state = LinkState(hello.node_id, spec.url, hello.name, spec.url,
+                # The peer's advertised URLs, else the one that reached it.
+                urls = list(hello.client_urls) or [spec.url]
+                state = LinkState(hello.node_id, spec.url, hello.name, urls,
                                   hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor,
                                   peer_origin=hello.origin, registered=registered,
                                   **_holds(hello))
@@ -548,13 +550,13 @@ class Replicator:
             node_id=self.node_id, name=self._name, policy_digest=self.policy_digest,
             send=hello.receive, receive=hello.send, cursor=cursor, hlc=self._clock(),
             protocol=PROTOCOL, max_message_bytes=self.max_message_bytes,
-            client_url=self.client_url, **await self._holdings(),
+            client_urls=self.client_urls, **await self._holdings(),
         )))
         start = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
         if start is None or start.WhichOneof("kind") != "start":
             return
         _check_numbers("Start", cursor=start.start.cursor)
-        state = LinkState(hello.node_id, address, hello.name, hello.client_url,
+        state = LinkState(hello.node_id, address, hello.name, list(hello.client_urls),
                           hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor,
                           peer_origin=hello.origin, registered=registered, **_holds(hello))
         log.info("admitted link from %s (node %s, %s)", address, hello.node_id, hello.name)
