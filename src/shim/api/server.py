@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd lets gRPC frames exceed the request limit by this much
 SHUTDOWN_GRACE_SECONDS = 10.0
 GRPC_RECEIVE_FACTOR = 4
+PENDING_CALLS_LIMIT = 2**31 - 1  # calls gRPC holds for the handlers: as many as arrive, as etcd
 
 
 def check_can_listen(target: str) -> None:
@@ -194,6 +195,12 @@ class ShimServer:
                 # itself refuses those far over it, before they take any more memory.
                 ("grpc.max_receive_message_length", self._grpc_receive_limit),
                 ("grpc.max_send_message_length", 2**31 - 1),
+                # grpc-core cancels calls that wait for the handler past 1000 (some of them)
+                # and 3000 (all): a client's burst of concurrent requests on one connection
+                # (3000 puts from Node's etcd3) got CANCELLED. etcd's grpc-go queues every
+                # stream (its stream limit is 2^32-1), so shim queues them too.
+                ("grpc.server.max_pending_requests", PENDING_CALLS_LIMIT),
+                ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_LIMIT),
                 # One server per port: a second one must fail to bind, not share the port
                 # (the serving processes of one server share it on purpose).
                 ("grpc.so_reuseport", 1 if shares_port else 0),
