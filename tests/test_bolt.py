@@ -65,7 +65,7 @@ def test_what_is_not_bbolt_is_refused(tmp_path: Path) -> None:
     write(path, {b"key": [(b"a", b"1")]})
     data = bytearray(path.read_bytes())
     for page in (0, 1):
-        data[page * 4096 + 40] ^= 0xFF  # the root page id: each meta's checksum fails
+        data[page * 4096 + 40] ^= 0xFF  # the root bucket's sequence: each meta's checksum fails
     path.write_bytes(bytes(data))
     with open(path, "rb") as source, pytest.raises(BoltError, match="no valid meta page"):
         BoltReader(source)

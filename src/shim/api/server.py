@@ -146,7 +146,6 @@ class ShimServer:
         self.gate = Gate()
         self.hub: WatchHub | None = None
         self._server: grpc.aio.Server | None = None
-        self.client_url = ""
         self.client_urls: list[str] = []  # MemberList's URLs of this node (set once bound)
         self.methods: dict[str, rpc.Method] = {}
         self.gateway: GatewayServer | None = None
@@ -209,7 +208,6 @@ class ShimServer:
             ]
         )
         scheme = "https" if tls is not None else "http"
-        self.client_url = f"{scheme}://{target}"
         self.methods = rpc.service_methods(
             self._client_services(hub), self.config.max_request_bytes + GRPC_OVERHEAD_BYTES,
             self.gate,
@@ -231,8 +229,7 @@ class ShimServer:
             raise ConfigError(f"cannot listen on {target}")
         host = target.rsplit(":", 1)[0]
         bound = f"{host}:{port}"  # the real port when the address asked for port 0
-        self.client_url = f"{scheme}://{bound}"
-        self.client_urls = list(self.config.advertise_client_urls) or [self.client_url]
+        self.client_urls = list(self.config.advertise_client_urls) or [f"{scheme}://{bound}"]
         if self.replicator is not None:
             self.replicator.client_urls = self.client_urls  # before any dial runs: no await yet
         await server.start()

@@ -114,9 +114,7 @@ def _copy_database(source: Path, target: Path, length: int) -> bool:
                 return False
             import_etcd(reader, target)
             return True
-        except BoltError as exc:
-            raise SnapshotError(f"{source}: {exc}") from None
-        except ImportRefused as exc:
+        except (BoltError, ImportRefused) as exc:
             raise SnapshotError(f"{source}: {exc}") from None
 
 

@@ -179,7 +179,7 @@ class Store:
         A plain read of one key is answered from memory when it was read before and no
         commit changed it since (``CurrentValues``)."""
         # Kept answers are used only while auth is off: no caller needs a check then.
-        kept_values = self._current if cacheable(req) else None
+        kept_values = self._current if self._current is not None and cacheable(req) else None
         if kept_values is not None:
             kept = kept_values.get(req.key)
             if kept is not None:
