@@ -156,6 +156,20 @@ def test_serve_entry_points(tmp_path: Path, how: str) -> None:
     assert server.returncode == 0
 
 
+@pytest.mark.parametrize(
+    ("args", "uvloop"),
+    [([], True), (["--event-loop", "uvloop"], True), (["--event-loop", "asyncio"], False)],
+)
+def test_event_loop(tmp_path: Path, args: list[str], uvloop: bool) -> None:
+    """uvloop by default, the standard library's loop on request: each serves and stops
+    cleanly, and the process has loaded uvloop's extension only when it runs on it."""
+    with ShimServer(tmp_path / "shim", extra_args=args) as server:
+        assert_serves(server.endpoint)
+        maps = Path(f"/proc/{server.pid}/maps").read_text()
+    assert ("/uvloop/loop." in maps) is uvloop
+    assert server.returncode == 0
+
+
 # --- start-up configuration errors -----------------------------------------------------------
 
 

@@ -43,6 +43,8 @@ def test_connections_spread_over_serving_processes_that_share_one_store(
     assert server.pid is not None
     serving = children(server.pid)
     assert len(serving) == PROCESSES, serving
+    for pid in (server.pid, *serving):  # the event loop each runs: the default, uvloop
+        assert "/uvloop/loop." in Path(f"/proc/{pid}/maps").read_text(), pid
     clients = [Client(server.endpoint) for _ in range(16)]
     try:
         revisions = []

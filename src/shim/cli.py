@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 from pathlib import Path
 
-from shim import __version__
+from shim import __version__, event_loop
 from shim.backend.sqlite import SYNCHRONOUS_MODES, BackendOpenError
 from shim.config import (
     DEFAULT_DATASTORE_ENDPOINT,
@@ -131,6 +130,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "owns the write path and N serving processes answer gRPC and read the database "
         "themselves: more throughput on several cores, a little more latency per write "
         "(SQLite datastore, without replication or metrics)",
+    )
+    parser.add_argument(
+        "--event-loop", choices=event_loop.KINDS, default=event_loop.DEFAULT,
+        help=f"the event loop every serving process runs on (default {event_loop.DEFAULT}; "
+        "asyncio: the standard library's)",
     )
     parser.add_argument(
         "--watch-progress-notify-interval", type=_duration, default=600.0,
@@ -405,6 +409,7 @@ def run_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         log_format=args.log_format,
         processes=args.processes,
+        event_loop=args.event_loop,
         sqlite_synchronous=args.sqlite_synchronous,
         max_request_bytes=args.max_request_bytes,
         name=args.name,
@@ -439,7 +444,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from shim.app import ServingProcessFailed, serve
 
     try:
-        asyncio.run(serve(config))
+        event_loop.run(serve(config), config.event_loop)
     except (ConfigError, BackendOpenError) as exc:
         print(f"shim: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -59,6 +59,7 @@ class ServerConfig:
     log_format: str = "plain"
     # Serving processes sharing the port (1: this process serves and owns the store alone).
     processes: int = 1
+    event_loop: str = "uvloop"  # shim.event_loop.KINDS
     sqlite_synchronous: str = "FULL"
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     name: str = "default"

@@ -91,7 +91,7 @@ class StoreProcess:
         with theirs:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "shim.procs.worker", str(theirs.fileno()), str(os.getpid()),
-                pass_fds=(theirs.fileno(),),
+                self.config.event_loop, pass_fds=(theirs.fileno(),),
             )
         channel = await Channel.open(ours)
         serving = _Serving(

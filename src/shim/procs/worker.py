@@ -1,6 +1,6 @@
 """A serving process of ``shim serve --processes N`` (started by the store process only).
 
-    python -m shim.procs.worker FD PARENT_PID
+    python -m shim.procs.worker FD PARENT_PID EVENT_LOOP
 
 FD is this process's end of the socket pair; the settings arrive on it as the first message.
 The process serves the etcd gRPC API on the shared port (SO_REUSEPORT) until SIGTERM/SIGINT
@@ -9,7 +9,6 @@ or until the store process goes away.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import os
@@ -17,6 +16,7 @@ import signal
 import socket
 import sys
 
+from shim import event_loop
 from shim.api.server import ShimServer
 from shim.app import database_errors_reported, stop_on_signals
 from shim.backend.base import BackendOpenError
@@ -75,10 +75,10 @@ async def run(sock: socket.socket) -> int:
 
 
 def main() -> None:
-    fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
+    fd, parent_pid, loop_kind = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     _die_with_parent(parent_pid)
     sock = socket.socket(fileno=fd)
-    sys.exit(asyncio.run(run(sock)))
+    sys.exit(event_loop.run(run(sock), loop_kind))
 
 
 if __name__ == "__main__":
