@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from shim import __version__, event_loop
+from shim import __version__, allocator, event_loop
 from shim.backend.sqlite import SYNCHRONOUS_MODES, BackendOpenError
 from shim.config import (
     DEFAULT_DATASTORE_ENDPOINT,
@@ -443,6 +443,7 @@ def run_serve(args: argparse.Namespace) -> int:
     # Imported late: grpc start-up cost only when serving.
     from shim.app import ServingProcessFailed, serve
 
+    allocator.keep_large_buffers()
     try:
         event_loop.run(serve(config), config.event_loop)
     except (ConfigError, BackendOpenError) as exc:

@@ -79,6 +79,17 @@ def cpu_seconds(root: int) -> float:
     return ticks / CLOCK_TICKS
 
 
+def minor_faults(root: int) -> int:
+    """Minor page faults so far of the live process tree of ``root`` (a page the process
+    touched for the first time, e.g. fresh memory from the kernel)."""
+    faults = 0
+    for pid in process_tree(root):
+        fields = _stat_fields(pid)
+        if fields is not None:
+            faults += int(fields[7])  # minflt
+    return faults
+
+
 def reaped_cpu_seconds(pid: int) -> float:
     """CPU seconds of ``pid``'s children that have exited and been waited for (cutime +
     cstime): e.g. PostgreSQL backends that the postmaster has reaped."""

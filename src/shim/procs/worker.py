@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 
-from shim import event_loop
+from shim import allocator, event_loop
 from shim.api.server import ShimServer
 from shim.app import database_errors_reported, stop_on_signals
 from shim.backend.base import BackendOpenError
@@ -78,6 +78,7 @@ def main() -> None:
     fd, parent_pid, loop_kind = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     _die_with_parent(parent_pid)
     sock = socket.socket(fileno=fd)
+    allocator.keep_large_buffers()
     sys.exit(event_loop.run(run(sock), loop_kind))
 
 
