@@ -49,10 +49,11 @@ from shim.pb.kv_pb2 import KeyValue
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 _BUSY_TIMEOUT_MS = 10_000
 _WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
-# Reads map the database file (up to this much of it) instead of copying each page in with
-# pread(2) into a 2 MB page cache per connection: a LIST of 10,000 Pods re-read 30 MB of pages
-# that way, a fifth of its CPU (bench/runs/2026-12-07-list.md). Writes still go through
-# SQLite's journal as before. Off on 32-bit systems, whose address space would not take a
+# Read connections map the database file (up to this much of it) instead of copying each page
+# in with pread(2) into a 2 MB page cache per connection: a LIST of 10,000 Pods re-read 30 MB
+# of pages that way, a fifth of its CPU (bench/runs/2026-12-07-list.md). Not the writer: its
+# reads are the few pages a write touches, and pages it mapped would count in the RSS of a
+# node that only takes writes. Off on 32-bit systems, whose address space would not take a
 # mapping per connection.
 _MMAP_BYTES = 1 << 30 if sys.maxsize > 2**32 else 0
 
@@ -400,7 +401,6 @@ class SqliteBackend:
         # After each checkpoint the WAL file is cut back to this size, so a burst of writes
         # (a compaction) does not leave a huge WAL file behind for ever.
         conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT_BYTES}")
-        conn.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
         return conn
 
     def _migrate(self, conn: apsw.Connection) -> None:
@@ -452,6 +452,7 @@ class SqliteBackend:
         if conn is None:
             conn = self._connect()
             conn.execute("PRAGMA query_only = ON")
+            conn.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
             self._readers.conn = conn
             with self._readers_lock:
                 self._all_readers.append(conn)
