@@ -20,7 +20,8 @@ from urllib.parse import quote
 import grpc
 import pytest
 
-from shim.config import PostgresEndpoint, parse_datastore_endpoint
+from shim.app import open_backend
+from shim.config import PostgresEndpoint, ServerConfig, parse_datastore_endpoint
 from shim.pb import kv_pb2
 from shim.pb import rpc_pb2 as pb
 from tests.support import OUTSIDE_CHECKOUT, Client, ShimServer, free_port
@@ -263,6 +264,23 @@ def test_keys_and_values_are_bytes(postgres: PostgresServer, tmp_path: Path) -> 
 
 
 # --- the database, and the password ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "loop_type"), [("uvloop", "uvloop.Loop"),
+                                               ("asyncio", "asyncio.unix_events")])
+def test_asyncpg_runs_on_the_servers_kind_of_event_loop(
+    postgres: PostgresServer, kind: str, loop_type: str
+) -> None:
+    """The backend's asyncpg thread runs the loop ``--event-loop`` chose for the server."""
+    endpoint = postgres.url(postgres.new_database_name("loop"))
+    backend = open_backend(ServerConfig(datastore_endpoint=endpoint, event_loop=kind))
+    try:
+        with backend.read() as view:
+            assert view.revision() == 1  # asyncpg answers on that loop
+        loop = backend._bridge.loop  # type: ignore[attr-defined]  # the backend's own thread
+        assert f"{type(loop).__module__}.{type(loop).__name__}".startswith(loop_type), loop
+    finally:
+        backend.close()
 
 
 def test_database_is_created_when_missing(postgres: PostgresServer, tmp_path: Path) -> None:

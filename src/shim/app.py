@@ -17,6 +17,7 @@ import signal
 import ssl
 from collections.abc import Iterator
 
+from shim import event_loop
 from shim.api.server import ShimServer, check_listen_addresses
 from shim.backend.base import Backend, BackendOpenError
 from shim.backend.sqlite import SqliteBackend
@@ -59,7 +60,10 @@ def open_backend(config: ServerConfig) -> Backend:
                 f"postgres:// needs asyncpg ({exc.name} is missing): pip install asyncpg, "
                 "or install shim with its postgres extra (pip install '.[postgres]')"
             ) from None
-        backend = PostgresBackend(endpoint, ssl=datastore_ssl(config))
+        backend = PostgresBackend(
+            endpoint, ssl=datastore_ssl(config),
+            loop_factory=event_loop.loop_factory(config.event_loop),
+        )
     else:
         if config.datastore_cafile or config.datastore_certfile or config.datastore_keyfile:
             raise ConfigError("--datastore-cafile/-certfile/-keyfile apply to postgres:// only")

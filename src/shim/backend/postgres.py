@@ -159,8 +159,11 @@ class PostgresBackend:
     def __init__(
         self, endpoint: PostgresEndpoint, pool_size: int = POOL_SIZE,
         ssl: ssl_module.SSLContext | None = None,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
     ) -> None:
         self.endpoint = endpoint
+        # The loop of the thread asyncpg runs on (the server's kind: uvloop by default).
+        self._loop_factory = loop_factory
         # k3s-style --datastore-cafile/certfile/keyfile; None: the URL's sslmode decides.
         self._ssl = ssl
         self.location = endpoint.redacted
@@ -212,7 +215,7 @@ class PostgresBackend:
     # -- life cycle ---------------------------------------------------------------------------
 
     def open(self) -> None:
-        self._bridge = LoopThread("shim-postgres")
+        self._bridge = LoopThread("shim-postgres", self._loop_factory)
         try:
             self.node_id = self._bridge.run(self._open())
         except BackendOpenError:
