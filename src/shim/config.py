@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from shim.event_loop import DEFAULT as DEFAULT_EVENT_LOOP
+
 if TYPE_CHECKING:
     from shim.tls import PeerTls, ServerTls
 
@@ -59,7 +61,7 @@ class ServerConfig:
     log_format: str = "plain"
     # Serving processes sharing the port (1: this process serves and owns the store alone).
     processes: int = 1
-    event_loop: str = "uvloop"  # shim.event_loop.KINDS
+    event_loop: str = DEFAULT_EVENT_LOOP  # one of shim.event_loop.KINDS
     sqlite_synchronous: str = "FULL"
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     name: str = "default"
