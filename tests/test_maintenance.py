@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -328,6 +329,65 @@ def test_defrag_gives_space_back(shim: ShimServer) -> None:
     after = status_of(shim.endpoint)
     assert int(after["dbSize"]) < int(before["dbSize"])  # type: ignore[call-overload]
     assert after["dbSize"] == after["dbSizeInUse"]  # no free pages left
+
+
+@pytest.mark.parametrize("datastore", ["sqlite", "sqlite-processes"], indirect=True)
+def test_defrag_shrinks_the_database_under_reads(
+    shim_factory: Callable[..., ShimServer],
+) -> None:
+    """Read connections map the database file (PRAGMA mmap_size): defragmenting cuts the
+    file to a fraction under connections that mapped all of it, while reads go on through
+    every connection (and every serving process); none fails, and the server lives on."""
+    shim = shim_factory()
+    clients = [Client(shim.endpoint) for _ in range(6)]
+    try:
+        for i in range(300):
+            clients[0].kv.Put(pb.PutRequest(key=b"big/%04d" % i, value=b"x" * 100_000))
+        for i in range(20):
+            clients[0].kv.Put(pb.PutRequest(key=b"keep/%02d" % i, value=b"v%d" % i))
+        keep = pb.RangeRequest(key=b"keep/", range_end=b"keep0")
+        for client in clients:  # each connection's reader maps all of the 30 MB file
+            for start in range(0, 300, 30):
+                page = client.kv.Range(pb.RangeRequest(
+                    key=b"big/%04d" % start, range_end=b"big0", limit=30), timeout=30)
+                assert len(page.kvs) == 30
+        revision = clients[0].kv.DeleteRange(
+            pb.DeleteRangeRequest(key=b"big/", range_end=b"big0")).header.revision
+        clients[0].kv.Compact(pb.CompactionRequest(revision=revision))
+        assert shim.database is not None
+        before = shim.database.stat().st_size
+        defragmented = threading.Event()
+        failures: list[BaseException] = []
+        reads = [0] * len(clients)
+
+        def read(index: int) -> None:
+            client = clients[index]
+            # Reads before, during and after the defragmentation; at least 5 after it.
+            done_after = None
+            while done_after is None or reads[index] < done_after + 5:
+                try:
+                    got = client.kv.Range(keep, timeout=30)
+                    assert [kv.value for kv in got.kvs] == [b"v%d" % i for i in range(20)]
+                except BaseException as exc:  # reported below
+                    failures.append(exc)
+                    return
+                reads[index] += 1
+                if done_after is None and defragmented.is_set():
+                    done_after = reads[index]
+
+        readers = [threading.Thread(target=read, args=(i,)) for i in range(len(clients))]
+        for thread in readers:
+            thread.start()
+        clients[0].maintenance.Defragment(pb.DefragmentRequest(), timeout=60)
+        defragmented.set()
+        for thread in readers:
+            thread.join(60)
+        assert not failures, failures
+        assert shim.database.stat().st_size < before / 10
+        assert shim.running
+    finally:
+        for client in clients:
+            client.close()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
