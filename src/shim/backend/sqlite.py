@@ -104,8 +104,11 @@ class SqliteView:
 
     def get(self, key: bytes, revision: int) -> KeyValue | None:
         if revision == 0:
+            # A subquery, not a join: SQLite prepares a join on `c.key = ?` again at every
+            # new key it is run with (most of its time; every put reads its key's version).
             row = self._conn.execute(
-                f"SELECT {KV_COLUMNS} FROM current c JOIN log l ON l.id = c.id WHERE c.key = ?",
+                f"SELECT {KV_COLUMNS} FROM log l WHERE l.id = "
+                "(SELECT id FROM current WHERE key = ?)",
                 (key,),
             ).fetchone()
             return None if row is None else kv_from_row(row)
