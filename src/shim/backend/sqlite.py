@@ -104,8 +104,9 @@ class SqliteView:
 
     def get(self, key: bytes, revision: int) -> KeyValue | None:
         if revision == 0:
-            # A subquery, not a join: SQLite prepares a join on `c.key = ?` again at every
-            # new key it is run with (most of its time; every put reads its key's version).
+            # A subquery, not a join: SQLite prepared the join on `c.key = ?` again for every
+            # new key, most of its cost, and every put reads its key's version this way
+            # (bench/runs/2026-12-07-reprepare.md).
             row = self._conn.execute(
                 f"SELECT {KV_COLUMNS} FROM log l WHERE l.id = "
                 "(SELECT id FROM current WHERE key = ?)",
