@@ -295,6 +295,13 @@ def test_refused_links_say_why_and_replicate_nothing(shim_factory: Factory) -> N
     wait_log(joiner, f"link to {url(admits)} down (PERMISSION_DENIED: bootstrap token rejected)")
     wait_log(joiner, "this node admits no links (start it with --bootstrap-token)")
     wait_log(admits, "refused: bootstrap token rejected")
+    # Each refusal is heard on the first attempt, with its reason (a node that admits no links
+    # used to end the stream before reading the Hello, which reached the dialer at times as
+    # INTERNAL "Internal error from Core").
+    for target, reason in ((admits, "bootstrap token rejected"), (closed, "admits no links")):
+        first = next(line for line in joiner.log_path.read_text().splitlines()
+                     if f"link to {url(target)} down" in line)
+        assert reason in first, first
     for node, secret in ((admits, TOKEN), (joiner, "wrong")):
         logged = [  # shim's own lines, not the harness's "=== starting: argv" line
             line for line in node.log_path.read_text().splitlines()

@@ -923,6 +923,11 @@ class ReplicationService:
         peer's address and the reason."""
         replicator = self._replicator()
         if replicator is None:  # a node that takes no part in replication
+            # The dialer's Hello is read first, as a node that admits links reads it before
+            # any refusal: a stream ended while its first message was still arriving reached
+            # the dialer at times as INTERNAL "Internal error from Core", not this answer.
+            with contextlib.suppress(asyncio.TimeoutError, grpc.RpcError):
+                await asyncio.wait_for(context.read(), SILENCE_SECONDS)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, ADMITS_NO_LINKS)
             return
         address = context.peer()
