@@ -26,7 +26,7 @@ TARGET_PACKAGE = "shim.pb"
 REGEN_COMMAND = "python proto/generate.py"
 
 # Files under PROTO_DIR to compile, relative to it (the path is also the import path).
-MESSAGE_ONLY_PROTOS = ("mvccpb/kv.proto", "authpb/auth.proto")
+MESSAGE_ONLY_PROTOS = ("mvccpb/kv.proto", "authpb/auth.proto", "leasepb/lease.proto")
 # These also define gRPC services, so they get a *_pb2_grpc.py module as well.
 SERVICE_PROTOS = (
     "etcdserverpb/rpc.proto",

@@ -23,6 +23,7 @@ from shim.backend.bolt import BoltReader
 from shim.backend.sqlite import SqliteBackend
 from shim.mvcc.hlc import HybridClock
 from shim.pb.kv_pb2 import KeyValue
+from shim.pb.lease_pb2 import Lease
 
 _MAIN = struct.Struct(">q")
 _ROWS_PER_APPEND = 1000
@@ -97,27 +98,9 @@ def _version(bolt_key: bytes, stored: bytes) -> tuple[int, bool, KeyValue]:
 
 
 def _lease(message: bytes) -> tuple[int, int]:
-    """(ID, TTL) of an encoded ``leasepb.Lease`` (varint fields 1 and 2; others skipped)."""
-    fields = {1: 0, 2: 0}
-    at = 0
-    while at < len(message):
-        tag, at = _varint(message, at)
-        if tag & 7 != 0:
-            raise ImportRefused("a lease in the etcd snapshot is not etcd's leasepb.Lease")
-        value, at = _varint(message, at)
-        fields[tag >> 3] = value
-    lease_id = fields[1] - (1 << 64) if fields[1] >= 1 << 63 else fields[1]
-    return lease_id, fields[2]
-
-
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if at >= len(data):
-            raise ImportRefused("a lease in the etcd snapshot is cut short")
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, at
-        shift += 7
+    """(ID, TTL) of a ``lease`` bucket item (an encoded ``leasepb.Lease``)."""
+    try:
+        lease = Lease.FromString(message)
+    except DecodeError:
+        raise ImportRefused("a lease in the etcd snapshot is not etcd's leasepb.Lease") from None
+    return lease.ID, lease.TTL

@@ -19,8 +19,8 @@ from typing import BinaryIO
 
 from shim.backend.base import Backend, ReadView
 from shim.backend.bolt import SHIM_BUCKET, BoltWriter
-from shim.backend.kv_wire import varint
 from shim.mvcc.hash import bolt_items, stored_rows
+from shim.pb.lease_pb2 import Lease
 
 PIECE_BYTES = 1024 * 1024
 _U64 = struct.Struct(">Q")
@@ -69,7 +69,5 @@ def _pieces(database: Path) -> Iterator[tuple[bytes, bytes]]:
 
 
 def _lease(lease_id: int, ttl: int) -> bytes:
-    """etcd's ``leasepb.Lease`` (ID 1, TTL 2) as its bucket stores it (Go omits zeros)."""
-    return (b"\x08" + varint(lease_id) if lease_id else b"") + (
-        b"\x10" + varint(ttl) if ttl else b""
-    )
+    """etcd's ``leasepb.Lease`` as its bucket stores it (zeros omitted, as Go's encoder does)."""
+    return Lease(ID=lease_id, TTL=ttl).SerializeToString()
