@@ -380,6 +380,11 @@ def run_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _url_list(text: str) -> tuple[str, ...]:
+    """etcd's comma-separated URL flags: each URL trimmed, without a trailing "/"."""
+    return tuple(url.strip().rstrip("/") for url in text.split(",") if url.strip())
+
+
 def run_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     if args.max_request_bytes <= 0:
@@ -425,11 +430,8 @@ def run_serve(args: argparse.Namespace) -> int:
         tls=tls,
         peer_tls=peer,
         metrics_address=args.metrics_address,
-        client_http_urls=tuple(u.strip() for u in args.listen_client_http_urls.split(",")
-                               if u.strip()),
-        advertise_client_urls=tuple(
-            u.strip().rstrip("/") for u in args.advertise_client_urls.split(",") if u.strip()
-        ),
+        client_http_urls=_url_list(args.listen_client_http_urls),
+        advertise_client_urls=_url_list(args.advertise_client_urls),
         datastore_cafile=args.datastore_cafile,
         datastore_certfile=args.datastore_certfile,
         datastore_keyfile=args.datastore_keyfile,
