@@ -22,15 +22,16 @@ MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 128 << 20
 
 
-def keep_large_buffers() -> bool:
-    """Raise glibc's mmap and trim thresholds; False where there is no glibc ``mallopt``
-    (another C library: nothing changes)."""
+def keep_large_buffers() -> None:
+    """Raise glibc's mmap and trim thresholds (nothing where the C library has no
+    ``mallopt``)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        return False
+        return
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+    # Where the mmap threshold cannot be raised (32-bit: its maximum is far lower), large
+    # buffers keep their own pages anyway, and holding freed memory would only cost.
+    if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD):
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
