@@ -3,6 +3,7 @@ and the one parser that lets them in, refusing a malformed operation with its re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -164,3 +165,21 @@ def test_an_entry_with_malformed_operations_is_refused_naming_entry_and_reason()
     refused = admit(entry_message(b"not json"), Policy.load(), LIMITS)
     assert isinstance(refused, Refusal)
     assert refused.reason.startswith("operations are not JSON")
+
+
+def test_an_entry_copied_with_changes_is_what_dataclasses_replace_gives() -> None:
+    """``Entry.copy_with`` (the hot paths' copy) sets exactly the fields named, keeps every
+    other one, leaves the original as it was, and refuses a name that is not a field."""
+    original = Entry("o", 3, 7, b"/k", False, b"v", 5, EVERY_OP[:2], "u0", "u1", digest=b"d",
+                     message=b"m", ops_json="[]")
+    changes = {f.name: getattr(original, f.name) for f in dataclasses.fields(Entry)}
+    for name in changes:
+        changed = {name: "x" if isinstance(changes[name], str) else None}
+        copy = original.copy_with(**changed)
+        assert copy == dataclasses.replace(original, **changed)
+        assert all(getattr(copy, f.name) == getattr(dataclasses.replace(original, **changed),
+                                                    f.name) for f in dataclasses.fields(Entry))
+    assert original.copy_with() == original and original.copy_with() is not original
+    assert original.key == b"/k" and original.ops_json == "[]"
+    with pytest.raises(KeyError):
+        original.copy_with(no_such_field=1)

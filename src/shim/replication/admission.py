@@ -13,7 +13,6 @@ stops a link.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from shim.api.validate import RAFT_WRAPPER_BYTES
@@ -286,8 +285,8 @@ def _admit(msg: pb.Entry, policy: Policy, limits: IngestLimits, place: Entry) ->
         if text.encode() != msg.ops:
             # Forwarded as this form: a signature over another would not verify further on.
             raise _Refused("the operations are not in their canonical JSON form")
-    entry = dataclasses.replace(
-        place, value=msg.value, ops=ops, secret=msg.secret or None, pruned=msg.pruned,
+    entry = place.copy_with(
+        value=msg.value, ops=ops, secret=msg.secret or None, pruned=msg.pruned,
         ops_json=text,
     )
     if entry.pruned:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from shim.replication.merge import Entry
 from shim.replication.signing import Signer, body_digest, chain, head_message, message_hash
 
@@ -32,9 +30,8 @@ def signed(entry: Entry, signer: Signer, previous: bytes) -> Entry:
     """``entry`` signed by this run's key, with its digest and its place in the chain."""
     digest = digest_of(entry)
     message = message_of(entry, digest)
-    return dataclasses.replace(
-        entry, sig=signer.sign(message), digest=digest, chain=chain(previous, message)
-    )
+    return entry.copy_with(sig=signer.sign(message), digest=digest,
+                           chain=chain(previous, message))
 
 
 def sealed(entry: Entry, previous: bytes) -> Entry:
@@ -42,9 +39,7 @@ def sealed(entry: Entry, previous: bytes) -> Entry:
     chain (``head_signature``) rather than each entry."""
     digest = digest_of(entry)
     message = message_of(entry, digest)
-    return dataclasses.replace(
-        entry, digest=digest, chain=chain(previous, message), message=message
-    )
+    return entry.copy_with(digest=digest, chain=chain(previous, message), message=message)
 
 
 def head_signature(signer: Signer, seq: int, chain_value: bytes) -> bytes:
@@ -54,4 +49,4 @@ def head_signature(signer: Signer, seq: int, chain_value: bytes) -> bytes:
 
 def chained(entry: Entry, previous: bytes) -> Entry:
     """``entry`` (signed, with its digest) with its place in its origin's chain here."""
-    return dataclasses.replace(entry, chain=chain(previous, entry.message or message_of(entry)))
+    return entry.copy_with(chain=chain(previous, entry.message or message_of(entry)))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from shim.replication import k8sproto, proto_changes
@@ -104,6 +104,24 @@ class Entry:
         if self.ops is None:
             return None
         return self.ops_json if self.ops_json is not None else dumps_ops(self.ops)
+
+    def copy_with(self, **changes: Any) -> Entry:
+        """``dataclasses.replace`` at half its cost: every write and every arrival copies its
+        entry once or twice (sealed, chained, admitted), and ``replace`` walks the class's
+        fields and runs the frozen ``__init__`` each time. ``changes`` must name fields."""
+        copy = _new_entry(Entry)
+        for get, put in _ENTRY_SLOTS:
+            put(copy, get(self))
+        for name, value in changes.items():
+            _ENTRY_SETTERS[name](copy, value)
+        return copy
+
+
+_new_entry = object.__new__
+# Each field's slot, read and written directly (a frozen dataclass refuses setattr).
+_ENTRY_SETTERS = {f.name: Entry.__dict__[f.name].__set__ for f in fields(Entry)}
+_ENTRY_SLOTS = [(Entry.__dict__[f.name].__get__, Entry.__dict__[f.name].__set__)
+                for f in fields(Entry)]
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from shim.backend.base import ReadView, WriteTxn, kv_from_row
 from shim.mvcc.hlc import HybridClock, wall_ms
@@ -253,8 +253,8 @@ class Replica:
             if self.seq - self.signed_seq >= SIGN_EVERY:
                 # A long write batch is signed on the way too, so no run of entries that one
                 # signature covers outgrows a batch on a link.
-                entry = replace(
-                    entry, head_sig=head_signature(self._signer, self.seq, self.head))
+                entry = entry.copy_with(
+                    head_sig=head_signature(self._signer, self.seq, self.head))
                 self.signed_seq = self.seq
         ingest = repl.insert(entry, None, wall_ms(entry.hlc), False, "local", value_in_log)
         assert ingest is not None, "a local sequence number was reused"
@@ -331,7 +331,10 @@ class Replica:
         old: KeyValue | None,
         rules: KeyRules,
     ) -> Resolution:
-        known = repl.tombstones(entry.key)
+        # Only an entry that names an incarnation reads or ends one (``merge.step``): for
+        # any other, the key's tombstones cannot matter, so they are not read.
+        names_one = entry.uid is not None or entry.base_uid is not None
+        known = repl.tombstones(entry.key) if names_one else set()
         state = KeyState.from_stored(
             old.value if old is not None else None,
             old.lease if old is not None else 0,
