@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shim import metrics
@@ -283,7 +283,7 @@ class _Arrivals:
             tail.append(after.message or message_of(after))
             seq += 1
             if after.head_sig:
-                return replace(entry, head_sig=after.head_sig, tail=b"".join(tail))
+                return entry.copy_with(head_sig=after.head_sig, tail=b"".join(tail))
         return None
 
     def _refold(self, key: bytes, late: Sequence[int] = ()) -> BaseException | None:
@@ -409,7 +409,7 @@ def held_proof(repl: ReplicationTables, held: Entry) -> Entry | None:
         return None
     before = repl.chain_at(held.origin, held.seq - 1) if held.seq > 1 else NO_CHAIN
     tail = b"".join(message_of(entry) for _, entry in run[1:])
-    return replace(held, head_sig=run[-1][1].head_sig, prev_chain=before, tail=tail)
+    return held.copy_with(head_sig=run[-1][1].head_sig, prev_chain=before, tail=tail)
 
 
 def release_held(

@@ -15,8 +15,6 @@ runs stay that short however often an entry is relayed.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from shim.pb import replication_pb2 as pb
 from shim.replication.framing import BATCH_HEADER_BYTES, EntryTooLarge, framed_size
 from shim.replication.merge import Entry
@@ -55,7 +53,7 @@ def signed_runs(
         origin = entry.origin
         if previous.get(origin) != entry.seq - 1:
             before = repl.chain_at(origin, entry.seq - 1) if entry.seq > 1 else NO_CHAIN
-            entry = replace(entry, prev_chain=before)
+            entry = entry.copy_with(prev_chain=before)
         out.append((ingest, entry))
         previous[origin] = entry.seq
         if entry.head_sig or (origin, entry.seq + 1) in held:
