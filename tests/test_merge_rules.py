@@ -9,9 +9,19 @@ from typing import Any
 
 import pytest
 
-from shim.replication.merge import Entry, KeyState, decode, fold, resolve_from_value, step
+from shim.pb.kv_pb2 import KeyValue
+from shim.replication.merge import (
+    Entry,
+    KeyState,
+    decode,
+    fold,
+    identity,
+    resolve_from_value,
+    step,
+)
 from shim.replication.ops import SetField
 from shim.replication.policy import KeyRules, Policy
+from shim.replication.resolve import MergeRule, Replica, _opaque_over_opaque
 from tests.support import merging
 
 POLICY = Policy.load()
@@ -562,3 +572,35 @@ def test_the_write_that_starts_deletion_may_add_a_finalizer() -> None:
     new = enc({"metadata": {"name": "web", "uid": "u", "deletionTimestamp": "D",
                             "finalizers": ["foregroundDeletion"]}, "spec": {}})
     assert resolve([write("a", 1, 10, None, enc(bare)), write("a", 2, 20, enc(bare), new)]) == new
+
+
+# What the newest entry of a key makes of it when neither it nor the stored value can be an
+# object: resolved without the key's state (``resolve._opaque_over_opaque``), which must be
+# exactly what the fold's step gives, for every policy a key can fall under.
+_VALUES = [None, b"", b"plain", b"{not json", b'{"a": 1}', b"[1, 2]", b"k8s\x00junk",
+           b" {\"a\": 2}"]
+
+
+@pytest.mark.parametrize("key", [b"/plain", b"/registry/pods/default/a",
+                                 b"/registry/leases/default/a"])
+def test_an_opaque_write_over_an_opaque_value_resolves_as_the_fold_does(key: bytes) -> None:
+    rules = Policy.load().rules_for(key)
+    taken = 0
+    for old_value, new_value, old_lease, new_lease in itertools.product(
+        _VALUES, _VALUES[1:], (0, 7), (0, 7)
+    ):
+        assert new_value is not None
+        old = None if old_value is None else KeyValue(key=key, value=old_value, lease=old_lease)
+        entry = Entry("o", 1, 10, key, False, new_value, new_lease, None, None, None)
+        fast = _opaque_over_opaque(entry, old, rules)
+        if fast is None:
+            continue  # the fold decides: nothing to compare
+        taken += 1
+        state = KeyState.from_stored(old_value, old_lease if old is not None else 0, (), rules)
+        before = identity(state.doc, rules)
+        assert step(state, entry, rules)
+        folded = Replica._resolution(state, old, before, rules, MergeRule.NONE)
+        assert (fast.value, fast.lease, fast.changed, fast.new_incarnation) == (
+            folded.value, folded.lease, folded.changed, folded.new_incarnation
+        ), (old_value, new_value, old_lease, new_lease)
+    assert taken >= 2 * 2 * 4  # plain values over plain values (and over nothing) were taken

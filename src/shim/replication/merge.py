@@ -167,16 +167,22 @@ def canonical(doc: Json) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+def may_be_object(value: bytes, rules: KeyRules) -> bool:
+    """Whether ``decode`` may find an object in ``value`` (False: it gives the bytes), from
+    the value's first bytes only."""
+    return rules.merge == "fields" and (
+        value.startswith(k8sproto.PREFIX) or _JSON_OBJECT_START.match(value) is not None
+    )
+
+
 def decode(value: bytes, rules: KeyRules) -> Json | bytes:
     """An object (with node-local fields dropped) when the key merges field by field and the
     value is a JSON object or a Kubernetes protobuf object; otherwise the bytes themselves."""
-    if rules.merge != "fields":
+    if not may_be_object(value, rules):
         return value
     if value.startswith(k8sproto.PREFIX):
         proto = k8sproto.decode(value, rules.local_paths)
         return value if proto is None else proto
-    if not _JSON_OBJECT_START.match(value):
-        return value
     try:
         doc = json.loads(value)
     except ValueError:

@@ -29,6 +29,7 @@ from shim.replication.merge import (
     describe_write,
     fold,
     identity,
+    may_be_object,
     reproduces_write,
     step,
 )
@@ -299,6 +300,9 @@ class Replica:
         key sorts before it, when the caller knows (None: ask the table)."""
         rules = self.policy.rules_for(entry.key)
         if is_newest if is_newest is not None else _is_newest(repl, entry, ingest):
+            opaque = _opaque_over_opaque(entry, old, rules)
+            if opaque is not None:
+                return opaque
             try:
                 return self._step(repl, entry, old, rules)
             except Exception as exc:  # this entry must not stop its key or its link
@@ -381,6 +385,29 @@ class Replica:
             and before_uid != after_uid
         )
         return Resolution(value, state.lease, changed, switch, rule)
+
+
+def _opaque_over_opaque(
+    entry: Entry, old: KeyValue | None, rules: KeyRules
+) -> Resolution | None:
+    """The resolution of the newest entry of a key when it writes a whole value that cannot
+    be an object (``merge.may_be_object``) over one that cannot be either, or over nothing:
+    what ``merge.step`` makes of it, without building the key's state (most entries of
+    plain etcd keys, and of keys kept whole, such as Leases and Events). None when the fold
+    has to decide."""
+    if (
+        entry.deleted or entry.ops is not None or entry.uid is not None
+        or entry.base_uid is not None
+    ):
+        return None
+    if may_be_object(entry.value, rules):
+        return None
+    if old is None:
+        return Resolution(entry.value, entry.lease, True, False)
+    if may_be_object(old.value, rules):
+        return None
+    changed = entry.value != old.value or entry.lease != old.lease
+    return Resolution(entry.value, entry.lease, changed, False)
 
 
 def _is_newest(repl: ReplicationTables, entry: Entry, ingest: int = 0) -> bool:
