@@ -64,10 +64,11 @@ def measure(python: str, label: str, tool: Path, topology: str, clients: list[in
     with tempfile.TemporaryDirectory(prefix="replica-cost-",
                                      dir=os.environ.get("TMPDIR")) as tmp:
         nodes = start_cluster(Path(tmp), 3, topology, python)
+        replica_pids = [node.pid for node in nodes[1:] if node.pid is not None]
         try:
             for round_, count in enumerate(clients):
                 before = [node.cpu_seconds() for node in nodes]
-                threads_before = [thread_cpu(node.pid) for node in nodes[1:] if node.pid]
+                threads_before = [thread_cpu(pid) for pid in replica_pids]
                 started = time.perf_counter()
                 subprocess.run(
                     [str(tool), "--endpoints", nodes[0].endpoint,
@@ -87,9 +88,8 @@ def measure(python: str, label: str, tool: Path, topology: str, clients: list[in
                     time.sleep(0.02)
                 cpu = [node.cpu_seconds() - b for node, b in zip(nodes, before, strict=True)]
                 threads = []
-                for node, earlier in zip(nodes[1:], threads_before, strict=True):
-                    assert node.pid is not None
-                    later = thread_cpu(node.pid)
+                for pid, earlier in zip(replica_pids, threads_before, strict=True):
+                    later = thread_cpu(pid)
                     used = {name: (later[name] - earlier.get(name, 0.0)) / puts * 1e6
                             for name in later}
                     threads.append({name: round(us) for name, us in sorted(
