@@ -150,9 +150,18 @@ class WriteTxn(ReadView, Protocol):
 
     def set_compact_revision(self, revision: int) -> None: ...
 
-    def compact(self, revision: int) -> int:
-        """Delete history no read at ``revision`` or later needs; returns rows removed."""
+    def compact(self, revision: int, after: int, upto: int) -> int:
+        """Delete, among the log rows with ``after < revision <= upto``, the history no read
+        at ``revision`` or later needs (compaction goes through the log a window of revisions
+        at a time); returns rows removed."""
         ...
+
+    def compact_progress(self) -> int:
+        """The revision up to which the compaction at ``compact_revision`` has gone through
+        the log, oldest first (``compact_revision`` itself once it is complete)."""
+        ...
+
+    def set_compact_progress(self, revision: int) -> None: ...
 
     def savepoint(self) -> None:
         """Start isolating one request inside the batch transaction."""

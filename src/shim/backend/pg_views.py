@@ -35,7 +35,8 @@ COMPACT_TIMEOUT = 3600.0
 # Read with BEGIN, so every snapshot knows its revisions and its auth version without a query.
 META_SQL = (
     "SELECT name, value FROM meta "
-    "WHERE name IN ('revision', 'compact_revision', 'auth_revision', 'auth_version')"
+    "WHERE name IN ('revision', 'compact_revision', 'compact_progress', 'auth_revision', "
+    "'auth_version')"
 )
 
 
@@ -322,15 +323,31 @@ class PostgresWriteTxn(PostgresView):
         assert self._meta is not None
         self._meta["compact_revision"] = revision
 
-    def compact(self, revision: int) -> int:
+    def compact(self, revision: int, after: int, upto: int) -> int:
         # Keep, for every key, its newest version at `revision` unless that is a tombstone:
         # exactly what reads at `revision` or later, and prev_kv of later events, can reach.
         status = self._execute(
-            "DELETE FROM log WHERE revision <= $1 AND (deleted OR EXISTS (SELECT 1 FROM log n "
-            f"WHERE {KEYS.eq('n.key', 'log.key')} AND n.id > log.id AND n.revision <= $1))",
-            revision, timeout=COMPACT_TIMEOUT,
+            "DELETE FROM log WHERE revision > $2 AND revision <= $3 AND (deleted OR EXISTS ("
+            f"SELECT 1 FROM log n WHERE {KEYS.eq('n.key', 'log.key')} AND n.id > log.id "
+            "AND n.revision <= $1))",
+            revision, after, upto, timeout=COMPACT_TIMEOUT,
         )
         return int(status.rsplit(" ", 1)[-1])
+
+    def compact_progress(self) -> int:
+        if self._meta is None:
+            self._meta = self._read_meta()
+        # No row: the database predates compaction in steps, when each one was complete.
+        return self._meta.get("compact_progress", self.compact_revision())
+
+    def set_compact_progress(self, revision: int) -> None:
+        self._execute(
+            "INSERT INTO meta (name, value) VALUES ('compact_progress', $1) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            str(int(revision)),
+        )
+        assert self._meta is not None
+        self._meta["compact_progress"] = revision
 
     # Savepoints go out with the next statement (or the COMMIT); a failure of theirs shows
     # there, and is a storage failure that fails the batch either way.

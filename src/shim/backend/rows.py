@@ -80,14 +80,22 @@ def live_versions(
 def hash_rows_sql(placeholder: Callable[[int], str], keys: KeySql = WHOLE_KEYS) -> str:
     """HashKV's read: log rows in (after, upto] in log order (parameters 1, 2), each marked
     kept unless it is at or below the compacted revision (3) and superseded by a newer
-    version of its key at or below the hashed revision (4)."""
+    version of its key at or below the hashed revision (4). Rows the compaction deletes
+    are left out, whether or not it has reached them yet (it runs in steps)."""
     p = placeholder
+
+    def newer_at(bound: str) -> str:
+        return (
+            f"EXISTS (SELECT 1 FROM log n WHERE {keys.eq('n.key', 'l.key')} AND n.id > l.id "
+            f"AND n.revision <= {bound})"
+        )
+
     return (
         "SELECT l.revision, l.key, l.value, l.create_revision, l.version, l.lease, "
-        f"CASE WHEN l.deleted THEN 1 ELSE 0 END, CASE WHEN l.revision > {p(3)} OR NOT EXISTS ("
-        f"SELECT 1 FROM log n WHERE {keys.eq('n.key', 'l.key')} AND n.id > l.id "
-        f"AND n.revision <= {p(4)}) "
-        f"THEN 1 ELSE 0 END FROM log l WHERE l.revision > {p(1)} AND l.revision <= {p(2)} "
+        f"CASE WHEN l.deleted THEN 1 ELSE 0 END, CASE WHEN l.revision > {p(3)} OR NOT "
+        f"{newer_at(p(4))} THEN 1 ELSE 0 END FROM log l "
+        f"WHERE l.revision > {p(1)} AND l.revision <= {p(2)} "
+        f"AND NOT (l.revision <= {p(3)} AND (l.deleted OR {newer_at(p(3))})) "
         "ORDER BY l.revision, l.id"
     )
 

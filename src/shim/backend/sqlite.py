@@ -279,24 +279,37 @@ class SqliteWriteTxn(SqliteView):
             "UPDATE meta SET value = ? WHERE name = 'compact_revision'", (revision,)
         )
 
-    def compact(self, revision: int) -> int:
+    def compact(self, revision: int, after: int, upto: int) -> int:
         # Keep, for every key, its newest version at `revision` unless that is a tombstone:
         # exactly what reads at `revision` or later, and prev_kv of later events, can reach.
         superseded = (
             "EXISTS (SELECT 1 FROM log n WHERE n.key = log.key AND n.id > log.id "
             "AND n.revision <= ?1)"
         )
+        window = "revision > ?2 AND revision <= ?3"
         # Replication entries that read their value from a row about to go get a copy first.
         self.replication.keep_values_of(
-            "SELECT key, hlc, value FROM log "
-            f"WHERE revision <= ?1 AND deleted = 0 AND {superseded}",
-            (revision,),
+            f"SELECT key, hlc, value FROM log WHERE {window} AND deleted = 0 AND {superseded}",
+            (revision, after, upto),
         )
         self._conn.execute(
-            f"DELETE FROM log WHERE revision <= ?1 AND (deleted = 1 OR {superseded})",
-            (revision,),
+            f"DELETE FROM log WHERE {window} AND (deleted = 1 OR {superseded})",
+            (revision, after, upto),
         )
         return self._conn.changes()
+
+    def compact_progress(self) -> int:
+        # No row: the database predates compaction in steps, when each one was complete.
+        row = self._conn.execute(
+            "SELECT value FROM meta WHERE name = 'compact_progress'").fetchone()
+        return self.compact_revision() if row is None else int(row[0])
+
+    def set_compact_progress(self, revision: int) -> None:
+        self._conn.execute(
+            "INSERT INTO meta (name, value) VALUES ('compact_progress', ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (revision,),
+        )
 
     def savepoint(self) -> None:
         self._conn.execute("SAVEPOINT op")

@@ -16,6 +16,7 @@ socket can later stand in for it and let several serving processes share this on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -27,12 +28,13 @@ from shim import metrics
 from shim.auth.apply import Authorized, AuthWriter
 from shim.backend.base import Backend, WriteTxn
 from shim.mvcc.alarms import CORRUPT, DEFAULT_QUOTA_BYTES, AlarmState, member_id_of
-from shim.mvcc.apply import Applier, WriteRequest, WriteResponse
+from shim.mvcc.apply import Applier, WriteRequest, WriteResponse, compact_step
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
 from shim.mvcc.events import CommitListener, Revision
 from shim.mvcc.hlc import HybridClock
 from shim.mvcc.replica import ReplicaHook, ReplicaRequest
 from shim.pb.rpc_pb2 import (
+    CompactionRequest,
     DefragmentRequest,
     DefragmentResponse,
     DeleteRangeRequest,
@@ -56,6 +58,8 @@ _INLINE_YIELDS = 2
 # concurrency a momentarily lone write would otherwise block the loop for a whole fsync while
 # the others' requests wait unread.
 _CROWD_MEMORY_SECONDS = 0.05
+# After a compaction step failed (a storage error), how long before the next is tried.
+_COMPACTION_RETRY_SECONDS = 5.0
 
 
 def _inline_kind(request: WriteRequest) -> bool:
@@ -122,6 +126,14 @@ class Writer:
             self.leases = view.leases()
             # Active alarms and the quota; alarms change only while a batch commits.
             self.alarms = AlarmState(member_id_of(backend.node_id), view.alarms(), quota_bytes)
+        # Whether a compaction has history left to delete (writer thread, under _committing),
+        # and when its next step may run (monotonic). After a restart the first step finds out.
+        self._compaction_pending = self.compact_revision > 0
+        self._next_compaction_step = 0.0
+        # The same, as the event loop last heard it, and the physical compactions waiting
+        # for the deletion to finish (event loop thread only).
+        self._compaction_pending_seen = self._compaction_pending
+        self._physical_waiters: list[asyncio.Future[None]] = []
         if replica is not None:
             with backend.write() as txn:
                 replica.start(txn, self._clock, lambda: self.auth.objects(txn))
@@ -131,7 +143,15 @@ class Writer:
         self._thread.start()
 
     async def write(self, request: WriteRequest) -> WriteResponse:
-        """Apply ``request``; returns once it is durably committed (or raises its error)."""
+        """Apply ``request``; returns once it is durably committed (or raises its error). A
+        physical compaction returns once the history it compacted is deleted, as in etcd."""
+        response = await self._write(request)
+        inner = request.request if isinstance(request, Authorized) else request
+        if isinstance(inner, CompactionRequest) and inner.physical:
+            await self._compaction_finished()
+        return response
+
+    async def _write(self, request: WriteRequest) -> WriteResponse:
         if self._closed:
             raise StoreClosedError()
         future: asyncio.Future[WriteResponse] = self._loop.create_future()
@@ -179,17 +199,93 @@ class Writer:
                 )
 
     def stop(self) -> None:
-        """Finish everything already queued, then stop the thread."""
+        """Finish everything already queued, then stop the thread. A compaction still
+        deleting history goes on after the next start."""
         self._closed = True
         self._queue.put(None)
         self._thread.join()
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+            self._loop.call_soon_threadsafe(self._release_physical_waiters, StoreClosedError())
+
+    # -- compaction ----------------------------------------------------------------------------
+
+    async def _compaction_finished(self) -> None:
+        if not self._compaction_pending_seen:
+            return
+        if self._closed:
+            raise StoreClosedError()
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._physical_waiters.append(waiter)
+        await waiter
+
+    def _compaction_changed(self, pending: bool) -> None:
+        """(event loop) The compaction has history left to delete, or no more."""
+        self._compaction_pending_seen = pending
+        if not pending:
+            self._release_physical_waiters(None)
+
+    def _release_physical_waiters(self, error: BaseException | None) -> None:
+        waiters, self._physical_waiters = self._physical_waiters, []
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    def _set_compaction_pending(self, pending: bool) -> None:
+        """(writer thread) Told to the loop before the answers of the batch that changed it,
+        so a physical compaction's caller waits on what its own compaction left."""
+        self._compaction_pending = pending
+        self._loop.call_soon_threadsafe(self._compaction_changed, pending)
+
+    def _compact_step(self) -> bool:
+        """Delete one more window of compacted history (under ``_committing``); False if
+        the step failed (the next is tried after a pause)."""
+        started = time.monotonic()
+        try:
+            with self._backend.write() as txn:
+                done = compact_step(txn)
+        except Exception as exc:
+            if isinstance(exc, self._backend.errors):
+                log.error("compaction paused by a storage error, retried in %.0f s: %s",
+                          _COMPACTION_RETRY_SECONDS, exc)
+            else:
+                log.exception("compaction paused by an internal error, retried in %.0f s",
+                              _COMPACTION_RETRY_SECONDS)
+            self._check_damage(exc)
+            self._next_compaction_step = time.monotonic() + _COMPACTION_RETRY_SECONDS
+            return False
+        if done:
+            self._set_compaction_pending(False)
+        else:
+            # Half the writer's time at most: a write arriving now waits for no step.
+            self._next_compaction_step = 2 * time.monotonic() - started
+        return True
+
+    def _finish_compaction(self) -> None:
+        """Run the compaction's remaining steps now (under ``_committing``), unless one
+        fails."""
+        while self._compaction_pending and self._compact_step():
+            pass
 
     # -- writer thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            if self._compaction_pending:
+                # Compacted history is deleted a step at a time while nothing else waits.
+                wait = self._next_compaction_step - time.monotonic()
+                try:
+                    first = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    with self._committing:
+                        self._compact_step()
+                    continue
+            else:
+                first = self._queue.get()
             if first is None:
                 break
             batch: list[_Pending] = [first]
@@ -224,6 +320,7 @@ class Writer:
         outcome: WriteResponse | BaseException
         started = time.perf_counter()
         try:
+            self._finish_compaction()  # the space it frees is what defragmenting gives back
             self._backend.defragment()
             outcome = DefragmentResponse()
         except self._backend.errors as exc:
@@ -328,6 +425,8 @@ class Writer:
         self.revision = applier.revision
         self.compact_revision = applier.compact_revision
         self.auth_on = auth_on
+        if applier.compaction_done is not None:
+            self._set_compaction_pending(not applier.compaction_done)
         deliver(batch, outcomes, applier.committed)
 
     def _rollback_replica(self, mark: int) -> None:
@@ -342,6 +441,9 @@ class Writer:
         self.alarms.reload(txn.alarms())  # alarms are the whole database's, as in a cluster
         self.revision = txn.revision()
         self.compact_revision = txn.compact_revision()
+        if txn.compact_progress() < self.compact_revision:
+            # Another server's compaction left history to delete (it may have stopped).
+            self._compaction_pending = True
         leases = txn.leases()
         if leases != self.leases:
             self.leases.clear()
