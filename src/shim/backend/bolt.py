@@ -21,6 +21,7 @@ The format, as bbolt reads it (all integers little-endian, pages of ``PAGE_SIZE`
 
 from __future__ import annotations
 
+import io
 import struct
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
@@ -164,6 +165,7 @@ class BoltReader:
 
     def __init__(self, source: BinaryIO) -> None:
         self._source = source
+        self._size = source.seek(0, io.SEEK_END)
         self._page_size, self._root = self._meta()
 
     def _meta(self) -> tuple[int, int]:
@@ -219,7 +221,9 @@ class BoltReader:
         if len(head) < _HEADER.size:
             raise BoltError(f"page {page} is past the end of the file")
         _, flags, count, overflow = _HEADER.unpack(head)
-        body = self._source.read((overflow + 1) * self._page_size - _HEADER.size)
+        wanted = (overflow + 1) * self._page_size - _HEADER.size
+        # No more than the file holds: a damaged overflow count would ask for gigabytes.
+        body = self._source.read(min(wanted, self._size - self._source.tell()))
         return flags, count, body
 
     def _items(self, page: int, depth: int = 0) -> Iterator[tuple[bytes, bytes, int]]:
