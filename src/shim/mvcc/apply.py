@@ -109,6 +109,9 @@ class Applier:
         self._leases = leases
         self.committed: list[Revision] = []
         self._pending: list[Change] = []
+        # While a Txn runs: the current versions its compares read, until a write of the key
+        # (a GuaranteedUpdate reads its key for the compare, then for the put).
+        self._read: dict[bytes, KeyValue | None] | None = None
         # Set by a Compaction: whether its deletion of history is complete.
         self.compaction_done: bool | None = None
 
@@ -195,8 +198,18 @@ class Applier:
         """The revision a read inside the current request sees."""
         return self.revision + 1 if self._pending else self.revision
 
+    def _current(self, key: bytes) -> KeyValue | None:
+        """The key's current version, as this transaction sees it."""
+        read = self._read
+        if read is None:
+            return self._txn.get(key, 0)
+        if key in read:
+            return read[key]
+        kv = read[key] = self._txn.get(key, 0)
+        return kv
+
     def _put(self, req: PutRequest) -> PutResponse:
-        old = self._txn.get(req.key, 0)
+        old = self._current(req.key)
         if (req.ignore_value or req.ignore_lease) and old is None:
             raise KeyNotFoundError()
         value = old.value if req.ignore_value and old is not None else req.value
@@ -221,7 +234,7 @@ class Applier:
     def _delete_range(self, req: DeleteRangeRequest) -> DeleteRangeResponse:
         end = range_end(req.range_end)
         if end is None:
-            old = self._txn.get(req.key, 0)
+            old = self._current(req.key)
             victims = [] if old is None else [old]
         else:
             victims = [kv_from_row(row) for row in self._txn.range_rows(req.key, end, 0, 0)]
@@ -253,6 +266,8 @@ class Applier:
         return self._replica.local_write(self._txn, key, old, value, lease, hlc)
 
     def _write(self, kv: KeyValue, prev: KeyValue | None, deleted: bool, hlc: int) -> None:
+        if self._read is not None:
+            self._read.pop(kv.key, None)
         self._txn.append([
             NewVersion(
                 key=kv.key, value=kv.value, create_revision=kv.create_revision,
@@ -375,11 +390,15 @@ class Applier:
     # -- transactions --------------------------------------------------------------------------
 
     def _txn_request(self, req: TxnRequest) -> TxnResponse:
-        path = TxnPath.evaluate(self._txn, req)
-        path.check(
-            self._txn, self._leases.__contains__, self.revision, self.compact_revision
-        )
-        resp = self._run_path(path)
+        self._read = {}
+        try:
+            path = TxnPath.evaluate(self._txn, req, self._current)
+            path.check(
+                self._txn, self._leases.__contains__, self.revision, self.compact_revision
+            )
+            resp = self._run_path(path)
+        finally:
+            self._read = None
         resp.header.revision = self._visible_revision
         return resp
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from shim.backend.base import ReadView, kv_from_row
 from shim.mvcc.errors import (
@@ -19,6 +20,9 @@ from shim.mvcc.keys import range_end
 from shim.mvcc.range import execute_range
 from shim.pb.kv_pb2 import KeyValue
 from shim.pb.rpc_pb2 import Compare, RequestOp, TxnRequest, TxnResponse
+
+# A key's current version (None: the key does not exist).
+CurrentVersion = Callable[[bytes], KeyValue | None]
 
 
 def is_write(req: TxnRequest) -> bool:
@@ -66,12 +70,17 @@ class TxnPath:
     nested: list[TxnPath | None]
 
     @classmethod
-    def evaluate(cls, view: ReadView, req: TxnRequest) -> TxnPath:
-        succeeded = all(_compare_holds(view, c) for c in req.compare)
+    def evaluate(
+        cls, view: ReadView, req: TxnRequest, current: CurrentVersion | None = None
+    ) -> TxnPath:
+        """``current``: reads a key's current version in place of ``view.get(key, 0)``."""
+        if current is None:
+            current = partial(_current_of, view)
+        succeeded = all(_compare_holds(view, current, c) for c in req.compare)
         ops = list(req.success if succeeded else req.failure)
         nested = [
-            cls.evaluate(view, op.request_txn) if op.WhichOneof("request") == "request_txn"
-            else None
+            cls.evaluate(view, op.request_txn, current)
+            if op.WhichOneof("request") == "request_txn" else None
             for op in ops
         ]
         return cls(succeeded, ops, nested)
@@ -112,10 +121,14 @@ class TxnPath:
                 raise CompactedError()
 
 
-def _compare_holds(view: ReadView, cmp: Compare) -> bool:
+def _current_of(view: ReadView, key: bytes) -> KeyValue | None:
+    return view.get(key, 0)
+
+
+def _compare_holds(view: ReadView, current: CurrentVersion, cmp: Compare) -> bool:
     end = range_end(cmp.range_end)
     if end is None:
-        kv = view.get(cmp.key, 0)
+        kv = current(cmp.key)
         kvs = [] if kv is None else [kv]
     else:
         kvs = [kv_from_row(row) for row in view.range_rows(cmp.key, end, 0, 0)]
