@@ -12,15 +12,17 @@ import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import grpc
 import pytest
 
+from shim.api.errors import from_store_error
 from shim.auth.apply import Authorized, AuthWriter
 from shim.auth.errors import AuthError
 from shim.auth.state import NOBODY, Caller
 from shim.backend.sqlite import SqliteBackend
 from shim.mvcc import writer as writer_module
 from shim.mvcc.apply import Applier
-from shim.mvcc.errors import KeyNotFoundError
+from shim.mvcc.errors import KeyNotFoundError, TooManyRequestsError
 from shim.mvcc.hlc import HybridClock
 from shim.mvcc.replica import ReplicaRequest
 from shim.mvcc.store import Store
@@ -32,6 +34,7 @@ from shim.pb.rpc_pb2 import (
     Compare,
     DefragmentRequest,
     DeleteRangeRequest,
+    LeaseGrantRequest,
     PutRequest,
     RangeRequest,
     RequestOp,
@@ -180,6 +183,44 @@ def test_a_txn_reads_a_key_once_and_again_after_writing_it(tmp_path: Path) -> No
         ]
 
     run(tmp_path, test)
+
+
+def test_client_writes_beyond_the_waiting_limit_are_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the write path held (its commit lock taken), writes wait; one more than
+    ``MAX_WAITING_WRITES`` is refused at once with etcd's "too many requests" (what the gRPC
+    edge answers), while a lease grant still gets in; once the path moves, the waiting writes
+    commit and new ones are taken again."""
+    monkeypatch.setattr(writer_module, "MAX_WAITING_WRITES", 3)
+
+    async def test(store: Store, _commits: list[int]) -> None:
+        writer = store._writer
+        assert isinstance(writer, writer_module.Writer)
+        writer._committing.acquire()
+        try:
+            waiting = [
+                asyncio.create_task(store.put(PutRequest(key=b"k%d" % i, value=b"v")))
+                for i in range(3)
+            ]
+            await asyncio.sleep(0)  # each has entered the write path
+            with pytest.raises(TooManyRequestsError):  # at once: a wait would time out
+                await asyncio.wait_for(store.put(PutRequest(key=b"k3", value=b"v")), 5)
+            lease = asyncio.create_task(store.write(LeaseGrantRequest(ID=9, TTL=60)))
+            await asyncio.sleep(0)
+            assert not any(task.done() for task in [*waiting, lease])
+        finally:
+            writer._committing.release()
+        await asyncio.gather(*waiting, lease)
+        await store.put(PutRequest(key=b"k3", value=b"v"))
+        got = await store.range(RangeRequest(key=b"k", range_end=b"l"))
+        assert [kv.key for kv in got.kvs] == [b"k0", b"k1", b"k2", b"k3"]
+
+    run(tmp_path, test)
+    refused = from_store_error(TooManyRequestsError())
+    assert (refused.code, refused.message) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: too many requests"
+    )
 
 
 def test_writes_after_an_auth_change_in_the_same_batch_are_checked_against_it(

@@ -46,6 +46,7 @@ LEASE_TTL_TOO_LARGE = _error(Code.OUT_OF_RANGE, "etcdserver: too large lease TTL
 STOPPED = _error(Code.UNAVAILABLE, "etcdserver: server stopped")
 NO_SPACE = _error(Code.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
 CORRUPT = _error(Code.DATA_LOSS, "etcdserver: corrupt cluster")
+TOO_MANY_REQUESTS = _error(Code.RESOURCE_EXHAUSTED, "etcdserver: too many requests")
 
 
 def from_store_error(exc: store_errors.StoreError) -> RequestError:
@@ -69,6 +70,8 @@ def from_store_error(exc: store_errors.StoreError) -> RequestError:
         return NO_SPACE()
     if isinstance(exc, store_errors.CorruptError):
         return CORRUPT()
+    if isinstance(exc, store_errors.TooManyRequestsError):
+        return TOO_MANY_REQUESTS()
     if isinstance(exc, store_errors.StorageUnavailableError):
         return RequestError(Code.UNAVAILABLE, f"shim: {exc}")
     return RequestError(Code.UNKNOWN, str(exc))

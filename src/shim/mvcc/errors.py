@@ -36,6 +36,11 @@ class StoreClosedError(StoreError):
     """The store is shutting down and takes no more requests."""
 
 
+class TooManyRequestsError(StoreError):
+    """More client writes wait for the write path than it takes (etcd refuses writes while its
+    apply loop is 5,000 entries behind); the request may be retried."""
+
+
 class StorageUnavailableError(StoreError):
     """The database cannot be reached or refused the operation; the request may be retried."""
 

@@ -29,7 +29,12 @@ from shim.auth.apply import Authorized, AuthWriter
 from shim.backend.base import Backend, WriteTxn
 from shim.mvcc.alarms import CORRUPT, DEFAULT_QUOTA_BYTES, AlarmState, member_id_of
 from shim.mvcc.apply import Applier, WriteRequest, WriteResponse, compact_step
-from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
+from shim.mvcc.errors import (
+    StorageUnavailableError,
+    StoreClosedError,
+    StoreError,
+    TooManyRequestsError,
+)
 from shim.mvcc.events import CommitListener, Revision
 from shim.mvcc.hlc import HybridClock
 from shim.mvcc.replica import ReplicaHook, ReplicaRequest
@@ -58,11 +63,16 @@ _INLINE_YIELDS = 2
 # concurrency a momentarily lone write would otherwise block the loop for a whole fsync while
 # the others' requests wait unread.
 _CROWD_MEMORY_SECONDS = 0.05
+# Client writes waiting at once beyond which more are refused ("too many requests", as etcd
+# does when its apply loop falls 5,000 entries behind): an overloaded node answers at once
+# instead of holding ever more requests (and their memory) in its queue.
+MAX_WAITING_WRITES = 5000
 # After a compaction step failed (a storage error), how long before the next is tried.
 _COMPACTION_RETRY_SECONDS = 5.0
 
 
-def _inline_kind(request: WriteRequest) -> bool:
+def _client_key_write(request: WriteRequest) -> bool:
+    """Put, DeleteRange or Txn (the writes that may commit on the loop, and be refused)."""
     if isinstance(request, Authorized):
         request = request.request
     return isinstance(request, _INLINE_REQUESTS)
@@ -154,6 +164,9 @@ class Writer:
     async def _write(self, request: WriteRequest) -> WriteResponse:
         if self._closed:
             raise StoreClosedError()
+        if self._in_flight >= MAX_WAITING_WRITES and _client_key_write(request):
+            # Only clients' key writes: replication, leases and maintenance always get in.
+            raise TooManyRequestsError()
         future: asyncio.Future[WriteResponse] = self._loop.create_future()
         pending = _Pending(request, future)
         self._in_flight += 1
@@ -164,7 +177,7 @@ class Writer:
         elif (
             self._inline
             and now >= self._crowded_until
-            and _inline_kind(request)
+            and _client_key_write(request)
         ):
             # Let requests that have already arrived reach this point first: if one does,
             # both go to the writer thread and commit together.
