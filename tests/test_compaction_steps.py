@@ -72,6 +72,15 @@ def run(path: Path, test: Callable[[Store, SqliteBackend], Awaitable[None]]) -> 
     asyncio.run(main())
 
 
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Polls ``condition`` (the writer thread makes it true) until ``timeout`` seconds."""
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out waiting for the writer")
+
+
 async def fill(store: Store) -> int:
     """``VERSIONS`` puts of each of ``KEYS`` keys, one revision each; the newest revision."""
     for version in range(VERSIONS):
@@ -101,8 +110,7 @@ def test_compact_answers_at_once_and_writes_go_on_while_history_is_deleted(
         physical = asyncio.create_task(
             store.compact(CompactionRequest(revision=store.revision, physical=True))
         )
-        while store.compact_revision != revision + 1:
-            await asyncio.sleep(0.01)
+        await until(lambda: store.compact_revision == revision + 1)
         await store.put(PutRequest(key=b"other", value=b"x"))  # answered after its commit
         assert not physical.done()
         assert compact_progress(backend) == STEP  # it starts again from the oldest
@@ -183,8 +191,7 @@ def test_a_deletion_cut_short_by_a_stop_goes_on_after_the_next_start(
         physical = asyncio.create_task(
             store.compact(CompactionRequest(revision=revision, physical=True))
         )
-        while store.compact_revision != revision:
-            await asyncio.sleep(0.01)
+        await until(lambda: store.compact_revision == revision)
         outcome["progress"] = compact_progress(backend)
         outcome["revision"] = revision
         await store.close()  # the physical compaction's caller is told the server stopped
@@ -196,11 +203,7 @@ def test_a_deletion_cut_short_by_a_stop_goes_on_after_the_next_start(
     revision = outcome["revision"]
 
     async def resumed(store: Store, backend: SqliteBackend) -> None:
-        for _ in range(1000):  # the writer resumes the deletion by itself
-            if compact_progress(backend) == revision:
-                break
-            await asyncio.sleep(0.01)
-        assert compact_progress(backend) == revision
+        await until(lambda: compact_progress(backend) == revision)  # resumed by itself
         assert log_rows(backend) == KEYS
 
     resume_background_steps(monkeypatch)
