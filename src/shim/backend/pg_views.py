@@ -125,10 +125,10 @@ class PostgresView:
     def _read_meta(self) -> dict[str, int]:
         return {row[0]: int(row[1]) for row in self._fetch(META_SQL)}
 
-    def _meta_value(self, name: str) -> int:
+    def _meta_value(self, name: str, default: int = 0) -> int:
         if self._meta is None:
             self._meta = self._read_meta()
-        return self._meta.get(name, 0)
+        return self._meta.get(name, default)
 
     def revision(self) -> int:
         return self._meta_value("revision")
@@ -335,10 +335,8 @@ class PostgresWriteTxn(PostgresView):
         return int(status.rsplit(" ", 1)[-1])
 
     def compact_progress(self) -> int:
-        if self._meta is None:
-            self._meta = self._read_meta()
         # No row: the database predates compaction in steps, when each one was complete.
-        return self._meta.get("compact_progress", self.compact_revision())
+        return self._meta_value("compact_progress", self.compact_revision())
 
     def set_compact_progress(self, revision: int) -> None:
         self._execute(

@@ -50,9 +50,10 @@ from shim.pb.rpc_pb2 import (
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
-# Client writes that are small enough to commit on the event loop when nothing else is in
-# flight (replication merges, compactions and the like always go to the writer thread).
-_INLINE_REQUESTS = (PutRequest, DeleteRangeRequest, TxnRequest)
+# Clients' key writes: small enough to commit on the event loop when nothing else is in flight
+# (replication merges, compactions and the like always go to the writer thread), and the only
+# writes refused under overload.
+_CLIENT_KEY_WRITES = (PutRequest, DeleteRangeRequest, TxnRequest)
 # A replication request carrying at least this many writes (a part of a catch-up) commits in a
 # transaction of its own, after the other requests taken with it: a client's write then waits
 # for the part being applied when it arrived, not for the next part as well.
@@ -75,7 +76,7 @@ def _client_key_write(request: WriteRequest) -> bool:
     """Put, DeleteRange or Txn (the writes that may commit on the loop, and be refused)."""
     if isinstance(request, Authorized):
         request = request.request
-    return isinstance(request, _INLINE_REQUESTS)
+    return isinstance(request, _CLIENT_KEY_WRITES)
 
 
 @dataclass(slots=True)
