@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from shim.backend.base import kv_from_row
 from shim.backend.sqlite import SqliteBackend
+from shim.backend.sqlite_repl import ENTRY_VALUE_SQL
 from shim.mvcc.store import Store
 from shim.pb.kv_pb2 import KeyValue
 from shim.pb.rpc_pb2 import (
@@ -443,7 +444,7 @@ def test_entries_keep_their_values_when_compaction_removes_log_rows(tmp_path: Pa
         await a.store.delete_range(DeleteRangeRequest(key=b"/plain/gone"))
         db = apsw.Connection(str(a.backend.path), flags=apsw.SQLITE_OPEN_READONLY)
         by_reference = db.execute(
-            "SELECT COUNT(*) FROM repl_entry WHERE value_in_log = 1 AND value = x''"
+            "SELECT COUNT(*) FROM repl_entry WHERE log_revision != 0 AND value = x''"
         ).fetchone()[0]
         db.close()
         assert by_reference == 8, "local puts should not store a second copy of their value"
@@ -457,6 +458,56 @@ def test_entries_keep_their_values_when_compaction_removes_log_rows(tmp_path: Pa
         assert [e.value for e in after if e.key == lease_key] == [b"x", b"y", b"z"]
         await deliver(a, b, after, covered)
         assert b.live() == a.live()
+
+    run(test, tmp_path)
+
+
+def _value_lookup_plan(db: apsw.Connection) -> str:
+    plan = db.execute(
+        f"EXPLAIN QUERY PLAN SELECT {ENTRY_VALUE_SQL} FROM repl_entry e"
+    ).fetchall()
+    return " | ".join(str(row[-1]) for row in plan)
+
+
+def test_an_entry_reads_its_value_from_one_log_row(tmp_path: Path) -> None:
+    """An entry that stores no copy of its value finds its log row through the (key,
+    revision) index, one row, not by stamp among every version of the key (quadratic for a
+    peer reading a hot key's history); an entry of a store from before says where its row is
+    once the store is opened (migration 0016), and reads the same value."""
+    key = b"/plain/hot"
+
+    async def test(a: Node, b: Node) -> None:
+        for i in range(20):
+            await a.store.put(PutRequest(key=key, value=b"v%d" % i))
+        before, _ = a.entries(b.node_id)
+        assert [e.value for e in before if e.key == key] == [b"v%d" % i for i in range(20)]
+        db = apsw.Connection(str(a.backend.path))
+        assert "(key=? AND revision=?)" in _value_lookup_plan(db)
+        references = db.execute(
+            "SELECT e.log_revision, l.revision FROM repl_entry e JOIN log l "
+            "ON l.key = e.key AND l.hlc = e.hlc WHERE e.key = ?", (key,)
+        ).fetchall()
+        assert len(references) == 20 and all(ref == rev for ref, rev in references)
+        # The store as it was before migration 0016: a flag where the revision is now.
+        await a.store.close()
+        a.backend.close()
+        with db:
+            db.execute("ALTER TABLE repl_entry RENAME COLUMN log_revision TO value_in_log")
+            db.execute("UPDATE repl_entry SET value_in_log = 1 WHERE value_in_log != 0")
+            db.execute("DELETE FROM schema_version WHERE version >= 16")
+        db.close()
+        a.backend = SqliteBackend(a.backend.path, synchronous="NORMAL")
+        a.backend.open()
+        a.store = Store(a.backend, Replica(a.node_id))
+        await a.store.start()
+        after, _ = a.entries(b.node_id)
+        assert after == before
+        db = apsw.Connection(str(a.backend.path), flags=apsw.SQLITE_OPEN_READONLY)
+        assert db.execute(
+            "SELECT COUNT(*) FROM repl_entry e JOIN log l ON l.key = e.key AND l.hlc = e.hlc "
+            "WHERE e.key = ? AND e.log_revision = l.revision", (key,)
+        ).fetchone()[0] == 20
+        db.close()
 
     run(test, tmp_path)
 

@@ -29,10 +29,12 @@ _FOLDED = f"e.outcome NOT IN ('{HELD}', '{QUARANTINED}', '{PRUNED}')"
 log = logging.getLogger(__name__)
 
 # An entry's value (``e`` is repl_entry): its own, or that of the log row it was written with
-# (value_in_log).
+# (log_revision; the stamp tells it from another version at that revision). Found through
+# the log's (key, revision) index, one row: not by stamp among every version of the key.
 ENTRY_VALUE_SQL = (
-    "CASE WHEN e.value_in_log = 0 THEN e.value ELSE "
-    "(SELECT l.value FROM log l WHERE l.key = e.key AND l.hlc = e.hlc) END"
+    "CASE WHEN e.log_revision = 0 THEN e.value ELSE "
+    "(SELECT l.value FROM log l WHERE l.key = e.key AND l.revision = e.log_revision "
+    "AND l.hlc = e.hlc) END"
 )
 _ENTRY_COLUMNS = (
     f"e.origin, e.seq, e.hlc, e.key, e.deleted, {ENTRY_VALUE_SQL}, e.lease, e.ops, e.base_uid, "
@@ -107,16 +109,16 @@ class SqliteReplicationTables:
 
     def insert(
         self, e: Entry, received_from: str | None, received_ms: int, skewed: bool, outcome: str,
-        value_in_log: bool = False,
+        log_revision: int = 0,
     ) -> int | None:
         """Store an entry; its ingest position, or None when (origin, seq) is already here.
-        ``value_in_log``: a local write whose log row (same key and stamp) holds exactly
-        ``e.value``; the entry then stores no copy of it. A peer's entry (``received_from``)
-        is the next of its origin (the caller keeps each origin gapless and tells
-        ``advance_origin`` once per batch)."""
+        ``log_revision``: a local write whose log row at that revision (same key and stamp)
+        holds exactly ``e.value``; the entry then stores no copy of it. A peer's entry
+        (``received_from``) is the next of its origin (the caller keeps each origin gapless
+        and tells ``advance_origin`` once per batch)."""
         self._conn.execute(
             "INSERT OR IGNORE INTO repl_entry (origin, seq, hlc, key, deleted, value, lease, ops, "
-            "base_uid, uid, received_from, received_ms, skewed, outcome, value_in_log, kind, "
+            "base_uid, uid, received_from, received_ms, skewed, outcome, log_revision, kind, "
             "secret, sig, digest, chain, head_sig) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -125,7 +127,7 @@ class SqliteReplicationTables:
                 e.hlc,
                 e.key,
                 int(e.deleted),
-                b"" if value_in_log or e.pruned else e.value,
+                b"" if log_revision or e.pruned else e.value,
                 e.lease,
                 None if e.pruned else e.ops_text(),
                 e.base_uid,
@@ -134,7 +136,7 @@ class SqliteReplicationTables:
                 received_ms,
                 int(skewed),
                 PRUNED if e.pruned else outcome,
-                int(value_in_log),
+                log_revision,
                 e.kind,
                 e.secret,
                 e.sig or None,
@@ -218,9 +220,9 @@ class SqliteReplicationTables:
         """Copy into the entries that read their value from the log rows ``rows_sql`` selects
         (key, hlc, value) the value they read, before those rows are deleted."""
         self._conn.execute(
-            "UPDATE repl_entry AS e SET value = gone.value, value_in_log = 0 "
+            "UPDATE repl_entry AS e SET value = gone.value, log_revision = 0 "
             f"FROM ({rows_sql}) AS gone "
-            "WHERE e.key = gone.key AND e.hlc = gone.hlc AND e.value_in_log = 1",
+            "WHERE e.key = gone.key AND e.hlc = gone.hlc AND e.log_revision != 0",
             params,
         )
 
@@ -505,7 +507,7 @@ class SqliteReplicationTables:
         peers as they are. Auth objects' entries are kept: they are few, and a later version
         of an object supersedes an earlier one only if its writer had seen it."""
         self._conn.execute(
-            "UPDATE repl_entry SET value = x'', ops = NULL, value_in_log = 0, "
+            "UPDATE repl_entry SET value = x'', ops = NULL, log_revision = 0, "
             f"outcome = '{PRUNED}' "
             "WHERE ingest IN ("
             " SELECT e.ingest FROM repl_entry e"

@@ -216,7 +216,7 @@ class Applier:
         lease = old.lease if req.ignore_lease and old is not None else req.lease
         revision = self._next
         hlc = self._clock.now()
-        resolved = self._record(req.key, old, value, lease, hlc)
+        resolved = self._record(req.key, old, value, lease, hlc, revision)
         if resolved is not None and resolved.value is None:
             # The merge rules keep the key absent (only with entries from a skewed clock).
             if old is not None:
@@ -249,7 +249,7 @@ class Applier:
 
     def _delete(self, old: KeyValue, revision: int) -> None:
         hlc = self._clock.now()
-        resolved = self._record(old.key, old, None, 0, hlc)
+        resolved = self._record(old.key, old, None, 0, hlc, revision)
         if resolved is not None and resolved.value is not None:
             # The merge rules keep the key (only with entries from a skewed clock).
             new = _new_version(old.key, resolved.value, resolved.lease, old, revision)
@@ -258,12 +258,13 @@ class Applier:
             self._write(KeyValue(key=old.key, mod_revision=revision), old, True, hlc)
 
     def _record(
-        self, key: bytes, old: KeyValue | None, value: bytes | None, lease: int, hlc: int
+        self, key: bytes, old: KeyValue | None, value: bytes | None, lease: int, hlc: int,
+        revision: int,
     ) -> Resolved | None:
         """Record a local write as a replication entry; what the merge rules make of it."""
         if self._replica is None:
             return None
-        return self._replica.local_write(self._txn, key, old, value, lease, hlc)
+        return self._replica.local_write(self._txn, key, old, value, lease, hlc, revision)
 
     def _write(self, kv: KeyValue, prev: KeyValue | None, deleted: bool, hlc: int) -> None:
         if self._read is not None:

@@ -85,10 +85,10 @@ class ReplicaHook(Protocol):
 
     def local_write(
         self, txn: WriteTxn, key: bytes, old: KeyValue | None, value: bytes | None, lease: int,
-        hlc: int,
+        hlc: int, revision: int,
     ) -> Resolved | None:
-        """Record a local put (``value``) or delete (None); what the key then holds (None:
-        exactly what was written)."""
+        """Record a local put (``value``) or delete (None), whose log row takes ``revision``;
+        what the key then holds (None: exactly what was written)."""
         ...
 
     def local_auth(

@@ -185,8 +185,10 @@ class Replica:
         value: bytes | None,
         lease: int,
         hlc: int,
+        revision: int,
     ) -> Resolution | None:
-        """Record a local put (``value``) or delete (None). None: the key is node-local."""
+        """Record a local put (``value``) or delete (None) whose log row takes ``revision``.
+        None: the key is node-local."""
         if not self.policy.replicates(key):
             return None
         repl = tables(txn)
@@ -210,7 +212,7 @@ class Replica:
             fast = self._fast_path(repl, entry, rules, value, lease, ops, base_uid, uid)
             if fast is not None:
                 # The log row written for this put holds exactly the entry's value.
-                self._insert_local(repl, entry, value_in_log=value is not None)
+                self._insert_local(repl, entry, revision if value is not None else 0)
                 return fast
             self._insert_local(repl, entry)
             return self._step(repl, entry, old, rules)
@@ -246,7 +248,7 @@ class Replica:
         return None
 
     def _insert_local(
-        self, repl: ReplicationTables, entry: Entry, value_in_log: bool = False
+        self, repl: ReplicationTables, entry: Entry, log_revision: int = 0
     ) -> None:
         if self._signer is not None:
             entry = sealed(entry, self.head)
@@ -257,7 +259,7 @@ class Replica:
                 entry = entry.copy_with(
                     head_sig=head_signature(self._signer, self.seq, self.head))
                 self.signed_seq = self.seq
-        ingest = repl.insert(entry, None, wall_ms(entry.hlc), False, "local", value_in_log)
+        ingest = repl.insert(entry, None, wall_ms(entry.hlc), False, "local", log_revision)
         assert ingest is not None, "a local sequence number was reused"
 
     def local_auth(

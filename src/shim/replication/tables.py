@@ -37,9 +37,10 @@ class ReplicationTables(Protocol):
 
     def insert(
         self, e: Entry, received_from: str | None, received_ms: int, skewed: bool, outcome: str,
-        value_in_log: bool = False,
+        log_revision: int = 0,
     ) -> int | None:
         """Store an entry; its ingest position, or None when (origin, seq) is already here.
+        ``log_revision``: a local write's, whose log row at that revision holds its value.
         A peer's entry (``received_from``) is the next of its origin: the caller keeps each
         origin gapless and records how far with ``advance_origin``."""
         ...
