@@ -19,7 +19,8 @@ from grpc._cython import cygrpc
 
 from shim.backend.sqlite import SqliteBackend
 from shim.mvcc.store import Store
-from shim.replication.links import SILENCE_SECONDS, LinkSpec, Replicator
+from shim.replication.link_stream import SILENCE_SECONDS, LinkSpec
+from shim.replication.links import Replicator
 from shim.replication.resolve import Replica
 from shim.replication.transport import channel_options, server_options
 from tests.support import free_port

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from shim.pb import rpc_pb2 as pb
-from shim.replication.links import SILENCE_SECONDS
+from shim.replication.link_stream import SILENCE_SECONDS
 from tests.support import Client, ShimServer, free_port
 from tests.support.lab_shim import LabNode, lab_converged
 from tests.support.netns import NetLab

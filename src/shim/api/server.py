@@ -44,7 +44,7 @@ from shim.mvcc.store import Store
 from shim.mvcc.watch import WatchHub
 from shim.pb import rpc_pb2
 from shim.procs.remote import RemoteLessor, RemoteWritePath, StoreLink
-from shim.replication import links, resolve, transport
+from shim.replication import link_service, links, resolve, transport
 from shim.replication.admission import IngestLimits
 from shim.replication.topology import link_specs, load_topology
 
@@ -214,7 +214,7 @@ class ShimServer:
         )
         rpc.add_to_server(server, self.methods)
         if self._link_service:
-            links.add_to_server(server, lambda: self.replicator)
+            link_service.add_to_server(server, lambda: self.replicator)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
             if tls is not None:

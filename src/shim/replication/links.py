@@ -1,4 +1,6 @@
-"""Links between nodes: dialing, admitting, and the two streams of entries a link carries.
+"""Links between nodes: a link's life (dialing again, admitting, settling) and the two streams
+of entries it carries. The stream itself and how a link ends are ``link_stream``; the gRPC
+service that admits links is ``link_service``.
 
 A link is one bidirectional gRPC stream opened by the dialing node (so a node behind NAT only
 needs to dial out). After the handshake each side runs a sender, which streams the entries the
@@ -17,13 +19,10 @@ import functools
 import hmac
 import logging
 import time
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from shim.config import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REPLICATION_BATCH_DELAY
 from shim.mvcc.errors import StoreError
@@ -32,15 +31,25 @@ from shim.pb import replication_pb2 as pb
 from shim.replication.admission import BadBatch, IngestLimits, admit_batch, check_batch
 from shim.replication.framing import (
     GRPC_DEFAULT_MESSAGE_BYTES,
-    EntryTooLarge,
     OutOfRange,
-    check_numbers,
     message_limit,
 )
 from shim.replication.heartbeat_records import HeartbeatRecorder
 from shim.replication.held import release_held_forever
 from shim.replication.ingest import fold_deferred, merge
 from shim.replication.link_state import LinkStatus, LinkTracker
+from shim.replication.link_stream import (
+    EXPECTED_FAILURES,
+    LINK_METHOD,
+    SILENCE_SECONDS,
+    LinkRefused,
+    LinkSpec,
+    LinkStream,
+    check_link_numbers,
+    describe_failure,
+    forget_attempt,
+    handshake,
+)
 from shim.replication.merge import Entry
 from shim.replication.pacing import Pacer
 from shim.replication.quarantine import Refusal
@@ -65,7 +74,6 @@ from shim.tls import PeerTls
 
 log = logging.getLogger(__name__)
 
-LINK_METHOD = "/shim.replication.v1.Replication/Link"
 BATCH_ENTRIES = 500
 ADMITS_NO_LINKS = "this node admits no links (start it with --bootstrap-token)"
 # A batch's encoded size, unless one entry alone is larger (up to what the peer accepts).
@@ -82,12 +90,6 @@ MERGE_PART = 200
 MERGE_ENTRIES = 5000
 # An idle link still records "last seen" (shim status) this often.
 PEER_RECORD_SECONDS = 10.0
-# A link that hears nothing (not even a heartbeat) for this long is dropped and redialed.
-SILENCE_SECONDS = 6.0
-
-
-class NoAnswer(TimeoutError):
-    """The peer did not answer a dial in time (unreachable, or its network cut)."""
 
 
 @dataclass(slots=True)
@@ -95,130 +97,6 @@ class _Attempt:
     """One dial attempt: whether the handshake completed."""
 
     linked: bool = False
-
-
-async def _handshake(
-    channel: grpc.aio.Channel, call: grpc.aio.StreamStreamCall, stream: _Stream,
-    hello: pb.LinkMessage, timeout: float,
-) -> pb.LinkMessage | None:
-    """Send Hello and read the answer. Unconnected after ``timeout``, the attempt is
-    abandoned (the peer is unreachable: a new attempt sends a new SYN at once, where TCP
-    would wait a second and more before sending it again); connected, the peer is there and
-    gets as long as a live link's silence to answer (it may be busy committing). gRPC does not
-    give up a write that waits for a connection when cancelled (it ends when the connection
-    attempt does, up to TCP's timeout), so on time out the call itself is cancelled."""
-
-    async def exchange() -> pb.LinkMessage | None:
-        await stream.send(hello)
-        return await stream.recv()
-
-    task = asyncio.ensure_future(exchange())
-    done, _ = await asyncio.wait({task}, timeout=timeout)
-    reason = f"no connection within {timeout:.2f}s"
-    if not done and channel.get_state() is grpc.ChannelConnectivity.READY:
-        done, _ = await asyncio.wait({task}, timeout=SILENCE_SECONDS)
-        reason = f"connected, no answer within {timeout + SILENCE_SECONDS:.2f}s"
-    if task in done:
-        return task.result()
-    call.cancel()
-    task.cancel()
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
-    raise NoAnswer(reason)
-
-
-def _check_numbers(what: str, **numbers: int) -> None:
-    try:
-        check_numbers(what, **numbers)
-    except OutOfRange as exc:
-        raise LinkRefused(str(exc)) from None
-
-
-def _forget_attempt(exc: BaseException) -> None:
-    """Let go of a failed dial's channel and call, which its traceback's frames hold: while
-    they are referenced, gRPC keeps the channel and goes on reconnecting it (its backoff runs
-    on after the channel is closed), a connection to the peer that no link uses."""
-    chain: list[BaseException] = []
-    seen: BaseException | None = exc
-    while seen is not None and seen not in chain:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    for each in chain:
-        if each.__traceback__ is not None:
-            traceback.clear_frames(each.__traceback__)
-            each.__traceback__ = None
-
-
-class LinkRefused(Exception):
-    """The other side will not link with us (or broke the protocol); the message says why,
-    the code is what the acceptor answers."""
-
-    def __init__(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT):
-        super().__init__(reason)
-        self.code = code
-
-
-# How a link ends without a bug: each has a one-line reason (describe_failure).
-EXPECTED_FAILURES = (
-    LinkRefused, EntryTooLarge, TimeoutError, grpc.aio.AioRpcError, StoreError,
-    grpc.aio.UsageError, asyncio.InvalidStateError,
-)
-
-
-def describe_failure(exc: BaseException) -> str:
-    """Why a link ended, in one line (for the log and `shim status`)."""
-    if isinstance(exc, NoAnswer):
-        return str(exc)
-    if isinstance(exc, LinkRefused | EntryTooLarge):
-        return f"refused: {exc}"
-    if isinstance(exc, TimeoutError):
-        return f"silent for {SILENCE_SECONDS:.0f}s"
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    if isinstance(exc, StoreError):
-        return f"local store: {exc}"
-    if isinstance(exc, grpc.aio.UsageError | asyncio.InvalidStateError):
-        return f"stream ended: {exc}"  # e.g. a write racing the stream's end
-    return repr(exc)
-
-
-@dataclass(frozen=True, slots=True)
-class LinkSpec:
-    """A link this node dials: the peer's URL, its bootstrap token, and which way entries flow
-    (``send``: ours to it; ``receive``: its to us)."""
-
-    url: str
-    token: str
-    send: bool = True
-    receive: bool = True
-
-    @property
-    def target(self) -> str:
-        """host:port for gRPC (the URL without its scheme)."""
-        return self.url.split("://", 1)[-1].rstrip("/")
-
-
-class _Stream:
-    """One side of a Link: the dialer's call or the acceptor's servicer context, which read
-    and write messages the same way. Messages arrive as bytes and are decoded here, so bytes
-    that are not a LinkMessage end the link with a reason instead of a traceback."""
-
-    def __init__(self, call: grpc.aio.StreamStreamCall | grpc.aio.ServicerContext) -> None:
-        self._call = call
-        # The sender and the receiver (answering refused entries) both write: one at a time.
-        self._writing = asyncio.Lock()
-
-    async def send(self, msg: pb.LinkMessage) -> None:
-        async with self._writing:
-            await self._call.write(msg)
-
-    async def recv(self) -> pb.LinkMessage | None:
-        data = await self._call.read()
-        if data is grpc.aio.EOF:
-            return None
-        try:
-            return pb.LinkMessage.FromString(data)
-        except DecodeError:
-            raise LinkRefused(f"not a Link message ({len(data)} undecodable bytes)") from None
 
 
 @dataclass(slots=True)
@@ -399,7 +277,7 @@ class Replicator:
                 failures = 0
             failures += 1
             delay = redial.failed(exc, attempt.linked, lasted)
-            _forget_attempt(exc)
+            forget_attempt(exc)
             level = logging.WARNING if failures in (1, 10) or failures % 100 == 0 else logging.DEBUG
             log.log(level, "link to %s down (%s); retrying in %.1fs", spec.url, reason, delay)
             await self._record(tracker.down(reason))
@@ -416,11 +294,11 @@ class Replicator:
         else:
             channel = grpc.aio.insecure_channel(target, options=options)
         async with channel:
-            # Replies arrive as bytes: _Stream decodes them.
+            # Replies arrive as bytes: LinkStream decodes them.
             call = channel.stream_stream(
                 LINK_METHOD, request_serializer=pb.LinkMessage.SerializeToString
             )(compression=COMPRESSION)
-            stream = _Stream(call)
+            stream = LinkStream(call)
             try:
                 hello_msg = pb.LinkMessage(hello=pb.Hello(
                     node_id=self.node_id, name=self._name, token=spec.token,
@@ -432,7 +310,7 @@ class Replicator:
                 started = time.monotonic()
                 # Bounded: a peer cut off by the network is tried again soon, not after
                 # TCP's connect timeout, so the link is back within a second of the heal.
-                reply = await _handshake(channel, call, stream, hello_msg,
+                reply = await handshake(channel, call, stream, hello_msg,
                                          redial.connect_timeout())
                 redial.linked(time.monotonic() - started)
                 if reply is None or reply.WhichOneof("kind") != "hello":
@@ -511,7 +389,7 @@ class Replicator:
                 f"merge policies differ (ours {self.policy_digest}, "
                 f"theirs {hello.policy_digest}): every node must run the same policy", refused,
             )
-        _check_numbers("Hello", cursor=hello.cursor, hlc=hello.hlc)
+        check_link_numbers("Hello", cursor=hello.cursor, hlc=hello.hlc)
         if not hello.origin or hello.origin == self.origin:
             raise LinkRefused("the peer sent no origin, or this node's own", refused)
 
@@ -531,7 +409,7 @@ class Replicator:
 
     async def _admit(self, context: grpc.aio.ServicerContext) -> None:
         """Refusals raise LinkRefused: ReplicationService logs one line and answers it."""
-        stream = _Stream(context)
+        stream = LinkStream(context)
         context.set_compression(COMPRESSION)
         first = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
         if first is None or first.WhichOneof("kind") != "hello":
@@ -555,7 +433,7 @@ class Replicator:
         start = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
         if start is None or start.WhichOneof("kind") != "start":
             return
-        _check_numbers("Start", cursor=start.start.cursor)
+        check_link_numbers("Start", cursor=start.start.cursor)
         state = LinkState(hello.node_id, address, hello.name, list(hello.client_urls),
                           hello.max_message_bytes or GRPC_DEFAULT_MESSAGE_BYTES, cursor,
                           peer_origin=hello.origin, registered=registered, **_holds(hello))
@@ -576,7 +454,7 @@ class Replicator:
 
     # -- a live link -----------------------------------------------------------------------------
 
-    async def _run(self, stream: _Stream, state: LinkState, send: bool, receive: bool) -> None:
+    async def _run(self, stream: LinkStream, state: LinkState, send: bool, receive: bool) -> None:
         key = id(state)
         self.live[key] = state
         if state.holds.settling:
@@ -622,7 +500,7 @@ class Replicator:
         for state in self.live.values():
             state.wake.set()
 
-    async def _tell(self, stream: _Stream, state: LinkState, last_told: float) -> float:
+    async def _tell(self, stream: LinkStream, state: LinkState, last_told: float) -> float:
         """Send the peer a Have when our direct origins changed, or (at most once a
         heartbeat) our vector advanced; when it was last told."""
         direct, linking = self._direct_origins(), self._linking()
@@ -637,7 +515,7 @@ class Replicator:
             await stream.send(pb.LinkMessage(have=have))
         return now
 
-    async def _send(self, stream: _Stream, state: LinkState) -> None:
+    async def _send(self, stream: LinkStream, state: LinkState) -> None:
         """Send the peer the entries it lacks (by its vector), then follow the log."""
         wake = state.wake
         self._wakers.add(wake)
@@ -715,7 +593,7 @@ class Replicator:
         finally:
             self._wakers.discard(wake)
 
-    async def _send_forks(self, stream: _Stream, state: LinkState, cursor: int) -> None:
+    async def _send_forks(self, stream: LinkStream, state: LinkState, cursor: int) -> None:
         forks, high = await self._store.read(
             lambda view: (tables(view).forks(), tables(view).max_ingest()))
         if forks:
@@ -724,7 +602,7 @@ class Replicator:
                 hlc=self._clock(), acked=state.applied,
             )))
 
-    async def _heartbeats(self, stream: _Stream, state: LinkState) -> None:
+    async def _heartbeats(self, stream: LinkStream, state: LinkState) -> None:
         last_told = 0.0
         while True:
             last_told = await self._tell(stream, state, last_told)
@@ -734,7 +612,7 @@ class Replicator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.wake.wait(), HEARTBEAT_SECONDS)
 
-    async def _receive(self, stream: _Stream, state: LinkState, receive: bool) -> None:
+    async def _receive(self, stream: LinkStream, state: LinkState, receive: bool) -> None:
         """Read the peer's messages and apply them, reading ahead while a merge commits: the
         batches that arrived meanwhile are merged together, in one transaction (bigger
         batches under load, one fsync for all). The inbox is bounded, so a receiver that
@@ -747,7 +625,7 @@ class Replicator:
             await cancel_and_wait(reader, timeout=1.0, log_errors=False)
 
     async def _read(
-        self, stream: _Stream, state: LinkState,
+        self, stream: LinkStream, state: LinkState,
         inbox: asyncio.Queue[_Arrived | Exception | None], receive: bool,
     ) -> None:
         try:
@@ -776,7 +654,7 @@ class Replicator:
                 if kind != "batch":
                     continue
                 batch = msg.batch
-                _check_numbers(f"a batch from node {state.peer}", cursor=batch.cursor,
+                check_link_numbers(f"a batch from node {state.peer}", cursor=batch.cursor,
                                high=batch.high, hlc=batch.hlc, acked=batch.acked)
                 try:
                     check_batch(batch)
@@ -805,7 +683,7 @@ class Replicator:
         return _Arrived(batch, entries, refused)
 
     async def _apply(
-        self, stream: _Stream, state: LinkState,
+        self, stream: LinkStream, state: LinkState,
         inbox: asyncio.Queue[_Arrived | Exception | None], receive: bool,
     ) -> None:
         """Apply the peer's batches, and record what it says (its cursor and newest position,
@@ -887,7 +765,7 @@ class Replicator:
             state.applied, state.peer_high = cursor, high
             last, recorded = known, time.monotonic()
 
-    async def _merge(self, stream: _Stream, request: MergeRequest) -> None:
+    async def _merge(self, stream: LinkStream, request: MergeRequest) -> None:
         """Merge ``request``, then tell the peer which of its entries were refused."""
         result = await merge(self._store, request)
         if result.forks:
@@ -899,50 +777,6 @@ class Replicator:
             await stream.send(pb.LinkMessage(refused=pb.Refused(
                 origin=refusal.origin, seq=refusal.seq, reason=refusal.reason
             )))
-
-
-def add_to_server(server: grpc.aio.Server, replicator: Callable[[], Replicator | None]) -> None:
-    """Serve Link on ``server``. Requests arrive as bytes (decoded by _Stream), so bytes that
-    are not a LinkMessage refuse the link with one log line, not a traceback from gRPC."""
-    service = ReplicationService(replicator)
-    handler = grpc.stream_stream_rpc_method_handler(
-        service.Link, response_serializer=pb.LinkMessage.SerializeToString
-    )
-    service_name, method = LINK_METHOD.strip("/").split("/")
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service_name, {method: handler}),)
-    )
-
-
-class ReplicationService:
-    def __init__(self, replicator: Callable[[], Replicator | None]) -> None:
-        self._replicator = replicator
-
-    async def Link(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        """Admit one link. However it ends, the log gets at most one line for it, naming the
-        peer's address and the reason."""
-        replicator = self._replicator()
-        if replicator is None:  # a node that takes no part in replication
-            # The dialer's Hello is read first, as a node that admits links reads it before
-            # any refusal: a stream ended while its first message was still arriving reached
-            # the dialer at times as INTERNAL "Internal error from Core", not this answer.
-            with contextlib.suppress(asyncio.TimeoutError, grpc.RpcError):
-                await asyncio.wait_for(context.read(), SILENCE_SECONDS)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, ADMITS_NO_LINKS)
-            return
-        address = context.peer()
-        try:
-            await replicator.admit(context)
-        except asyncio.CancelledError:
-            return  # this node is stopping
-        except LinkRefused as exc:
-            log.warning("link from %s refused: %s", address, exc)
-            await context.abort(exc.code, str(exc))
-        except EXPECTED_FAILURES as exc:
-            log.info("link from %s ended: %s", address, describe_failure(exc))
-        except Exception:  # a bug: its traceback, once; the peer gets no Python detail
-            log.exception("link from %s failed", address)
-            await context.abort(grpc.StatusCode.UNKNOWN, "shim: internal error (logged)")
 
 
 def _entries_after(

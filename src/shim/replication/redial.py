@@ -5,7 +5,7 @@ four times a second: each attempt that has no connection after the connect timeo
 abandoned and the next sends a new SYN at once (TCP itself would send it again only a second
 later, then 3 s...). So a link comes back within about a quarter of a second of the network
 healing, for a few SYNs a second to an unreachable peer. An attempt that is connected waits
-for the peer's answer (``links._handshake``). Nothing listening (a refused connection) is
+for the peer's answer (``link_stream.handshake``). Nothing listening (a refused connection) is
 tried again every half second. A peer that answers but refuses, or a link that breaks once up,
 is retried with a backoff (0.1 s doubling to 3 s), back to quick once a link stayed up a while.
 """

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from shim.config import ConfigError, ServerConfig, split_host_port
-from shim.replication.links import LinkSpec
+from shim.replication.link_stream import LinkSpec
 
 MODES = {"both": (True, True), "receive": (False, True), "send": (True, False)}
 
