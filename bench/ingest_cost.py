@@ -3,11 +3,14 @@
 receiver's (gunzip, decoding, ``admission.admit_batch`` with its signature checks, the merge
 through the store's write path: the SQL, the fold, the commit).
 
-Node A (a real Store on a SQLite file, entries signed) takes ``--puts`` puts of 256 B values;
-its entries are then sent to node B in batches of 500, one phase at a time, each phase timed
-with this process's CPU clock (the merge runs on B's writer thread while this one waits).
+Node A (a real Store on a SQLite file, entries signed) takes ``--puts`` puts of 256 B values
+(``--pods``: kubelet-like status updates of 50 Pods stored as protobuf, which B merges field
+by field); its entries are then sent to node B in batches of 500, one phase at a time, each
+phase timed with this process's CPU clock (the merge runs on B's writer thread while this one
+waits).
 
-    .venv/bin/python -m bench.ingest_cost
+    .venv/bin/python -m bench.ingest_cost [--pods]
+    PYTHONPATH=OTHER/src .venv/bin/python -m bench.ingest_cost   # another tree's shim
 """
 
 from __future__ import annotations
@@ -65,12 +68,15 @@ async def _node(path: Path) -> tuple[SqliteBackend, Store, Replica]:
     return backend, store, replica
 
 
-async def run(puts: int, root: Path) -> dict[str, float]:
+async def run(puts: int, root: Path, pods: bool = False) -> dict[str, float]:
     clock = _Clock()
     backend_a, a, replica_a = await _node(root / "a.db")
     backend_b, b, replica_b = await _node(root / "b.db")
     try:
-        for first in range(0, puts, 100):
+        if pods:
+            for request in _pod_puts(puts):  # in order: each update is made over the last
+                await a.write(request)
+        for first in range(0, 0 if pods else puts, 100):
             await asyncio.gather(*(
                 a.write(PutRequest(key=b"/catchup/%06d" % i, value=b"v" * 256))
                 for i in range(first, min(first + 100, puts))
@@ -92,6 +98,17 @@ async def run(puts: int, root: Path) -> dict[str, float]:
             await store.close()
             backend.close()
     return {phase: round(seconds / puts * 1e6, 1) for phase, seconds in clock.seconds.items()}
+
+
+def _pod_puts(puts: int) -> list[PutRequest]:
+    """50 Pods stored as protobuf, then kubelet-like status updates of them (``puts`` in
+    all): entries a replica merges field by field."""
+    from bench.k8sproto_put import encoder, key, pod_updates
+
+    encode = encoder("protobuf")
+    created, changes = pod_updates(50, puts - 50)
+    return [PutRequest(key=key(i), value=encode(pod)) for i, pod in enumerate(created)] + [
+        PutRequest(key=key(i), value=encode(pod)) for i, pod in changes]
 
 
 def _page(view: ReadView, after: int) -> list[tuple[int, Entry]]:
@@ -130,10 +147,12 @@ def _gzip(data: bytes) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--puts", type=int, default=5000)
+    parser.add_argument("--pods", action="store_true",
+                        help="Pod status updates stored as protobuf, not 256 B values")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ingest-cost-") as tmp:
-        us = asyncio.run(run(args.puts, Path(tmp)))
-    print(json.dumps({"puts": args.puts, "cpu_us_per_entry": us}))
+        us = asyncio.run(run(args.puts, Path(tmp), args.pods))
+    print(json.dumps({"puts": args.puts, "pods": args.pods, "cpu_us_per_entry": us}))
 
 
 if __name__ == "__main__":

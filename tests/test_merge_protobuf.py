@@ -492,6 +492,31 @@ def test_an_object_no_merge_touched_keeps_the_writers_own_bytes() -> None:
     assert resolve([create, mine, theirs]) == stored(scaled)
 
 
+def test_merges_leave_every_decoded_version_as_it_decoded() -> None:
+    """Versions decoded once are shared (``merge.decode`` keeps them for the next step of
+    the key), so no merge may change one in place: after concurrent edits of every kind fold
+    in both orders, each version still decodes to what a fresh decode gives."""
+    base = edited(k8s_pb.deployment(), lambda d: d.metadata.labels.update({"app": "web"}))
+
+    def a(d: Any) -> None:
+        d.spec.replicas = 7
+        d.metadata.labels["tier"] = "front"
+        d.status.conditions[0].status = "False"
+
+    def b(d: Any) -> None:
+        d.metadata.labels.pop("app")
+        d.metadata.finalizers.append("example.com/keep")
+        d.status.conditions.append(condition("Available", "True"))
+
+    versions = [stored(base), stored(edited(base, a)), stored(edited(base, b))]
+    shared = [decode(v, RULES) for v in versions]
+    assert concurrent(base, a, b) is not None
+    for value, before in zip(versions, shared, strict=True):
+        fresh = k8sproto.decode(value, RULES.local_paths)
+        assert decode(value, RULES) is before, "the decoded version is kept for the next step"
+        assert before == fresh
+
+
 def test_a_write_in_another_form_replaces_the_object_whole() -> None:
     base = k8s_pb.deployment()
     as_json = json.dumps({"apiVersion": "apps/v1", "kind": "Deployment",

@@ -181,8 +181,7 @@ def decode(value: bytes, rules: KeyRules) -> Json | bytes:
     if not may_be_object(value, rules):
         return value
     if value.startswith(k8sproto.PREFIX):
-        proto = k8sproto.decode(value, rules.local_paths)
-        return value if proto is None else proto
+        return _decode_proto(value, rules.local_paths)
     try:
         doc = json.loads(value)
     except ValueError:
@@ -192,6 +191,32 @@ def decode(value: bytes, rules: KeyRules) -> Json | bytes:
     for path in rules.local_paths:
         _delete(doc, path)
     return doc
+
+
+# Protobuf objects decoded lately, by their bytes: a replica decodes each version of an
+# object as an entry's value, and again as the key's stored value when the key's next entry
+# comes. Decoded objects are shared, so nothing changes one in place (``step`` copies before
+# it applies operations; ``k8sproto.decode_pair`` shares parts the same way). Emptied whole
+# once the bytes decoded since exceed the budget: a decoded Pod takes about 6 times its bytes
+# in memory, so 1 MiB of versions (~600 Pods) holds some 6 MiB.
+_DECODED: dict[tuple[bytes, tuple[Path_, ...]], ProtoObject | bytes] = {}
+DECODED_BUDGET = 1 << 20
+_decoded_bytes = 0
+
+
+def _decode_proto(value: bytes, local_paths: tuple[Path_, ...]) -> ProtoObject | bytes:
+    """``k8sproto.decode`` of ``value`` (the bytes themselves when they do not decode)."""
+    global _decoded_bytes
+    found = _DECODED.get((value, local_paths))
+    if found is None:
+        proto = k8sproto.decode(value, local_paths)
+        found = value if proto is None else proto
+        _decoded_bytes += len(value)
+        if _decoded_bytes > DECODED_BUDGET:
+            _DECODED.clear()
+            _decoded_bytes = len(value)
+        _DECODED[(value, local_paths)] = found
+    return found
 
 
 def identity(doc: Json | bytes | None, rules: KeyRules) -> str | None:
@@ -460,7 +485,7 @@ def step(state: KeyState, entry: Entry, rules: KeyRules) -> bool:
     elif entry.uid is not None and entry.uid in state.tombstones:
         return False  # a deleted incarnation never comes back, not even written whole
     elif state.doc is None:
-        _set_doc(state, decode(entry.value, rules), entry)
+        _take_written(state, decode(entry.value, rules), entry)
         return True
     elif (
         entry.uid is not None
@@ -474,15 +499,27 @@ def step(state: KeyState, entry: Entry, rules: KeyRules) -> bool:
         or not isinstance(state.doc, dict)
         or not _same_form_as_value(state.doc, entry.value)
     ):
-        _set_doc(state, decode(entry.value, rules), entry)
+        _take_written(state, decode(entry.value, rules), entry)
         return True
     ops = resolve_from_value(entry, rules)
     if ops is None:
         return False  # fields to read from a value that is not an object: refused
     doc = copy_tree(state.doc)
     apply_ops(doc, ops, rules)
-    if isinstance(doc, ProtoObject) and not _encodes(doc):
-        return False  # operations the object's protobuf schema cannot hold: refused
+    if isinstance(doc, ProtoObject):
+        if same(decode(entry.value, rules), doc):
+            # What the writer wrote (an update over the state it saw, or the same object in
+            # other bytes): its bytes, which encode the result, are stored, so the result
+            # is neither encoded (to know the schema holds it) nor decoded again.
+            if entry.lease == state.lease and (
+                entry.value == state.raw if state.raw is not None
+                else same(doc, state.doc) and entry.value == state.value(rules)
+            ):
+                return False
+            _take_written(state, doc, entry)
+            return True
+        if not _encodes(doc):
+            return False  # operations the object's protobuf schema cannot hold: refused
     if same(doc, state.doc) and entry.lease == state.lease:
         if entry.value == state.value(rules) or not same(decode(entry.value, rules), doc):
             return False
@@ -546,6 +583,12 @@ def _set_doc(state: KeyState, doc: Json | bytes | None, entry: Entry) -> None:
     state.lease = 0 if doc is None else entry.lease
     state.raw = None
     state.last = entry
+
+
+def _take_written(state: KeyState, doc: Json | bytes, entry: Entry) -> None:
+    """``_set_doc`` with ``doc`` what ``entry``'s value decodes to: those bytes are stored."""
+    _set_doc(state, doc, entry)
+    state.raw = entry.value
 
 
 def fold(
