@@ -123,6 +123,20 @@ def test_malformed_operations_are_refused_with_the_reason(raw: object, reason: s
     assert str(refused.value).startswith(reason), str(refused.value)
 
 
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_operations_read_from_text_are_held_to_the_same_depth(as_bytes: bool) -> None:
+    """``loads`` walks the operations for their depth only when their text has brackets
+    enough to nest too deep: the deep ones are still refused, brackets in strings are not."""
+    deep = json.dumps([["set", ["a"], json.loads("[" * 201 + "]" * 201)]])
+    shallow = json.dumps([["set", ["a"], "[{" * 300]])
+    limit = json.dumps([["set", ["a"], json.loads("[" * 200 + "]" * 200)]])
+    encode = (lambda t: t.encode()) if as_bytes else (lambda t: t)
+    with pytest.raises(BadOps, match="nests deeper than 200 levels"):
+        field_ops.loads(encode(deep))
+    assert field_ops.loads(encode(shallow)) == [SetField(("a",), "[{" * 300)]
+    assert len(field_ops.loads(encode(limit))) == 1
+
+
 @pytest.mark.parametrize(
     ("text", "reason"),
     [

@@ -175,7 +175,13 @@ def loads(text: str | bytes) -> list[Op]:
         raw = json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         raise BadOps(f"operations are not JSON: {exc}") from None
-    return parse_ops(raw)
+    # Each level of nesting opens with a bracket, so text with few of them nests no deeper
+    # (brackets inside strings only make the bound looser): the walk is for the rest.
+    if isinstance(text, str):
+        brackets = text.count("[") + text.count("{")
+    else:
+        brackets = text.count(b"[") + text.count(b"{")
+    return parse_ops(raw, check_depth=brackets > MAX_VALUE_DEPTH + 2)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -192,11 +198,11 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_ops(raw: object) -> list[Op]:
+def parse_ops(raw: object, check_depth: bool = True) -> list[Op]:
     if not isinstance(raw, list):
         raise BadOps("operations must be a list")
     ops = [_parse_op(i, item) for i, item in enumerate(raw)]
-    if _depth(raw) > MAX_VALUE_DEPTH + 2:  # the list of operations and each operation
+    if check_depth and _depth(raw) > MAX_VALUE_DEPTH + 2:  # the list and each operation
         raise BadOps(f"an operation's value nests deeper than {MAX_VALUE_DEPTH} levels")
     return ops
 
