@@ -25,6 +25,7 @@ from shim.replication.ops import (
     SetAdd,
     SetField,
     SetRemove,
+    SinceEntry,
 )
 from shim.replication.policy import Policy
 from shim.replication.quarantine import Refusal
@@ -88,10 +89,21 @@ def test_a_write_diffs_into_typed_operations() -> None:
     ]
 
 
+def test_operations_by_reference_name_an_entry_by_its_sequence_number() -> None:
+    """Protocol 7: no path, the seq of the origin's entry the write was made over."""
+    assert field_ops.to_wire(SinceEntry(7)) == ["since", 7]
+    assert field_ops.loads('[["since", 18446744073709551615]]') == [SinceEntry(2**64 - 1)]
+
+
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
         ({"set": 1}, "operations must be a list"),
+        ([["since"]], "operation 0 (since): 0 arguments, wants 1"),
+        ([["since", "3"]], "operation 0 (since): the entry must be a sequence number"),
+        ([["since", True]], "operation 0 (since): the entry must be a sequence number"),
+        ([["since", 0]], "operation 0 (since): the entry must be a sequence number"),
+        ([["since", 2**64]], "operation 0 (since): the entry must be a sequence number"),
         ([["frobnicate", ["a"], 1]], "operation 0: unknown operation 'frobnicate'"),
         ([[]], "operation 0: not a list starting with an operation name"),
         ([{"op": "set"}], "operation 0: not a list starting with an operation name"),

@@ -9,6 +9,7 @@ object, so "re-encoded as Go writes it" is checked against an encoder shim does 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from typing import Any
 
@@ -18,8 +19,16 @@ from hypothesis import strategies as st
 
 from shim.replication import k8sproto
 from shim.replication.k8sproto import EncodeError, ProtoObject
-from shim.replication.merge import Entry, KeyState, decode, describe_write, step
-from shim.replication.ops import SetField
+from shim.replication.merge import (
+    Entry,
+    KeyState,
+    MissingBase,
+    decode,
+    describe_write,
+    fold,
+    step,
+)
+from shim.replication.ops import SetField, SinceEntry
 from shim.replication.policy import Policy
 from tests.support import k8s_pb, merging
 from tests.support.k8s_pb import condition, edited
@@ -591,3 +600,115 @@ def test_damaged_values_decode_to_a_tree_or_stay_opaque_never_an_error(
 
 
 PREFIX_BYTES = k8sproto.PREFIX
+
+
+# -- operations by reference (``SinceEntry``) ---------------------------------------------------
+
+
+def resolve_by_reference(entries: list[Entry], key: bytes = KEY) -> bytes | None:
+    """``resolve`` for entries some of which make their operations by reference: the fold of
+    every arrival order, and resolve.Replica's way for every order a link can deliver (each
+    origin's entries in sequence)."""
+    rules = POLICY.rules_for(key)
+    value = merging.resolve(entries, rules)
+    for order in itertools.permutations(entries):
+        origins = {e.origin for e in order}
+        seqs = [[e.seq for e in order if e.origin == origin] for origin in origins]
+        if all(s == sorted(s) for s in seqs):
+            assert merging.as_resolve_keeps_it(list(order), rules) == value
+    return value
+
+
+def scale(d: Any) -> None:
+    d.spec.replicas = 5
+    d.metadata.generation += 1
+
+
+def label(d: Any) -> None:
+    d.metadata.labels["team"] = "edge"
+
+
+def test_an_edit_by_reference_over_the_value_it_names_is_stored_as_written() -> None:
+    """Bytes that are valid but not Go's layout are the writer's too: nothing re-encodes them."""
+    base = k8s_pb.deployment()
+    create = write("a", 1, 10, None, stored(base))
+    status_only = edited(base, lambda d: d.status.conditions.append(condition("Ready", "True")))
+    raw = k8s_pb.parse(stored(status_only), "Deployment")
+    unordered = b"k8s\x00" + k8s_pb.new(
+        "Unknown", typeMeta=k8s_pb.new("TypeMeta", apiVersion="apps/v1", kind="Deployment"),
+        raw=(k8s_pb.new("Deployment", status=raw.status).SerializeToString()
+             + k8s_pb.new("Deployment", metadata=raw.metadata, spec=raw.spec)
+             .SerializeToString()),
+        contentEncoding="", contentType="").SerializeToString()
+    assert unordered != stored(status_only)
+    mine = merging.write_since("a", 2, 20, create, unordered, RULES)
+    assert resolve_by_reference([create, mine]) == unordered
+    again = merging.write_since("a", 3, 30, mine, stored(edited(status_only, scale)), RULES)
+    assert resolve_by_reference([create, mine, again]) == stored(edited(status_only, scale))
+
+
+def test_an_edit_by_reference_merges_field_by_field_with_an_edit_stamped_before_it() -> None:
+    """Site b labels the Deployment while site a, not having seen it yet, scales it over its
+    own stored create: where b's label is folded first, a's operations are worked out from
+    the value a names, and both edits stand, byte for byte as Go would write the object."""
+    base = k8s_pb.deployment()
+    create = write("a", 1, 10, None, stored(base))
+    labelled = write("b", 1, 20, stored(base), stored(edited(base, label)))
+    scaled = merging.write_since("a", 2, 30, create, stored(edited(base, scale)), RULES)
+    assert resolve_by_reference([create, labelled, scaled]) == stored(
+        edited(edited(base, label), scale))
+    # Stamped after a's edit, b's label is an edit over the create all the same.
+    later = write("b", 1, 40, stored(base), stored(edited(base, label)))
+    assert resolve_by_reference([create, scaled, later]) == stored(
+        edited(edited(base, scale), label))
+
+
+def test_an_edit_by_reference_applies_to_its_incarnation_only() -> None:
+    base = k8s_pb.deployment()
+    create = write("a", 1, 10, None, stored(base))
+    deleted = write("b", 1, 20, stored(base), None)
+    scaled = merging.write_since("a", 2, 30, create, stored(edited(base, scale)), RULES)
+    assert resolve_by_reference([create, deleted, scaled]) is None  # the delete wins
+    other = k8s_pb.deployment(uid="uid-2")
+    recreated = write("b", 2, 25, None, stored(other))
+    assert resolve_by_reference([create, deleted, recreated, scaled]) == stored(other)
+
+
+def test_an_edit_by_reference_whose_value_is_missing_is_set_apart() -> None:
+    """A fold without the entry an edit names (it never arrives ahead of it from a link)
+    leaves the edit out and says why, as for any entry it cannot apply."""
+    base = k8s_pb.deployment()
+    create = write("a", 2, 10, None, stored(base))
+    orphan = Entry("a", 3, 30, KEY, False, stored(edited(base, scale)), 0, [SinceEntry(1)],
+                   "uid-1", "uid-1")
+    failed: list[tuple[Entry, str]] = []
+    state = fold([create, orphan], RULES, failed)
+    assert state.value(RULES) == stored(base)
+    assert [(e.seq, "is not among the key's entries" in why) for e, why in failed] == [(3, True)]
+    with pytest.raises(MissingBase):
+        step(fold([create], RULES), orphan, RULES)
+
+
+def test_an_edit_by_reference_over_the_value_it_names_stands_whole() -> None:
+    """Over the value its writer wrote, an edit is what the writer wrote, as on etcd, first-
+    write fields included: a second graceful deletion shortens deletionTimestamp. Worked out
+    as operations (another edit came between), those fields keep their first value."""
+    base = k8s_pb.deployment()
+    create = write("a", 1, 10, None, stored(base))
+
+    def deleting(seconds: int) -> Any:
+        def change(d: Any) -> None:
+            d.metadata.deletionTimestamp.seconds = seconds
+            d.metadata.deletionTimestamp.nanos = 0
+        return change
+
+    first = edited(base, deleting(1_700_000_500))
+    sooner = edited(base, deleting(1_700_000_200))
+    deleting_entry = merging.write_since("a", 2, 20, create, stored(first), RULES)
+    shortened = merging.write_since("a", 3, 30, deleting_entry, stored(sooner), RULES)
+    assert resolve_by_reference([create, deleting_entry, shortened]) == stored(sooner)
+    labelled = write("b", 1, 25, stored(base), stored(edited(base, label)))
+    merged = k8s_pb.parse(
+        resolve_by_reference([create, deleting_entry, labelled, shortened]) or b"", "Deployment")
+    assert merged.metadata.deletionTimestamp.seconds == 1_700_000_500
+    assert merged.metadata.labels["team"] == "edge"

@@ -33,6 +33,7 @@ from shim.pb.rpc_pb2 import (
 )
 from shim.replication.ingest import fold_deferred, merge
 from shim.replication.merge import Entry, decode, fold, identity
+from shim.replication.ops import SinceEntry
 from shim.replication.policy import KeyRules, Policy
 from shim.replication.requests import MergeRequest
 from shim.replication.resolve import Replica
@@ -195,7 +196,7 @@ def _uid(value: bytes, rules: KeyRules) -> str | None:
     return identity(decode(value, rules), rules)
 
 
-async def scenario(data: st.DataObject, directory: Path) -> None:
+async def scenario(data: st.DataObject, directory: Path, keys: list[bytes] = KEYS) -> None:
     draw = data.draw
     rng = random.Random(draw(st.integers(0, 2**32 - 1)))
     count = draw(st.integers(2, 4))
@@ -209,7 +210,7 @@ async def scenario(data: st.DataObject, directory: Path) -> None:
             action = draw(st.integers(0, 10))
             node = nodes[draw(st.integers(0, count - 1))]
             name = f"n{nodes.index(node)}"
-            key = draw(st.sampled_from(KEYS))
+            key = draw(st.sampled_from(keys))
             old = node.get(key)
             if action <= 4:
                 new = next_value(draw, key, None if old is None else old.value, uids,
@@ -298,6 +299,19 @@ def test_replicas_converge_through_the_store(data: st.DataObject) -> None:
     # alone: node ids from the data, clocks that count instead of reading the time.
     with tempfile.TemporaryDirectory() as directory, frozen_wall_clock():
         asyncio.run(scenario(data, Path(directory)))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_replicas_converge_through_the_store_writing_over_their_own_writes(
+    data: st.DataObject,
+) -> None:
+    """The same on the keys of objects with an identity only: more writes over a node's own
+    write (operations by reference), and more of them concurrent with another's edit (worked
+    out where they arrive)."""
+    with tempfile.TemporaryDirectory() as directory, frozen_wall_clock():
+        keys = [key for key in KEYS if POLICY.rules_for(key).identity is not None]
+        asyncio.run(scenario(data, Path(directory), keys))
 
 
 # -- examples -------------------------------------------------------------------------------------
@@ -555,5 +569,46 @@ def test_a_catch_up_in_parts_folds_late_keys_once_its_last_part_is_merged(
         assert merged["metadata"]["labels"] == {"app": "web", "tier": "db"}
         await sync(b, a)
         assert a.get(key).value == b.get(key).value  # type: ignore[union-attr]
+
+    run(test, tmp_path)
+
+
+def test_a_write_over_its_own_write_names_it_and_is_worked_out_where_needed(
+    tmp_path: Path,
+) -> None:
+    """a's write over its own write, stored as written, names that write (operations by
+    reference) instead of carrying operations. b, which holds that write, takes the new value
+    as it is; where b's own edit is stamped between the two, both work the operations out
+    (b on arrival, a when b's edit arrives late) and both edits stand."""
+    key = KEYS[0]
+
+    def deployment(replicas: int, labels: dict[str, str] | None = None) -> bytes:
+        meta: dict[str, Any] = {"name": "web", "uid": "u"}
+        if labels:
+            meta["labels"] = labels
+        return json.dumps({"metadata": meta, "spec": {"replicas": replicas}}).encode()
+
+    async def test(a: Node, b: Node) -> None:
+        await a.store.put(PutRequest(key=key, value=deployment(1)))
+        await a.store.put(PutRequest(key=key, value=deployment(2)))
+        with a.backend.read() as view:
+            entries, _ = view.replication.key_entries(key)
+        assert [e.ops for e in entries][1:] == [[SinceEntry(1)]]
+        await sync(a, b)
+        assert b.get(key).value == deployment(2)  # type: ignore[union-attr]
+        await b.store.put(PutRequest(key=key, value=deployment(2, {"team": "edge"})))
+        await asyncio.sleep(0.005)  # a later millisecond: a's next stamp sorts after b's
+        await a.store.put(PutRequest(key=key, value=deployment(3)))
+        with a.backend.read() as view:
+            entries, _ = view.replication.key_entries(key)
+        assert entries[-1].ops == [SinceEntry(2)]
+        await sync(a, b)
+        await sync(b, a)
+        assert a.live() == b.live()
+        merged = json.loads(a.get(key).value)  # type: ignore[union-attr]
+        assert merged["metadata"]["labels"] == {"team": "edge"}
+        assert merged["spec"]["replicas"] == 3
+        for node in (a, b):
+            check_history(node)
 
     run(test, tmp_path)

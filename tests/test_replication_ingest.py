@@ -68,6 +68,12 @@ def test_bad_entries_are_refused_with_their_reason_and_the_link_goes_on(
         ({"ops": [["kset", ["status", "conditions"], "name", {"name": "x"}]]},
          "keyed by 'type', not 'name'"),
         ({"raw_ops": b"not json"}, "operations are not JSON"),
+        # Operations by reference: one, naming an earlier entry of the origin by its seq.
+        ({"ops": [["since", 1], ["set", ["spec", "replicas"], 2]]},
+         "operations by reference are the entry's only operation"),
+        ({"ops": [["since", 2**40]]}, "name an earlier entry of its origin"),
+        ({"ops": [["since", "1"]]}, "(since): the entry must be a sequence number"),
+        ({"ops": [["since", 0]]}, "(since): the entry must be a sequence number"),
         ({"ops": [["set", ["spec", "replicas"], 2]], "uid": "u1", "base_uid": "u0"},
          "keeps the incarnation"),
         # Size limits: the client API's --max-request-bytes (1.5 MiB by default).
@@ -95,9 +101,14 @@ def test_bad_entries_are_refused_with_their_reason_and_the_link_goes_on(
             assert peer.status() is None, "the node closed the link"
         # The same link then carries an honest edit, and a whole `metadata` set keeps the
         # object's identity and first-write-wins fields.
-        peer.send(peer.entry(KEY, pod(replicas=3), ops=[["set", ["spec", "replicas"], 3]],
-                             uid="u1", base_uid="u1"))
+        honest = peer.entry(KEY, pod(replicas=3), ops=[["set", ["spec", "replicas"], 3]],
+                            uid="u1", base_uid="u1")
+        peer.send(honest)
         wait_for(lambda: read(node)["spec"]["replicas"], lambda n: n == 3, "the honest edit")
+        # An edit over it by reference: the node holds what it names, so takes it as it is.
+        peer.send(peer.entry(KEY, pod(replicas=4), ops=[["since", honest.seq]], uid="u1",
+                             base_uid="u1"))
+        wait_for(lambda: read(node)["spec"]["replicas"], lambda n: n == 4, "the edit by reference")
         peer.send(peer.entry(KEY, pod(), uid="u1", base_uid="u1", ops=[
             ["set", ["metadata"], {"name": "evil", "uid": "u9", "labels": {"a": "b"}}]]))
         meta = wait_for(lambda: read(node)["metadata"], lambda m: "labels" in m,

@@ -77,27 +77,31 @@ def test_a_backlog_of_kubernetes_sized_objects_and_maximal_entries_replicates(
     shim_factory: Factory,
 ) -> None:
     """Issue 17, case 1: written while the accepting node was down, 1,200 Pods of 4.5 KiB
-    and three ConfigMaps written at the client limit then edited (each edit an entry of the
+    and edits of three ConfigMaps written at the client limit (each edit an entry of the
     whole value plus an operation as large: ~3 MiB) all reach it. Batches are cut by encoded
     size to what the receiver states it accepts; a batch cut by values alone would be 9 MiB
     here, over the 8 MiB the receiver takes, and be resent forever."""
     n1 = shim_factory(extra_args=node_args("n1"))
     n2 = shim_factory(extra_args=node_args("n2", joins=[n1]))
     put(n2.endpoint, b"/registry/ready", b"1")
-    wait_converged([n1, n2], prefix=b"/registry/", expect=lambda s: len(s) == 1)
+    # Written at n1, so n2's edits are over another node's write: their operations are
+    # worked out and sent (an edit of its own write would name it instead, a few bytes).
+    maps = [f"/registry/configmaps/default/big-{i}".encode() for i in range(3)]
+    for key in maps:
+        put(n1.endpoint, key, configmap(key.decode()[-5:], "a"))
+    wait_converged([n1, n2], prefix=b"/registry/", timeout=60, expect=lambda s: len(s) == 4)
     n1.stop()
 
     pods = [(f"/registry/pods/default/pod-{i:04d}".encode(), pod(i)) for i in range(1200)]
     put_many(n2.endpoint, pods)
-    maps = [f"/registry/configmaps/default/big-{i}".encode() for i in range(3)]
-    for key in maps:
-        put(n2.endpoint, key, configmap(key.decode()[-5:], "a"))
     for key in maps:  # each edit: the new value, and an operation carrying the new field
         put(n2.endpoint, key, configmap(key.decode()[-5:], "b"))
 
     n1.start()
     final = wait_converged([n1, n2], prefix=b"/registry/", timeout=60,
-                           expect=lambda s: len(s) == 1 + 1200 + 3)
+                           expect=lambda s: len(s) == 1 + 1200 + 3
+                           and all(s[key][0] == configmap(key.decode()[-5:], "b")
+                                   for key in maps))
     assert all(final[key][0] == configmap(key.decode()[-5:], "b") for key in maps)
     assert "RESOURCE_EXHAUSTED" not in n2.log_path.read_text()
     # The cursor n1 keeps for n2 reaches n2's newest position.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from shim.replication.merge import Entry, KeyState, describe_write, fold, step
+from shim.replication.merge import Entry, KeyState, describe_write, fold, since_of, step
+from shim.replication.ops import SinceEntry
 from shim.replication.policy import KeyRules
 
 
@@ -27,6 +28,16 @@ def write(
     )
 
 
+def write_since(
+    origin: str, seq: int, hlc: int, over: Entry, new: bytes, rules: KeyRules
+) -> Entry:
+    """The entry ``origin`` makes for writing ``new`` over its own entry ``over``, stored as
+    written: operations by reference (``SinceEntry``), as shim.replication.resolve makes them."""
+    assert over.origin == origin and over.uid is not None
+    return Entry(origin, seq, hlc, over.key, False, new, 0, [SinceEntry(over.seq)], over.uid,
+                 over.uid)
+
+
 def resolve(entries: list[Entry], rules: KeyRules) -> bytes | None:
     """The value ``entries`` fold to, checked to be the same for every arrival order."""
     values = {fold(order, rules).value(rules) for order in itertools.permutations(entries)}
@@ -46,7 +57,9 @@ def as_resolve_keeps_it(arrivals: list[Entry], rules: KeyRules) -> bytes | None:
         seen.append(entry)
         if all(e.stamp < entry.stamp for e in seen[:-1]):
             state = KeyState.from_stored(value, lease, tombstones, rules)
-            step(state, entry, rules)
+            since = since_of(entry)
+            named = [e for e in seen if (e.origin, e.seq) == (entry.origin, since)]
+            step(state, entry, rules, named[0].value if named else None)
         else:
             state = fold(seen, rules)
         tombstones |= state.tombstones

@@ -263,6 +263,15 @@ class SqliteReplicationTables:
                 unreadable.append((bare, f"stored operations: {exc}"))
         return entries, unreadable
 
+    def entry_value(self, key: bytes, origin: str, seq: int) -> bytes | None:
+        """The value of an entry of ``key`` a fold of it reads (a put's; None otherwise)."""
+        row = self._conn.execute(
+            f"SELECT {ENTRY_VALUE_SQL} FROM repl_entry e WHERE e.origin = ? AND e.seq = ? "
+            f"AND e.key = ? AND e.kind = '' AND e.deleted = 0 AND {_FOLDED}",
+            (origin, _int64(seq), key),
+        ).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
     def held_due(self, hlc_limit: int, limit: int) -> list[tuple[int, Entry]]:
         """Held entries stamped at or below ``hlc_limit`` (oldest stamp first)."""
         rows = self._conn.execute(

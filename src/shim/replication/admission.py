@@ -34,6 +34,7 @@ from shim.replication.ops import (
     SetField,
     SetFromValue,
     SetRemove,
+    SinceEntry,
 )
 from shim.replication.policy import KeyRules, Path_, Policy
 from shim.replication.quarantine import Refusal
@@ -344,6 +345,13 @@ def _check_write(entry: Entry, policy: Policy) -> None:
         raise _Refused("operations on a key whose policy keeps values whole")
     if entry.uid != entry.base_uid:
         raise _Refused("an update by operations keeps the incarnation it was made on")
+    since = [op for op in entry.ops if isinstance(op, SinceEntry)]
+    if since:
+        # Whatever operations it stands for come from describe_write, under the policy.
+        if len(entry.ops) != 1 or entry.uid is None or since[0].seq >= entry.seq:
+            raise _Refused("operations by reference are the entry's only operation, name an "
+                           "earlier entry of its origin, and an object with a uid")
+        return
     for index, op in enumerate(entry.ops):
         reason = op_violation(op, rules)
         if reason is not None:

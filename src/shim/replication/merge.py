@@ -37,6 +37,7 @@ from shim.replication.ops import (
     SetField,
     SetFromValue,
     SetRemove,
+    SinceEntry,
 )
 from shim.replication.ops import dumps as dumps_ops
 from shim.replication.policy import KeyRules, Path_
@@ -231,6 +232,24 @@ def identity(doc: Json | bytes | None, rules: KeyRules) -> str | None:
 # -- the origin side: a write becomes an entry ------------------------------------------------
 
 
+def form_and_identity(value: bytes, rules: KeyRules) -> tuple[object, str | None] | None:
+    """What ``_same_form`` compares of the object ``value`` holds (protobuf: its type; JSON:
+    that it is JSON) and its ``identity``, decoding no more than these need; None when the
+    value is no object of the key's merge."""
+    if rules.merge != "fields" or rules.identity is None:
+        return None
+    if value.startswith(k8sproto.PREFIX):
+        found = proto_changes.type_and_identity(value, rules)
+        if found is not None:
+            return found[:2], found[2]
+    doc = decode(value, rules)
+    if not isinstance(doc, dict):
+        return None
+    if isinstance(doc, ProtoObject):
+        return (doc.get("apiVersion"), doc.get("kind")), identity(doc, rules)
+    return "json", identity(doc, rules)
+
+
 def describe_write(
     old: bytes | None, new: bytes | None, rules: KeyRules
 ) -> tuple[list[Op] | None, str | None, str | None]:
@@ -309,7 +328,8 @@ def _same_form_as_value(doc: dict[str, Json], value: bytes) -> bool:
 # wrote. Not so: a first write over a value already there, an addition to a set the rules
 # have frozen, a delta in floating point (either may be refused or rounded).
 _EXACT_OPS = (
-    SetField, SetFromValue, DeleteField, SetRemove, KeyedSet, KeyedDelete, Reorder, DropIfEmpty
+    SetField, SetFromValue, DeleteField, SetRemove, KeyedSet, KeyedDelete, Reorder, DropIfEmpty,
+    SinceEntry,  # over the value it names, the write itself (``step``)
 )
 
 
@@ -460,9 +480,10 @@ def _diff_list(path: Path_, before: Json, after: Json, key: str | None) -> list[
 # -- the fold ----------------------------------------------------------------------------------
 
 
-def step(state: KeyState, entry: Entry, rules: KeyRules) -> bool:
-    """Apply one entry that sorts after every entry already folded into ``state``.
-    Returns whether the value (or its lease) changed."""
+def step(state: KeyState, entry: Entry, rules: KeyRules, base: bytes | None = None) -> bool:
+    """Apply one entry that sorts after every entry already folded into ``state``; ``base``:
+    the value of the entry its operations are made since (``SinceEntry``), None when that
+    entry is not among the key's. Returns whether the value (or its lease) changed."""
     # Tombstones are a function of the set of entries, whatever order they were folded in (a
     # node keeps every tombstone it ever saw, across re-folds): only a delete, and a write
     # that replaced the incarnation its writer saw by another, end an incarnation.
@@ -494,6 +515,19 @@ def step(state: KeyState, entry: Entry, rules: KeyRules) -> bool:
         and entry.base_uid != current_uid
     ):
         return False  # two incarnations created concurrently: the earlier (here) wins
+    since = since_of(entry)
+    if since is not None:
+        if base is None:
+            raise MissingBase(f"entry {since} of its origin, which it was written over, is not "
+                              "among the key's entries")
+        if state.value(rules) == base:
+            # The key holds what the writer wrote over: the write is taken as it is.
+            if entry.value == base and entry.lease == state.lease:
+                return False
+            _take_written(state, decode(entry.value, rules), entry)
+            return True
+        ops, _, _ = describe_write(base, entry.value, rules)  # None: another form, whole
+        entry = entry.copy_with(ops=ops, ops_json=None)
     if (
         entry.ops is None
         or not isinstance(state.doc, dict)
@@ -530,6 +564,18 @@ def step(state: KeyState, entry: Entry, rules: KeyRules) -> bool:
         return True
     _set_doc(state, doc, entry)
     return True
+
+
+class MissingBase(Exception):
+    """An entry's operations are made since an entry the fold does not have."""
+
+
+def since_of(entry: Entry) -> int | None:
+    """The seq of the entry ``entry``'s operations are made since (``SinceEntry``), if so."""
+    ops = entry.ops
+    if ops and isinstance(ops[0], SinceEntry):
+        return ops[0].seq
+    return None
 
 
 def resolve_from_value(entry: Entry, rules: KeyRules) -> list[Op] | None:
@@ -600,14 +646,17 @@ def fold(
     unique = {(e.origin, e.seq): e for e in entries}
     state = KeyState()
     for entry in sorted(unique.values(), key=lambda e: e.stamp):
+        since = since_of(entry)
+        named = None if since is None else unique.get((entry.origin, since))
+        base = None if named is None or named.deleted else named.value
         if failed is None:
-            step(state, entry, rules)
+            step(state, entry, rules, base)
             continue
         before = (state.doc, state.lease, state.raw, state.last)
         ended = _ended(entry)
         new_tombstone = ended is not None and ended not in state.tombstones
         try:
-            step(state, entry, rules)
+            step(state, entry, rules, base)
         except Exception as exc:  # whatever it is, this entry must not stop the key
             state.doc, state.lease, state.raw, state.last = before
             if new_tombstone:

@@ -123,25 +123,41 @@ class DropIfEmpty:
     path: Path_
 
 
+@dataclass(frozen=True, slots=True)
+class SinceEntry:
+    """The write's operations by reference: whatever turns the value of its origin's entry
+    ``seq`` (of the same key, which the writer wrote over and had stored as written) into the
+    write's value, as ``merge.describe_write`` gives them. Made by the replica that needs them
+    (one whose key holds something else); one that holds that value takes the write as it is.
+    The only operation of its entry; it names no path."""
+
+    seq: int
+    path: Path_ = ()
+
+
 Op: TypeAlias = (
     SetField | SetFromValue | DeleteField | FirstWrite | AddDelta | SetAdd | SetRemove
-    | KeyedSet | KeyedDelete | Reorder | DropIfEmpty
+    | KeyedSet | KeyedDelete | Reorder | DropIfEmpty | SinceEntry
 )
 
 # Wire names, and the number of elements of each wire form (name included).
 _NAMES: dict[type, str] = {
     SetField: "set", SetFromValue: "setv", DeleteField: "del", FirstWrite: "fww",
     AddDelta: "add", SetAdd: "sadd", SetRemove: "srem", KeyedSet: "kset", KeyedDelete: "kdel",
-    Reorder: "order", DropIfEmpty: "del-empty",
+    Reorder: "order", DropIfEmpty: "del-empty", SinceEntry: "since",
 }
 _ARITY = {
     "set": 3, "setv": 2, "del": 2, "fww": 3, "add": 3, "sadd": 3, "srem": 3, "kset": 4, "kdel": 4,
-    "order": 4, "del-empty": 2,
+    "order": 4, "del-empty": 2, "since": 2,
 }
+# Sequence numbers are unsigned 64-bit on the wire.
+_MAX_SEQ = (1 << 64) - 1
 
 
 def to_wire(op: Op) -> list[Json]:
     """The JSON list form of ``op``."""
+    if isinstance(op, SinceEntry):
+        return ["since", op.seq]  # no path
     head: list[Json] = [_NAMES[type(op)], list(op.path)]
     match op:
         case SetField(value=v) | FirstWrite(value=v):
@@ -230,6 +246,11 @@ def _parse_op(index: int, raw: object) -> Op:
         raise BadOps(f"operation {index}: unknown operation {name!r}")
     if len(raw) != arity:
         raise BadOps(f"operation {index} ({name}): {len(raw) - 1} arguments, wants {arity - 1}")
+    if name == "since":
+        seq = raw[1]
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 < seq <= _MAX_SEQ:
+            raise BadOps(f"operation {index} (since): the entry must be a sequence number")
+        return SinceEntry(seq)
     path = _path(index, name, raw[1])
     args = raw[2:]
     match name:

@@ -19,6 +19,7 @@ another type, bytes that do not decode) answers None: decode both whole.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +117,29 @@ def compare(old: bytes, new: bytes, rules: KeyRules) -> Changes | None:
     return Changes(changes, base_uid, uid)
 
 
+def type_and_identity(value: bytes, rules: KeyRules) -> tuple[str, str, str | None] | None:
+    """The object's apiVersion, kind and ``merge.identity``, read from the envelope and the
+    fields that hold the identity only; None when the value is not a protobuf object (or
+    the key's rules name no identity)."""
+    if not value.startswith(k8sproto.PREFIX) or rules.identity is None:
+        return None
+    try:
+        api_version, kind, start, end = k8sproto.envelope(value)
+        msg = object_message(api_version, kind)
+        # Read once, for the write that brings it: nothing kept (the caches are for versions
+        # compared again), so a write that compares nothing costs no more than this walk.
+        fields = k8sproto.split(value, start, end)
+        return api_version, kind, _identity(fields, msg, rules.identity, _split_once)
+    except k8sproto.DecodeError:
+        return None
+
+
+def _split_once(chunk: bytes, field: bool) -> dict[int, bytes]:
+    """``_split`` without keeping the result."""
+    start, end = k8sproto.payload(chunk) if field else (0, len(chunk))
+    return k8sproto.split(chunk, start, end)
+
+
 def field_at(value: bytes, path: Path_, rules: KeyRules) -> dict[str, Any] | None:
     """The decoded fields of the message holding ``path``'s last field in the protobuf
     object ``value`` (it holds that field exactly when decoding ``value`` whole gives the
@@ -204,7 +228,10 @@ def _read(chunk: bytes | None, msg: Message, path: Path_, rules: KeyRules) -> di
     return found
 
 
-def _walk(fields: dict[int, bytes], msg: Message, path: Path_) -> tuple[bytes | None, Message]:
+def _walk(
+    fields: dict[int, bytes], msg: Message, path: Path_,
+    split: Callable[[bytes, bool], dict[int, bytes]] = _split,
+) -> tuple[bytes | None, Message]:
     """The bytes of the field at ``path`` (through single messages) and its parent message."""
     for name in path[:-1]:
         f = msg.by_name.get(name)
@@ -213,7 +240,7 @@ def _walk(fields: dict[int, bytes], msg: Message, path: Path_) -> tuple[bytes | 
         chunk = fields.get(f.number)
         if chunk is None:
             return None, msg
-        fields = _split(chunk, True)
+        fields = split(chunk, True)
         msg = f.message
     f = msg.by_name.get(path[-1])
     if f is None:
@@ -229,9 +256,12 @@ def _differs(
     return f is None or old.get(f.number) != new.get(f.number)
 
 
-def _identity(fields: dict[int, bytes], msg: Message, path: Path_) -> str | None:
+def _identity(
+    fields: dict[int, bytes], msg: Message, path: Path_,
+    split: Callable[[bytes, bool], dict[int, bytes]] = _split,
+) -> str | None:
     """``merge.identity`` of the object whose top-level fields are ``fields``."""
-    chunk, parent = _walk(fields, msg, path)
+    chunk, parent = _walk(fields, msg, path, split)
     if chunk is None:
         return None
     found = _read(chunk, parent, path[:-1], _NO_RULES).get(path[-1])

@@ -28,11 +28,14 @@ from shim.replication.merge import (
     decode,
     describe_write,
     fold,
+    form_and_identity,
     identity,
     may_be_object,
     reproduces_write,
+    since_of,
     step,
 )
+from shim.replication.ops import SinceEntry
 from shim.replication.ops import dumps as dumps_ops
 from shim.replication.policy import KeyRules, Policy
 from shim.replication.quarantine import quarantine
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # At most this many of a write batch's entries between two signatures of the chain.
 SIGN_EVERY = 64
+# Keys whose newest entry this node remembers having stored as written (``Replica._as_written``).
+AS_WRITTEN_KEYS = 10_000
 
 
 class MergeRule(enum.StrEnum):
@@ -101,6 +106,13 @@ class Replica:
         self.min_held_hlc: int | None = None
         # Entries set apart by folds since the writer last asked (``take_quarantined``).
         self._quarantined = 0
+        # Keys whose log row holds exactly the value of this origin's newest entry of them,
+        # an object with an identity: key -> (that entry's seq, the row's revision, the uid,
+        # the object's form: ``merge.form_and_identity``).
+        # A write over that row describes its changes by reference (``SinceEntry``) instead of
+        # working them out: a replica that holds the same value takes the write as it is, and
+        # only one that holds something else works them out.
+        self._as_written: dict[bytes, tuple[int, int, str, object]] = {}
 
     # -- the writer's hook (shim.mvcc.replica.ReplicaHook) ---------------------------------------
 
@@ -134,6 +146,7 @@ class Replica:
         return self.seq
 
     def rollback(self, mark: int) -> None:
+        self._as_written.clear()  # it may name entries that were rolled back
         self.seq = mark
         self.head = self._heads.get(mark, self.head)
         self.signed_seq = min(self.signed_seq, mark)
@@ -193,7 +206,16 @@ class Replica:
             return None
         repl = tables(txn)
         rules = self.policy.rules_for(key)
-        ops, base_uid, uid = describe_write(old.value if old is not None else None, value, rules)
+        form = None if value is None else form_and_identity(value, rules)
+        since = self._since(key, old, form)
+        ops: list[Op] | None
+        base_uid: str | None
+        uid: str | None
+        if since is not None:
+            ops, base_uid, uid = [SinceEntry(since[0])], since[1], since[1]
+        else:
+            ops, base_uid, uid = describe_write(
+                old.value if old is not None else None, value, rules)
         self.seq += 1
         entry = Entry(
             self.origin,
@@ -213,11 +235,41 @@ class Replica:
             if fast is not None:
                 # The log row written for this put holds exactly the entry's value.
                 self._insert_local(repl, entry, revision if value is not None else 0)
+                self._remember_as_written(key, entry, revision, form)
                 return fast
             self._insert_local(repl, entry)
+            self._as_written.pop(key, None)
             return self._step(repl, entry, old, rules)
         self._insert_local(repl, entry)
+        self._as_written.pop(key, None)
         return self._replay(repl, entry, old, rules)
+
+    def _since(
+        self, key: bytes, old: KeyValue | None, new: tuple[object, str | None] | None
+    ) -> tuple[int, str] | None:
+        """(seq, uid) of this origin's entry a write of an object of form and identity
+        ``new`` is made over, when the key's row holds exactly that entry's value and the
+        write keeps its form and incarnation (what describe_write would give is then field
+        operations); else None."""
+        if old is None or new is None:
+            return None
+        written = self._as_written.get(key)
+        if written is None or written[1] != old.mod_revision:
+            return None
+        seq, _, uid, form = written
+        if new[1] != uid or new[0] != form:
+            return None
+        return seq, uid
+
+    def _remember_as_written(
+        self, key: bytes, entry: Entry, revision: int, form: tuple[object, str | None] | None
+    ) -> None:
+        if entry.deleted or entry.uid is None or form is None or form[1] != entry.uid:
+            self._as_written.pop(key, None)
+            return
+        if len(self._as_written) >= AS_WRITTEN_KEYS:
+            self._as_written.clear()
+        self._as_written[key] = (entry.seq, revision, entry.uid, form[0])
 
     def _fast_path(
         self,
@@ -341,6 +393,10 @@ class Replica:
         # any other, the key's tombstones cannot matter, so they are not read.
         names_one = entry.uid is not None or entry.base_uid is not None
         known = repl.tombstones(entry.key) if names_one else set()
+        since = since_of(entry)
+        base = None if since is None else repl.entry_value(entry.key, entry.origin, since)
+        if base is not None and old is not None and old.value == base:
+            return _over_its_base(entry, old, known, rules)
         state = KeyState.from_stored(
             old.value if old is not None else None,
             old.lease if old is not None else 0,
@@ -348,7 +404,7 @@ class Replica:
             rules,
         )
         before_uid = identity(state.doc, rules)
-        applied = step(state, entry, rules)
+        applied = step(state, entry, rules, base)
         repl.add_tombstones(entry.key, state.tombstones - known)
         rule = MergeRule.NONE if applied else MergeRule.LOST
         return self._resolution(state, old, before_uid, rules, rule)
@@ -387,6 +443,21 @@ class Replica:
             and before_uid != after_uid
         )
         return Resolution(value, state.lease, changed, switch, rule)
+
+
+def _over_its_base(
+    entry: Entry, old: KeyValue, tombstones: set[str], rules: KeyRules
+) -> Resolution:
+    """``merge.step`` of an entry whose operations are made since (``SinceEntry``) the value
+    the key holds (``old``), without building the key's state: it is taken as it is, if it
+    applies to the incarnation alive here (read from the value's identity fields only)."""
+    held = form_and_identity(old.value, rules)
+    alive = None if held is None else held[1]
+    if entry.uid != alive or entry.uid in tombstones or (
+        entry.value == old.value and entry.lease == old.lease
+    ):
+        return Resolution(old.value, old.lease, False, False, MergeRule.LOST)
+    return Resolution(entry.value, entry.lease, True, False)
 
 
 def _opaque_over_opaque(

@@ -92,6 +92,10 @@ class ReplicationTables(Protocol):
         """The entries a fold of ``key`` reads, and those stored but unreadable (with why)."""
         ...
 
+    def entry_value(self, key: bytes, origin: str, seq: int) -> bytes | None:
+        """The value of an entry of ``key`` a fold of it reads (a put's; None otherwise)."""
+        ...
+
     def held_due(self, hlc_limit: int, limit: int) -> list[tuple[int, Entry]]:
         """Held entries stamped at or below ``hlc_limit``, as (ingest position, entry)."""
         ...

@@ -15,7 +15,9 @@ from shim.replication.merge import Entry
 # a node speaking 4 would take such entries for forged.
 # 6: an operation may take a field from the entry's own value (``setv``) instead of restating
 # it; a node speaking 5 would refuse such entries as malformed.
-PROTOCOL = 6
+# 7: an entry's operations may be made since an earlier entry of its origin (``since``), worked
+# out only by a replica that needs them; a node speaking 6 would refuse such entries.
+PROTOCOL = 7
 
 
 def to_wire(entry: Entry) -> pb.Entry:
