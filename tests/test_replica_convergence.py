@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -31,9 +32,10 @@ from shim.pb.rpc_pb2 import (
     RequestOp,
     TxnRequest,
 )
+from shim.replication import resolve
 from shim.replication.ingest import fold_deferred, merge
 from shim.replication.merge import Entry, decode, fold, identity
-from shim.replication.ops import SinceEntry
+from shim.replication.ops import SetField, SinceEntry
 from shim.replication.policy import KeyRules, Policy
 from shim.replication.requests import MergeRequest
 from shim.replication.resolve import Replica
@@ -612,3 +614,30 @@ def test_a_write_over_its_own_write_names_it_and_is_worked_out_where_needed(
             check_history(node)
 
     run(test, tmp_path)
+
+
+def test_a_node_remembers_its_latest_writes_by_reference_as_far_as_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``AS_WRITTEN_KEYS`` keys, the key written longest ago is forgotten: a write over
+    it records its operations again; one over a key written since is still by reference."""
+    monkeypatch.setattr(resolve, "AS_WRITTEN_KEYS", 2)
+    d0, d1, d2 = (f"/registry/deployments/default/d{i}".encode() for i in range(3))
+
+    def deployment(uid: str, replicas: int) -> bytes:
+        return json.dumps({"metadata": {"name": "d", "uid": uid},
+                           "spec": {"replicas": replicas}}).encode()
+
+    async def test(a: Node) -> None:
+        writes = [(d0, "u0", 1), (d1, "u1", 1), (d0, "u0", 2), (d2, "u2", 1),
+                  (d0, "u0", 3), (d1, "u1", 2)]
+        for key, uid, replicas in writes:
+            await a.store.put(PutRequest(key=key, value=deployment(uid, replicas)))
+        with a.backend.read() as view:
+            ops = {key: [e.ops for e in view.replication.key_entries(key)[0]]
+                   for key in (d0, d1)}
+        # d0 was written again before d2 came, so d1 is the one forgotten then.
+        assert ops[d0] == [None, [SinceEntry(1)], [SinceEntry(3)]]
+        assert ops[d1] == [None, [SetField(("spec", "replicas"), 2)]]
+
+    run(test, tmp_path, count=1)

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 # At most this many of a write batch's entries between two signatures of the chain.
 SIGN_EVERY = 64
-# Keys whose newest entry this node remembers having stored as written (``Replica._as_written``).
+# Keys whose newest entry this node remembers having stored as written (``Replica._as_written``;
+# past this many, the key written longest ago is forgotten).
 AS_WRITTEN_KEYS = 10_000
 
 
@@ -264,11 +265,11 @@ class Replica:
     def _remember_as_written(
         self, key: bytes, entry: Entry, revision: int, form: tuple[object, str | None] | None
     ) -> None:
+        self._as_written.pop(key, None)  # re-inserted last: the dict is in order of writes
         if entry.deleted or entry.uid is None or form is None or form[1] != entry.uid:
-            self._as_written.pop(key, None)
             return
         if len(self._as_written) >= AS_WRITTEN_KEYS:
-            self._as_written.clear()
+            del self._as_written[next(iter(self._as_written))]  # the key written longest ago
         self._as_written[key] = (entry.seq, revision, entry.uid, form[0])
 
     def _fast_path(
