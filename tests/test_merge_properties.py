@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from shim.replication.merge import (
     Entry,
     KeyState,
+    base_value,
     describe_write,
     fold,
     identity,
-    since_of,
     step,
 )
 from shim.replication.ops import SinceEntry
@@ -98,11 +98,6 @@ class Replica:
                 self.receive(earlier)
         self.receive(entry)
 
-    def base(self, entry: Entry) -> bytes | None:
-        since = since_of(entry)
-        named = None if since is None else self.known.get((entry.origin, since))
-        return None if named is None or named.deleted else named.value
-
     def receive(self, entry: Entry) -> None:
         ident = (entry.origin, entry.seq)
         if ident in self.known:
@@ -115,7 +110,7 @@ class Replica:
             self.deleted_uids.add(entry.base_uid)
         inc = self.keys.setdefault(entry.key, Incremental())
         if inc.top is None or entry.stamp > inc.top:
-            step(inc.state, entry, rules, self.base(entry))
+            step(inc.state, entry, rules, base_value(entry, self.known))
             inc.top = entry.stamp
         else:
             inc.state = fold(self.entries(entry.key), rules)
@@ -124,7 +119,7 @@ class Replica:
         newer = all(e.stamp < entry.stamp for e in self.entries(entry.key) if e is not entry)
         if newer:
             state = KeyState.from_stored(stored.value, stored.lease, stored.tombstones, rules)
-            step(state, entry, rules, self.base(entry))
+            step(state, entry, rules, base_value(entry, self.known))
         else:
             state = fold(self.entries(entry.key), rules)
         stored.tombstones |= state.tombstones

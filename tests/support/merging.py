@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from shim.replication.merge import Entry, KeyState, describe_write, fold, since_of, step
+from shim.replication.merge import Entry, KeyState, base_value, describe_write, fold, step
 from shim.replication.ops import SinceEntry
 from shim.replication.policy import KeyRules
 
@@ -57,9 +57,7 @@ def as_resolve_keeps_it(arrivals: list[Entry], rules: KeyRules) -> bytes | None:
         seen.append(entry)
         if all(e.stamp < entry.stamp for e in seen[:-1]):
             state = KeyState.from_stored(value, lease, tombstones, rules)
-            since = since_of(entry)
-            named = [e for e in seen if (e.origin, e.seq) == (entry.origin, since)]
-            step(state, entry, rules, named[0].value if named else None)
+            step(state, entry, rules, base_value(entry, {(e.origin, e.seq): e for e in seen}))
         else:
             state = fold(seen, rules)
         tombstones |= state.tombstones

@@ -264,7 +264,8 @@ class SqliteReplicationTables:
         return entries, unreadable
 
     def entry_value(self, key: bytes, origin: str, seq: int) -> bytes | None:
-        """The value of an entry of ``key`` a fold of it reads (a put's; None otherwise)."""
+        """The value of an entry of ``key`` a fold of it reads (a put's; None otherwise):
+        ``stored`` held to what ``key_entries`` gives, without reading the entry whole."""
         row = self._conn.execute(
             f"SELECT {ENTRY_VALUE_SQL} FROM repl_entry e WHERE e.origin = ? AND e.seq = ? "
             f"AND e.key = ? AND e.kind = '' AND e.deleted = 0 AND {_FOLDED}",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -232,22 +232,17 @@ def identity(doc: Json | bytes | None, rules: KeyRules) -> str | None:
 # -- the origin side: a write becomes an entry ------------------------------------------------
 
 
-def form_and_identity(value: bytes, rules: KeyRules) -> tuple[object, str | None] | None:
-    """What ``_same_form`` compares of the object ``value`` holds (protobuf: its type; JSON:
-    that it is JSON) and its ``identity``, decoding no more than these need; None when the
-    value is no object of the key's merge."""
+def value_identity(value: bytes, rules: KeyRules) -> str | None:
+    """``identity`` of the object ``value`` holds; of a protobuf object, read from the fields
+    that hold it only."""
     if rules.merge != "fields" or rules.identity is None:
         return None
     if value.startswith(k8sproto.PREFIX):
-        found = proto_changes.type_and_identity(value, rules)
-        if found is not None:
-            return found[:2], found[2]
-    doc = decode(value, rules)
-    if not isinstance(doc, dict):
-        return None
-    if isinstance(doc, ProtoObject):
-        return (doc.get("apiVersion"), doc.get("kind")), identity(doc, rules)
-    return "json", identity(doc, rules)
+        try:
+            return proto_changes.identity_of(value, rules)
+        except k8sproto.DecodeError:
+            pass  # what ``decode`` makes of it, below
+    return identity(decode(value, rules), rules)
 
 
 def describe_write(
@@ -578,6 +573,13 @@ def since_of(entry: Entry) -> int | None:
     return None
 
 
+def base_value(entry: Entry, entries: Mapping[tuple[str, int], Entry]) -> bytes | None:
+    """The value ``step`` takes as ``entry``'s base, from ``entries`` by (origin, seq)."""
+    since = since_of(entry)
+    named = None if since is None else entries.get((entry.origin, since))
+    return None if named is None or named.deleted else named.value
+
+
 def resolve_from_value(entry: Entry, rules: KeyRules) -> list[Op] | None:
     """``entry.ops`` with each field the entry's value holds (``SetFromValue``) read from
     the value, as decoding it whole gives it: ``SetField`` with it, or ``DeleteField`` where
@@ -646,9 +648,7 @@ def fold(
     unique = {(e.origin, e.seq): e for e in entries}
     state = KeyState()
     for entry in sorted(unique.values(), key=lambda e: e.stamp):
-        since = since_of(entry)
-        named = None if since is None else unique.get((entry.origin, since))
-        base = None if named is None or named.deleted else named.value
+        base = base_value(entry, unique)
         if failed is None:
             step(state, entry, rules, base)
             continue

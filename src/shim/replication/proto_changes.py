@@ -117,21 +117,16 @@ def compare(old: bytes, new: bytes, rules: KeyRules) -> Changes | None:
     return Changes(changes, base_uid, uid)
 
 
-def type_and_identity(value: bytes, rules: KeyRules) -> tuple[str, str, str | None] | None:
-    """The object's apiVersion, kind and ``merge.identity``, read from the envelope and the
-    fields that hold the identity only; None when the value is not a protobuf object (or
-    the key's rules name no identity)."""
-    if not value.startswith(k8sproto.PREFIX) or rules.identity is None:
+def identity_of(value: bytes, rules: KeyRules) -> str | None:
+    """``merge.identity`` of the protobuf object ``value``, read from the envelope and the
+    fields on the way to the identity only (``DecodeError`` if they do not read)."""
+    if rules.identity is None:
         return None
-    try:
-        api_version, kind, start, end = k8sproto.envelope(value)
-        msg = object_message(api_version, kind)
-        # Read once, for the write that brings it: nothing kept (the caches are for versions
-        # compared again), so a write that compares nothing costs no more than this walk.
-        fields = k8sproto.split(value, start, end)
-        return api_version, kind, _identity(fields, msg, rules.identity, _split_once)
-    except k8sproto.DecodeError:
-        return None
+    api_version, kind, start, end = k8sproto.envelope(value)
+    # Nothing read here is kept: only versions a write compares are, and their reads empty
+    # the caches in time (``_spend``); a write made by reference compares nothing.
+    fields = k8sproto.split(value, start, end)
+    return _identity(fields, object_message(api_version, kind), rules.identity, _split_once)
 
 
 def _split_once(chunk: bytes, field: bool) -> dict[int, bytes]:

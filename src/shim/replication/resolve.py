@@ -13,11 +13,13 @@ import enum
 import logging
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from shim.backend.base import ReadView, WriteTxn, kv_from_row
 from shim.mvcc.hlc import HybridClock, wall_ms
 from shim.mvcc.replica import AuthObjects, ReplicaAnswer, ReplicaRequest, RevisionSink
 from shim.pb.kv_pb2 import KeyValue
+from shim.replication import k8sproto
 from shim.replication.entry_signing import head_signature, sealed
 from shim.replication.ingest import apply_request
 from shim.replication.merge import (
@@ -28,12 +30,12 @@ from shim.replication.merge import (
     decode,
     describe_write,
     fold,
-    form_and_identity,
     identity,
     may_be_object,
     reproduces_write,
     since_of,
     step,
+    value_identity,
 )
 from shim.replication.ops import SinceEntry
 from shim.replication.ops import dumps as dumps_ops
@@ -49,6 +51,16 @@ SIGN_EVERY = 64
 # Keys whose newest entry this node remembers having stored as written (``Replica._as_written``;
 # past this many, the key written longest ago is forgotten).
 AS_WRITTEN_KEYS = 10_000
+
+
+class AsWritten(NamedTuple):
+    """A key whose log row holds exactly the value of this origin's newest entry of it, an
+    object with an identity (``Replica._as_written``)."""
+
+    seq: int  # of that entry
+    revision: int  # of that row
+    uid: str
+    form: tuple[str, str] | None  # ``k8sproto.object_type``: a protobuf object's type
 
 
 class MergeRule(enum.StrEnum):
@@ -107,13 +119,10 @@ class Replica:
         self.min_held_hlc: int | None = None
         # Entries set apart by folds since the writer last asked (``take_quarantined``).
         self._quarantined = 0
-        # Keys whose log row holds exactly the value of this origin's newest entry of them,
-        # an object with an identity: key -> (that entry's seq, the row's revision, the uid,
-        # the object's form: ``merge.form_and_identity``).
-        # A write over that row describes its changes by reference (``SinceEntry``) instead of
-        # working them out: a replica that holds the same value takes the write as it is, and
-        # only one that holds something else works them out.
-        self._as_written: dict[bytes, tuple[int, int, str, object]] = {}
+        # A write over such a row describes its changes by reference (``SinceEntry``) instead
+        # of working them out: a replica that holds the same value takes the write as it is,
+        # and only one that holds something else works them out. In order of writes.
+        self._as_written: dict[bytes, AsWritten] = {}
 
     # -- the writer's hook (shim.mvcc.replica.ReplicaHook) ---------------------------------------
 
@@ -207,13 +216,15 @@ class Replica:
             return None
         repl = tables(txn)
         rules = self.policy.rules_for(key)
-        form = None if value is None else form_and_identity(value, rules)
-        since = self._since(key, old, form)
+        # Forgotten by any write, remembered again below if this one is stored as written.
+        written = self._as_written.pop(key, None)
+        form = None if value is None else k8sproto.object_type(value)
+        since = _since(written, old, value, form, rules)
         ops: list[Op] | None
         base_uid: str | None
         uid: str | None
         if since is not None:
-            ops, base_uid, uid = [SinceEntry(since[0])], since[1], since[1]
+            ops, base_uid, uid = [SinceEntry(since.seq)], since.uid, since.uid
         else:
             ops, base_uid, uid = describe_write(
                 old.value if old is not None else None, value, rules)
@@ -239,38 +250,18 @@ class Replica:
                 self._remember_as_written(key, entry, revision, form)
                 return fast
             self._insert_local(repl, entry)
-            self._as_written.pop(key, None)
             return self._step(repl, entry, old, rules)
         self._insert_local(repl, entry)
-        self._as_written.pop(key, None)
         return self._replay(repl, entry, old, rules)
 
-    def _since(
-        self, key: bytes, old: KeyValue | None, new: tuple[object, str | None] | None
-    ) -> tuple[int, str] | None:
-        """(seq, uid) of this origin's entry a write of an object of form and identity
-        ``new`` is made over, when the key's row holds exactly that entry's value and the
-        write keeps its form and incarnation (what describe_write would give is then field
-        operations); else None."""
-        if old is None or new is None:
-            return None
-        written = self._as_written.get(key)
-        if written is None or written[1] != old.mod_revision:
-            return None
-        seq, _, uid, form = written
-        if new[1] != uid or new[0] != form:
-            return None
-        return seq, uid
-
     def _remember_as_written(
-        self, key: bytes, entry: Entry, revision: int, form: tuple[object, str | None] | None
+        self, key: bytes, entry: Entry, revision: int, form: tuple[str, str] | None
     ) -> None:
-        self._as_written.pop(key, None)  # re-inserted last: the dict is in order of writes
-        if entry.deleted or entry.uid is None or form is None or form[1] != entry.uid:
+        if entry.deleted or entry.uid is None:
             return
         if len(self._as_written) >= AS_WRITTEN_KEYS:
             del self._as_written[next(iter(self._as_written))]  # the key written longest ago
-        self._as_written[key] = (entry.seq, revision, entry.uid, form[0])
+        self._as_written[key] = AsWritten(entry.seq, revision, entry.uid, form)
 
     def _fast_path(
         self,
@@ -446,15 +437,35 @@ class Replica:
         return Resolution(value, state.lease, changed, switch, rule)
 
 
+def _since(
+    written: AsWritten | None,
+    old: KeyValue | None,
+    value: bytes | None,
+    form: tuple[str, str] | None,
+    rules: KeyRules,
+) -> AsWritten | None:
+    """``written``, when a write of ``value`` (of ``form``) is made over it: the key's row
+    is still the one it names, and the write keeps its form and incarnation (what
+    describe_write would give is then field operations); else None."""
+    if (
+        written is None
+        or old is None
+        or value is None
+        or written.revision != old.mod_revision
+        or written.form != form  # None for JSON: then the identity tells them apart
+        or value_identity(value, rules) != written.uid
+    ):
+        return None
+    return written
+
+
 def _over_its_base(
     entry: Entry, old: KeyValue, tombstones: set[str], rules: KeyRules
 ) -> Resolution:
     """``merge.step`` of an entry whose operations are made since (``SinceEntry``) the value
     the key holds (``old``), without building the key's state: it is taken as it is, if it
     applies to the incarnation alive here (read from the value's identity fields only)."""
-    held = form_and_identity(old.value, rules)
-    alive = None if held is None else held[1]
-    if entry.uid != alive or entry.uid in tombstones or (
+    if entry.uid != value_identity(old.value, rules) or entry.uid in tombstones or (
         entry.value == old.value and entry.lease == old.lease
     ):
         return Resolution(old.value, old.lease, False, False, MergeRule.LOST)
