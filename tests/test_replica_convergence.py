@@ -643,3 +643,27 @@ def test_a_node_remembers_its_latest_writes_by_reference_as_far_as_its_bound(
         assert ops[d1] == [None, [SetField(("spec", "replicas"), 2)]]
 
     run(test, tmp_path, count=1)
+
+
+def test_a_write_that_replaces_the_object_is_never_by_reference(tmp_path: Path) -> None:
+    """A put of another incarnation over the node's own write (one write replacing the
+    object, as a put may) records the replacement, whole, so peers end the old incarnation."""
+    key = KEYS[0]
+
+    def deployment(uid: str, replicas: int) -> bytes:
+        return json.dumps({"metadata": {"name": "web", "uid": uid},
+                           "spec": {"replicas": replicas}}).encode()
+
+    async def test(a: Node, b: Node) -> None:
+        for value in (deployment("u1", 1), deployment("u1", 2), deployment("u2", 1)):
+            await a.store.put(PutRequest(key=key, value=value))
+        with a.backend.read() as view:
+            entries, _ = view.replication.key_entries(key)
+        assert [(e.ops, e.base_uid, e.uid) for e in entries][1:] == [
+            ([SinceEntry(1)], "u1", "u1"), (None, "u1", "u2")]
+        await sync(a, b)
+        assert b.get(key).value == deployment("u2", 1)  # type: ignore[union-attr]
+        with b.backend.read() as view:
+            assert view.replication.tombstones(key) == {"u1"}
+
+    run(test, tmp_path)
