@@ -8,6 +8,8 @@ from pathlib import Path
 
 import apsw
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shim.backend.base import kv_from_row
 from shim.backend.kv_wire import kv_head
@@ -33,6 +35,35 @@ def test_a_head_and_its_value_decode_as_the_version(kv: KeyValue) -> None:
     head = kv_head(kv.key, len(kv.value), kv.create_revision, kv.mod_revision, kv.version,
                    kv.lease)
     assert RangeResponse.FromString(head + kv.value).kvs == [kv]
+
+
+# Every varint width, its edges (127/128, 2^14, 2^21, 2^63) and negative leases, which
+# protobuf writes as their 64-bit two's complement.
+_EDGES = st.sampled_from([0, 1, 127, 128, 2**14 - 1, 2**14, 2**21 - 1, 2**21, 2**63 - 1])
+_REVISION = st.one_of(_EDGES, st.integers(0, 2**63 - 1))
+_LEASE = st.one_of(_EDGES, st.integers(-(2**63), 2**63 - 1))
+
+
+@settings(max_examples=300, derandomize=True)
+@given(key=st.binary(min_size=1, max_size=300), value=st.binary(max_size=20000),
+       create=_REVISION, mod=_REVISION, version=_REVISION, lease=_LEASE)
+def test_a_head_is_the_messages_own_bytes_before_its_value(
+    key: bytes, value: bytes, create: int, mod: int, version: int, lease: int
+) -> None:
+    kv = KeyValue(key=key, value=value, create_revision=create, mod_revision=mod,
+                  version=version, lease=lease)
+    head = kv_head(key, len(value), create, mod, version, lease)
+    assert RangeResponse.FromString(head + value).kvs == [kv]
+    # Byte for byte what protobuf writes, but with the value last.
+    without_value = KeyValue(key=key, create_revision=create, mod_revision=mod,
+                             version=version, lease=lease).SerializeToString()
+    value_field = (b"\x2a" + _varint(len(value))) if value else b""
+    body = without_value + value_field
+    assert head == b"\x12" + _varint(len(body) + len(value)) + body
+
+
+def _varint(n: int) -> bytes:
+    return RangeResponse(count=n).SerializeToString()[1:]  # count is field 4, a varint
 
 
 def _expected(rows: list[KeyValue], req: RangeRequest, revision: int) -> RangeResponse:

@@ -17,11 +17,11 @@ _UINT64 = (1 << 64) - 1
 # Tags (field number << 3 | wire type) of RangeResponse.kvs and KeyValue's fields.
 _KVS = b"\x12"
 _KEY = b"\x0a"
-_CREATE = 0x10
-_MOD = 0x18
-_VERSION = 0x20
+_CREATE = b"\x10"
+_MOD = b"\x18"
+_VERSION = b"\x20"
 _VALUE = b"\x2a"
-_LEASE = 0x30
+_LEASE = b"\x30"
 _SMALL = [bytes((n,)) for n in range(128)]
 
 
@@ -29,6 +29,11 @@ def varint(value: int) -> bytes:
     """Protobuf varint; negative int64 values take their two's complement, as protobuf does."""
     if 0 <= value < 128:
         return _SMALL[value]
+    # Two and three bytes spelled out: every length and revision of a put until 2^21.
+    if 0 < value < 1 << 14:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
+    if 0 < value < 1 << 21:
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
     value &= _UINT64
     out = bytearray()
     while value > 0x7F:
@@ -42,23 +47,21 @@ def field(tag: bytes, payload: bytes) -> bytes:
     return tag + varint(len(payload)) + payload
 
 
-def _number(tag: int, value: int) -> bytes:
-    # proto3 leaves a zero out, as KeyValue.SerializeToString does.
-    return bytes((tag,)) + varint(value) if value else b""
-
-
 def kv_head(
     key: bytes, value_length: int, create_revision: int, mod_revision: int, version: int,
     lease: int,
 ) -> bytes:
     """The bytes of one ``kvs`` field up to the value's bytes (see the module's note). The
-    fields come in KeyValue's order except the value, last (any order decodes the same)."""
-    body = (
-        _KEY + varint(len(key)) + key + _number(_CREATE, create_revision)
-        + _number(_MOD, mod_revision) + _number(_VERSION, version) + _number(_LEASE, lease)
-    )
-    if value_length:
-        body += _VALUE + varint(value_length)
+    fields come in KeyValue's order except the value, last (any order decodes the same);
+    proto3 leaves a zero out, as KeyValue.SerializeToString does."""
+    body = b"".join((
+        _KEY, varint(len(key)), key,
+        _CREATE + varint(create_revision) if create_revision else b"",
+        _MOD + varint(mod_revision) if mod_revision else b"",
+        _VERSION + varint(version) if version else b"",
+        _LEASE + varint(lease) if lease else b"",
+        _VALUE + varint(value_length) if value_length else b"",
+    ))
     return _KVS + varint(len(body) + value_length) + body
 
 

@@ -76,6 +76,11 @@ _ALLOWED: dict[str, tuple[type, ...]] = {
 }
 
 
+# A PutRequest's framing beyond its key's and value's bytes: three tags, two lengths and the
+# lease, each varint at most 10 bytes.
+_PUT_FRAMING = 3 + 2 * 10 + 10
+
+
 class BadBatch(ValueError):
     """A batch whose own fields cannot be right; the link ends with this reason."""
 
@@ -169,12 +174,12 @@ class _Run:
         self.seq = 0
         self.broken = len(before) != DIGEST_BYTES
         self._chain = before
-        # index in the batch, entry, its message, its digest, the chain before it
-        self._open: list[tuple[int, pb.Entry, bytes, bytes, bytes]] = []
+        # index in the batch, entry, its message, its digest, the chain before and after it
+        self._open: list[tuple[int, pb.Entry, bytes, bytes, bytes, bytes]] = []
 
     def add(self, index: int, msg: pb.Entry, message: bytes, digest: bytes) -> None:
-        self._open.append((index, msg, message, digest, self._chain))
-        self._chain = chain(self._chain, message)
+        before, self._chain = self._chain, chain(self._chain, message)
+        self._open.append((index, msg, message, digest, before, self._chain))
         self.seq = msg.seq
 
     @property
@@ -197,12 +202,12 @@ class _Run:
                 last.origin, head_message(last.origin, seq, head), last.head_sig):
             self.end(results, FORGED)
             return False
-        for index, msg, message, digest, before in self._open:
+        for index, msg, message, digest, before, after in self._open:
             ends = msg is last
             place = Entry(
                 origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=msg.key, deleted=msg.deleted,
                 value=b"", lease=msg.lease, ops=None, base_uid=msg.base_uid or None,
-                uid=msg.uid or None, kind=msg.kind, pruned=True, digest=digest,
+                uid=msg.uid or None, kind=msg.kind, pruned=True, digest=digest, chain=after,
                 head_sig=bytes(msg.head_sig) if ends else b"", message=message,
                 prev_chain=before, tail=tail if ends else b"",
             )
@@ -303,14 +308,18 @@ def _admit(msg: pb.Entry, policy: Policy, limits: IngestLimits, place: Entry) ->
 
 def _check_size(msg: pb.Entry, limits: IngestLimits) -> None:
     limit = limits.max_request_bytes
-    if msg.kind == "":
+    # The exact size is worked out only near the limit (a Put's fields add at most
+    # _PUT_FRAMING bytes to the key and value): most entries are far below it.
+    if msg.kind == "" and (
+        len(msg.key) + len(msg.value) + _PUT_FRAMING + RAFT_WRAPPER_BYTES > limit
+    ):
         size = PutRequest(key=msg.key, value=msg.value, lease=msg.lease).ByteSize()
         if size + RAFT_WRAPPER_BYTES > limit:
             raise _Refused(
                 f"a write of {size + RAFT_WRAPPER_BYTES} bytes exceeds the largest request "
                 f"({limit} bytes, --max-request-bytes)"
             )
-    elif len(msg.key) > limit:
+    elif msg.kind != "" and len(msg.key) > limit:
         raise _Refused(f"the key exceeds the largest request ({limit} bytes)")
     if len(msg.ops) > OPS_SIZE_FACTOR * limit:
         raise _Refused(

@@ -48,5 +48,9 @@ def head_signature(signer: Signer, seq: int, chain_value: bytes) -> bytes:
 
 
 def chained(entry: Entry, previous: bytes) -> Entry:
-    """``entry`` (signed, with its digest) with its place in its origin's chain here."""
+    """``entry`` (signed, with its digest) with its place in its origin's chain here. The
+    check that admitted it chained it already when it did so from ``previous`` (a run's
+    entries, ``admission``): that chain is kept rather than hashed again."""
+    if entry.chain and entry.prev_chain == previous:
+        return entry
     return entry.copy_with(chain=chain(previous, entry.message or message_of(entry)))

@@ -97,7 +97,10 @@ class Policy:
         kinds = [_parse_kind(k) for k in _list(document, "kinds")]
         # Shorter prefixes first, so longer ones override what they set.
         self._kinds = sorted(kinds, key=lambda k: len(k.prefix))
-        self._cache: dict[bytes, KeyRules] = {}
+        self._longest_first = self._kinds[::-1]
+        self._cache: dict[bytes | None, KeyRules] = {}
+        self._local_exact = frozenset(self.local_keys)
+        self._local_prefixes = tuple(k for k in self.local_keys if k.endswith(b"/"))
 
     @classmethod
     def load(cls, path: Path | None = None) -> Policy:
@@ -117,23 +120,26 @@ class Policy:
 
     def replicates(self, key: bytes) -> bool:
         """Node-local keys (a local key, or under a local prefix ending in '/') stay here."""
-        for local in self.local_keys:
-            if key == local or (local.endswith(b"/") and key.startswith(local)):
-                return False
-        return True
+        return key not in self._local_exact and not key.startswith(self._local_prefixes)
 
     def rules_for(self, key: bytes) -> KeyRules:
-        # Rules depend on the key's prefix only; cache by the longest matching prefix.
-        matching = [k for k in self._kinds if key.startswith(k.prefix)]
-        marker = matching[-1].prefix if matching else b""
+        # Rules depend on the key's prefix only: those of the longest matching prefix (read
+        # for every entry, so found from the longest down and kept per prefix).
+        for kind in self._longest_first:
+            if key.startswith(kind.prefix):
+                marker = kind.prefix
+                break
+        else:
+            marker = None
         rules = self._cache.get(marker)
         if rules is None:
             merge = "fields"
             fields: dict[Path_, FieldRule] = {}
-            for kind in matching:
-                if kind.merge is not None:
-                    merge = kind.merge
-                fields.update(kind.fields)
+            for kind in self._kinds:
+                if marker is not None and marker.startswith(kind.prefix):
+                    if kind.merge is not None:
+                        merge = kind.merge
+                    fields.update(kind.fields)
             rules = KeyRules(merge, fields)
             self._cache[marker] = rules
         return rules

@@ -1,0 +1,95 @@
+"""What admission works out once and the writer then trusts: the chain of a signed run, and
+the size check's shortcut for entries far below the largest request (in-process, real
+signatures)."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from shim.pb import replication_pb2 as pb
+from shim.pb.rpc_pb2 import PutRequest
+from shim.replication.admission import IngestLimits, admit_batch
+from shim.replication.entry_signing import chained, message_of
+from shim.replication.policy import Policy
+from shim.replication.quarantine import Refusal
+from shim.replication.signing import (
+    NO_CHAIN,
+    Signer,
+    body_digest,
+    chain,
+    head_message,
+    message_hash,
+)
+
+POLICY = Policy.load()
+
+
+def _signed_run(signer: Signer, entries: list[pb.Entry], before: bytes) -> None:
+    """Sign ``entries`` as one run the way nodes do: the chain before it on the first, one
+    signature of the chain at the last."""
+    value = before
+    for msg in entries:
+        digest = body_digest(msg.value, None, None)
+        value = chain(value, message_hash(msg.origin, msg.seq, msg.hlc, msg.key, msg.deleted,
+                                          msg.lease, None, None, msg.kind, digest))
+    entries[0].prev_chain = before
+    entries[-1].head_sig = signer.sign(head_message(signer.origin, entries[-1].seq, value))
+
+
+def _entries(signer: Signer, count: int, first_seq: int = 1, **fields: object) -> list[pb.Entry]:
+    return [pb.Entry(origin=signer.origin, seq=first_seq + n, hlc=1_000 + n,
+                     key=b"/run/%d" % n, value=b"v%d" % n, **fields)  # type: ignore[arg-type]
+            for n in range(count)]
+
+
+def test_a_runs_chain_worked_out_on_admission_is_kept_only_from_the_chain_held_here() -> None:
+    """The writer stores each entry's place in its origin's chain as this node computes it.
+    Admission chained the run from the chain its sender named: the writer keeps that when it
+    starts from the chain this node holds, and chains the entry again from its own when not
+    (an origin that signed two histories)."""
+    signer = Signer()
+    before = secrets.token_bytes(32)
+    run = _entries(signer, 3, first_seq=5)
+    _signed_run(signer, run, before)
+    entries, refused = admit_batch(run, POLICY, IngestLimits(1 << 20))
+    assert refused == [] and len(entries) == 3
+
+    held = before
+    for entry in entries:
+        expected = chain(held, message_of(entry))
+        assert entry.chain == expected  # admission's own work
+        kept = chained(entry, held)
+        assert kept.chain == expected
+        held = kept.chain
+
+    other = secrets.token_bytes(32)
+    again = chained(entries[1], other)
+    assert again.chain == chain(other, message_of(entries[1])) != entries[1].chain
+
+
+LIMIT = 4096
+RAFT = 17  # etcd's raft wrapper around a request (api.validate.RAFT_WRAPPER_BYTES)
+
+
+@pytest.mark.parametrize("lease", [0, 1, 2**62, -1])
+@pytest.mark.parametrize("key_length", [1, 200])
+def test_an_entry_is_admitted_up_to_the_largest_request_and_refused_a_byte_past_it(
+    lease: int, key_length: int
+) -> None:
+    """The exact size (a PutRequest of its key, value and lease, plus the raft wrapper) is
+    what decides, whatever shortcut admission takes for entries far below the limit."""
+    signer = Signer()
+    key = b"k" * key_length
+    for value_length in range(LIMIT - key_length - 60, LIMIT - key_length):
+        msg = pb.Entry(origin=signer.origin, seq=1, hlc=1_000, key=key,
+                       value=b"v" * value_length, lease=lease)
+        size = PutRequest(key=key, value=msg.value, lease=lease).ByteSize()
+        _signed_run(signer, [msg], NO_CHAIN)
+        entries, refused = admit_batch([msg], POLICY, IngestLimits(LIMIT))
+        if size + RAFT > LIMIT:
+            assert entries == [] and isinstance(refused[0], Refusal)
+            assert "exceeds the largest request" in refused[0].reason
+        else:
+            assert refused == [] and len(entries) == 1
