@@ -4,6 +4,7 @@ signatures)."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 
 import pytest
@@ -93,3 +94,27 @@ def test_an_entry_is_admitted_up_to_the_largest_request_and_refused_a_byte_past_
             assert "exceeds the largest request" in refused[0].reason
         else:
             assert refused == [] and len(entries) == 1
+
+
+@pytest.mark.parametrize("base_uid, uid, kind", [(None, None, ""), ("u-1", "u-2", ""),
+                                                 (None, None, "auth"), ("", "ü", "")])
+def test_what_an_origin_signs_is_laid_out_as_every_version_reads_it(
+    base_uid: str | None, uid: str | None, kind: str
+) -> None:
+    """Nodes of different versions verify each other's entries: the signed message is the
+    SHA-256 of the domain, seq, stamp and lease as big-endian 64-bit numbers, the delete flag
+    as one byte, then origin, base uid, uid, kind and key each as a 4-byte length and bytes,
+    then the body's digest."""
+    origin, digest = Signer().origin, secrets.token_bytes(32)
+
+    def framed(data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + data
+
+    for seq, hlc, lease, deleted, key in [(1, 2, 0, False, b"/k"),
+                                          (2**63 - 1, 2**62, -5, True, b"\0" * 300)]:
+        layout = (b"shim entry 1\0" + seq.to_bytes(8, "big") + hlc.to_bytes(8, "big")
+                  + lease.to_bytes(8, "big", signed=True) + bytes([deleted])
+                  + framed(origin.encode()) + framed((base_uid or "").encode())
+                  + framed((uid or "").encode()) + framed(kind.encode()) + framed(key) + digest)
+        assert message_hash(origin, seq, hlc, key, deleted, lease, base_uid, uid, kind,
+                            digest) == hashlib.sha256(layout).digest()

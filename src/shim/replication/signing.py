@@ -58,10 +58,21 @@ def message_hash(
     base_uid: str | None, uid: str | None, kind: str, digest: bytes,
 ) -> bytes:
     """What a signature signs: the entry's header and its body's digest."""
-    header = struct.pack(">QQq?", seq, hlc, lease, deleted)
-    for text in (origin, base_uid or "", uid or "", kind):
-        header += _field(text.encode())
-    return hashlib.sha256(_DOMAIN + header + _field(key) + digest).digest()
+    return hashlib.sha256(b"".join((
+        _DOMAIN, _NUMBERS.pack(seq, hlc, lease, deleted), _repeated_text(origin),
+        _field(base_uid.encode()) if base_uid else _NO_TEXT,
+        _field(uid.encode()) if uid else _NO_TEXT, _repeated_text(kind), _field(key), digest,
+    ))).digest()
+
+
+_NUMBERS = struct.Struct(">QQq?")
+_NO_TEXT = _field(b"")
+
+
+@functools.lru_cache(maxsize=4096)
+def _repeated_text(text: str) -> bytes:
+    """A text field that repeats from entry to entry (an origin, a kind), framed once."""
+    return _field(text.encode())
 
 
 def head_message(origin: str, seq: int, chain_value: bytes) -> bytes:
