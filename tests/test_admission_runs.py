@@ -97,7 +97,8 @@ def test_an_entry_is_admitted_up_to_the_largest_request_and_refused_a_byte_past_
 
 
 @pytest.mark.parametrize("base_uid, uid, kind", [(None, None, ""), ("u-1", "u-2", ""),
-                                                 (None, None, "auth"), ("", "ü", "")])
+                                                 (None, None, "auth"), ("", "ü", ""),
+                                                 (None, None, "k" * 500)])
 def test_what_an_origin_signs_is_laid_out_as_every_version_reads_it(
     base_uid: str | None, uid: str | None, kind: str
 ) -> None:

@@ -69,9 +69,17 @@ _NUMBERS = struct.Struct(">QQq?")
 _NO_TEXT = _field(b"")
 
 
-@functools.lru_cache(maxsize=4096)
 def _repeated_text(text: str) -> bytes:
-    """A text field that repeats from entry to entry (an origin, a kind), framed once."""
+    """A text field that repeats from entry to entry (an origin, a kind), framed once when it
+    is as short as an origin: a peer's entries are hashed before their fields are checked,
+    and a long text must not stay in memory."""
+    if len(text) <= ORIGIN_CHARS:
+        return _short_text(text)
+    return _field(text.encode())
+
+
+@functools.lru_cache(maxsize=1024)
+def _short_text(text: str) -> bytes:
     return _field(text.encode())
 
 
