@@ -104,15 +104,15 @@ def check_batch(batch: pb.Batch) -> None:
 
 def admit(msg: pb.Entry, policy: Policy, limits: IngestLimits) -> Entry | Refusal:
     """The entry ``msg`` carries, or why it is refused."""
-    place: Entry | None = None
+    carried: Entry | None = None
     try:
         _check_numbers(msg)
-        place = _verified_place(msg, limits)
-        return _admit(msg, policy, limits, place)
+        carried = _verified(msg, limits)
+        return _admit(msg, policy, limits, carried)
     except _Refused as exc:
         return Refusal(
             origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=bytes(msg.key), reason=str(exc),
-            place=place,
+            place=None if carried is None else _place(carried),
         )
 
 
@@ -204,17 +204,18 @@ class _Run:
             return False
         for index, msg, message, digest, before, after in self._open:
             ends = msg is last
-            place = Entry(
+            carried = Entry(
                 origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=msg.key, deleted=msg.deleted,
-                value=b"", lease=msg.lease, ops=None, base_uid=msg.base_uid or None,
-                uid=msg.uid or None, kind=msg.kind, pruned=True, digest=digest, chain=after,
+                value=msg.value, lease=msg.lease, ops=None, base_uid=msg.base_uid or None,
+                uid=msg.uid or None, kind=msg.kind, secret=msg.secret or None,
+                pruned=msg.pruned, digest=digest, chain=after,
                 head_sig=bytes(msg.head_sig) if ends else b"", message=message,
                 prev_chain=before, tail=tail if ends else b"",
             )
             try:
-                results[index] = _admit(msg, policy, limits, place)
+                results[index] = _admit(msg, policy, limits, carried)
             except _Refused as exc:
-                results[index] = _refusal(msg, str(exc), place)
+                results[index] = _refusal(msg, str(exc), _place(carried))
         self._open = []
         return True
 
@@ -253,8 +254,8 @@ def _check_numbers(msg: pb.Entry) -> None:
         raise _Refused("the key is empty")
 
 
-def _verified_place(msg: pb.Entry, limits: IngestLimits) -> Entry:
-    """The entry's header as a stub (its place in its origin's sequence), once its signature
+def _verified(msg: pb.Entry, limits: IngestLimits) -> Entry:
+    """The entry as ``msg`` carries it (its operations not read yet), once its signature
     verifies: only the origin's key signs under its origin. An origin without a key is from
     before signatures: its entries carry none (ingest admits them only stamped before)."""
     if is_signed_origin(msg.origin):
@@ -271,13 +272,18 @@ def _verified_place(msg: pb.Entry, limits: IngestLimits) -> Entry:
         digest = sig = message = b""
     return Entry(
         origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=msg.key, deleted=msg.deleted,
-        value=b"", lease=msg.lease, ops=None, base_uid=msg.base_uid or None,
-        uid=msg.uid or None, kind=msg.kind, pruned=True, sig=sig, digest=digest,
-        message=message,
+        value=msg.value, lease=msg.lease, ops=None, base_uid=msg.base_uid or None,
+        uid=msg.uid or None, kind=msg.kind, secret=msg.secret or None, pruned=msg.pruned,
+        sig=sig, digest=digest, message=message,
     )
 
 
-def _admit(msg: pb.Entry, policy: Policy, limits: IngestLimits, place: Entry) -> Entry:
+def _place(carried: Entry) -> Entry:
+    """A refused entry's header as a stub: its place in its origin's sequence."""
+    return carried.copy_with(value=b"", ops=None, secret=None, pruned=True, ops_json=None)
+
+
+def _admit(msg: pb.Entry, policy: Policy, limits: IngestLimits, carried: Entry) -> Entry:
     if msg.kind not in KINDS:
         raise _Refused(f"unknown kind {msg.kind!r}")
     _check_size(msg, limits)
@@ -291,10 +297,7 @@ def _admit(msg: pb.Entry, policy: Policy, limits: IngestLimits, place: Entry) ->
         if text.encode() != msg.ops:
             # Forwarded as this form: a signature over another would not verify further on.
             raise _Refused("the operations are not in their canonical JSON form")
-    entry = place.copy_with(
-        value=msg.value, ops=ops, secret=msg.secret or None, pruned=msg.pruned,
-        ops_json=text,
-    )
+    entry = carried if ops is None else carried.copy_with(ops=ops, ops_json=text)
     if entry.pruned:
         if entry.value or entry.ops is not None or entry.secret is not None:
             raise _Refused("a pruned entry keeps no value, operations or secret")
