@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shim.pb.kv_pb2 import KeyValue
 from shim.replication import k8sproto
 from shim.replication.k8sproto import EncodeError, ProtoObject
 from shim.replication.merge import (
@@ -26,10 +27,12 @@ from shim.replication.merge import (
     decode,
     describe_write,
     fold,
+    identity,
     step,
 )
 from shim.replication.ops import SetField, SinceEntry
 from shim.replication.policy import Policy
+from shim.replication.resolve import MergeRule, Replica, _over_its_base
 from tests.support import k8s_pb, merging
 from tests.support.k8s_pb import condition, edited
 
@@ -712,3 +715,28 @@ def test_an_edit_by_reference_over_the_value_it_names_stands_whole() -> None:
         resolve_by_reference([create, deleting_entry, labelled, shortened]) or b"", "Deployment")
     assert merged.metadata.deletionTimestamp.seconds == 1_700_000_500
     assert merged.metadata.labels["team"] == "edge"
+
+
+def test_an_edit_by_reference_over_the_value_it_names_resolves_as_the_step_does() -> None:
+    """A served replica whose key holds the value an edit names takes it without building the
+    key's state (``resolve._over_its_base``): exactly what the fold's step gives, whatever the
+    leases, whether the edit changes anything, whether its incarnation ended here (a
+    tombstone) and whether it names another incarnation than the stored one."""
+    base = stored(k8s_pb.deployment())
+    scaled = stored(edited(k8s_pb.deployment(), scale))
+    create = write("a", 1, 10, None, base)
+    for value, lease, old_lease, tombstones, uid in itertools.product(
+        (scaled, base), (0, 7), (0, 7), (set(), {"uid-1"}), ("uid-1", "uid-2")
+    ):
+        entry = merging.write_since("a", 2, 20, create, value, RULES).copy_with(
+            lease=lease, uid=uid, base_uid=uid)
+        old = KeyValue(key=KEY, value=base, lease=old_lease, mod_revision=5)
+        fast = _over_its_base(entry, old, tombstones, RULES)
+        state = KeyState.from_stored(base, old_lease, tombstones, RULES)
+        before = identity(state.doc, RULES)
+        applied = step(state, entry, RULES, base)
+        folded = Replica._resolution(state, old, before, RULES,
+                                     MergeRule.NONE if applied else MergeRule.LOST)
+        assert (fast.value, fast.lease, fast.changed, fast.new_incarnation) == (
+            folded.value, folded.lease, folded.changed, folded.new_incarnation
+        ), (value == scaled, lease, old_lease, tombstones, uid)
