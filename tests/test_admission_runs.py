@@ -15,34 +15,15 @@ from shim.replication.admission import IngestLimits, admit_batch
 from shim.replication.entry_signing import chained, message_of
 from shim.replication.policy import Policy
 from shim.replication.quarantine import Refusal
-from shim.replication.signing import (
-    NO_CHAIN,
-    Signer,
-    body_digest,
-    chain,
-    head_message,
-    message_hash,
-)
+from shim.replication.signing import Signer, chain, message_hash
+from tests.support.lying_peer import sign_run
 
 POLICY = Policy.load()
 
 
-def _signed_run(signer: Signer, entries: list[pb.Entry], before: bytes) -> None:
-    """Sign ``entries`` as one run the way nodes do: the chain before it on the first, one
-    signature of the chain at the last."""
-    value = before
-    for msg in entries:
-        digest = body_digest(msg.value, None, None)
-        value = chain(value, message_hash(msg.origin, msg.seq, msg.hlc, msg.key, msg.deleted,
-                                          msg.lease, None, None, msg.kind, digest))
-    entries[0].prev_chain = before
-    entries[-1].head_sig = signer.sign(head_message(signer.origin, entries[-1].seq, value))
-
-
-def _entries(signer: Signer, count: int, first_seq: int = 1, **fields: object) -> list[pb.Entry]:
+def _entries(signer: Signer, count: int, first_seq: int = 1) -> list[pb.Entry]:
     return [pb.Entry(origin=signer.origin, seq=first_seq + n, hlc=1_000 + n,
-                     key=b"/run/%d" % n, value=b"v%d" % n, **fields)  # type: ignore[arg-type]
-            for n in range(count)]
+                     key=b"/run/%d" % n, value=b"v%d" % n) for n in range(count)]
 
 
 def test_a_runs_chain_worked_out_on_admission_is_kept_only_from_the_chain_held_here() -> None:
@@ -53,7 +34,7 @@ def test_a_runs_chain_worked_out_on_admission_is_kept_only_from_the_chain_held_h
     signer = Signer()
     before = secrets.token_bytes(32)
     run = _entries(signer, 3, first_seq=5)
-    _signed_run(signer, run, before)
+    sign_run(signer, *run, before=before)
     entries, refused = admit_batch(run, POLICY, IngestLimits(1 << 20))
     assert refused == [] and len(entries) == 3
 
@@ -87,7 +68,7 @@ def test_an_entry_is_admitted_up_to_the_largest_request_and_refused_a_byte_past_
         msg = pb.Entry(origin=signer.origin, seq=1, hlc=1_000, key=key,
                        value=b"v" * value_length, lease=lease)
         size = PutRequest(key=key, value=msg.value, lease=lease).ByteSize()
-        _signed_run(signer, [msg], NO_CHAIN)
+        sign_run(signer, msg)
         entries, refused = admit_batch([msg], POLICY, IngestLimits(LIMIT))
         if size + RAFT > LIMIT:
             assert entries == [] and isinstance(refused[0], Refusal)

@@ -44,6 +44,28 @@ def hlc_now(ahead_ms: int = 0) -> int:
     return (time.time_ns() // 1_000_000 + ahead_ms) << LOGICAL_BITS
 
 
+def wire_message(msg: pb.Entry) -> bytes:
+    """What an origin signs, or chains, for the entry ``msg`` as it travels."""
+    digest = bytes(msg.digest) if msg.pruned else body_digest(
+        msg.value, msg.ops if msg.has_ops else None, msg.secret or None)
+    return message_hash(msg.origin, msg.seq, msg.hlc, msg.key, msg.deleted, msg.lease,
+                        msg.base_uid or None, msg.uid or None, msg.kind, digest)
+
+
+def sign_run(signer: Signer, *entries: pb.Entry, before: bytes = NO_CHAIN) -> bytes:
+    """Make ``entries`` (consecutive seqs of one origin) one run signed the way nodes sign
+    now: no signature of their own, the chain ``before`` the first on it, and ``signer``'s
+    signature of the chain at the last on it. Answers that chain."""
+    value = before
+    for msg in entries:
+        msg.sig = b""
+        value = chain(value, wire_message(msg))
+    entries[0].prev_chain = before
+    last = entries[-1]
+    last.head_sig = signer.sign(head_message(last.origin, last.seq, value))
+    return value
+
+
 class LyingPeer:
     """One Link stream to a node, opened with a valid token and the node's merge policy."""
 
@@ -126,33 +148,13 @@ class LyingPeer:
     def sign(self, msg: pb.Entry, signer: Signer | None = None) -> bytes:
         """This peer's signature of ``msg`` (valid only under its own origin), or
         ``signer``'s."""
-        digest = bytes(msg.digest) if msg.pruned else body_digest(
-            msg.value, msg.ops if msg.has_ops else None, msg.secret or None)
-        return (signer or self.signer).sign(message_hash(
-            msg.origin, msg.seq, msg.hlc, msg.key, msg.deleted, msg.lease,
-            msg.base_uid or None, msg.uid or None, msg.kind, digest,
-        ))
+        return (signer or self.signer).sign(wire_message(msg))
 
     def sign_run(
         self, *entries: pb.Entry, before: bytes = NO_CHAIN, signer: Signer | None = None
     ) -> bytes:
-        """Make ``entries`` (consecutive seqs of one origin) one run signed the way nodes sign
-        now: no signature of their own, the chain ``before`` the first on it, and
-        ``signer``'s (or this peer's) signature of the chain at the last on it. Answers that
-        chain."""
-        value = before
-        for msg in entries:
-            msg.sig = b""
-            digest = bytes(msg.digest) if msg.pruned else body_digest(
-                msg.value, msg.ops if msg.has_ops else None, msg.secret or None)
-            value = chain(value, message_hash(
-                msg.origin, msg.seq, msg.hlc, msg.key, msg.deleted, msg.lease,
-                msg.base_uid or None, msg.uid or None, msg.kind, digest,
-            ))
-        entries[0].prev_chain = before
-        last = entries[-1]
-        last.head_sig = (signer or self.signer).sign(head_message(last.origin, last.seq, value))
-        return value
+        """``sign_run`` with ``signer`` or this peer's key."""
+        return sign_run(signer or self.signer, *entries, before=before)
 
     # -- sending ---------------------------------------------------------------------------
 
