@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
-from shim.api import errors
 from shim.api.lease import LeaseKeeper
+from shim.api.validate import check_size
 from shim.auth.guard import current_caller
 from shim.mvcc.errors import CompactedError, StoreClosedError
 from shim.mvcc.store import Store
@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 
 # etcd's concurrency.Session grants a lease of this TTL when the request names none (lease 0).
 DEFAULT_SESSION_TTL = 60
-# etcd measures a write wrapped in its raft entry, which adds about this many bytes.
-RAFT_WRAPPER_BYTES = 17
-
 
 def prefix_end(prefix: bytes) -> bytes:
     """The range_end that makes [prefix, end) every key starting with ``prefix`` (etcd's
@@ -109,8 +106,7 @@ class Recipes:
 
     async def txn(self, request: TxnRequest) -> rpc_pb2.TxnResponse:
         # The same size limit as a client's own Txn (a lock name can be as long as a key).
-        if request.ByteSize() + RAFT_WRAPPER_BYTES > self._max_request_bytes:
-            raise errors.REQUEST_TOO_LARGE()
+        check_size(request, self._max_request_bytes)
         return await self.store.txn(request, current_caller())
 
     async def put_if_absent(
