@@ -4,11 +4,14 @@ Ports come from just below the kernel's ephemeral range: a port picked there can
 by an outgoing connection (which a port the kernel picked with bind(0) can, between the moment
 it is chosen and the moment the server binds it; with a hundred processes dialing each other
 that happened). Within one process ports are handed out in turn, so none is handed out twice.
+Under pytest-xdist each worker takes its own slice of that range, so two workers never pick
+the same port.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import socket
 import threading
@@ -24,7 +27,18 @@ def _port_range() -> range:
     except (OSError, ValueError, IndexError):
         ephemeral_low = 32768
     low = max(1024, ephemeral_low - _SPAN)
-    return range(low, ephemeral_low)
+    return _worker_slice(range(low, ephemeral_low))
+
+
+def _worker_slice(ports: range) -> range:
+    """This pytest-xdist worker's share of ``ports`` (all of it outside xdist)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return ports
+    index = int(worker[2:]) % count
+    size = len(ports) // count
+    return range(ports.start + index * size, ports.start + (index + 1) * size)
 
 
 _RANGE = _port_range()
