@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # etcd's concurrency.Session grants a lease of this TTL when the request names none (lease 0).
 DEFAULT_SESSION_TTL = 60
 
+
 def prefix_end(prefix: bytes) -> bytes:
     """The range_end that makes [prefix, end) every key starting with ``prefix`` (etcd's
     GetPrefixRangeEnd): the last byte below 0xff incremented, or "\\0" (no bound)."""
