@@ -19,8 +19,8 @@ import timeit
 
 from shim.pb import replication_pb2 as pb
 from shim.replication.admission import IngestLimits, admit, admit_batch
+from shim.replication.entry import Entry
 from shim.replication.entry_signing import head_signature, sealed, signed
-from shim.replication.merge import Entry
 from shim.replication.ops import Op, SetField
 from shim.replication.policy import Policy
 from shim.replication.signing import NO_CHAIN, Signer

@@ -32,8 +32,8 @@ from shim.mvcc.store import Store
 from shim.pb import replication_pb2 as pb
 from shim.pb.rpc_pb2 import PutRequest
 from shim.replication.admission import IngestLimits, admit_batch
+from shim.replication.entry import Entry
 from shim.replication.ingest import merge
-from shim.replication.merge import Entry
 from shim.replication.policy import Policy
 from shim.replication.requests import MergeRequest, PeerRegistration
 from shim.replication.resolve import Replica

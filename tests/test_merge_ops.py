@@ -11,7 +11,8 @@ import pytest
 from shim.pb import replication_pb2 as pb
 from shim.replication import ops as field_ops
 from shim.replication.admission import IngestLimits, admit
-from shim.replication.merge import Entry, describe_write
+from shim.replication.entry import Entry
+from shim.replication.merge import describe_write
 from shim.replication.ops import (
     AddDelta,
     BadOps,

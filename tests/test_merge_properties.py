@@ -13,15 +13,8 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from shim.replication.merge import (
-    Entry,
-    KeyState,
-    base_value,
-    describe_write,
-    fold,
-    identity,
-    step,
-)
+from shim.replication.entry import Entry
+from shim.replication.merge import KeyState, base_value, describe_write, fold, identity, step
 from shim.replication.ops import SinceEntry
 from tests.support.merge_values import KEYS, RULES, Uids, next_value
 

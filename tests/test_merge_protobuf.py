@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from shim.pb.kv_pb2 import KeyValue
 from shim.replication import k8sproto
+from shim.replication.entry import Entry
 from shim.replication.k8sproto import EncodeError, ProtoObject
 from shim.replication.merge import (
-    Entry,
     KeyState,
     MissingBase,
     decode,

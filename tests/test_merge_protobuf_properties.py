@@ -21,15 +21,8 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from shim.replication import k8sproto
-from shim.replication.merge import (
-    Entry,
-    KeyState,
-    describe_write,
-    fold,
-    identity,
-    reproduces_write,
-    step,
-)
+from shim.replication.entry import Entry
+from shim.replication.merge import KeyState, describe_write, fold, identity, reproduces_write, step
 from shim.replication.policy import Policy
 from tests.support import k8s_pb
 

@@ -10,15 +10,8 @@ from typing import Any
 import pytest
 
 from shim.pb.kv_pb2 import KeyValue
-from shim.replication.merge import (
-    Entry,
-    KeyState,
-    decode,
-    fold,
-    identity,
-    resolve_from_value,
-    step,
-)
+from shim.replication.entry import Entry
+from shim.replication.merge import KeyState, decode, fold, identity, resolve_from_value, step
 from shim.replication.ops import SetField
 from shim.replication.policy import KeyRules, Policy
 from shim.replication.resolve import MergeRule, Replica, _opaque_over_opaque

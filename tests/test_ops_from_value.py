@@ -17,7 +17,8 @@ import pytest
 from shim.replication import ops as field_ops
 from shim.replication import proto_changes
 from shim.replication.admission import IngestLimits, admit
-from shim.replication.merge import Entry, KeyState, resolve_from_value, step
+from shim.replication.entry import Entry
+from shim.replication.merge import KeyState, resolve_from_value, step
 from shim.replication.ops import DeleteField, SetField, SetFromValue
 from shim.replication.policy import Policy
 from shim.replication.quarantine import Refusal

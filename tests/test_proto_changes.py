@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from shim.replication import k8sproto, proto_changes
-from shim.replication.merge import Entry, decode, describe_write, resolve_from_value
+from shim.replication.entry import Entry
+from shim.replication.merge import decode, describe_write, resolve_from_value
 from shim.replication.ops import DeleteField, Op, SetField, SetFromValue, to_wire
 from shim.replication.policy import Policy
 from tests.support import k8s_pb

@@ -33,8 +33,9 @@ from shim.pb.rpc_pb2 import (
     TxnRequest,
 )
 from shim.replication import resolve
+from shim.replication.entry import Entry
 from shim.replication.ingest import fold_deferred, merge
-from shim.replication.merge import Entry, decode, fold, identity
+from shim.replication.merge import decode, fold, identity
 from shim.replication.ops import SetField, SinceEntry
 from shim.replication.policy import KeyRules, Policy
 from shim.replication.requests import MergeRequest

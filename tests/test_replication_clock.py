@@ -12,7 +12,7 @@ from shim.backend.sqlite import SqliteBackend
 from shim.mvcc.hlc import LOGICAL_BITS
 from shim.mvcc.store import Store
 from shim.pb.rpc_pb2 import PutRequest
-from shim.replication.merge import Entry
+from shim.replication.entry import Entry
 from shim.replication.requests import MergeRequest, PeerRegistration
 from shim.replication.resolve import Replica
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from shim.replication.merge import Entry, KeyState, base_value, describe_write, fold, step
+from shim.replication.entry import Entry
+from shim.replication.merge import KeyState, base_value, describe_write, fold, step
 from shim.replication.ops import SinceEntry
 from shim.replication.policy import KeyRules
 

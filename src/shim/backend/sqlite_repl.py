@@ -13,8 +13,8 @@ from shim.backend.rows import KV_COLUMNS
 from shim.backend.sqlite_rows import one
 from shim.pb.kv_pb2 import KeyValue
 from shim.replication import ops as field_ops
+from shim.replication.entry import Entry, Stamp
 from shim.replication.framing import MAX_NUMBER
-from shim.replication.merge import Entry, Stamp
 from shim.replication.quarantine import OUTCOME as QUARANTINED
 from shim.replication.signing import DIGEST_BYTES, NO_CHAIN
 from shim.replication.tables import PeerRow

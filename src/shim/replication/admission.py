@@ -19,8 +19,8 @@ from shim.api.validate import RAFT_WRAPPER_BYTES
 from shim.pb import replication_pb2 as pb
 from shim.pb.rpc_pb2 import PutRequest
 from shim.replication import ops as field_ops
+from shim.replication.entry import AUTH, Entry
 from shim.replication.framing import MAX_NUMBER
-from shim.replication.merge import AUTH, Entry
 from shim.replication.ops import (
     AddDelta,
     DeleteField,

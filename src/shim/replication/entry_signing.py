@@ -1,8 +1,8 @@
-"""Signing and checking ``merge.Entry`` values (the primitives are in ``signing``)."""
+"""Signing and checking ``entry.Entry`` values (the primitives are in ``signing``)."""
 
 from __future__ import annotations
 
-from shim.replication.merge import Entry
+from shim.replication.entry import Entry
 from shim.replication.signing import Signer, body_digest, chain, head_message, message_hash
 
 

@@ -23,9 +23,9 @@ from shim.mvcc.hlc import LOGICAL_BITS, wall_ms
 from shim.mvcc.replica import ReplicaAnswer, ReplicaRequest, RevisionSink
 from shim.mvcc.store import Store
 from shim.pb.kv_pb2 import KeyValue
+from shim.replication.entry import AUTH, Entry, Stamp
 from shim.replication.entry_signing import chained, message_of
 from shim.replication.link_state import LinkStatus
-from shim.replication.merge import AUTH, Entry, Stamp
 from shim.replication.quarantine import OUTCOME as QUARANTINED
 from shim.replication.quarantine import Refusal, quarantine
 from shim.replication.requests import (

@@ -29,6 +29,7 @@ from shim.mvcc.errors import StoreError
 from shim.mvcc.store import Store
 from shim.pb import replication_pb2 as pb
 from shim.replication.admission import BadBatch, IngestLimits, admit_batch, check_batch
+from shim.replication.entry import Entry
 from shim.replication.framing import (
     GRPC_DEFAULT_MESSAGE_BYTES,
     OutOfRange,
@@ -50,7 +51,6 @@ from shim.replication.link_stream import (
     forget_attempt,
     handshake,
 )
-from shim.replication.merge import Entry
 from shim.replication.pacing import Pacer
 from shim.replication.quarantine import Refusal
 from shim.replication.redial import STABLE_SECONDS, Redial

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shim.replication.merge import Entry
+    from shim.replication.entry import Entry
     from shim.replication.tables import ReplicationTables
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shim.mvcc.replica import ReplicaAnswer, ReplicaRequest
-from shim.replication.merge import Entry
+from shim.replication.entry import Entry
 from shim.replication.quarantine import Refusal
 
 

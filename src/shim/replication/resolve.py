@@ -20,11 +20,10 @@ from shim.mvcc.hlc import HybridClock, wall_ms
 from shim.mvcc.replica import AuthObjects, ReplicaAnswer, ReplicaRequest, RevisionSink
 from shim.pb.kv_pb2 import KeyValue
 from shim.replication import k8sproto
+from shim.replication.entry import AUTH, Entry
 from shim.replication.entry_signing import head_signature, sealed
 from shim.replication.ingest import apply_request
 from shim.replication.merge import (
-    AUTH,
-    Entry,
     KeyState,
     Op,
     decode,

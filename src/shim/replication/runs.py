@@ -16,8 +16,8 @@ runs stay that short however often an entry is relayed.
 from __future__ import annotations
 
 from shim.pb import replication_pb2 as pb
+from shim.replication.entry import Entry
 from shim.replication.framing import BATCH_HEADER_BYTES, EntryTooLarge, framed_size
-from shim.replication.merge import Entry
 from shim.replication.signing import NO_CHAIN, is_signed_origin
 from shim.replication.tables import ReplicationTables
 

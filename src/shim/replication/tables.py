@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from shim.pb.kv_pb2 import KeyValue
-from shim.replication.merge import Entry, Stamp
+from shim.replication.entry import Entry, Stamp
 
 
 @dataclass(slots=True)

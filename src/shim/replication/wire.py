@@ -1,9 +1,9 @@
-"""Entries on the wire: conversion between ``merge.Entry`` and the replication protobuf."""
+"""Entries on the wire: conversion between ``entry.Entry`` and the replication protobuf."""
 
 from __future__ import annotations
 
 from shim.pb import replication_pb2 as pb
-from shim.replication.merge import Entry
+from shim.replication.entry import Entry
 
 # 2: Kubernetes objects stored as protobuf merge field by field (protocol 1 kept them whole, so
 # nodes of both would not converge). The entry and its operations travel as in protocol 1.
