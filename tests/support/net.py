@@ -20,14 +20,14 @@ from pathlib import Path
 _SPAN = 10_000
 
 
-def _port_range() -> range:
+def below_ephemeral() -> range:
+    """The _SPAN ports just below the kernel's ephemeral range."""
     try:
         text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
         ephemeral_low = int(text.split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral_low = 32768
-    low = max(1024, ephemeral_low - _SPAN)
-    return _worker_slice(range(low, ephemeral_low))
+    return range(max(1024, ephemeral_low - _SPAN), ephemeral_low)
 
 
 def _worker_slice(ports: range) -> range:
@@ -41,7 +41,7 @@ def _worker_slice(ports: range) -> range:
     return range(ports.start + index * size, ports.start + (index + 1) * size)
 
 
-_RANGE = _port_range()
+_RANGE = _worker_slice(below_ephemeral())
 # A random start, so two test or bench runs at once mostly pick different ports.
 _candidates = itertools.cycle(
     itertools.chain(

@@ -204,13 +204,9 @@ class _Run:
             return False
         for index, msg, message, digest, before, after in self._open:
             ends = msg is last
-            carried = Entry(
-                origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=msg.key, deleted=msg.deleted,
-                value=msg.value, lease=msg.lease, ops=None, base_uid=msg.base_uid or None,
-                uid=msg.uid or None, kind=msg.kind, secret=msg.secret or None,
-                pruned=msg.pruned, digest=digest, chain=after,
-                head_sig=bytes(msg.head_sig) if ends else b"", message=message,
-                prev_chain=before, tail=tail if ends else b"",
+            carried = _carried(
+                msg, digest, message, after=after, prev_chain=before,
+                head_sig=bytes(msg.head_sig) if ends else b"", tail=tail if ends else b"",
             )
             try:
                 results[index] = _admit(msg, policy, limits, carried)
@@ -270,11 +266,22 @@ def _verified(msg: pb.Entry, limits: IngestLimits) -> Entry:
                        "nothing after this node started signing")
     else:
         digest = sig = message = b""
+    return _carried(msg, digest, message, sig=sig)
+
+
+def _carried(
+    msg: pb.Entry, digest: bytes, message: bytes, *, sig: bytes = b"", after: bytes = b"",
+    prev_chain: bytes = b"", head_sig: bytes = b"", tail: bytes = b"",
+) -> Entry:
+    """The entry as ``msg`` carries it (its operations not read yet), with what its check
+    worked out: its digest and message, and its signature or its place in a signed run
+    (``after``: the origin's chain at it)."""
     return Entry(
         origin=msg.origin, seq=msg.seq, hlc=msg.hlc, key=msg.key, deleted=msg.deleted,
         value=msg.value, lease=msg.lease, ops=None, base_uid=msg.base_uid or None,
         uid=msg.uid or None, kind=msg.kind, secret=msg.secret or None, pruned=msg.pruned,
-        sig=sig, digest=digest, message=message,
+        sig=sig, digest=digest, chain=after, head_sig=head_sig, message=message,
+        prev_chain=prev_chain, tail=tail,
     )
 
 
@@ -311,18 +318,17 @@ def _admit(msg: pb.Entry, policy: Policy, limits: IngestLimits, carried: Entry) 
 
 def _check_size(msg: pb.Entry, limits: IngestLimits) -> None:
     limit = limits.max_request_bytes
-    # The exact size is worked out only near the limit (a Put's fields add at most
-    # _PUT_FRAMING bytes to the key and value): most entries are far below it.
-    if msg.kind == "" and (
-        len(msg.key) + len(msg.value) + _PUT_FRAMING + RAFT_WRAPPER_BYTES > limit
-    ):
-        size = PutRequest(key=msg.key, value=msg.value, lease=msg.lease).ByteSize()
-        if size + RAFT_WRAPPER_BYTES > limit:
-            raise _Refused(
-                f"a write of {size + RAFT_WRAPPER_BYTES} bytes exceeds the largest request "
-                f"({limit} bytes, --max-request-bytes)"
-            )
-    elif msg.kind != "" and len(msg.key) > limit:
+    if msg.kind == "":
+        # The exact size is worked out only near the limit (a Put's fields add at most
+        # _PUT_FRAMING bytes to the key and value): most entries are far below it.
+        if len(msg.key) + len(msg.value) + _PUT_FRAMING + RAFT_WRAPPER_BYTES > limit:
+            size = PutRequest(key=msg.key, value=msg.value, lease=msg.lease).ByteSize()
+            if size + RAFT_WRAPPER_BYTES > limit:
+                raise _Refused(
+                    f"a write of {size + RAFT_WRAPPER_BYTES} bytes exceeds the largest "
+                    f"request ({limit} bytes, --max-request-bytes)"
+                )
+    elif len(msg.key) > limit:
         raise _Refused(f"the key exceeds the largest request ({limit} bytes)")
     if len(msg.ops) > OPS_SIZE_FACTOR * limit:
         raise _Refused(

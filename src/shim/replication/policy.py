@@ -135,8 +135,10 @@ class Policy:
         if rules is None:
             merge = "fields"
             fields: dict[Path_, FieldRule] = {}
+            # The kinds this key matches: every key whose longest match is the marker's
+            # matches the same ones.
             for kind in self._kinds:
-                if marker is not None and marker.startswith(kind.prefix):
+                if key.startswith(kind.prefix):
                     if kind.merge is not None:
                         merge = kind.merge
                     fields.update(kind.fields)

@@ -25,7 +25,6 @@ from shim.replication.entry_signing import head_signature, sealed
 from shim.replication.ingest import apply_request
 from shim.replication.merge import (
     KeyState,
-    Op,
     decode,
     describe_write,
     fold,
@@ -36,7 +35,7 @@ from shim.replication.merge import (
     step,
     value_identity,
 )
-from shim.replication.ops import SinceEntry
+from shim.replication.ops import Op, SinceEntry
 from shim.replication.ops import dumps as dumps_ops
 from shim.replication.policy import KeyRules, Policy
 from shim.replication.quarantine import quarantine
