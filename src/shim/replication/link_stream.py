@@ -3,7 +3,7 @@
 ``LinkStream`` reads and writes a link's messages the same way on both sides; ``handshake`` is
 one dial attempt's Hello and answer; ``LinkRefused`` and ``describe_failure`` give every way a
 link ends a one-line reason (the log, ``shim status``). The link's life around them (dialing
-again, admitting, the sender and the receiver) is ``links.Replicator``.
+again, admitting, the sender) is ``links.Replicator``; its receiver, ``link_receiver``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from shim.pb import replication_pb2 as pb
 from shim.replication.framing import EntryTooLarge, OutOfRange, check_numbers
 
 LINK_METHOD = "/shim.replication.v1.Replication/Link"
+# A link with nothing to send sends a heartbeat this often.
+HEARTBEAT_SECONDS = 1.0
 # A link that hears nothing (not even a heartbeat) for this long is dropped and redialed.
 SILENCE_SECONDS = 6.0
 

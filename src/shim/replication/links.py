@@ -1,6 +1,7 @@
-"""Links between nodes: a link's life (dialing again, admitting, settling) and the two streams
-of entries it carries. The stream itself and how a link ends are ``link_stream``; the gRPC
-service that admits links is ``link_service``.
+"""Links between nodes: a link's life (dialing again, admitting, settling) and the entries it
+sends. What it receives is ``link_receiver``; what a live link knows of its peer,
+``live_link``; the stream itself and how a link ends, ``link_stream``; the gRPC service that
+admits links, ``link_service``.
 
 A link is one bidirectional gRPC stream opened by the dialing node (so a node behind NAT only
 needs to dial out). After the handshake each side runs a sender, which streams the entries the
@@ -14,12 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import hmac
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -28,7 +28,7 @@ from shim.config import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REPLICATION_BATCH_DEL
 from shim.mvcc.errors import StoreError
 from shim.mvcc.store import Store
 from shim.pb import replication_pb2 as pb
-from shim.replication.admission import BadBatch, IngestLimits, admit_batch, check_batch
+from shim.replication.admission import IngestLimits
 from shim.replication.entry import Entry
 from shim.replication.framing import (
     GRPC_DEFAULT_MESSAGE_BYTES,
@@ -37,10 +37,12 @@ from shim.replication.framing import (
 )
 from shim.replication.heartbeat_records import HeartbeatRecorder
 from shim.replication.held import release_held_forever
-from shim.replication.ingest import fold_deferred, merge
+from shim.replication.ingest import fold_deferred
+from shim.replication.link_receiver import LinkReceiver
 from shim.replication.link_state import LinkStatus, LinkTracker
 from shim.replication.link_stream import (
     EXPECTED_FAILURES,
+    HEARTBEAT_SECONDS,
     LINK_METHOD,
     SILENCE_SECONDS,
     LinkRefused,
@@ -51,10 +53,10 @@ from shim.replication.link_stream import (
     forget_attempt,
     handshake,
 )
+from shim.replication.live_link import LinkState
 from shim.replication.pacing import Pacer
-from shim.replication.quarantine import Refusal
 from shim.replication.redial import STABLE_SECONDS, Redial
-from shim.replication.requests import MergeRequest, PeerRegistration
+from shim.replication.requests import PeerRegistration
 from shim.replication.resolve import Replica
 from shim.replication.runs import cut_runs, signed_runs
 from shim.replication.tables import tables
@@ -63,7 +65,6 @@ from shim.replication.vectors import (
     SETTLE_SECONDS,
     Heads,
     PeerHolds,
-    Teller,
     diverging,
     from_wire,
 )
@@ -78,18 +79,6 @@ BATCH_ENTRIES = 500
 ADMITS_NO_LINKS = "this node admits no links (start it with --bootstrap-token)"
 # A batch's encoded size, unless one entry alone is larger (up to what the peer accepts).
 BATCH_BYTES = 4 * 1024 * 1024
-HEARTBEAT_SECONDS = 1.0
-# Batches read ahead while a merge commits (each at most what this node accepts in a message).
-INBOX_BATCHES = 8
-# Entries merged in one transaction at most (a larger batch is merged in parts): a catch-up
-# is merged in parts, so this node's own writes wait for one part at most, never all of it.
-MERGE_PART = 200
-# Keys that received late entries are folded again once the batches waiting are merged, or
-# after this many entries if more keep coming (one fold for a key's late entries of many
-# parts: folding at every part would fold a long history again and again).
-MERGE_ENTRIES = 5000
-# An idle link still records "last seen" (shim status) this often.
-PEER_RECORD_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -97,47 +86,6 @@ class _Attempt:
     """One dial attempt: whether the handshake completed."""
 
     linked: bool = False
-
-
-@dataclass(slots=True)
-class LinkState:
-    """A live link: the peer's node id and where it is (for logs; counted by metrics; listed
-    by MemberList with the peer's name and client URLs: the ones the peer told in its Hello,
-    else the one this node dialed)."""
-
-    peer: str
-    address: str
-    name: str = ""
-    client_urls: list[str] = field(default_factory=list)
-    # The largest message the peer accepts (stated in its Hello).
-    peer_max_message: int = GRPC_DEFAULT_MESSAGE_BYTES
-    # The peer's position in its log that this node has durably applied: sent back as `acked`.
-    applied: int = 0
-    peer_high: int = 0  # the peer's newest log position it told us
-    peer_origin: str = ""  # what the peer writes its entries under in this run
-    peer_heads: Heads = field(default_factory=dict)  # the vector of its Hello, with chains
-    # What the peer holds (its version vector), and what we told it of ours.
-    holds: PeerHolds = field(default_factory=PeerHolds)
-    teller: Teller = field(default_factory=Teller)
-    # Set to make this link's sender look again (entries committed, or the peer's Have).
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    # Runs (``runs``): per origin, the last entry this side sent on this link, and the last
-    # one it accepted with the chain there: a run that goes on from it needs no chain sent.
-    sent_runs: dict[str, int] = field(default_factory=dict)
-    received_runs: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    # The peer's registration (``Replicator._register``): awaited before the first merge.
-    registered: asyncio.Future[int] | None = None
-    # Ends the link's settling (``vectors.SETTLE_SECONDS``) if the peer does not first.
-    settle_timer: asyncio.TimerHandle | None = None
-
-
-@dataclass(slots=True)
-class _Arrived:
-    """A peer's batch as the reader hands it on: its entries checked, admitted or refused."""
-
-    batch: pb.Batch
-    entries: list[Entry]
-    refused: list[Refusal]
 
 
 class Replicator:
@@ -185,7 +133,10 @@ class Replicator:
         self._peer_rows = HeartbeatRecorder(store, HEARTBEAT_SECONDS)
         self._closed = False
         # Entries from peers respect the client API's limits (None: etcd's defaults).
-        self._limits = limits or IngestLimits(DEFAULT_MAX_REQUEST_BYTES)
+        self._receiver = LinkReceiver(
+            store, replica, limits or IngestLimits(DEFAULT_MAX_REQUEST_BYTES), self._peer_rows,
+            self._heard, functools.partial(self._wake_senders, None),
+        )
         store.add_commit_listener(self._wake_senders)
         loop = asyncio.get_running_loop()
         self._release = loop.create_task(
@@ -466,7 +417,7 @@ class Replicator:
             # them here. Every link tells its peer.
             self._direct[key] = state.peer_origin
             self._direct_changed()
-        tasks = [asyncio.ensure_future(self._receive(stream, state, receive))]
+        tasks = [asyncio.ensure_future(self._receiver.run(stream, state, receive))]
         if send:
             tasks.append(asyncio.ensure_future(self._send(stream, state)))
         else:
@@ -486,6 +437,19 @@ class Replicator:
             if self._direct.pop(key, None) is not None:
                 self._direct_changed()
             log.info("link with node %s (%s) closed", state.peer, state.address)
+
+    async def _heard(self, state: LinkState, have: pb.Have) -> None:
+        """The peer told what it holds (its Have): send it nothing it has, settle the link
+        if the peer is no longer linking, and compare our chains with its heads."""
+        try:
+            heads = from_wire(have.vector)
+        except OutOfRange as exc:
+            raise LinkRefused(str(exc)) from None
+        state.holds.learn({o: h[0] for o, h in heads.items()}, frozenset(have.direct))
+        if not have.linking:
+            self._settle(state)
+        await self._compare_heads(state, heads)
+        state.wake.set()
 
     async def _compare_heads(self, state: LinkState, heads: Heads) -> None:
         """Origins on which the peer's chain differs from ours: we send it ours again."""
@@ -611,172 +575,6 @@ class Replicator:
             state.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.wake.wait(), HEARTBEAT_SECONDS)
-
-    async def _receive(self, stream: LinkStream, state: LinkState, receive: bool) -> None:
-        """Read the peer's messages and apply them, reading ahead while a merge commits: the
-        batches that arrived meanwhile are merged together, in one transaction (bigger
-        batches under load, one fsync for all). The inbox is bounded, so a receiver that
-        cannot keep up holds the sender back through gRPC's flow control."""
-        inbox: asyncio.Queue[_Arrived | Exception | None] = asyncio.Queue(INBOX_BATCHES)
-        reader = asyncio.ensure_future(self._read(stream, state, inbox, receive))
-        try:
-            await self._apply(stream, state, inbox, receive)
-        finally:
-            await cancel_and_wait(reader, timeout=1.0, log_errors=False)
-
-    async def _read(
-        self, stream: LinkStream, state: LinkState,
-        inbox: asyncio.Queue[_Arrived | Exception | None], receive: bool,
-    ) -> None:
-        try:
-            while True:
-                msg = await asyncio.wait_for(stream.recv(), SILENCE_SECONDS)
-                if msg is None:
-                    break
-                kind = msg.WhichOneof("kind")
-                if kind == "refused":
-                    notice = msg.refused
-                    log.warning("node %s refused entry %s/%d: %s",
-                                state.peer, notice.origin, notice.seq, notice.reason)
-                    continue
-                if kind == "have":
-                    try:
-                        heads = from_wire(msg.have.vector)
-                    except OutOfRange as exc:
-                        raise LinkRefused(str(exc)) from None
-                    state.holds.learn({o: h[0] for o, h in heads.items()},
-                                      frozenset(msg.have.direct))
-                    if not msg.have.linking:
-                        self._settle(state)
-                    await self._compare_heads(state, heads)
-                    state.wake.set()
-                    continue
-                if kind != "batch":
-                    continue
-                batch = msg.batch
-                check_link_numbers(f"a batch from node {state.peer}", cursor=batch.cursor,
-                               high=batch.high, hlc=batch.hlc, acked=batch.acked)
-                try:
-                    check_batch(batch)
-                except BadBatch as exc:
-                    raise LinkRefused(f"node {state.peer} sent a bad batch: {exc}") from exc
-                for sent in batch.entries:  # the peer holds what it sends: never send it back
-                    state.holds.has(sent.origin, sent.seq)
-                await inbox.put(await self._checked(batch, receive, state))
-        except Exception as exc:  # raised by the applier, after what arrived before it
-            await inbox.put(exc)
-            return
-        await inbox.put(None)
-
-    async def _checked(self, batch: pb.Batch, receive: bool, state: LinkState) -> _Arrived:
-        """The batch with its entries checked (``admission.admit``). Checking signatures takes
-        CPU (about 100 us an entry, with the GIL released): in a thread, while the applier
-        merges the batches before it, so on two cores the check and the merge overlap."""
-        if not receive or not batch.entries:
-            return _Arrived(batch, [], [])
-        if self._limits.unsigned_before is None:
-            bound = await self._store.read(lambda view: tables(view).unsigned_before())
-            self._limits = dataclasses.replace(self._limits, unsigned_before=bound)
-        entries, refused = await asyncio.to_thread(
-            admit_batch, list(batch.entries), self._replica.policy, self._limits,
-            state.received_runs)
-        return _Arrived(batch, entries, refused)
-
-    async def _apply(
-        self, stream: LinkStream, state: LinkState,
-        inbox: asyncio.Queue[_Arrived | Exception | None], receive: bool,
-    ) -> None:
-        """Apply the peer's batches, and record what it says (its cursor and newest position,
-        and how far it applied ours) in its peer row: with every batch of entries, and for
-        heartbeats when something changed (at most once a heartbeat) or every
-        PEER_RECORD_SECONDS (last seen)."""
-        last: tuple[int, int, int] | None = None
-        recorded = 0.0  # when the peer's row was last written
-        ended = False
-        unfolded = 0  # entries merged since late keys were last folded (none: no fold due)
-        while not ended:
-            item = await inbox.get()
-            arrived: list[_Arrived] = []
-            entries = 0
-            failed = False
-            while True:
-                if isinstance(item, Exception):
-                    if arrived:
-                        inbox.put_nowait(item)  # after merging what came before (room: taken)
-                        failed = True
-                    break
-                if item is None:
-                    ended = True
-                    break
-                arrived.append(item)
-                entries += len(item.batch.entries)
-                if entries >= MERGE_PART or inbox.empty():
-                    break
-                item = inbox.get_nowait()
-            if not arrived:  # the link ended or failed: fold what its catch-up deferred
-                if unfolded:
-                    await fold_deferred(self._store, state.peer)
-                if isinstance(item, Exception):
-                    raise item
-                return
-            newest = arrived[-1].batch
-            acked = max(a.batch.acked for a in arrived)
-            merged = [e for a in arrived for e in a.entries]
-            refused = [r for a in arrived for r in a.refused]
-            if receive:
-                cursor, high = newest.cursor, newest.high
-            else:  # the link's other direction only: heartbeats of a receive-only peer
-                cursor, high = state.applied, state.peer_high
-            known = (cursor, high, acked)
-            # Late keys are folded once the peer has sent all it had (its catch-up's last
-            # part), or once many entries wait, or when the link ends.
-            fold = (
-                ended or failed or (cursor >= high and inbox.empty())
-                or unfolded + len(merged) >= MERGE_ENTRIES
-            )
-            due = fold and unfolded > 0  # a fold the parts merged so far left to this one
-            since = time.monotonic() - recorded
-            if not (merged or refused or due) and since < PEER_RECORD_SECONDS and (
-                known == last or since < HEARTBEAT_SECONDS
-            ):
-                continue  # heartbeats with nothing new to record yet
-            if state.registered is not None:
-                await state.registered  # its failure ends the link, as it did the handshake
-                state.registered = None
-            # A batch larger than a part: its parts but the last are merged first, with the
-            # cursor left where it was (a stop between them resends the batch; entries this
-            # node holds are skipped) and their late keys' fold left to the last part.
-            while len(merged) > MERGE_PART:
-                part, merged = merged[:MERGE_PART], merged[MERGE_PART:]
-                await self._merge(stream, MergeRequest(
-                    state.peer, part, state.applied, state.peer_high, acked, fold=False
-                ))
-                unfolded += len(part)
-            unfolded = 0 if fold else unfolded + len(merged)
-            request = MergeRequest(state.peer, merged, cursor, high, acked, refused, fold)
-            if not (merged or refused or due):
-                # Bookkeeping only: written together with the other links' rows.
-                self._peer_rows.note(request)
-                state.applied, state.peer_high = cursor, high
-                last, recorded = known, time.monotonic()
-                continue
-            self._peer_rows.forget(state.peer)
-            await self._merge(stream, request)
-            state.applied, state.peer_high = cursor, high
-            last, recorded = known, time.monotonic()
-
-    async def _merge(self, stream: LinkStream, request: MergeRequest) -> None:
-        """Merge ``request``, then tell the peer which of its entries were refused."""
-        result = await merge(self._store, request)
-        if result.forks:
-            # Counted once committed: a sender that saw the count move before the commit
-            # would read no proof, and never look again.
-            self._replica.forks_found += result.forks
-            self._wake_senders(None)
-        for refusal in [*request.refused, *result.refused]:  # recorded here; the sender logs it
-            await stream.send(pb.LinkMessage(refused=pb.Refused(
-                origin=refusal.origin, seq=refusal.seq, reason=refusal.reason
-            )))
 
 
 def _entries_after(
