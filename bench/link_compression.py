@@ -1,7 +1,7 @@
 """Would compressing replication batches pay? Bytes and CPU per entry, per batch size.
 
 Builds the batches a link sends (``shim.pb.replication_pb2.Batch``, entries made the way a
-node makes them: ``merge.describe_write`` records a Pod edit's field operations) for the two
+node makes them: ``write_ops.describe_write`` records a Pod edit's field operations) for the two
 payloads of bench/run-edge's scenario W (256 B values of hex text; ~2 KB Pods edited in two
 fields), at batch sizes from 1 (a steady trickle: one put per batch) to 500 (catch-up), and
 compresses each with gzip and deflate (zlib at its default level 6, as gRPC's own gzip and
@@ -22,8 +22,8 @@ from collections.abc import Callable
 from bench.replication.client import kube_bytes, kube_object, kube_update, random_value
 from shim.pb import replication_pb2 as pb
 from shim.replication import ops as field_ops
-from shim.replication.merge import describe_write
 from shim.replication.policy import Policy
+from shim.replication.write_ops import describe_write
 
 SIZES = (1, 10, 100, 500)
 ROUNDS = 5

@@ -12,7 +12,6 @@ from shim.pb import replication_pb2 as pb
 from shim.replication import ops as field_ops
 from shim.replication.admission import IngestLimits, admit
 from shim.replication.entry import Entry
-from shim.replication.merge import describe_write
 from shim.replication.ops import (
     AddDelta,
     BadOps,
@@ -31,6 +30,7 @@ from shim.replication.ops import (
 from shim.replication.policy import Policy
 from shim.replication.quarantine import Refusal
 from shim.replication.wire import to_wire
+from shim.replication.write_ops import describe_write
 
 EVERY_OP: list[Op] = [
     SetField(("spec", "replicas"), 3),

@@ -14,8 +14,10 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from shim.replication.entry import Entry
-from shim.replication.merge import KeyState, base_value, describe_write, fold, identity, step
+from shim.replication.merge import KeyState, base_value, fold, step
 from shim.replication.ops import SinceEntry
+from shim.replication.values import identity
+from shim.replication.write_ops import describe_write
 from tests.support.merge_values import KEYS, RULES, Uids, next_value
 
 SETTINGS = settings(

@@ -21,18 +21,12 @@ from shim.pb.kv_pb2 import KeyValue
 from shim.replication import k8sproto
 from shim.replication.entry import Entry
 from shim.replication.k8sproto import EncodeError, ProtoObject
-from shim.replication.merge import (
-    KeyState,
-    MissingBase,
-    decode,
-    describe_write,
-    fold,
-    identity,
-    step,
-)
+from shim.replication.merge import KeyState, MissingBase, fold, step
 from shim.replication.ops import SetField, SinceEntry
 from shim.replication.policy import Policy
 from shim.replication.resolve import MergeRule, Replica, _over_its_base
+from shim.replication.values import decode, identity
+from shim.replication.write_ops import describe_write
 from tests.support import k8s_pb, merging
 from tests.support.k8s_pb import condition, edited
 
@@ -505,7 +499,7 @@ def test_an_object_no_merge_touched_keeps_the_writers_own_bytes() -> None:
 
 
 def test_merges_leave_every_decoded_version_as_it_decoded() -> None:
-    """Versions decoded once are shared (``merge.decode`` keeps them for the next step of
+    """Versions decoded once are shared (``values.decode`` keeps them for the next step of
     the key), so no merge may change one in place: after concurrent edits of every kind fold
     in both orders, each version still decodes to what a fresh decode gives."""
     base = edited(k8s_pb.deployment(), lambda d: d.metadata.labels.update({"app": "web"}))

@@ -22,8 +22,10 @@ from hypothesis import strategies as st
 
 from shim.replication import k8sproto
 from shim.replication.entry import Entry
-from shim.replication.merge import KeyState, describe_write, fold, identity, reproduces_write, step
+from shim.replication.merge import KeyState, fold, step
 from shim.replication.policy import Policy
+from shim.replication.values import identity
+from shim.replication.write_ops import describe_write, reproduces_write
 from tests.support import k8s_pb
 
 POLICY = Policy.load()

@@ -11,10 +11,11 @@ import pytest
 
 from shim.pb.kv_pb2 import KeyValue
 from shim.replication.entry import Entry
-from shim.replication.merge import KeyState, decode, fold, identity, resolve_from_value, step
+from shim.replication.merge import KeyState, fold, resolve_from_value, step
 from shim.replication.ops import SetField
 from shim.replication.policy import KeyRules, Policy
 from shim.replication.resolve import MergeRule, Replica, _opaque_over_opaque
+from shim.replication.values import decode, identity
 from tests.support import merging
 
 POLICY = Policy.load()

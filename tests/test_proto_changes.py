@@ -1,6 +1,6 @@
 """Recording a protobuf write by comparing bytes gives exactly what decoding both versions gives.
 
-``merge.describe_write`` compares two protobuf versions of an object on their bytes when the
+``write_ops.describe_write`` compares two protobuf versions of an object on their bytes when the
 old one is known to decode (``shim.replication.proto_changes``), and decodes both whole
 otherwise. The two ways must agree on every write: the same operations in the same order (as
 they travel, so true, 1 and 1.0 differ), the same incarnations, the same refusals. Writes are
@@ -21,9 +21,11 @@ from hypothesis import strategies as st
 
 from shim.replication import k8sproto, proto_changes
 from shim.replication.entry import Entry
-from shim.replication.merge import decode, describe_write, resolve_from_value
+from shim.replication.merge import resolve_from_value
 from shim.replication.ops import DeleteField, Op, SetField, SetFromValue, to_wire
 from shim.replication.policy import Policy
+from shim.replication.values import decode
+from shim.replication.write_ops import describe_write
 from tests.support import k8s_pb
 
 POLICY = Policy.load()

@@ -35,11 +35,12 @@ from shim.pb.rpc_pb2 import (
 from shim.replication import resolve
 from shim.replication.entry import Entry
 from shim.replication.ingest import fold_deferred, merge
-from shim.replication.merge import decode, fold, identity
+from shim.replication.merge import fold
 from shim.replication.ops import SetField, SinceEntry
 from shim.replication.policy import KeyRules, Policy
 from shim.replication.requests import MergeRequest
 from shim.replication.resolve import Replica
+from shim.replication.values import decode, identity
 from tests.support.determinism import frozen_wall_clock, node_id_for, set_node_id
 from tests.support.merge_values import KEYS, Uids, next_value
 

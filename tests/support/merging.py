@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 
 from shim.replication.entry import Entry
-from shim.replication.merge import KeyState, base_value, describe_write, fold, step
+from shim.replication.merge import KeyState, base_value, fold, step
 from shim.replication.ops import SinceEntry
 from shim.replication.policy import KeyRules
+from shim.replication.write_ops import describe_write
 
 
 def write(

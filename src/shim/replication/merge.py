@@ -8,19 +8,17 @@ directly (``step``); one that arrives late makes the replica fold the key's entr
 Opaque values (anything but an object, or a key whose policy says ``whole``) resolve by last
 writer wins. Objects resolve field by field: JSON objects, and Kubernetes objects stored as
 protobuf, which ``k8sproto`` decodes into the same tree (so one policy governs both). The origin
-turns each write into field-level operations against the version the writer saw (``diff``), and
-the fold applies them under the key's policy (``apply_ops``). Object incarnations are told apart
+turns each write into field-level operations against the version the writer saw
+(``write_ops``), and the fold applies them under the key's policy (``apply_ops``); what a value
+is as an object, ``values``; the trees' helpers, ``trees``. Object incarnations are told apart
 by their identity field (``metadata.uid``): a delete wins over concurrent updates of its
 incarnation, and of two incarnations created concurrently the earlier one wins.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from shim.replication import k8sproto, proto_changes
 from shim.replication.entry import Entry
@@ -41,13 +39,19 @@ from shim.replication.ops import (
     SinceEntry,
 )
 from shim.replication.policy import KeyRules, Path_
-from shim.replication.trees import copy_tree
-
-Json = Any
-
-_MISSING: Any = object()
-# Looks like a JSON object (checked without copying a possibly large value).
-_JSON_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")
+from shim.replication.trees import (
+    MISSING,
+    Json,
+    contains,
+    copy_tree,
+    delete_at,
+    get_at,
+    is_number,
+    put_at,
+    same,
+)
+from shim.replication.values import canonical, decode, identity
+from shim.replication.write_ops import describe_write, same_form_as_value
 
 
 @dataclass(slots=True)
@@ -84,320 +88,6 @@ class KeyState:
         if last is not None and not last.deleted and same(decode(last.value, rules), self.doc):
             return last.value
         return canonical(self.doc)
-
-
-def canonical(doc: Json) -> bytes:
-    """The one encoding of a merged object every replica stores."""
-    if isinstance(doc, ProtoObject):
-        return k8sproto.encode(doc)
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def may_be_object(value: bytes, rules: KeyRules) -> bool:
-    """Whether ``decode`` may find an object in ``value`` (False: it gives the bytes), from
-    the value's first bytes only."""
-    return rules.merge == "fields" and (
-        value.startswith(k8sproto.PREFIX) or _JSON_OBJECT_START.match(value) is not None
-    )
-
-
-def decode(value: bytes, rules: KeyRules) -> Json | bytes:
-    """An object (with node-local fields dropped) when the key merges field by field and the
-    value is a JSON object or a Kubernetes protobuf object; otherwise the bytes themselves."""
-    if not may_be_object(value, rules):
-        return value
-    if value.startswith(k8sproto.PREFIX):
-        return _decode_proto(value, rules.local_paths)
-    try:
-        doc = json.loads(value)
-    except ValueError:
-        return value
-    if not isinstance(doc, dict):
-        return value
-    for path in rules.local_paths:
-        _delete(doc, path)
-    return doc
-
-
-# Protobuf objects decoded lately, by their bytes: a replica decodes each version of an
-# object as an entry's value, and again as the key's stored value when the key's next entry
-# comes. Decoded objects are shared, so nothing changes one in place (``step`` copies before
-# it applies operations; ``k8sproto.decode_pair`` shares parts the same way). Emptied whole
-# once the bytes decoded since exceed the budget: a decoded Pod takes about 6 times its bytes
-# in memory, so 1 MiB of versions (~600 Pods) holds some 6 MiB.
-_DECODED: dict[tuple[bytes, tuple[Path_, ...]], ProtoObject | bytes] = {}
-DECODED_BUDGET = 1 << 20
-_decoded_bytes = 0
-
-
-def _decode_proto(value: bytes, local_paths: tuple[Path_, ...]) -> ProtoObject | bytes:
-    """``k8sproto.decode`` of ``value`` (the bytes themselves when they do not decode)."""
-    global _decoded_bytes
-    found = _DECODED.get((value, local_paths))
-    if found is None:
-        proto = k8sproto.decode(value, local_paths)
-        found = value if proto is None else proto
-        _decoded_bytes += len(value)
-        if _decoded_bytes > DECODED_BUDGET:
-            _DECODED.clear()
-            _decoded_bytes = len(value)
-        _DECODED[(value, local_paths)] = found
-    return found
-
-
-def identity(doc: Json | bytes | None, rules: KeyRules) -> str | None:
-    path = rules.identity
-    if path is None or not isinstance(doc, dict):
-        return None
-    found = _get(doc, path)
-    # An empty uid is none: Go's marshaller writes the field even when it is empty.
-    return found if isinstance(found, str) and found else None
-
-
-# -- the origin side: a write becomes an entry ------------------------------------------------
-
-
-def value_identity(value: bytes, rules: KeyRules) -> str | None:
-    """``identity`` of the object ``value`` holds; of a protobuf object, read from the fields
-    that hold it only."""
-    if rules.merge != "fields" or rules.identity is None:
-        return None
-    if value.startswith(k8sproto.PREFIX):
-        try:
-            return proto_changes.identity_of(value, rules)
-        except k8sproto.DecodeError:
-            pass  # what ``decode`` makes of it, below
-    return identity(decode(value, rules), rules)
-
-
-def describe_write(
-    old: bytes | None, new: bytes | None, rules: KeyRules
-) -> tuple[list[Op] | None, str | None, str | None]:
-    """(ops, base_uid, uid) of a write of ``new`` (None: a delete) over ``old``."""
-    if old is not None and new is not None and rules.merge == "fields":
-        # Two protobuf versions: compared on their bytes, decoding only what changed.
-        quick = proto_changes.compare(old, new, rules)
-        if quick is not None:
-            if quick.uid != quick.base_uid:
-                return None, quick.base_uid, quick.uid
-            ops: list[Op] = []
-            for change in quick.changes:
-                name = change.name
-                _diff_field(
-                    ops, (*change.parent, name), change.before.get(name, _MISSING),
-                    change.after.get(name, _MISSING), rules,
-                )
-            return ops, quick.base_uid, quick.uid
-    base, doc = _decode_versions(old, new, rules)
-    if new is not None and isinstance(doc, ProtoObject):
-        proto_changes.remember(new)  # the next write of the key compares against it
-    base_uid = identity(base, rules)
-    if new is None:
-        return None, base_uid, None
-    uid = identity(doc, rules)
-    if (
-        isinstance(base, dict)
-        and isinstance(doc, dict)
-        and _same_form(base, doc)
-        and uid == base_uid
-    ):
-        return diff(base, doc, rules), base_uid, uid
-    return None, base_uid, uid
-
-
-def _decode_versions(
-    old: bytes | None, new: bytes | None, rules: KeyRules
-) -> tuple[Json | bytes | None, Json | bytes | None]:
-    """``decode`` of both, for reading only: two protobuf versions of an object share what
-    they have in common (decoded once, compared by identity)."""
-    if (
-        old is not None
-        and new is not None
-        and rules.merge == "fields"
-        and old.startswith(k8sproto.PREFIX)
-        and new.startswith(k8sproto.PREFIX)
-    ):
-        base, doc = k8sproto.decode_pair(old, new, rules.local_paths)
-        return (old if base is None else base), (new if doc is None else doc)
-    return (
-        None if old is None else decode(old, rules),
-        None if new is None else decode(new, rules),
-    )
-
-
-def _same_form(base: dict[str, Json], doc: dict[str, Json]) -> bool:
-    """Whether operations made on ``base`` mean the same on ``doc``: both JSON, or both
-    protobuf of one type (a value written in another form is written whole)."""
-    if isinstance(base, ProtoObject):
-        return (
-            isinstance(doc, ProtoObject)
-            and doc.get("apiVersion") == base.get("apiVersion")
-            and doc.get("kind") == base.get("kind")
-        )
-    return not isinstance(doc, ProtoObject)
-
-
-def _same_form_as_value(doc: dict[str, Json], value: bytes) -> bool:
-    """``_same_form`` of a stored object and an entry's value, reading only what it must."""
-    if isinstance(doc, ProtoObject):
-        return k8sproto.object_type(value) == (doc.get("apiVersion"), doc.get("kind"))
-    return not value.startswith(k8sproto.PREFIX)
-
-
-# Operations that, applied to the base they were made from, give exactly what the writer
-# wrote. Not so: a first write over a value already there, an addition to a set the rules
-# have frozen, a delta in floating point (either may be refused or rounded).
-_EXACT_OPS = (
-    SetField, SetFromValue, DeleteField, SetRemove, KeyedSet, KeyedDelete, Reorder, DropIfEmpty,
-    SinceEntry,  # over the value it names, the write itself (``step``)
-)
-
-
-def reproduces_write(ops: list[Op], rules: KeyRules | None = None) -> bool:
-    """Whether applying ``ops`` to the base they came from yields the written value itself
-    (no rule of the policy changed anything): then a write that sorts last keeps its bytes.
-    Not so either: replacing or deleting an object that may hold a protected field (the
-    fold keeps that field), which only ``rules`` tell."""
-    return all(
-        (isinstance(op, _EXACT_OPS) or (isinstance(op, AddDelta) and isinstance(op.delta, int)))
-        and not (
-            rules is not None
-            and isinstance(op, (SetField, SetFromValue, DeleteField))
-            and rules.protected_under(op.path)
-        )
-        for op in ops
-    )
-
-
-def diff(
-    base: dict[str, Json], new: dict[str, Json], rules: KeyRules, path: Path_ = ()
-) -> list[Op]:
-    """Field operations that turn ``base`` into ``new`` under the key's rules."""
-    ops: list[Op] = []
-    for name in list(new) + [k for k in base if k not in new]:
-        _diff_field(ops, (*path, name), base.get(name, _MISSING), new.get(name, _MISSING), rules)
-    return ops
-
-
-def _diff_field(ops: list[Op], here: Path_, before: Json, after: Json, rules: KeyRules) -> None:
-    """Append the operations that turn one field's ``before`` into its ``after``."""
-    if _unchanged(before, after):
-        return
-    rule = rules.rule(here)
-    policy = rule.policy if rule is not None else "lww"
-    if policy == "local":
-        return
-    if policy in ("first-write-wins", "identity"):
-        if after is not _MISSING:
-            ops.append(FirstWrite(here, after))
-    elif policy == "counter" and _is_number(before) and _is_number(after):
-        ops.append(AddDelta(here, after - before))
-    elif policy == "set" and _is_set(before) and _is_set(after):
-        ops.extend(_diff_list(here, before, after, None))
-    elif (
-        policy == "keyed-list"
-        and rule is not None
-        and rule.key is not None
-        and _keyed(before, rule.key) is not None
-        and _keyed(after, rule.key) is not None
-    ):
-        ops.extend(_diff_list(here, before, after, rule.key))
-    elif policy == "map" and _is_map(before) and _is_map(after):
-        ops.extend(_diff_map(here, before, after, rules))
-    elif policy == "lww" and isinstance(before, dict) and isinstance(after, dict):
-        ops.extend(diff(before, after, rules, here))
-    elif after is _MISSING:
-        ops.append(DeleteField(here))
-    elif isinstance(after, (dict, list)):
-        ops.append(SetFromValue(here))  # the entry's value holds it: not restated
-    else:
-        ops.append(SetField(here, after))
-
-
-def _is_map(value: Json) -> bool:
-    return value is _MISSING or isinstance(value, dict)
-
-
-def _diff_map(path: Path_, before: Json, after: Json, rules: KeyRules) -> list[Op]:
-    """Key-by-key operations of a map. A missing map is an empty one (Kubernetes omits empty
-    labels), so two writers who each add the first label both keep theirs."""
-    old: dict[str, Json] = {} if before is _MISSING else before
-    new: dict[str, Json] = {} if after is _MISSING else after
-    ops = diff(old, new, rules, path)
-    if before is _MISSING and not new:
-        ops.append(FirstWrite(path, {}))  # the writer wrote an empty map
-    elif after is _MISSING:
-        ops.append(DropIfEmpty(path))  # the writer dropped the map: drop it if empty
-    return ops
-
-
-def _unchanged(before: Json, after: Json) -> bool:
-    """``same``, fast: Python's == (in C) settles most cases, but it treats 1, 1.0 and true
-    alike, and a change between those must be replicated like any other (every node must
-    store the writer's value); equal containers are compared again as canonical JSON (in C)."""
-    if before is after:
-        return True  # e.g. a part two protobuf versions share (``_decode_versions``)
-    if type(before) is not type(after) or before != after:
-        return False
-    if isinstance(before, (dict, list)):
-        return json.dumps(before, sort_keys=True) == json.dumps(after, sort_keys=True)
-    return True
-
-
-def _diff_list(path: Path_, before: Json, after: Json, key: str | None) -> list[Op]:
-    """Element operations of a set (``key`` None) or keyed list. A missing list is an empty
-    one (Kubernetes omits empty lists), so the first element added and the last one removed
-    merge element by element like any other."""
-    old: list[Json] = [] if before is _MISSING else before
-    new: list[Json] = [] if after is _MISSING else after
-    ops: list[Op]
-    if key is None:
-        old_ids, new_ids = old, new
-        old_keys, new_keys = [_ident(k) for k in old_ids], [_ident(k) for k in new_ids]
-    else:
-        old_ids, new_ids = [e[key] for e in old], [e[key] for e in new]
-        # ``_ident`` of scalars (``_keyed`` checked the keys), inline: a list per write.
-        old_keys = [(type(k), k) for k in old_ids]
-        new_keys = [(type(k), k) for k in new_ids]
-    if key is not None and old_keys == new_keys:
-        # The same elements in the same order (a status update): only changed ones are set;
-        # nothing is deleted and the order stands.
-        ops = [KeyedSet(path, key, e) for o, e in zip(old, new, strict=True) if not same(o, e)]
-    else:
-        old_set, new_set = set(old_keys), set(new_keys)
-        if key is None:
-            ops = [
-                SetRemove(path, e) for e, k in zip(old, old_keys, strict=True) if k not in new_set
-            ]
-            ops += [
-                SetAdd(path, e) for e, k in zip(new, new_keys, strict=True) if k not in old_set
-            ]
-        else:
-            by_id = dict(zip(old_keys, old, strict=True))
-            ops = [
-                KeyedDelete(path, key, i)
-                for i, k in zip(old_ids, old_keys, strict=True)
-                if k not in new_set
-            ]
-            ops += [
-                KeyedSet(path, key, e)
-                for e, k in zip(new, new_keys, strict=True)
-                if not same(by_id.get(k, _MISSING), e)
-            ]
-        # Kept elements stay where they are and new ones are appended: say so when the
-        # writer's order is another, so an unconflicted write keeps its order.
-        kept = [k for k in old_keys if k in new_set]
-        added = [k for k in new_keys if k not in old_set]
-        if kept + added != new_keys:
-            ops.append(Reorder(path, key, new_ids))
-    if before is _MISSING and not new:
-        ops.append(FirstWrite(path, []))  # the writer wrote an empty list
-    elif after is _MISSING:
-        ops.append(DropIfEmpty(path))  # the writer dropped the list: drop it if empty
-    return ops
-
-
-# -- the fold ----------------------------------------------------------------------------------
 
 
 def step(state: KeyState, entry: Entry, rules: KeyRules, base: bytes | None = None) -> bool:
@@ -451,7 +141,7 @@ def step(state: KeyState, entry: Entry, rules: KeyRules, base: bytes | None = No
     if (
         entry.ops is None
         or not isinstance(state.doc, dict)
-        or not _same_form_as_value(state.doc, entry.value)
+        or not same_form_as_value(state.doc, entry.value)
     ):
         _take_written(state, decode(entry.value, rules), entry)
         return True
@@ -521,14 +211,14 @@ def resolve_from_value(entry: Entry, rules: KeyRules) -> list[Op] | None:
             continue
         parent = proto_changes.field_at(entry.value, op.path, rules)
         if parent is not None:
-            found = parent.get(op.path[-1], _MISSING)
+            found = parent.get(op.path[-1], MISSING)
         else:
             if written is None:
                 written = decode(entry.value, rules)
             if not isinstance(written, dict):
                 return None
-            found = _get(written, op.path)
-        out.append(DeleteField(op.path) if found is _MISSING else SetField(op.path, found))
+            found = get_at(written, op.path)
+        out.append(DeleteField(op.path) if found is MISSING else SetField(op.path, found))
     return out
 
 
@@ -599,7 +289,7 @@ def apply_ops(doc: dict[str, Json], ops: list[Op], rules: KeyRules) -> None:
         path
         for path, rule in rules.fields.items()
         if rule.no_additions_once is not None
-        and _get(doc, rule.no_additions_once) not in (_MISSING, None)
+        and get_at(doc, rule.no_additions_once) not in (MISSING, None)
     }
     for op in ops:
         path = op.path
@@ -607,15 +297,15 @@ def apply_ops(doc: dict[str, Json], ops: list[Op], rules: KeyRules) -> None:
             case SetField() | DeleteField() if rules.protected_under(path):
                 _replace_keeping(doc, op, rules.protected_under(path))
             case SetField(value=value):
-                _put(doc, path, copy_tree(value))
+                put_at(doc, path, copy_tree(value))
             case DeleteField():
-                _delete(doc, path)
+                delete_at(doc, path)
             case FirstWrite(value=value):
-                if _get(doc, path) is _MISSING:
-                    _put(doc, path, copy_tree(value))
+                if get_at(doc, path) is MISSING:
+                    put_at(doc, path, copy_tree(value))
             case AddDelta(delta=delta):
-                current = _get(doc, path)
-                _put(doc, path, (current if _is_number(current) else 0) + delta)
+                current = get_at(doc, path)
+                put_at(doc, path, (current if is_number(current) else 0) + delta)
             case SetAdd(element=element):
                 _apply_set(doc, path, False, element, path in frozen)
             case SetRemove(element=element):
@@ -627,8 +317,8 @@ def apply_ops(doc: dict[str, Json], ops: list[Op], rules: KeyRules) -> None:
             case Reorder(key=key, order=order):
                 _apply_order(doc, path, key, order)
             case DropIfEmpty():
-                if _get(doc, path) in ([], {}):
-                    _delete(doc, path)
+                if get_at(doc, path) in ([], {}):
+                    delete_at(doc, path)
 
 
 def _replace_keeping(
@@ -636,20 +326,20 @@ def _replace_keeping(
 ) -> None:
     """Replace (or delete) an object but not the protected fields it holds: first-write-wins
     and identity fields are never changed by a later write, whatever path it names."""
-    held = [(path, _get(doc, path)) for path in kept]
+    held = [(path, get_at(doc, path)) for path in kept]
     if isinstance(op, SetField):
-        _put(doc, op.path, copy_tree(op.value))
+        put_at(doc, op.path, copy_tree(op.value))
     else:
-        _delete(doc, op.path)
+        delete_at(doc, op.path)
     for path, value in held:
-        if value is not _MISSING:
-            _put(doc, path, value)
+        if value is not MISSING:
+            put_at(doc, path, value)
 
 
 def _apply_set(
     doc: dict[str, Json], path: Path_, remove: bool, element: Json, frozen: bool
 ) -> None:
-    current = _get(doc, path)
+    current = get_at(doc, path)
     items = list(current) if isinstance(current, list) else []
     if remove:
         if not isinstance(current, list):
@@ -658,130 +348,43 @@ def _apply_set(
     else:
         if frozen:
             return  # no additions once the rule's path is set
-        if not _contains(items, element):
+        if not contains(items, element):
             items.append(copy_tree(element))
-    _put(doc, path, items)
+    put_at(doc, path, items)
 
 
 def _apply_keyed(doc: dict[str, Json], path: Path_, remove: bool, key: str, arg: Json) -> None:
-    current = _get(doc, path)
+    current = get_at(doc, path)
     items = list(current) if isinstance(current, list) else []
     if remove:
         if not isinstance(current, list):
             return  # nothing to remove (and no empty list to create)
-        items = [e for e in items if not (isinstance(e, dict) and same(e.get(key, _MISSING), arg))]
+        items = [e for e in items if not (isinstance(e, dict) and same(e.get(key, MISSING), arg))]
     elif isinstance(arg, dict):
-        ident = arg.get(key, _MISSING)
+        ident = arg.get(key, MISSING)
         for i, e in enumerate(items):
-            if isinstance(e, dict) and same(e.get(key, _MISSING), ident):
+            if isinstance(e, dict) and same(e.get(key, MISSING), ident):
                 items[i] = copy_tree(arg)
                 break
         else:
             items.append(copy_tree(arg))
-    _put(doc, path, items)
+    put_at(doc, path, items)
 
 
 def _apply_order(doc: dict[str, Json], path: Path_, key: str | None, order: list[Json]) -> None:
     """Sort the list's elements (identified by themselves, or by their ``key`` field) as in
     ``order``; elements it does not name keep their relative order after those it does."""
-    current = _get(doc, path)
+    current = get_at(doc, path)
     if not isinstance(current, list):
         return
 
     def rank(element: Json) -> int:
         ident = element if key is None else (
-            element.get(key, _MISSING) if isinstance(element, dict) else _MISSING
+            element.get(key, MISSING) if isinstance(element, dict) else MISSING
         )
         for i, wanted in enumerate(order):
             if same(wanted, ident):
                 return i
         return len(order)
 
-    _put(doc, path, sorted(current, key=rank))
-
-
-# -- JSON helpers ----------------------------------------------------------------------------
-
-
-def same(a: Json, b: Json) -> bool:
-    """JSON equality that tells true from 1 and 1 from 1.0 (Python's == does not)."""
-    if a is b:
-        return True
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
-def _contains(items: list[Json], element: Json) -> bool:
-    return any(same(e, element) for e in items)
-
-
-def _ident(value: Json) -> tuple[Any, Any]:
-    """A hashable stand-in for a JSON value: equal exactly when ``same`` says so."""
-    if isinstance(value, (dict, list)):
-        return ("json", json.dumps(value, sort_keys=True))
-    return (type(value), value)
-
-
-def _is_set(value: Json) -> bool:
-    """Missing, or a list of distinct values."""
-    if value is _MISSING:
-        return True
-    if not isinstance(value, list):
-        return False
-    return len({_ident(e) for e in value}) == len(value)
-
-
-def _keyed(value: Json, key: str) -> list[Json] | None:
-    """``value`` if it is a list of objects with distinct, present, scalar ``key`` fields (a
-    missing list counts as an empty one)."""
-    if value is _MISSING:
-        return []
-    if not isinstance(value, list):
-        return None
-    seen: set[tuple[Any, Any]] = set()
-    for e in value:
-        if not isinstance(e, dict):
-            return None
-        ident = e.get(key, _MISSING)
-        if ident is _MISSING or isinstance(ident, (dict, list)):
-            return None
-        seen.add((type(ident), ident))  # ``_ident`` of a scalar, inline
-    return value if len(seen) == len(value) else None
-
-
-def _is_number(value: Json) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _get(doc: Json, path: Path_) -> Json:
-    node = doc
-    for name in path:
-        if not isinstance(node, dict) or name not in node:
-            return _MISSING
-        node = node[name]
-    return node
-
-
-def _put(doc: dict[str, Json], path: Path_, value: Json) -> None:
-    node = doc
-    for name in path[:-1]:
-        child = node.get(name)
-        if not isinstance(child, dict):
-            child = {}
-            node[name] = child
-        node = child
-    node[path[-1]] = value
-
-
-def _delete(doc: dict[str, Json], path: Path_) -> None:
-    node: Json = doc
-    for name in path[:-1]:
-        node = node.get(name)
-        if not isinstance(node, dict):
-            return
-    node.pop(path[-1], None)
+    put_at(doc, path, sorted(current, key=rank))

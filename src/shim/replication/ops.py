@@ -1,6 +1,6 @@
 """Field operations: what a write changed in an object, as the merge applies it.
 
-The origin turns a write into operations against the version its writer saw (``merge.diff``);
+The origin turns a write into operations against the version its writer saw (``write_ops.diff``);
 every replica applies them under the key's policy (``merge.apply_ops``). In memory each
 operation is a small frozen dataclass; on the wire and in ``repl_entry.ops`` it is a JSON list
 whose first element names it (``["set", ["spec", "replicas"], 3]``), the form protocol 1
@@ -127,7 +127,7 @@ class DropIfEmpty:
 class SinceEntry:
     """The write's operations by reference: whatever turns the value of its origin's entry
     ``seq`` (of the same key, which the writer wrote over and had stored as written) into the
-    write's value, as ``merge.describe_write`` gives them. Made by the replica that needs them
+    write's value, as ``write_ops.describe_write`` gives them. Made by the replica that needs them
     (one whose key holds something else); one that holds that value takes the write as it is.
     The only operation of its entry; it names no path."""
 

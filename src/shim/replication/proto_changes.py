@@ -8,7 +8,7 @@ versions field by field on their bytes instead: a field in the same bytes in bot
 unchanged and never decoded; a changed message the policy merges field by field
 (``lww``) is compared the same way one level down; any other changed field is decoded, both
 sides, and handed to the merge's differ. The result is exactly what diffing the two decoded
-objects gives (``merge.describe_write`` turns the changes into operations the same way).
+objects gives (``write_ops.describe_write`` turns the changes into operations the same way).
 
 Skipping a field in the same bytes is only right when those bytes decode: the old version
 must be one this process saw decode (``remember``), so its fields are known good; every
@@ -118,7 +118,7 @@ def compare(old: bytes, new: bytes, rules: KeyRules) -> Changes | None:
 
 
 def identity_of(value: bytes, rules: KeyRules) -> str | None:
-    """``merge.identity`` of the protobuf object ``value``, read from the envelope and the
+    """``values.identity`` of the protobuf object ``value``, read from the envelope and the
     fields on the way to the identity only (``DecodeError`` if they do not read)."""
     if rules.identity is None:
         return None
@@ -173,7 +173,7 @@ def _compare(
     rules: KeyRules, out: list[Change],
 ) -> None:
     """Append the changes of one message, its fields cut by ``k8sproto.split``, in the
-    order ``merge.diff`` visits the decoded fields: the new version's, then those only the
+    order ``write_ops.diff`` visits the decoded fields: the new version's, then those only the
     old one has."""
     for number in [*new, *(n for n in old if n not in new)]:
         before, after = old.get(number), new.get(number)
@@ -255,7 +255,7 @@ def _identity(
     fields: dict[int, bytes], msg: Message, path: Path_,
     split: Callable[[bytes, bool], dict[int, bytes]] = _split,
 ) -> str | None:
-    """``merge.identity`` of the object whose top-level fields are ``fields``."""
+    """``values.identity`` of the object whose top-level fields are ``fields``."""
     chunk, parent = _walk(fields, msg, path, split)
     if chunk is None:
         return None

@@ -23,24 +23,15 @@ from shim.replication import k8sproto
 from shim.replication.entry import AUTH, Entry
 from shim.replication.entry_signing import head_signature, sealed
 from shim.replication.ingest import apply_request
-from shim.replication.merge import (
-    KeyState,
-    decode,
-    describe_write,
-    fold,
-    identity,
-    may_be_object,
-    reproduces_write,
-    since_of,
-    step,
-    value_identity,
-)
+from shim.replication.merge import KeyState, fold, since_of, step
 from shim.replication.ops import Op, SinceEntry
 from shim.replication.ops import dumps as dumps_ops
 from shim.replication.policy import KeyRules, Policy
 from shim.replication.quarantine import quarantine
 from shim.replication.signing import NO_CHAIN, Signer
 from shim.replication.tables import ReplicationTables, tables
+from shim.replication.values import decode, identity, may_be_object, value_identity
+from shim.replication.write_ops import describe_write, reproduces_write
 
 log = logging.getLogger(__name__)
 
@@ -474,7 +465,7 @@ def _opaque_over_opaque(
     entry: Entry, old: KeyValue | None, rules: KeyRules
 ) -> Resolution | None:
     """The resolution of the newest entry of a key when it writes a whole value that cannot
-    be an object (``merge.may_be_object``) over one that cannot be either, or over nothing:
+    be an object (``values.may_be_object``) over one that cannot be either, or over nothing:
     what ``merge.step`` makes of it, without building the key's state (most entries of
     plain etcd keys, and of keys kept whole, such as Leases and Events). None when the fold
     has to decide."""
