@@ -13,6 +13,7 @@ from typing import Any
 import apsw
 import grpc
 
+from shim.pb import replication_pb2 as pb
 from tests.support import ShimServer
 from tests.support.lying_peer import LyingPeer, hlc_now
 from tests.support.replication import (
@@ -132,6 +133,23 @@ def test_a_batch_whose_cursor_no_table_holds_ends_the_link_with_a_clear_status(
         code, message = peer.wait_closed()
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "out of range (at most 2^63-1)" in message and "class" not in message
+    with LyingPeer(node.endpoint) as peer:  # the node goes on linking
+        peer.send(peer.entry(b"/k", b"v"))
+        wait_for(lambda: get(node.endpoint, b"/k"), lambda v: v == b"v", "an honest entry")
+    assert "Traceback" not in node.log_path.read_text(errors="replace")
+
+
+def test_a_vector_no_table_holds_ends_the_link_with_a_clear_status(
+    shim_factory: Factory,
+) -> None:
+    """A Have whose version vector names a position beyond 2^63-1 (no honest node has one)."""
+    node = shim_factory(extra_args=node_args("n1"))
+    with LyingPeer(node.endpoint) as peer:
+        peer.tell_holds(pb.OriginSeq(origin=peer.origin, seq=2**64 - 1))
+        code, message = peer.wait_closed()
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "a version vector: seq" in message and "out of range (at most 2^63-1)" in message
+    assert "class" not in message
     with LyingPeer(node.endpoint) as peer:  # the node goes on linking
         peer.send(peer.entry(b"/k", b"v"))
         wait_for(lambda: get(node.endpoint, b"/k"), lambda v: v == b"v", "an honest entry")

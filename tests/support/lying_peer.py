@@ -168,6 +168,10 @@ class LyingPeer:
             hlc=hlc_now(),
         )))
 
+    def tell_holds(self, *vector: pb.OriginSeq) -> None:
+        """A Have: what this peer says it holds."""
+        self._outbox.put(pb.LinkMessage(have=pb.Have(vector=list(vector))))
+
     # -- what the node answered ------------------------------------------------------------
 
     def wait_refused(self, seq: int, origin: str | None = None, timeout: float = 15.0) -> str:

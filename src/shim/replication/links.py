@@ -19,6 +19,7 @@ import functools
 import hmac
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -441,10 +442,7 @@ class Replicator:
     async def _heard(self, state: LinkState, have: pb.Have) -> None:
         """The peer told what it holds (its Have): send it nothing it has, settle the link
         if the peer is no longer linking, and compare our chains with its heads."""
-        try:
-            heads = from_wire(have.vector)
-        except OutOfRange as exc:
-            raise LinkRefused(str(exc)) from None
+        heads = _heads(have.vector)
         state.holds.learn({o: h[0] for o, h in heads.items()}, frozenset(have.direct))
         if not have.linking:
             self._settle(state)
@@ -595,10 +593,15 @@ def _entries_after(
 
 def _holds(hello: pb.Hello) -> dict[str, Any]:
     """What the peer says it holds in its Hello (LinkState's fields)."""
-    try:
-        heads = from_wire(hello.vector)
-    except OutOfRange as exc:
-        raise LinkRefused(str(exc)) from None
+    heads = _heads(hello.vector)
     holds = PeerHolds({origin: seq for origin, (seq, _) in heads.items()},
                       frozenset(hello.direct), settling=hello.linking)
     return {"holds": holds, "peer_heads": heads}
+
+
+def _heads(vector: Iterable[pb.OriginSeq]) -> Heads:
+    """A peer's vector as sent (in its Hello or a Have); a bad one ends the link."""
+    try:
+        return from_wire(vector)
+    except OutOfRange as exc:
+        raise LinkRefused(str(exc)) from None
