@@ -9,6 +9,7 @@ Lease IDs are given explicitly so that they agree too.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import shlex
 import socket
@@ -206,6 +207,51 @@ def test_health_version_and_metrics(pair: Pair) -> None:
     assert b"shim_revision " in metrics.body
 
 
+def test_health_fails_on_an_alarm_as_etcd(pair: Pair) -> None:
+    """A member that refuses writes is not healthy; ?exclude= names alarms to overlook."""
+    alarm = json.dumps({"action": "ACTIVATE", "memberID": "1", "alarm": "NOSPACE"})
+    pair.same("/v3/maintenance/alarm", alarm)
+    try:
+        answer = pair.same("/health", None, "GET")
+        assert answer.status == 503
+        assert answer.body == b'{"health":"false","reason":"ALARM NOSPACE"}\n'
+        assert pair.same("/health?exclude=NOSPACE", None, "GET").status == 200
+        assert pair.same("/health?exclude=CORRUPT&serializable=true", None, "GET").status == 503
+    finally:
+        pair.same("/v3/maintenance/alarm", alarm.replace("ACTIVATE", "DEACTIVATE"))
+    assert pair.same("/health", None, "GET").status == 200
+
+
+def test_livez_and_readyz_as_etcd_3_5_21(pair: Pair) -> None:
+    """etcd serves these since 3.5.11 (the etcd under test is older): its formats, by hand."""
+    get = functools.partial(curl, body=None, method="GET")
+    live = get(pair.shim + "/livez")
+    assert (live.status, live.body) == (200, b"ok\n")
+    assert live.headers["content-type"] == "text/plain; charset=utf-8"
+    assert get(pair.shim + "/livez?verbose").body == b"[+]serializable_read ok\nok\n"
+    assert get(pair.shim + "/readyz?verbose&exclude=non_learner").body == (
+        b"[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\nok\n")
+    assert get(pair.shim + "/readyz/linearizable_read").body == b"ok\n"
+    assert get(pair.shim + "/readyz/nope").status == 404
+    assert curl(pair.shim + "/readyz", None, "POST").status == 405
+    corrupt = json.dumps({"action": "ACTIVATE", "memberID": "1", "alarm": "CORRUPT"})
+    assert curl(pair.shim + "/v3/maintenance/alarm", corrupt).status == 200
+    try:
+        ready = get(pair.shim + "/readyz")
+        assert ready.status == 503
+        assert ready.body == (b"[-]data_corruption failed: alarm activated: CORRUPT\n"
+                              b"[+]serializable_read ok\n[+]linearizable_read ok\n"
+                              b"[+]non_learner ok\n\n")
+        assert get(pair.shim + "/readyz?exclude=data_corruption").status == 200
+        assert get(pair.shim + "/readyz/data_corruption").status == 503
+        assert get(pair.shim + "/livez").status == 200  # alive, if not ready
+        assert get(pair.shim + "/health").body == (
+            b'{"health":"false","reason":"ALARM CORRUPT"}\n')
+    finally:
+        curl(pair.shim + "/v3/maintenance/alarm", corrupt.replace("ACTIVATE", "DEACTIVATE"))
+    assert get(pair.shim + "/readyz").status == 200
+
+
 def test_member_list_has_etcds_fields(pair: Pair, gateway_shim: ShimServer) -> None:
     """The URLs differ (each server has its own); every field etcd fills, shim fills."""
     on_etcd, on_shim = pair.both("/v3/cluster/member/list", "{}")
@@ -284,6 +330,9 @@ def test_auth_over_the_gateway_matches_etcd(
         assert forged[1].status == forged[0].status
         assert normalized(forged[1].body) == normalized(forged[0].body)
         assert json.loads(forged[1].body)["message"] == "etcdserver: invalid auth token"
+        # A stream refused before its first reply: the error object alone, no newline after.
+        snapshot = pair.same("/v3/maintenance/snapshot", "{}")
+        assert snapshot.body.startswith(b'{"error":{') and snapshot.body.endswith(b"}}")
 
 
 # --- streams ----------------------------------------------------------------------------------
@@ -342,7 +391,11 @@ def test_keepalive_stream_matches_etcd(pair: Pair) -> None:
         etcd_lines = on_etcd.rest()
         assert len(etcd_lines) == 3
         assert [normalized(x) for x in on_shim.rest()] == [normalized(x) for x in etcd_lines]
-    pair.same("/v3/lease/keepalive", "")  # no request: the stream ends at once, empty
+    # No request: the stream ends at once, empty, and without the gRPC reply's metadata.
+    on_etcd, on_shim = pair.both("/v3/lease/keepalive", "")
+    assert on_shim.status == on_etcd.status == 200 and on_shim.body == on_etcd.body == b""
+    for header in ("transfer-encoding", "grpc-metadata-content-type", "content-type"):
+        assert on_shim.headers.get(header) == on_etcd.headers.get(header), header
     pair.same("/v3/lease/keepalive", "x")
     pair.same("/v3/lease/revoke", json.dumps({"ID": "99"}))
 
@@ -439,6 +492,8 @@ def test_readme_gateway_commands(tmp_path: Path) -> None:
                     assert json.loads(stream.next_line())["result"]["created"] is True
                 continue
             done = subprocess.run(argv, capture_output=True, timeout=30, check=True)
-            if "/metrics" not in command:
+            if "/readyz" in command:
+                assert done.stdout.endswith(b"\nok\n"), done.stdout
+            elif "/metrics" not in command:
                 answer = json.loads(done.stdout)
                 assert "error" not in answer, (command, answer)

@@ -167,13 +167,17 @@ class EchoKV(rpc_pb2_grpc.KVServicer):
 
 def test_the_authorization_header_is_the_auth_token() -> None:
     from shim.gateway.gateway import Gateway
+    from shim.gateway.health import HealthProbe
 
     methods = rpc.service_methods({"etcdserverpb.KV": EchoKV()}, 1 << 20)
 
-    async def healthy() -> str | None:
+    async def no_alarms() -> list[int]:
+        return []
+
+    async def reads() -> str | None:
         return None
 
-    gateway = Gateway(methods, 1 << 20, healthy, "3.5.21", lambda: None)
+    gateway = Gateway(methods, 1 << 20, HealthProbe(no_alarms, reads), "3.5.21", lambda: None)
 
     async def client(port: int) -> None:
         body = b'{"key": "YQ=="}'

@@ -37,6 +37,7 @@ from shim.config import (
     parse_http_urls,
 )
 from shim.gateway.gateway import Gateway
+from shim.gateway.health import HealthProbe
 from shim.gateway.serve import GatewayServer
 from shim.mvcc.errors import StoreError
 from shim.mvcc.owned import OwnedStore
@@ -311,7 +312,7 @@ class ShimServer:
         gateway = GatewayServer(Gateway(
             self.methods,
             max_message_bytes=self.config.max_request_bytes + GRPC_OVERHEAD_BYTES,
-            health=self._health_problem,
+            health=HealthProbe(alarms=self._alarm_types, read=self._read_problem),
             version=ETCD_VERSION,
             # One process's numbers would pass for the server's with --processes N.
             metrics=metrics.exposition if self._owned is not None else lambda: None,
@@ -323,14 +324,20 @@ class ShimServer:
             raise
         self.gateway = gateway
 
-    async def _health_problem(self) -> str | None:
-        """Why /health says false (None: healthy): as etcd, a read must go through."""
+    async def _alarm_types(self) -> list[int]:
+        try:
+            return [alarm for _, alarm in await self.store.alarms()]
+        except StoreError:
+            return []  # the read check that follows reports the store's failure
+
+    async def _read_problem(self) -> str | None:
+        """Why a read fails (None: it went through): /health and /readyz check one, as etcd."""
         if self._stopping:
             return "shim: stopping"
         try:
             await self.store.range(rpc_pb2.RangeRequest(key=b"\0", keys_only=True, limit=1))
         except StoreError as exc:
-            return f"RANGE ERROR:{from_store_error(exc).message}"
+            return from_store_error(exc).message
         return None
 
     async def _close_store(self) -> None:

@@ -13,7 +13,7 @@ line, in HTTP chunks, until the stream ends.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -22,6 +22,7 @@ from grpc import StatusCode as Code
 
 from shim.api.rpc import Method, too_large
 from shim.gateway.gojson import JsonSyntaxError, decode_first, go_string
+from shim.gateway.health import HealthProbe, check_paths, health, run_checks
 from shim.gateway.http import REASONS, BodyTimeout, BodyTooLarge, Headers, Request, Response
 from shim.gateway.jsonpb import JsonpbError, from_json, to_json
 from shim.gateway.routes import ROUTES
@@ -53,6 +54,8 @@ HTTP_STATUS: dict[Code, int] = {
 # How much JSON a request may take: base64 makes bytes a third longer, and JSON adds names
 # and punctuation; the decoded message then meets the gRPC limit like any other.
 BODY_BYTES_PER_MESSAGE_BYTE = 4
+# /livez, /readyz and their checks' own paths.
+CHECK_PATHS = check_paths()
 
 
 class GatewayError(Exception):
@@ -139,7 +142,8 @@ def stream_error_chunk(code: Code, message: str) -> bytes:
     fields = [f'"grpc_code":{code.value[0]}' if code.value[0] else "", f'"http_code":{status}',
               f'"message":{go_string(message)}' if message else "",
               f'"http_status":{go_string(REASONS.get(status, ""))}']
-    return ('{"error":{' + ",".join(f for f in fields if f) + "}}\n").encode()
+    # grpc-gateway writes no delimiter after the error that ends a stream.
+    return ('{"error":{' + ",".join(f for f in fields if f) + "}}").encode()
 
 
 class Gateway:
@@ -149,7 +153,7 @@ class Gateway:
         self,
         methods: Mapping[str, Method],
         max_message_bytes: int,
-        health: Callable[[], Awaitable[str | None]],
+        health: HealthProbe,
         version: str,
         metrics: Callable[[], tuple[bytes, str] | None],
     ) -> None:
@@ -168,8 +172,8 @@ class Gateway:
             path = "/v3/" + path[len("/v3beta/"):]
         if path.startswith("/v3/"):
             await self._gateway(path, request, response)
-        elif path == "/health":
-            await self._serve_health(request, response)
+        elif path == "/health" or path in CHECK_PATHS:
+            await self._serve_health(path, request, response)
         elif path == "/version":
             await self._serve_version(request, response)
         elif path == "/metrics":
@@ -294,26 +298,27 @@ class Gateway:
             await response.write(stream_error_chunk(error.code, error.message))
         finally:
             await replies.aclose()  # type: ignore[attr-defined]  # the servicer's clean-up
-        if not response.started:
-            await response.send(200, JSON_OK, b"")
-            return
+        if not response.started:  # no reply: grpc-gateway's empty stream, without metadata
+            await response.start(200, JSON)
         await response.end()
 
     # -- /health, /version, /metrics ------------------------------------------------------------
 
-    async def _serve_health(self, request: Request, response: Response) -> None:
+    async def _serve_health(self, path: str, request: Request, response: Response) -> None:
         if request.method != "GET":
             await response.send(405, [*TEXT[:3], ("Allow", "GET"), *TEXT[3:]],
                                 b"Method Not Allowed\n")
             return
-        reason = await self._health()
-        body = f'{{"health":"{"false" if reason else "true"}","reason":{go_string(reason or "")}}}'
-        if reason:
-            log.warning("/health: %s", reason)
-            await response.send(503, TEXT, body.encode() + b"\n")
+        if path == "/health":
+            answer = await health(self._health, request.query)
+            headers = [*CORS, ("Content-Type", "text/plain; charset=utf-8")]
         else:
-            await response.send(200, [*CORS, ("Content-Type", "text/plain; charset=utf-8")],
-                                body.encode())
+            answer = await run_checks(self._health, path, CHECK_PATHS[path][1], request.query)
+            headers = TEXT
+        if answer.status != 200:
+            log.warning("%s: %s", path, answer.body.decode(errors="replace").strip())
+            headers = TEXT
+        await response.send(answer.status, headers, answer.body)
 
     async def _serve_version(self, request: Request, response: Response) -> None:
         if request.method != "GET":
