@@ -182,16 +182,7 @@ def test_a_shim_snapshot_restores_into_etcd(
     snapshot = tmp_path / "backup.db"
     etcdctl(source.endpoint, "snapshot", "save", str(snapshot))
 
-    client_port, peer_port = free_ports(2)
-    etcd = EtcdServer(tmp_path / "etcd", client_port=client_port, peer_port=peer_port)
-    peer = f"http://127.0.0.1:{peer_port}"
-    restored = subprocess.run(
-        [find_etcd_binary("etcdutl"), "snapshot", "restore", str(snapshot),
-         f"--data-dir={etcd.data_dir}", f"--name={etcd.member}",
-         f"--initial-cluster={etcd.member}={peer}", f"--initial-advertise-peer-urls={peer}"],
-        capture_output=True, text=True, timeout=60, cwd=OUTSIDE_CHECKOUT,
-    )
-    assert restored.returncode == 0, restored.stderr
+    etcd = etcd_restored_from(snapshot, tmp_path / "etcd")
     with etcd.spawn().wait_ready(), Client(etcd.endpoint) as client:
         served = client.kv.Range(pb.RangeRequest(key=b"\0", range_end=b"\0"))
         assert served.kvs == expected.kvs and served.header.revision == expected.header.revision
@@ -203,13 +194,80 @@ def test_a_shim_snapshot_restores_into_etcd(
         assert compacted.value.details() == "etcdserver: mvcc: required revision has been compacted"
 
 
+def etcd_restored_from(snapshot: Path, data: Path) -> EtcdServer:
+    """A real etcd (not started) whose data directory `etcdutl snapshot restore` made."""
+    client_port, peer_port = free_ports(2)
+    etcd = EtcdServer(data, client_port=client_port, peer_port=peer_port)
+    peer = f"http://127.0.0.1:{peer_port}"
+    restored = subprocess.run(
+        [find_etcd_binary("etcdutl"), "snapshot", "restore", str(snapshot),
+         f"--data-dir={etcd.data_dir}", f"--name={etcd.member}",
+         f"--initial-cluster={etcd.member}={peer}", f"--initial-advertise-peer-urls={peer}"],
+        capture_output=True, text=True, timeout=60, cwd=OUTSIDE_CHECKOUT,
+    )
+    assert restored.returncode == 0, restored.stderr
+    return etcd
+
+
+AUTH_SETUP = [
+    ("user", "add", "root", "--new-user-password=rootpw"),
+    ("user", "grant-role", "root", "root"),
+    ("user", "add", "alice", "--new-user-password=alicepw"),
+    ("role", "add", "reader"),
+    ("role", "grant-permission", "reader", "read", "/p/", "--prefix"),
+    ("role", "grant-permission", "reader", "readwrite", "/w"),
+    ("user", "grant-role", "alice", "reader"),
+    ("user", "add", "carol", "--no-password"),
+    ("put", "/p/x", "1"),
+    ("auth", "enable"),
+]
+
+
+def auth_as_seen(endpoint: str) -> list[str]:
+    """What etcdctl shows of the auth store and its rules, by root and by alice."""
+    def ctl(*args: str) -> str:
+        done = etcdctl(endpoint, *args, check=False)
+        # The client's retry warnings name times and addresses: the error line is the answer.
+        errors = [line for line in str(done.stderr).splitlines() if not line.startswith("{")]
+        return f"{done.returncode} {done.stdout}{errors}"
+    root, alice = "--user=root:rootpw", "--user=alice:alicepw"
+    return [
+        ctl(root, "auth", "status"), ctl(root, "user", "list"), ctl(root, "role", "list"),
+        ctl(root, "user", "get", "alice"), ctl(root, "user", "get", "carol"),
+        ctl(root, "role", "get", "reader"), ctl(alice, "get", "/p/x", "--print-value-only"),
+        ctl(alice, "put", "/p/x", "2"), ctl(alice, "put", "/w", "3"),
+        ctl("get", "/p/x"), ctl("--user=alice:wrong", "get", "/p/x"),
+    ]
+
+
+def test_auth_crosses_to_etcd_in_a_snapshot(
+    shim_factory: Callable[..., ShimServer], etcd_factory: Callable[..., EtcdServer],
+    tmp_path: Path,
+) -> None:
+    """etcd restores a shim snapshot with its auth store: auth on, the same users (their
+    passwords too: shim makes etcd's bcrypt hashes), roles and rules, as etcd itself shows
+    them after the same commands."""
+    shim, reference = shim_factory(), etcd_factory()
+    for server in (shim, reference):
+        for command in AUTH_SETUP:
+            etcdctl(server.endpoint, *command)
+    expected = auth_as_seen(reference.endpoint)
+    assert expected[0].startswith("0 Authentication Status: true")
+    assert "permission denied" in expected[7] and expected[8].startswith("0 OK")
+    assert auth_as_seen(shim.endpoint) == expected
+    snapshot = tmp_path / "with-auth.db"
+    etcdctl(shim.endpoint, "--user=root:rootpw", "snapshot", "save", str(snapshot))
+    etcd = etcd_restored_from(snapshot, tmp_path / "etcd")
+    with etcd.spawn().wait_ready():
+        assert auth_as_seen(etcd.endpoint) == expected
+
+
 def test_an_etcd_snapshot_restores_into_shim(
     etcd_factory: Callable[..., EtcdServer], shim_factory: Callable[..., ShimServer],
     tmp_path: Path,
 ) -> None:
     """The way onto shim: `shim snapshot restore` of a snapshot a real etcd made gives a node
-    with the same keys, leases and history (the same HashKV, compaction included); with auth
-    enabled in etcd it refuses (users cannot come across) and writes nothing."""
+    with the same keys, leases and history (the same HashKV, compaction included)."""
     etcd = etcd_factory()
     lease, expected, expected_hash = moving_history(etcd.endpoint)
     snapshot = tmp_path / "etcd.db"
@@ -236,17 +294,29 @@ def test_an_etcd_snapshot_restores_into_shim(
         assert compacted.value.details() == "etcdserver: mvcc: required revision has been compacted"
     assert hashkv_of(node.endpoint) == expected_hash
 
-    etcdctl(etcd.endpoint, "user", "add", "root", "--new-user-password=pw")
-    etcdctl(etcd.endpoint, "user", "grant-role", "root", "root")
-    etcdctl(etcd.endpoint, "auth", "enable")
-    with_auth = tmp_path / "auth.db"
-    etcdctl(etcd.endpoint, "--user=root:pw", "snapshot", "save", str(with_auth))
-    refused_target = tmp_path / "refused" / "state.db"
-    refused = shim_cli("snapshot", "restore", str(with_auth), "--datastore-endpoint",
-                       sqlite_endpoint(refused_target))
-    assert refused.returncode == 2 and "auth enabled" in refused.stderr
-    assert refused.stderr.count("\n") == 1
-    assert not refused_target.exists() and not list(refused_target.parent.iterdir())
+
+
+def test_auth_crosses_from_etcd_in_a_snapshot(
+    etcd_factory: Callable[..., EtcdServer], shim_factory: Callable[..., ShimServer],
+    tmp_path: Path,
+) -> None:
+    """`shim snapshot restore` of an etcd snapshot with auth enabled brings its auth store:
+    the users log in with their etcd passwords (etcd's bcrypt hashes), and every rule and
+    answer is etcd's."""
+    etcd = etcd_factory()
+    for command in AUTH_SETUP:
+        etcdctl(etcd.endpoint, *command)
+    expected = auth_as_seen(etcd.endpoint)
+    snapshot = tmp_path / "etcd-auth.db"
+    etcdctl(etcd.endpoint, "--user=root:rootpw", "snapshot", "save", str(snapshot))
+    status = shim_cli("snapshot", "status", str(snapshot), "--json")
+    assert status.returncode == 0, status.stderr
+    target = tmp_path / "shim" / "state.db"
+    restored = shim_cli("snapshot", "restore", str(snapshot), "--datastore-endpoint",
+                        sqlite_endpoint(target))
+    assert restored.returncode == 0, restored.stderr
+    node = shim_factory(datastore_endpoint=sqlite_endpoint(target))
+    assert auth_as_seen(node.endpoint) == expected
 
 
 def test_snapshot_bad_input(shim: ShimServer, tmp_path: Path) -> None:

@@ -352,15 +352,17 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_snapshot(args: argparse.Namespace) -> int:
+    from shim.auth.etcd_layout import write_shim_auth
     from shim.backend import sqlite_inspect as inspect
     from shim.backend import sqlite_snapshot as snapshot
 
     try:
         if args.snapshot_command == "status":
-            info = snapshot.status(args.file, args.skip_hash_check)
+            info = snapshot.status(args.file, args.skip_hash_check, write_shim_auth)
         else:
             info = snapshot.restore(
-                args.file, args.datastore_endpoint, args.keep_identity, args.skip_hash_check
+                args.file, args.datastore_endpoint, args.keep_identity, args.skip_hash_check,
+                write_shim_auth,
             )
     except (snapshot.SnapshotError, ConfigError) as exc:
         print(f"shim: {exc}", file=sys.stderr)

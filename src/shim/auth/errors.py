@@ -116,8 +116,14 @@ class AuthOldRevision(AuthError):
     raw = "auth: revision in header is old"
 
 
+class PasswordTooLong(AuthError):
+    # bcrypt's limit; etcd sends Go's bcrypt error untranslated.
+    code, message = "UNKNOWN", "bcrypt: password length exceeds 72 bytes"
+    raw = message
+
+
 class HashedPasswordUnsupported(AuthError):
-    # etcd stores a client's own bcrypt hash as given; shim keeps scrypt hashes only.
+    # etcd stores a client's own bcrypt hash (base64) as given; shim hashes what it is sent.
     code = "UNIMPLEMENTED"
     message = raw = (
         "shim: a password hashed by the client (hashedPassword) is not supported; "

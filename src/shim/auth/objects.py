@@ -51,7 +51,7 @@ class UserObject:
     name: str
     created: Stamp
     deleted: Stamp | None
-    password: str  # scrypt hash; "" without one
+    password: str  # bcrypt hash (scrypt, when made before bcrypt); "" without one
     no_password: bool
     epoch: str  # tokens name it: new with each creation and password change
     password_set: Stamp

@@ -1,13 +1,16 @@
-"""Salted, slow password hashes: scrypt from the standard library.
+"""Salted, slow password hashes: bcrypt at etcd's cost, so hashes cross with snapshots.
 
-etcd stores bcrypt hashes (cost 10). shim uses scrypt instead: it is in Python's standard
-library (no new dependency), it is memory-hard as well as slow, and at N=2^15, r=8, p=1 it
-takes about as long as bcrypt at etcd's cost (~90 ms on the 2-core test machine) with 32 MiB.
-The parameters travel inside every stored hash, so they can be raised later without breaking
-old ones.
+etcd stores bcrypt hashes (``$2a$``, cost 10, its default ``--bcrypt-cost``); shim makes the
+same kind, with the ``bcrypt`` package (a vetted C implementation), so a user's hash means the
+same thing in both: a shim snapshot restored by `etcdutl` keeps its users able to log in, and
+an etcd snapshot's users come into shim. Hashes made by shim before it used bcrypt (salted
+scrypt, ``scrypt$N$r$p$salt$hash``) are still checked; a password change replaces them.
 
-Hashing runs in a worker thread (hashlib releases the GIL), a few at a time: each takes
-32 MiB, and a burst of logins must neither stall the event loop nor exhaust memory.
+As in etcd 3.5.21, a password longer than bcrypt's 72 bytes is refused when it is set, and
+only its first 72 bytes count when it is checked against a stored hash.
+
+Hashing runs in a worker thread (both libraries release the GIL), a few at a time, so a burst
+of logins neither stalls the event loop nor takes every core.
 """
 
 from __future__ import annotations
@@ -18,42 +21,51 @@ import hashlib
 import hmac
 import os
 
-SCHEME = "scrypt"
-N, R, P = 2**15, 8, 1
-SALT_BYTES = 16
-KEY_BYTES = 32
+import bcrypt
+
+BCRYPT_COST = 10  # etcd's default --bcrypt-cost
+BCRYPT_MAX_BYTES = 72
+SCRYPT = "scrypt"  # the scheme of the hashes shim made before bcrypt
 _MAX_MEMORY = 64 * 1024 * 1024
-# Hashes computed at once (the machine's cores; each also holds 32 MiB while it runs).
+# Hashes computed at once (the machine's cores).
 _CONCURRENT = max(1, min(4, os.cpu_count() or 1))
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _derive(password: str, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
-    return hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=length, maxmem=_MAX_MEMORY
-    )
+class PasswordTooLong(ValueError):
+    """bcrypt takes at most 72 bytes of password."""
 
 
 def hash_password_sync(password: str) -> str:
-    """``scrypt$N$r$p$salt$hash`` (salt and hash in base64) for ``password``."""
-    salt = os.urandom(SALT_BYTES)
-    digest = _derive(password, salt, N, R, P, KEY_BYTES)
-    return f"{SCHEME}${N}${R}${P}${_b64(salt)}${_b64(digest)}"
+    """A ``$2a$10$...`` bcrypt hash of ``password``, as etcd makes."""
+    data = password.encode("utf-8")
+    if len(data) > BCRYPT_MAX_BYTES:
+        raise PasswordTooLong()
+    salt = bcrypt.gensalt(rounds=BCRYPT_COST, prefix=b"2a")
+    return bcrypt.hashpw(data, salt).decode("ascii")
 
 
 def verify_password_sync(password: str, stored: str) -> bool:
     """Whether ``password`` matches ``stored``. An empty or unreadable hash matches nothing
     (etcd keeps an empty hash for a password changed to nothing: nobody can log in)."""
+    if stored.startswith("$2"):
+        try:
+            return bcrypt.checkpw(password.encode("utf-8")[:BCRYPT_MAX_BYTES],
+                                  stored.encode("ascii"))
+        except ValueError:
+            return False
+    return _verify_scrypt(password, stored)
+
+
+def _verify_scrypt(password: str, stored: str) -> bool:
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
-        if scheme != SCHEME:
+        if scheme != SCRYPT:
             return False
         expected = base64.b64decode(digest, validate=True)
-        actual = _derive(password, base64.b64decode(salt, validate=True), int(n), int(r),
-                         int(p), len(expected))
+        actual = hashlib.scrypt(
+            password.encode("utf-8"), salt=base64.b64decode(salt, validate=True), n=int(n),
+            r=int(r), p=int(p), dklen=len(expected), maxmem=_MAX_MEMORY,
+        )
     except (ValueError, MemoryError):
         return False
     return hmac.compare_digest(actual, expected)

@@ -6,18 +6,21 @@ revision, "_", 8-byte position inside the revision, "t" for a tombstone) as an e
 ``mvccpb.KeyValue``; ``lease`` holds the leases (``leasepb.Lease``), ``meta`` the compacted
 revision. Each version becomes a log row with the same revision, create revision, version and
 lease, in the same order, so the restored node answers with the same history (the same
-HashKV). Auth does not come across (etcd's bcrypt hashes are not shim's): a snapshot with
-auth enabled is refused rather than restored open.
+HashKV). The auth buckets become shim's users and roles (etcd's bcrypt hashes are shim's
+kind) through the ``auth`` writer the caller hands in (``shim.auth.etcd_layout``); without
+one, a snapshot with auth enabled is refused rather than restored open.
 """
 
 from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
+from shim.backend.auth_tables import AuthTables
 from shim.backend.base import BackendOpenError, NewVersion
 from shim.backend.bolt import BoltReader
 from shim.backend.sqlite import SqliteBackend
@@ -28,15 +31,21 @@ from shim.pb.lease_pb2 import Lease
 _MAIN = struct.Struct(">q")
 _ROWS_PER_APPEND = 1000
 
+# Writes a snapshot's auth buckets (found by name) into a new database's auth tables, as
+# writes made at the (hybrid-clock time, node id) given; ValueError: buckets it cannot use.
+AuthImport = Callable[
+    [Callable[[bytes], Iterable[tuple[bytes, bytes]]], AuthTables, tuple[int, str]], None
+]
+
 
 class ImportRefused(Exception):
     """An etcd snapshot shim does not restore (one line)."""
 
 
-def import_etcd(reader: BoltReader, target: Path) -> None:
+def import_etcd(reader: BoltReader, target: Path, auth_import: AuthImport | None = None) -> None:
     """Write a new shim database at ``target`` holding what the etcd snapshot holds."""
     auth = dict(reader.bucket(b"auth"))
-    if auth.get(b"authEnabled", b"\x00") != b"\x00":
+    if auth_import is None and auth.get(b"authEnabled", b"\x00") != b"\x00":
         raise ImportRefused(
             "the etcd snapshot has auth enabled; its users and roles cannot come across "
             "(etcd's password hashes are not shim's): disable auth in etcd, take a new "
@@ -79,6 +88,11 @@ def import_etcd(reader: BoltReader, target: Path) -> None:
                 txn.set_revision(revision)
             if compacted >= 0:
                 txn.set_compact_revision(compacted)
+            if auth_import is not None:
+                try:
+                    auth_import(reader.bucket, txn.auth, (clock.now(), backend.node_id))
+                except ValueError as exc:
+                    raise ImportRefused(str(exc)) from None
     finally:
         backend.close()
         target.with_name(target.name + ".lock").unlink(missing_ok=True)

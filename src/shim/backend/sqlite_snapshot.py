@@ -33,7 +33,7 @@ from typing import BinaryIO
 import apsw
 
 from shim.backend.bolt import SHIM_BUCKET, BoltError, BoltReader, is_bolt
-from shim.backend.etcd_import import ImportRefused, import_etcd
+from shim.backend.etcd_import import AuthImport, ImportRefused, import_etcd
 from shim.backend.sqlite_rows import one
 from shim.config import ConfigError, PostgresEndpoint, parse_datastore_endpoint
 
@@ -94,7 +94,9 @@ def _database_bytes(path: Path, skip_hash_check: bool) -> int:
     return body
 
 
-def _copy_database(source: Path, target: Path, length: int) -> bool:
+def _copy_database(
+    source: Path, target: Path, length: int, auth_import: AuthImport | None
+) -> bool:
     """The database the snapshot's first ``length`` bytes hold, into ``target`` (new): shim's
     own, or one rebuilt from an etcd snapshot (then True)."""
     with open(source, "rb") as src:
@@ -112,7 +114,7 @@ def _copy_database(source: Path, target: Path, length: int) -> bool:
             if SHIM_BUCKET in reader.buckets():
                 _write_file(target, (piece for _, piece in reader.bucket(SHIM_BUCKET)))
                 return False
-            import_etcd(reader, target)
+            import_etcd(reader, target, auth_import)
             return True
         except (BoltError, ImportRefused) as exc:
             raise SnapshotError(f"{source}: {exc}") from None
@@ -154,12 +156,15 @@ def _inspect(conn: apsw.Connection, path: Path) -> tuple[int, int, int, str]:
     return revision, compacted, keys, str(meta["node_id"])
 
 
-def status(path: Path, skip_hash_check: bool = False) -> SnapshotInfo:
-    """What a snapshot holds; the file itself is not changed."""
+def status(
+    path: Path, skip_hash_check: bool = False, auth_import: AuthImport | None = None
+) -> SnapshotInfo:
+    """What a snapshot holds; the file itself is not changed. ``auth_import`` reads an etcd
+    snapshot's users and roles (``shim.backend.etcd_import``)."""
     body = _database_bytes(path, skip_hash_check)
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f".shim-snapshot-status-{uuid.uuid4().hex}"
     try:
-        from_etcd = _copy_database(path, scratch, body)
+        from_etcd = _copy_database(path, scratch, body, auth_import)
         conn = apsw.Connection(str(scratch), flags=apsw.SQLITE_OPEN_READONLY)
         try:
             revision, compacted, keys, node_id = _inspect(conn, path)
@@ -178,9 +183,11 @@ def status(path: Path, skip_hash_check: bool = False) -> SnapshotInfo:
 
 
 def restore(
-    path: Path, endpoint: str, keep_identity: bool = False, skip_hash_check: bool = False
+    path: Path, endpoint: str, keep_identity: bool = False, skip_hash_check: bool = False,
+    auth_import: AuthImport | None = None,
 ) -> SnapshotInfo:
-    """Make the database ``endpoint`` names (a new SQLite file) from the snapshot ``path``."""
+    """Make the database ``endpoint`` names (a new SQLite file) from the snapshot ``path``
+    (``auth_import``: as for ``status``)."""
     target = parse_datastore_endpoint(endpoint)
     if isinstance(target, PostgresEndpoint):
         raise ConfigError(
@@ -201,7 +208,7 @@ def restore(
         raise SnapshotError(f"cannot create {database.parent}: {exc.strerror}") from None
     partial = database.with_name(f".{database.name}.restore-{uuid.uuid4().hex[:8]}")
     try:
-        if _copy_database(path, partial, body) and keep_identity:
+        if _copy_database(path, partial, body, auth_import) and keep_identity:
             raise SnapshotError(f"{path} is etcd's: there is no shim node identity to keep")
         conn = apsw.Connection(str(partial))
         try:

@@ -6,8 +6,8 @@ stores it (the items HashKV hashes), ``lease`` the leases (``leasepb.Lease``), `
 revision as etcd's consistent index and the compacted revision; `etcdctl snapshot status`
 reports shim's revision and keys. Bucket ``shim`` holds the copy of the node's database the
 file was made from, in pieces: what ``shim snapshot restore`` brings back, replication state
-and all. Auth users and roles are not laid out for etcd (shim's password hashes are not
-etcd's); they travel in the ``shim`` bucket.
+and all. ``auth``, ``authRoles`` and ``authUsers`` hold the auth store as etcd lays it out
+(``shim.auth.etcd_layout``), so etcd restores users, roles and whether auth is on.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from shim.auth.cache import state_from_rows
+from shim.auth.etcd_layout import etcd_buckets
 from shim.backend.base import Backend, ReadView
 from shim.backend.bolt import SHIM_BUCKET, BoltWriter
 from shim.mvcc.hash import bolt_items, stored_rows
@@ -47,7 +49,9 @@ def write(view: ReadView, database: Path, out: BinaryIO) -> int:
     """Write the snapshot of ``database`` (a standalone copy, read through ``view``) to
     ``out``, an empty file; returns its length in bytes (no trailer)."""
     revision, compacted = view.revision(), view.compact_revision()
-    bolt = BoltWriter(out)  # buckets in name order: key, lease, meta, shim
+    bolt = BoltWriter(out)  # buckets in name order: auth, authRoles, authUsers, key, ...
+    for name, items in etcd_buckets(state_from_rows(view.auth.load())):
+        bolt.bucket(name, items)
     bolt.bucket(b"key", bolt_items(stored_rows(view, revision)))
     bolt.bucket(b"lease", [
         (_U64.pack(lease_id), _lease(lease_id, ttl))
