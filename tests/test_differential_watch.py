@@ -809,3 +809,18 @@ def test_lease_expiry_matches_etcd(pair: ServerPair) -> None:
         "id=1 rev=7 events=[DELETE b'x/a'@7, DELETE b'x/b'@7]",
         "id=1 rev=8 events=[DELETE b'x/d'@8]",
     ], deletes
+
+
+def test_leases_list_soonest_expiry_first(etcd: EtcdServer, shim: ShimServer) -> None:
+    """LeaseLeases lists the leases in the order they expire, as etcd's lessor sorts them."""
+    ttls = {7001: 300, 7002: 30, 7003: 3000, 7004: 100}
+    listed = []
+    for server in (etcd, shim):
+        with Client(server.endpoint) as client:
+            for lease_id, ttl in ttls.items():
+                client.lease.LeaseGrant(pb.LeaseGrantRequest(ID=lease_id, TTL=ttl))
+            leases = client.lease.LeaseLeases(pb.LeaseLeasesRequest()).leases
+            listed.append([status.ID for status in leases if status.ID in ttls])
+            for lease_id in ttls:
+                client.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=lease_id))
+    assert listed == [[7002, 7004, 7001, 7003]] * 2

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import math
 import random
 import time
 
@@ -107,7 +108,8 @@ class Lessor:
         return len(self._ttl)
 
     async def lease_ids(self) -> list[int]:
-        return list(self._ttl)
+        """Every lease, the first to expire first (etcd's LeaseLeases order)."""
+        return sorted(self._ttl, key=lambda lease_id: self._deadline.get(lease_id, math.inf))
 
     # -- expiry --------------------------------------------------------------------------------
 
