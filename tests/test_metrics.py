@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 
+import grpc
+import pytest
+
 from shim.pb import rpc_pb2
+from tests.support import EtcdServer
 from tests.support.client import Client
 from tests.support.metrics import scrape
 from tests.support.net import free_port
@@ -71,3 +76,77 @@ def _labelled(samples: dict[str, float], name: str, outcome: str) -> str:
         if key.startswith(name + "{") and f'outcome="{outcome}"' in key:
             return key
     return f"{name}{{missing outcome={outcome}}}"
+
+
+def _types(text: str) -> dict[str, str]:
+    """Each metric family's type, from the exposition's '# TYPE' lines."""
+    return {parts[2]: parts[3] for parts in (line.split() for line in text.splitlines())
+            if len(parts) == 4 and parts[:2] == ["#", "TYPE"]}
+
+
+def _label_names(text: str) -> dict[str, set[frozenset[str]]]:
+    names: dict[str, set[frozenset[str]]] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series = line.rpartition(" ")[0]
+            family, _, labels = series.partition("{")
+            keys = frozenset(part.split("=")[0] for part in labels.rstrip("}").split(",")
+                             if part)
+            names.setdefault(family, set()).add(keys)
+    return names
+
+
+def test_etcds_metrics_under_etcds_names(tmp_path: Path, etcd: EtcdServer) -> None:
+    """The series etcd's alerts and dashboards read: the same names, types and labels as a
+    real etcd's /metrics, with shim's values (its own leader; requests counted by status)."""
+    address = f"127.0.0.1:{free_port()}"
+    with ShimServer(tmp_path / "s", extra_args=[
+        "--metrics-address", address, "--quota-backend-bytes", "100000000",
+    ]) as shim, Client(shim.endpoint) as client:
+        for i in range(3):
+            client.kv.Put(rpc_pb2.PutRequest(key=f"/e/{i}".encode(), value=b"v"))
+        with pytest.raises(grpc.RpcError):
+            client.kv.Put(rpc_pb2.PutRequest(key=b"", value=b"v"))  # InvalidArgument
+        watch = client.watch.Watch(iter([rpc_pb2.WatchRequest(
+            create_request=rpc_pb2.WatchCreateRequest(key=b"/e/"))]))
+        assert next(watch).created
+        watch.cancel()
+        kv = 'grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"'
+        bidi = 'grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"'
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the canceled stream is counted as it ends
+            on_shim = scrape(address)
+            if on_shim.get(f'grpc_server_handled_total{{grpc_code="Canceled",{bidi}}}'):
+                break
+            time.sleep(0.05)
+        assert on_shim[f"grpc_server_started_total{{{kv}}}"] == 4
+        assert on_shim[f'grpc_server_handled_total{{grpc_code="OK",{kv}}}'] == 3
+        assert on_shim[f'grpc_server_handled_total{{grpc_code="InvalidArgument",{kv}}}'] == 1
+        assert on_shim[f"grpc_server_started_total{{{bidi}}}"] == 1
+        assert on_shim[f'grpc_server_handled_total{{grpc_code="Canceled",{bidi}}}'] == 1
+        assert on_shim["etcd_server_has_leader"] == on_shim["etcd_server_is_leader"] == 1
+        assert on_shim["etcd_server_leader_changes_seen_total"] == 0
+        assert on_shim["etcd_server_quota_backend_bytes"] == 100000000
+        assert on_shim["etcd_debugging_mvcc_current_revision"] == 4
+        assert on_shim['etcd_server_version{server_version="3.5.21"}'] == 1
+        total = on_shim["etcd_mvcc_db_total_size_in_bytes"]
+        assert total >= on_shim["etcd_mvcc_db_total_size_in_use_in_bytes"] > 0
+        assert on_shim["etcd_disk_backend_commit_duration_seconds_count"] >= 3
+        shim_text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
+    with Client(etcd.endpoint) as client:  # so etcd has counted a Put and a Watch too
+        client.kv.Put(rpc_pb2.PutRequest(key=b"/e/0", value=b"v"))
+        watch = client.watch.Watch(iter([rpc_pb2.WatchRequest(
+            create_request=rpc_pb2.WatchCreateRequest(key=b"/e/"))]))
+        assert next(watch).created
+        watch.cancel()
+    etcd_text = urllib.request.urlopen(f"http://{etcd.endpoint}/metrics", timeout=5).read()
+    etcd_types, shim_types = _types(etcd_text.decode()), _types(shim_text)
+    etcd_labels, shim_labels = _label_names(etcd_text.decode()), _label_names(shim_text)
+    ours = [name for name in shim_types if name.startswith(("etcd_", "grpc_"))]
+    assert not [name for name in shim_types if name.endswith("_created")]
+    assert len(ours) >= 10
+    for name in ours:
+        assert shim_types[name] == etcd_types.get(name), name
+    for family in shim_labels:
+        if family.startswith(("etcd_", "grpc_")):
+            assert shim_labels[family] <= etcd_labels.get(family, set()), family

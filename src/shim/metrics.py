@@ -1,14 +1,24 @@
 """Prometheus metrics (prometheus-client), served on ``--metrics-address`` as text.
 
 Counters and histograms on hot paths cost about a microsecond and are always kept; the
-per-RPC latency interceptor is installed only when metrics are served, so a server without
+per-RPC interceptor is installed only when metrics are served, so a server without
 ``--metrics-address`` pays nothing for it.
+
+Beside shim's own (``shim_*``), the series etcd's alerts and dashboards read, under etcd's
+names, labels and meaning where shim has the same thing: a node is its own leader
+(``etcd_server_has_leader`` 1, no leader changes), the database's size, in use and quota,
+the backend's commit time, and go-grpc-prometheus's per-method request counts by status
+(``grpc_server_started_total``, ``grpc_server_handled_total``). What only raft has (WAL
+fsyncs, proposals, peer traffic) is not made up.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -18,9 +28,13 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     start_http_server,
 )
+
+# No "_created" series beside each counter and histogram: etcd's Go client exports none.
+disable_created_metrics()
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
@@ -77,6 +91,56 @@ DB_SIZE = Gauge("shim_db_size_bytes", "Database size on disk, WAL included.")
 REVISION = Gauge("shim_revision", "The newest committed revision.")
 LINKS = Gauge("shim_replication_links", "Replication links currently up.")
 
+# -- etcd's names -------------------------------------------------------------------------------
+
+HAS_LEADER = Gauge("etcd_server_has_leader",
+                   "Whether or not a leader exists. 1 is existence, 0 is not.")
+IS_LEADER = Gauge("etcd_server_is_leader",
+                  "Whether or not this member is a leader. 1 if is, 0 otherwise.")
+# A shim node takes writes itself: it is its own leader, and that never changes.
+HAS_LEADER.set(1)
+IS_LEADER.set(1)
+LEADER_CHANGES = Counter("etcd_server_leader_changes_seen",
+                         "The number of leader changes seen.")
+ETCD_DB_SIZE = Gauge("etcd_mvcc_db_total_size_in_bytes",
+                     "Total size of the underlying database physically allocated in bytes.")
+ETCD_DB_IN_USE = Gauge("etcd_mvcc_db_total_size_in_use_in_bytes",
+                       "Total size of the underlying database logically in use in bytes.")
+QUOTA_BYTES = Gauge("etcd_server_quota_backend_bytes",
+                    "Current backend storage quota size in bytes.")
+CURRENT_REVISION = Gauge("etcd_debugging_mvcc_current_revision",
+                         "The current revision of store.")
+SERVER_VERSION = Gauge("etcd_server_version", "Which version is running. 1 for 'server_version' "
+                       "label with current version.", ["server_version"])
+BACKEND_COMMIT_SECONDS = Histogram(
+    "etcd_disk_backend_commit_duration_seconds",
+    "The latency distributions of commit called by backend (a write batch's transaction, "
+    "its fsync included).",
+    buckets=tuple(0.001 * 2**i for i in range(14)),
+)
+GRPC_STARTED = Counter("grpc_server_started",
+                       "Total number of RPCs started on the server.",
+                       ["grpc_type", "grpc_service", "grpc_method"])
+GRPC_HANDLED = Counter(
+    "grpc_server_handled",
+    "Total number of RPCs completed on the server, regardless of success or failure.",
+    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+)
+# grpc-go's names of the status codes, which go-grpc-prometheus puts in grpc_code.
+_GO_CODES = {
+    grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled",
+    grpc.StatusCode.UNKNOWN: "Unknown", grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded",
+    grpc.StatusCode.NOT_FOUND: "NotFound", grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
+    grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
+    grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
+    grpc.StatusCode.ABORTED: "Aborted", grpc.StatusCode.OUT_OF_RANGE: "OutOfRange",
+    grpc.StatusCode.UNIMPLEMENTED: "Unimplemented", grpc.StatusCode.INTERNAL: "Internal",
+    grpc.StatusCode.UNAVAILABLE: "Unavailable", grpc.StatusCode.DATA_LOSS: "DataLoss",
+    grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
+}
+
 
 def record_merge(
     peer: str, applied: int, unchanged: int, duplicates: int, conflict_rules: list[str],
@@ -112,18 +176,32 @@ def exposition() -> tuple[bytes, str]:
 
 def bind_gauges(
     watchers: Callable[[], int], leases: Callable[[], int], db_size: Callable[[], int],
-    revision: Callable[[], int], links: Callable[[], int],
+    revision: Callable[[], int], links: Callable[[], int], db_in_use: Callable[[], int],
+    quota_bytes: int, version: str,
 ) -> None:
-    """Gauges read on scrape from the running server."""
+    """Gauges read on scrape from the running server (``quota_bytes`` <= 0: no quota)."""
     WATCHERS.set_function(watchers)
     LEASES.set_function(leases)
     DB_SIZE.set_function(db_size)
     REVISION.set_function(revision)
     LINKS.set_function(links)
+    ETCD_DB_SIZE.set_function(db_size)
+    ETCD_DB_IN_USE.set_function(db_in_use)
+    CURRENT_REVISION.set_function(revision)
+    QUOTA_BYTES.set(max(quota_bytes, 0))  # etcd leaves it at 0 when the quota is off
+    SERVER_VERSION.labels(version).set(1)
+
+
+def observe_commit(seconds: float, requests: int) -> None:
+    """A write batch committed: ``requests`` of them in ``seconds``."""
+    COMMIT_SECONDS.observe(seconds)
+    BACKEND_COMMIT_SECONDS.observe(seconds)
+    COMMIT_BATCH_SIZE.observe(requests)
 
 
 class RequestTimer(grpc.aio.ServerInterceptor):
-    """Times every unary RPC (streams such as Watch and Link are long-lived: not timed)."""
+    """Counts every RPC as go-grpc-prometheus does (started; handled, by status code) and
+    times every unary one (streams such as Watch and Link are long-lived: not timed)."""
 
     async def intercept_service(
         self,
@@ -131,18 +209,87 @@ class RequestTimer(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        histogram = REQUEST_SECONDS.labels(details.method.rsplit("/", 1)[-1])
-        inner = handler.unary_unary
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        if handler.unary_unary is not None:
+            return _unary(handler, service, method)
+        return _stream(handler, service, method)
 
-        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start = time.perf_counter()
-            try:
+
+def _code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> str:
+    code = context.code()
+    if isinstance(code, int):  # some grpcio releases give the number
+        code = next((c for c in grpc.StatusCode if c.value[0] == code), default)
+    return _GO_CODES.get(code if isinstance(code, grpc.StatusCode) else default, "Unknown")
+
+
+@contextlib.contextmanager
+def _handled(context: grpc.aio.ServicerContext, done: Callable[[str], None]) -> Iterator[None]:
+    """Around a call: ``done`` gets the status it ended with, in grpc-go's words."""
+    code = "Unknown"
+    try:
+        yield
+        code = _code(context, grpc.StatusCode.OK)
+    except grpc.aio.AbortError:
+        code = _code(context, grpc.StatusCode.UNKNOWN)
+        raise
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away
+        code = "Canceled"
+        raise
+    finally:
+        done(code)
+
+
+def _unary(handler: grpc.RpcMethodHandler, service: str, method: str) -> grpc.RpcMethodHandler:
+    histogram = REQUEST_SECONDS.labels(method)
+    started = GRPC_STARTED.labels("unary", service, method)
+    inner = handler.unary_unary
+
+    def handled(code: str) -> None:
+        GRPC_HANDLED.labels("unary", service, method, code).inc()
+
+    async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started.inc()
+        start = time.perf_counter()
+        try:
+            with _handled(context, handled):
                 return await inner(request, context)
-            finally:
-                histogram.observe(time.perf_counter() - start)
+        finally:
+            histogram.observe(time.perf_counter() - start)
 
-        return grpc.unary_unary_rpc_method_handler(
-            timed, handler.request_deserializer, handler.response_serializer
-        )
+    return grpc.unary_unary_rpc_method_handler(
+        timed, handler.request_deserializer, handler.response_serializer
+    )
+
+
+def _stream(handler: grpc.RpcMethodHandler, service: str, method: str) -> grpc.RpcMethodHandler:
+    kind = ("bidi_stream" if handler.request_streaming and handler.response_streaming
+            else "client_stream" if handler.request_streaming else "server_stream")
+    started = GRPC_STARTED.labels(kind, service, method)
+
+    def handled(code: str) -> None:
+        GRPC_HANDLED.labels(kind, service, method, code).inc()
+
+    make = (grpc.stream_unary_rpc_method_handler if not handler.response_streaming
+            else grpc.stream_stream_rpc_method_handler if handler.request_streaming
+            else grpc.unary_stream_rpc_method_handler)
+    inner_stream = handler.stream_stream or handler.unary_stream
+    if handler.response_streaming and inspect.isasyncgenfunction(inner_stream):
+        async def counted_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started.inc()
+            with _handled(context, handled):
+                async for reply in inner_stream(request, context):
+                    yield reply
+
+        return make(counted_stream, handler.request_deserializer, handler.response_serializer)
+
+    # A coroutine: a client stream's answer, or a stream that writes through its context.
+    inner_call = handler.stream_unary or inner_stream
+
+    async def counted_call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started.inc()
+        with _handled(context, handled):
+            return await inner_call(request, context)
+
+    return make(counted_call, handler.request_deserializer, handler.response_serializer)

@@ -299,6 +299,9 @@ class ShimServer:
             db_size=self.backend.size_bytes,
             revision=lambda: self.store.revision,
             links=lambda: len(replicator.live) if replicator is not None else 0,
+            db_in_use=self.backend.size_in_use_bytes,
+            quota_bytes=self.config.quota_backend_bytes,
+            version=ETCD_VERSION,
         )
 
     def _serve_metrics(self, address: str) -> None:

@@ -434,8 +434,7 @@ class Writer:
             deliver(batch, [exc] * len(batch), None)
             return
         self.alarms.raised = []
-        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
-        metrics.COMMIT_BATCH_SIZE.observe(len(batch))
+        metrics.observe_commit(time.perf_counter() - started, len(batch))
         self.revision = applier.revision
         self.compact_revision = applier.compact_revision
         self.auth_on = auth_on
