@@ -252,6 +252,26 @@ def test_livez_and_readyz_as_etcd_3_5_21(pair: Pair) -> None:
     assert get(pair.shim + "/readyz").status == 200
 
 
+def test_listen_metrics_urls_serve_metrics_and_health_only(
+    etcd_factory: Any, shim_factory: Any
+) -> None:
+    """etcd's --listen-metrics-urls (kubeadm probes /health and /readyz there, Prometheus
+    scrapes /metrics): the same paths answer, and nothing else does."""
+    etcd_port, shim_port = free_port(), free_port()
+    etcd_factory(extra_args=[f"--listen-metrics-urls=http://127.0.0.1:{etcd_port}"])
+    shim_factory(extra_args=["--listen-metrics-urls", f"http://127.0.0.1:{shim_port}"])
+    on = Pair(f"http://127.0.0.1:{etcd_port}", f"http://127.0.0.1:{shim_port}")
+    on.same("/health", None, "GET")
+    on.same("/health?exclude=NOSPACE&serializable=true", None, "GET")
+    for path, method in (("/v3/kv/range", "POST"), ("/version", "GET"), ("/nope", "GET"),
+                         ("/health", "POST")):
+        on.same(path, "{}" if method == "POST" else None, method)
+    scraped = curl(on.shim + "/metrics", None, "GET")
+    assert scraped.status == 200 and b"\netcd_server_has_leader 1.0\n" in scraped.body
+    ready = curl(on.shim + "/readyz?verbose", None, "GET")
+    assert ready.status == 200 and ready.body.endswith(b"[+]non_learner ok\nok\n")
+
+
 def test_member_list_has_etcds_fields(pair: Pair, gateway_shim: ShimServer) -> None:
     """The URLs differ (each server has its own); every field etcd fills, shim fills."""
     on_etcd, on_shim = pair.both("/v3/cluster/member/list", "{}")

@@ -43,12 +43,14 @@ def assert_one_line(result: subprocess.CompletedProcess[str], code: int, *fragme
         (["--listen-address", "127.0.0.1:http"], "must be host:port"),
         (["--metrics-address", "127.0.0.1:99999"], "--metrics-address '127.0.0.1:99999'"),
         (["--listen-client-http-urls", "http://127.0.0.1:99999"], "port is out of range"),
+        (["--listen-metrics-urls", "ftp://127.0.0.1:2381"],
+         "--listen-metrics-urls 'ftp://127.0.0.1:2381': use http://HOST:PORT or https://HOST:PORT"),
         (["--join", "http://127.0.0.1:99999", "--token", "t"], "--join '127.0.0.1:99999'"),
         (["--advertise-client-urls", "http://node:99999"], "--advertise-client-urls"),
         (["--advertise-client-urls", "node.example:2379"], "use http://HOST:PORT"),
     ],
-    ids=["listen", "listen-url", "listen-name", "metrics", "gateway", "join", "advertise",
-         "advertise-no-scheme"],
+    ids=["listen", "listen-url", "listen-name", "metrics", "gateway", "metrics-urls", "join",
+         "advertise", "advertise-no-scheme"],
 )
 def test_a_port_out_of_range_is_refused(tmp_path: Path, args: list[str], fragment: str) -> None:
     db = tmp_path / "state.db"

@@ -22,6 +22,7 @@ from shim.api.server import ShimServer, check_listen_addresses
 from shim.backend.base import Backend, BackendOpenError
 from shim.backend.sqlite import SqliteBackend
 from shim.config import (
+    METRICS_URLS_FLAG,
     ConfigError,
     PostgresEndpoint,
     ServerConfig,
@@ -163,6 +164,9 @@ def check_processes(config: ServerConfig) -> None:
         raise ConfigError("--processes needs a fixed port in --listen-address (not 0)")
     if any(listen.port == 0 for listen in parse_http_urls(config.client_http_urls, tls=True)):
         raise ConfigError("--processes needs fixed ports in --listen-client-http-urls (not 0)")
+    if any(listen.port == 0
+           for listen in parse_http_urls(config.metrics_urls, True, METRICS_URLS_FLAG)):
+        raise ConfigError(f"--processes needs fixed ports in {METRICS_URLS_FLAG} (not 0)")
 
 
 async def serve(config: ServerConfig) -> None:

@@ -106,6 +106,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "https:// uses --cert-file/--key-file (default: not served)",
     )
     parser.add_argument(
+        "--listen-metrics-urls", default="", metavar="URLS",
+        help="as etcd: comma-separated http:// or https:// URLs serving /metrics, /health, "
+        "/livez and /readyz only (default: not served)",
+    )
+    parser.add_argument(
         "--metrics-address", default=None, metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
     )
@@ -433,6 +438,7 @@ def run_serve(args: argparse.Namespace) -> int:
         peer_tls=peer,
         metrics_address=args.metrics_address,
         client_http_urls=_url_list(args.listen_client_http_urls),
+        metrics_urls=_url_list(args.listen_metrics_urls),
         advertise_client_urls=_url_list(args.advertise_client_urls),
         datastore_cafile=args.datastore_cafile,
         datastore_certfile=args.datastore_certfile,

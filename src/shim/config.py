@@ -86,6 +86,9 @@ class ServerConfig:
     # etcd's --listen-client-http-urls: where the HTTP/JSON gateway, /health, /version and
     # /metrics are served (none: not served).
     client_http_urls: tuple[str, ...] = ()
+    # etcd's --listen-metrics-urls: /metrics, /health, /livez and /readyz alone, on other ports
+    # (what kubeadm's probes and Prometheus scrape).
+    metrics_urls: tuple[str, ...] = ()
     # TLS to PostgreSQL, k3s's flag names: CA to verify the server, client certificate + key.
     datastore_cafile: Path | None = None
     datastore_certfile: Path | None = None
@@ -219,6 +222,7 @@ def check_addresses(config: ServerConfig) -> None:
     """Every address the server is to listen on or dial is host:port with a real port."""
     grpc_listen_target(config.listen_address, tls=config.tls is not None)
     parse_http_urls(config.client_http_urls, tls=config.tls is not None)
+    parse_http_urls(config.metrics_urls, config.tls is not None, METRICS_URLS_FLAG)
     check_advertised_urls(config.advertise_client_urls)
     if config.metrics_address is not None:
         split_host_port(config.metrics_address, "--metrics-address")
@@ -243,6 +247,9 @@ def check_advertised_urls(urls: tuple[str, ...]) -> None:
             )
 
 
+METRICS_URLS_FLAG = "--listen-metrics-urls"
+
+
 @dataclass(frozen=True, slots=True)
 class HttpListen:
     """One --listen-client-http-urls URL: http:// (plaintext) or https:// (TLS)."""
@@ -257,27 +264,26 @@ class HttpListen:
         return f"{host}:{self.port}"
 
 
-def parse_http_urls(urls: tuple[str, ...], tls: bool) -> list[HttpListen]:
-    """The gateway's listeners; https:// needs the server's certificate (--cert-file)."""
+def parse_http_urls(
+    urls: tuple[str, ...], tls: bool, flag: str = "--listen-client-http-urls"
+) -> list[HttpListen]:
+    """HTTP listeners (the gateway's, or ``flag``'s); https:// needs the server's certificate
+    (--cert-file)."""
     found: list[HttpListen] = []
     for url in urls:
         scheme, sep, _ = url.partition("://")
         if not sep or scheme not in ("http", "https"):
-            raise ConfigError(
-                f"--listen-client-http-urls {url!r}: use http://HOST:PORT or https://HOST:PORT"
-            )
+            raise ConfigError(f"{flag} {url!r}: use http://HOST:PORT or https://HOST:PORT")
         if scheme == "https" and not tls:
-            raise ConfigError(
-                f"--listen-client-http-urls {url}: https:// needs --cert-file and --key-file"
-            )
+            raise ConfigError(f"{flag} {url}: https:// needs --cert-file and --key-file")
         parts = urlsplit(url)
         try:
             port = parts.port
         except ValueError:
             raise ConfigError(
-                f"--listen-client-http-urls {url!r}: the port is out of range (0-{MAX_PORT})"
+                f"{flag} {url!r}: the port is out of range (0-{MAX_PORT})"
             ) from None
         if port is None or parts.hostname is None or parts.path not in ("", "/"):
-            raise ConfigError(f"--listen-client-http-urls {url!r} must be {scheme}://HOST:PORT")
+            raise ConfigError(f"{flag} {url!r} must be {scheme}://HOST:PORT")
         found.append(HttpListen(parts.hostname, port, scheme == "https"))
     return found

@@ -30,6 +30,7 @@ from shim.auth.service import AuthService
 from shim.auth.tokens import TokenIssuer
 from shim.backend.base import Backend
 from shim.config import (
+    METRICS_URLS_FLAG,
     ConfigError,
     HttpListen,
     ServerConfig,
@@ -98,6 +99,8 @@ def check_listen_addresses(config: ServerConfig) -> None:
     check_can_listen(grpc_listen_target(config.listen_address, tls=tls))
     for listen in parse_http_urls(config.client_http_urls, tls=tls):
         check_can_listen(listen.target)
+    for listen in parse_http_urls(config.metrics_urls, tls, METRICS_URLS_FLAG):
+        check_can_listen(listen.target)
 
 
 class ShimServer:
@@ -149,8 +152,9 @@ class ShimServer:
         self._server: grpc.aio.Server | None = None
         self.client_urls: list[str] = []  # MemberList's URLs of this node (set once bound)
         self.methods: dict[str, rpc.Method] = {}
-        self.gateway: GatewayServer | None = None
-        self.http_urls: list[str] = []
+        self._http_servers: list[GatewayServer] = []
+        self.http_urls: list[str] = []  # the gateway's, as bound
+        self.metrics_urls: list[str] = []  # --listen-metrics-urls, as bound
         self._stopping = False
 
     async def start(self) -> None:
@@ -158,6 +162,8 @@ class ShimServer:
         target = grpc_listen_target(self.config.listen_address, tls=tls is not None)
         shares_port = self._store_link is not None
         http_listens = parse_http_urls(self.config.client_http_urls, tls=tls is not None)
+        metrics_listens = parse_http_urls(self.config.metrics_urls, tls is not None,
+                                          METRICS_URLS_FLAG)
         await (self._owned.start() if self._owned is not None else self.store.start())
         hub = WatchHub(
             revision=self.store.revision,
@@ -235,12 +241,16 @@ class ShimServer:
             self.replicator.client_urls = self.client_urls  # before any dial runs: no await yet
         await server.start()
         self._server = server
-        if self._owned is not None and (self.config.metrics_address or http_listens):
+        if self._owned is not None and (
+            self.config.metrics_address or http_listens or metrics_listens
+        ):
             self._bind_metrics(hub)
         if self.config.metrics_address:
             self._serve_metrics(self.config.metrics_address)
         if http_listens:
-            await self._start_gateway(http_listens, reuse_port=shares_port)
+            self.http_urls = await self._start_http(http_listens, shares_port, api=True)
+        if metrics_listens:
+            self.metrics_urls = await self._start_http(metrics_listens, shares_port, api=False)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving etcd v3 API on %s (%s, datastore %s)", bound,
@@ -311,7 +321,10 @@ class ShimServer:
             raise ConfigError(f"cannot serve metrics on {address}: {exc}") from exc
         log.info("serving Prometheus metrics on http://%s/metrics", bound)
 
-    async def _start_gateway(self, listens: list[HttpListen], reuse_port: bool) -> None:
+    async def _start_http(
+        self, listens: list[HttpListen], reuse_port: bool, api: bool
+    ) -> list[str]:
+        """The gateway (``api``), or only its /metrics and health paths, on ``listens``."""
         gateway = GatewayServer(Gateway(
             self.methods,
             max_message_bytes=self.config.max_request_bytes + GRPC_OVERHEAD_BYTES,
@@ -319,13 +332,14 @@ class ShimServer:
             version=ETCD_VERSION,
             # One process's numbers would pass for the server's with --processes N.
             metrics=metrics.exposition if self._owned is not None else lambda: None,
-        ))
+            api=api,
+        ), "the HTTP/JSON gateway" if api else "metrics and health")
+        self._http_servers.append(gateway)
         try:
-            self.http_urls = await gateway.start(listens, self.config.tls, reuse_port)
+            return await gateway.start(listens, self.config.tls, reuse_port)
         except ConfigError:
             await self.stop()
             raise
-        self.gateway = gateway
 
     async def _alarm_types(self) -> list[int]:
         try:
@@ -388,10 +402,10 @@ class ShimServer:
             grace = max(deadline - time.monotonic(), 0.0)
             await asyncio.gather(
                 self._server.stop(grace),
-                *([self.gateway.close(grace)] if self.gateway else []),
+                *(http.close(grace) for http in self._http_servers),
             )
             self._server = None
-            self.gateway = None
+            self._http_servers = []
         self.backend.set_commit_listener(None)
         if self.hub is not None:
             await self.hub.close()

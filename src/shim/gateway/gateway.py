@@ -156,15 +156,22 @@ class Gateway:
         health: HealthProbe,
         version: str,
         metrics: Callable[[], tuple[bytes, str] | None],
+        api: bool = True,
     ) -> None:
+        """``api``: the whole gateway; else only /metrics and the health paths, as etcd's
+        --listen-metrics-urls serves."""
         self._methods = methods
         self._max_message_bytes = max_message_bytes
         self._health = health
         self._version = version
         self._metrics = metrics
+        self._api = api
 
     async def __call__(self, request: Request, response: Response) -> None:
         path = request.path
+        if not self._api:
+            await self._serve_probes(path, request, response)
+            return
         if request.method == "OPTIONS":
             await response.send(200, CORS, b"")
             return
@@ -303,6 +310,14 @@ class Gateway:
         await response.end()
 
     # -- /health, /version, /metrics ------------------------------------------------------------
+
+    async def _serve_probes(self, path: str, request: Request, response: Response) -> None:
+        if path == "/metrics":
+            await self._serve_metrics(response)
+        elif path == "/health" or path in CHECK_PATHS:
+            await self._serve_health(path, request, response)
+        else:
+            await response.send(404, TEXT, b"404 page not found\n")
 
     async def _serve_health(self, path: str, request: Request, response: Response) -> None:
         if request.method != "GET":

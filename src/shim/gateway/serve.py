@@ -1,4 +1,5 @@
-"""The gateway's listeners (``--listen-client-http-urls``), in the server's event loop.
+"""The gateway's listeners (``--listen-client-http-urls``, and ``--listen-metrics-urls`` for
+/metrics and the health paths alone), in the server's event loop.
 
 A separate HTTP/1.1 port, as etcd 3.5 offers with the same flag: gRPC keeps its own port to
 itself (serving both on one port would put a Python proxy in front of every gRPC byte).
@@ -22,8 +23,9 @@ IDLE_TIMEOUT_SECONDS = 120.0  # a connection between requests, or a request body
 class GatewayServer:
     """``gateway`` served on the --listen-client-http-urls listeners."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, what: str = "the HTTP/JSON gateway") -> None:
         self._http = HttpServer(gateway, idle_timeout=IDLE_TIMEOUT_SECONDS)
+        self._what = what
 
     async def start(
         self, listens: list[HttpListen], tls: ServerTls | None, reuse_port: bool
@@ -45,7 +47,7 @@ class GatewayServer:
                 raise ConfigError(f"cannot listen on {listen.target}: {exc.strerror}") from None
             bound = HttpListen(listen.host, port, listen.secure)
             urls.append(f"{'https' if listen.secure else 'http'}://{bound.target}")
-        log.info("serving the HTTP/JSON gateway on %s", ", ".join(urls))
+        log.info("serving %s on %s", self._what, ", ".join(urls))
         return urls
 
     async def close(self, grace: float) -> None:
