@@ -15,7 +15,9 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support import EtcdServer, ShimServer, etcdctl
 
@@ -302,6 +304,19 @@ def test_endpoint_health(pair: Pair) -> None:
     on_etcd = json.loads(etcdctl(pair.etcd.endpoint, "endpoint", "health", "-w", "json").stdout)
     assert [h["health"] for h in on_shim] == [True]
     assert [set(h) for h in on_shim] == [set(h) for h in on_etcd]
+    # The standard gRPC health service, as etcd's grpc-go serves it.
+    for name, answer in (("", "SERVING"), ("etcdserverpb.KV", "unknown service")):
+        seen = []
+        for server in (pair.etcd, pair.shim):
+            with grpc.insecure_channel(server.endpoint) as channel:
+                check = health_pb2_grpc.HealthStub(channel).Check
+                try:
+                    status = check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+                    seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(status.status))
+                except grpc.RpcError as exc:
+                    seen.append(f"{exc.code().name} {exc.details()}")
+        assert seen[0] == seen[1], seen
+        assert seen[1].endswith(answer), seen
 
 
 def test_membership_changes_answer_as_etcd_for_ids_it_would_not_find(pair: Pair) -> None:

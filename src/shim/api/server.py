@@ -103,6 +103,18 @@ def check_listen_addresses(config: ServerConfig) -> None:
         check_can_listen(listen.target)
 
 
+class HealthService(health.aio.HealthServicer):
+    """grpc.health.v1 as grpc-go's server answers it: a service nobody set is NOT_FOUND
+    "unknown service" (Python's own answers without the words)."""
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service != "":  # the server as a whole is the one service shim reports
+            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return await super().Check(request, context)
+
+
 class ShimServer:
     """One serving process: a store on a backend, behind a gRPC server.
 
@@ -146,7 +158,7 @@ class ShimServer:
             self.store, TokenIssuer(config.auth_token_ttl),
             client_cert_auth=config.tls is not None and config.tls.client_cert_auth,
         )
-        self.health = health.aio.HealthServicer()
+        self.health = HealthService()
         self.gate = Gate()
         self.hub: WatchHub | None = None
         self._server: grpc.aio.Server | None = None
