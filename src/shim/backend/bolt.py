@@ -216,6 +216,8 @@ class BoltReader:
         return _leaf_items(page[_HEADER.size:], count)
 
     def _page(self, page: int) -> tuple[int, int, bytes]:
+        if page * self._page_size >= self._size:  # a damaged id: no seek to a wild offset
+            raise BoltError(f"page {page} is past the end of the file")
         self._source.seek(page * self._page_size)
         head = self._source.read(_HEADER.size)
         if len(head) < _HEADER.size:

@@ -128,6 +128,12 @@ def _write_file(target: Path, pieces: Iterator[bytes]) -> None:
         os.fsync(dst.fileno())
 
 
+def _one_line(exc: Exception, limit: int = 300) -> str:
+    """SQLite's message on one line (a damaged schema's quotes its SQL, lines and all)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _inspect(conn: apsw.Connection, path: Path) -> tuple[int, int, int, str]:
     """(revision, compact revision, live keys, node id) of a copied database, after SQLite's
     own consistency check."""
@@ -141,9 +147,11 @@ def _inspect(conn: apsw.Connection, path: Path) -> tuple[int, int, int, str]:
         }
         keys = int(one(conn.execute("SELECT COUNT(*) FROM current"))[0])
     except apsw.SQLError as exc:
-        raise SnapshotError(f"{path} is not a shim database ({exc})") from None
+        raise SnapshotError(f"{path} is not a shim database ({_one_line(exc)})") from None
     except apsw.Error as exc:
-        raise SnapshotError(f"{path} is not a usable SQLite database ({exc})") from None
+        raise SnapshotError(
+            f"{path} is not a usable SQLite database ({_one_line(exc)})"
+        ) from None
     except UnicodeDecodeError:  # text SQLite hands back that is not UTF-8: damage
         raise SnapshotError(f"{path}: the database is damaged (text that is not UTF-8)") from None
     if "node_id" not in meta or "revision" not in meta:
