@@ -402,6 +402,37 @@ def test_watch_keeps_going_after_a_bad_later_message(pair: Pair) -> None:
         assert b'"events"' in stream.next_line()
 
 
+def test_watch_over_a_websocket_matches_etcd(pair: Pair) -> None:
+    """etcd's wsproxy: GET /v3/watch upgraded to a websocket, each message a request, each
+    answer line a text message (a browser's way to watch); both servers answer the same."""
+    from websockets.sync.client import connect
+
+    seen = []
+    for base in (pair.etcd, pair.shim):
+        with connect(base.replace("http://", "ws://") + "/v3/watch") as socket:
+            socket.send(json.dumps({"create_request": {"key": b64("ws"), "prev_kv": True}}))
+            created = socket.recv(timeout=10)
+            curl(base + "/v3/kv/put", json.dumps({"key": b64("ws"), "value": b64("1")}))
+            socket.send(json.dumps({"progress_request": {}}))  # the second message
+            event = socket.recv(timeout=10)
+            progress = socket.recv(timeout=10)
+        seen.append([normalized(str(m).encode()) for m in (created, event, progress)])
+    assert seen[1] == seen[0]
+    assert b'"created":true' in seen[1][0] and b'"events"' in seen[1][1]
+    # A path nobody serves still upgrades (wsproxy takes every /v3/ path): the answer's line.
+    nope = []
+    for base in (pair.etcd, pair.shim):
+        with connect(base.replace("http://", "ws://") + "/v3/nope") as socket:
+            nope.append(socket.recv(timeout=10))
+    assert nope[1] == nope[0]
+    # A handshake gorilla refuses: not a GET.
+    upgrade = ("Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Version: 13",
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+    on_etcd, on_shim = pair.both("/v3/watch", "{}", "POST", upgrade)
+    assert (on_shim.status, on_shim.body) == (on_etcd.status, on_etcd.body) == (
+        405, b"Method Not Allowed\n")
+
+
 def test_keepalive_stream_matches_etcd(pair: Pair) -> None:
     pair.same("/v3/lease/grant", json.dumps({"TTL": "30", "ID": "99"}))
     body = json.dumps({"ID": "99"}) + "\n" + json.dumps({"ID": "99"}) + json.dumps({"ID": "1"})

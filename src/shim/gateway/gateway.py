@@ -12,6 +12,7 @@ line, in HTTP chunks, until the stream ends.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -21,11 +22,22 @@ from google.protobuf.message import Message
 from grpc import StatusCode as Code
 
 from shim.api.rpc import Method, too_large
+from shim.gateway import websocket
 from shim.gateway.gojson import JsonSyntaxError, decode_first, go_string
 from shim.gateway.health import HealthProbe, check_paths, health, run_checks
-from shim.gateway.http import REASONS, BodyTimeout, BodyTooLarge, Headers, Request, Response
+from shim.gateway.http import (
+    REASONS,
+    BodyTimeout,
+    BodyTooLarge,
+    Headers,
+    Request,
+    RequestBody,
+    Response,
+    ResponseSink,
+)
 from shim.gateway.jsonpb import JsonpbError, from_json, to_json
 from shim.gateway.routes import ROUTES
+from shim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +189,9 @@ class Gateway:
             return
         if path.startswith("/v3beta/"):  # etcd serves its old prefix too
             path = "/v3/" + path[len("/v3beta/"):]
-        if path.startswith("/v3/"):
+        if path.startswith("/v3/") and websocket.is_upgrade(request.headers):
+            await self._websocket(path, request, response)
+        elif path.startswith("/v3/"):
             await self._gateway(path, request, response)
         elif path == "/health" or path in CHECK_PATHS:
             await self._serve_health(path, request, response)
@@ -190,7 +204,9 @@ class Gateway:
 
     # -- /v3/... --------------------------------------------------------------------------------
 
-    async def _gateway(self, path: str, request: Request, response: Response) -> None:
+    async def _gateway(
+        self, path: str, request: RequestBody, response: ResponseSink
+    ) -> None:
         grpc_path = ROUTES.get(path)
         if grpc_path is None:
             await response.send(404, TEXT, b"Not Found\n")
@@ -214,6 +230,32 @@ class Gateway:
                 HTTP_STATUS.get(exc.code, 500), JSON, error_body(exc.code, exc.message)
             )
 
+    async def _websocket(self, path: str, request: Request, response: Response) -> None:
+        """A call over a websocket (etcd's wsproxy, see shim.gateway.websocket)."""
+        refused = websocket.refusal(request.method, request.headers)
+        if refused is not None:
+            status, reason = refused
+            log.debug("websocket handshake refused: %s", reason)
+            await response.send(status, [*TEXT, ("Sec-Websocket-Version", "13")],
+                                f"{REASONS.get(status, '')}\n".encode())
+            return
+        reader, writer, received = await response.switch(websocket.accept_headers(request.headers))
+        socket = websocket.WebSocket(reader, writer, received)
+        call = asyncio.create_task(self._gateway(
+            path, websocket.socket_request(request, socket), websocket.SocketResponse(socket)
+        ))
+        gone = asyncio.create_task(socket.closed.wait())
+        try:
+            await asyncio.wait({call, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if call.done():
+                call.result()
+        except GatewayError as exc:
+            await socket.send_text(error_body(exc.code, exc.message))
+        finally:
+            await cancel_and_wait(call, log_errors=False)
+            await cancel_and_wait(gone)
+            await socket.close()
+
     def _decode(self, data: bytes, method: Method, code: Code) -> Message | None:
         """The request message in ``data``'s first JSON value (None: an empty body)."""
         try:
@@ -228,7 +270,7 @@ class Gateway:
             raise GatewayError(Code.RESOURCE_EXHAUSTED, too_large(size, method.max_request_bytes))
         return message
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, request: RequestBody) -> bytes:
         limit = self._max_message_bytes * BODY_BYTES_PER_MESSAGE_BYTE
         try:
             return await request.read_all(limit)
@@ -242,7 +284,8 @@ class Gateway:
             ) from None
 
     async def _unary(
-        self, method: Method, request: Request, response: Response, context: GatewayContext
+        self, method: Method, request: RequestBody, response: ResponseSink,
+        context: GatewayContext,
     ) -> None:
         message = self._decode(await self._read_body(request), method, Code.INVALID_ARGUMENT)
         if message is None:
@@ -257,7 +300,8 @@ class Gateway:
         await response.send(200, JSON_OK, to_json(method.reply(reply)).encode())
 
     async def _stream(
-        self, method: Method, request: Request, response: Response, context: GatewayContext
+        self, method: Method, request: RequestBody, response: ResponseSink,
+        context: GatewayContext,
     ) -> None:
         """A client-streaming method: JSON messages from the body as they arrive. A first
         message that does not decode is refused as etcd 3.5 does (UNKNOWN); a later one ends
@@ -288,7 +332,7 @@ class Gateway:
         await self._respond_stream(method, method.call(requests(), context), response, context)
 
     async def _respond_stream(
-        self, method: Method, replies: AsyncIterator[Any], response: Response,
+        self, method: Method, replies: AsyncIterator[Any], response: ResponseSink,
         context: GatewayContext,
     ) -> None:
         """One ``{"result": ...}`` line per reply; a status that ends the stream becomes an
@@ -360,7 +404,7 @@ def _cluster_version(version: str) -> str:
     return f"{major}.{minor}.0"
 
 
-async def _json_messages(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def _json_messages(request: RequestBody, limit: int) -> AsyncIterator[bytes]:
     """The body cut into whole JSON values as they arrive (each at most ``limit`` bytes)."""
     buffer = b""
     async for chunk in request.chunks():

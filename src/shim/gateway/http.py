@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from email.utils import formatdate
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 
@@ -28,7 +28,8 @@ MAX_HEAD_BYTES = 64 * 1024
 READ_BYTES = 16 * 1024
 Headers = list[tuple[str, str]]
 REASONS = {
-    100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    100: "Continue", 101: "Switching Protocols", 200: "OK", 400: "Bad Request",
+    401: "Unauthorized", 403: "Forbidden",
     404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
     429: "Too Many Requests", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
@@ -50,6 +51,34 @@ class BodyTooLarge(Exception):
 
 class BodyTimeout(Exception):
     pass
+
+
+class RequestBody(Protocol):
+    """What a handler reads of a request (an HTTP one, or a websocket's messages)."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # lower-case names
+    peer: str
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    async def read_all(self, limit: int) -> bytes: ...
+
+
+class ResponseSink(Protocol):
+    """Where a handler answers (an HTTP response, or a websocket's messages)."""
+
+    started: bool
+
+    async def send(self, status: int, headers: Headers, body: bytes) -> None: ...
+
+    async def start(self, status: int, headers: Headers) -> None: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def end(self) -> None: ...
 
 
 class Request:
@@ -118,6 +147,18 @@ class Response:
 
     async def end(self) -> None:
         await self._connection.send(h11.EndOfMessage())
+
+    async def switch(
+        self, headers: Headers
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        """Answer 101 Switching Protocols; the socket is the caller's from here on: its
+        reader, writer, and the bytes that already arrived after the request."""
+        self.started = True
+        await self._connection.send(h11.InformationalResponse(
+            status_code=101, headers=[*headers, ("Date", _date())], reason="Switching Protocols"
+        ))
+        return (self._connection.reader, self._connection.writer,
+                bytes(self._connection.conn.trailing_data[0]))
 
 
 Handler = Callable[[Request, Response], Coroutine[Any, Any, None]]
