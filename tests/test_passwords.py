@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from pathlib import Path
 
+import apsw
 import pytest
 
 from shim.auth.passwords import PasswordTooLong, hash_password_sync, verify_password_sync
+from tests.support import ShimServer, etcdctl
 
 
 def test_hashes_are_etcds_bcrypt() -> None:
@@ -45,3 +48,21 @@ def test_scrypt_hashes_made_before_bcrypt_still_verify() -> None:
     assert verify_password_sync("old-pw", stored)
     assert not verify_password_sync("old-pw2", stored)
     assert not verify_password_sync("old-pw", stored.replace("scrypt$", "other$"))
+
+
+@pytest.mark.parametrize(("flag", "stored_cost"), [("4", "04"), ("99", "10")])
+def test_bcrypt_cost_flag_as_etcd(tmp_path: Path, flag: str, stored_cost: str) -> None:
+    """--bcrypt-cost sets the cost of new hashes; outside 4-31 etcd warns and keeps 10."""
+    with ShimServer(tmp_path, extra_args=["--bcrypt-cost", flag]) as server:
+        etcdctl(server.endpoint, "user", "add", "u", "--new-user-password=pw")
+        database = server.database
+        assert database is not None
+        conn = apsw.Connection(str(database), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            [(stored,)] = conn.execute("SELECT password FROM auth_user").fetchall()
+        finally:
+            conn.close()
+        assert stored.startswith(f"$2a${stored_cost}$")
+        assert verify_password_sync("pw", stored)
+        warned = "--bcrypt-cost 99 is outside 4-31: using the default 10" in server.log_tail()
+        assert warned is (flag == "99")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from shim import __version__, allocator, event_loop
+from shim.auth.passwords import BCRYPT_COST, BCRYPT_MAX_COST, BCRYPT_MIN_COST
 from shim.backend.sqlite import SYNCHRONOUS_MODES, BackendOpenError
 from shim.config import (
     DEFAULT_DATASTORE_ENDPOINT,
@@ -156,6 +157,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--auth-token-ttl", type=_positive_int, default=300, metavar="SECONDS",
         help="how long a token stays valid after its last use (default 300, as etcd)",
     )
+    auth.add_argument(
+        "--bcrypt-cost", type=int, default=BCRYPT_COST, metavar="COST",
+        help="as etcd: the bcrypt cost of password hashes, 4-31 (default 10; another "
+        "value is replaced by 10 with a warning, as etcd does)",
+    )
     upkeep = parser.add_argument_group("history and retention")
     upkeep.add_argument(
         "--auto-compaction-mode", default="periodic", choices=("periodic", "revision"),
@@ -269,6 +275,17 @@ def quota_bytes(flag: int) -> int:
             MAX_SUGGESTED_QUOTA_BYTES,
         )
     return max(flag, 0)
+
+
+def bcrypt_cost(flag: int) -> int:
+    """--bcrypt-cost as etcd reads it: outside bcrypt's 4-31, the default, with a warning."""
+    if BCRYPT_MIN_COST <= flag <= BCRYPT_MAX_COST:
+        return flag
+    logging.getLogger("shim").warning(
+        "--bcrypt-cost %d is outside %d-%d: using the default %d", flag, BCRYPT_MIN_COST,
+        BCRYPT_MAX_COST, BCRYPT_COST,
+    )
+    return BCRYPT_COST
 
 
 def _check_auth_token(text: str) -> None:
@@ -449,6 +466,7 @@ def run_serve(args: argparse.Namespace) -> int:
         replication_retention=args.replication_retention,
         quota_backend_bytes=quota_bytes(args.quota_backend_bytes),
         auth_token_ttl=float(args.auth_token_ttl),
+        bcrypt_cost=bcrypt_cost(args.bcrypt_cost),
     )
     # Imported late: grpc start-up cost only when serving.
     from shim.app import ServingProcessFailed, serve

@@ -102,6 +102,7 @@ class ServerConfig:
     quota_backend_bytes: int = 2 * 1024**3
     # Auth (etcd's flags): how long a token lives after its last use (seconds).
     auth_token_ttl: float = 300.0
+    bcrypt_cost: int = 10  # etcd's --bcrypt-cost
 
 
 def parse_datastore_endpoint(endpoint: str) -> SqliteEndpoint | PostgresEndpoint:

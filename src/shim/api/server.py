@@ -302,7 +302,8 @@ class ShimServer:
                 self._linked_replicas,
             ),
             "etcdserverpb.Auth": AuthService(
-                self.store, self.identity, guard, Hasher(), self.config.max_request_bytes
+                self.store, self.identity, guard, Hasher(cost=self.config.bcrypt_cost),
+                self.config.max_request_bytes
             ),
             "v3lockpb.Lock": LockService(recipes, self.identity, guard),
             "v3electionpb.Election": ElectionService(recipes, self.identity, guard),

@@ -24,6 +24,7 @@ import os
 import bcrypt
 
 BCRYPT_COST = 10  # etcd's default --bcrypt-cost
+BCRYPT_MIN_COST, BCRYPT_MAX_COST = 4, 31
 BCRYPT_MAX_BYTES = 72
 SCRYPT = "scrypt"  # the scheme of the hashes shim made before bcrypt
 _MAX_MEMORY = 64 * 1024 * 1024
@@ -35,12 +36,12 @@ class PasswordTooLong(ValueError):
     """bcrypt takes at most 72 bytes of password."""
 
 
-def hash_password_sync(password: str) -> str:
-    """A ``$2a$10$...`` bcrypt hash of ``password``, as etcd makes."""
+def hash_password_sync(password: str, cost: int = BCRYPT_COST) -> str:
+    """A ``$2a$10$...`` bcrypt hash of ``password``, as etcd makes (``cost``: 4-31)."""
     data = password.encode("utf-8")
     if len(data) > BCRYPT_MAX_BYTES:
         raise PasswordTooLong()
-    salt = bcrypt.gensalt(rounds=BCRYPT_COST, prefix=b"2a")
+    salt = bcrypt.gensalt(rounds=cost, prefix=b"2a")
     return bcrypt.hashpw(data, salt).decode("ascii")
 
 
@@ -74,12 +75,13 @@ def _verify_scrypt(password: str, stored: str) -> bool:
 class Hasher:
     """Hashes and checks passwords off the event loop, at most a few at a time."""
 
-    def __init__(self, concurrent: int = _CONCURRENT) -> None:
+    def __init__(self, concurrent: int = _CONCURRENT, cost: int = BCRYPT_COST) -> None:
         self._slots = asyncio.Semaphore(concurrent)
+        self._cost = cost
 
     async def hash(self, password: str) -> str:
         async with self._slots:
-            return await asyncio.to_thread(hash_password_sync, password)
+            return await asyncio.to_thread(hash_password_sync, password, self._cost)
 
     async def verify(self, password: str, stored: str) -> bool:
         async with self._slots:
