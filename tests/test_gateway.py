@@ -14,6 +14,7 @@ import json
 import shlex
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,8 +22,10 @@ from typing import Any
 
 import pytest
 
-from tests.support import REPO_ROOT, EtcdServer, ShimServer, free_port
+from shim.pb import rpc_pb2 as pb
+from tests.support import REPO_ROOT, Client, EtcdServer, ShimServer, free_port
 from tests.support.curl import CurlStream, HttpAnswer, curl, normalized
+from tests.support.waits import wait_until
 
 
 def b64(text: str | bytes) -> str:
@@ -259,15 +262,19 @@ def test_listen_metrics_urls_serve_metrics_and_health_only(
     scrapes /metrics): the same paths answer, and nothing else does."""
     etcd_port, shim_port = free_port(), free_port()
     etcd_factory(extra_args=[f"--listen-metrics-urls=http://127.0.0.1:{etcd_port}"])
-    shim_factory(extra_args=["--listen-metrics-urls", f"http://127.0.0.1:{shim_port}"])
+    shim = shim_factory(extra_args=["--listen-metrics-urls", f"http://127.0.0.1:{shim_port}"])
     on = Pair(f"http://127.0.0.1:{etcd_port}", f"http://127.0.0.1:{shim_port}")
     on.same("/health", None, "GET")
     on.same("/health?exclude=NOSPACE&serializable=true", None, "GET")
     for path, method in (("/v3/kv/range", "POST"), ("/version", "GET"), ("/nope", "GET"),
                          ("/health", "POST")):
         on.same(path, "{}" if method == "POST" else None, method)
+    with Client(shim.endpoint) as client:  # counted wherever /metrics is served, as etcd
+        client.kv.Put(pb.PutRequest(key=b"counted", value=b"v"))
     scraped = curl(on.shim + "/metrics", None, "GET")
     assert scraped.status == 200 and b"\netcd_server_has_leader 1.0\n" in scraped.body
+    assert (b'grpc_server_handled_total{grpc_code="OK",grpc_method="Put",'
+            b'grpc_service="etcdserverpb.KV",grpc_type="unary"} 1.0') in scraped.body
     ready = curl(on.shim + "/readyz?verbose", None, "GET")
     assert ready.status == 200 and ready.body.endswith(b"[+]non_learner ok\nok\n")
 
@@ -548,3 +555,60 @@ def test_readme_gateway_commands(tmp_path: Path) -> None:
             elif "/metrics" not in command:
                 answer = json.loads(done.stdout)
                 assert "error" not in answer, (command, answer)
+
+
+def _raw_websocket(port: int, path: str) -> socket.socket:
+    """A websocket client that does the handshake by hand and then reads nothing (a small
+    receive buffer, so the server's sends back up)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                  "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return sock
+
+
+def _masked_text_frame(payload: bytes) -> bytes:
+    assert len(payload) < 126
+    mask = b"\x01\x02\x03\x04"
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(
+        byte ^ mask[i % 4] for i, byte in enumerate(payload))
+
+
+def test_a_websocket_that_reads_nothing_does_not_hold_the_stop(tmp_path: Path) -> None:
+    """The server stops within its grace even when a websocket client has stopped reading
+    and the watch's events are backed up behind it (the close frame cannot leave)."""
+    port = free_port()
+    with ShimServer(tmp_path / "shim", extra_args=[
+        "--listen-client-http-urls", f"http://127.0.0.1:{port}",
+    ]) as server:
+        sock = _raw_websocket(port, "/v3/watch")
+        try:
+            sock.sendall(_masked_text_frame(b'{"create_request":{"key":"Ymln"}}'))
+            big = json.dumps({"key": b64("big"), "value": b64(b"x" * 512 * 1024)})
+            for _ in range(20):  # far more than the socket buffers hold
+                assert curl(f"http://127.0.0.1:{port}/v3/kv/put", big).status == 200
+            started = time.monotonic()
+            server.terminate()
+            wait_until(lambda: not server.running, 30, "the server to stop")
+            assert time.monotonic() - started < 12
+            assert server.stop() == 0
+            assert "Traceback" not in server.log_tail()
+        finally:
+            sock.close()
+
+
+def test_a_websocket_message_over_the_limit_closes_the_socket(pair: Pair) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with connect(pair.shim.replace("http://", "ws://") + "/v3/watch") as socket_:
+        socket_.send(b"x" * 9_000_000)  # past 4x the gRPC limit: no request is that big
+        with pytest.raises(ConnectionClosed) as closed:
+            socket_.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009

@@ -194,3 +194,49 @@ def test_the_authorization_header_is_the_auth_token() -> None:
                         b"extra": b"yes"}
 
     serve(gateway, 5.0, client)
+
+
+def test_a_websocket_closed_by_the_client_takes_nothing_more() -> None:
+    """The client's close frame arrives while a stream is still answering: the reply to it
+    is the last frame, and later answers are dropped, never an error (one sent while the
+    reply was on its way used to raise wsproto's 'cannot be sent in state CLOSED')."""
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import CloseConnection, TextMessage
+
+    from shim.gateway.websocket import WebSocket
+
+    async def main() -> None:
+        client = Connection(ConnectionType.CLIENT)
+        outgoing = client.send(TextMessage(data="first")) + client.send(CloseConnection(1000))
+        server_side, client_side = await _socket_pair()
+        reader, writer = server_side
+        socket = WebSocket(reader, writer, outgoing, limit=1 << 20)
+        assert [m async for m in socket.messages()] == [b"first"]
+        assert socket.closed.is_set()
+        await socket.send_text(b'{"result":{}}')  # an answer that was on its way
+        await socket.close()
+        client_reader, client_writer = client_side
+        client.receive_data(await client_reader.read())
+        events = list(client.events())
+        assert [type(e) for e in events] == [CloseConnection]  # the reply, nothing after
+        client_writer.close()
+
+    asyncio.run(main())
+
+
+async def _socket_pair() -> tuple[
+    tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    tuple[asyncio.StreamReader, asyncio.StreamWriter],
+]:
+    accepted: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+        asyncio.get_running_loop().create_future())
+
+    async def on_accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set_result((reader, writer))
+
+    listener = await asyncio.start_server(on_accept, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    client = await asyncio.open_connection("127.0.0.1", port)
+    server = await accepted
+    listener.close()
+    return server, client

@@ -9,7 +9,10 @@ from pathlib import Path
 import apsw
 import pytest
 
+from shim.auth.etcd_layout import etcd_buckets
+from shim.auth.objects import RoleObject, UserObject
 from shim.auth.passwords import PasswordTooLong, hash_password_sync, verify_password_sync
+from shim.auth.state import AuthState
 from tests.support import ShimServer, etcdctl
 
 
@@ -66,3 +69,22 @@ def test_bcrypt_cost_flag_as_etcd(tmp_path: Path, flag: str, stored_cost: str) -
         assert verify_password_sync("pw", stored)
         warned = "--bcrypt-cost 99 is outside 4-31: using the default 10" in server.log_tail()
         assert warned is (flag == "99")
+
+
+def test_a_snapshot_keeps_auth_on_for_etcd_only_if_root_can_get_in() -> None:
+    """A root password set before shim made bcrypt hashes matches nothing on etcd: auth on
+    there would lock everyone out, so that layout has auth off; once root has a bcrypt hash
+    (or no password: a certificate), auth stays on."""
+    at = (1, "node")
+
+    def layout(root_password: str, no_password: bool = False) -> bytes:
+        root = UserObject("root", at, None, root_password, no_password, "e", at,
+                          {"root": (True, at)})
+        state = AuthState(enabled=True, revision=3, users={"root": root},
+                          roles={"root": RoleObject("root", at, None)})
+        auth = dict(dict(etcd_buckets(state))[b"auth"])
+        return auth[b"authEnabled"]
+
+    assert layout(hash_password_sync("pw", cost=4)) == b"\x01"
+    assert layout("", no_password=True) == b"\x01"
+    assert layout("scrypt$32768$8$1$c2FsdA==$ZGlnZXN0") == b"\x00"

@@ -204,7 +204,8 @@ class ShimServer:
                 batch_delay=self.config.replication_batch_delay,
             )
         interceptors = []
-        if self.config.metrics_address:
+        if self.config.metrics_address or http_listens or metrics_listens:
+            # Wherever /metrics is served, every RPC is counted (as etcd always counts).
             interceptors.append(metrics.RequestTimer())
         server = grpc.aio.server(
             interceptors=interceptors,

@@ -10,6 +10,7 @@ an etcd snapshot's buckets become shim's users and roles.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,10 +20,13 @@ from google.protobuf.message import DecodeError
 from shim.auth.apply import new_epoch, new_version
 from shim.auth.cache import ENABLED, TOKEN_KEY
 from shim.auth.objects import Grant, RoleObject, Stamp, UserObject, role_row, user_row
-from shim.auth.state import AuthState
+from shim.auth.passwords import is_bcrypt
+from shim.auth.state import ROOT_ROLE, AuthState
 from shim.auth.tokens import new_token_key
 from shim.backend.auth_tables import AuthTables, SettingRow
 from shim.pb.auth_pb2 import Permission, Role, User
+
+log = logging.getLogger(__name__)
 
 AUTH_BUCKET = b"auth"
 ROLES_BUCKET = b"authRoles"
@@ -39,8 +43,24 @@ class LayoutError(ValueError):
 
 
 def etcd_buckets(state: AuthState) -> list[tuple[bytes, Items]]:
-    """``state``'s buckets, in name order, each with its items in key order."""
-    auth = [(ENABLED_KEY, b"\x01" if state.enabled else b"\x00"),
+    """``state``'s buckets, in name order, each with its items in key order.
+
+    Auth stays on only if some root user can still get in on etcd: with a bcrypt hash, or
+    without a password (a client certificate). A password set before shim made bcrypt hashes
+    (scrypt) matches nothing on etcd; were every root user's such, an etcd restored with auth
+    on would let nobody in, not even to turn it off: such a layout has auth off (and a
+    warning says so); shim's own copy in the file keeps everything."""
+    enabled = state.enabled and any(
+        ROOT_ROLE in user.roles and (user.no_password or is_bcrypt(user.password))
+        for user in state.users.values()
+    )
+    if state.enabled and not enabled:
+        log.warning(
+            "snapshot: no root user has a password etcd can check (set before shim made "
+            "bcrypt hashes), so auth is off in its etcd layout; set root's password again "
+            "(etcdctl user passwd root) to keep auth on in etcd"
+        )
+    auth = [(ENABLED_KEY, b"\x01" if enabled else b"\x00"),
             (REVISION_KEY, _REVISION.pack(state.revision))]
     roles = [
         (name.encode(), Role(name=name.encode(), keyPermission=role.permissions)

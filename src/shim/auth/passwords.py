@@ -45,10 +45,15 @@ def hash_password_sync(password: str, cost: int = BCRYPT_COST) -> str:
     return bcrypt.hashpw(data, salt).decode("ascii")
 
 
+def is_bcrypt(stored: str) -> bool:
+    """Whether ``stored`` is a bcrypt hash (etcd's kind), not one of shim's older ones."""
+    return stored.startswith("$2")
+
+
 def verify_password_sync(password: str, stored: str) -> bool:
     """Whether ``password`` matches ``stored``. An empty or unreadable hash matches nothing
     (etcd keeps an empty hash for a password changed to nothing: nobody can log in)."""
-    if stored.startswith("$2"):
+    if is_bcrypt(stored):
         try:
             return bcrypt.checkpw(password.encode("utf-8")[:BCRYPT_MAX_BYTES],
                                   stored.encode("ascii"))

@@ -240,7 +240,9 @@ class Gateway:
                                 f"{REASONS.get(status, '')}\n".encode())
             return
         reader, writer, received = await response.switch(websocket.accept_headers(request.headers))
-        socket = websocket.WebSocket(reader, writer, received)
+        socket = websocket.WebSocket(
+            reader, writer, received, self._max_message_bytes * BODY_BYTES_PER_MESSAGE_BYTE
+        )
         call = asyncio.create_task(self._gateway(
             path, websocket.socket_request(request, socket), websocket.SocketResponse(socket)
         ))

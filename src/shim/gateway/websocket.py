@@ -20,15 +20,17 @@ import logging
 from collections.abc import AsyncIterator
 from http.cookies import CookieError, SimpleCookie
 
-from wsproto.connection import Connection, ConnectionType
+from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
-from wsproto.utilities import generate_accept_token
+from wsproto.utilities import LocalProtocolError, generate_accept_token
 
-from shim.gateway.http import READ_BYTES, Headers, RequestBody
+from shim.gateway.http import READ_BYTES, BodyTooLarge, Headers, RequestBody
 
 log = logging.getLogger(__name__)
 
 _FORWARDED = ("origin", "referer")  # wsproxy's default header forwarder
+CLOSE_SECONDS = 0.5  # for the close frame to leave, at the end, before the connection is cut
+MESSAGE_TOO_BIG = 1009
 _BAD_HANDSHAKE = "websocket: the client is not using the websocket protocol: "
 
 
@@ -86,20 +88,24 @@ def _cookie(header: str, name: str) -> str | None:
 
 
 class WebSocket:
-    """One accepted websocket: its messages in, text messages out."""
+    """One accepted websocket: its messages in (each at most ``limit`` bytes: a larger one
+    closes the socket with 1009), text messages out."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, received: bytes
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, received: bytes,
+        limit: int,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self._ws = Connection(ConnectionType.SERVER)
         self._pending = received
-        self.closed = asyncio.Event()  # the client closed it, or went away
+        self._limit = limit
+        self.closed = asyncio.Event()  # closing or closed: nothing more is sent
 
     async def messages(self) -> AsyncIterator[bytes]:
         """Each message the client sends, whole, until it closes the socket."""
         parts: list[bytes] = []
+        size = 0
         while not self.closed.is_set():
             data, self._pending = self._pending, b""
             if not data:
@@ -113,9 +119,14 @@ class WebSocket:
                 if message is None:
                     continue
                 parts.append(message[0])
+                size += len(message[0])
+                if size > self._limit:
+                    log.debug("websocket message over %d bytes: closed", self._limit)
+                    await self.close(MESSAGE_TOO_BIG)
+                    return
                 if message[1]:
                     yield b"".join(parts)
-                    parts = []
+                    parts, size = [], 0
             if not data:
                 self.closed.set()
 
@@ -125,30 +136,45 @@ class WebSocket:
         if isinstance(event, BytesMessage):
             return bytes(event.data), event.message_finished
         if isinstance(event, Ping):
-            await self._send(self._ws.send(event.response()))
+            await self._send(event.response())
         elif isinstance(event, CloseConnection):
-            with contextlib.suppress(Exception):
-                await self._send(self._ws.send(event.response()))
+            # Closed for sending from here on, before the reply goes (a stream's next
+            # message must not try to follow it).
             self.closed.set()
+            self._write(event.response())
         return None
 
     async def send_text(self, line: bytes) -> None:
-        if not self.closed.is_set():
-            await self._send(self._ws.send(TextMessage(data=line.decode("utf-8", "replace"))))
+        await self._send(TextMessage(data=line.decode("utf-8", "replace")))
 
-    async def close(self) -> None:
-        """End the socket: a close frame (1000) if it is still open, then the connection."""
+    async def close(self, code: int = 1000) -> None:
+        """End the socket: a close frame if it is still open, given a moment to leave (a
+        client that reads nothing must not hold the server), then the connection."""
         if not self.closed.is_set():
-            with contextlib.suppress(Exception):
-                await self._send(self._ws.send(CloseConnection(code=1000)))
             self.closed.set()
+            self._write(CloseConnection(code=code))
+        with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+            await asyncio.wait_for(self._writer.drain(), CLOSE_SECONDS)
+        self._writer.transport.abort()
 
-    async def _send(self, data: bytes) -> None:
+    async def _send(self, event: Event) -> None:
+        if self.closed.is_set() or not self._write(event):
+            return
         try:
-            self._writer.write(data)
             await self._writer.drain()
         except (ConnectionError, OSError):
             self.closed.set()
+
+    def _write(self, event: Event) -> bool:
+        """Frame ``event`` into the socket's buffer (False: the socket can take nothing)."""
+        if self._ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            return False
+        try:
+            self._writer.write(self._ws.send(event))
+        except (LocalProtocolError, ConnectionError, OSError):
+            self.closed.set()
+            return False
+        return True
 
 
 class SocketRequest:
@@ -169,13 +195,16 @@ class SocketRequest:
             yield message + b"\n"  # as wsproxy writes each message into the body
 
     async def read_all(self, limit: int) -> bytes:
-        """The whole body: every message until the client closes the socket."""
-        body = b""
+        """The whole body: every message until the client closes the socket (BodyTooLarge
+        past ``limit`` bytes)."""
+        parts: list[bytes] = []
+        size = 0
         async for chunk in self.chunks():
-            body += chunk
-            if len(body) > limit:
-                break
-        return body
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge()
+            parts.append(chunk)
+        return b"".join(parts)
 
 
 class SocketResponse:
