@@ -612,3 +612,21 @@ def test_a_websocket_message_over_the_limit_closes_the_socket(pair: Pair) -> Non
         with pytest.raises(ConnectionClosed) as closed:
             socket_.recv(timeout=10)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+def test_an_idle_websocket_is_ended_at_the_stop(tmp_path: Path) -> None:
+    """A websocket is a stream: the stop ends it at once, as it ends watch streams, rather
+    than waiting out its grace for a request that may never come."""
+    port = free_port()
+    with ShimServer(tmp_path / "shim", extra_args=[
+        "--listen-client-http-urls", f"http://127.0.0.1:{port}",
+    ]) as server:
+        sock = _raw_websocket(port, "/v3/watch")  # and no request on it
+        try:
+            started = time.monotonic()
+            server.terminate()
+            wait_until(lambda: not server.running, 30, "the server to stop")
+            assert time.monotonic() - started < 5  # the grace is 10 s
+            assert server.stop() == 0
+        finally:
+            sock.close()

@@ -154,6 +154,7 @@ class Response:
         """Answer 101 Switching Protocols; the socket is the caller's from here on: its
         reader, writer, and the bytes that already arrived after the request."""
         self.started = True
+        self._connection.switched = True
         await self._connection.send(h11.InformationalResponse(
             status_code=101, headers=[*headers, ("Date", _date())], reason="Switching Protocols"
         ))
@@ -179,6 +180,7 @@ class _Connection:
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.closed = asyncio.Event()  # the client went away
         self.body_finished = asyncio.Event()
+        self.switched = False  # to another protocol (a websocket): no longer HTTP
 
     async def _read(self) -> bytes:
         """The next bytes from the client (b"" once it has gone) for h11."""
@@ -252,7 +254,7 @@ class HttpServer:
         self._handler = handler
         self._idle_timeout = idle_timeout
         self._servers: list[asyncio.Server] = []
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._busy: set[asyncio.Task[None]] = set()  # connections inside a handler
 
     async def listen(
@@ -271,6 +273,9 @@ class HttpServer:
         then close every connection."""
         for server in self._servers:
             server.close()
+        for task, connection in list(self._connections.items()):
+            if connection.switched:  # a websocket: a stream, ended at once like the others
+                await cancel_and_wait(task)
         busy = set(self._busy)
         if busy:
             await asyncio.wait(busy, timeout=grace)
@@ -283,8 +288,8 @@ class HttpServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
         connection = _Connection(reader, writer)
+        self._connections[task] = connection
         try:
             await self._serve(connection, task)
         except asyncio.CancelledError:
@@ -292,7 +297,7 @@ class HttpServer:
         except Exception:
             log.exception("HTTP connection from %s failed", connection.peer)
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
             self._busy.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
