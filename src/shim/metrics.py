@@ -1,8 +1,10 @@
 """Prometheus metrics (prometheus-client), served on ``--metrics-address`` as text.
 
-Counters and histograms on hot paths cost about a microsecond and are always kept; the
-per-RPC interceptor is installed only when metrics are served, so a server without
-``--metrics-address`` pays nothing for it.
+Counters and histograms on hot paths cost about a microsecond (0.5-1.1 us an increment or
+observation, 2-2.8 us with a label lookup, timeit on the test machine) and are always kept;
+the per-RPC interceptor (about four of those per call) is installed only where /metrics is
+served (``--metrics-address``, ``--listen-client-http-urls``, ``--listen-metrics-urls``), so
+a server without them pays nothing for it.
 
 Beside shim's own (``shim_*``), the series etcd's alerts and dashboards read, under etcd's
 names, labels and meaning where shim has the same thing: a node is its own leader
@@ -126,20 +128,12 @@ GRPC_HANDLED = Counter(
     "Total number of RPCs completed on the server, regardless of success or failure.",
     ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
 )
-# grpc-go's names of the status codes, which go-grpc-prometheus puts in grpc_code.
+# grpc-go's names of the status codes, which go-grpc-prometheus puts in grpc_code: the enum
+# names in CamelCase, but for two.
 _GO_CODES = {
-    grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled",
-    grpc.StatusCode.UNKNOWN: "Unknown", grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded",
-    grpc.StatusCode.NOT_FOUND: "NotFound", grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
-    grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
-    grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
-    grpc.StatusCode.ABORTED: "Aborted", grpc.StatusCode.OUT_OF_RANGE: "OutOfRange",
-    grpc.StatusCode.UNIMPLEMENTED: "Unimplemented", grpc.StatusCode.INTERNAL: "Internal",
-    grpc.StatusCode.UNAVAILABLE: "Unavailable", grpc.StatusCode.DATA_LOSS: "DataLoss",
-    grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
-}
+    code: "".join(word.capitalize() for word in code.name.split("_"))
+    for code in grpc.StatusCode
+} | {grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled"}
 
 
 def record_merge(
@@ -218,10 +212,9 @@ class RequestTimer(grpc.aio.ServerInterceptor):
 
 
 def _code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> str:
+    """The call's status in grpc-go's words (``default`` where none was set)."""
     code = context.code()
-    if isinstance(code, int):  # some grpcio releases give the number
-        code = next((c for c in grpc.StatusCode if c.value[0] == code), default)
-    return _GO_CODES.get(code if isinstance(code, grpc.StatusCode) else default, "Unknown")
+    return _GO_CODES[code if isinstance(code, grpc.StatusCode) else default]
 
 
 @contextlib.contextmanager

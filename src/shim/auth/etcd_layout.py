@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
@@ -24,7 +23,7 @@ from shim.auth.passwords import is_bcrypt
 from shim.auth.state import ROOT_ROLE, AuthState
 from shim.auth.tokens import new_token_key
 from shim.backend.auth_tables import AuthTables, SettingRow
-from shim.pb.auth_pb2 import Permission, Role, User
+from shim.pb.auth_pb2 import Role, User
 
 log = logging.getLogger(__name__)
 
@@ -77,88 +76,42 @@ def etcd_buckets(state: AuthState) -> list[tuple[bytes, Items]]:
             (USERS_BUCKET, sorted(users))]
 
 
-@dataclass(frozen=True)
-class EtcdUser:
-    name: str
-    password: str  # etcd's bcrypt hash; "" for none
-    roles: tuple[str, ...]
-    no_password: bool
-
-
-@dataclass(frozen=True)
-class EtcdRole:
-    name: str
-    permissions: tuple[Permission, ...]  # in etcd's order
-
-
-@dataclass(frozen=True)
-class EtcdAuth:
-    enabled: bool
-    revision: int
-    users: tuple[EtcdUser, ...]
-    roles: tuple[EtcdRole, ...]
-
-
-def read_etcd_auth(
-    auth: Iterable[tuple[bytes, bytes]],
-    roles: Iterable[tuple[bytes, bytes]],
-    users: Iterable[tuple[bytes, bytes]],
-) -> EtcdAuth:
-    """What an etcd file's three auth buckets hold (``LayoutError`` for what etcd would not
-    have written)."""
-    settings = dict(auth)
-    revision_bytes = settings.get(REVISION_KEY, _REVISION.pack(0))
-    if len(revision_bytes) != _REVISION.size:
-        raise LayoutError("the auth bucket's authRevision is not 8 bytes")
-    try:
-        found_roles = tuple(_role(name, Role.FromString(data)) for name, data in roles)
-        found_users = tuple(_user(name, User.FromString(data)) for name, data in users)
-    except (DecodeError, UnicodeDecodeError) as exc:
-        raise LayoutError(f"an auth user or role does not decode: {exc}") from None
-    return EtcdAuth(
-        enabled=settings.get(ENABLED_KEY, b"\x00") == b"\x01",
-        revision=_REVISION.unpack(revision_bytes)[0],
-        users=found_users,
-        roles=found_roles,
-    )
-
-
-def _role(key: bytes, role: Role) -> EtcdRole:
-    return EtcdRole(key.decode(), tuple(role.keyPermission))
-
-
-def _user(key: bytes, user: User) -> EtcdUser:
-    # A hash that is no bcrypt (etcd stores a client's hashedPassword as sent) is kept as
-    # it is: it matches no password, there as here.
-    return EtcdUser(key.decode(), user.password.decode("latin-1"), tuple(sorted(user.roles)),
-                    user.options.no_password)
-
-
 def write_shim_auth(
     bucket: Callable[[bytes], Iterable[tuple[bytes, bytes]]], tables: AuthTables, at: Stamp
 ) -> None:
     """Write what an etcd file's auth buckets (``bucket(name)``) hold into ``tables``, a new
     database's, as writes made at ``at``: the same users (and password hashes), roles,
-    permissions in etcd's order, auth revision and enabled flag. Nothing for an etcd that
-    never had auth set up."""
-    found = read_etcd_auth(bucket(AUTH_BUCKET), bucket(ROLES_BUCKET), bucket(USERS_BUCKET))
-    if not (found.enabled or found.users or found.roles):
+    permissions in etcd's order, auth revision and enabled flag (``LayoutError`` for what
+    etcd would not have written). Nothing for an etcd that never had auth set up."""
+    settings = dict(bucket(AUTH_BUCKET))
+    revision = settings.get(REVISION_KEY, _REVISION.pack(0))
+    if len(revision) != _REVISION.size:
+        raise LayoutError("the auth bucket's authRevision is not 8 bytes")
+    enabled = settings.get(ENABLED_KEY, b"\x00") == b"\x01"
+    try:
+        roles = [Role.FromString(data) for _, data in bucket(ROLES_BUCKET)]
+        users = [User.FromString(data) for _, data in bucket(USERS_BUCKET)]
+        for role in roles:
+            grants = {}
+            for position, perm in enumerate(role.keyPermission):
+                # Equal keys list in the order they were added: etcd's list gives that order.
+                grants[(perm.key, perm.range_end)] = Grant(
+                    perm.key, perm.range_end, perm.permType, at, (at[0] + position, at[1]))
+            tables.put_role(role_row(RoleObject(role.name.decode(), at, None, grants)))
+        for user in users:
+            # A hash that is no bcrypt (etcd stores a client's hashedPassword as sent) is
+            # kept as it is: it matches no password, there as here.
+            tables.put_user(user_row(UserObject(
+                user.name.decode(), at, None, user.password.decode("latin-1"),
+                user.options.no_password, new_epoch(), at,
+                {role: (True, at) for role in user.roles},
+            )))
+    except (DecodeError, UnicodeDecodeError) as exc:
+        raise LayoutError(f"an auth user or role does not decode: {exc}") from None
+    if not (enabled or users or roles):
         return
-    for role in found.roles:
-        grants = {}
-        for position, perm in enumerate(role.permissions):
-            # Equal keys list in the order they were added: etcd's list gives that order.
-            added = (at[0] + position, at[1])
-            grants[(perm.key, perm.range_end)] = Grant(
-                perm.key, perm.range_end, perm.permType, at, added)
-        tables.put_role(role_row(RoleObject(role.name, at, None, grants)))
-    for user in found.users:
-        tables.put_user(user_row(UserObject(
-            user.name, at, None, user.password, user.no_password, new_epoch(), at,
-            {role: (True, at) for role in user.roles},
-        )))
-    tables.put_setting(SettingRow(ENABLED, "1" if found.enabled else "0", *at))
-    if found.enabled:
+    tables.put_setting(SettingRow(ENABLED, "1" if enabled else "0", *at))
+    if enabled:
         tables.put_setting(SettingRow(TOKEN_KEY, new_token_key().hex(), *at))
-    tables.set_revision(max(found.revision, 1))
+    tables.set_revision(max(_REVISION.unpack(revision)[0], 1))
     tables.set_version(new_version())

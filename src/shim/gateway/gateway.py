@@ -251,8 +251,6 @@ class Gateway:
             await asyncio.wait({call, gone}, return_when=asyncio.FIRST_COMPLETED)
             if call.done():
                 call.result()
-        except GatewayError as exc:
-            await socket.send_text(error_body(exc.code, exc.message))
         finally:
             await cancel_and_wait(call, log_errors=False)
             await cancel_and_wait(gone)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import math
 import random
 import time
 
@@ -109,7 +108,7 @@ class Lessor:
 
     async def lease_ids(self) -> list[int]:
         """Every lease, the first to expire first (etcd's LeaseLeases order)."""
-        return sorted(self._ttl, key=lambda lease_id: self._deadline.get(lease_id, math.inf))
+        return sorted(self._deadline, key=self._deadline.__getitem__)
 
     # -- expiry --------------------------------------------------------------------------------
 
