@@ -53,10 +53,9 @@ def write(view: ReadView, database: Path, out: BinaryIO) -> int:
     for name, items in etcd_buckets(state_from_rows(view.auth.load())):
         bolt.bucket(name, items)
     bolt.bucket(b"key", bolt_items(stored_rows(view, revision)))
-    bolt.bucket(b"lease", [
-        (_U64.pack(lease_id), _lease(lease_id, ttl))
-        for lease_id, ttl in sorted(view.leases().items())
-    ])
+    bolt.bucket(b"lease", sorted(
+        (_lease_key(lease_id), _lease(lease_id, ttl)) for lease_id, ttl in view.leases().items()
+    ))
     meta = [(b"consistent_index", _U64.pack(revision))]
     if compacted >= 0:
         at = _REVISION.pack(compacted) + b"_" + _REVISION.pack(0)
@@ -70,6 +69,12 @@ def _pieces(database: Path) -> Iterator[tuple[bytes, bytes]]:
     with open(database, "rb") as source:
         for number, piece in enumerate(iter(lambda: source.read(PIECE_BYTES), b"")):
             yield _U64.pack(number), piece
+
+
+def _lease_key(lease_id: int) -> bytes:
+    """etcd's key for a lease: its ID as a big-endian uint64, so a negative ID (LeaseGrant
+    takes any non-zero int64) sorts after the positive ones, as in etcd's bucket."""
+    return _U64.pack(lease_id & 0xFFFF_FFFF_FFFF_FFFF)
 
 
 def _lease(lease_id: int, ttl: int) -> bytes:
