@@ -614,6 +614,36 @@ def test_a_websocket_message_over_the_limit_closes_the_socket(pair: Pair) -> Non
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
 
+def test_a_watch_over_a_kept_alive_connection_ends_at_the_stop(tmp_path: Path) -> None:
+    """An HTTP client that keeps its connection (Patroni's urllib3 pool does) does not hold
+    the stop: its watch ends at once with the error object etcd's gateway sends when its
+    server goes (UNAVAILABLE, 503), and the connection is closed rather than kept for a next
+    request until the end of the 10 s grace (which made a restart under Patroni take 11 s)."""
+    port = free_port()
+    with ShimServer(tmp_path / "shim", extra_args=[
+        "--listen-client-http-urls", f"http://127.0.0.1:{port}",
+    ]) as server:
+        body = b'{"create_request":{"key":"L2E="}}'
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(b"POST /v3/watch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(body), body))
+            received = b""
+            while b'"created":true' not in received:
+                received += sock.recv(65536)
+            started = time.monotonic()
+            server.terminate()
+            while chunk := sock.recv(65536):  # until the server closes the connection
+                received += chunk
+            assert time.monotonic() - started < 5  # the grace is 10 s
+        last_chunk = received[:-len(b"\r\n0\r\n\r\n")].rsplit(b"\r\n", 1)[1]
+        error = json.loads(last_chunk)["error"]
+        assert (error["grpc_code"], error["http_code"], error["http_status"]) == (
+            14, 503, "Service Unavailable")
+        assert received.endswith(b"\r\n0\r\n\r\n")
+        wait_until(lambda: not server.running, 10, "the server to stop")
+        assert server.stop() == 0
+
+
 def test_an_idle_websocket_is_ended_at_the_stop(tmp_path: Path) -> None:
     """A websocket is a stream: the stop ends it at once, as it ends watch streams, rather
     than waiting out its grace for a request that may never come."""

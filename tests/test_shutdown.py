@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ from shim.api.gate import SERVER_STOPPED
 from shim.api.server import SHUTDOWN_GRACE_SECONDS
 from shim.pb import rpc_pb2 as pb
 from shim.pb import v3lock_pb2
-from tests.support import Client, ShimServer
+from tests.support import OUTSIDE_CHECKOUT, Client, ShimServer, find_etcd_binary
+from tests.support.process import child_env
 from tests.support.waits import wait_until
 
 WRITERS = 16
@@ -122,8 +124,10 @@ def test_stop_under_writes_finishes_or_refuses_every_put(
 
 
 def test_streams_and_waits_open_at_the_stop_end_cleanly(tmp_path: Path) -> None:
-    """A watch stream open at the stop ends with status OK, and a Lock call waiting for its
-    turn ends with etcd's UNAVAILABLE "server stopped": neither is left to be CANCELLED."""
+    """A watch stream open at the stop, and a Lock call waiting for its turn, end at once
+    with etcd's UNAVAILABLE "server stopped", which clients retry: neither is left to be
+    CANCELLED, nor the watch ended with OK (a Go client takes that as canceled by the
+    server and gives up the watch)."""
     with ShimServer(tmp_path / "shim") as server, Client(server.endpoint) as client:
         first, second = (
             client.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=60), timeout=10).ID
@@ -144,8 +148,9 @@ def test_streams_and_waits_open_at_the_stop_end_cleanly(tmp_path: Path) -> None:
         wait_until(both_in_line, 10, "the second Lock call to wait")
         assert server.pid is not None and not waiting.done()
         os.kill(server.pid, signal.SIGTERM)
-        assert list(stream) == []  # ended by the server ...
-        assert stream.code() == grpc.StatusCode.OK  # ... cleanly
+        with pytest.raises(grpc.RpcError):
+            next(stream)
+        assert (stream.code(), stream.details()) == (grpc.StatusCode.UNAVAILABLE, SERVER_STOPPED)
         assert waiting.code() == grpc.StatusCode.UNAVAILABLE
         assert waiting.details() == SERVER_STOPPED
         wait_until(lambda: not server.running, 20, "the server to stop")
@@ -223,3 +228,43 @@ def test_a_lease_keep_alive_stream_open_at_the_stop_ends_at_once(tmp_path: Path)
         log = server.log_tail(50)
         assert server.stop() == 0, log
         assert "Traceback" not in log and " ERROR " not in log, log
+
+
+def test_etcdctl_watch_goes_on_across_a_restart(tmp_path: Path) -> None:
+    """`etcdctl watch` (etcd's Go client) keeps watching while the server restarts, as it does
+    across an etcd restart: it retries the UNAVAILABLE its stream ends with and resumes after
+    the last revision it saw. (A stream ended with OK made it exit: "watch is canceled by the
+    server".)"""
+    with ShimServer(tmp_path / "shim") as server:
+        watcher = subprocess.Popen(
+            [find_etcd_binary("etcdctl"), f"--endpoints={server.endpoint}", "watch", "w"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=child_env({"ETCDCTL_API": "3"}), cwd=OUTSIDE_CHECKOUT,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(
+            target=lambda: [lines.put(line.strip()) for line in watcher.stdout or ()], daemon=True
+        ).start()
+
+        def put_until_seen(value: str) -> None:
+            deadline = time.monotonic() + 30
+            with Client(server.endpoint) as client:
+                # etcdctl's watch may not be registered yet: put again until it prints one.
+                while time.monotonic() < deadline:
+                    client.kv.Put(pb.PutRequest(key=b"w", value=value.encode()), timeout=10)
+                    try:
+                        while lines.get(timeout=1) != value:
+                            pass
+                        return
+                    except queue.Empty:
+                        assert watcher.poll() is None, watcher.stderr and watcher.stderr.read()
+            raise AssertionError(f"etcdctl watch never printed {value}")
+
+        try:
+            put_until_seen("before")
+            server.restart()
+            put_until_seen("after")
+            assert watcher.poll() is None
+        finally:
+            watcher.kill()
+            watcher.wait(10)

@@ -164,7 +164,7 @@ class Recipes:
     ) -> AsyncIterator[AsyncIterator[tuple[ResponseHeader, Event]]]:
         """The events on [key, range_end) from ``start_revision`` on, each with the header of
         the watch response that carried it."""
-        stream = self._hub.open_stream()
+        stream = self._hub.open_stream(client=False)
         self._hub.create(stream, rpc_pb2.WatchCreateRequest(
             key=key, range_end=range_end, start_revision=start_revision,
         ))

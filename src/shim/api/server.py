@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd lets gRPC frames exceed the request limit by this much
 SHUTDOWN_GRACE_SECONDS = 10.0
+# How long after gRPC's shutdown starts the watch streams end: time for its GOAWAY to reach
+# the clients first.
+STREAMS_END_AFTER_SECONDS = 0.2
 GRPC_RECEIVE_FACTOR = 4
 PENDING_CALLS_LIMIT = 2**31 - 1  # calls gRPC holds for the handlers: as many as arrive, as etcd
 
@@ -404,20 +407,30 @@ class ShimServer:
             deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
             self.gate.close()
             await self.health.enter_graceful_shutdown()
-            # Watch streams and links never finish by themselves: end them now that no new
-            # ones can start.
+            # Links, and the watches of calls waiting on the store (a Lock's turn, an
+            # Observe), never finish by themselves: end them now that no new ones can start.
             if self.hub is not None:
-                self.hub.end_all_streams()
+                self.hub.end_streams(client=False)
             if self.replicator is not None:
                 await self.replicator.close()
             await self.gate.drain(deadline)
             if self.hub is not None:
-                self.hub.end_all_streams()  # one that was starting as the gate closed
+                self.hub.end_streams(client=False)  # one that was starting as the gate closed
             grace = max(deadline - time.monotonic(), 0.0)
-            await asyncio.gather(
+            stopping = asyncio.gather(
                 self._server.stop(grace),
                 *(http.close(grace) for http in self._http_servers),
             )
+            # Watch streams never finish by themselves either. They end (UNAVAILABLE) only
+            # once gRPC has closed the port and told its clients to go away: a client that
+            # retries at once (etcd's Go client does, for a watch) then waits for the server
+            # to be back, as after etcd's stop, instead of opening new streams on this
+            # connection until one meets gRPC's shutdown and ends CANCELLED, which it does
+            # not retry. Until then they deliver what the drained calls wrote.
+            await asyncio.sleep(STREAMS_END_AFTER_SECONDS)
+            if self.hub is not None:
+                self.hub.end_streams(client=True)
+            await stopping
             self._server = None
             self._http_servers = []
         self.backend.set_commit_listener(None)

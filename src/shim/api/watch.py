@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from shim.api.gate import Stopping
 from shim.auth import errors
 from shim.auth.guard import Guard, Rule, permission
 from shim.mvcc.errors import StoreError
@@ -52,6 +53,11 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
             while (responses := await stream.next_responses()) is not None:
                 for resp in responses:
                     yield resp
+            if stream.stopped:
+                # UNAVAILABLE, which clients retry (a Go client ends a watch that closes
+                # with OK as canceled by the server), as they do when a stopping etcd drops
+                # the connection.
+                raise Stopping()
         finally:
             self._hub.close_stream(stream)
             await cancel_and_wait(reader)
@@ -78,6 +84,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                     hub.request_progress(stream)
         except asyncio.CancelledError:
             raise
+        except Stopping:
+            pass  # no more requests; the stop ends the stream itself, a moment later
         except Exception as exc:
             log.debug("watch stream request side failed: %s", exc)
             stream.end()

@@ -256,6 +256,9 @@ class HttpServer:
         self._servers: list[asyncio.Server] = []
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._busy: set[asyncio.Task[None]] = set()  # connections inside a handler
+        self._none_busy = asyncio.Event()
+        self._none_busy.set()
+        self._closing = False
 
     async def listen(
         self, host: str, port: int, ssl: Any = None, reuse_port: bool = False
@@ -270,15 +273,17 @@ class HttpServer:
 
     async def close(self, grace: float) -> None:
         """Stop accepting; let handlers that are running finish for up to ``grace`` seconds;
-        then close every connection."""
+        then close every connection. As Go's Server.Shutdown: a connection is closed once
+        its request is answered, so an idle keep-alive connection (a client's pool) does not
+        hold the stop."""
+        self._closing = True
         for server in self._servers:
             server.close()
         for task, connection in list(self._connections.items()):
             if connection.switched:  # a websocket: a stream, ended at once like the others
                 await cancel_and_wait(task)
-        busy = set(self._busy)
-        if busy:
-            await asyncio.wait(busy, timeout=grace)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._none_busy.wait(), grace)
         for task in list(self._connections):
             await cancel_and_wait(task)
         for server in self._servers:
@@ -298,7 +303,7 @@ class HttpServer:
             log.exception("HTTP connection from %s failed", connection.peer)
         finally:
             self._connections.pop(task, None)
-            self._busy.discard(task)
+            self._leave_handler(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -319,6 +324,7 @@ class HttpServer:
                 return
             connection.start_request()
             self._busy.add(task)
+            self._none_busy.clear()
             try:
                 await self._handle(connection, event)
             except h11.RemoteProtocolError as exc:
@@ -327,7 +333,9 @@ class HttpServer:
             except ClientGone:
                 return
             finally:
-                self._busy.discard(task)
+                self._leave_handler(task)
+            if self._closing:
+                return
             while conn.their_state is h11.SEND_BODY:  # a body nobody read, if it is all here
                 leftover = conn.next_event()
                 if leftover is h11.NEED_DATA or leftover is h11.PAUSED:
@@ -337,6 +345,11 @@ class HttpServer:
             if conn.our_state is not h11.DONE:
                 return
             conn.start_next_cycle()
+
+    def _leave_handler(self, task: asyncio.Task[None]) -> None:
+        self._busy.discard(task)
+        if not self._busy:
+            self._none_busy.set()
 
     async def _handle(self, connection: _Connection, event: h11.Request) -> None:
         request = Request(event, connection, self._idle_timeout)

@@ -82,6 +82,8 @@ class WatchStream:
     _next_id: int = 0
     progress_requested: bool = False
     closed: bool = False
+    client: bool = True  # a client's Watch call (else the server's own, see open_stream)
+    stopped: bool = False  # ended by the server's stop, not by its client
 
     def has_room(self) -> bool:
         return self.outbox.has_room()
@@ -159,21 +161,26 @@ class WatchHub:
             await asyncio.sleep(interval)
             self.notify_progress()
 
-    def open_stream(self) -> WatchStream:
+    def open_stream(self, client: bool = True) -> WatchStream:
+        """A stream for a client's Watch call, or (``client`` False) for the server's own
+        use inside another call (a Lock waiting its turn, an election's Observe)."""
         outbox = Outbox(
             self._header, self._max_response_bytes, STREAM_QUEUE_LIMIT, STREAM_BYTES_LIMIT
         )
-        stream = WatchStream(hub=self, outbox=outbox)
+        stream = WatchStream(hub=self, outbox=outbox, client=client)
         self._streams.add(stream)
         return stream
 
     def watcher_count(self) -> int:
         return sum(len(stream.watchers) for stream in self._streams)
 
-    def end_all_streams(self) -> None:
-        """Tell every open stream to finish (server shutdown)."""
+    def end_streams(self, client: bool) -> None:
+        """Tell every open stream of a client's Watch call (``client``), or every one the
+        server uses inside other calls, to finish: the server is stopping."""
         for stream in self._streams:
-            stream.end()
+            if stream.client == client:
+                stream.stopped = True
+                stream.end()
 
     def close_stream(self, stream: WatchStream) -> None:
         self._streams.discard(stream)
