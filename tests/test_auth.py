@@ -560,6 +560,28 @@ def test_what_later_3_5_releases_changed(pair: tuple[Side, Side]) -> None:
     client.auth.UserDelete(pb.AuthUserDeleteRequest(name="long"), metadata=root)
 
 
+def test_a_range_end_sent_empty_is_checked_as_the_range_it_reads(
+    pair: tuple[Side, Side],
+) -> None:
+    """A Range whose range_end is sent present but empty reads every key from its key on
+    (tests/test_edges.py). etcd 3.5.1 checks such a request as its key alone, so alice, who
+    may read "/k" only, reads every key after it; shim checks the range it reads, and refuses.
+    A range alice may read all of ("/z" and on) is read alike."""
+    def raw_range(side: Side, key: bytes) -> list[bytes]:
+        data = pb.RangeRequest(key=key).SerializeToString() + b"\x12\x00"
+        call = side.client.channel.unary_unary("/etcdserverpb.KV/Range")
+        reply = call(data, metadata=md(side.token(ALICE)), timeout=10)
+        return [kv.key for kv in pb.RangeResponse.FromString(reply).kvs]
+
+    etcd, shim = pair
+    leaked = outcome(lambda: raw_range(etcd, b"/k"))  # etcd's answer, for the record
+    assert leaked[0] == "ok" and leaked[1][0] == b"/k" and len(leaked[1]) > 1
+    assert outcome(lambda: raw_range(shim, b"/k")) == (
+        grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")
+    assert outcome(lambda: raw_range(etcd, b"/z")) == outcome(lambda: raw_range(shim, b"/z"))
+    assert outcome(lambda: raw_range(shim, b"/z"))[0] == "ok"
+
+
 def test_tokens_are_ignored_while_auth_is_disabled(shim: ShimServer) -> None:
     """etcd 3.5.9+ looks at no token while auth is off (3.5.1 refused stale ones); enabling
     auth again makes every earlier token worthless."""

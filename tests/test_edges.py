@@ -311,6 +311,74 @@ def test_keys_and_values_at_and_beyond_the_size_limit(
     both(clients, "kv", "DeleteRange", pb.DeleteRangeRequest(key=key))
 
 
+# --- a range_end sent present but empty -------------------------------------------------------
+
+# Python's encoder never sends an empty bytes field; these append one by hand (field 2 of a
+# RangeRequest or DeleteRangeRequest, field 64 of a Compare), as etcd3 for Node.js sends it.
+EMPTY_RANGE_END = b"\x12\x00"
+EMPTY_COMPARE_RANGE_END = b"\x82\x04\x00"
+
+
+def _sent_empty(message: Message, empty: bytes = EMPTY_RANGE_END) -> bytes:
+    return message.SerializeToString() + empty
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited field (lengths under 128 here)."""
+    assert len(data) < 128
+    return bytes([number << 3 | 2, len(data)]) + data
+
+
+def _range_op(key: bytes) -> bytes:  # RequestOp.request_range, its range_end sent empty
+    return _field(1, _sent_empty(pb.RangeRequest(key=key, keys_only=True, limit=10)))
+
+
+def _put_op(key: bytes) -> bytes:  # RequestOp.request_put
+    return _field(2, pb.PutRequest(key=key, value=b"w").SerializeToString())
+
+
+def _compare(key: bytes, value: bytes) -> bytes:  # TxnRequest.compare, its range_end empty
+    return _field(1, _sent_empty(pb.Compare(
+        key=key, target=pb.Compare.VALUE, result=pb.Compare.EQUAL, value=value,
+    ), EMPTY_COMPARE_RANGE_END))
+
+
+EMPTY_RANGE_END_CASES: list[tuple[str, str, bytes]] = [
+    # etcd: every key from key on (a read served without raft)
+    ("Range", "range", _sent_empty(pb.RangeRequest(key=b"p/b", keys_only=True, limit=10))),
+    ("Range", "count", _sent_empty(pb.RangeRequest(key=b"p/b", count_only=True))),
+    ("Range", "serializable", _sent_empty(pb.RangeRequest(
+        key=b"p/b", keys_only=True, limit=10, serializable=True))),
+    ("Txn", "read-only txn", _field(2, _range_op(b"p/b")) + _field(3, _range_op(b"p/a"))),
+    ("Txn", "read-only compare", _compare(b"p/b", b"vb") + _field(2, _range_op(b"p/c"))),
+    # etcd: the single key (a write goes through raft, whose encoding drops the empty field)
+    ("Txn", "txn with a put", _field(2, _range_op(b"p/b")) + _field(2, _put_op(b"p/w"))),
+    ("Txn", "compare in a write", _compare(b"p/b", b"vb") + _field(2, _put_op(b"p/w"))),
+    ("Txn", "nested txn", _field(2, _field(4, _field(2, _range_op(b"p/b"))))),
+    ("DeleteRange", "delete", _sent_empty(pb.DeleteRangeRequest(key=b"p/d", prev_kv=True))),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "data"), [(method, data) for method, _, data in EMPTY_RANGE_END_CASES],
+    ids=[name for _, name, _ in EMPTY_RANGE_END_CASES],
+)
+def test_a_range_end_sent_empty_is_read_as_etcd_reads_it(
+    clients: tuple[Client, Client], method: str, data: bytes
+) -> None:
+    """Python's decoder cannot tell an empty range_end from none; etcd's can, and reads it
+    as "\0" (every key from key on) where no raft is involved."""
+    answers = []
+    for client in clients:
+        for key in (b"p/a", b"p/b", b"p/c", b"p/d"):
+            client.kv.Put(pb.PutRequest(key=key, value=b"v" + key[-1:]), timeout=10)
+        reply = client.channel.unary_unary(f"/etcdserverpb.KV/{method}")(data, timeout=10)
+        response = getattr(pb, f"{method}Response").FromString(reply)
+        clear_identity(response)
+        answers.append(response)
+    assert answers[1] == answers[0]
+
+
 # --- bytes that are not a request -------------------------------------------------------------
 
 MALFORMED: list[tuple[str, bytes]] = [

@@ -29,6 +29,7 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from shim.api.empty_range_end import ADJUSTERS
 from shim.api.gate import SERVER_STOPPED, Gate, Stopping
 from shim.api.wire import decode_error_reason, refusal
 
@@ -74,6 +75,9 @@ class Method:
     # (request or async iterator of requests, context) -> response or async iterator
     call: Callable[[Any, Any], Any]
     max_request_bytes: int
+    # What the decoded request needs from its bytes that Python's decoder drops (a field
+    # sent empty, see empty_range_end.py); None for most methods.
+    adjust: Callable[[Any, bytes], None] | None = None
 
     def reply(self, reply: Message | bytes) -> Message:
         """A reply as a message, whether the servicer answered one or its bytes."""
@@ -96,6 +100,8 @@ class Method:
             reason = refusal(self.request_type.DESCRIPTOR, data)
             if reason is not None:
                 return _undecodable(reason)
+        if self.adjust is not None:
+            self.adjust(request, data)
         return request
 
 
@@ -117,7 +123,8 @@ def service_methods(
     for service_name, servicer in services.items():
         service = pool.FindServiceByName(service_name)
         for md in service.methods:
-            methods[f"/{service_name}/{md.name}"] = Method(
+            path = f"/{service_name}/{md.name}"
+            methods[path] = Method(
                 service=service_name,
                 name=md.name,
                 request_type=message_factory.GetMessageClass(md.input_type),
@@ -126,6 +133,7 @@ def service_methods(
                 server_streaming=md.server_streaming,
                 call=_guarded(md, getattr(servicer, md.name), gate),
                 max_request_bytes=max_request_bytes,
+                adjust=ADJUSTERS.get(path),
             )
     return methods
 

@@ -1,4 +1,6 @@
-"""Why request bytes do not decode, in the words etcd's generated (gogoproto) decoder uses.
+"""Request bytes as etcd's generated (gogoproto) decoder reads them: why they do not decode,
+in its words, and the fields they hold (what Python's decoder does not keep, see
+``empty_range_end``).
 
 Python's protobuf only says "Error parsing message"; etcd says "unexpected EOF", "proto: wrong
 wireType = 0 for field Key", ... This walks the bytes the way that decoder does and returns
@@ -7,6 +9,8 @@ nothing on good requests.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
@@ -42,6 +46,22 @@ def refusal(descriptor: Descriptor, data: bytes) -> str | None:
     except _Refused as exc:
         return str(exc)
     return None
+
+
+def fields(data: bytes) -> Iterator[tuple[int, bytes | None]]:
+    """(number, value) of each top-level field of bytes Python's decoder took, in wire
+    order; the value of a field that is not length-delimited is None."""
+    i, end = 0, len(data)
+    while i < end:
+        tag, after_tag = _varint(data, i, end)
+        number = tag >> 3
+        if tag & 7 == _BYTES:
+            length, start = _length(data, after_tag, end)
+            yield number, data[start:start + length]
+            i = start + length
+        else:
+            i += _skip(data, i, end)
+            yield number, None
 
 
 def decode_error_reason(descriptor: Descriptor, data: bytes) -> str:
