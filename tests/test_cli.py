@@ -250,6 +250,18 @@ def test_second_server_on_the_same_database(shim: ShimServer) -> None:
         assert [kv.mod_revision for kv in get(client, b"before").kvs] == [rev]
 
 
+def test_second_server_through_a_symlink(shim: ShimServer, tmp_path: Path) -> None:
+    """Another path to the same file (a symlink to it, or to its directory) meets the same
+    lock: two servers on one database would hand out the same revisions."""
+    assert shim.database is not None
+    (tmp_path / "link.db").symlink_to(shim.database)
+    (tmp_path / "dir").symlink_to(shim.database.parent, target_is_directory=True)
+    for other in (tmp_path / "link.db", tmp_path / "dir" / shim.database.name):
+        result = serve_expecting_failure(f"sqlite://{other}")  # as given, not resolved
+        assert_clean_failure(result, "in use")
+    assert_serves(shim.endpoint)
+
+
 def test_listen_address_used_by_another_shim(shim: ShimServer, tmp_path: Path) -> None:
     result = serve_expecting_failure(sqlite_endpoint(tmp_path / "other.db"), shim.endpoint)
     assert_clean_failure(result, shim.endpoint, "in use")

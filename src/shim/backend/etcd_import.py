@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from shim.backend.auth_tables import AuthTables
 from shim.backend.base import BackendOpenError, NewVersion
 from shim.backend.bolt import BoltReader
-from shim.backend.sqlite import SqliteBackend
+from shim.backend.sqlite import SqliteBackend, lock_path
 from shim.mvcc.hlc import HybridClock
 from shim.pb.kv_pb2 import KeyValue
 from shim.pb.lease_pb2 import Lease
@@ -95,7 +95,7 @@ def import_etcd(reader: BoltReader, target: Path, auth_import: AuthImport | None
                     raise ImportRefused(str(exc)) from None
     finally:
         backend.close()
-        target.with_name(target.name + ".lock").unlink(missing_ok=True)
+        lock_path(target).unlink(missing_ok=True)
 
 
 def _version(bolt_key: bytes, stored: bytes) -> tuple[int, bool, KeyValue]:

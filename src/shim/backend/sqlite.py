@@ -321,6 +321,14 @@ class SqliteWriteTxn(SqliteView):
         self._conn.execute("ROLLBACK TO op; RELEASE op")
 
 
+def lock_path(database: Path) -> Path:
+    """The lock file a server holds while it uses ``database``: beside the file the path
+    leads to, so a second path to it (a symlink to the file or to a directory on the way)
+    meets the same lock."""
+    real = database.resolve()
+    return real.with_name(real.name + ".lock")
+
+
 class SqliteBackend:
     """Owns the database file: opening, locking, migrating, and the connections."""
 
@@ -396,17 +404,17 @@ class SqliteBackend:
             ) from exc
         if self.path.exists() and not self.path.is_file():
             raise BackendOpenError(f"{self.path} is not a file")
-        lock_path = self.path.with_name(self.path.name + ".lock")
+        path = lock_path(self.path)
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise BackendOpenError(f"cannot create lock file {lock_path}: {exc.strerror}") from exc
+            raise BackendOpenError(f"cannot create lock file {path}: {exc.strerror}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise BackendOpenError(
-                f"{self.path} is in use by another shim server (lock {lock_path} is held)"
+                f"{self.path} is in use by another shim server (lock {path} is held)"
             ) from None
         self._lock_fd = fd
 
