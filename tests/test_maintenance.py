@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -322,6 +323,36 @@ def test_auth_crosses_from_etcd_in_a_snapshot(
     assert restored.returncode == 0, restored.stderr
     node = shim_factory(datastore_endpoint=sqlite_endpoint(target))
     assert auth_as_seen(node.endpoint) == expected
+
+
+def test_a_snapshot_without_room_for_its_copy_fails_once_and_plainly(
+    shim_factory: Callable[..., ShimServer], tmp_path: Path
+) -> None:
+    """A snapshot is made as a file beside the database first. Without room for it (here a
+    file size limit on the server process, as a nearly full disk would do), the client gets
+    UNKNOWN and the reason in one line, as from etcd's snapshot errors, which etcdctl does
+    not retry (with UNAVAILABLE it retried for ever, logging an error each time); the
+    server goes on serving, and snapshots work again once there is room."""
+    server = shim_factory()
+    with Client(server.endpoint) as client:
+        for i in range(200):
+            client.kv.Put(pb.PutRequest(key=b"k%03d" % i, value=b"x" * 1024), timeout=10)
+    assert server.pid is not None and server.database is not None
+    size = server.database.stat().st_size
+    for limit, reason in ((size // 2, "disk I/O error"), (size + size // 2, "File too large")):
+        resource.prlimit(server.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+        failed = etcdctl(server.endpoint, "snapshot", "save", str(tmp_path / "s.db"),
+                         check=False)
+        assert failed.returncode != 0
+        assert f"shim: snapshot failed: {reason}" in str(failed.stderr), failed.stderr
+        assert not (tmp_path / "s.db").exists()
+        assert server.log_tail().count("snapshot failed") == (1 if limit < size else 2)
+    resource.prlimit(server.pid, resource.RLIMIT_FSIZE,
+                     (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    with Client(server.endpoint) as client:
+        client.kv.Put(pb.PutRequest(key=b"after", value=b"1"), timeout=10)
+    etcdctl(server.endpoint, "snapshot", "save", str(tmp_path / "s.db"))
+    assert not list(server.database.parent.glob(".shim-snapshot-*"))
 
 
 def test_snapshot_bad_input(shim: ShimServer, tmp_path: Path) -> None:

@@ -510,3 +510,21 @@ def test_what_asyncpg_reports_during_an_outage_is_unavailable() -> None:
     assert not _is_unavailable(asyncpg.InternalClientError("unexpected protocol state"))
     assert _is_unavailable(asyncpg.InterfaceError("connection is closed"))
     assert not _is_unavailable(asyncpg.InterfaceError("the number of arguments does not match"))
+
+
+def test_what_a_client_is_told_of_a_failing_postgres_is_one_line_without_class_names() -> None:
+    """A PostgreSQL that stops answering (its processes stopped, seen with SIGSTOP) made
+    asyncpg raise a TimeoutError with no text, which reached clients as "TimeoutError"; and
+    PostgreSQL's own messages can carry a DETAIL line, which reached them as two lines."""
+    import asyncpg
+
+    from shim.backend.postgres import _describe
+
+    assert _describe(TimeoutError()) == "no answer in time (the server or the network is stuck)"
+    starting = asyncpg.CannotConnectNowError(
+        "the database system is not yet accepting connections\n"
+        "DETAIL:  Consistent recovery state has not been yet reached.")
+    assert _describe(starting) == ("the database system is not yet accepting connections; "
+                                   "DETAIL:  Consistent recovery state has not been yet reached.")
+    assert _describe(ConnectionRefusedError(111, "Connection refused")) == "Connection refused"
+    assert "Error" not in _describe(asyncpg.InterfaceError(""))

@@ -127,6 +127,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         SHA-256 of the file: what `etcdctl snapshot save` expects. The file is made first, in
         a temporary file beside the database."""
         backend = self._store.backend
+        failures: tuple[type[BaseException], ...] = (*backend.errors, OSError)
         beside = os.path.dirname(os.path.abspath(backend.location))  # PostgreSQL: a URL
         fd, path = tempfile.mkstemp(
             prefix=".shim-snapshot-", dir=beside if os.path.isdir(beside) else None
@@ -138,9 +139,13 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
                 revision = await asyncio.to_thread(snapshot_file.make, backend, path)
             except UnsupportedError as exc:
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"shim: {exc}")
-            except backend.errors as exc:
-                log.error("snapshot failed: %s", exc)
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"shim: snapshot failed: {exc}")
+            except failures as exc:
+                # UNKNOWN and the reason, as etcd answers a snapshot it cannot send: a client
+                # does not retry it (etcdctl retried UNAVAILABLE for ever on a full disk).
+                reason = (exc.strerror or str(exc) if isinstance(exc, OSError)
+                          else backend.describe_error(exc))
+                log.error("snapshot failed (made in %s): %s", os.path.dirname(path), reason)
+                await context.abort(grpc.StatusCode.UNKNOWN, f"shim: snapshot failed: {reason}")
             total = os.path.getsize(path)
             log.info("sending a database snapshot of %d bytes (revision %d)", total, revision)
             digest = hashlib.sha256()

@@ -131,10 +131,14 @@ def _terminate(conn: asyncpg.Connection) -> None:
 
 
 def _describe(exc: BaseException) -> str:
+    """One line about a failure talking to PostgreSQL, never a Python class name."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    text = str(exc).strip()
-    return text or type(exc).__name__
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "no answer in time (the server or the network is stuck)"
+    # PostgreSQL's messages may carry a DETAIL or HINT on lines of their own.
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text or "the connection failed"
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:

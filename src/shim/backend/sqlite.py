@@ -597,4 +597,9 @@ def _describe(exc: apsw.Error) -> str:
         return "the database file is read-only"
     if isinstance(exc, apsw.CantOpenError):
         return "the file cannot be opened (check the path and its permissions)"
-    return text.split(":", 1)[-1].strip() or type(exc).__name__
+    if isinstance(exc, apsw.FullError):  # the online backup says "not an error" for it
+        return "database or disk is full"
+    text = text.split(":", 1)[-1].strip()
+    if isinstance(exc, apsw.IOError) and text in ("", "not an error"):
+        return "disk I/O error"
+    return text or "SQLite failed"
