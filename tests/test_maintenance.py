@@ -34,6 +34,7 @@ from tests.support import (
 )
 from tests.support.postgres import PostgresServer, postgres_endpoint
 from tests.support.process import child_env
+from tests.support.waits import wait_until
 
 NO_SPACE = "etcdserver: mvcc: database space exceeded"
 WAIT = 10.0
@@ -718,6 +719,18 @@ def test_member_list_shows_linked_replicas(shim_factory: Callable[..., ShimServe
     assert "shim serve --join URL" in etcdctl_error(refused)
 
 
+def damage_root_page(db: Path, name: str) -> None:
+    """Overwrite the first page of table or index ``name`` of a stopped server's database
+    with garbage."""
+    conn = apsw.Connection(str(db))
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0]
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(db, "r+b") as file:
+        file.seek((root - 1) * page_size)
+        file.write(bytes([0xEE]) * page_size)
+
+
 def test_damage_found_by_a_write_raises_corrupt(tmp_path: Path) -> None:
     """A damaged index met by a write raises CORRUPT: later writes are refused with etcd's
     error, reads still work, and the alarm is kept across a restart."""
@@ -726,15 +739,7 @@ def test_damage_found_by_a_write_raises_corrupt(tmp_path: Path) -> None:
     with server:
         for i in range(20):
             etcdctl(server.endpoint, "put", f"k{i}", "v")
-    conn = apsw.Connection(str(db))
-    root = conn.execute(
-        "SELECT rootpage FROM sqlite_master WHERE name = 'log_key_revision'"
-    ).fetchone()[0]
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    conn.close()
-    with open(db, "r+b") as file:  # the index's only page becomes garbage
-        file.seek((root - 1) * page_size)
-        file.write(bytes([0xEE]) * page_size)
+    damage_root_page(db, "log_key_revision")  # the index's only page
     with server:
         failed = etcdctl(server.endpoint, "put", "new", "v", check=False)
         assert failed.returncode != 0
@@ -748,6 +753,30 @@ def test_damage_found_by_a_write_raises_corrupt(tmp_path: Path) -> None:
     with server:
         assert etcdctl(server.endpoint, "alarm", "list").stdout == (
             f"memberID:{member} alarm:CORRUPT \n")
+
+
+def test_damage_found_by_a_read_raises_corrupt(tmp_path: Path) -> None:
+    """Damage met by a read raises CORRUPT as well (it was only answered, unlogged, and the
+    node went on taking writes into a damaged file): the read is refused, the operator is
+    told once, and writes are refused with etcd's error."""
+    server = ShimServer(tmp_path / "shim")
+    db = tmp_path / "shim" / "state.db"
+    with server:
+        for i in range(20):
+            etcdctl(server.endpoint, "put", f"k{i}", "v")
+    damage_root_page(db, "current")  # the current values' only page
+    with server, Client(server.endpoint) as client:
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as refused:
+                client.kv.Range(pb.RangeRequest(key=b"k", range_end=b"l"), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "malformed" in str(refused.value.details())
+        member = status_of(server.endpoint)["header"]["member_id"]  # type: ignore[index]
+        wait_until(lambda: etcdctl(server.endpoint, "alarm", "list").stdout == (
+            f"memberID:{member} alarm:CORRUPT \n"), 10, "the CORRUPT alarm")
+        refused_put = etcdctl(server.endpoint, "put", "new", "v", check=False)
+        assert etcdctl_error(refused_put) == "Error: etcdserver: corrupt cluster"
+        assert server.log_tail(40).count("the database is damaged") == 1
 
 
 def test_unknown_alarm_action(shim: ShimServer) -> None:

@@ -17,10 +17,10 @@ from shim.auth.apply import Authorized
 from shim.auth.cache import AuthCache
 from shim.auth.state import AuthState, Caller
 from shim.backend.base import Backend, ReadView
-from shim.mvcc.alarms import DEFAULT_QUOTA_BYTES
+from shim.mvcc.alarms import CORRUPT, DEFAULT_QUOTA_BYTES, member_id_of
 from shim.mvcc.apply import WriteRequest, WriteResponse
 from shim.mvcc.current_values import CurrentValues, cacheable
-from shim.mvcc.errors import StorageUnavailableError, StoreClosedError
+from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
 from shim.mvcc.events import CommitListener, Revision
 from shim.mvcc.hash import KVHash, hash_all, hash_kv
 from shim.mvcc.log_reads import EntriesRead
@@ -90,6 +90,7 @@ class Store:
         self.auth = AuthCache()
         # Single-key Range answers kept in memory (None: this process cannot keep them exact).
         self._current: CurrentValues | None = None
+        self._damage_alarm: asyncio.Task[None] | None = None  # raised once a read met damage
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -155,7 +156,7 @@ class Store:
         try:
             return await self.backend.read_async(fn)
         except self.backend.errors as exc:
-            raise StorageUnavailableError(f"storage read failed: {exc}") from exc
+            raise self._read_failed(exc) from exc
 
     async def read_auth(self, fn: Callable[[AuthState, ReadView], T]) -> T:
         """Run ``fn`` on one read snapshot and the auth state it holds."""
@@ -208,6 +209,28 @@ class Store:
                 compact_revision=view.compact_revision(),
             )
 
+    def _read_failed(self, exc: BaseException) -> StorageUnavailableError:
+        """What a client is told of a read the database refused. Damage it reports also
+        raises the CORRUPT alarm, as when a write meets it: writes are refused from then on,
+        and the operator is told (once) what to do."""
+        if isinstance(exc, self.backend.corruption_errors) and self._damage_alarm is None:
+            log.error(
+                "the database is damaged (%s): raising alarm CORRUPT, writes are refused "
+                "until it is disarmed; bring the node back from a snapshot "
+                "(shim snapshot restore)", exc,
+            )
+            self._damage_alarm = asyncio.get_running_loop().create_task(self._raise_corrupt())
+        return StorageUnavailableError(f"storage read failed: {exc}")
+
+    async def _raise_corrupt(self) -> None:
+        member = member_id_of(self.backend.node_id)
+        try:
+            await self.write(
+                AlarmRequest(action=AlarmRequest.ACTIVATE, memberID=member, alarm=CORRUPT)
+            )
+        except StoreError as exc:  # the writer raises it in memory when it meets the damage
+            log.warning("alarm CORRUPT not stored: %s", exc)
+
     # -- maintenance ---------------------------------------------------------------------------
 
     async def _read_in_thread(self, fn: Callable[[ReadView], T]) -> T:
@@ -220,7 +243,7 @@ class Store:
         try:
             return await asyncio.to_thread(run)
         except self.backend.errors as exc:
-            raise StorageUnavailableError(f"storage read failed: {exc}") from exc
+            raise self._read_failed(exc) from exc
 
     async def hash_kv(self, revision: int) -> KVHash:
         return await self._read_in_thread(lambda view: hash_kv(view, revision))
@@ -233,7 +256,7 @@ class Store:
         try:
             return await self.backend.read_async(lambda view: view.alarms())
         except self.backend.errors as exc:
-            raise StorageUnavailableError(f"storage read failed: {exc}") from exc
+            raise self._read_failed(exc) from exc
 
     async def alarm(self, req: AlarmRequest) -> AlarmResponse:
         """Activate or deactivate an alarm (through the write path, which enforces them)."""
