@@ -153,3 +153,27 @@ def test_an_empty_file_is_used(tmp_path: Path) -> None:
     assert db.stat().st_size > 0
     with ShimServer(tmp_path, sqlite_endpoint(db)) as server, Client(server.endpoint) as client:
         assert client.kv.Range(pb.RangeRequest(key=b"k"), timeout=10).kvs[0].value == b"v"
+
+
+# --- open files ----------------------------------------------------------------------------
+
+
+def _open_files_limit(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open files limit in /proc")
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_one(tmp_path: Path) -> None:
+    """A service started with a small soft limit under a higher hard one (common) gets the
+    hard one, as etcd (Go) does; one left small even so is warned about, and served."""
+    launcher = [shutil.which("prlimit") or "prlimit", "--nofile=64:4096", "--"]
+    with ShimServer(tmp_path / "raised", launcher=launcher) as server:
+        assert server.pid is not None and _open_files_limit(server.pid) == 4096
+        assert "open files limit" not in server.log_tail()
+    capped = [shutil.which("prlimit") or "prlimit", "--nofile=200:200", "--"]
+    with ShimServer(tmp_path / "capped", launcher=capped) as server:
+        with Client(server.endpoint) as client:
+            client.kv.Put(pb.PutRequest(key=b"k", value=b"v"), timeout=10)
+        assert "the open files limit is 200" in server.log_tail()

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from shim import __version__, allocator, event_loop
+from shim import __version__, allocator, event_loop, open_files
 from shim.auth.passwords import BCRYPT_COST, BCRYPT_MAX_COST, BCRYPT_MIN_COST
 from shim.backend.sqlite import SYNCHRONOUS_MODES, BackendOpenError
 from shim.config import (
@@ -472,6 +472,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from shim.app import ServingProcessFailed, serve
 
     allocator.keep_large_buffers()
+    open_files.raise_limit()
     try:
         event_loop.run(serve(config), config.event_loop)
     except (ConfigError, BackendOpenError) as exc:

@@ -16,7 +16,7 @@ import random
 import time
 
 from shim.auth.state import Caller
-from shim.mvcc.errors import LeaseNotFoundError, StoreClosedError
+from shim.mvcc.errors import LeaseNotFoundError, StoreClosedError, StoreError
 from shim.mvcc.store import Store
 from shim.pb.rpc_pb2 import (
     LeaseGrantRequest,
@@ -39,6 +39,7 @@ class Lessor:
         self._ttl: dict[int, int] = {}
         self._deadline: dict[int, float] = {}
         self._heap: list[tuple[float, int]] = []
+        self._refused = False  # the storage refused the last expiry (said once, not each try)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -132,10 +133,21 @@ class Lessor:
         try:
             await self.revoke(lease_id)
             log.debug("lease %x expired", lease_id)
+            if self._refused:
+                log.info("expired leases are revoked again")
+                self._refused = False
         except LeaseNotFoundError:
             self._forget(lease_id)  # revoked meanwhile
         except StoreClosedError:
             raise asyncio.CancelledError() from None
+        except StoreError as exc:
+            # The storage refuses writes (a full disk, an outage): said once, not with a
+            # traceback at every try (the writes refused meanwhile log theirs).
+            if not self._refused:
+                log.warning("revoking expired lease %x failed, retrying until the storage "
+                            "takes it: %s", lease_id, exc)
+                self._refused = True
+            self._schedule(lease_id, self._ttl.get(lease_id, 1), time.monotonic() + 0.5)
         except Exception:
             log.exception("revoking expired lease %x failed; retrying shortly", lease_id)
             # Try again a little later rather than leave the lease (and its keys) forever.

@@ -337,13 +337,13 @@ class Writer:
             self._finish_compaction()  # the space it frees is what defragmenting gives back
             self._backend.defragment()
             outcome = DefragmentResponse()
+            log.info("defragmented the database in %.3f s", time.perf_counter() - started)
         except self._backend.errors as exc:
             log.error("defragmentation failed: %s", exc)
             outcome = StorageUnavailableError(f"defragmentation failed: {exc}")
         except Exception as exc:
             log.exception("defragmentation failed")
             outcome = exc
-        log.info("defragmented the database in %.3f s", time.perf_counter() - started)
         deliver([item], [outcome], None)
 
     def _deliver_inline(

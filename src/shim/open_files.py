@@ -1,0 +1,33 @@
+"""The process's limit of open files: every client connection, watch socket, database file and
+link is one. Many systems start a service with a soft limit of 1024 (or less) under a far
+higher hard limit; Go raises it to the hard limit at start (etcd too), so shim does the same,
+and says so when even that leaves room for few connections (etcd refuses to start below 150;
+shim serves, with a warning, rather than fail an edge node that worked yesterday)."""
+
+from __future__ import annotations
+
+import logging
+import resource
+
+log = logging.getLogger(__name__)
+
+# Below this, a few hundred clients (kube-apiserver alone opens dozens of streams) run out.
+LOW_LIMIT = 256
+
+
+def raise_limit() -> int:
+    """Raise the soft limit of open files to the hard one; returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):  # some systems cap it below the hard limit
+            pass
+    if soft != resource.RLIM_INFINITY and soft < LOW_LIMIT:
+        log.warning(
+            "the open files limit is %d: connections beyond about %d wait until others close "
+            "(raise it: ulimit -n, or LimitNOFILE= for a systemd service)", soft, soft - 30,
+        )
+    return soft
