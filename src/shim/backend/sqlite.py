@@ -408,7 +408,9 @@ class SqliteBackend:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise BackendOpenError(f"cannot create lock file {path}: {exc.strerror}") from exc
+            raise BackendOpenError(
+                f"cannot create lock file {path} for {self.path}: {exc.strerror}"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
