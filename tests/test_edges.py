@@ -351,6 +351,8 @@ EMPTY_RANGE_END_CASES: list[tuple[str, str, bytes]] = [
         key=b"p/b", keys_only=True, limit=10, serializable=True))),
     ("Txn", "read-only txn", _field(2, _range_op(b"p/b")) + _field(3, _range_op(b"p/a"))),
     ("Txn", "read-only compare", _compare(b"p/b", b"vb") + _field(2, _range_op(b"p/c"))),
+    ("Txn", "large read-only txn",  # past the size where the bytes are not scanned first
+     b"".join(_field(2, _range_op(b"p/b" + b"\0" * i)) for i in range(90, 115))),
     # etcd: the single key (a write goes through raft, whose encoding drops the empty field)
     ("Txn", "txn with a put", _field(2, _range_op(b"p/b")) + _field(2, _put_op(b"p/w"))),
     ("Txn", "compare in a write", _compare(b"p/b", b"vb") + _field(2, _put_op(b"p/w"))),

@@ -31,6 +31,11 @@ _TXN_COMPARE, _TXN_SUCCESS, _TXN_FAILURE = 1, 2, 3
 _OP_REQUEST_RANGE = 1  # RequestOp.request_range
 _EMPTY_RANGE_END_BYTES = b"\x12\x00"
 _EMPTY_COMPARE_RANGE_END_BYTES = b"\x82\x04\x00"
+_SCAN_FIRST_BYTES = 2048
+
+
+def _may_hold_one(data: bytes) -> bool:
+    return _EMPTY_RANGE_END_BYTES in data or _EMPTY_COMPARE_RANGE_END_BYTES in data
 
 
 def _sent(data: bytes, number: int) -> bool:
@@ -43,10 +48,14 @@ def _range(request: rpc_pb2.RangeRequest, data: bytes) -> None:
 
 
 def _txn(request: rpc_pb2.TxnRequest, data: bytes) -> None:
-    if _EMPTY_RANGE_END_BYTES not in data and _EMPTY_COMPARE_RANGE_END_BYTES not in data:
+    # The cheaper test first: scanning the bytes costs about 1 ns a byte, asking the message
+    # whether every operation is a Range 3-4 µs; a large Txn is a write (with its values).
+    if len(data) <= _SCAN_FIRST_BYTES and not _may_hold_one(data):
         return  # the common case: nothing to look at
     if not all(op.HasField("request_range") for op in (*request.success, *request.failure)):
         return  # a write: through raft, where the empty field is dropped
+    if len(data) > _SCAN_FIRST_BYTES and not _may_hold_one(data):
+        return
     # Each repeated field's elements come in the order of their own fields on the wire.
     compares = iter(request.compare)
     ops = {_TXN_SUCCESS: iter(request.success), _TXN_FAILURE: iter(request.failure)}
