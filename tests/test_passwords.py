@@ -9,9 +9,10 @@ from pathlib import Path
 import apsw
 import pytest
 
+from shim.auth.errors import PasswordTooLong
 from shim.auth.etcd_layout import etcd_buckets
 from shim.auth.objects import RoleObject, UserObject
-from shim.auth.passwords import PasswordTooLong, hash_password_sync, verify_password_sync
+from shim.auth.passwords import hash_password_sync, verify_password_sync
 from shim.auth.state import AuthState
 from tests.support import ShimServer, etcdctl
 

@@ -234,13 +234,25 @@ def _handled(context: grpc.aio.ServicerContext, done: Callable[[str], None]) -> 
         done(code)
 
 
+def _handled_counter(kind: str, service: str, method: str) -> Callable[[str], None]:
+    """Counts a method's calls by the status they end with; each status's labelled child
+    is looked up once (a lookup costs twice the increment)."""
+    children: dict[str, Any] = {}
+
+    def handled(code: str) -> None:
+        child = children.get(code)
+        if child is None:
+            child = children[code] = GRPC_HANDLED.labels(kind, service, method, code)
+        child.inc()
+
+    return handled
+
+
 def _unary(handler: grpc.RpcMethodHandler, service: str, method: str) -> grpc.RpcMethodHandler:
     histogram = REQUEST_SECONDS.labels(method)
     started = GRPC_STARTED.labels("unary", service, method)
+    handled = _handled_counter("unary", service, method)
     inner = handler.unary_unary
-
-    def handled(code: str) -> None:
-        GRPC_HANDLED.labels("unary", service, method, code).inc()
 
     async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started.inc()
@@ -260,9 +272,7 @@ def _stream(handler: grpc.RpcMethodHandler, service: str, method: str) -> grpc.R
     kind = ("bidi_stream" if handler.request_streaming and handler.response_streaming
             else "client_stream" if handler.request_streaming else "server_stream")
     started = GRPC_STARTED.labels(kind, service, method)
-
-    def handled(code: str) -> None:
-        GRPC_HANDLED.labels(kind, service, method, code).inc()
+    handled = _handled_counter(kind, service, method)
 
     make = (grpc.stream_unary_rpc_method_handler if not handler.response_streaming
             else grpc.stream_stream_rpc_method_handler if handler.request_streaming

@@ -23,6 +23,8 @@ import os
 
 import bcrypt
 
+from shim.auth.errors import PasswordTooLong
+
 BCRYPT_COST = 10  # etcd's default --bcrypt-cost
 BCRYPT_MIN_COST, BCRYPT_MAX_COST = 4, 31
 BCRYPT_MAX_BYTES = 72
@@ -32,15 +34,11 @@ _MAX_MEMORY = 64 * 1024 * 1024
 _CONCURRENT = max(1, min(4, os.cpu_count() or 1))
 
 
-class PasswordTooLong(ValueError):
-    """bcrypt takes at most 72 bytes of password."""
-
-
 def hash_password_sync(password: str, cost: int = BCRYPT_COST) -> str:
     """A ``$2a$10$...`` bcrypt hash of ``password``, as etcd makes (``cost``: 4-31)."""
     data = password.encode("utf-8")
     if len(data) > BCRYPT_MAX_BYTES:
-        raise PasswordTooLong()
+        raise PasswordTooLong()  # etcd's answer: Go's bcrypt error, untranslated
     salt = bcrypt.gensalt(rounds=cost, prefix=b"2a")
     return bcrypt.hashpw(data, salt).decode("ascii")
 

@@ -19,7 +19,7 @@ from shim.api.validate import check_size
 from shim.auth import errors
 from shim.auth.apply import Authorized
 from shim.auth.guard import Guard, Rule, current_caller, permission
-from shim.auth.passwords import Hasher, PasswordTooLong
+from shim.auth.passwords import Hasher
 from shim.auth.state import AuthState
 from shim.backend.base import ReadView
 from shim.mvcc.store import Store
@@ -111,7 +111,7 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
     @permission(Rule.CALLER)
     async def UserAdd(self, request: pb.AuthUserAddRequest, context: Context) -> Any:
         await self._admin_first()
-        hashed = "" if request.options.no_password else await self._hash(request.password)
+        hashed = "" if request.options.no_password else await self._hasher.hash(request.password)
         # A hash the client made is not used (etcd 3.5 replaces it too).
         change = pb.AuthUserAddRequest(name=request.name, hashedPassword=hashed)
         change.options.CopyFrom(request.options)
@@ -124,19 +124,13 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
     ) -> Any:
         await self._admin_first()
         if request.password:
-            hashed = await self._hash(request.password)
+            hashed = await self._hasher.hash(request.password)
         elif request.hashedPassword:
             raise errors.HashedPasswordUnsupported()
         else:
             hashed = ""  # as etcd: an empty password lets nobody in
         change = pb.AuthUserChangePasswordRequest(name=request.name, hashedPassword=hashed)
         return await self._write(change)
-
-    async def _hash(self, password: str) -> str:
-        try:
-            return await self._hasher.hash(password)
-        except PasswordTooLong:
-            raise errors.PasswordTooLong() from None
 
     @grpc_errors
     @permission(Rule.CALLER)

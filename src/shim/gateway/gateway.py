@@ -193,14 +193,10 @@ class Gateway:
             await self._websocket(path, request, response)
         elif path.startswith("/v3/"):
             await self._gateway(path, request, response)
-        elif path == "/health" or path in CHECK_PATHS:
-            await self._serve_health(path, request, response)
         elif path == "/version":
             await self._serve_version(request, response)
-        elif path == "/metrics":
-            await self._serve_metrics(response)
         else:
-            await response.send(404, TEXT, b"404 page not found\n")
+            await self._serve_probes(path, request, response)
 
     # -- /v3/... --------------------------------------------------------------------------------
 

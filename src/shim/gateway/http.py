@@ -105,8 +105,9 @@ class Request:
     async def read_all(self, limit: int) -> bytes:
         """The whole body; BodyTooLarge past ``limit`` bytes, BodyTimeout if the client stops
         sending for ``idle_timeout``."""
-        parts: list[bytes] = []
-        size = 0
+        return await collect(self._timed_chunks(), limit)
+
+    async def _timed_chunks(self) -> AsyncIterator[bytes]:
         while True:
             try:
                 chunk = await asyncio.wait_for(
@@ -115,11 +116,20 @@ class Request:
             except TimeoutError:
                 raise BodyTimeout() from None
             if chunk is None:
-                return b"".join(parts)
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge()
-            parts.append(chunk)
+                return
+            yield chunk
+
+
+async def collect(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """A body's ``chunks`` joined; BodyTooLarge once they pass ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 class Response:

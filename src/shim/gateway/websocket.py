@@ -24,7 +24,7 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
-from shim.gateway.http import READ_BYTES, BodyTooLarge, Headers, RequestBody
+from shim.gateway.http import READ_BYTES, Headers, RequestBody, collect
 
 log = logging.getLogger(__name__)
 
@@ -197,14 +197,7 @@ class SocketRequest:
     async def read_all(self, limit: int) -> bytes:
         """The whole body: every message until the client closes the socket (BodyTooLarge
         past ``limit`` bytes)."""
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in self.chunks():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge()
-            parts.append(chunk)
-        return b"".join(parts)
+        return await collect(self.chunks(), limit)
 
 
 class SocketResponse:
