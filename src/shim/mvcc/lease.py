@@ -143,7 +143,9 @@ class Lessor:
         except StoreError as exc:
             # The storage refuses writes (a full disk, an outage): said once, not with a
             # traceback at every try (the writes refused meanwhile log theirs).
-            if not self._refused:
+            if self._refused:
+                log.debug("revoking expired lease %x refused again: %s", lease_id, exc)
+            else:
                 log.warning("revoking expired lease %x failed, retrying until the storage "
                             "takes it: %s", lease_id, exc)
                 self._refused = True
