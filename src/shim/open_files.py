@@ -1,8 +1,9 @@
 """The process's limit of open files: every client connection, watch socket, database file and
 link is one. Many systems start a service with a soft limit of 1024 (or less) under a far
-higher hard limit; Go raises it to the hard limit at start (etcd too), so shim does the same,
-and says so when even that leaves room for few connections (etcd refuses to start below 150;
-shim serves, with a warning, rather than fail an edge node that worked yesterday)."""
+higher hard limit; programs built with Go 1.19 or later raise it to the hard one at start,
+and so does shim, saying so when even that leaves room for few connections (etcd 3.5.1
+refuses to start below 150; shim serves, with a warning, rather than fail an edge node that
+worked yesterday)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ log = logging.getLogger(__name__)
 LOW_LIMIT = 256
 
 
-def raise_limit() -> int:
-    """Raise the soft limit of open files to the hard one; returns the limit now in force."""
+def raise_limit() -> None:
+    """Raise the soft limit of open files to the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
@@ -30,4 +31,3 @@ def raise_limit() -> int:
             "the open files limit is %d: connections beyond about %d wait until others close "
             "(raise it: ulimit -n, or LimitNOFILE= for a systemd service)", soft, soft - 30,
         )
-    return soft

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 NOSPACE = AlarmType.Value("NOSPACE")
 CORRUPT = AlarmType.Value("CORRUPT")
+# What the operator is told when the database reports damage (a read's or a write's).
+DAMAGED = ("the database is damaged (%s): alarm CORRUPT raised, writes are refused until it "
+           "is disarmed; bring the node back from a snapshot (shim snapshot restore)")
 
 DEFAULT_QUOTA_BYTES = 2 * 1024**3  # etcd's default --quota-backend-bytes
 MAX_SUGGESTED_QUOTA_BYTES = 8 * 1024**3  # etcd warns above this

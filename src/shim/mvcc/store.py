@@ -17,7 +17,7 @@ from shim.auth.apply import Authorized
 from shim.auth.cache import AuthCache
 from shim.auth.state import AuthState, Caller
 from shim.backend.base import Backend, ReadView
-from shim.mvcc.alarms import CORRUPT, DEFAULT_QUOTA_BYTES, member_id_of
+from shim.mvcc.alarms import CORRUPT, DAMAGED, DEFAULT_QUOTA_BYTES, member_id_of
 from shim.mvcc.apply import WriteRequest, WriteResponse
 from shim.mvcc.current_values import CurrentValues, cacheable
 from shim.mvcc.errors import StorageUnavailableError, StoreClosedError, StoreError
@@ -214,11 +214,7 @@ class Store:
         raises the CORRUPT alarm, as when a write meets it: writes are refused from then on,
         and the operator is told (once) what to do."""
         if isinstance(exc, self.backend.corruption_errors) and self._damage_alarm is None:
-            log.error(
-                "the database is damaged (%s): raising alarm CORRUPT, writes are refused "
-                "until it is disarmed; bring the node back from a snapshot "
-                "(shim snapshot restore)", exc,
-            )
+            log.error(DAMAGED, exc)
             self._damage_alarm = asyncio.get_running_loop().create_task(self._raise_corrupt())
         return StorageUnavailableError(f"storage read failed: {exc}")
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from shim import metrics
 from shim.auth.apply import Authorized, AuthWriter
 from shim.backend.base import Backend, WriteTxn
-from shim.mvcc.alarms import CORRUPT, DEFAULT_QUOTA_BYTES, AlarmState, member_id_of
+from shim.mvcc.alarms import CORRUPT, DAMAGED, DEFAULT_QUOTA_BYTES, AlarmState, member_id_of
 from shim.mvcc.apply import Applier, WriteRequest, WriteResponse, compact_step
 from shim.mvcc.errors import (
     StorageUnavailableError,
@@ -472,10 +472,7 @@ class Writer:
             return
         self.alarms.active.add(alarm)
         self.alarms.raised.append(alarm)
-        log.error(
-            "the database is damaged (%s): alarm CORRUPT raised, writes are refused until it "
-            "is disarmed; bring the node back from a snapshot (shim snapshot restore)", exc,
-        )
+        log.error(DAMAGED, exc)
 
     def _store_raised_alarms(self) -> None:
         """After a failed batch: store the alarms it raised in a transaction of their own, so
