@@ -16,6 +16,7 @@ from tests.support.client import Client
 from tests.support.metrics import scrape
 from tests.support.net import free_port
 from tests.support.shim_server import ShimServer
+from tests.support.waits import wait_until
 
 
 def test_metrics_count_requests_commits_watches_and_replication(tmp_path: Path) -> None:
@@ -113,17 +114,15 @@ def test_etcds_metrics_under_etcds_names(tmp_path: Path, etcd: EtcdServer) -> No
         watch.cancel()
         kv = 'grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"'
         bidi = 'grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"'
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # the canceled stream is counted as it ends
-            on_shim = scrape(address)
-            if on_shim.get(f'grpc_server_handled_total{{grpc_code="Canceled",{bidi}}}'):
-                break
-            time.sleep(0.05)
+        canceled = f'grpc_server_handled_total{{grpc_code="Canceled",{bidi}}}'
+        wait_until(lambda: scrape(address).get(canceled), 20,  # counted as the stream ends
+                   "the canceled watch to be counted")
+        on_shim = scrape(address)
         assert on_shim[f"grpc_server_started_total{{{kv}}}"] == 4
         assert on_shim[f'grpc_server_handled_total{{grpc_code="OK",{kv}}}'] == 3
         assert on_shim[f'grpc_server_handled_total{{grpc_code="InvalidArgument",{kv}}}'] == 1
         assert on_shim[f"grpc_server_started_total{{{bidi}}}"] == 1
-        assert on_shim[f'grpc_server_handled_total{{grpc_code="Canceled",{bidi}}}'] == 1
+        assert on_shim[canceled] == 1
         assert on_shim["etcd_server_has_leader"] == on_shim["etcd_server_is_leader"] == 1
         assert on_shim["etcd_server_leader_changes_seen_total"] == 0
         assert on_shim["etcd_server_quota_backend_bytes"] == 100000000
