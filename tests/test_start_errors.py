@@ -103,10 +103,17 @@ def test_port_0_binds_a_free_port_and_the_log_says_which(tmp_path: Path) -> None
 def as_nobody() -> list[str]:
     """A prefix that runs a command as the unprivileged user 65534 (tests run as root)."""
     if shutil.which("setpriv"):
-        return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    if shutil.which("runuser"):
-        return ["runuser", "-u", "nobody", "--"]
-    pytest.skip("neither setpriv nor runuser is installed: cannot run shim as another user")
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    elif shutil.which("runuser"):
+        prefix = ["runuser", "-u", "nobody", "--"]
+    else:
+        pytest.skip("neither setpriv nor runuser is installed: cannot run shim as another user")
+    # An interpreter under a directory only root may enter (pyenv's in /root) cannot start as
+    # another user at all: nothing about shim could be seen then.
+    probe = subprocess.run([*prefix, sys.executable, "-c", "pass"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"user 65534 cannot run {sys.executable}: {probe.stderr.strip()}")
+    return prefix
 
 
 @pytest.mark.parametrize(

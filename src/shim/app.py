@@ -42,6 +42,7 @@ from shim.replication.resolve import Replica
 from shim.replication.signing import Signer
 from shim.replication.tables import tables
 from shim.tasks import cancel_and_wait
+from shim.tls import verifying_as_etcd
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,9 @@ def datastore_ssl(config: ServerConfig) -> ssl.SSLContext | None:
     if (certfile is None) != (keyfile is None):
         raise ConfigError("--datastore-certfile and --datastore-keyfile go together")
     try:
-        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        context = verifying_as_etcd(
+            ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        )
         if certfile is not None and keyfile is not None:
             context.load_cert_chain(str(certfile), str(keyfile))
     except FileNotFoundError as exc:

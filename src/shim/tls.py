@@ -98,9 +98,20 @@ def read_pem(path: Path | None, flag: str) -> bytes:
     return data
 
 
+def verifying_as_etcd(context: ssl.SSLContext) -> ssl.SSLContext:
+    """``context`` checking certificates as etcd (Go), the gRPC port (BoringSSL) and libpq do.
+
+    Python 3.13 turned on OpenSSL's strict X.509 mode in ``create_default_context``: it
+    refuses, say, a certificate without an Authority Key Identifier, which simple tools leave
+    out and those three accept. Chains, dates, names and usages are checked as before; only
+    the extra strictness goes, so the gateway takes the certificates the gRPC port takes."""
+    context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    return context
+
+
 def server_ssl_context(tls: ServerTls) -> ssl.SSLContext:
     """The same certificates and client-certificate rule for an HTTP listener (the gateway)."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context = verifying_as_etcd(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
     context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     if tls.trusted_ca_file is not None:
         context.load_verify_locations(str(tls.trusted_ca_file))
