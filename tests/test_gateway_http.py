@@ -9,13 +9,14 @@ import asyncio
 import base64
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
 
 from shim.api import rpc
-from shim.gateway.http import HttpServer, Request, Response
+from shim.gateway.http import LINGER_SECONDS, HttpServer, Request, Response
 from shim.pb import rpc_pb2, rpc_pb2_grpc
 
 TIMEOUT = 10.0
@@ -28,9 +29,11 @@ async def _ok(request: Request, response: Response) -> None:
 
 
 def serve(handler: Callable[[Request, Response], Awaitable[None]], idle_timeout: float,
-          client: Callable[[int], Awaitable[None]]) -> None:
+          client: Callable[[int], Awaitable[None]], linger: float = LINGER_SECONDS) -> None:
     async def main() -> None:
-        server = HttpServer(handler, idle_timeout=idle_timeout)  # type: ignore[arg-type]
+        server = HttpServer(  # type: ignore[arg-type]
+            handler, idle_timeout=idle_timeout, linger=linger
+        )
         port = await server.listen("127.0.0.1", 0)
         try:
             await asyncio.wait_for(client(port), TIMEOUT)
@@ -68,6 +71,54 @@ def test_a_huge_request_head_gets_431() -> None:
         assert answer.startswith(b"HTTP/1.1 431 ")
 
     serve(_ok, 5.0, client)
+
+
+async def _not_found(request: Request, response: Response) -> None:
+    """Answers without reading the body, as the gateway does for an unknown path."""
+    await response.send(404, [("Content-Type", "text/plain")], b"404 page not found\n")
+
+
+def _send_body_after_the_answer(port: int) -> tuple[bytes, int]:
+    """Send a 4 MiB body's head and first 256 KiB, read the whole answer, then send the rest
+    and close this side. Returns the answer and the bytes read after it (until the server's
+    close). The send buffer is small, so sending the rest takes the server's acks: had the
+    server closed, its reset would break the send."""
+    size, first = 4 << 20, 256 << 10
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+        sock.settimeout(TIMEOUT)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(
+            b"POST /unknown HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
+            + b"x" * first
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"not found\n"):
+            chunk = sock.recv(1 << 16)
+            assert chunk, f"closed before the whole answer: {answer!r}"
+            answer += chunk
+        sock.sendall(b"x" * (size - first))
+        sock.shutdown(socket.SHUT_WR)
+        after = 0
+        while chunk := sock.recv(1 << 16):
+            after += len(chunk)
+        return answer, after
+
+
+def test_an_answer_sent_before_the_body_is_read_reaches_a_client_still_sending() -> None:
+    """A client that sends its whole body before reading (http.client, treq) gets the 404 or
+    413 the server answered early, never a reset: the server drops the rest of the body
+    until the client closes (linger set long here so that no deadline is part of the test;
+    without the linger the rest of the body meets a closed socket and its reset)."""
+    result: list[tuple[bytes, int]] = []
+
+    async def client(port: int) -> None:
+        result.append(await asyncio.to_thread(_send_body_after_the_answer, port))
+
+    serve(_not_found, 5.0, client, linger=60.0)
+    answer, after = result[0]
+    assert answer.startswith(b"HTTP/1.1 404 Not Found\r\n"), answer
+    assert after == 0, f"{after} bytes after the answer"
 
 
 def test_pipelined_requests_are_answered_in_order() -> None:

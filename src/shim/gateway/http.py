@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 64 * 1024
 # Reads smaller than the head limit, so that h11 sees an oversized head while it is incomplete.
 READ_BYTES = 16 * 1024
+# After answering a request whose body it did not read (a 404, a body over the limit), how
+# long the server goes on reading and dropping what the client still sends before closing.
+# Closing with bytes unread makes the kernel reset the connection, and a client still sending
+# its body then loses the answer it was sent (Go's server waits 0.5 s after discarding
+# 256 KiB; reading on keeps a body of any size that arrives in time from being cut off).
+LINGER_SECONDS = 2.0
 Headers = list[tuple[str, str]]
 REASONS = {
     100: "Continue", 101: "Switching Protocols", 200: "OK", 400: "Bad Request",
@@ -248,6 +254,20 @@ class _Connection:
                 self.closed.set()
                 raise ClientGone() from None
 
+    def may_still_send(self) -> bool:
+        """Whether the client may still be sending a request nobody read to the end."""
+        return self.conn.their_state in (h11.SEND_BODY, h11.ERROR) and not self.closed.is_set()
+
+    async def linger(self, seconds: float) -> None:
+        """End the answer with a FIN and drop what the client still sends, for ``seconds``
+        at most or until it closes its side."""
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            if self.writer.can_write_eof():  # not over TLS
+                self.writer.write_eof()
+            async with asyncio.timeout(seconds):
+                while await self.reader.read(1 << 16):
+                    pass
+
     async def wait_closed(self) -> None:
         """After the request body: read on, so that a client that goes away is noticed (its
         pipelined next request, if any, stays in h11's buffer)."""
@@ -260,9 +280,12 @@ class _Connection:
 class HttpServer:
     """Serves ``handler`` on any number of listening sockets."""
 
-    def __init__(self, handler: Handler, idle_timeout: float = 60.0) -> None:
+    def __init__(
+        self, handler: Handler, idle_timeout: float = 60.0, linger: float = LINGER_SECONDS
+    ) -> None:
         self._handler = handler
         self._idle_timeout = idle_timeout
+        self._linger = linger
         self._servers: list[asyncio.Server] = []
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._busy: set[asyncio.Task[None]] = set()  # connections inside a handler
@@ -314,9 +337,13 @@ class HttpServer:
         finally:
             self._connections.pop(task, None)
             self._leave_handler(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            try:
+                if connection.may_still_send() and not connection.switched:
+                    await connection.linger(self._linger)
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
 
     async def _serve(self, connection: _Connection, task: asyncio.Task[None]) -> None:
         conn = connection.conn
