@@ -48,3 +48,33 @@ def test_repeated_lists_take_no_fresh_memory(tmp_path: Path) -> None:
     assert per_list < answer_pages / 4, (per_list, answer_pages)
     # The database is read through its mapping (not only its -shm file, mapped in any case).
     assert any(line.endswith(f" {server.database}") for line in maps.splitlines()), maps
+
+
+def test_an_answer_over_the_clients_limit_is_its_error_and_no_error_of_the_servers(
+    tmp_path: Path,
+) -> None:
+    """A Range or Txn answer larger than the client's receive limit (4 MiB by default): the
+    client refuses it (RESOURCE_EXHAUSTED, as against etcd) and resets the call; the server
+    notes at debug level at most that the answer was not sent, never an ERROR with grpcio's
+    traceback (which it logged before, once per such request)."""
+    big = pb.RangeRequest(key=b"/huge/", range_end=b"/huge0")
+    with ShimServer(tmp_path / "shim") as server, grpc.insecure_channel(
+        server.endpoint
+    ) as channel:
+        kv = rpc_pb2_grpc.KVStub(channel)
+        for n in range(3):
+            kv.Put(pb.PutRequest(key=b"/huge/%d" % n, value=b"x" * (1400 << 10)), timeout=10)
+        for call in (
+            lambda: kv.Range(big, timeout=30),
+            lambda: kv.Txn(pb.TxnRequest(success=[pb.RequestOp(request_range=big)]), timeout=30),
+        ):
+            for _ in range(3):
+                try:
+                    call()
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+                else:
+                    raise AssertionError("an answer over 4 MiB was taken")
+    # Stopped: every request's handling, and what it logged, is over.
+    log = server.log_path.read_text()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]

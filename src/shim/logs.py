@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 
@@ -22,6 +23,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class AnswerNotSent(logging.Filter):
+    """grpcio logs an ERROR with a traceback (``ExecuteBatchError``) when a unary answer cannot
+    be sent because the call has already ended: the client reset it, say, refusing an answer
+    over its receive limit, or it timed out meanwhile. The client has its status; etcd logs
+    nothing then. Here it is one debug line, or nothing at the levels above."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if type(error).__name__ != "ExecuteBatchError":
+            return True
+        if not logging.getLogger("shim").isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        named = re.search(r"\[(/[^\]]+)\]", record.getMessage())  # "... method [/pkg.Svc/Method]"
+        method = named.group(1) if named else "a call"
+        record.msg = "the answer to %s was not sent: the call had ended (the client went away)"
+        record.args = (method,)
+        record.exc_info = record.exc_text = None
+        return True
+
+
 def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler()
     if fmt == "json":
@@ -31,3 +53,4 @@ def configure_logging(level: str, fmt: str) -> None:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    logging.getLogger("grpc._cython.cygrpc").addFilter(AnswerNotSent())

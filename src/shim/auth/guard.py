@@ -137,7 +137,8 @@ class Guard:
     def _resolve(
         self, state: AuthState, token: str | None, certificate_user: str | None
     ) -> Caller:
-        # etcd 3.5 ignores tokens while auth is disabled.
+        # Ignored while auth is disabled, as etcd does since 3.5.10 (etcd#16241; 3.5.1 refused
+        # such a token as invalid): a client that kept its token across `auth disable` works.
         if token is not None and state.enabled:
             return self.tokens.caller(state, token)
         if certificate_user is not None:
