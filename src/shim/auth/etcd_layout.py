@@ -23,7 +23,7 @@ from shim.auth.passwords import is_bcrypt
 from shim.auth.state import ROOT_ROLE, AuthState
 from shim.auth.tokens import new_token_key
 from shim.backend.auth_tables import AuthTables, SettingRow
-from shim.pb.auth_pb2 import Role, User
+from shim.pb.auth_pb2 import Permission, Role, User
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,22 @@ def write_shim_auth(
         roles = [Role.FromString(data) for _, data in bucket(ROLES_BUCKET)]
         users = [User.FromString(data) for _, data in bucket(USERS_BUCKET)]
         for role in roles:
-            grants = {}
+            grants: dict[tuple[bytes, bytes], Grant] = {}
             for position, perm in enumerate(role.keyPermission):
-                # Equal keys list in the order they were added: etcd's list gives that order.
+                kind = perm.permType
+                twin = grants.get((perm.key, perm.range_end))
+                if twin is not None:
+                    # etcd can list one range twice (a grant on a range that shares its
+                    # start with another's appends instead of replacing, etcd#21845) and
+                    # allows what either entry allows: one entry allowing both comes in.
+                    added = twin.added
+                    if twin.type != kind:
+                        kind = Permission.READWRITE
+                else:
+                    # Equal keys list in the order they were added: etcd's list gives it.
+                    added = (at[0] + position, at[1])
                 grants[(perm.key, perm.range_end)] = Grant(
-                    perm.key, perm.range_end, perm.permType, at, (at[0] + position, at[1]))
+                    perm.key, perm.range_end, kind, at, added)
             tables.put_role(role_row(RoleObject(role.name.decode(), at, None, grants)))
         for user in users:
             # A hash that is no bcrypt (etcd stores a client's hashedPassword as sent) is
