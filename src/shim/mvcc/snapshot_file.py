@@ -3,11 +3,14 @@ it (``shim.backend.bolt`` writes it; ``shim.backend.sqlite_snapshot`` reads it b
 
 etcd's tools read it as one of etcd's: its ``key`` bucket holds every stored version as etcd
 stores it (the items HashKV hashes), ``lease`` the leases (``leasepb.Lease``), ``meta`` the
-revision as etcd's consistent index and the compacted revision; `etcdctl snapshot status`
-reports shim's revision and keys. Bucket ``shim`` holds the copy of the node's database the
-file was made from, in pieces: what ``shim snapshot restore`` brings back, replication state
-and all. ``auth``, ``authRoles`` and ``authUsers`` hold the auth store as etcd lays it out
-(``shim.auth.etcd_layout``), so etcd restores users, roles and whether auth is on.
+revision as etcd's consistent index, the compacted revision, a raft term and this member as
+the one voter (etcd 3.6 finds a 3.5 file's schema by those two), ``cluster`` the cluster
+version; `etcdctl snapshot status` reports shim's revision and keys. Membership is left out:
+`etcdutl snapshot restore` writes the new cluster's. Bucket ``shim`` holds the copy of the
+node's database the file was made from, in pieces: what ``shim snapshot restore`` brings
+back, replication state and all. ``auth``, ``authRoles`` and ``authUsers`` hold the auth
+store as etcd lays it out (``shim.auth.etcd_layout``), so etcd restores users, roles and
+whether auth is on.
 """
 
 from __future__ import annotations
@@ -21,12 +24,17 @@ from shim.auth.cache import state_from_rows
 from shim.auth.etcd_layout import etcd_buckets
 from shim.backend.base import Backend, ReadView
 from shim.backend.bolt import SHIM_BUCKET, BoltWriter
+from shim.mvcc.alarms import member_id_of
 from shim.mvcc.hash import bolt_items, stored_rows
 from shim.pb.lease_pb2 import Lease
 
 PIECE_BYTES = 1024 * 1024
 _U64 = struct.Struct(">Q")
 _REVISION = struct.Struct(">q")
+# What etcd 3.5 writes: the cluster version (major.minor.0), and a raft term: that of every
+# header shim sends (shim.api.header).
+CLUSTER_VERSION = b"3.5.0"
+RAFT_TERM = 1
 
 
 def make(backend: Backend, target: str) -> int:
@@ -38,28 +46,33 @@ def make(backend: Backend, target: str) -> int:
     try:
         revision = backend.snapshot(str(copy))
         with backend.read_copy(str(copy)) as view, open(target, "xb") as out:
-            write(view, copy, out)
+            write(view, copy, out, member_id_of(backend.node_id))
             out.flush()
     finally:
         copy.unlink(missing_ok=True)
     return revision
 
 
-def write(view: ReadView, database: Path, out: BinaryIO) -> int:
-    """Write the snapshot of ``database`` (a standalone copy, read through ``view``) to
-    ``out``, an empty file; returns its length in bytes (no trailer)."""
+def write(view: ReadView, database: Path, out: BinaryIO, member_id: int) -> int:
+    """Write the snapshot of ``database`` (a standalone copy, read through ``view``) of
+    member ``member_id`` to ``out``, an empty file; returns its length in bytes (no
+    trailer)."""
     revision, compacted = view.revision(), view.compact_revision()
-    bolt = BoltWriter(out)  # buckets in name order: auth, authRoles, authUsers, key, ...
+    bolt = BoltWriter(out)  # buckets in name order: auth, authRoles, authUsers, cluster, ...
     for name, items in etcd_buckets(state_from_rows(view.auth.load())):
         bolt.bucket(name, items)
+    bolt.bucket(b"cluster", [(b"clusterVersion", CLUSTER_VERSION)])
     bolt.bucket(b"key", bolt_items(stored_rows(view, revision)))
     bolt.bucket(b"lease", sorted(
         (_lease_key(lease_id), _lease(lease_id, ttl)) for lease_id, ttl in view.leases().items()
     ))
-    meta = [(b"consistent_index", _U64.pack(revision))]
+    # As Go's encoding/json writes raftpb.ConfState: one voter, no learners.
+    conf_state = b'{"voters":[%d],"auto_leave":false}' % member_id
+    meta = [(b"confState", conf_state), (b"consistent_index", _U64.pack(revision))]
     if compacted >= 0:
         at = _REVISION.pack(compacted) + b"_" + _REVISION.pack(0)
         meta += [(b"finishedCompactRev", at), (b"scheduledCompactRev", at)]
+    meta.append((b"term", _U64.pack(RAFT_TERM)))
     bolt.bucket(b"meta", meta)
     bolt.bucket(SHIM_BUCKET, _pieces(database))
     return bolt.close()
