@@ -189,6 +189,49 @@ def test_bad_requests_get_etcds_error_bodies(pair: Pair, path: str, body: str) -
         assert set(error) == {"error", "code", "message"} and error["error"] == error["message"]
 
 
+UNCLEAN_PATHS = [
+    "/v3//kv/range", "/v3/./kv/range?x=1&y='2'", "/v3/kv/../kv/range", "/v3", "//health",
+    "/a/../../b", "/v3beta//kv/range", "/v3beta", "/v3/", "/v3/kv/range/", "/x/./",
+]
+
+
+@pytest.mark.parametrize("method", ["POST", "GET", "HEAD"])
+def test_paths_go_would_clean_are_redirected_as_etcd_does(pair: Pair, method: str) -> None:
+    """etcd's gateway sits behind Go's ServeMux, which answers a path with "//", "." or ".."
+    (and "/v3" without its slash) with a 301 to the path it serves; a client following it
+    gets there (as a GET, which the gateway then refuses, as etcd's does)."""
+    for path in UNCLEAN_PATHS:
+        head = method == "HEAD"
+        extra = ("--path-as-is", "--head") if head else ("--path-as-is",)
+        on_etcd, on_shim = (
+            curl(base + path, None if head else '{"key": "YQ=="}', method, extra=extra)
+            for base in (pair.etcd, pair.shim)
+        )
+        seen = (path, method, on_etcd, on_shim)
+        assert on_shim.status == on_etcd.status, seen
+        for header in ("content-type", "location", "content-length"):
+            assert on_shim.headers.get(header) == on_etcd.headers.get(header), (header, *seen)
+        assert on_shim.body == on_etcd.body, seen
+
+
+def test_head_requests_get_etcds_headers_and_no_body(
+    pair: Pair, gateway_shim: ShimServer
+) -> None:
+    """HEAD: the status and headers a GET would get (the body's length, no body), as Go's
+    server answers; shim's server once logged each as a failed connection (h11 refused to
+    send the body)."""
+    for path in ("/health", "/version", "/v3/kv/range", "/nope", "//x"):
+        on_etcd, on_shim = (
+            curl(base + path, None, "HEAD", extra=("--head",)) for base in (pair.etcd, pair.shim)
+        )
+        seen = (path, on_etcd, on_shim)
+        assert on_shim.status == on_etcd.status and on_shim.body == b"", seen
+        for header in ("content-type", "content-length", "location"):
+            assert on_shim.headers.get(header) == on_etcd.headers.get(header), (header, *seen)
+    log = gateway_shim.log_path.read_text()
+    assert "ERROR" not in log, log[-2000:]
+
+
 def test_wrong_methods_and_preflight(pair: Pair) -> None:
     for path, method in (("/v3/kv/range", "GET"), ("/v3/kv/put", "PUT"), ("/health", "POST"),
                          ("/version", "POST"), ("/v3/kv/range", "OPTIONS")):

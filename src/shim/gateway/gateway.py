@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import posixpath
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -189,7 +190,10 @@ class Gateway:
             return
         if path.startswith("/v3beta/"):  # etcd serves its old prefix too
             path = "/v3/" + path[len("/v3beta/"):]
-        if path.startswith("/v3/") and websocket.is_upgrade(request.headers):
+        moved = _served_path(path)
+        if moved != path:
+            await self._redirect(moved, request, response)
+        elif path.startswith("/v3/") and websocket.is_upgrade(request.headers):
             await self._websocket(path, request, response)
         elif path.startswith("/v3/"):
             await self._gateway(path, request, response)
@@ -197,6 +201,19 @@ class Gateway:
             await self._serve_version(request, response)
         else:
             await self._serve_probes(path, request, response)
+
+    @staticmethod
+    async def _redirect(path: str, request: Request, response: Response) -> None:
+        """What Go's http.ServeMux answers for a path it does not serve as written: 301 to
+        the path it serves (the query kept), a link to it as the body of a GET."""
+        location = f"{path}?{request.query}" if request.query else path
+        html = ("Content-Type", "text/html; charset=utf-8")
+        headers = [*CORS, html] if request.method in ("GET", "HEAD") else [*CORS]
+        body = b""
+        if request.method == "GET":
+            link = location.translate(_GO_HTML_ESCAPES)
+            body = f'<a href="{link}">Moved Permanently</a>.\n\n'.encode()
+        await response.send(301, [*headers, ("Location", location)], body)
 
     # -- /v3/... --------------------------------------------------------------------------------
 
@@ -420,3 +437,21 @@ async def _json_messages(request: RequestBody, limit: int) -> AsyncIterator[byte
             buffer = buffer[end:]
     if buffer.strip():
         decode_first(buffer)  # raises: a value the body ended inside
+
+
+# As Go's net/http escapes a link (htmlEscape).
+_GO_HTML_ESCAPES = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;"}
+)
+
+
+def _served_path(path: str) -> str:
+    """The path Go's ServeMux (in front of etcd's gateway) serves a request for: "." and ".."
+    resolved, repeated slashes made one, a trailing slash kept; and "/v3" (the "/v3/" subtree
+    without its slash) as "/v3/"."""
+    if path == "/v3":
+        return "/v3/"
+    cleaned = "/" + posixpath.normpath("/" + path).lstrip("/")
+    if path.endswith("/") and cleaned != "/":
+        cleaned += "/"
+    return cleaned

@@ -139,16 +139,21 @@ async def collect(chunks: AsyncIterator[bytes], limit: int) -> bytes:
 
 
 class Response:
-    def __init__(self, connection: _Connection) -> None:
+    def __init__(self, connection: _Connection, head: bool = False) -> None:
         self._connection = connection
+        # An answer to HEAD: its headers only. As Go's server: the length of the body a GET
+        # would get, and none when there would be no body (a redirect).
+        self._head = head
         self.started = False
 
     async def send(self, status: int, headers: Headers, body: bytes) -> None:
         """A whole response."""
         self.started = True
-        headers = [*headers, ("Date", _date()), ("Content-Length", str(len(body)))]
+        headers = [*headers, ("Date", _date())]
+        if body or not self._head:
+            headers.append(("Content-Length", str(len(body))))
         await self._connection.send(_response(status, headers))
-        if body:
+        if body and not self._head:
             await self._connection.send(h11.Data(data=body))
         await self._connection.send(h11.EndOfMessage())
 
@@ -159,7 +164,8 @@ class Response:
         await self._connection.send(_response(status, headers))
 
     async def write(self, data: bytes) -> None:
-        await self._connection.send(h11.Data(data=data))
+        if not self._head:
+            await self._connection.send(h11.Data(data=data))
 
     async def end(self) -> None:
         await self._connection.send(h11.EndOfMessage())
@@ -390,7 +396,8 @@ class HttpServer:
 
     async def _handle(self, connection: _Connection, event: h11.Request) -> None:
         request = Request(event, connection, self._idle_timeout)
-        handler = asyncio.create_task(self._handler(request, Response(connection)))
+        response = Response(connection, head=event.method == b"HEAD")
+        handler = asyncio.create_task(self._handler(request, response))
         body_read = asyncio.create_task(connection.body_finished.wait())
         watcher: asyncio.Task[None] | None = None
         try:
