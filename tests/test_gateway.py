@@ -214,6 +214,20 @@ def test_paths_go_would_clean_are_redirected_as_etcd_does(pair: Pair, method: st
         assert on_shim.body == on_etcd.body, seen
 
 
+def test_a_proxys_absolute_form_target_is_served_as_its_path(pair: Pair) -> None:
+    """`POST http://host/v3/kv/range HTTP/1.1`, as a client sends it through an HTTP proxy:
+    the path is what counts, as in Go's server (it once read as an unknown path)."""
+    for target in ("http://example.com/v3/kv/range", "HTTP://example.com//v3/kv/range?x=1"):
+        on_etcd, on_shim = (
+            curl(base + "/ignored", '{"key": "YQ=="}', extra=("--request-target", target))
+            for base in (pair.etcd, pair.shim)
+        )
+        seen = (target, on_etcd, on_shim)
+        assert on_shim.status == on_etcd.status, seen
+        assert on_shim.headers.get("location") == on_etcd.headers.get("location"), seen
+        assert normalized(on_shim.body) == normalized(on_etcd.body), seen
+
+
 def test_head_requests_get_etcds_headers_and_no_body(
     pair: Pair, gateway_shim: ShimServer
 ) -> None:

@@ -206,7 +206,7 @@ class Gateway:
     async def _redirect(path: str, request: Request, response: Response) -> None:
         """What Go's http.ServeMux answers for a path it does not serve as written: 301 to
         the path it serves (the query kept), a link to it as the body of a GET."""
-        location = f"{path}?{request.query}" if request.query else path
+        location = request.origin + (f"{path}?{request.query}" if request.query else path)
         html = ("Content-Type", "text/html; charset=utf-8")
         headers = [*CORS, html] if request.method in ("GET", "HEAD") else [*CORS]
         body = b""

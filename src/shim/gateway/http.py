@@ -93,6 +93,13 @@ class Request:
     ) -> None:
         self.method = event.method.decode("ascii", errors="replace")
         target = event.target.decode("ascii", errors="replace")
+        # The scheme and host of the absolute form a proxy sends (`POST http://host/v3/...`):
+        # the path is what counts ("" for the usual origin form).
+        self.origin = ""
+        scheme, separator, rest = target.partition("://")
+        if separator and scheme.lower() in ("http", "https"):
+            authority, _, path = rest.partition("/")
+            self.origin, target = f"{scheme.lower()}://{authority}", "/" + path
         self.path, _, self.query = target.partition("?")
         self.headers: dict[str, str] = {}
         for name, value in event.headers:
