@@ -190,7 +190,8 @@ class Gateway:
             return
         if path.startswith("/v3beta/"):  # etcd serves its old prefix too
             path = "/v3/" + path[len("/v3beta/"):]
-        moved = _served_path(path)
+        # Go's server leaves a CONNECT's target as it is (an authority "host:port" is a 404).
+        moved = path if request.method == "CONNECT" else _served_path(path)
         if moved != path:
             await self._redirect(moved, request, response)
         elif path.startswith("/v3/") and websocket.is_upgrade(request.headers):
@@ -369,7 +370,11 @@ class Gateway:
     # -- /health, /version, /metrics ------------------------------------------------------------
 
     async def _serve_probes(self, path: str, request: Request, response: Response) -> None:
-        if path == "/metrics":
+        if path == "/metrics" and request.method == "CONNECT":
+            # etcd answers 200 and the metrics; a 2xx to CONNECT opens a tunnel in HTTP/1.1,
+            # so h11 would send no body after it: refused instead.
+            await _get_only(response)
+        elif path == "/metrics":
             await self._serve_metrics(response)
         elif path == "/health" or path in CHECK_PATHS:
             await self._serve_health(path, request, response)
@@ -378,8 +383,7 @@ class Gateway:
 
     async def _serve_health(self, path: str, request: Request, response: Response) -> None:
         if request.method != "GET":
-            await response.send(405, [*TEXT[:3], ("Allow", "GET"), *TEXT[3:]],
-                                b"Method Not Allowed\n")
+            await _get_only(response)
             return
         if path == "/health":
             answer = await health(self._health, request.query)
@@ -394,8 +398,7 @@ class Gateway:
 
     async def _serve_version(self, request: Request, response: Response) -> None:
         if request.method != "GET":
-            await response.send(405, [*TEXT[:3], ("Allow", "GET"), *TEXT[3:]],
-                                b"Method Not Allowed\n")
+            await _get_only(response)
             return
         cluster = _cluster_version(self._version)
         body = f'{{"etcdserver":"{self._version}","etcdcluster":"{cluster}"}}'
@@ -455,3 +458,8 @@ def _served_path(path: str) -> str:
     if path.endswith("/") and cleaned != "/":
         cleaned += "/"
     return cleaned
+
+
+async def _get_only(response: Response) -> None:
+    """The answer of etcd's GET-only handlers (/health, /version) to another method."""
+    await response.send(405, [*TEXT[:3], ("Allow", "GET"), *TEXT[3:]], b"Method Not Allowed\n")

@@ -34,7 +34,8 @@ READ_BYTES = 16 * 1024
 LINGER_SECONDS = 2.0
 Headers = list[tuple[str, str]]
 REASONS = {
-    100: "Continue", 101: "Switching Protocols", 200: "OK", 400: "Bad Request",
+    100: "Continue", 101: "Switching Protocols", 200: "OK", 301: "Moved Permanently",
+    400: "Bad Request",
     401: "Unauthorized", 403: "Forbidden",
     404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
     429: "Too Many Requests", 431: "Request Header Fields Too Large",
