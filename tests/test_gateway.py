@@ -228,13 +228,37 @@ def test_a_proxys_absolute_form_target_is_served_as_its_path(pair: Pair) -> None
         assert normalized(on_shim.body) == normalized(on_etcd.body), seen
 
 
-def _status_of_connect(base: str, target: str) -> int:
-    """The status a `CONNECT target` request gets (curl would open a tunnel instead)."""
+def _raw_answer(base: str, method: str, target: str) -> tuple[bytes, list[bytes]]:
+    """The status line and Location headers of `method target` sent as written (curl
+    rewrites odd targets, and opens a tunnel for CONNECT)."""
     host, port = base.removeprefix("http://").split(":")
+    body = b'{"key":"YQ=="}'
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                     .encode())
-        return int(sock.recv(1024).split(b" ", 2)[1])
+        sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+    lines = answer.split(b"\r\n\r\n")[0].split(b"\r\n")
+    return lines[0], [line for line in lines if line.lower().startswith(b"location:")]
+
+
+def _status_of_connect(base: str, target: str) -> int:
+    return int(_raw_answer(base, "CONNECT", target)[0].split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize(("method", "target"), [
+    ("GET", "http:/version"), ("POST", "ftp://h/v3/kv/range"), ("GET", "http://h"),
+    ("GET", "http://h?x"), ("GET", "version"), ("GET", "*"), ("GET", "127.0.0.1:1"),
+    ("OPTIONS", "*"), ("POST", "http://h//v3/kv/range"),
+])
+def test_request_targets_are_read_as_gos_server_reads_them(
+    pair: Pair, method: str, target: str
+) -> None:
+    """Absolute forms of any scheme are served by their path (an empty one redirected to
+    "/"); a target that is neither that nor a path is a 400, as Go's url.ParseRequestURI
+    refuses it."""
+    assert _raw_answer(pair.shim, method, target) == _raw_answer(pair.etcd, method, target)
 
 
 def test_connect_requests_are_answered_without_a_tunnel(

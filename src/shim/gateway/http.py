@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from email.utils import formatdate
 from typing import Any, Protocol
@@ -46,6 +47,10 @@ REASONS = {
 
 def _response(status: int, headers: Headers) -> h11.Response:
     return h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, ""))
+
+
+# scheme ":" ["//" authority] path-and-query, as RFC 3986 (and Go's url package) read it.
+_ABSOLUTE_TARGET = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(//[^/?#]*)?((?:[/?][^#]*)?)")
 
 
 class ClientGone(Exception):
@@ -95,12 +100,16 @@ class Request:
         self.method = event.method.decode("ascii", errors="replace")
         target = event.target.decode("ascii", errors="replace")
         # The scheme and host of the absolute form a proxy sends (`POST http://host/v3/...`):
-        # the path is what counts ("" for the usual origin form).
+        # the path is what counts ("" for the usual origin form). A target that is neither
+        # is refused, as Go's server refuses what url.ParseRequestURI does not take.
         self.origin = ""
-        scheme, separator, rest = target.partition("://")
-        if separator and scheme.lower() in ("http", "https"):
-            authority, _, path = rest.partition("/")
-            self.origin, target = f"{scheme.lower()}://{authority}", "/" + path
+        exempt = event.method == b"CONNECT" or (event.method == b"OPTIONS" and target == "*")
+        if not target.startswith("/") and not exempt:  # CONNECT's is an authority
+            absolute = _ABSOLUTE_TARGET.fullmatch(target)
+            if absolute is None:
+                raise h11.RemoteProtocolError("malformed request target", 400)
+            scheme, authority, target = absolute.groups()
+            self.origin = f"{scheme.lower()}:{authority or ''}"
         self.path, _, self.query = target.partition("?")
         self.headers: dict[str, str] = {}
         for name, value in event.headers:
