@@ -6,10 +6,10 @@ import functools
 from dataclasses import dataclass
 
 from shim.backend.kv_wire import field
+from shim.etcd_version import RAFT_TERM
 from shim.mvcc.alarms import member_id_of
 from shim.pb.rpc_pb2 import ResponseHeader
 
-RAFT_TERM = 1  # one node, one term: shim has no raft
 _HEADER = b"\x0a"  # every etcd response carries its header as field 1
 
 

@@ -14,18 +14,16 @@ import grpc
 
 from shim.api.downgrade import check_downgrade
 from shim.api.errors import RequestError, grpc_errors
-from shim.api.header import RAFT_TERM, Identity
+from shim.api.header import Identity
 from shim.auth.guard import Guard, Rule, permission
 from shim.backend.base import UnsupportedError
+from shim.etcd_version import ETCD_VERSION, RAFT_TERM
 from shim.mvcc import snapshot_file
 from shim.mvcc.store import Store
 from shim.pb import rpc_pb2, rpc_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# The etcd release whose API shim answers as. kube-apiserver enables RequestWatchProgress
-# (needed by consistent reads from its cache) only for etcd >= 3.5.13.
-ETCD_VERSION = "3.5.21"
 # etcd streams a snapshot in pieces of this size, then the SHA-256 of everything sent.
 SNAPSHOT_CHUNK_BYTES = 32 * 1024
 BAD_TRANSFEREE = "etcdserver: bad leader transferee"

@@ -22,7 +22,7 @@ from shim.api.header import Identity
 from shim.api.kv import KVService
 from shim.api.lease import LeaseKeeper, LeaseService
 from shim.api.lock import LockService
-from shim.api.maintenance import ETCD_VERSION, MaintenanceService
+from shim.api.maintenance import MaintenanceService
 from shim.api.watch import WatchService
 from shim.auth.guard import Guard
 from shim.auth.passwords import Hasher
@@ -37,6 +37,7 @@ from shim.config import (
     grpc_listen_target,
     parse_http_urls,
 )
+from shim.etcd_version import ETCD_VERSION
 from shim.gateway.gateway import Gateway
 from shim.gateway.health import HealthProbe
 from shim.gateway.serve import GatewayServer

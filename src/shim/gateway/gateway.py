@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from grpc import StatusCode as Code
 
 from shim.api.rpc import Method, too_large
+from shim.etcd_version import cluster_version
 from shim.gateway import websocket
 from shim.gateway.gojson import JsonSyntaxError, decode_first, go_string
 from shim.gateway.health import HealthProbe, check_paths, health, run_checks
@@ -400,7 +401,7 @@ class Gateway:
         if request.method != "GET":
             await _get_only(response)
             return
-        cluster = _cluster_version(self._version)
+        cluster = cluster_version(self._version)
         body = f'{{"etcdserver":"{self._version}","etcdcluster":"{cluster}"}}'
         await response.send(200, JSON, body.encode())
 
@@ -413,11 +414,6 @@ class Gateway:
             return
         body, content_type = found
         await response.send(200, [*CORS, ("Content-Type", content_type)], body)
-
-
-def _cluster_version(version: str) -> str:
-    major, minor = version.split(".")[:2]
-    return f"{major}.{minor}.0"
 
 
 async def _json_messages(request: RequestBody, limit: int) -> AsyncIterator[bytes]:

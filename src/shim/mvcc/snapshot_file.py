@@ -24,6 +24,7 @@ from shim.auth.cache import state_from_rows
 from shim.auth.etcd_layout import etcd_buckets
 from shim.backend.base import Backend, ReadView
 from shim.backend.bolt import SHIM_BUCKET, BoltWriter
+from shim.etcd_version import RAFT_TERM, cluster_version
 from shim.mvcc.alarms import member_id_of
 from shim.mvcc.hash import bolt_items, stored_rows
 from shim.pb.lease_pb2 import Lease
@@ -31,10 +32,6 @@ from shim.pb.lease_pb2 import Lease
 PIECE_BYTES = 1024 * 1024
 _U64 = struct.Struct(">Q")
 _REVISION = struct.Struct(">q")
-# What etcd 3.5 writes: the cluster version (major.minor.0), and a raft term: that of every
-# header shim sends (shim.api.header).
-CLUSTER_VERSION = b"3.5.0"
-RAFT_TERM = 1
 
 
 def make(backend: Backend, target: str) -> int:
@@ -61,7 +58,7 @@ def write(view: ReadView, database: Path, out: BinaryIO, member_id: int) -> int:
     bolt = BoltWriter(out)  # buckets in name order: auth, authRoles, authUsers, cluster, ...
     for name, items in etcd_buckets(state_from_rows(view.auth.load())):
         bolt.bucket(name, items)
-    bolt.bucket(b"cluster", [(b"clusterVersion", CLUSTER_VERSION)])
+    bolt.bucket(b"cluster", [(b"clusterVersion", cluster_version().encode())])
     bolt.bucket(b"key", bolt_items(stored_rows(view, revision)))
     bolt.bucket(b"lease", sorted(
         (_lease_key(lease_id), _lease(lease_id, ttl)) for lease_id, ttl in view.leases().items()
