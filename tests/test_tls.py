@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -175,15 +176,23 @@ def test_gateway_serves_https_with_the_same_certificates(
 
 
 def test_certificates_without_key_identifiers_are_taken_as_etcd_takes_them(
-    ca: CertificateAuthority,
+    ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The test CA's certificates carry no Authority Key Identifier, as those of simple tools
     often don't; etcd (Go), the gRPC port (BoringSSL) and libpq take them. Python 3.13's
     default context refuses them (OpenSSL's strict X.509 mode), so the gateway's context and
-    the one shim dials PostgreSQL with turn that mode off. Checked on the contexts, so that
-    it holds whatever this Python's default; on 3.13 the handshakes of
-    test_gateway_serves_https_with_the_same_certificates and test_postgres_tls fail without it
-    (seen 2026-12-08)."""
+    the one shim dials PostgreSQL with turn that mode off. The default context is made
+    strict here as 3.13 makes it, so this fails without that on any Python; on 3.13 the
+    handshakes of test_gateway_serves_https_with_the_same_certificates and test_postgres_tls
+    fail without it too (seen 2026-12-08)."""
+    default_context = ssl.create_default_context
+
+    def as_python_3_13(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        context = default_context(*args, **kwargs)
+        context.verify_flags |= ssl.VERIFY_X509_STRICT
+        return context
+
+    monkeypatch.setattr(ssl, "create_default_context", as_python_3_13)
     files = ca.issue("no-key-identifiers")
     cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
     with pytest.raises(x509.ExtensionNotFound):
